@@ -1,0 +1,272 @@
+"""The ``medsight`` command: thin wrappers that parse options, call the library and print."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from medsight import __version__
+from medsight.core.errors import ConfigError, MedsightError
+from medsight.core.volume import Volume
+from medsight.io import detect_format, list_dicom_series, read, write
+from medsight.io.formats import output_format
+
+app = typer.Typer(
+    name="medsight",
+    help="Deep learning on medical images: read, convert, train, evaluate, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly(fn: F) -> F:
+    """Turn library errors into one red line and exit status 1 (traceback with --debug)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MedsightError as exc:
+            if _state["debug"]:
+                raise
+            err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except Exception as exc:  # a bug, or an environment problem: still one line by default
+            if _state["debug"]:
+                raise
+            err.print(
+                f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"medsight {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show progress logs.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_time=False, show_path=debug)],
+        force=True,
+    )
+    if not debug:
+        logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+
+# ---------------------------------------------------------------------------------------
+# shared options
+
+SeriesOpt = Annotated[
+    str | None,
+    typer.Option("--series", help="DICOM folder with several series: a SeriesInstanceUID, or 'largest'."),
+]
+GapsOpt = Annotated[bool, typer.Option("--allow-gaps", help="DICOM: interpolate missing slices instead of failing.")]
+SliceSpacingOpt = Annotated[
+    float | None, typer.Option("--slice-spacing", help="DICOM multi-frame without spacing: frame spacing in mm.")
+]
+FramesOpt = Annotated[
+    bool, typer.Option("--frames-as-channels", help="DICOM multi-frame: read frames as time points (channels).")
+]
+
+
+def _fmt(values: Any, digits: int = 4) -> str:
+    return "(" + ", ".join(f"{float(v):.{digits}g}" for v in values) + ")"
+
+
+def _describe(path: Path, volume: Volume, fmt: str) -> dict[str, Any]:
+    g, m = volume.geometry, volume.metadata
+    lo, hi = volume.intensity_range()
+    return {
+        "path": str(path),
+        "format": fmt,
+        "modality": m.modality,
+        "shape": list(volume.array.shape),
+        "dtype": str(volume.array.dtype),
+        "spacing": list(g.spacing),
+        "origin": list(g.origin),
+        "far_corner": volume.geometry.far_corner(volume.spatial_shape).tolist(),
+        "orientation": g.orientation_code,
+        "direction": [list(r) for r in g.direction],
+        "intensity_range": [lo, hi],
+        "window": list(m.window) if m.window else None,
+        "rescale": list(m.rescale) if m.rescale else None,
+        "photometric_interpretation": m.photometric_interpretation,
+        "monochrome1_inverted": m.monochrome1_inverted,
+        "spacing_assumed": m.spacing_assumed,
+        "frames_ms": list(m.frame_times_ms) if m.frame_times_ms else None,
+        "series_uid": m.series_uid,
+        "series_description": m.series_description,
+        "frame_of_reference_uid": g.frame_of_reference_uid,
+    }
+
+
+def _table(info: dict[str, Any], series: list[dict[str, Any]]) -> Table:
+    table = Table(title=info["path"], show_header=False, title_justify="left")
+    table.add_column("field", style="bold cyan")
+    table.add_column("value")
+    spacing = _fmt(info["spacing"]) + (" (assumed)" if info["spacing_assumed"] else "")
+    rows = [
+        ("format", info["format"]),
+        ("modality", info["modality"] or "-"),
+        ("shape (C, Z, Y, X)", str(tuple(info["shape"]))),
+        ("dtype", info["dtype"]),
+        ("spacing (z, y, x) mm", spacing),
+        ("origin (x, y, z) mm LPS", _fmt(info["origin"], 6)),
+        ("far corner mm LPS", _fmt(info["far_corner"], 6)),
+        ("orientation", info["orientation"]),
+        ("intensity range", f"{info['intensity_range'][0]:g} .. {info['intensity_range'][1]:g}"),
+    ]
+    if info["window"]:
+        rows.append(("window (centre, width)", _fmt(info["window"])))
+    if info["rescale"]:
+        rows.append(("rescale (slope, intercept)", _fmt(info["rescale"])))
+    if info["photometric_interpretation"]:
+        inv = " (inverted)" if info["monochrome1_inverted"] else ""
+        rows.append(("photometric", info["photometric_interpretation"] + inv))
+    if info["frames_ms"]:
+        rows.append(("frames as channels", f"{len(info['frames_ms'])} at {info['frames_ms'][1]:g} ms steps"))
+    if info["series_description"]:
+        rows.append(("series", info["series_description"]))
+    for key, value in rows:
+        table.add_row(key, value)
+    if series:
+        listing = "\n".join(
+            f"{s['uid']}  {s['files']} file(s)  {s['modality'] or '?'}  {s['description'] or ''}" for s in series
+        )
+        table.add_row(f"series in folder ({len(series)})", listing)
+    return table
+
+
+@app.command()
+@_friendly
+def info(
+    path: Annotated[Path, typer.Argument(help="Image file or DICOM folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    series: SeriesOpt = None,
+    allow_gaps: GapsOpt = False,
+    slice_spacing: SliceSpacingOpt = None,
+    frames_as_channels: FramesOpt = False,
+) -> None:
+    """Show format, shape, spacing, origin, orientation and intensities of an image."""
+    fmt = detect_format(path)
+    found: list[dict[str, Any]] = []
+    if fmt == "dicom-series":
+        found = [s.to_dict() for s in list_dicom_series(path)]
+        if series is None and len(found) > 1:
+            series = "largest"
+    volume = read(
+        path,
+        series_uid=series,
+        allow_gaps=allow_gaps,
+        slice_spacing=slice_spacing,
+        frames_as_channels=frames_as_channels,
+    )
+    description = _describe(path, volume, fmt)
+    if as_json:
+        description["series_in_folder"] = found
+        print(json.dumps(description, indent=2))
+        return
+    out.print(_table(description, found))
+    if len(found) > 1:
+        out.print(f"[yellow]{len(found)} series in this folder; showing the largest. Choose one with --series UID.[/]")
+
+
+def _parse_window(text: str | None, volume: Volume) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    if text == "auto":
+        if volume.metadata.window is not None:
+            return volume.metadata.window
+        lo, hi = np.percentile(volume.array, [0.5, 99.5])
+        return float(lo + hi) / 2.0, max(float(hi - lo), 1e-6)
+    try:
+        centre, width = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--window takes CENTRE,WIDTH (e.g. 40,400) or 'auto'; got {text!r}") from None
+    return centre, width
+
+
+@app.command()
+@_friendly
+def convert(
+    source: Annotated[Path, typer.Argument(help="Image file or DICOM folder to read.")],
+    target: Annotated[
+        Path, typer.Argument(help="Output: .nii.gz, .nii, .nrrd, .mha, .png, .jpg, or a folder for a DICOM series.")
+    ],
+    series: SeriesOpt = None,
+    allow_gaps: GapsOpt = False,
+    slice_spacing: SliceSpacingOpt = None,
+    frames_as_channels: FramesOpt = False,
+    to: Annotated[str | None, typer.Option("--to", help="Output format, when the extension is not enough.")] = None,
+    window: Annotated[
+        str | None, typer.Option("--window", help="PNG/JPEG: CENTRE,WIDTH to map values to 8 bits, or 'auto'.")
+    ] = None,
+    slice_index: Annotated[int | None, typer.Option("--slice", help="PNG/JPEG: which slice of a 3D image.")] = None,
+    modality: Annotated[str | None, typer.Option("--modality", help="DICOM output: CT or MR.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+) -> None:
+    """Convert between DICOM (file or folder), NIfTI, NRRD, MetaImage, PNG and JPEG."""
+    out_fmt = output_format(target, to)
+    is_dicom = detect_format(source) in ("dicom", "dicom-series")
+    volume = read(
+        source,
+        series_uid=series,
+        allow_gaps=allow_gaps,
+        slice_spacing=slice_spacing,
+        frames_as_channels=frames_as_channels,
+        # display formats show MONOCHROME1 the way a viewer would
+        invert_monochrome1=is_dicom and out_fmt in ("png", "jpeg"),
+    )
+    written = write(
+        volume,
+        target,
+        format=to,
+        overwrite=overwrite,
+        window=_parse_window(window, volume),
+        slice_index=slice_index,
+        modality=modality,
+    )
+    out.print(f"wrote {written} ({out_fmt}, shape {tuple(volume.array.shape)}, spacing {_fmt(volume.geometry.spacing)} mm)")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

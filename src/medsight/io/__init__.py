@@ -1,0 +1,21 @@
+"""Image input and output: DICOM files and series, NIfTI, NRRD/MetaImage, PNG/JPEG.
+
+`read` and `write` are the entry points; the format modules are usable on their own.
+"""
+
+from medsight.io.api import read, write
+from medsight.io.dicom import read_dicom_file
+from medsight.io.dicom_series import SeriesInfo, list_dicom_series, read_dicom_series
+from medsight.io.dicom_write import write_dicom_series
+from medsight.io.formats import detect_format
+
+__all__ = [
+    "SeriesInfo",
+    "detect_format",
+    "list_dicom_series",
+    "read",
+    "read_dicom_file",
+    "read_dicom_series",
+    "write",
+    "write_dicom_series",
+]

@@ -1,0 +1,255 @@
+"""Read a folder of DICOM files: find the series, order the slices, check and stack them."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from medsight.core.errors import InputError, SeriesError
+from medsight.core.volume import Volume
+from medsight.io.dicom import dataset_to_volume
+from medsight.io.dicom_header import (
+    apply_rescale,
+    base_metadata,
+    bits_range,
+    decode_frames,
+    finish_display,
+    first_float,
+    floats,
+    is_dicomdir,
+    load_dataset,
+    orientation,
+    pixel_spacing,
+    display_window,
+)
+from medsight.io.stack import plan_stack, resample_stack, stack_geometry
+
+__all__ = ["SeriesInfo", "list_dicom_series", "read_dicom_series"]
+
+log = logging.getLogger(__name__)
+
+LARGEST = "largest"
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One image series found in a folder."""
+
+    uid: str
+    files: tuple[Path, ...]
+    modality: str | None
+    description: str | None
+    rows: int | None
+    columns: int | None
+
+    @property
+    def size(self) -> int:
+        """Number of files (usually slices)."""
+        return len(self.files)
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready summary."""
+        return {
+            "uid": self.uid,
+            "files": self.size,
+            "modality": self.modality,
+            "description": self.description,
+            "rows": self.rows,
+            "columns": self.columns,
+        }
+
+
+def _walk(folder: Path) -> list[Path]:
+    paths = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        paths.extend(Path(root) / f for f in sorted(files) if not f.startswith("."))
+    return paths
+
+
+def _scan(folder: Path, *, headers_only: bool) -> dict[str, list[tuple[Path, Dataset]]]:
+    """Group the image datasets under ``folder`` by SeriesInstanceUID."""
+    if not folder.exists():
+        raise InputError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder")
+    groups: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
+    paths = _walk(folder)
+    if not paths:
+        raise InputError(f"folder {folder} is empty: no files to read")
+    skipped = 0
+    for path in paths:
+        try:
+            ds = load_dataset(path, stop_before_pixels=headers_only)
+        except InputError as exc:
+            if path.name.upper() == "DICOMDIR" or path.suffix.lower() not in ("", ".dcm", ".dicom", ".ima"):
+                log.warning("skipping %s: not a DICOM file", path)
+            else:
+                log.warning("skipping %s: %s", path, exc)
+            skipped += 1
+            continue
+        if is_dicomdir(ds):
+            log.warning("skipping DICOMDIR %s (the images are read directly)", path)
+            continue
+        if "Rows" not in ds:
+            log.info("skipping %s: not an image (%s)", path, ds.get("SOPClassUID", "no SOP class"))
+            continue
+        groups[str(ds.get("SeriesInstanceUID", "") or "(no SeriesInstanceUID)")].append((path, ds))
+    if not groups:
+        raise InputError(
+            f"folder {folder} holds no DICOM images ({len(paths)} file(s) looked at, {skipped} not DICOM)"
+        )
+    return groups
+
+
+def _info(uid: str, members: list[tuple[Path, Dataset]]) -> SeriesInfo:
+    first = members[0][1]
+    return SeriesInfo(
+        uid=uid,
+        files=tuple(p for p, _ in members),
+        modality=str(first.get("Modality")) if first.get("Modality") else None,
+        description=str(first.get("SeriesDescription")) if first.get("SeriesDescription") else None,
+        rows=int(first.Rows) if "Rows" in first else None,
+        columns=int(first.Columns) if "Columns" in first else None,
+    )
+
+
+def list_dicom_series(folder: str | os.PathLike[str]) -> list[SeriesInfo]:
+    """Image series under ``folder`` (recursively), largest first. Reads headers only."""
+    groups = _scan(Path(folder), headers_only=True)
+    infos = [_info(uid, members) for uid, members in groups.items()]
+    return sorted(infos, key=lambda s: (-s.size, s.uid))
+
+
+def _choose(groups: dict[str, list[tuple[Path, Dataset]]], series_uid: str | None, folder: Path) -> str:
+    listing = "; ".join(
+        f"{uid} ({len(m)} files, {m[0][1].get('Modality', '?')}, {m[0][1].get('SeriesDescription', '') or 'no description'})"
+        for uid, m in sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    )
+    if series_uid is None:
+        if len(groups) == 1:
+            return next(iter(groups))
+        raise SeriesError(
+            f"folder {folder} holds {len(groups)} series: {listing}. Choose one with "
+            "series_uid=UID (--series UID), or series_uid='largest' (--series largest)"
+        )
+    if series_uid == LARGEST:
+        return max(groups, key=lambda uid: (len(groups[uid]), uid))
+    if series_uid not in groups:
+        raise SeriesError(f"series {series_uid} is not in folder {folder}; series found: {listing}")
+    return series_uid
+
+
+def _check_same(members: list[tuple[Path, Dataset]], what: str, key: str, values: list[object]) -> None:
+    distinct: dict[object, list[str]] = defaultdict(list)
+    for (path, _), value in zip(members, values, strict=True):
+        distinct[value].append(path.name)
+    if len(distinct) > 1:
+        parts = [f"{v} in {len(names)} file(s) (e.g. {names[0]})" for v, names in distinct.items()]
+        raise SeriesError(
+            f"{what} mixes {key}: " + "; ".join(parts) + ". A series must be one stack: split it, "
+            "or remove the odd files (localisers, reformats)"
+        )
+
+
+def read_dicom_series(
+    folder: str | os.PathLike[str],
+    *,
+    series_uid: str | None = None,
+    allow_gaps: bool = False,
+    invert_monochrome1: bool = False,
+) -> Volume:
+    """Read one DICOM series from a folder (searched recursively) into a Volume.
+
+    Slices are sorted by position along the slice normal (not by file name or
+    InstanceNumber) and checked: same size, orientation and pixel spacing; no duplicate
+    positions; regular spacing. Non-DICOM files and DICOMDIR are skipped with a warning.
+
+    Args:
+        folder: Folder holding the files.
+        series_uid: Which series to read when the folder holds several; ``"largest"``
+            picks the one with most files. ``None`` requires exactly one series.
+        allow_gaps: Interpolate missing slices instead of raising :class:`SeriesError`.
+        invert_monochrome1: Invert MONOCHROME1 images so that high values are bright.
+
+    Raises:
+        SeriesError: several series and none chosen, gaps, duplicates, mixed geometry.
+        InputError: missing/empty folder, no DICOM images, corrupt pixel data.
+    """
+    folder = Path(folder)
+    groups = _scan(folder, headers_only=False)
+    uid = _choose(groups, series_uid, folder)
+    members = groups[uid]
+    what = f"series {uid}"
+    if len(members) == 1:
+        path, ds = members[0]
+        return dataset_to_volume(ds, label=str(path), invert_monochrome1=invert_monochrome1, allow_gaps=allow_gaps)
+    multi = [p.name for p, ds in members if int(ds.get("NumberOfFrames", 1) or 1) > 1]
+    if multi:
+        raise SeriesError(
+            f"{what} holds {len(members)} files, {len(multi)} of them multi-frame (e.g. {multi[0]}); "
+            "read each multi-frame file on its own"
+        )
+    datasets = [ds for _, ds in members]
+    _check_same(members, what, "image sizes", [(int(d.Rows), int(d.Columns)) for d in datasets])
+    iops = [tuple(np.round(floats(d.get("ImageOrientationPatient"), 6), 4)) if floats(d.get("ImageOrientationPatient"), 6) is not None else None for d in datasets]
+    _check_same(members, what, "orientations", iops)
+    spacings = [pixel_spacing(d) for d in datasets]
+    _check_same(members, what, "pixel spacings", [None if s is None else tuple(np.round(s, 4)) for s in spacings])
+    positions = []
+    for path, d in members:
+        pos = floats(d.get("ImagePositionPatient"), 3)
+        if pos is None:
+            raise SeriesError(f"{what}: {path.name} has no ImagePositionPatient, so slices cannot be ordered")
+        positions.append(pos)
+    row, col = orientation(datasets[0].get("ImageOrientationPatient"), what)
+    normal = np.cross(row, col)
+    plan = plan_stack(np.array(positions), normal, labels=[p.name for p, _ in members], what=what, allow_gaps=allow_gaps)
+
+    ordered = [members[i] for i in plan.order]
+    first_pixels = decode_frames(ordered[0][1], str(ordered[0][0]))
+    stored = np.empty((len(ordered), *first_pixels.shape[1:]), dtype=first_pixels.dtype)
+    stored[0] = first_pixels[0]
+    for k, (path, d) in enumerate(ordered[1:], start=1):
+        pixels = decode_frames(d, str(path))
+        if pixels.dtype != stored.dtype:
+            stored = stored.astype(np.result_type(stored.dtype, pixels.dtype))
+        stored[k] = pixels[0]
+    slopes = np.array([first_float(d.get("RescaleSlope")) or 1.0 for _, d in ordered])
+    intercepts = np.array([first_float(d.get("RescaleIntercept")) or 0.0 for _, d in ordered])
+    ranges = np.array([bits_range(d) for _, d in ordered])
+    grey = stored.shape[-1] == 1
+    values = apply_rescale(stored, slopes, intercepts, (int(ranges[:, 0].min()), int(ranges[:, 1].max()))) if grey else stored
+    z = float(plan.spacing)  # type: ignore[arg-type]
+    if plan.has_gaps:
+        values = resample_stack(values, plan.positions, z)
+    array = np.moveaxis(values, -1, 0) if not grey else values[None, ..., 0]
+
+    first_ds = ordered[0][1]
+    in_plane = spacings[0]
+    if in_plane is None:
+        log.warning("%s has no pixel spacing; assuming 1 mm", what)
+    geometry = stack_geometry(
+        np.asarray(positions[plan.order[0]]),
+        row,
+        col,
+        (z, *(in_plane or (1.0, 1.0))),
+        str(first_ds.get("FrameOfReferenceUID")) if first_ds.get("FrameOfReferenceUID") else None,
+    )
+    uniform = len(set(zip(slopes.tolist(), intercepts.tolist(), strict=True))) == 1
+    rescale = (float(slopes[0]), float(intercepts[0])) if grey and uniform and (slopes[0], intercepts[0]) != (1.0, 0.0) else None
+    meta = base_metadata(first_ds, "dicom-series").replace(
+        sop_uids=tuple(str(d.get("SOPInstanceUID", "")) for _, d in ordered) if not plan.has_gaps else (),
+        spacing_assumed=in_plane is None,
+        channel_names=("R", "G", "B") if array.shape[0] == 3 else None,
+    )
+    array, meta = finish_display(
+        np.ascontiguousarray(array), first_ds, meta, window=display_window(first_ds), rescale=rescale, invert_monochrome1=invert_monochrome1
+    )
+    return Volume(array, geometry, meta)

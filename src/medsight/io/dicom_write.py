@@ -1,0 +1,224 @@
+"""Write a Volume as a DICOM series: CT or MR Image Storage, one file per slice."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    PYDICOM_IMPLEMENTATION_UID,
+    generate_uid,
+)
+
+from medsight import __version__
+from medsight.core.errors import InputError
+from medsight.core.volume import Volume
+from medsight.io.atomic import atomic_dir
+
+__all__ = ["write_dicom_series"]
+
+log = logging.getLogger(__name__)
+
+_SOP_CLASS = {"CT": CTImageStorage, "MR": MRImageStorage}
+_INT16 = np.iinfo(np.int16)
+
+
+def _ds_number(value: float) -> str:
+    """Format a float for a DS element (at most 16 characters)."""
+    text = f"{value:.10g}"
+    if len(text) > 16:
+        text = f"{value:.6e}" if abs(value) >= 1e6 or (value != 0 and abs(value) < 1e-4) else f"{value:.8f}"
+        text = text[:16]
+    return text
+
+
+def _to_stored(array: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Convert values to int16 storage; return (stored, slope, intercept).
+
+    Integer data within int16 (or float data holding only such integers) is stored as is
+    (slope 1, intercept 0). Other data is scaled linearly onto the int16 range; the
+    rounding error is at most half a step of ``(max - min) / 65535``.
+    """
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        raise InputError("volume holds NaN or infinite values; DICOM cannot store them (replace them first)")
+    lo, hi = float(array.min()), float(array.max())
+    integral = np.issubdtype(array.dtype, np.integer) or bool(np.all(np.mod(array, 1) == 0))
+    if integral and lo >= _INT16.min and hi <= _INT16.max:
+        return array.astype(np.int16), 1.0, 0.0
+    slope = (hi - lo) / float(_INT16.max - _INT16.min) if hi > lo else 1.0
+    intercept = lo - _INT16.min * slope
+    stored = np.clip(np.rint((array.astype(np.float64) - intercept) / slope), _INT16.min, _INT16.max)
+    log.info("scaling values [%g, %g] to int16 with slope %g, intercept %g", lo, hi, slope, intercept)
+    return stored.astype(np.int16), slope, intercept
+
+
+def _base_dataset(
+    volume: Volume,
+    *,
+    modality: str,
+    study_uid: str,
+    series_uid: str,
+    frame_uid: str,
+    patient_id: str,
+    patient_name: str,
+    series_description: str,
+    series_number: int,
+) -> Dataset:
+    now = _dt.datetime.now()
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if modality == "CT" else "OTHER"]
+    ds.SOPClassUID = _SOP_CLASS[modality]
+    ds.StudyDate = now.strftime("%Y%m%d")
+    ds.SeriesDate = ds.StudyDate
+    ds.StudyTime = now.strftime("%H%M%S")
+    ds.SeriesTime = ds.StudyTime
+    ds.AccessionNumber = ""
+    ds.Modality = modality
+    ds.Manufacturer = "medsight"
+    ds.SoftwareVersions = __version__
+    ds.ReferringPhysicianName = ""
+    ds.SeriesDescription = series_description
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = ""
+    ds.SeriesNumber = series_number
+    ds.AcquisitionNumber = 1
+    ds.FrameOfReferenceUID = frame_uid
+    ds.PositionReferenceIndicator = ""
+    if modality == "CT":
+        ds.KVP = ""
+    else:
+        ds.ScanningSequence = "RM"
+        ds.SequenceVariant = "NONE"
+        ds.ScanOptions = ""
+        ds.MRAcquisitionType = "2D"
+        ds.RepetitionTime = ""
+        ds.EchoTime = ""
+        ds.EchoTrainLength = ""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    return ds
+
+
+def write_dicom_series(
+    volume: Volume,
+    folder: str | os.PathLike[str],
+    *,
+    modality: str | None = None,
+    patient_id: str | None = None,
+    patient_name: str = "Anonymous",
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    series_description: str = "medsight",
+    series_number: int = 1,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write a single-channel volume as a DICOM series, one file per slice.
+
+    Geometry is exact: ImagePositionPatient, ImageOrientationPatient, PixelSpacing,
+    SliceThickness and SpacingBetweenSlices come from ``volume.geometry``; slices are
+    written in increasing position along the slice normal (the order DICOM readers sort
+    into). Values are stored as int16 with RescaleSlope/Intercept (see ``_to_stored``).
+    The folder appears complete or not at all.
+
+    Args:
+        volume: Single-channel volume; its metadata supplies UIDs and window when present.
+        folder: Output folder (created; must be empty or absent unless ``overwrite``).
+        modality: ``"CT"`` or ``"MR"``; default: the volume's modality if one of them, else CT.
+        patient_id: Defaults to the volume's, else ``"ANON"``.
+        patient_name: DICOM PatientName.
+        study_uid: Defaults to the volume's study UID, else a new one.
+        series_uid: Defaults to a new UID (a written series is a new series).
+        series_description: DICOM SeriesDescription.
+        series_number: DICOM SeriesNumber.
+        overwrite: Replace a non-empty ``folder``.
+
+    Returns:
+        Paths of the written files in slice order.
+    """
+    meta = volume.metadata
+    modality = (modality or (meta.modality if meta.modality in _SOP_CLASS else "CT")).upper()
+    if modality not in _SOP_CLASS:
+        raise InputError(f"modality must be one of {sorted(_SOP_CLASS)} for a DICOM series, got {modality!r}")
+    if volume.channels != 1:
+        raise InputError(
+            f"a DICOM CT/MR series holds one channel; this volume has {volume.channels}. "
+            "Write one channel at a time (volume.with_array(volume.array[i:i+1]))"
+        )
+    geo = volume.geometry
+    d = geo.direction_matrix
+    row_dir, col_dir = d[:, 2], d[:, 1]
+    normal = np.cross(row_dir, col_dir)
+    array = volume.array[0]
+    origin = np.asarray(geo.origin)
+    if float(np.dot(normal, d[:, 0])) < 0:  # store slices in increasing position along the normal
+        origin = origin + d[:, 0] * geo.spacing[0] * (array.shape[0] - 1)
+        array = array[::-1]
+    stored, slope, intercept = _to_stored(array)
+
+    frame_uid = geo.frame_of_reference_uid or generate_uid()
+    base = _base_dataset(
+        volume,
+        modality=modality,
+        study_uid=study_uid or meta.study_uid or generate_uid(),
+        series_uid=series_uid or generate_uid(),
+        frame_uid=frame_uid,
+        patient_id=patient_id or meta.patient_id or "ANON",
+        patient_name=patient_name,
+        series_description=series_description,
+        series_number=series_number,
+    )
+    base.Rows, base.Columns = int(stored.shape[1]), int(stored.shape[2])
+    base.PixelSpacing = [_ds_number(geo.spacing[1]), _ds_number(geo.spacing[2])]
+    base.SliceThickness = _ds_number(geo.spacing[0])
+    base.SpacingBetweenSlices = _ds_number(geo.spacing[0])
+    base.ImageOrientationPatient = [_ds_number(v) for v in (*row_dir, *col_dir)]
+    base.RescaleIntercept = _ds_number(intercept)
+    base.RescaleSlope = _ds_number(slope)
+    if modality == "CT":
+        base.RescaleType = "HU"
+    if meta.window is not None:
+        base.WindowCenter = _ds_number(meta.window[0])
+        base.WindowWidth = _ds_number(meta.window[1])
+
+    step = d[:, 0] * geo.spacing[0] * (1 if float(np.dot(normal, d[:, 0])) >= 0 else -1)
+    written: list[Path] = []
+    with atomic_dir(folder, overwrite=overwrite) as tmp:
+        for k in range(stored.shape[0]):
+            ds = Dataset()
+            ds.update(base)
+            sop_uid = generate_uid()
+            ds.SOPInstanceUID = sop_uid
+            ds.InstanceNumber = k + 1
+            position = origin + step * k
+            ds.ImagePositionPatient = [_ds_number(v) for v in position]
+            ds.SliceLocation = _ds_number(float(np.dot(position, normal)))
+            ds.PixelData = np.ascontiguousarray(stored[k]).astype("<i2", copy=False).tobytes()
+            meta_ds = FileMetaDataset()
+            meta_ds.MediaStorageSOPClassUID = base.SOPClassUID
+            meta_ds.MediaStorageSOPInstanceUID = sop_uid
+            meta_ds.TransferSyntaxUID = ExplicitVRLittleEndian
+            meta_ds.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+            ds.file_meta = meta_ds
+            name = f"slice_{k + 1:04d}.dcm"
+            pydicom.dcmwrite(tmp / name, ds, enforce_file_format=True)
+            written.append(Path(folder) / name)
+    log.info("wrote %d %s slices to %s", len(written), modality, folder)
+    return written
