@@ -260,7 +260,9 @@ def convert(
         slice_index=slice_index,
         modality=modality,
     )
-    out.print(f"wrote {written} ({out_fmt}, shape {tuple(volume.array.shape)}, spacing {_fmt(volume.geometry.spacing)} mm)")
+    out.print(
+        f"wrote {written} ({out_fmt}, shape {tuple(volume.array.shape)}, spacing {_fmt(volume.geometry.spacing)} mm)"
+    )
 
 
 def main() -> None:

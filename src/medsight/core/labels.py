@@ -136,9 +136,7 @@ class LabelSchema:
         elif region in self.names:
             members = (self.code_of(region),)
         else:
-            raise ConfigError(
-                f"unknown region {region!r}; regions: {list(self.regions)}, classes: {list(self.names)}"
-            )
+            raise ConfigError(f"unknown region {region!r}; regions: {list(self.regions)}, classes: {list(self.names)}")
         return np.isin(mask, list(members))
 
     def to_dict(self) -> dict[str, Any]:

@@ -109,9 +109,7 @@ class Volume:
     def with_array(self, array: np.ndarray) -> Volume:
         """Same geometry and metadata, new pixels of the same spatial shape."""
         if array.ndim != 4 or tuple(array.shape[1:]) != self.spatial_shape:
-            raise InputError(
-                f"new array must have spatial shape {self.spatial_shape} (C, Z, Y, X), got {array.shape}"
-            )
+            raise InputError(f"new array must have spatial shape {self.spatial_shape} (C, Z, Y, X), got {array.shape}")
         return replace(self, array=array)
 
     def replace(self, **changes: object) -> Volume:

@@ -92,7 +92,7 @@ def write(
     volume: Volume,
     path: str | os.PathLike[str],
     *,
-    format: str | None = None,  # noqa: A002 - the user-facing name
+    format: str | None = None,
     overwrite: bool = False,
     window: tuple[float, float] | None = None,
     slice_index: int | None = None,

@@ -19,6 +19,7 @@ from medsight.io.dicom_header import (
     base_metadata,
     bits_range,
     decode_frames,
+    display_window,
     finish_display,
     first_float,
     floats,
@@ -26,7 +27,6 @@ from medsight.io.dicom_header import (
     orientation,
     pixel_spacing,
     require_image,
-    display_window,
 )
 from medsight.io.stack import plan_stack, resample_stack, stack_geometry
 
@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 
 _TEMPORAL_POINTERS = {Tag(0x0018, 0x1063), Tag(0x0018, 0x1065)}  # FrameTime, FrameTimeVector
 _GRID_OFFSET_POINTER = Tag(0x3004, 0x000C)  # GridFrameOffsetVector (RT Dose)
-
-
 
 
 def _functional_item(ds: Dataset, frame: int, name: str) -> Dataset | None:
@@ -76,6 +74,15 @@ def _frame_times(ds: Dataset, count: int) -> tuple[float, ...]:
     return tuple(step * i for i in range(count))
 
 
+def _frame_pointers(ds: Dataset) -> set[Tag]:
+    """Tags named by FrameIncrementPointer (what changes from frame to frame)."""
+    value = ds.get("FrameIncrementPointer")
+    if value is None:
+        return set()
+    items = value if isinstance(value, list | pydicom.multival.MultiValue) else [value]
+    return {Tag(p) for p in items}
+
+
 def _classic_frames(ds: Dataset, label: str, *, slice_spacing: float | None, frames_as_channels: bool) -> _Frames:
     count = int(ds.get("NumberOfFrames", 1) or 1)
     row, col = orientation(ds.get("ImageOrientationPatient"), label)
@@ -98,8 +105,7 @@ def _classic_frames(ds: Dataset, label: str, *, slice_spacing: float | None, fra
     origin = floats(ds.get("ImagePositionPatient"), 3)
     origin = np.zeros(3) if origin is None else origin
     normal = np.cross(row, col)
-    pointers = ds.get("FrameIncrementPointer")
-    pointers = set() if pointers is None else {Tag(p) for p in (pointers if isinstance(pointers, list | pydicom.multival.MultiValue) else [pointers])}
+    pointers = _frame_pointers(ds)
     offsets = floats(ds.get("GridFrameOffsetVector"), count)
     if frames_as_channels or (pointers & _TEMPORAL_POINTERS and slice_spacing is None):
         frames.frame_times = _frame_times(ds, count)
@@ -161,7 +167,9 @@ def _has_frame_positions(ds: Dataset) -> bool:
     return _functional_item(ds, 0, "PlanePositionSequence") is not None
 
 
-def _assemble(values: np.ndarray, frames: _Frames, label: str, *, allow_gaps: bool, ds: Dataset) -> tuple[np.ndarray, Geometry]:
+def _assemble(
+    values: np.ndarray, frames: _Frames, label: str, *, allow_gaps: bool, ds: Dataset
+) -> tuple[np.ndarray, Geometry]:
     """``(F, Y, X, S)`` rescaled frames -> ``(C, Z, Y, X)`` array and its Geometry."""
     in_plane = frames.in_plane or (1.0, 1.0)
     frame_uid = str(ds.get("FrameOfReferenceUID")) if ds.get("FrameOfReferenceUID") else None

@@ -11,24 +11,27 @@ import logging
 import os
 import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medsight.core.errors import GeometryError, InputError
 from medsight.core.volume import VolumeMetadata
 
 __all__ = [
+    "DicomHeader",
     "apply_rescale",
     "base_metadata",
     "bits_range",
     "decode_frames",
+    "display_window",
     "finish_display",
     "first_float",
     "floats",
@@ -36,8 +39,9 @@ __all__ = [
     "load_dataset",
     "orientation",
     "pixel_spacing",
+    "read_frames",
+    "read_header",
     "require_image",
-    "display_window",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,7 +97,107 @@ def load_dataset(
         raise InputError(f"{path} is a corrupt or truncated DICOM file: {exc}") from exc
     for w in caught:
         log.debug("%s: %s", path.name, w.message)
+    _ensure_transfer_syntax(ds)
     return ds
+
+
+def _ensure_transfer_syntax(ds: Dataset) -> None:
+    """Files without a meta header (no preamble) still need a transfer syntax to decode pixels."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if not little:
+        uid = ExplicitVRBigEndian
+    else:
+        uid = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    if meta is None:
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = uid
+
+
+_RAW_SYNTAXES = {"1.2.840.10008.1.2": True, "1.2.840.10008.1.2.1": False}  # uid -> implicit VR
+_PIXEL_TAG = b"\xe0\x7f\x10\x00"
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """A DICOM file's header (no pixels) and, for raw little-endian files, where its pixels are.
+
+    Reading headers first lets a folder be scanned cheaply, and lets raw pixel data be read
+    straight from disk, skipping whatever a scanner put after it.
+    """
+
+    path: Path
+    dataset: Dataset
+    pixel_offset: int | None = None
+    pixel_length: int | None = None
+
+
+def read_header(path: str | os.PathLike[str]) -> DicomHeader:
+    """Read everything before the pixel data; locate the pixel data of raw little-endian files."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is empty (0 bytes); the copy or download failed")
+    with open(path, "rb") as fp:
+        try:
+            with warnings.catch_warnings(record=True):
+                warnings.simplefilter("always")
+                ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        except InvalidDicomError as exc:
+            raise InputError(f"{path} is not a DICOM file: it has no 'DICM' marker at byte 128") from exc
+        except (EOFError, OSError, ValueError, KeyError, struct.error, TypeError) as exc:
+            raise InputError(f"{path} is a corrupt or truncated DICOM file: {exc}") from exc
+        ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+        if ts not in _RAW_SYNTAXES:
+            return DicomHeader(path, ds)
+        start = fp.tell()
+        head = fp.read(12)
+    if head[:4] != _PIXEL_TAG or len(head) < 12:
+        return DicomHeader(path, ds)
+    implicit = _RAW_SYNTAXES[ts]
+    (length,) = struct.unpack("<I", head[4:8] if implicit else head[8:12])
+    if length == 0xFFFFFFFF:  # encapsulated: leave it to pydicom
+        return DicomHeader(path, ds)
+    return DicomHeader(path, ds, pixel_offset=start + (8 if implicit else 12), pixel_length=length)
+
+
+def _raw_pixel_dtype(ds: Dataset) -> np.dtype | None:
+    """dtype for reading stored pixels straight from a raw file, or None when decoding is needed."""
+    bits = int(ds.get("BitsAllocated", 0))
+    ok = (
+        int(ds.get("SamplesPerPixel", 1)) == 1
+        and bits in (8, 16, 32)
+        and int(ds.get("BitsStored", bits)) == bits
+        and str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() in ("MONOCHROME1", "MONOCHROME2")
+    )
+    if not ok:
+        return None
+    kind = "i" if int(ds.get("PixelRepresentation", 0)) == 1 else "u"
+    return np.dtype(f"<{kind}{bits // 8}")
+
+
+def read_frames(header: DicomHeader) -> np.ndarray:
+    """Stored pixels of a file as ``(frames, rows, cols, samples)``; raw files are read directly."""
+    ds = header.dataset
+    dtype = _raw_pixel_dtype(ds) if header.pixel_offset is not None else None
+    if dtype is None or "Rows" not in ds:
+        full = load_dataset(header.path)
+        require_image(full, str(header.path))
+        return decode_frames(full, str(header.path))
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    count = rows * cols * frames
+    available = min(int(header.pixel_length or 0), header.path.stat().st_size - int(header.pixel_offset or 0))
+    if available < count * dtype.itemsize:
+        raise InputError(
+            f"{header.path} is truncated: pixel data holds {max(available, 0)} bytes, "
+            f"{count * dtype.itemsize} expected for {frames} frame(s) of {rows}x{cols}"
+        )
+    arr = np.fromfile(header.path, dtype=dtype, count=count, offset=int(header.pixel_offset or 0))
+    return arr.astype(dtype.newbyteorder("="), copy=False).reshape(frames, rows, cols, 1)
 
 
 def is_dicomdir(ds: Dataset) -> bool:
@@ -134,35 +238,31 @@ def decode_frames(ds: Dataset, label: str) -> np.ndarray:
     rows, cols = int(ds.Rows), int(ds.Columns)
     samples = int(ds.get("SamplesPerPixel", 1))
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    bits = int(ds.get("BitsAllocated", 16))
     ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
-    fast = (
-        ts in _NATIVE_LE
-        and samples == 1
-        and bits in (8, 16, 32)
-        and int(ds.get("BitsStored", bits)) == bits
-        and str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() in ("MONOCHROME1", "MONOCHROME2")
-    )
-    if fast:
-        kind = "i" if int(ds.get("PixelRepresentation", 0)) == 1 else "u"
+    dtype = _raw_pixel_dtype(ds) if ts in _NATIVE_LE else None
+    if dtype is not None:  # raw little-endian: no decoding needed
         raw = ds.PixelData
-        need = rows * cols * frames * bits // 8
+        need = rows * cols * frames * dtype.itemsize
         if len(raw) < need:
             raise InputError(
                 f"{label} is truncated: pixel data holds {len(raw)} bytes, {need} expected "
-                f"for {frames} frame(s) of {rows}x{cols} at {bits} bits"
+                f"for {frames} frame(s) of {rows}x{cols}"
             )
-        arr = np.frombuffer(raw, dtype=f"<{kind}{bits // 8}", count=rows * cols * frames)
-        return arr.reshape(frames, rows, cols, 1)
+        arr = np.frombuffer(raw, dtype=dtype, count=rows * cols * frames)
+        return arr.astype(dtype.newbyteorder("="), copy=False).reshape(frames, rows, cols, 1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             arr = ds.pixel_array
     except (RuntimeError, NotImplementedError) as exc:
         syntax = UID(ts).name or ts or "unknown"
-        hint = _DECODER_HINT if not _decoders_installed() else (
-            "the decoders are installed, so the compressed data is probably corrupt or made by an "
-            "unusual encoder; re-export it uncompressed"
+        hint = (
+            _DECODER_HINT
+            if not _decoders_installed()
+            else (
+                "the decoders are installed, so the compressed data is probably corrupt or made by an "
+                "unusual encoder; re-export it uncompressed"
+            )
         )
         raise InputError(f"{label}: cannot decode pixel data in transfer syntax {syntax} ({exc}); {hint}") from exc
     except (ValueError, AttributeError, EOFError, KeyError) as exc:
@@ -325,10 +425,8 @@ def finish_display(
         if array.dtype.kind == "f":
             array = (k - array).astype(array.dtype)
         else:
-            array = (int(round(k)) - array.astype(np.int64)).astype(array.dtype)
+            array = (round(k) - array.astype(np.int64)).astype(array.dtype)
         if window is not None:
             window = (k - window[0], window[1])
         inverted = True
     return array, meta.replace(window=window, rescale=rescale, monochrome1_inverted=inverted)
-
-

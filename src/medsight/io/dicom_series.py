@@ -9,16 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset
 
 from medsight.core.errors import InputError, SeriesError
 from medsight.core.volume import Volume
 from medsight.io.dicom import dataset_to_volume
 from medsight.io.dicom_header import (
+    DicomHeader,
     apply_rescale,
     base_metadata,
     bits_range,
-    decode_frames,
+    display_window,
     finish_display,
     first_float,
     floats,
@@ -26,7 +26,8 @@ from medsight.io.dicom_header import (
     load_dataset,
     orientation,
     pixel_spacing,
-    display_window,
+    read_frames,
+    read_header,
 )
 from medsight.io.stack import plan_stack, resample_stack, stack_geometry
 
@@ -73,20 +74,20 @@ def _walk(folder: Path) -> list[Path]:
     return paths
 
 
-def _scan(folder: Path, *, headers_only: bool) -> dict[str, list[tuple[Path, Dataset]]]:
+def _scan(folder: Path) -> dict[str, list[DicomHeader]]:
     """Group the image datasets under ``folder`` by SeriesInstanceUID."""
     if not folder.exists():
         raise InputError(f"{folder}: no such folder")
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder")
-    groups: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
+    groups: dict[str, list[DicomHeader]] = defaultdict(list)
     paths = _walk(folder)
     if not paths:
         raise InputError(f"folder {folder} is empty: no files to read")
     skipped = 0
     for path in paths:
         try:
-            ds = load_dataset(path, stop_before_pixels=headers_only)
+            header = read_header(path)
         except InputError as exc:
             if path.name.upper() == "DICOMDIR" or path.suffix.lower() not in ("", ".dcm", ".dicom", ".ima"):
                 log.warning("skipping %s: not a DICOM file", path)
@@ -94,25 +95,24 @@ def _scan(folder: Path, *, headers_only: bool) -> dict[str, list[tuple[Path, Dat
                 log.warning("skipping %s: %s", path, exc)
             skipped += 1
             continue
+        ds = header.dataset
         if is_dicomdir(ds):
             log.warning("skipping DICOMDIR %s (the images are read directly)", path)
             continue
         if "Rows" not in ds:
             log.info("skipping %s: not an image (%s)", path, ds.get("SOPClassUID", "no SOP class"))
             continue
-        groups[str(ds.get("SeriesInstanceUID", "") or "(no SeriesInstanceUID)")].append((path, ds))
+        groups[str(ds.get("SeriesInstanceUID", "") or "(no SeriesInstanceUID)")].append(header)
     if not groups:
-        raise InputError(
-            f"folder {folder} holds no DICOM images ({len(paths)} file(s) looked at, {skipped} not DICOM)"
-        )
+        raise InputError(f"folder {folder} holds no DICOM images ({len(paths)} file(s) looked at, {skipped} not DICOM)")
     return groups
 
 
-def _info(uid: str, members: list[tuple[Path, Dataset]]) -> SeriesInfo:
-    first = members[0][1]
+def _info(uid: str, members: list[DicomHeader]) -> SeriesInfo:
+    first = members[0].dataset
     return SeriesInfo(
         uid=uid,
-        files=tuple(p for p, _ in members),
+        files=tuple(h.path for h in members),
         modality=str(first.get("Modality")) if first.get("Modality") else None,
         description=str(first.get("SeriesDescription")) if first.get("SeriesDescription") else None,
         rows=int(first.Rows) if "Rows" in first else None,
@@ -122,14 +122,15 @@ def _info(uid: str, members: list[tuple[Path, Dataset]]) -> SeriesInfo:
 
 def list_dicom_series(folder: str | os.PathLike[str]) -> list[SeriesInfo]:
     """Image series under ``folder`` (recursively), largest first. Reads headers only."""
-    groups = _scan(Path(folder), headers_only=True)
+    groups = _scan(Path(folder))
     infos = [_info(uid, members) for uid, members in groups.items()]
     return sorted(infos, key=lambda s: (-s.size, s.uid))
 
 
-def _choose(groups: dict[str, list[tuple[Path, Dataset]]], series_uid: str | None, folder: Path) -> str:
+def _choose(groups: dict[str, list[DicomHeader]], series_uid: str | None, folder: Path) -> str:
     listing = "; ".join(
-        f"{uid} ({len(m)} files, {m[0][1].get('Modality', '?')}, {m[0][1].get('SeriesDescription', '') or 'no description'})"
+        f"{uid} ({len(m)} files, {m[0].dataset.get('Modality', '?')}, "
+        f"{m[0].dataset.get('SeriesDescription', '') or 'no description'})"
         for uid, m in sorted(groups.items(), key=lambda kv: -len(kv[1]))
     )
     if series_uid is None:
@@ -146,10 +147,10 @@ def _choose(groups: dict[str, list[tuple[Path, Dataset]]], series_uid: str | Non
     return series_uid
 
 
-def _check_same(members: list[tuple[Path, Dataset]], what: str, key: str, values: list[object]) -> None:
+def _check_same(members: list[DicomHeader], what: str, key: str, values: list[object]) -> None:
     distinct: dict[object, list[str]] = defaultdict(list)
-    for (path, _), value in zip(members, values, strict=True):
-        distinct[value].append(path.name)
+    for header, value in zip(members, values, strict=True):
+        distinct[value].append(header.path.name)
     if len(distinct) > 1:
         parts = [f"{v} in {len(names)} file(s) (e.g. {names[0]})" for v, names in distinct.items()]
         raise SeriesError(
@@ -183,73 +184,88 @@ def read_dicom_series(
         InputError: missing/empty folder, no DICOM images, corrupt pixel data.
     """
     folder = Path(folder)
-    groups = _scan(folder, headers_only=False)
+    groups = _scan(folder)
     uid = _choose(groups, series_uid, folder)
     members = groups[uid]
     what = f"series {uid}"
     if len(members) == 1:
-        path, ds = members[0]
-        return dataset_to_volume(ds, label=str(path), invert_monochrome1=invert_monochrome1, allow_gaps=allow_gaps)
-    multi = [p.name for p, ds in members if int(ds.get("NumberOfFrames", 1) or 1) > 1]
+        path = members[0].path
+        return dataset_to_volume(
+            load_dataset(path), label=str(path), invert_monochrome1=invert_monochrome1, allow_gaps=allow_gaps
+        )
+    row, col, positions, in_plane = _check_stack(members, what)
+    plan = plan_stack(
+        positions, np.cross(row, col), labels=[h.path.name for h in members], what=what, allow_gaps=allow_gaps
+    )
+    ordered = [members[i] for i in plan.order]
+    stored = _load_pixels(ordered)
+    datasets = [h.dataset for h in ordered]
+    slopes = np.array([first_float(d.get("RescaleSlope")) or 1.0 for d in datasets])
+    intercepts = np.array([first_float(d.get("RescaleIntercept")) or 0.0 for d in datasets])
+    ranges = np.array([bits_range(d) for d in datasets])
+    grey = stored.shape[-1] == 1
+    values = stored
+    if grey:
+        values = apply_rescale(stored, slopes, intercepts, (int(ranges[:, 0].min()), int(ranges[:, 1].max())))
+    z = float(plan.spacing or 1.0)
+    if plan.has_gaps:
+        values = resample_stack(values, plan.positions, z)
+    array = np.ascontiguousarray(np.moveaxis(values, -1, 0))  # (S, Z, Y, X)
+
+    first = datasets[0]
+    if in_plane is None:
+        log.warning("%s has no pixel spacing; assuming 1 mm", what)
+    frame_uid = str(first.get("FrameOfReferenceUID")) if first.get("FrameOfReferenceUID") else None
+    geometry = stack_geometry(positions[plan.order[0]], row, col, (z, *(in_plane or (1.0, 1.0))), frame_uid)
+    uniform = len(set(zip(slopes.tolist(), intercepts.tolist(), strict=True))) == 1
+    rescale = None
+    if grey and uniform and (slopes[0], intercepts[0]) != (1.0, 0.0):
+        rescale = (float(slopes[0]), float(intercepts[0]))
+    meta = base_metadata(first, "dicom-series").replace(
+        sop_uids=() if plan.has_gaps else tuple(str(d.get("SOPInstanceUID", "")) for d in datasets),
+        spacing_assumed=in_plane is None,
+        channel_names=("R", "G", "B") if array.shape[0] == 3 else None,
+    )
+    array, meta = finish_display(
+        array, first, meta, window=display_window(first), rescale=rescale, invert_monochrome1=invert_monochrome1
+    )
+    return Volume(array, geometry, meta)
+
+
+def _check_stack(
+    members: list[DicomHeader], what: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float] | None]:
+    """Check the files form one stack; return row, column, positions and pixel spacing."""
+    multi = [h.path.name for h in members if int(h.dataset.get("NumberOfFrames", 1) or 1) > 1]
     if multi:
         raise SeriesError(
             f"{what} holds {len(members)} files, {len(multi)} of them multi-frame (e.g. {multi[0]}); "
             "read each multi-frame file on its own"
         )
-    datasets = [ds for _, ds in members]
+    datasets = [h.dataset for h in members]
     _check_same(members, what, "image sizes", [(int(d.Rows), int(d.Columns)) for d in datasets])
-    iops = [tuple(np.round(floats(d.get("ImageOrientationPatient"), 6), 4)) if floats(d.get("ImageOrientationPatient"), 6) is not None else None for d in datasets]
-    _check_same(members, what, "orientations", iops)
+    iops = [floats(d.get("ImageOrientationPatient"), 6) for d in datasets]
+    _check_same(members, what, "orientations", [None if v is None else tuple(np.round(v, 4)) for v in iops])
     spacings = [pixel_spacing(d) for d in datasets]
-    _check_same(members, what, "pixel spacings", [None if s is None else tuple(np.round(s, 4)) for s in spacings])
+    _check_same(members, what, "pixel spacings", [None if v is None else tuple(np.round(v, 4)) for v in spacings])
     positions = []
-    for path, d in members:
-        pos = floats(d.get("ImagePositionPatient"), 3)
+    for header in members:
+        pos = floats(header.dataset.get("ImagePositionPatient"), 3)
         if pos is None:
-            raise SeriesError(f"{what}: {path.name} has no ImagePositionPatient, so slices cannot be ordered")
+            raise SeriesError(f"{what}: {header.path.name} has no ImagePositionPatient, so slices cannot be ordered")
         positions.append(pos)
     row, col = orientation(datasets[0].get("ImageOrientationPatient"), what)
-    normal = np.cross(row, col)
-    plan = plan_stack(np.array(positions), normal, labels=[p.name for p, _ in members], what=what, allow_gaps=allow_gaps)
+    return row, col, np.array(positions), spacings[0]
 
-    ordered = [members[i] for i in plan.order]
-    first_pixels = decode_frames(ordered[0][1], str(ordered[0][0]))
-    stored = np.empty((len(ordered), *first_pixels.shape[1:]), dtype=first_pixels.dtype)
-    stored[0] = first_pixels[0]
-    for k, (path, d) in enumerate(ordered[1:], start=1):
-        pixels = decode_frames(d, str(path))
+
+def _load_pixels(ordered: list[DicomHeader]) -> np.ndarray:
+    """Stored pixels of single-frame files, stacked: ``(Z, Y, X, S)``."""
+    first = read_frames(ordered[0])
+    stored = np.empty((len(ordered), *first.shape[1:]), dtype=first.dtype)
+    stored[0] = first[0]
+    for k, header in enumerate(ordered[1:], start=1):
+        pixels = read_frames(header)
         if pixels.dtype != stored.dtype:
             stored = stored.astype(np.result_type(stored.dtype, pixels.dtype))
         stored[k] = pixels[0]
-    slopes = np.array([first_float(d.get("RescaleSlope")) or 1.0 for _, d in ordered])
-    intercepts = np.array([first_float(d.get("RescaleIntercept")) or 0.0 for _, d in ordered])
-    ranges = np.array([bits_range(d) for _, d in ordered])
-    grey = stored.shape[-1] == 1
-    values = apply_rescale(stored, slopes, intercepts, (int(ranges[:, 0].min()), int(ranges[:, 1].max()))) if grey else stored
-    z = float(plan.spacing)  # type: ignore[arg-type]
-    if plan.has_gaps:
-        values = resample_stack(values, plan.positions, z)
-    array = np.moveaxis(values, -1, 0) if not grey else values[None, ..., 0]
-
-    first_ds = ordered[0][1]
-    in_plane = spacings[0]
-    if in_plane is None:
-        log.warning("%s has no pixel spacing; assuming 1 mm", what)
-    geometry = stack_geometry(
-        np.asarray(positions[plan.order[0]]),
-        row,
-        col,
-        (z, *(in_plane or (1.0, 1.0))),
-        str(first_ds.get("FrameOfReferenceUID")) if first_ds.get("FrameOfReferenceUID") else None,
-    )
-    uniform = len(set(zip(slopes.tolist(), intercepts.tolist(), strict=True))) == 1
-    rescale = (float(slopes[0]), float(intercepts[0])) if grey and uniform and (slopes[0], intercepts[0]) != (1.0, 0.0) else None
-    meta = base_metadata(first_ds, "dicom-series").replace(
-        sop_uids=tuple(str(d.get("SOPInstanceUID", "")) for _, d in ordered) if not plan.has_gaps else (),
-        spacing_assumed=in_plane is None,
-        channel_names=("R", "G", "B") if array.shape[0] == 3 else None,
-    )
-    array, meta = finish_display(
-        np.ascontiguousarray(array), first_ds, meta, window=display_window(first_ds), rescale=rescale, invert_monochrome1=invert_monochrome1
-    )
-    return Volume(array, geometry, meta)
+    return stored

@@ -131,7 +131,7 @@ def resample_stack(slices: np.ndarray, positions: np.ndarray, spacing: float) ->
     are rounded).
     """
     start, stop = float(positions[0]), float(positions[-1])
-    count = int(round((stop - start) / spacing)) + 1
+    count = round((stop - start) / spacing) + 1
     targets = start + spacing * np.arange(count)
     upper = np.clip(np.searchsorted(positions, targets, side="left"), 1, len(positions) - 1)
     lower = upper - 1
