@@ -66,6 +66,35 @@ class SeriesInfo:
         }
 
 
+@dataclass(frozen=True)
+class _Slice:
+    """The header values a series needs from one file, read once (pydicom access is slow)."""
+
+    header: DicomHeader
+    size: tuple[int, int]
+    frames: int
+    orientation: np.ndarray | None
+    position: np.ndarray | None
+    spacing: tuple[float, float] | None
+    slope: float
+    intercept: float
+
+    @classmethod
+    def of(cls, header: DicomHeader) -> _Slice:
+        ds = header.dataset
+        iop = floats(ds.get("ImageOrientationPatient"), 6)
+        return cls(
+            header=header,
+            size=(int(ds.Rows), int(ds.Columns)),
+            frames=int(ds.get("NumberOfFrames", 1) or 1),
+            orientation=iop,
+            position=floats(ds.get("ImagePositionPatient"), 3),
+            spacing=pixel_spacing(ds),
+            slope=first_float(ds.get("RescaleSlope")) or 1.0,
+            intercept=first_float(ds.get("RescaleIntercept")) or 0.0,
+        )
+
+
 def _walk(folder: Path) -> list[Path]:
     paths = []
     for root, dirs, files in os.walk(folder):
@@ -74,13 +103,13 @@ def _walk(folder: Path) -> list[Path]:
     return paths
 
 
-def _scan(folder: Path) -> dict[str, list[DicomHeader]]:
+def _scan(folder: Path) -> dict[str, list[_Slice]]:
     """Group the image datasets under ``folder`` by SeriesInstanceUID."""
     if not folder.exists():
         raise InputError(f"{folder}: no such folder")
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder")
-    groups: dict[str, list[DicomHeader]] = defaultdict(list)
+    groups: dict[str, list[_Slice]] = defaultdict(list)
     paths = _walk(folder)
     if not paths:
         raise InputError(f"folder {folder} is empty: no files to read")
@@ -102,17 +131,17 @@ def _scan(folder: Path) -> dict[str, list[DicomHeader]]:
         if "Rows" not in ds:
             log.info("skipping %s: not an image (%s)", path, ds.get("SOPClassUID", "no SOP class"))
             continue
-        groups[str(ds.get("SeriesInstanceUID", "") or "(no SeriesInstanceUID)")].append(header)
+        groups[str(ds.get("SeriesInstanceUID", "") or "(no SeriesInstanceUID)")].append(_Slice.of(header))
     if not groups:
         raise InputError(f"folder {folder} holds no DICOM images ({len(paths)} file(s) looked at, {skipped} not DICOM)")
     return groups
 
 
-def _info(uid: str, members: list[DicomHeader]) -> SeriesInfo:
-    first = members[0].dataset
+def _info(uid: str, members: list[_Slice]) -> SeriesInfo:
+    first = members[0].header.dataset
     return SeriesInfo(
         uid=uid,
-        files=tuple(h.path for h in members),
+        files=tuple(m.header.path for m in members),
         modality=str(first.get("Modality")) if first.get("Modality") else None,
         description=str(first.get("SeriesDescription")) if first.get("SeriesDescription") else None,
         rows=int(first.Rows) if "Rows" in first else None,
@@ -127,10 +156,10 @@ def list_dicom_series(folder: str | os.PathLike[str]) -> list[SeriesInfo]:
     return sorted(infos, key=lambda s: (-s.size, s.uid))
 
 
-def _choose(groups: dict[str, list[DicomHeader]], series_uid: str | None, folder: Path) -> str:
+def _choose(groups: dict[str, list[_Slice]], series_uid: str | None, folder: Path) -> str:
     listing = "; ".join(
-        f"{uid} ({len(m)} files, {m[0].dataset.get('Modality', '?')}, "
-        f"{m[0].dataset.get('SeriesDescription', '') or 'no description'})"
+        f"{uid} ({len(m)} files, {m[0].header.dataset.get('Modality', '?')}, "
+        f"{m[0].header.dataset.get('SeriesDescription', '') or 'no description'})"
         for uid, m in sorted(groups.items(), key=lambda kv: -len(kv[1]))
     )
     if series_uid is None:
@@ -147,10 +176,10 @@ def _choose(groups: dict[str, list[DicomHeader]], series_uid: str | None, folder
     return series_uid
 
 
-def _check_same(members: list[DicomHeader], what: str, key: str, values: list[object]) -> None:
+def _check_same(members: list[_Slice], what: str, key: str, values: list[object]) -> None:
     distinct: dict[object, list[str]] = defaultdict(list)
-    for header, value in zip(members, values, strict=True):
-        distinct[value].append(header.path.name)
+    for member, value in zip(members, values, strict=True):
+        distinct[value].append(member.header.path.name)
     if len(distinct) > 1:
         parts = [f"{v} in {len(names)} file(s) (e.g. {names[0]})" for v, names in distinct.items()]
         raise SeriesError(
@@ -189,30 +218,27 @@ def read_dicom_series(
     members = groups[uid]
     what = f"series {uid}"
     if len(members) == 1:
-        path = members[0].path
+        path = members[0].header.path
         return dataset_to_volume(
             load_dataset(path), label=str(path), invert_monochrome1=invert_monochrome1, allow_gaps=allow_gaps
         )
-    row, col, positions, in_plane = _check_stack(members, what)
+    row, col, positions = _check_stack(members, what)
     plan = plan_stack(
-        positions, np.cross(row, col), labels=[h.path.name for h in members], what=what, allow_gaps=allow_gaps
+        positions, np.cross(row, col), labels=[m.header.path.name for m in members], what=what, allow_gaps=allow_gaps
     )
     ordered = [members[i] for i in plan.order]
-    stored = _load_pixels(ordered)
-    datasets = [h.dataset for h in ordered]
-    slopes = np.array([first_float(d.get("RescaleSlope")) or 1.0 for d in datasets])
-    intercepts = np.array([first_float(d.get("RescaleIntercept")) or 0.0 for d in datasets])
-    ranges = np.array([bits_range(d) for d in datasets])
+    stored = _load_pixels([m.header for m in ordered])
+    first = ordered[0].header.dataset
+    slopes = np.array([m.slope for m in ordered])
+    intercepts = np.array([m.intercept for m in ordered])
     grey = stored.shape[-1] == 1
-    values = stored
-    if grey:
-        values = apply_rescale(stored, slopes, intercepts, (int(ranges[:, 0].min()), int(ranges[:, 1].max())))
+    values = apply_rescale(stored, slopes, intercepts, bits_range(first)) if grey else stored
     z = float(plan.spacing or 1.0)
     if plan.has_gaps:
         values = resample_stack(values, plan.positions, z)
     array = np.ascontiguousarray(np.moveaxis(values, -1, 0))  # (S, Z, Y, X)
 
-    first = datasets[0]
+    in_plane = members[0].spacing
     if in_plane is None:
         log.warning("%s has no pixel spacing; assuming 1 mm", what)
     frame_uid = str(first.get("FrameOfReferenceUID")) if first.get("FrameOfReferenceUID") else None
@@ -221,8 +247,9 @@ def read_dicom_series(
     rescale = None
     if grey and uniform and (slopes[0], intercepts[0]) != (1.0, 0.0):
         rescale = (float(slopes[0]), float(intercepts[0]))
+    sop_uids = tuple(str(m.header.dataset.get("SOPInstanceUID", "")) for m in ordered)
     meta = base_metadata(first, "dicom-series").replace(
-        sop_uids=() if plan.has_gaps else tuple(str(d.get("SOPInstanceUID", "")) for d in datasets),
+        sop_uids=() if plan.has_gaps else sop_uids,
         spacing_assumed=in_plane is None,
         channel_names=("R", "G", "B") if array.shape[0] == 3 else None,
     )
@@ -232,30 +259,24 @@ def read_dicom_series(
     return Volume(array, geometry, meta)
 
 
-def _check_stack(
-    members: list[DicomHeader], what: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float] | None]:
-    """Check the files form one stack; return row, column, positions and pixel spacing."""
-    multi = [h.path.name for h in members if int(h.dataset.get("NumberOfFrames", 1) or 1) > 1]
+def _check_stack(members: list[_Slice], what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check the files form one stack; return row and column directions and slice positions."""
+    multi = [m.header.path.name for m in members if m.frames > 1]
     if multi:
         raise SeriesError(
             f"{what} holds {len(members)} files, {len(multi)} of them multi-frame (e.g. {multi[0]}); "
             "read each multi-frame file on its own"
         )
-    datasets = [h.dataset for h in members]
-    _check_same(members, what, "image sizes", [(int(d.Rows), int(d.Columns)) for d in datasets])
-    iops = [floats(d.get("ImageOrientationPatient"), 6) for d in datasets]
-    _check_same(members, what, "orientations", [None if v is None else tuple(np.round(v, 4)) for v in iops])
-    spacings = [pixel_spacing(d) for d in datasets]
-    _check_same(members, what, "pixel spacings", [None if v is None else tuple(np.round(v, 4)) for v in spacings])
-    positions = []
-    for header in members:
-        pos = floats(header.dataset.get("ImagePositionPatient"), 3)
-        if pos is None:
-            raise SeriesError(f"{what}: {header.path.name} has no ImagePositionPatient, so slices cannot be ordered")
-        positions.append(pos)
-    row, col = orientation(datasets[0].get("ImageOrientationPatient"), what)
-    return row, col, np.array(positions), spacings[0]
+    _check_same(members, what, "image sizes", [m.size for m in members])
+    iops = [None if m.orientation is None else tuple(np.round(m.orientation, 4)) for m in members]
+    _check_same(members, what, "orientations", iops)
+    spacings = [None if m.spacing is None else tuple(np.round(m.spacing, 4)) for m in members]
+    _check_same(members, what, "pixel spacings", spacings)
+    missing = [m.header.path.name for m in members if m.position is None]
+    if missing:
+        raise SeriesError(f"{what}: {missing[0]} has no ImagePositionPatient, so slices cannot be ordered")
+    row, col = orientation(members[0].orientation, what)
+    return row, col, np.array([m.position for m in members])
 
 
 def _load_pixels(ordered: list[DicomHeader]) -> np.ndarray:
