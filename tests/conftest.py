@@ -69,3 +69,16 @@ def make_series(tmp_path: Path) -> Callable[..., tuple[Path, Volume]]:
         return folder, volume
 
     return make
+
+
+@pytest.fixture
+def two_series(make_series: Callable[..., tuple[Path, Volume]], tmp_path: Path) -> tuple[Path, Volume, Volume]:
+    """A folder holding a 4-slice and a 6-slice series; returns (folder, small, large)."""
+    import shutil
+
+    a, small = make_series("a", shape=(4, 8, 8))
+    b, large = make_series("b", shape=(6, 8, 8), seed=1)
+    both = tmp_path / "both"
+    shutil.copytree(a, both / "a")
+    shutil.copytree(b, both / "b")
+    return both, small, large

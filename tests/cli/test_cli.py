@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -40,16 +39,12 @@ def test_info_json_has_exact_geometry(make_series):
     assert len(info["series_in_folder"]) == 1
 
 
-def test_info_lists_several_series_and_shows_the_largest(make_series, tmp_path):
-    a, _ = make_series("a", shape=(3, 8, 8))
-    b, _ = make_series("b", shape=(5, 8, 8), seed=1)
-    both = tmp_path / "both"
-    shutil.copytree(a, both / "a")
-    shutil.copytree(b, both / "b")
+def test_info_lists_several_series_and_shows_the_largest(two_series):
+    both, _, _ = two_series
     result = invoke("info", both, "--json")
     info = json.loads(result.output)
-    assert info["shape"] == [1, 5, 8, 8]
-    assert [s["files"] for s in info["series_in_folder"]] == [5, 3]
+    assert info["shape"] == [1, 6, 8, 8]
+    assert [s["files"] for s in info["series_in_folder"]] == [6, 4]
 
 
 def test_convert_series_to_nifti_and_back(make_series, tmp_path):

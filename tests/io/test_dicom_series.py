@@ -123,12 +123,8 @@ def test_duplicate_positions(make_series):
         read(folder)
 
 
-def test_two_series_need_a_choice(make_series, tmp_path):
-    a, _ = make_series("a", shape=(4, 8, 8))
-    b, vol_b = make_series("b", shape=(6, 8, 8), seed=1)
-    both = tmp_path / "both"
-    shutil.copytree(a, both / "a")
-    shutil.copytree(b, both / "b")
+def test_two_series_need_a_choice(two_series):
+    both, _, vol_b = two_series
     with pytest.raises(SeriesError, match=r"holds 2 series.*--series"):
         read(both)
     largest = read(both, series_uid="largest")
