@@ -201,3 +201,24 @@ def test_multiframe_without_spacing_needs_a_choice(testdata):
 def test_colour_ultrasound_is_rgb(testdata):
     v = read_dicom_file(testdata("US1_UNCR.dcm"))
     assert v.array.shape == (3, 1, 480, 640) and v.metadata.channel_names == ("R", "G", "B")
+
+
+def test_enhanced_frames_sharing_a_position_become_channels(testdata, tmp_path):
+    """Two echoes (or phases) per slice position: frames at one position are channels."""
+    import copy
+
+    ds = pydicom.dcmread(testdata("eCT_Supplemental.dcm"))
+    frames = ds.pixel_array  # (2, 512, 512) stored values, frame order as in the file
+    second_echo = (frames + 7).astype(frames.dtype)
+    ds.PixelData = np.concatenate([frames, second_echo]).tobytes()
+    ds.NumberOfFrames = 4
+    groups = ds.PerFrameFunctionalGroupsSequence
+    ds.PerFrameFunctionalGroupsSequence = [copy.deepcopy(groups[i]) for i in (0, 1, 0, 1)]
+    ds.save_as(tmp_path / "echoes.dcm")
+
+    v = read(tmp_path / "echoes.dcm")
+    assert v.array.shape == (2, 2, 512, 512)
+    reference = read(testdata("eCT_Supplemental.dcm"))
+    np.testing.assert_array_equal(v.array[0], reference.array[0])
+    np.testing.assert_array_equal(v.array[1], reference.array[0] + 7)
+    assert v.geometry.isclose(reference.geometry)

@@ -65,8 +65,8 @@ class LabelSchema:
         names = [c.name for c in classes]
         if not classes:
             raise ConfigError("a LabelSchema needs at least one foreground class")
-        for label, values in (("codes", codes), ("names", names)):
-            dupes = sorted({v for v in values if values.count(v) > 1}, key=str)
+        for label, values in (("codes", [str(c) for c in codes]), ("names", names)):
+            dupes = sorted({v for v in values if values.count(v) > 1})
             if dupes:
                 raise ConfigError(f"LabelSchema class {label} must be unique; repeated: {dupes}")
         if self.background in codes:

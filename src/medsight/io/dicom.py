@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 
 from medsight.core.errors import GeometryError, InputError
 from medsight.core.geometry import Geometry
@@ -74,7 +74,7 @@ def _frame_times(ds: Dataset, count: int) -> tuple[float, ...]:
     return tuple(step * i for i in range(count))
 
 
-def _frame_pointers(ds: Dataset) -> set[Tag]:
+def _frame_pointers(ds: Dataset) -> set[BaseTag]:
     """Tags named by FrameIncrementPointer (what changes from frame to frame)."""
     value = ds.get("FrameIncrementPointer")
     if value is None:
@@ -129,7 +129,8 @@ def _classic_frames(ds: Dataset, label: str, *, slice_spacing: float | None, fra
 def _enhanced_frames(ds: Dataset, label: str) -> _Frames:
     count = int(ds.get("NumberOfFrames", 1) or 1)
     orient_items = [_functional_item(ds, f, "PlaneOrientationSequence") for f in range(count)]
-    iops = {tuple(np.round(floats(i.get("ImageOrientationPatient"), 6), 4)) for i in orient_items if i is not None}
+    vectors = [floats(i.get("ImageOrientationPatient"), 6) for i in orient_items if i is not None]
+    iops = {tuple(np.round(v, 4)) for v in vectors if v is not None}
     if len(iops) > 1:
         raise GeometryError(
             f"{label}: frames have {len(iops)} different orientations (a localiser or several "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +97,7 @@ class _Slice:
 
 
 def _walk(folder: Path) -> list[Path]:
-    paths = []
+    paths: list[Path] = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         paths.extend(Path(root) / f for f in sorted(files) if not f.startswith("."))
@@ -176,7 +177,7 @@ def _choose(groups: dict[str, list[_Slice]], series_uid: str | None, folder: Pat
     return series_uid
 
 
-def _check_same(members: list[_Slice], what: str, key: str, values: list[object]) -> None:
+def _check_same(members: list[_Slice], what: str, key: str, values: Sequence[object]) -> None:
     distinct: dict[object, list[str]] = defaultdict(list)
     for member, value in zip(members, values, strict=True):
         distinct[value].append(member.header.path.name)
