@@ -200,3 +200,11 @@ def test_non_dicom_and_dicomdir_are_skipped_with_a_warning(make_series, testdata
     np.testing.assert_array_equal(volume.array, written.array)
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "README.txt" in messages and "DICOMDIR" in messages
+
+
+def test_progress_is_reported_for_headers_and_pixels(make_series):
+    folder, _ = make_series()
+    seen = []
+    read(folder, progress=lambda stage, done, total: seen.append((stage, done, total)))
+    assert ("reading headers", 6, 6) in seen and ("reading pixels", 6, 6) in seen
+    assert [d for s, d, _ in seen if s == "reading headers"] == [1, 2, 3, 4, 5, 6]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -13,6 +14,7 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from medsight import __version__
@@ -102,6 +104,29 @@ FramesOpt = Annotated[
 ]
 
 
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar on stderr (terminal only) fed by the library's progress callbacks."""
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    with bar:
+        yield update
+
+
 def _fmt(values: Any, digits: int = 4) -> str:
     return "(" + ", ".join(f"{float(v):.{digits}g}" for v in values) + ")"
 
@@ -184,16 +209,19 @@ def info(
     fmt = detect_format(path)
     found: list[dict[str, Any]] = []
     if fmt == "dicom-series":
-        found = [s.to_dict() for s in list_dicom_series(path)]
+        with _progress() as progress:
+            found = [s.to_dict() for s in list_dicom_series(path, progress=progress)]
         if series is None and len(found) > 1:
             series = "largest"
-    volume = read(
-        path,
-        series_uid=series,
-        allow_gaps=allow_gaps,
-        slice_spacing=slice_spacing,
-        frames_as_channels=frames_as_channels,
-    )
+    with _progress() as progress:
+        volume = read(
+            path,
+            series_uid=series,
+            allow_gaps=allow_gaps,
+            slice_spacing=slice_spacing,
+            frames_as_channels=frames_as_channels,
+            progress=progress,
+        )
     description = _describe(path, volume, fmt)
     if as_json:
         description["series_in_folder"] = found
@@ -241,15 +269,17 @@ def convert(
     """Convert between DICOM (file or folder), NIfTI, NRRD, MetaImage, PNG and JPEG."""
     out_fmt = output_format(target, to)
     is_dicom = detect_format(source) in ("dicom", "dicom-series")
-    volume = read(
-        source,
-        series_uid=series,
-        allow_gaps=allow_gaps,
-        slice_spacing=slice_spacing,
-        frames_as_channels=frames_as_channels,
-        # display formats show MONOCHROME1 the way a viewer would
-        invert_monochrome1=is_dicom and out_fmt in ("png", "jpeg"),
-    )
+    with _progress() as progress:
+        volume = read(
+            source,
+            series_uid=series,
+            allow_gaps=allow_gaps,
+            slice_spacing=slice_spacing,
+            frames_as_channels=frames_as_channels,
+            # display formats show MONOCHROME1 the way a viewer would
+            invert_monochrome1=is_dicom and out_fmt in ("png", "jpeg"),
+            progress=progress,
+        )
     written = write(
         volume,
         target,

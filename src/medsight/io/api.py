@@ -9,7 +9,7 @@ from pathlib import Path
 from medsight.core.errors import ConfigError
 from medsight.core.volume import Volume
 from medsight.io.dicom import read_dicom_file
-from medsight.io.dicom_series import read_dicom_series
+from medsight.io.dicom_series import Progress, read_dicom_series
 from medsight.io.dicom_write import write_dicom_series
 from medsight.io.formats import detect_format, output_format
 from medsight.io.image2d import read_image2d, write_image2d
@@ -29,6 +29,7 @@ def read(
     invert_monochrome1: bool = False,
     slice_spacing: float | None = None,
     frames_as_channels: bool = False,
+    progress: Progress | None = None,
 ) -> Volume:
     """Read an image file or a DICOM folder into a :class:`~medsight.core.Volume`.
 
@@ -44,6 +45,7 @@ def read(
         invert_monochrome1: DICOM only: invert MONOCHROME1 so high values are bright.
         slice_spacing: DICOM multi-frame only: frame spacing (mm) when the file lacks it.
         frames_as_channels: DICOM multi-frame only: read frames as time points (channels).
+        progress: DICOM folders only: called as ``progress(stage, done, total)``.
 
     Returns:
         The volume, channels first ``(C, Z, Y, X)``, with LPS geometry.
@@ -65,7 +67,11 @@ def read(
         if slice_spacing is not None or frames_as_channels:
             raise ConfigError("slice_spacing and frames_as_channels apply to a single multi-frame file, not a folder")
         return read_dicom_series(
-            path, series_uid=series_uid, allow_gaps=allow_gaps, invert_monochrome1=invert_monochrome1
+            path,
+            series_uid=series_uid,
+            allow_gaps=allow_gaps,
+            invert_monochrome1=invert_monochrome1,
+            progress=progress,
         )
     if fmt == "dicom":
         if series_uid is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +32,14 @@ from medsight.io.dicom_header import (
 )
 from medsight.io.stack import plan_stack, resample_stack, stack_geometry
 
-__all__ = ["SeriesInfo", "list_dicom_series", "read_dicom_series"]
+__all__ = ["Progress", "SeriesInfo", "list_dicom_series", "read_dicom_series"]
 
 log = logging.getLogger(__name__)
 
 LARGEST = "largest"
+
+Progress = Callable[[str, int, int], None]
+"""Progress callback: ``(stage, done, total)``."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ def _walk(folder: Path) -> list[Path]:
     return paths
 
 
-def _scan(folder: Path) -> dict[str, list[_Slice]]:
+def _scan(folder: Path, progress: Progress | None = None) -> dict[str, list[_Slice]]:
     """Group the image datasets under ``folder`` by SeriesInstanceUID."""
     if not folder.exists():
         raise InputError(f"{folder}: no such folder")
@@ -115,7 +118,9 @@ def _scan(folder: Path) -> dict[str, list[_Slice]]:
     if not paths:
         raise InputError(f"folder {folder} is empty: no files to read")
     skipped = 0
-    for path in paths:
+    for done, path in enumerate(paths, start=1):
+        if progress is not None:
+            progress("reading headers", done, len(paths))
         try:
             header = read_header(path)
         except InputError as exc:
@@ -150,9 +155,9 @@ def _info(uid: str, members: list[_Slice]) -> SeriesInfo:
     )
 
 
-def list_dicom_series(folder: str | os.PathLike[str]) -> list[SeriesInfo]:
+def list_dicom_series(folder: str | os.PathLike[str], *, progress: Progress | None = None) -> list[SeriesInfo]:
     """Image series under ``folder`` (recursively), largest first. Reads headers only."""
-    groups = _scan(Path(folder))
+    groups = _scan(Path(folder), progress)
     infos = [_info(uid, members) for uid, members in groups.items()]
     return sorted(infos, key=lambda s: (-s.size, s.uid))
 
@@ -195,6 +200,7 @@ def read_dicom_series(
     series_uid: str | None = None,
     allow_gaps: bool = False,
     invert_monochrome1: bool = False,
+    progress: Progress | None = None,
 ) -> Volume:
     """Read one DICOM series from a folder (searched recursively) into a Volume.
 
@@ -208,13 +214,14 @@ def read_dicom_series(
             picks the one with most files. ``None`` requires exactly one series.
         allow_gaps: Interpolate missing slices instead of raising :class:`SeriesError`.
         invert_monochrome1: Invert MONOCHROME1 images so that high values are bright.
+        progress: Called as ``progress(stage, done, total)`` while headers and pixels are read.
 
     Raises:
         SeriesError: several series and none chosen, gaps, duplicates, mixed geometry.
         InputError: missing/empty folder, no DICOM images, corrupt pixel data.
     """
     folder = Path(folder)
-    groups = _scan(folder)
+    groups = _scan(folder, progress)
     uid = _choose(groups, series_uid, folder)
     members = groups[uid]
     what = f"series {uid}"
@@ -228,7 +235,7 @@ def read_dicom_series(
         positions, np.cross(row, col), labels=[m.header.path.name for m in members], what=what, allow_gaps=allow_gaps
     )
     ordered = [members[i] for i in plan.order]
-    stored = _load_pixels([m.header for m in ordered])
+    stored = _load_pixels([m.header for m in ordered], progress)
     first = ordered[0].header.dataset
     slopes = np.array([m.slope for m in ordered])
     intercepts = np.array([m.intercept for m in ordered])
@@ -280,12 +287,14 @@ def _check_stack(members: list[_Slice], what: str) -> tuple[np.ndarray, np.ndarr
     return row, col, np.array([m.position for m in members])
 
 
-def _load_pixels(ordered: list[DicomHeader]) -> np.ndarray:
+def _load_pixels(ordered: list[DicomHeader], progress: Progress | None = None) -> np.ndarray:
     """Stored pixels of single-frame files, stacked: ``(Z, Y, X, S)``."""
     first = read_frames(ordered[0])
     stored = np.empty((len(ordered), *first.shape[1:]), dtype=first.dtype)
     stored[0] = first[0]
     for k, header in enumerate(ordered[1:], start=1):
+        if progress is not None:
+            progress("reading pixels", k + 1, len(ordered))
         pixels = read_frames(header)
         if pixels.dtype != stored.dtype:
             stored = stored.astype(np.result_type(stored.dtype, pixels.dtype))
