@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,29 +30,32 @@ def replica(name: str) -> Callable[[Builder], Builder]:
     return wrap
 
 
-def _rng(seed: int = 0) -> np.random.Generator:
+def _rng(seed: int | None = 0, path: Path | None = None) -> np.random.Generator:
+    """Random numbers; distinct per file name so replicas hold no accidental duplicates."""
+    if seed is None:
+        seed = zlib.crc32(str(path.name if path else "").encode())
     return np.random.default_rng(seed)
 
 
-def picture(path: Path, shape=(8, 8), rgb=False, seed=0) -> None:
+def picture(path: Path, shape=(8, 8), rgb=False, seed=None) -> None:
     """A small PNG or JPEG (format from the extension)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    arr = _rng(seed).integers(0, 255, size=(*shape, 3) if rgb else shape, dtype=np.uint8)
+    arr = _rng(seed, path).integers(0, 255, size=(*shape, 3) if rgb else shape, dtype=np.uint8)
     Image.fromarray(arr).save(path)
 
 
-def nifti(path: Path, shape=(6, 6, 4), labels=None, seed=0) -> None:
+def nifti(path: Path, shape=(6, 6, 4), labels=None, seed=None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if labels is not None:
-        arr = _rng(seed).choice(labels, size=shape).astype(np.uint8)
+        arr = _rng(seed, path).choice(labels, size=shape).astype(np.uint8)
     else:
-        arr = _rng(seed).normal(size=shape).astype(np.float32)
+        arr = _rng(seed, path).normal(size=shape).astype(np.float32)
     nib.save(nib.Nifti1Image(arr, np.eye(4)), path)
 
 
-def dicom_file(path: Path, shape=(8, 8), seed=0) -> None:
+def dicom_file(path: Path, shape=(8, 8), seed=None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    arr = _rng(seed).integers(0, 4000, size=(1, 1, *shape)).astype(np.int16)
+    arr = _rng(seed, path).integers(0, 4000, size=(1, 1, *shape)).astype(np.int16)
     tmp = path.parent / f".tmp_{path.stem}"
     write_dicom_series(Volume(arr, Geometry(), VolumeMetadata(modality="CT")), tmp, modality="CT")
     shutil.move(next(tmp.iterdir()), path)
@@ -304,7 +308,7 @@ def vindr(root: Path, malformed: bool) -> tuple[Path, dict]:
                 rows.append(
                     f"{study},ser{s},{image},{lat},{view},32,24,{category},DENSITY C,{'training' if s == 0 else 'test'}"
                 )
-                dicom_file(root / "images" / study / f"{image}.dicom", shape=(32, 24), seed=s)
+                dicom_file(root / "images" / study / f"{image}.dicom", shape=(32, 24))
     if malformed:
         rows[0] = rows[0].replace(",L,CC,", ",X,CC,")
     (root / "breast-level_annotations.csv").write_text(header + "\n" + "\n".join(rows) + "\n")

@@ -117,3 +117,12 @@ def test_bad_arguments(kwargs, error, message):
 def test_too_few_patients():
     with pytest.raises(InputError, match="too few"):
         assign_splits(_manifest(n_patients=3), test_fraction=0.15)
+
+
+def test_rare_strata_are_pooled_not_fatal():
+    m = _manifest(n_patients=12, eyes=1)
+    table = m.table.copy()
+    table["target"] = [0] * 9 + [1, 2, 3]  # three grades with a single patient each
+    out = assign_splits(Manifest(table, "."), stratify="target", test_fraction=0.25, val_fraction=0.25)
+    assert (out.table.groupby("patient_id")["split"].nunique() == 1).all()
+    assert set(out.table["split"]) == {"train", "val", "test"}

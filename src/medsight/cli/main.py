@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from medsight import __version__
-from medsight.core.errors import ConfigError, MedsightError
+from medsight.cli import data as data_commands
+from medsight.cli.common import err, friendly, out, progress_bar, state
+from medsight.core.errors import ConfigError
 from medsight.core.volume import Volume
 from medsight.io import detect_format, list_dicom_series, read, write
 from medsight.io.formats import output_format
@@ -30,42 +27,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
-_state = {"debug": False}
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _friendly(fn: F) -> F:
-    """Turn library errors into one red line and exit status 1 (traceback with --debug)."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except MedsightError as exc:
-            if _state["debug"]:
-                raise
-            err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except Exception as exc:  # a bug, or an environment problem: still one line by default
-            if _state["debug"]:
-                raise
-            err.print(
-                f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-                highlight=False,
-                soft_wrap=True,
-            )
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _version(value: bool) -> None:
     if value:
         out.print(f"medsight {__version__}")
         raise typer.Exit()
+
+
+app.add_typer(data_commands.app, name="data")
 
 
 @app.callback()
@@ -76,7 +46,7 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    _state["debug"] = debug
+    state["debug"] = debug
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(
         level=level,
@@ -102,29 +72,6 @@ SliceSpacingOpt = Annotated[
 FramesOpt = Annotated[
     bool, typer.Option("--frames-as-channels", help="DICOM multi-frame: read frames as time points (channels).")
 ]
-
-
-@contextmanager
-def _progress() -> Iterator[Callable[[str, int, int], None]]:
-    """A rich progress bar on stderr (terminal only) fed by the library's progress callbacks."""
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    )
-    tasks: dict[str, TaskID] = {}
-
-    def update(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total)
-        bar.update(tasks[stage], completed=done, total=total)
-
-    with bar:
-        yield update
 
 
 def _fmt(values: Any, digits: int = 4) -> str:
@@ -196,7 +143,7 @@ def _table(info: dict[str, Any], series: list[dict[str, Any]]) -> Table:
 
 
 @app.command()
-@_friendly
+@friendly
 def info(
     path: Annotated[Path, typer.Argument(help="Image file or DICOM folder.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
@@ -209,11 +156,11 @@ def info(
     fmt = detect_format(path)
     found: list[dict[str, Any]] = []
     if fmt == "dicom-series":
-        with _progress() as progress:
+        with progress_bar() as progress:
             found = [s.to_dict() for s in list_dicom_series(path, progress=progress)]
         if series is None and len(found) > 1:
             series = "largest"
-    with _progress() as progress:
+    with progress_bar() as progress:
         volume = read(
             path,
             series_uid=series,
@@ -248,7 +195,7 @@ def _parse_window(text: str | None, volume: Volume) -> tuple[float, float] | Non
 
 
 @app.command()
-@_friendly
+@friendly
 def convert(
     source: Annotated[Path, typer.Argument(help="Image file or DICOM folder to read.")],
     target: Annotated[
@@ -269,7 +216,7 @@ def convert(
     """Convert between DICOM (file or folder), NIfTI, NRRD, MetaImage, PNG and JPEG."""
     out_fmt = output_format(target, to)
     is_dicom = detect_format(source) in ("dicom", "dicom-series")
-    with _progress() as progress:
+    with progress_bar() as progress:
         volume = read(
             source,
             series_uid=series,

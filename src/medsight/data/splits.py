@@ -36,6 +36,19 @@ def patient_strata(table: pd.DataFrame, by: str, column: str | None) -> pd.Serie
     return table[by].map(per_group).astype(str)
 
 
+def _pool_rare(strata: pd.Series, groups: pd.Series, n_splits: int) -> pd.Series:
+    """Pool strata with fewer groups than splits (they cannot be spread over every split)."""
+    per_stratum = groups.groupby(strata).nunique()
+    rare = set(per_stratum.index[per_stratum < n_splits])
+    if not rare:
+        return strata
+    log.info("pooling %d stratum/strata with fewer than %d groups", len(rare), n_splits)
+    pooled = strata.where(~strata.isin(rare), "(rare)")
+    if groups.groupby(pooled).nunique().max() < n_splits:
+        return pd.Series("all", index=strata.index)
+    return pooled
+
+
 def _hold_out(table: pd.DataFrame, by: str, strata: pd.Series, fraction: float, seed: int) -> pd.Series:
     """Boolean mask of rows in a held-out part of about ``fraction`` of the groups."""
     groups = table[by]
@@ -47,8 +60,9 @@ def _hold_out(table: pd.DataFrame, by: str, strata: pd.Series, fraction: float, 
             "use fewer folds or smaller fractions, or add data"
         )
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    strata = _pool_rare(strata, groups, n_splits)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # rare strata: sklearn warns, we accept
+        warnings.simplefilter("ignore", UserWarning)  # uneven strata: sklearn warns, we accept
         _, held = next(splitter.split(np.zeros(len(table)), strata.to_numpy(), groups.to_numpy()))
     mask = pd.Series(False, index=table.index)
     mask.iloc[held] = True
@@ -119,9 +133,10 @@ def assign_splits(
         sub = table.loc[rest]
         if sub[by].nunique() < folds:
             raise InputError(f"only {sub[by].nunique()} {by} value(s) outside test: too few for {folds} folds")
+        fold_strata = _pool_rare(strata.loc[rest], sub[by], folds)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            for k, (_, idx) in enumerate(splitter.split(np.zeros(len(sub)), strata.loc[rest], sub[by])):
+            for k, (_, idx) in enumerate(splitter.split(np.zeros(len(sub)), fold_strata, sub[by])):
                 table.loc[sub.index[idx], "fold"] = k
     elif not keep_folds and val_fraction > 0:
         val = _hold_out(table.loc[rest], by, strata.loc[rest], val_fraction, seed + 1)

@@ -1,0 +1,152 @@
+"""``medsight data …``: manifests from public data sets, patient-level splits, quality control."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from medsight.cli.common import err, friendly, out, progress_bar
+from medsight.core.errors import ConfigError
+from medsight.data import Manifest, adapters, build_manifest
+from medsight.data.qc import run_qc
+from medsight.data.splits import assign_splits
+
+app = typer.Typer(help="Read public data sets into manifests, split them by patient, check their quality.")
+
+
+def _parse_options(values: list[str] | None) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option takes KEY=VALUE, got {item!r}")
+        options[key.strip()] = value.strip()
+    return options
+
+
+@app.command("formats")
+@friendly
+def formats() -> None:
+    """List the data set layouts medsight reads."""
+    table = Table("format", "data set", "recipe", "options")
+    for name, adapter in adapters().items():
+        table.add_row(name, adapter.title, adapter.task, ", ".join(adapter.Options.model_fields) or "-")
+    out.print(table)
+
+
+@app.command("manifest")
+@friendly
+def manifest(
+    root: Annotated[Path, typer.Argument(help="The data set's top folder as downloaded (or a .csv / .npz file).")],
+    output: Annotated[Path, typer.Option("--out", "-o", help="Manifest to write (.csv or .parquet).")] = Path(
+        "manifest.csv"
+    ),
+    fmt: Annotated[str, typer.Option("--format", "-f", help="Layout name (see `medsight data formats`) or auto.")] = (
+        "auto"
+    ),
+    option: Annotated[
+        list[str] | None, typer.Option("--option", help="Adapter option KEY=VALUE, e.g. uncertain=ones (CheXpert).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing manifest.")] = False,
+) -> None:
+    """Read a public data set's layout into a manifest (one row per case)."""
+    result = build_manifest(root, format=fmt, options=_parse_options(option))
+    written = result.save(output, overwrite=overwrite)
+    table = result.table
+    splits = table["split"].replace("", "unsplit").value_counts().to_dict()
+    out.print(
+        f"wrote {written}: {len(table)} cases, {table['patient_id'].nunique()} patients "
+        f"({result.info['dataset']}, splits {splits})"
+    )
+    for note in result.info.get("notes", []):
+        err.print(f"[yellow]note:[/] {note}")
+
+
+@app.command("split")
+@friendly
+def split(
+    manifest_path: Annotated[Path, typer.Argument(help="Manifest to split (.csv or .parquet).")],
+    by: Annotated[str, typer.Option("--by", help="Grouping column: patient (patient_id) or any column.")] = "patient",
+    stratify: Annotated[str | None, typer.Option("--stratify", help="Column to balance across splits.")] = None,
+    folds: Annotated[int | None, typer.Option("--folds", help="K-fold cross-validation of the non-test cases.")] = None,
+    val: Annotated[float, typer.Option("--val", help="Share of non-test patients for validation.")] = 0.15,
+    test: Annotated[
+        float, typer.Option("--test", help="Share of patients held out when there is no official test.")
+    ] = (0.15),
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (the split is reproducible).")] = 0,
+    ignore_official: Annotated[
+        bool, typer.Option("--ignore-official", help="Re-split even where the data set has an official split.")
+    ] = False,
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of updating in place.")] = None,
+) -> None:
+    """Assign train/val/test (or folds) by patient, stratified and reproducible."""
+    source = Manifest.load(manifest_path)
+    result = assign_splits(
+        source,
+        by="patient_id" if by == "patient" else by,
+        stratify=stratify,
+        folds=folds,
+        val_fraction=val,
+        test_fraction=test,
+        seed=seed,
+        respect_official=not ignore_official,
+    )
+    target = output or manifest_path
+    result.save(target, overwrite=True)
+    table = Table("split", "cases", "patients")
+    for name, part in result.table.groupby("split"):
+        table.add_row(str(name), str(len(part)), str(part["patient_id"].nunique()))
+    out.print(table)
+    if folds:
+        out.print(f"{folds} folds in column 'fold' (test cases have fold -1)")
+    out.print(f"wrote {target}")
+
+
+def _balance_table(balance: dict[str, Any]) -> Table | None:
+    targets = balance.get("targets", {})
+    if not targets:
+        return None
+    table = Table("target", "value", *sorted(balance["cases_per_split"]), title="class balance per split")
+    for column, per_split in targets.items():
+        values = sorted({v for counts in per_split.values() for v in counts})
+        for value in values:
+            cells = [str(per_split.get(s, {}).get(value, 0)) for s in sorted(balance["cases_per_split"])]
+            table.add_row(column, "missing" if value == -1 else str(value), *cells)
+    return table
+
+
+@app.command("qc")
+@friendly
+def qc(
+    manifest_path: Annotated[Path, typer.Argument(help="Manifest to check.")],
+    json_path: Annotated[Path | None, typer.Option("--json", help="Where to write the JSON report.")] = None,
+    no_images: Annotated[bool, typer.Option("--no-images", help="Check the table only (fast).")] = False,
+    show: Annotated[int, typer.Option("--show", help="How many findings to list.")] = 20,
+) -> None:
+    """Check files, masks, duplicates, leakage and balance; exit 1 when there are errors."""
+    source = Manifest.load(manifest_path)
+    with progress_bar() as progress:
+        report = run_qc(source, read_images=not no_images, progress=progress)
+    target = json_path or manifest_path.with_name(manifest_path.stem + ".qc.json")
+    report.write_json(target)
+    counts = Table("check", "errors", "warnings", "notes", title=f"QC of {manifest_path} ({len(source)} cases)")
+    for check, by_severity in sorted(report.counts().items()):
+        counts.add_row(
+            check, str(by_severity.get("error", 0)), str(by_severity.get("warning", 0)), str(by_severity.get("info", 0))
+        )
+    out.print(counts)
+    for finding in report.findings[:show]:
+        colour = {"error": "red", "warning": "yellow", "info": "cyan"}[finding.severity]
+        where = f"{finding.case_id}: " if finding.case_id else ""
+        out.print(f"[{colour}]{finding.severity}[/] {finding.check}: {where}{finding.message}", highlight=False)
+    if len(report.findings) > show:
+        out.print(f"... {len(report.findings) - show} more in {target}")
+    balance = _balance_table(report.balance)
+    if balance is not None:
+        out.print(balance)
+    out.print(f"wrote {target}: {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+    if report.errors:
+        raise typer.Exit(1)

@@ -1,0 +1,64 @@
+"""`medsight data manifest | split | qc | formats` end to end on replicas."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from medsight.cli.main import app
+from medsight.data import Manifest
+from tests.data.replicas import REPLICAS
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_manifest_split_qc(tmp_path):
+    (tmp_path / "eyepacs").mkdir()
+    root, _ = REPLICAS["eyepacs2015"](tmp_path / "eyepacs", False)
+    out = tmp_path / "m.csv"
+    result = invoke("data", "manifest", root, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "6 cases, 3 patients (eyepacs2015" in result.output
+    result = invoke("data", "split", out, "--by", "patient", "--stratify", "target", "--test", "0.34", "--val", "0")
+    assert result.exit_code == 0, result.output
+    table = Manifest.load(out).table
+    assert (table.groupby("patient_id")["split"].nunique() == 1).all()
+    assert set(table["split"]) == {"train", "test"}
+    result = invoke("data", "qc", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "m.qc.json").read_text())
+    assert report["summary"]["cases"] == 6
+    assert all("error" not in counts for counts in report["counts"].values())
+
+
+def test_qc_exit_status_is_one_on_errors(tmp_path):
+    root, _ = REPLICAS["aptos2019"](tmp_path, False)
+    out = tmp_path / "m.csv"
+    invoke("data", "manifest", root, "--out", out)
+    victim = next((root / "train_images").iterdir())
+    victim.write_bytes(b"not a png")
+    result = invoke("data", "qc", out)
+    assert result.exit_code == 1
+    assert "unreadable" in result.output and "1 error(s)" in result.output
+
+
+def test_manifest_errors_are_one_line(tmp_path):
+    (tmp_path / "x.txt").write_text("?")
+    result = invoke("data", "manifest", tmp_path, "--out", tmp_path / "m.csv")
+    assert result.exit_code == 1 and result.output.startswith("error:") and "--format" in result.output
+    result = invoke("data", "manifest", tmp_path, "--format", "chexprt")
+    assert result.exit_code == 1 and "did you mean" in result.output.lower()
+    result = invoke("data", "manifest", tmp_path, "--format", "chexpert", "--option", "uncertain")
+    assert result.exit_code == 1 and "KEY=VALUE" in result.output
+
+
+def test_formats_lists_every_adapter():
+    result = invoke("data", "formats")
+    assert result.exit_code == 0
+    for name in ("aptos2019", "brats2021", "luna16", "vindr-mammo", "medmnist"):
+        assert name in result.output
