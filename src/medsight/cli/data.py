@@ -11,6 +11,7 @@ from rich.table import Table
 from medsight.cli.common import err, friendly, out, progress_bar
 from medsight.core.errors import ConfigError
 from medsight.data import Manifest, adapters, build_manifest
+from medsight.data.phantoms import make_phantom, phantoms
 from medsight.data.qc import run_qc
 from medsight.data.splits import assign_splits
 
@@ -150,3 +151,20 @@ def qc(
     out.print(f"wrote {target}: {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
     if report.errors:
         raise typer.Exit(1)
+
+
+@app.command("make-phantom")
+@friendly
+def make_phantom_command(
+    recipe: Annotated[str, typer.Argument(help="Recipe: " + ", ".join(phantoms()) + ".")],
+    output: Annotated[Path, typer.Option("--out", "-o", help="Folder to create (written in the data set's layout).")],
+    cases: Annotated[int, typer.Option("--cases", "-n", help="How many cases.")] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same data set.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")] = False,
+) -> None:
+    """Make phantom cases with known ground truth, in the layout of the matching public data set."""
+    with progress_bar() as progress:
+        written = make_phantom(recipe, output, cases=cases, seed=seed, overwrite=overwrite, progress=progress)
+    layout = phantoms()[recipe].layout
+    out.print(f"wrote {cases} {recipe} case(s) to {written} ({layout} layout)")
+    out.print(f"next: medsight data manifest {written} --out {written}/manifest.csv")

@@ -1,0 +1,9 @@
+"""Phantoms with known ground truth for every recipe, written in public data set layouts.
+
+Importing this package registers the built-in generators (explicitly listed).
+"""
+
+from medsight.data.phantoms import dr_grading  # noqa: F401
+from medsight.data.phantoms.base import make_phantom, phantoms
+
+__all__ = ["make_phantom", "phantoms"]

@@ -1,0 +1,89 @@
+"""Registry and shared machinery of the phantom generators (one module per recipe)."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medsight.core.errors import ConfigError
+from medsight.io.atomic import atomic_dir
+
+__all__ = ["Phantom", "Progress", "case_rng", "make_phantom", "phantoms", "register_phantom"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+Writer = Callable[[Path, int, int, "Progress | None"], None]
+
+
+@dataclass(frozen=True)
+class Phantom:
+    """A generator of cases with known ground truth, written in a public data set's layout."""
+
+    recipe: str
+    layout: str  # the adapter that reads what it writes
+    description: str
+    write: Writer
+
+
+_REGISTRY: dict[str, Phantom] = {}
+
+
+def register_phantom(recipe: str, *, layout: str, description: str) -> Callable[[Writer], Writer]:
+    """Decorator registering ``write(out_dir, cases, seed, progress)`` for ``recipe``."""
+
+    def wrap(write: Writer) -> Writer:
+        if recipe in _REGISTRY:
+            raise ConfigError(f"phantom {recipe!r} is registered twice")
+        _REGISTRY[recipe] = Phantom(recipe, layout, description, write)
+        return write
+
+    return wrap
+
+
+def phantoms() -> dict[str, Phantom]:
+    """All registered phantom generators by recipe."""
+    import medsight.data.phantoms  # noqa: F401  (registers the built-in generators)
+
+    return dict(sorted(_REGISTRY.items()))
+
+
+def case_rng(seed: int, index: int) -> np.random.Generator:
+    """The random stream of one case: independent of how many cases are made or in what order."""
+    return np.random.default_rng([seed, index])
+
+
+def make_phantom(
+    recipe: str,
+    out: str | os.PathLike[str],
+    *,
+    cases: int = 100,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> Path:
+    """Write ``cases`` phantom cases of ``recipe`` into ``out`` (atomically: all or nothing).
+
+    Returns:
+        ``out``, which the matching adapter (``phantoms()[recipe].layout``) reads.
+    """
+    known = phantoms()
+    if recipe not in known:
+        close = difflib.get_close_matches(recipe, list(known), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"no phantom for recipe {recipe!r}.{hint} Recipes: {', '.join(known)}")
+    if cases < 1:
+        raise ConfigError(f"cases must be at least 1, got {cases}")
+    phantom = known[recipe]
+    start = time.perf_counter()
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        phantom.write(tmp, cases, seed, progress)
+    log.info("made %d %s phantom case(s) in %.1f s", cases, recipe, time.perf_counter() - start)
+    return Path(out)

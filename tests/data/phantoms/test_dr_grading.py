@@ -1,0 +1,83 @@
+"""Fundus phantom: deterministic, read by the APTOS adapter, lesions consistent with the grade,
+and no shortcut to the grade through brightness or file names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from medsight.core import ConfigError
+from medsight.data import build_manifest
+from medsight.data.phantoms import make_phantom, phantoms
+from medsight.data.phantoms.base import case_rng
+from medsight.data.phantoms.dr_grading import fundus
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dr") / "aptos"
+    make_phantom("dr-grading", out, cases=40, seed=3)
+    return out
+
+
+def test_written_in_aptos_layout_and_read_back(made):
+    manifest = build_manifest(made)
+    assert manifest.info["dataset"] == "aptos2019" == phantoms()["dr-grading"].layout
+    truth = pd.read_csv(made / "phantom_truth.csv")
+    assert manifest.table["target"].tolist() == truth["diagnosis"].tolist()
+    assert set(manifest.table["target"]) >= {0, 2}
+    img = Image.open(manifest.paths(0)["image"])
+    assert img.size == (512, 512) and img.mode == "RGB"
+
+
+def test_lesions_follow_the_grade(made):
+    t = pd.read_csv(made / "phantom_truth.csv")
+    lesions = ["microaneurysms", "haemorrhages", "exudate_clusters", "cotton_wool", "neovascular", "preretinal"]
+    g = t["diagnosis"]
+    assert (t.loc[g == 0, lesions].sum(axis=1) == 0).all()
+    assert (t.loc[g == 1, lesions[1:]].sum(axis=1) == 0).all() and (t.loc[g == 1, "microaneurysms"] > 0).all()
+    assert ((t.loc[g >= 2, "haemorrhages"] + t.loc[g >= 2, "exudate_clusters"]) > 0).all()
+    assert (t.loc[g == 3, "haemorrhages"] >= 20).all()
+    assert ((t.loc[g == 4, "neovascular"] + t.loc[g == 4, "preretinal"]) > 0).all()
+    assert (t.loc[g < 4, ["neovascular", "preretinal"]].sum(axis=1) == 0).all()
+
+
+def test_same_seed_same_images(made, tmp_path):
+    again = make_phantom("dr-grading", tmp_path / "again", cases=3, seed=3)
+    first = pd.read_csv(made / "train.csv").head(3)
+    assert pd.read_csv(again / "train.csv").equals(first)
+    for id_code in first["id_code"]:
+        a = np.asarray(Image.open(made / "train_images" / f"{id_code}.png"))
+        b = np.asarray(Image.open(again / "train_images" / f"{id_code}.png"))
+        assert np.array_equal(a, b)
+    other = make_phantom("dr-grading", tmp_path / "other", cases=3, seed=4)
+    assert not pd.read_csv(other / "train.csv")["id_code"].equals(first["id_code"])
+
+
+def test_lesions_are_visible_in_the_pixels():
+    """The same case drawn as grade 0 and grade 3 differs where lesions were drawn, not elsewhere."""
+    healthy, _ = fundus(case_rng(0, 1), 0)
+    severe, _ = fundus(case_rng(0, 1), 3)
+    diff = np.abs(healthy.astype(int) - severe.astype(int)).sum(axis=-1)
+    assert (diff > 60).mean() > 0.005  # haemorrhages and spots cover part of the image
+
+
+def test_brightness_and_names_do_not_give_the_grade_away(made):
+    t = pd.read_csv(made / "train.csv")
+    referable = (t["diagnosis"] >= 2).astype(int)
+    means = [np.asarray(Image.open(made / "train_images" / f"{i}.png"), np.float32).mean() for i in t["id_code"]]
+    auc = roc_auc_score(referable, means)
+    assert 0.25 < auc < 0.75, auc  # global brightness alone is a poor predictor
+    ranks = t["id_code"].rank()
+    assert abs(np.corrcoef(ranks, t["diagnosis"])[0, 1]) < 0.5  # names are random
+
+
+def test_unknown_recipe_and_bad_counts(tmp_path):
+    with pytest.raises(ConfigError, match="Did you mean 'dr-grading'"):
+        make_phantom("dr-grade", tmp_path / "x")
+    with pytest.raises(ConfigError, match="at least 1"):
+        make_phantom("dr-grading", tmp_path / "x", cases=0)
+    assert not (tmp_path / "x").exists()
