@@ -136,6 +136,13 @@ class Manifest:
                 out[column] = self.resolve(value)
         return out
 
+    def boxes(self, row: int) -> list[dict[str, Any]]:
+        """The boxes (or nodules) of one case; an empty list when it has none."""
+        if "boxes" not in self.table.columns:
+            return []
+        value = self.table["boxes"].iloc[row]
+        return json.loads(value) if isinstance(value, str) and value else []
+
     def with_table(self, table: pd.DataFrame) -> Manifest:
         """Same root and info, new table (validated)."""
         return Manifest(table, self.root, dict(self.info))
@@ -149,8 +156,8 @@ class Manifest:
             raise InputError(f"no cases found under {root}")
         table = pd.DataFrame(rows)
         for column in table.columns:
-            if column == "boxes":
-                table[column] = [b if isinstance(b, str) else json.dumps(b) for b in table[column]]
+            if column == "boxes":  # JSON text; cases without boxes get an empty cell
+                table[column] = [json.dumps(b) if isinstance(b, list | dict) else "" for b in table[column]]
         return cls(table, Path(root), dict(info))
 
     # -- files ---------------------------------------------------------------------------

@@ -55,9 +55,12 @@ def phantoms() -> dict[str, Phantom]:
     return dict(sorted(_REGISTRY.items()))
 
 
-def case_rng(seed: int, index: int) -> np.random.Generator:
-    """The random stream of one case: independent of how many cases are made or in what order."""
-    return np.random.default_rng([seed, index])
+def case_rng(seed: int, index: int, *, stream: int = 0) -> np.random.Generator:
+    """The random stream of one case: independent of how many cases are made or in what order.
+
+    ``stream`` separates independent uses of the same index (e.g. per-patient draws).
+    """
+    return np.random.default_rng([seed, stream, index])
 
 
 def make_phantom(
