@@ -12,7 +12,10 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    ComputedRadiographyImageStorage,
     CTImageStorage,
+    DigitalMammographyXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     MRImageStorage,
     generate_uid,
@@ -21,14 +24,19 @@ from pydicom.uid import (
 from medsight import __version__
 from medsight.core.errors import InputError
 from medsight.core.volume import Volume
-from medsight.io.atomic import atomic_dir
+from medsight.io.atomic import atomic_dir, atomic_file
 
-__all__ = ["write_dicom_series"]
+__all__ = ["write_dicom_image", "write_dicom_series"]
 
 log = logging.getLogger(__name__)
 
 _SOP_CLASS = {"CT": CTImageStorage, "MR": MRImageStorage}
 _INT16 = np.iinfo(np.int16)
+_PROJECTION_CLASS = {
+    "MG": DigitalMammographyXRayImageStorageForPresentation,
+    "DX": DigitalXRayImageStorageForPresentation,
+    "CR": ComputedRadiographyImageStorage,
+}
 
 
 def _ds_number(value: float) -> str:
@@ -60,23 +68,22 @@ def _to_stored(array: np.ndarray) -> tuple[np.ndarray, float, float]:
     return stored.astype(np.int16), slope, intercept
 
 
-def _base_dataset(
-    volume: Volume,
+def _identity(
     *,
+    sop_class: str,
     modality: str,
     study_uid: str,
     series_uid: str,
-    frame_uid: str,
     patient_id: str,
     patient_name: str,
     series_description: str,
     series_number: int,
 ) -> Dataset:
+    """Patient, study, series and equipment attributes every written object shares."""
     now = _dt.datetime.now()
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if modality == "CT" else "OTHER"]
-    ds.SOPClassUID = _SOP_CLASS[modality]
+    ds.SOPClassUID = sop_class
     ds.StudyDate = now.strftime("%Y%m%d")
     ds.SeriesDate = ds.StudyDate
     ds.StudyTime = now.strftime("%H%M%S")
@@ -95,6 +102,43 @@ def _base_dataset(
     ds.SeriesInstanceUID = series_uid
     ds.StudyID = ""
     ds.SeriesNumber = series_number
+    ds.SamplesPerPixel = 1
+    return ds
+
+
+def _file_meta(ds: Dataset, sop_uid: str) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    ds.SOPInstanceUID = sop_uid
+
+
+def _base_dataset(
+    volume: Volume,
+    *,
+    modality: str,
+    study_uid: str,
+    series_uid: str,
+    frame_uid: str,
+    patient_id: str,
+    patient_name: str,
+    series_description: str,
+    series_number: int,
+) -> Dataset:
+    ds = _identity(
+        sop_class=_SOP_CLASS[modality],
+        modality=modality,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        patient_id=patient_id,
+        patient_name=patient_name,
+        series_description=series_description,
+        series_number=series_number,
+    )
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if modality == "CT" else "OTHER"]
     ds.AcquisitionNumber = 1
     ds.FrameOfReferenceUID = frame_uid
     ds.PositionReferenceIndicator = ""
@@ -108,7 +152,6 @@ def _base_dataset(
         ds.RepetitionTime = ""
         ds.EchoTime = ""
         ds.EchoTrainLength = ""
-    ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated = 16
     ds.BitsStored = 16
@@ -204,21 +247,120 @@ def write_dicom_series(
         for k in range(stored.shape[0]):
             ds = Dataset()
             ds.update(base)
-            sop_uid = generate_uid()
-            ds.SOPInstanceUID = sop_uid
+            _file_meta(ds, generate_uid())
             ds.InstanceNumber = k + 1
             position = origin + step * k
             ds.ImagePositionPatient = [_ds_number(v) for v in position]
             ds.SliceLocation = _ds_number(float(np.dot(position, normal)))
             ds.PixelData = np.ascontiguousarray(stored[k]).astype("<i2", copy=False).tobytes()
-            meta_ds = FileMetaDataset()
-            meta_ds.MediaStorageSOPClassUID = base.SOPClassUID
-            meta_ds.MediaStorageSOPInstanceUID = sop_uid
-            meta_ds.TransferSyntaxUID = ExplicitVRLittleEndian
-            meta_ds.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-            ds.file_meta = meta_ds
             name = f"slice_{k + 1:04d}.dcm"
             pydicom.dcmwrite(tmp / name, ds, enforce_file_format=True)
             written.append(Path(folder) / name)
     log.info("wrote %d %s slices to %s", len(written), modality, folder)
     return written
+
+
+def write_dicom_image(
+    volume: Volume,
+    path: str | os.PathLike[str],
+    *,
+    modality: str = "DX",
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    laterality: str | None = None,
+    view: str | None = None,
+    patient_id: str | None = None,
+    patient_name: str = "Anonymous",
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    series_description: str = "medsight",
+    overwrite: bool = False,
+) -> Path:
+    """Write a one-slice, one-channel projection image (MG, DX or CR "for presentation").
+
+    Values must be non-negative integers, higher meaning brighter on display. With
+    ``photometric="MONOCHROME1"`` they are stored inverted (``2**bits_stored - 1 - value``),
+    as many radiography and mammography systems do; readers that honour MONOCHROME1 show
+    the same picture.
+
+    Args:
+        volume: ``(1, 1, rows, cols)`` integer values.
+        path: Output file (written atomically).
+        modality: ``"MG"`` (Digital Mammography), ``"DX"`` or ``"CR"``.
+        photometric: ``"MONOCHROME2"`` or ``"MONOCHROME1"``.
+        bits_stored: 8-16; default: the fewest of 8, 10, 12, 14, 16 that hold the values.
+        laterality: ImageLaterality ``"L"``/``"R"`` (mammography).
+        view: ViewPosition, e.g. ``"CC"``, ``"MLO"``, ``"PA"``.
+        patient_id: Defaults to the volume's, else ``"ANON"``.
+        patient_name: DICOM PatientName.
+        study_uid: Defaults to the volume's study UID, else a new one.
+        series_uid: Defaults to a new UID.
+        series_description: DICOM SeriesDescription.
+        overwrite: Replace an existing file.
+    """
+    modality = modality.upper()
+    if modality not in _PROJECTION_CLASS:
+        raise InputError(
+            f"modality must be one of {sorted(_PROJECTION_CLASS)} for a projection image, got {modality!r}"
+        )
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise InputError(f"photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
+    if volume.channels != 1 or volume.spatial_shape[0] != 1:
+        raise InputError(f"a projection image has one channel and one slice; got shape {volume.array.shape}")
+    values = volume.array[0, 0]
+    integral = values.dtype.kind in "iub" or bool(np.all(np.mod(values, 1) == 0))
+    lo, hi = float(values.min()), float(values.max())
+    if not integral or lo < 0 or hi > 65535:
+        raise InputError(
+            f"projection images store integers 0..65535; values are {lo:g}..{hi:g} ({values.dtype}). "
+            "Scale them first (e.g. to 12 bits)"
+        )
+    if bits_stored is None:
+        bits_stored = next(b for b in (8, 10, 12, 14, 16) if hi < 2**b)
+    if not 8 <= bits_stored <= 16 or hi >= 2**bits_stored:
+        raise InputError(f"bits_stored {bits_stored} cannot hold values up to {hi:g}")
+    stored = values.astype(np.uint16)
+    if photometric == "MONOCHROME1":
+        stored = (2**bits_stored - 1 - stored.astype(np.int32)).astype(np.uint16)
+
+    meta = volume.metadata
+    ds = _identity(
+        sop_class=_PROJECTION_CLASS[modality],
+        modality=modality,
+        study_uid=study_uid or meta.study_uid or generate_uid(),
+        series_uid=series_uid or generate_uid(),
+        patient_id=patient_id or meta.patient_id or "ANON",
+        patient_name=patient_name,
+        series_description=series_description,
+        series_number=1,
+    )
+    _file_meta(ds, generate_uid())
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.InstanceNumber = 1
+    ds.PatientOrientation = ""
+    if laterality is not None:
+        ds.ImageLaterality = laterality
+        ds.Laterality = laterality
+    if view is not None:
+        ds.ViewPosition = view
+    spacing = [_ds_number(volume.geometry.spacing[1]), _ds_number(volume.geometry.spacing[2])]
+    ds.ImagerPixelSpacing = spacing
+    ds.PixelSpacing = spacing
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = int(stored.shape[0]), int(stored.shape[1])
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept = "0"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "US"
+    if meta.window is not None:
+        ds.WindowCenter = _ds_number(meta.window[0])
+        ds.WindowWidth = _ds_number(meta.window[1])
+    ds.PixelData = np.ascontiguousarray(stored).astype("<u2", copy=False).tobytes()
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
+    log.info("wrote %s image %s", modality, path)
+    return Path(path)
