@@ -4,22 +4,35 @@ from __future__ import annotations
 
 import difflib
 import logging
+import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from medsight.core.errors import ConfigError
 from medsight.io.atomic import atomic_dir
 
-__all__ = ["Phantom", "Progress", "case_rng", "make_phantom", "phantoms", "register_phantom"]
+__all__ = [
+    "Phantom",
+    "Progress",
+    "case_rng",
+    "default_workers",
+    "make_phantom",
+    "phantoms",
+    "register_phantom",
+    "run_cases",
+]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
+T = TypeVar("T")
 Writer = Callable[[Path, int, int, "Progress | None"], None]
 
 
@@ -61,6 +74,39 @@ def case_rng(seed: int, index: int, *, stream: int = 0) -> np.random.Generator:
     ``stream`` separates independent uses of the same index (e.g. per-patient draws).
     """
     return np.random.default_rng([seed, stream, index])
+
+
+def run_cases(
+    make_case: Callable[[int], T],
+    cases: int,
+    *,
+    workers: int,
+    progress: Progress | None,
+    stage: str,
+) -> Iterator[T]:
+    """Yield ``make_case(i)`` for every case in order, computed in ``workers`` processes.
+
+    Cases draw from their own random streams (:func:`case_rng`), so the result does not
+    depend on ``workers``. ``make_case`` must be picklable (a module-level function or a
+    :func:`functools.partial` of one).
+    """
+    if workers <= 1 or cases <= 1:
+        for index in range(cases):
+            yield make_case(index)
+            if progress is not None:
+                progress(stage, index + 1, cases)
+        return
+    context = multiprocessing.get_context("spawn")  # safe beside threads (torch, BLAS)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        for index, result in enumerate(pool.map(make_case, range(cases)), start=1):
+            yield result
+            if progress is not None:
+                progress(stage, index, cases)
+
+
+def default_workers() -> int:
+    """Processes for 3D phantoms: the CPU cores available, at most 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 def make_phantom(
