@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from medsight.core import ConfigError, InputError
-from medsight.data import Manifest, adapters, build_manifest, detect_adapters
+from medsight.data import Manifest, build_manifest, detect_adapters, registered_adapters
 from tests.data.replicas import REPLICAS
 
 GENERIC = {"csv", "folder"}
-ALL = sorted(adapters())
+ALL = sorted(registered_adapters())
 
 
 def test_every_adapter_has_a_replica():

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from medsight.cli.common import err, friendly, out, progress_bar
 from medsight.core.errors import ConfigError
-from medsight.data import Manifest, adapters, build_manifest
+from medsight.data import Manifest, build_manifest, registered_adapters
 from medsight.data.phantoms import make_phantom, phantoms
 from medsight.data.qc import run_qc
 from medsight.data.splits import assign_splits
@@ -33,7 +33,7 @@ def _parse_options(values: list[str] | None) -> dict[str, Any]:
 def formats() -> None:
     """List the data set layouts medsight reads."""
     table = Table("format", "data set", "recipe", "options")
-    for name, adapter in adapters().items():
+    for name, adapter in registered_adapters().items():
         table.add_row(name, adapter.title, adapter.task, ", ".join(adapter.Options.model_fields) or "-")
     out.print(table)
 

@@ -15,7 +15,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from medsight.core.errors import ConfigError, InputError
 from medsight.data.manifest import Manifest
 
-__all__ = ["Adapter", "NoOptions", "adapters", "build_manifest", "detect_adapters", "get_adapter", "register"]
+__all__ = [
+    "Adapter",
+    "NoOptions",
+    "build_manifest",
+    "detect_adapters",
+    "get_adapter",
+    "register",
+    "registered_adapters",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +68,7 @@ def register(adapter: type[Adapter]) -> type[Adapter]:
     return adapter
 
 
-def adapters() -> dict[str, type[Adapter]]:
+def registered_adapters() -> dict[str, type[Adapter]]:
     """All registered adapters by name."""
     _load_builtin()
     return dict(sorted(_REGISTRY.items()))
@@ -68,7 +76,7 @@ def adapters() -> dict[str, type[Adapter]]:
 
 def get_adapter(name: str) -> type[Adapter]:
     """The adapter called ``name``; unknown names get a suggestion."""
-    known = adapters()
+    known = registered_adapters()
     if name not in known:
         close = difflib.get_close_matches(name, list(known), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -81,7 +89,7 @@ def detect_adapters(root: str | os.PathLike[str]) -> list[str]:
     path = Path(root)
     if not path.is_dir():
         raise InputError(f"{path} is not a folder; point at the data set's top folder")
-    return [name for name, adapter in adapters().items() if adapter.detect(path)]
+    return [name for name, adapter in registered_adapters().items() if adapter.detect(path)]
 
 
 def _options(adapter: type[Adapter], options: Mapping[str, Any] | None) -> BaseModel:
@@ -126,8 +134,8 @@ def build_manifest(
         found = detect_adapters(path)
         if not found:
             raise InputError(
-                f"could not recognise the layout of {path}; pass --format with one of: {', '.join(adapters())} "
-                "(docs/datasets.md describes each layout)"
+                f"could not recognise the layout of {path}; pass --format with one of: "
+                f"{', '.join(registered_adapters())} (docs/datasets.md describes each layout)"
             )
         if len(found) > 1:
             raise InputError(f"{path} matches several layouts ({', '.join(found)}); choose one with --format")
