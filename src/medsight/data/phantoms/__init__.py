@@ -5,6 +5,7 @@ Importing this package registers the built-in generators (explicitly listed).
 
 from medsight.data.phantoms import (  # noqa: F401  (importing registers each generator)
     brain_tumor_seg,
+    cardiac_function,
     cxr_findings,
     dr_grading,
     lung_nodule_det,
