@@ -62,3 +62,16 @@ def test_formats_lists_every_adapter():
     assert result.exit_code == 0
     for name in ("aptos2019", "brats2021", "luna16", "vindr-mammo", "medmnist"):
         assert name in result.output
+
+
+def test_make_phantom_then_manifest(tmp_path):
+    out = tmp_path / "fundus"
+    result = invoke("data", "make-phantom", "dr-grading", "--out", out, "--cases", 3, "--seed", 1)
+    assert result.exit_code == 0, result.output
+    assert "wrote 3 dr-grading case(s)" in result.output and "aptos2019 layout" in result.output
+    result = invoke("data", "manifest", out, "--out", tmp_path / "m.csv")
+    assert result.exit_code == 0 and "3 cases" in result.output
+    result = invoke("data", "make-phantom", "dr-grading", "--out", out, "--cases", 3)
+    assert result.exit_code == 1 and "not empty" in result.output
+    result = invoke("data", "make-phantom", "fundus", "--out", tmp_path / "x")
+    assert result.exit_code == 1 and "no phantom for recipe 'fundus'" in result.output
