@@ -61,6 +61,7 @@ def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
         console=err,
         transient=True,
         disable=not err.is_terminal,
+        auto_refresh=False,  # no refresh thread: phantom generation forks worker processes
     )
     tasks: dict[str, TaskID] = {}
 
@@ -68,6 +69,7 @@ def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
         if stage not in tasks:
             tasks[stage] = bar.add_task(stage, total=total)
         bar.update(tasks[stage], completed=done, total=total)
+        bar.refresh()
 
     with bar:
         yield update

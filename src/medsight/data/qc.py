@@ -100,7 +100,7 @@ class _Seen:
     spacing: tuple[float, float, float]
     shape: tuple[int, int, int]
     digest: str
-    phash: int | None
+    phash: bytes | None
 
 
 def _read_case_image(manifest: Manifest, row: pd.Series, column: str, npz_cache: dict[Path, Any]) -> Volume:
@@ -123,11 +123,19 @@ def _digest(volume: Volume) -> str:
     return h.hexdigest()
 
 
-def _phash(volume: Volume) -> int:
+def _phash(volume: Volume) -> bytes:
+    """256-bit perceptual hash of the middle slice.
+
+    64-bit hashes are too coarse for medical images, which share their framing (every
+    fundus is a disc on black): on the phantoms, distinct images came within 2 bits of each
+    other, while at 256 bits they stay over 30 bits apart and a re-encoded, resized copy
+    stays within 6.
+    """
     plane = volume.array[:, volume.spatial_shape[0] // 2].astype(np.float32).mean(axis=0)
     lo, hi = np.percentile(plane, [1, 99])
     scaled = np.clip((plane - lo) / max(hi - lo, 1e-6), 0, 1) * 255
-    return int(str(imagehash.phash(Image.fromarray(scaled.astype(np.uint8)))), 16)
+    bits = imagehash.phash(Image.fromarray(scaled.astype(np.uint8)), hash_size=16).hash
+    return np.packbits(bits.ravel()).tobytes()
 
 
 def _check_labels(report: QcReport, manifest: Manifest, case: str, mask: Volume, column: str) -> None:
@@ -269,10 +277,9 @@ def _duplicates(report: QcReport, seen: list[_Seen], max_distance: int) -> None:
         max_distance = 0
     if not hashed:
         return
-    codes = np.array([s.phash for s in hashed], dtype=np.uint64)
+    codes = np.frombuffer(b"".join(s.phash for s in hashed), dtype=np.uint8).reshape(len(hashed), -1)  # type: ignore[misc]
     for i in range(len(hashed)):
-        xor = np.bitwise_xor(codes[i + 1 :], codes[i])
-        distance = np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+        distance = np.unpackbits(np.bitwise_xor(codes[i + 1 :], codes[i]), axis=1).sum(axis=1)
         for j in np.flatnonzero(distance <= max_distance):
             a, b = hashed[i], hashed[i + 1 + j]
             pair = tuple(sorted((a.case_id, b.case_id)))
@@ -331,7 +338,7 @@ def run_qc(
     *,
     read_images: bool = True,
     perceptual_hash: bool = True,
-    near_duplicate_distance: int = 4,
+    near_duplicate_distance: int = 16,
     outlier_z: float = 6.0,
     progress: Progress | None = None,
 ) -> QcReport:
@@ -340,8 +347,8 @@ def run_qc(
     Args:
         manifest: What to check.
         read_images: Read every image and mask (needed for all file checks).
-        perceptual_hash: Look for near-duplicates across splits (64-bit pHash of the middle slice).
-        near_duplicate_distance: Largest Hamming distance between hashes counted as alike.
+        perceptual_hash: Look for near-duplicates across splits (256-bit pHash of the middle slice).
+        near_duplicate_distance: Largest Hamming distance (of 256 bits) between hashes counted as alike.
         outlier_z: Robust z-score (median/MAD of log spacing or size) above which a case is flagged.
         progress: Called as ``progress(stage, done, total)``.
     """

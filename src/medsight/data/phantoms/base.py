@@ -6,6 +6,7 @@ import difflib
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -90,13 +91,19 @@ def run_cases(
     depend on ``workers``. ``make_case`` must be picklable (a module-level function or a
     :func:`functools.partial` of one).
     """
-    if workers <= 1 or cases <= 1:
+    # Fork (not spawn): spawn re-imports the caller's __main__, which reruns unguarded
+    # scripts in every worker. Forking a process with other threads can deadlock, so then
+    # the cases are made one by one instead.
+    can_fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+    if workers <= 1 or cases <= 1 or not can_fork:
+        if workers > 1 and cases > 1:
+            log.info("making phantom cases in one process (threads are running, forking is unsafe)")
         for index in range(cases):
             yield make_case(index)
             if progress is not None:
                 progress(stage, index + 1, cases)
         return
-    context = multiprocessing.get_context("spawn")  # safe beside threads (torch, BLAS)
+    context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         for index, result in enumerate(pool.map(make_case, range(cases)), start=1):
             yield result
