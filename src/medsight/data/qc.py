@@ -2,7 +2,7 @@
 
 Errors (exit status non-zero in the CLI): unreadable files, masks whose geometry differs
 from their image, label values outside the schema, exact duplicates across splits,
-patients in several splits. Warnings: empty masks, spacing/size outliers, duplicates within
+patients in several splits. Warnings: empty masks, rare spacing/size outliers, duplicates within
 a split, near-duplicates (perceptual hash) across splits, and the data set's own caveats.
 """
 
@@ -240,8 +240,12 @@ def _outliers(report: QcReport, seen: list[_Seen], z_limit: float) -> None:
             mad = np.median(np.abs(values - median), axis=0)
             scale = np.maximum(1.4826 * mad, 0.05)  # at least 5 % so uniform data sets never flag
             z = np.abs(values - median) / scale
-            for s, row in zip(items, z, strict=True):
-                if row.max() > z_limit:
+            # a value shared by many cases is a second acquisition protocol, not an outlier
+            _, group, counts = np.unique(np.rint(values / 0.1), axis=0, return_inverse=True, return_counts=True)
+            alike = counts[group.ravel()]  # cases in the same ~10 % bin of log spacing/size
+            rare = alike <= max(2, 0.02 * len(items))
+            for s, row, is_rare in zip(items, z, rare, strict=True):
+                if row.max() > z_limit and is_rare:
                     typical = np.exp(median).round(3).tolist()
                     actual = s.spacing if what == "spacing" else s.shape
                     report.add(
