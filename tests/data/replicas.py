@@ -353,3 +353,60 @@ def generic_folder(root: Path, malformed: bool) -> tuple[Path, dict]:
         for i in range(2):
             picture(root / cls / f"{cls}_{i}.png")
     return root, {"cases": 4, "patients": 4, "error": "at least two class sub-folders"}
+
+
+def _lidc_roi(z: float, cx: float, cy: float, r: float, sop: str) -> str:
+    angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    edges = "".join(
+        f"<edgeMap><xCoord>{round(cx + r * np.cos(a))}</xCoord><yCoord>{round(cy + r * np.sin(a))}</yCoord></edgeMap>"
+        for a in angles
+    )
+    return (
+        f"<roi><imageZposition>{z}</imageZposition><imageSOP_UID>{sop}</imageSOP_UID>"
+        f"<inclusion>TRUE</inclusion>{edges}</roi>"
+    )
+
+
+@replica("lidc-idri")
+def lidc(root: Path, malformed: bool) -> tuple[Path, dict]:
+    series = (
+        root
+        / "LIDC-IDRI-0001"
+        / "1.3.6.1.4.1.14519.5.2.1.6279.6001.298806137288633453246975630178"
+        / ("1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192")
+    )
+    series.parent.mkdir(parents=True)
+    arr = _rng(3).integers(-1000, 400, size=(1, 12, 64, 64)).astype(np.int16)
+    geometry = Geometry(spacing=(2.5, 0.7, 0.7), origin=(-22.4, -22.4, -100.0))
+    write_dicom_series(Volume(arr, geometry, VolumeMetadata(modality="CT")), series)
+    z = [-100.0 + 2.5 * k for k in range(12)]
+    sessions = []
+    for reader, (dx, dy) in enumerate([(0, 0), (1, 0), (0, -1), (9, 9)]):
+        nodules = ""
+        if reader < 3:  # nodule A: three readers agree
+            rois = "".join(_lidc_roi(z[k], 30 + dx, 20 + dy, 5, f"sop{k}") for k in (4, 5, 6))
+            rating = f"<characteristics><malignancy>{3 + (reader == 2)}</malignancy></characteristics>"
+            nodules += f"<unblindedReadNodule><noduleID>A{reader}</noduleID>{rating}{rois}</unblindedReadNodule>"
+        else:  # nodule B: one reader only, a small nodule and a non-nodule
+            rois = "".join(_lidc_roi(z[k], 50, 45, 4, f"sop{k}") for k in (2, 3))
+            nodules += f"<unblindedReadNodule><noduleID>B</noduleID>{rois}</unblindedReadNodule>"
+            nodules += (
+                "<unblindedReadNodule><noduleID>s1</noduleID><roi><imageZposition>-80.0</imageZposition>"
+                "<inclusion>TRUE</inclusion><edgeMap><xCoord>10</xCoord><yCoord>12</yCoord></edgeMap></roi>"
+                "</unblindedReadNodule>"
+            )
+            nodules += (
+                "<nonNodule><nonNoduleID>n1</nonNoduleID><imageZposition>-90.0</imageZposition>"
+                "<locus><xCoord>40</xCoord><yCoord>8</yCoord></locus></nonNodule>"
+            )
+        sessions.append(
+            f"<readingSession><servicingRadiologistID>r{reader}</servicingRadiologistID>{nodules}</readingSession>"
+        )
+    uid = "" if malformed else f"<SeriesInstanceUid>{series.name}</SeriesInstanceUid>"
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<LidcReadMessage uid="1.3.6.1.4.1.14519.5.2.1.6279.6001.1" '
+        'xmlns="http://www.nih.gov"><ResponseHeader><Version>1.8.1</Version>'
+        f"{uid}<StudyInstanceUID>{series.parent.name}</StudyInstanceUID></ResponseHeader>{''.join(sessions)}</LidcReadMessage>"
+    )
+    (series / "069.xml").write_text(xml)
+    return root, {"cases": 1, "patients": 1, "targets": [1], "error": "has no SeriesInstanceUid"}

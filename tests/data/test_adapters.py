@@ -29,7 +29,7 @@ def test_adapter_reads_its_replica(name, tmp_path):
     assert table["patient_id"].nunique() == facts["patients"]
     assert manifest.info["dataset"] == name
     for paths in (manifest.paths(i) for i in range(len(manifest))):
-        assert paths and all(p.is_file() for p in paths.values())
+        assert paths and all(p.exists() for p in paths.values())  # files, or a DICOM series folder
     if "test" in facts:
         assert int((table["split"] == "test").sum()) == facts["test"]
     if "targets" in facts:
@@ -150,3 +150,20 @@ def test_parquet_round_trip(tmp_path):
     m.save(tmp_path / "m.parquet")
     again = Manifest.load(tmp_path / "m.parquet")
     assert again.table["target"].tolist() == m.table["target"].tolist()
+
+
+def test_lidc_nodules_are_clustered_across_readers(tmp_path):
+    root, _ = REPLICAS["lidc-idri"](tmp_path, False)
+    m = build_manifest(root)
+    boxes = m.boxes(0)
+    found = [b for b in boxes if not b.get("excluded")]
+    assert len(found) == 1
+    (nodule,) = found
+    assert nodule["readers"] == 3 and nodule["malignancy"] == 3.0
+    # pixel (30, 20) on the slice at z = -87.5 of a grid starting at (-22.4, -22.4) with 0.7 mm pixels
+    np.testing.assert_allclose(nodule["center"], [-22.4 + 30.33 * 0.7, -22.4 + 19.67 * 0.7, -87.5], atol=0.5)
+    assert 6.0 < nodule["diameter_mm"] < 10.0
+    labels = sorted(b["label"] for b in boxes if b.get("excluded"))
+    assert labels == ["nodule", "non-nodule", "small-nodule"]  # the one-reader nodule is excluded
+    relaxed = build_manifest(root, options={"min_readers": 1})
+    assert len([b for b in relaxed.boxes(0) if not b.get("excluded")]) == 2

@@ -9,6 +9,7 @@ from medsight.data.adapters import (  # noqa: F401
     eyepacs2015,
     generic,
     idrid,
+    lidc_idri,
     luna16,
     medmnist,
     messidor2,
