@@ -410,3 +410,46 @@ def lidc(root: Path, malformed: bool) -> tuple[Path, dict]:
     )
     (series / "069.xml").write_text(xml)
     return root, {"cases": 1, "patients": 1, "targets": [1], "error": "has no SeriesInstanceUid"}
+
+
+@replica("cbis-ddsm")
+def cbis(root: Path, malformed: bool) -> tuple[Path, dict]:
+    tail = "cropped image file path,ROI mask file path"
+    mass_header = (
+        "patient_id,breast_density,left or right breast,image view,abnormality id,abnormality type,"
+        f"mass shape,mass margins,assessment,pathology,subtlety,image file path,{tail}"
+    )
+    calc_header = (
+        "patient_id,breast density,left or right breast,image view,abnormality id,abnormality type,"
+        f"calc type,calc distribution,assessment,pathology,subtlety,image file path,{tail}"
+    )
+    uid = "1.3.6.1.4.1.9590.100.1.2.422112722213189649807611434612228974994"
+    mass = [
+        ("P_00001", "LEFT", "CC", 1, "IRREGULAR-ARCHITECTURAL_DISTORTION", "SPICULATED", 4, "MALIGNANT"),
+        ("P_00001", "LEFT", "CC", 2, "OVAL", "CIRCUMSCRIBED", 3, "BENIGN"),
+        ("P_00001", "LEFT", "MLO", 1, "IRREGULAR", "SPICULATED", 5, "MALIGNANT"),
+        ("P_00004", "RIGHT", "MLO", 1, "ROUND", "CIRCUMSCRIBED", 2, "BENIGN_WITHOUT_CALLBACK"),
+    ]
+    lines = [mass_header] + [
+        f"{p},3,{s},{v},{a},mass,{shape},{margin},{assess},{path},4,"
+        f"Mass-Training_{p}_{s}_{v}/{uid}/{uid}/000000.dcm,Mass-Training_{p}_{s}_{v}_{a}/{uid}/{uid}/000000.dcm,"
+        f"Mass-Training_{p}_{s}_{v}_{a}/{uid}/{uid}/000001.dcm"
+        for p, s, v, a, shape, margin, assess, path in mass
+    ]
+    (root / "mass_case_description_train_set.csv").write_text("\n".join(lines) + "\n")
+    calc = f"P_00038,2,LEFT,CC,1,calcification,PUNCTATE,CLUSTERED,2,BENIGN,3,Calc-Test_P_00038_LEFT_CC/{uid}/x.dcm,a,b"
+    (root / "calc_case_description_test_set.csv").write_text(calc_header + "\n" + calc + "\n")
+    folders = {f"Mass-Training_{p}_{s}_{v}" for p, s, v, *_ in mass} | {"Calc-Test_P_00038_LEFT_CC"}
+    for name in sorted(folders):
+        if malformed and "P_00004" in name:
+            continue
+        dicom_file(
+            root / "CBIS-DDSM" / name / "07-20-2016-DDSM-74994" / "1.000000-full mammogram images-24515" / "1-1.dcm",
+            shape=(24, 16),
+        )
+    crop = (
+        root / "CBIS-DDSM" / "Mass-Training_P_00001_LEFT_CC_1" / "08-07-2016-DDSM-24563" / "1.000000-ROI mask images-99"
+    )
+    dicom_file(crop / "1-1.dcm")
+    dicom_file(crop / "1-2.dcm")
+    return root, {"cases": 4, "patients": 3, "test": 1, "targets": [0, 1, 1, 0], "error": "1 full mammogram folder(s)"}

@@ -167,3 +167,12 @@ def test_lidc_nodules_are_clustered_across_readers(tmp_path):
     assert labels == ["nodule", "non-nodule", "small-nodule"]  # the one-reader nodule is excluded
     relaxed = build_manifest(root, options={"min_readers": 1})
     assert len([b for b in relaxed.boxes(0) if not b.get("excluded")]) == 2
+
+
+def test_cbis_ddsm_combines_abnormalities_and_finds_renamed_files(tmp_path):
+    root, _ = REPLICAS["cbis-ddsm"](tmp_path, False)
+    t = build_manifest(root).table.set_index("case_id")
+    row = t.loc["MASS-TRAINING_P_00001_LEFT_CC"]
+    assert row["abnormalities"] == 2 and row["target"] == 1 and row["assessment"] == 4
+    assert row["image"].endswith("1-1.dcm")  # the CSV said 000000.dcm under other UID folders
+    assert "ROI mask" not in " ".join(t["image"])

@@ -5,6 +5,7 @@ from medsight.data.adapters import (  # noqa: F401
     aptos2019,
     brats2021,
     brats2023,
+    cbis_ddsm,
     chexpert,
     eyepacs2015,
     generic,
