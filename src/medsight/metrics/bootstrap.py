@@ -1,0 +1,74 @@
+"""Confidence intervals by bootstrap, resampling whole patients (cluster bootstrap)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from medsight.core.errors import InputError
+
+__all__ = ["bootstrap_ci"]
+
+log = logging.getLogger(__name__)
+
+
+def bootstrap_ci(
+    metric: Callable[..., float],
+    *arrays: Sequence[float] | np.ndarray,
+    groups: Sequence[object] | np.ndarray | None = None,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Percentile bootstrap CI of ``metric(*arrays)``, resampling groups (patients) with replacement.
+
+    Cases of one patient are correlated (two eyes, follow-up images, four mammography
+    views): resampling cases would make intervals too narrow, so whole groups are drawn.
+    Resamples where the metric is undefined (``nan``, e.g. AUC with one class) are skipped
+    and counted.
+
+    Args:
+        metric: Function of the arrays returning a float (e.g. :func:`roc_auc`).
+        *arrays: Per-case arrays of equal length (labels, scores, ...).
+        groups: Patient id per case; ``None`` treats every case as its own patient.
+        n_resamples: Number of bootstrap resamples.
+        confidence: Width of the interval (0.95 = 2.5th to 97.5th percentile).
+        seed: Random seed (results are reproducible).
+
+    Returns:
+        ``estimate`` (on all cases), ``low``, ``high``, ``n_valid`` (usable resamples).
+    """
+    if not arrays:
+        raise InputError("bootstrap_ci needs at least one array")
+    data = [np.asarray(a) for a in arrays]
+    n = len(data[0])
+    if any(len(a) != n for a in data):
+        raise InputError(f"arrays must have equal length; got {[len(a) for a in data]}")
+    if not 0.0 < confidence < 1.0:
+        raise InputError(f"confidence must be in (0, 1), got {confidence}")
+    estimate = float(metric(*data))
+    ids = np.arange(n) if groups is None else np.asarray(groups)
+    if len(ids) != n:
+        raise InputError(f"groups has {len(ids)} entries for {n} cases")
+    _, codes = np.unique(ids, return_inverse=True)
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_resamples):
+        chosen = rng.integers(0, len(counts), size=len(counts))
+        index = np.concatenate([order[starts[g] : starts[g] + counts[g]] for g in chosen])
+        value = metric(*(a[index] for a in data))
+        if not math.isnan(value):
+            values.append(value)
+    if len(values) < 0.5 * n_resamples:
+        log.warning("only %d of %d bootstrap resamples gave a defined metric", len(values), n_resamples)
+    if not values:
+        return {"estimate": estimate, "low": float("nan"), "high": float("nan"), "n_valid": 0}
+    tail = (1.0 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return {"estimate": estimate, "low": float(low), "high": float(high), "n_valid": len(values)}

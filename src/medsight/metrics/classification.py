@@ -1,0 +1,220 @@
+"""Classification metrics as plain functions: AUCs, operating points, kappa, DeLong.
+
+Scores are "higher means more likely positive". Labels are 0/1 (binary) or integer
+classes/grades. Every function checks its inputs and says what is wrong; a metric that is
+undefined for the data (e.g. AUC with one class) returns ``nan`` and logs why, so that
+bootstrap resamples without both classes can be skipped rather than crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+from sklearn.metrics import average_precision_score, cohen_kappa_score, roc_auc_score
+
+from medsight.core.errors import InputError
+
+__all__ = [
+    "OperatingPoint",
+    "average_precision",
+    "confusion_at",
+    "delong_test",
+    "quadratic_weighted_kappa",
+    "roc_auc",
+    "threshold_for_sensitivity",
+    "threshold_for_specificity",
+    "threshold_youden",
+]
+
+log = logging.getLogger(__name__)
+
+OperatingPoint = dict[str, float]
+
+
+def _binary(y_true: Sequence[float] | np.ndarray, score: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true)
+    s = np.asarray(score, dtype=float)
+    if y.ndim != 1 or s.ndim != 1 or len(y) != len(s):
+        raise InputError(f"labels and scores must be 1D of equal length; got shapes {y.shape} and {s.shape}")
+    if len(y) == 0:
+        raise InputError("no cases to evaluate (empty labels)")
+    if not np.all(np.isfinite(s)):
+        raise InputError(f"scores hold {int((~np.isfinite(s)).sum())} NaN or infinite value(s); drop those cases first")
+    values = set(np.unique(y).tolist())
+    if not values <= {0, 1}:
+        raise InputError(f"binary labels must be 0/1; found values {sorted(values)[:5]}")
+    return y.astype(int), s
+
+
+def roc_auc(y_true: Sequence[float] | np.ndarray, score: Sequence[float] | np.ndarray) -> float:
+    """Area under the ROC curve; ``nan`` when only one class is present. Ties count half."""
+    y, s = _binary(y_true, score)
+    if y.min() == y.max():
+        log.debug("AUC undefined: only class %d present", y[0])
+        return float("nan")
+    return float(roc_auc_score(y, s))
+
+
+def average_precision(y_true: Sequence[float] | np.ndarray, score: Sequence[float] | np.ndarray) -> float:
+    """Area under the precision-recall curve (average precision); ``nan`` without positives."""
+    y, s = _binary(y_true, score)
+    if y.sum() == 0:
+        return float("nan")
+    return float(average_precision_score(y, s))
+
+
+def confusion_at(
+    y_true: Sequence[float] | np.ndarray, score: Sequence[float] | np.ndarray, threshold: float
+) -> OperatingPoint:
+    """Sensitivity, specificity, PPV, NPV, accuracy and F1 when ``score >= threshold`` is positive.
+
+    Ratios with an empty denominator (e.g. PPV when nothing is called positive) are ``nan``.
+    """
+    y, s = _binary(y_true, score)
+    pred = s >= threshold
+    tp = int(np.sum(pred & (y == 1)))
+    fp = int(np.sum(pred & (y == 0)))
+    fn = int(np.sum(~pred & (y == 1)))
+    tn = int(np.sum(~pred & (y == 0)))
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else float("nan")
+
+    sens, ppv = ratio(tp, tp + fn), ratio(tp, tp + fp)
+    f1 = 2 * ppv * sens / (ppv + sens) if (ppv + sens) > 0 and not math.isnan(ppv + sens) else float("nan")
+    return {
+        "threshold": float(threshold),
+        "sensitivity": sens,
+        "specificity": ratio(tn, tn + fp),
+        "ppv": ppv,
+        "npv": ratio(tn, tn + fn),
+        "accuracy": ratio(tp + tn, len(y)),
+        "f1": f1,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+    }
+
+
+def _candidates(s: np.ndarray) -> np.ndarray:
+    """Every distinct score, plus one above the maximum (call nothing positive)."""
+    unique = np.unique(s)
+    return np.append(unique, np.nextafter(unique[-1], np.inf))
+
+
+def _rates(y: np.ndarray, s: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    positives, negatives = s[y == 1], s[y == 0]
+    if len(positives) == 0 or len(negatives) == 0:
+        raise InputError("choosing an operating point needs both classes in the (validation) labels")
+    sens = 1.0 - np.searchsorted(np.sort(positives), thresholds, side="left") / len(positives)
+    spec = np.searchsorted(np.sort(negatives), thresholds, side="left") / len(negatives)
+    return sens, spec
+
+
+def threshold_youden(y_true: Sequence[float] | np.ndarray, score: Sequence[float] | np.ndarray) -> float:
+    """The threshold maximising sensitivity + specificity - 1 (the highest such score on ties)."""
+    y, s = _binary(y_true, score)
+    thresholds = _candidates(s)
+    sens, spec = _rates(y, s, thresholds)
+    j = sens + spec - 1.0
+    return float(thresholds[np.flatnonzero(j == j.max())[-1]])
+
+
+def threshold_for_sensitivity(
+    y_true: Sequence[float] | np.ndarray, score: Sequence[float] | np.ndarray, target: float
+) -> float:
+    """The highest threshold whose sensitivity is at least ``target`` (e.g. 0.975, as in Gulshan 2016)."""
+    if not 0.0 < target <= 1.0:
+        raise InputError(f"target sensitivity must be in (0, 1], got {target}")
+    y, s = _binary(y_true, score)
+    thresholds = _candidates(s)
+    sens, _ = _rates(y, s, thresholds)
+    return float(thresholds[np.flatnonzero(sens >= target - 1e-12).max()])
+
+
+def threshold_for_specificity(
+    y_true: Sequence[float] | np.ndarray, score: Sequence[float] | np.ndarray, target: float
+) -> float:
+    """The lowest threshold whose specificity is at least ``target``."""
+    if not 0.0 < target <= 1.0:
+        raise InputError(f"target specificity must be in (0, 1], got {target}")
+    y, s = _binary(y_true, score)
+    thresholds = _candidates(s)
+    _, spec = _rates(y, s, thresholds)
+    return float(thresholds[np.flatnonzero(spec >= target - 1e-12).min()])
+
+
+def quadratic_weighted_kappa(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, *, n_classes: int | None = None
+) -> float:
+    """Cohen's kappa with quadratic weights for ordinal grades (the APTOS/Kaggle DR metric).
+
+    ``nan`` when both raters used a single, identical grade throughout (kappa is undefined).
+    """
+    a, b = np.asarray(y_true), np.asarray(y_pred)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise InputError(f"grades must be non-empty 1D arrays of equal length; got {a.shape} and {b.shape}")
+    if not (np.issubdtype(a.dtype, np.integer) and np.issubdtype(b.dtype, np.integer)):
+        if not (np.all(np.mod(a, 1) == 0) and np.all(np.mod(b, 1) == 0)):
+            raise InputError("quadratic weighted kappa compares integer grades; round or argmax the predictions first")
+        a, b = a.astype(int), b.astype(int)
+    labels = np.arange(n_classes) if n_classes is not None else np.union1d(a, b)
+    if len(np.union1d(a, b)) == 1:
+        return float("nan")
+    return float(cohen_kappa_score(a, b, labels=labels, weights="quadratic"))
+
+
+def _placements(positives: np.ndarray, negatives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong structural components via midranks (Sun & Xu 2014), O(n log n)."""
+    m, n = len(positives), len(negatives)
+    combined = np.concatenate([positives, negatives])
+    ranks = stats.rankdata(combined)
+    rank_pos = stats.rankdata(positives)
+    rank_neg = stats.rankdata(negatives)
+    v10 = (ranks[:m] - rank_pos) / n  # for each positive: share of negatives below it (ties half)
+    v01 = 1.0 - (ranks[m:] - rank_neg) / m  # for each negative: share of positives above it
+    return v10, v01
+
+
+def delong_test(
+    y_true: Sequence[float] | np.ndarray,
+    score_a: Sequence[float] | np.ndarray,
+    score_b: Sequence[float] | np.ndarray,
+) -> dict[str, float]:
+    """DeLong's test for two correlated ROC AUCs on the same cases.
+
+    Returns both AUCs, their difference, its standard error, the z statistic and the
+    two-sided p-value (DeLong, DeLong & Clarke-Pearson 1988; fast midrank algorithm).
+    """
+    y, a = _binary(y_true, score_a)
+    _, b = _binary(y_true, score_b)
+    if y.min() == y.max():
+        raise InputError("DeLong's test needs both classes among the cases")
+    components = []
+    for s in (a, b):
+        components.append(_placements(s[y == 1], s[y == 0]))
+    aucs = np.array([c[0].mean() for c in components])
+    v10 = np.stack([c[0] for c in components])
+    v01 = np.stack([c[1] for c in components])
+    m, n = v10.shape[1], v01.shape[1]
+    covariance = np.cov(v10) / m + np.cov(v01) / n
+    variance = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
+    difference = float(aucs[0] - aucs[1])
+    if variance <= 0:
+        z, p = (0.0, 1.0) if difference == 0 else (math.copysign(math.inf, difference), 0.0)
+    else:
+        z = difference / math.sqrt(variance)
+        p = float(2 * stats.norm.sf(abs(z)))
+    return {
+        "auc_a": float(aucs[0]),
+        "auc_b": float(aucs[1]),
+        "difference": difference,
+        "se": float(math.sqrt(max(variance, 0.0))),
+        "z": float(z),
+        "p_value": p,
+    }

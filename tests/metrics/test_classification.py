@@ -1,0 +1,203 @@
+"""Every metric against an independent reference: scikit-learn, or the formula written out."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    average_precision_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    roc_auc_score,
+    roc_curve,
+)
+
+from medsight.core import InputError
+from medsight.metrics import (
+    average_precision,
+    bootstrap_ci,
+    confusion_at,
+    delong_test,
+    quadratic_weighted_kappa,
+    roc_auc,
+    threshold_for_sensitivity,
+    threshold_for_specificity,
+    threshold_youden,
+)
+
+
+def _data(n=300, seed=0, separation=1.0, ties=False):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=n)
+    s = rng.normal(size=n) + separation * y
+    if ties:
+        s = np.round(s, 1)
+    return y, s
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("ties", [False, True])
+def test_auc_and_ap_match_sklearn(seed, ties):
+    y, s = _data(seed=seed, ties=ties)
+    assert roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert average_precision(y, s) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+
+
+def test_auc_by_pair_counting_on_a_tiny_set():
+    y = np.array([0, 0, 1, 1, 1])
+    s = np.array([0.1, 0.5, 0.5, 0.7, 0.2])
+    pairs = [(p, q) for p in s[y == 1] for q in s[y == 0]]
+    expected = np.mean([1.0 if p > q else 0.5 if p == q else 0.0 for p, q in pairs])
+    assert roc_auc(y, s) == pytest.approx(expected)
+
+
+def test_one_class_absent_is_nan_not_a_crash():
+    assert math.isnan(roc_auc([1, 1, 1], [0.2, 0.3, 0.9]))
+    assert math.isnan(average_precision([0, 0], [0.2, 0.3]))
+    assert math.isnan(confusion_at([1, 1], [0.4, 0.6], 0.5)["specificity"])  # no negatives
+
+
+@pytest.mark.parametrize("threshold", [-1.0, 0.0, 0.5, 1.2, 10.0])
+def test_confusion_at_matches_sklearn(threshold):
+    y, s = _data(seed=5)
+    point = confusion_at(y, s, threshold)
+    pred = (s >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    assert (point["tp"], point["fp"], point["tn"], point["fn"]) == (tp, fp, tn, fn)
+    assert point["sensitivity"] == pytest.approx(tp / (tp + fn))
+    assert point["specificity"] == pytest.approx(tn / (tn + fp))
+    assert point["accuracy"] == pytest.approx((tp + tn) / len(y))
+    if tp + fp:
+        assert point["ppv"] == pytest.approx(tp / (tp + fp))
+        assert point["f1"] == pytest.approx(f1_score(y, pred))
+    else:
+        assert math.isnan(point["ppv"])
+    if tn + fn:
+        assert point["npv"] == pytest.approx(tn / (tn + fn))
+
+
+def test_operating_points_match_the_roc_curve():
+    y, s = _data(seed=2, ties=True)
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    youden = threshold_youden(y, s)
+    best = np.max(tpr - fpr)
+    point = confusion_at(y, s, youden)
+    assert point["sensitivity"] + point["specificity"] - 1 == pytest.approx(best)
+    for target in (0.8, 0.9, 0.975, 1.0):
+        t = threshold_for_sensitivity(y, s, target)
+        assert confusion_at(y, s, t)["sensitivity"] >= target
+        # the highest such threshold: any higher distinct score drops below the target
+        higher = np.unique(s[s > t])
+        if len(higher):
+            assert confusion_at(y, s, higher[0])["sensitivity"] < target
+        expected = tpr[tpr >= target]
+        assert confusion_at(y, s, t)["sensitivity"] == pytest.approx(expected.min())
+    for target in (0.8, 0.95):
+        t = threshold_for_specificity(y, s, target)
+        assert confusion_at(y, s, t)["specificity"] >= target
+        lower = np.unique(s[s < t])
+        if len(lower):
+            assert confusion_at(y, s, lower[-1])["specificity"] < target
+
+
+def test_operating_points_need_both_classes():
+    with pytest.raises(InputError, match="both classes"):
+        threshold_youden([1, 1, 1], [0.1, 0.2, 0.3])
+    with pytest.raises(InputError, match=r"\(0, 1\]"):
+        threshold_for_sensitivity([0, 1], [0.1, 0.2], 1.5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_qwk_matches_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 5, size=200)
+    b = np.clip(a + rng.integers(-1, 2, size=200), 0, 4)
+    assert quadratic_weighted_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b, weights="quadratic"))
+    assert quadratic_weighted_kappa(a, a) == pytest.approx(1.0)
+
+
+def test_qwk_formula_written_out():
+    a = np.array([0, 1, 2, 4, 4, 3])
+    b = np.array([0, 2, 2, 3, 4, 1])
+    k = 5
+    observed = np.zeros((k, k))
+    for i, j in zip(a, b, strict=True):
+        observed[i, j] += 1
+    expected = np.outer(observed.sum(1), observed.sum(0)) / observed.sum()
+    w = np.array([[(i - j) ** 2 for j in range(k)] for i in range(k)]) / (k - 1) ** 2
+    reference = 1 - (w * observed).sum() / (w * expected).sum()
+    assert quadratic_weighted_kappa(a, b, n_classes=5) == pytest.approx(reference)
+
+
+def test_qwk_bad_and_degenerate_input():
+    assert math.isnan(quadratic_weighted_kappa([2, 2], [2, 2]))
+    with pytest.raises(InputError, match="integer grades"):
+        quadratic_weighted_kappa([0.5, 1.0], [1.0, 1.0])
+    with pytest.raises(InputError, match="equal length"):
+        quadratic_weighted_kappa([1, 2], [1])
+
+
+def _delong_reference(y, a, b):
+    """DeLong written out with O(n^2) pair comparisons."""
+    pos, neg = y == 1, y == 0
+
+    def psi(x, z):
+        return (x > z).astype(float) + 0.5 * (x == z)
+
+    out = []
+    for s in (a, b):
+        pairs = psi(s[pos][:, None], s[neg][None, :])
+        out.append((pairs.mean(axis=1), pairs.mean(axis=0), pairs.mean()))
+    v10 = np.stack([o[0] for o in out])
+    v01 = np.stack([o[1] for o in out])
+    cov = np.cov(v10) / pos.sum() + np.cov(v01) / neg.sum()
+    var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+    return out[0][2], out[1][2], math.sqrt(var)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_delong_matches_the_pairwise_definition(seed):
+    y, a = _data(n=120, seed=seed, separation=1.2, ties=True)
+    rng = np.random.default_rng(seed + 10)
+    b = np.round(a + rng.normal(0, 1.0, size=len(a)), 1)
+    result = delong_test(y, a, b)
+    auc_a, auc_b, se = _delong_reference(y, a, b)
+    assert result["auc_a"] == pytest.approx(auc_a) and result["auc_b"] == pytest.approx(auc_b)
+    assert result["auc_a"] == pytest.approx(roc_auc_score(y, a))
+    assert result["se"] == pytest.approx(se, rel=1e-9)
+    assert 0.0 <= result["p_value"] <= 1.0
+
+
+def test_delong_same_scores_and_clearly_better_scores():
+    y, a = _data(n=400, seed=3, separation=2.0)
+    assert delong_test(y, a, a)["p_value"] == 1.0
+    noise = np.random.default_rng(1).normal(size=len(a))
+    assert delong_test(y, a, noise)["p_value"] < 1e-6
+
+
+def test_bootstrap_by_patient_keeps_correlated_cases_together():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=200)
+    single = bootstrap_ci(np.mean, values, n_resamples=800, seed=1)
+    se = values.std(ddof=1) / math.sqrt(len(values))
+    assert single["high"] - single["low"] == pytest.approx(2 * 1.96 * se, rel=0.15)
+    # every patient seen four times: resampling cases would shrink the CI by half, patients must not
+    repeated = np.repeat(values, 4)
+    patients = np.repeat(np.arange(200), 4)
+    clustered = bootstrap_ci(np.mean, repeated, groups=patients, n_resamples=800, seed=1)
+    naive = bootstrap_ci(np.mean, repeated, n_resamples=800, seed=1)
+    assert clustered["high"] - clustered["low"] == pytest.approx(single["high"] - single["low"], rel=0.15)
+    assert naive["high"] - naive["low"] < 0.65 * (clustered["high"] - clustered["low"])
+
+
+def test_bootstrap_skips_undefined_resamples_and_is_reproducible():
+    y = np.array([1] + [0] * 19)
+    s = np.linspace(0, 1, 20)
+    a = bootstrap_ci(roc_auc, y, s, n_resamples=200, seed=4)
+    b = bootstrap_ci(roc_auc, y, s, n_resamples=200, seed=4)
+    assert a == b and 0 < a["n_valid"] < 200
+    with pytest.raises(InputError, match="equal length"):
+        bootstrap_ci(roc_auc, y, s[:-1])
