@@ -1,0 +1,15 @@
+"""Networks: a registry over MONAI architectures and loading of the user's own weights."""
+
+from medsight.models.registry import ModelSpec, build_model, register_model, registered_models
+from medsight.models.transfer import LoadReport, freeze_backbone, load_pretrained, unfreeze
+
+__all__ = [
+    "LoadReport",
+    "ModelSpec",
+    "build_model",
+    "freeze_backbone",
+    "load_pretrained",
+    "register_model",
+    "registered_models",
+    "unfreeze",
+]

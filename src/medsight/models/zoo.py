@@ -1,0 +1,58 @@
+"""The built-in networks (MONAI implementations), registered explicitly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from monai.networks.nets import DenseNet121, EfficientNetBN, resnet18, resnet34, resnet50
+from torch import nn
+
+from medsight.models.registry import ModelSpec, register_model
+
+
+def _resnet(factory: Callable[..., nn.Module]) -> Callable[[int, int, int], nn.Module]:
+    def build(spatial_dims: int, in_channels: int, num_outputs: int) -> nn.Module:
+        # MONAI defaults to conv1 stride 1 (4x the FLOPs of the usual ResNet); use the usual 2
+        return factory(
+            spatial_dims=spatial_dims,
+            n_input_channels=in_channels,
+            num_classes=num_outputs,
+            conv1_t_stride=2,
+            conv1_t_size=7,
+        )
+
+    return build
+
+
+for _name, _factory in (("resnet18", resnet18), ("resnet34", resnet34), ("resnet50", resnet50)):
+    register_model(
+        ModelSpec(
+            name=_name,
+            build=_resnet(_factory),
+            first_conv="conv1.weight",
+            head="fc.",
+            description=f"{_name[:6].capitalize()}-{_name[6:]} (MONAI, stride-2 stem)",
+        )
+    )
+
+register_model(
+    ModelSpec(
+        name="densenet121",
+        build=lambda dims, cin, n: DenseNet121(spatial_dims=dims, in_channels=cin, out_channels=n),
+        first_conv="features.conv0.weight",
+        head="class_layers.out.",
+        description="DenseNet-121 (MONAI); CheXNet's architecture",
+    )
+)
+
+register_model(
+    ModelSpec(
+        name="efficientnet-b0",
+        build=lambda dims, cin, n: EfficientNetBN(
+            "efficientnet-b0", pretrained=False, spatial_dims=dims, in_channels=cin, num_classes=n
+        ),
+        first_conv="_conv_stem.weight",
+        head="_fc.",
+        description="EfficientNet-B0 (MONAI)",
+    )
+)

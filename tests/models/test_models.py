@@ -1,0 +1,95 @@
+"""Every registered network builds for 1 and 3 channels in 2D (and 3D), and checkpoints load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medsight.core import ConfigError, InputError
+from medsight.models import build_model, freeze_backbone, load_pretrained, registered_models, unfreeze
+
+MODELS = sorted(registered_models())
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_every_model_builds_and_runs(name, in_channels):
+    model = build_model(name, spatial_dims=2, in_channels=in_channels, num_outputs=4).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, in_channels, 64, 64))
+    assert out.shape == (2, 4) and torch.isfinite(out).all()
+    spec = registered_models()[name]
+    keys = model.state_dict()
+    assert spec.first_conv in keys and keys[spec.first_conv].shape[1] == in_channels
+    assert any(k.startswith(spec.head) for k in keys)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet121"])
+def test_3d_models(name):
+    model = build_model(name, spatial_dims=3, in_channels=4, num_outputs=2).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 4, 32, 32, 32)).shape == (1, 2)
+
+
+def test_resnet_uses_the_usual_stride_two_stem():
+    model = build_model("resnet18", in_channels=1)
+    assert model.conv1.stride == (2, 2)
+
+
+def test_unknown_model_and_bad_sizes():
+    with pytest.raises(ConfigError, match="Did you mean 'resnet18'"):
+        build_model("resnet-18")
+    with pytest.raises(ConfigError, match="spatial_dims"):
+        build_model("resnet18", spatial_dims=4)
+
+
+def _spec(name):
+    return registered_models()[name]
+
+
+def test_full_checkpoint_with_ddp_prefix_loads_and_adapts_three_to_one_channel(tmp_path):
+    source = build_model("resnet18", in_channels=3, num_outputs=10)
+    checkpoint = {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}
+    torch.save(checkpoint, tmp_path / "ckpt.pt")
+    target = build_model("resnet18", in_channels=1, num_outputs=2)
+    report = load_pretrained(target, tmp_path / "ckpt.pt", _spec("resnet18"))
+    assert report.adapted == ["conv1.weight"]
+    torch.testing.assert_close(target.conv1.weight, source.conv1.weight.mean(dim=1, keepdim=True))
+    torch.testing.assert_close(target.layer2[0].conv1.weight, source.layer2[0].conv1.weight)
+    assert sorted(report.mismatched) == ["fc.bias", "fc.weight"]  # 10 classes vs 2: head kept fresh
+    assert report.unexpected == [] and "loaded" in report.summary()
+
+
+def test_torchvision_densenet_names_are_remapped(tmp_path):
+    source = build_model("densenet121", in_channels=3, num_outputs=14)
+    renamed = {}
+    for key, value in source.state_dict().items():  # write it the way torchvision names it
+        key = key.replace(".layers.", ".").replace("class_layers.out.", "classifier.")
+        renamed[key] = value
+    torch.save(renamed, tmp_path / "tv.pth")
+    target = build_model("densenet121", in_channels=3, num_outputs=14)
+    report = load_pretrained(target, tmp_path / "tv.pth", _spec("densenet121"))
+    assert report.missing == [] and report.unexpected == [] and report.mismatched == []
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(target.state_dict()[key], value)
+
+
+def test_bad_checkpoints(tmp_path):
+    model = build_model("resnet18", in_channels=3)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="not a loadable PyTorch checkpoint"):
+        load_pretrained(model, tmp_path / "junk.pt", _spec("resnet18"))
+    torch.save(build_model("densenet121").state_dict(), tmp_path / "other.pt")
+    with pytest.raises(InputError, match="another architecture"):
+        load_pretrained(model, tmp_path / "other.pt", _spec("resnet18"))
+    with pytest.raises(InputError, match="no such checkpoint"):
+        load_pretrained(model, tmp_path / "missing.pt", _spec("resnet18"))
+
+
+def test_freeze_then_unfreeze():
+    model = build_model("efficientnet-b0", in_channels=3, num_outputs=3)
+    frozen = freeze_backbone(model, _spec("efficientnet-b0"))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert frozen > 0 and trainable and all(n.startswith("_fc.") for n in trainable)
+    unfreeze(model)
+    assert all(p.requires_grad for p in model.parameters())
