@@ -1,0 +1,117 @@
+"""Task losses against references written out (CORN as in its paper's code), and a tiny fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from medsight.core import ConfigError
+from medsight.metrics import quadratic_weighted_kappa
+from medsight.tasks import ClassificationTask, corn_class_probabilities, corn_loss, fuse_views
+
+
+def _corn_reference(logits, y):
+    """The loop from the CORN authors' reference code (coral-pytorch's corn_loss)."""
+    losses, examples = 0.0, 0
+    for task in range(logits.shape[1]):
+        mask = y > task - 1
+        labels = (y[mask] > task).float()
+        if len(labels) == 0:
+            continue
+        examples += len(labels)
+        pred = logits[mask, task]
+        losses += -torch.sum(F.logsigmoid(pred) * labels + (F.logsigmoid(pred) - pred) * (1 - labels))
+    return losses / examples
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_corn_loss_matches_the_reference_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(40, 4, generator=g)
+    y = torch.randint(0, 5, (40,), generator=g)
+    torch.testing.assert_close(corn_loss(logits, y), _corn_reference(logits, y))
+
+
+def test_corn_probabilities_are_a_distribution_and_cumulative():
+    logits = torch.randn(30, 4)
+    p = corn_class_probabilities(logits)
+    assert p.shape == (30, 5) and (p >= 0).all()
+    torch.testing.assert_close(p.sum(dim=1), torch.ones(30))
+    cumulative = torch.cumprod(torch.sigmoid(logits), dim=1)
+    torch.testing.assert_close(ClassificationTask.at_least(p, 2), cumulative[:, 1])  # P(grade > 1)
+
+
+def test_ordinal_task_learns_grades():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 3)).astype(np.float32)
+    latent = x @ np.array([1.5, -1.0, 0.5], np.float32) + rng.normal(0, 0.3, 600)
+    grades = np.digitize(latent, [-1.5, -0.5, 0.5, 1.5])
+    task = ClassificationTask("ordinal", ("0", "1", "2", "3", "4"))
+    model = torch.nn.Linear(3, task.num_outputs)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(grades)
+    for _ in range(300):
+        opt.zero_grad()
+        task.loss(model(xt), yt).backward()
+        opt.step()
+    predicted = task.predict(task.probabilities(model(xt))).numpy()
+    assert quadratic_weighted_kappa(grades, predicted) > 0.9
+
+
+def test_binary_and_multiclass_losses_match_torch():
+    logits, y = torch.randn(20, 1), torch.randint(0, 2, (20,))
+    task = ClassificationTask("binary", ("neg", "pos"), weights=(3.0,))
+    expected = F.binary_cross_entropy_with_logits(logits[:, 0], y.float(), pos_weight=torch.tensor([3.0]))
+    torch.testing.assert_close(task.loss(logits, y), expected)
+    logits, y = torch.randn(20, 3), torch.randint(0, 3, (20,))
+    task = ClassificationTask("multiclass", ("a", "b", "c"), weights=(1.0, 2.0, 0.5))
+    torch.testing.assert_close(task.loss(logits, y), F.cross_entropy(logits, y, weight=torch.tensor([1.0, 2.0, 0.5])))
+    torch.testing.assert_close(task.probabilities(logits).sum(1), torch.ones(20))
+
+
+def test_multilabel_ignores_unknown_labels():
+    logits = torch.randn(6, 3)
+    targets = torch.tensor([[1, 0, np.nan], [0, np.nan, 1], [1, 1, 1], [0, 0, 0], [np.nan] * 3, [1, 0, 0]])
+    task = ClassificationTask("multilabel", ("a", "b", "c"))
+    known = ~torch.isnan(targets)
+    manual = F.binary_cross_entropy_with_logits(logits[known], targets[known].float())
+    torch.testing.assert_close(task.loss(logits, targets), manual)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kind": "regression", "classes": ("a", "b")}, "task kind"),
+        ({"kind": "ordinal", "classes": ("a", "b")}, "at least 3"),
+        ({"kind": "binary", "classes": ("a", "b", "c")}, "two classes"),
+        ({"kind": "multiclass", "classes": ("a", "b"), "weights": (1.0,)}, "need 2 value"),
+        ({"kind": "ordinal", "classes": ("a", "b", "c"), "weights": (1.0,)}, "balance by sampling"),
+    ],
+)
+def test_bad_task_definitions(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        ClassificationTask(**kwargs)
+
+
+def test_view_fusion_to_breast_and_exam():
+    table = pd.DataFrame(
+        {
+            "study_id": ["s1"] * 4 + ["s2"] * 4,
+            "laterality": ["L", "L", "R", "R"] * 2,
+            "view": ["CC", "MLO"] * 4,
+            "score": [0.1, 0.3, 0.8, 0.6, 0.2, 0.2, 0.1, 0.05],
+            "target": [0, 0, 1, 1, 0, 0, 0, 0],
+        }
+    )
+    breasts, exams = fuse_views(table, "score", target="target")
+    assert breasts["score"].tolist() == [0.3, 0.8, 0.2, 0.1]
+    assert exams.set_index("study_id")["score"].to_dict() == {"s1": 0.8, "s2": 0.2}
+    assert exams["target"].tolist() == [1, 0]
+    mean_breasts, _ = fuse_views(table, "score", method="mean")
+    assert mean_breasts["score"].round(3).tolist() == [0.2, 0.7, 0.2, 0.075]
+    with pytest.raises(ConfigError, match="columns \\['study_id'\\] are missing"):
+        fuse_views(table.drop(columns="study_id"), "score")
