@@ -27,7 +27,7 @@ from medsight.core.errors import MedsightError
 from medsight.core.labels import LabelSchema
 from medsight.core.volume import Volume
 from medsight.data.manifest import Manifest
-from medsight.io import read
+from medsight.data.reading import read_case_image
 from medsight.io.atomic import atomic_file
 
 __all__ = ["Finding", "QcReport", "run_qc"]
@@ -103,20 +103,6 @@ class _Seen:
     phash: bytes | None
 
 
-def _read_case_image(manifest: Manifest, row: pd.Series, column: str, npz_cache: dict[Path, Any]) -> Volume:
-    path = manifest.resolve(row[column])
-    if not (isinstance(row.get("array_key"), str) and row["array_key"]):
-        return read(path)
-    if path not in npz_cache:  # MedMNIST: one image of an array file
-        npz_cache[path] = np.load(path)
-    image = np.asarray(npz_cache[path][row["array_key"]][int(row["array_index"])])
-    if image.ndim == 2:  # (H, W)
-        return Volume(image[None, None])
-    if image.shape[-1] == 3:  # (H, W, RGB)
-        return Volume(np.moveaxis(image, -1, 0)[:, None])
-    return Volume(image[None])  # (D, H, W)
-
-
 def _digest(volume: Volume) -> str:
     h = hashlib.sha1(np.ascontiguousarray(volume.array).tobytes())
     h.update(str((volume.array.shape, volume.array.dtype)).encode())
@@ -190,7 +176,7 @@ def _read_all(report: QcReport, manifest: Manifest, progress: Progress | None, p
             if not isinstance(value, str) or not value:
                 continue
             try:
-                volume = _read_case_image(manifest, row, column, npz_cache)
+                volume = read_case_image(manifest, row, column, npz_cache)
             except (MedsightError, OSError, ValueError, KeyError, IndexError) as exc:
                 report.add("error", "unreadable", f"{column} {value}: {exc}", case)
                 continue

@@ -1,0 +1,124 @@
+"""Preprocess each case once into a memory-mapped array, so training epochs only augment.
+
+A cache folder holds ``images.npy`` (``N x C x S x S`` uint8, memory-mapped) and
+``index.json`` (the preprocessing spec, the case ids, and a key made from the spec and each
+file's path, size and modification time). A cache whose key matches is reused; anything
+else rebuilds it, atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medsight.core.errors import InputError, MedsightError
+from medsight.data.manifest import Manifest
+from medsight.data.reading import read_case_image
+from medsight.io.atomic import atomic_dir
+from medsight.transforms.image2d import Preprocess2D, prepare_image
+
+__all__ = ["ImageCache", "build_image_cache"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ImageCache:
+    """Preprocessed images of a manifest, in manifest order."""
+
+    folder: Path
+    images: np.ndarray  # memory-mapped (N, C, S, S) uint8
+    case_ids: tuple[str, ...]
+    spec: Preprocess2D
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+
+def _key(manifest: Manifest, column: str, spec: Preprocess2D) -> str:
+    digest = hashlib.sha256(json.dumps({"version": _VERSION, "spec": spec.model_dump()}, sort_keys=True).encode())
+    for _, row in manifest.table.iterrows():
+        path = manifest.resolve(row[column])
+        try:
+            stat = path.stat()
+            fingerprint = f"{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError:
+            fingerprint = "missing"
+        extra = f"{row.get('array_key', '')}:{row.get('array_index', '')}"
+        digest.update(f"{row['case_id']}|{path}|{fingerprint}|{extra}\n".encode())
+    return digest.hexdigest()
+
+
+def _open(folder: Path) -> ImageCache:
+    index = json.loads((folder / "index.json").read_text())
+    images = np.load(folder / "images.npy", mmap_mode="r")
+    return ImageCache(folder, images, tuple(index["case_ids"]), Preprocess2D(**index["spec"]))
+
+
+def build_image_cache(
+    manifest: Manifest,
+    spec: Preprocess2D,
+    folder: str | os.PathLike[str],
+    *,
+    column: str = "image",
+    progress: Progress | None = None,
+) -> ImageCache:
+    """Preprocess ``manifest[column]`` into ``folder`` (or reuse a matching cache there).
+
+    Raises:
+        InputError: a case's image cannot be read (the message names the case; run
+            ``medsight data qc`` to list every problem at once).
+    """
+    folder = Path(folder)
+    if column not in manifest.table.columns:
+        raise InputError(f"manifest has no {column!r} column; image columns: {manifest.image_columns}")
+    key = _key(manifest, column, spec)
+    index_file = folder / "index.json"
+    if index_file.is_file():
+        try:
+            if json.loads(index_file.read_text()).get("key") == key:
+                log.info("reusing preprocessed images in %s", folder)
+                return _open(folder)
+        except (OSError, ValueError) as exc:
+            log.warning("rebuilding unreadable cache %s (%s)", folder, exc)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    n = len(manifest)
+    npz_cache: dict[Path, Any] = {}
+    with atomic_dir(folder, overwrite=True) as tmp:
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
+                                           shape=(n, spec.channels, spec.size, spec.size))  # fmt: skip
+        for i, (_, row) in enumerate(manifest.table.iterrows()):
+            try:
+                volume = read_case_image(manifest, row, column, npz_cache)
+                images[i] = prepare_image(volume, spec)
+            except MedsightError as exc:
+                raise InputError(
+                    f"case {row['case_id']}: cannot prepare {row[column]}: {exc}. "
+                    "Run `medsight data qc` on the manifest to find every such problem"
+                ) from exc
+            if progress is not None:
+                progress("preprocessing images", i + 1, n)
+        images.flush()
+        del images
+        index = {
+            "key": key,
+            "version": _VERSION,
+            "spec": spec.model_dump(),
+            "case_ids": list(manifest.table["case_id"]),
+        }
+        (tmp / "index.json").write_text(json.dumps(index))
+    for data in npz_cache.values():
+        data.close()
+    log.info("preprocessed %d images into %s", n, folder)
+    return _open(folder)

@@ -1,0 +1,127 @@
+"""2D images for classification: deterministic preprocessing (cached once) and random augmentation.
+
+Preprocessing turns any Volume (8-bit photo, 16-bit radiograph, 12-bit mammogram) into a
+square uint8 array ``(C, size, size)``: display window, channel conversion, pad to square
+(aspect kept), resize. Augmentation is MONAI's random transforms (each a parameter sampler
+plus a deterministic operation, reproducible with a seed), applied to float images in [0, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from monai.transforms import (
+    Compose,
+    Rand2DElastic,
+    RandAdjustContrast,
+    RandFlip,
+    RandGaussianNoise,
+    RandGaussianSmooth,
+    RandRotate,
+    RandScaleIntensity,
+    RandZoom,
+)
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from medsight.core.errors import InputError
+from medsight.core.volume import Volume
+
+__all__ = ["Augment2D", "Preprocess2D", "build_augmentation", "prepare_image"]
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+class Preprocess2D(BaseModel):
+    """How every image is made ready for a 2D network (part of the model package).
+
+    Attributes:
+        size: Output side in pixels (square).
+        channels: 1 (grey) or 3 (colour; grey images are replicated).
+        window: ``"file"`` uses the image's own display window when it has one, else
+            ``"percentile"``; ``"percentile"`` maps the 0.5-99.5th percentiles to 0-255.
+            8-bit images are kept as they are.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    size: int = Field(224, ge=8, le=4096)
+    channels: Literal[1, 3] = 3
+    window: Literal["file", "percentile"] = "file"
+
+
+class Augment2D(BaseModel):
+    """Probabilities and ranges of the random augmentations (0 switches one off)."""
+
+    model_config = ConfigDict(extra="forbid")
+    flip: float = Field(0.5, ge=0, le=1)
+    rotate_degrees: float = Field(15.0, ge=0, le=180)
+    rotate: float = Field(0.5, ge=0, le=1)
+    zoom: float = Field(0.3, ge=0, le=1)
+    zoom_range: tuple[float, float] = (0.9, 1.1)
+    elastic: float = Field(0.1, ge=0, le=1)
+    brightness_contrast: float = Field(0.3, ge=0, le=1)
+    gamma: float = Field(0.3, ge=0, le=1)
+    blur: float = Field(0.1, ge=0, le=1)
+    noise: float = Field(0.1, ge=0, le=1)
+
+
+def _to_uint8(plane: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
+    if plane.dtype == np.uint8:
+        return plane
+    data = plane.astype(np.float32)
+    if window is not None:
+        centre, width = window
+        lo, hi = centre - width / 2, centre + width / 2
+    else:
+        lo, hi = np.percentile(data, [0.5, 99.5])
+    if hi <= lo:
+        hi = lo + 1.0
+    return (np.clip((data - lo) / (hi - lo), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def prepare_image(volume: Volume, spec: Preprocess2D) -> np.ndarray:
+    """A Volume -> ``(spec.channels, size, size)`` uint8: windowed, channel-converted, padded square, resized.
+
+    3D volumes give their middle slice. Colour images with an alpha channel lose it.
+    """
+    plane = volume.array[:, volume.spatial_shape[0] // 2]  # (C, H, W)
+    if plane.shape[0] == 4:
+        plane = plane[:3]
+    if plane.shape[0] not in (1, 3):
+        raise InputError(f"2D classification takes 1- or 3-channel images; this one has {plane.shape[0]} channels")
+    window = volume.metadata.window if spec.window == "file" else None
+    plane = _to_uint8(plane, window)
+    if spec.channels == 3 and plane.shape[0] == 1:
+        plane = np.repeat(plane, 3, axis=0)
+    elif spec.channels == 1 and plane.shape[0] == 3:
+        plane = np.tensordot(_LUMA, plane.astype(np.float32), axes=1).round().astype(np.uint8)[None]
+    c, h, w = plane.shape
+    side = max(h, w)
+    square = np.zeros((c, side, side), np.uint8)
+    top, left = (side - h) // 2, (side - w) // 2
+    square[:, top : top + h, left : left + w] = plane
+    resized = [
+        np.asarray(Image.fromarray(square[i]).resize((spec.size, spec.size), Image.Resampling.BILINEAR))
+        for i in range(c)
+    ]
+    return np.stack(resized)
+
+
+def build_augmentation(spec: Augment2D, *, seed: int | None = None) -> Compose:
+    """MONAI random transforms for ``(C, H, W)`` float images in [0, 1]; reproducible with ``seed``."""
+    angle = np.radians(spec.rotate_degrees)
+    transforms = [
+        RandFlip(prob=spec.flip, spatial_axis=1),
+        RandRotate(range_x=angle, prob=spec.rotate, keep_size=True, padding_mode="zeros"),
+        RandZoom(prob=spec.zoom, min_zoom=spec.zoom_range[0], max_zoom=spec.zoom_range[1], keep_size=True),
+        Rand2DElastic(spacing=(32, 32), magnitude_range=(1, 2), prob=spec.elastic, padding_mode="zeros"),
+        RandScaleIntensity(factors=0.15, prob=spec.brightness_contrast),
+        RandAdjustContrast(prob=spec.gamma, gamma=(0.8, 1.25)),
+        RandGaussianSmooth(prob=spec.blur, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
+        RandGaussianNoise(prob=spec.noise, std=0.02),
+    ]
+    compose = Compose(transforms)
+    if seed is not None:
+        compose.set_random_state(seed)
+    return compose
