@@ -1,0 +1,20 @@
+"""Training engine: the loop, run directories, and multi-process helpers."""
+
+from medsight.engine.config import EarlyStopping, TrainConfig, choose_device, choose_precision
+from medsight.engine.distributed import gather, is_main_process, world_size
+from medsight.engine.loop import TrainResult, seed_everything, train
+from medsight.engine.run import RunDir
+
+__all__ = [
+    "EarlyStopping",
+    "RunDir",
+    "TrainConfig",
+    "TrainResult",
+    "choose_device",
+    "choose_precision",
+    "gather",
+    "is_main_process",
+    "seed_everything",
+    "train",
+    "world_size",
+]

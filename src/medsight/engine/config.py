@@ -1,0 +1,77 @@
+"""Training options: one pydantic model, loaded from YAML or set with ``--set key=value``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from medsight.core.errors import ConfigError
+
+__all__ = ["EarlyStopping", "TrainConfig", "choose_device", "choose_precision"]
+
+
+class EarlyStopping(BaseModel):
+    """Stop when ``metric`` on validation has not improved for ``patience`` epochs."""
+
+    model_config = ConfigDict(extra="forbid")
+    metric: str = "loss"
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(5, ge=1)
+
+
+class TrainConfig(BaseModel):
+    """Everything the training loop needs besides the model, the task and the data."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.5, ge=0)
+    grad_accumulation: int = Field(1, ge=1)
+    clip_grad_norm: float | None = Field(1.0, gt=0)
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    early_stopping: EarlyStopping | None = None
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    deterministic: bool = False
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tensorboard: bool = False
+
+
+def choose_device(requested: str) -> torch.device:
+    """``auto`` takes CUDA when present; asking for CUDA without one is an error with the fix."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu or auto")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def choose_precision(requested: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = fp32).
+
+    ``auto``: bf16 on GPUs that support it, else fp16 on GPUs; bf16 on CPUs whose oneDNN
+    build supports it (AVX-512 BF16 or AMX), else fp32.
+    """
+    if requested == "fp32":
+        return None
+    if requested == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("fp16 autocast is for CUDA; on CPU use bf16 or fp32")
+        return torch.float16
+    if requested == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return (
+        torch.bfloat16
+        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        else None
+    )

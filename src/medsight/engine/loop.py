@@ -1,0 +1,296 @@
+"""The training loop: one function, read top to bottom.
+
+Mixed precision (autocast), channels-last, gradient accumulation and clipping, warm-up then
+cosine or one-cycle learning rate, optional EMA of the weights, class-balanced sampling,
+early stopping on a validation metric, a checkpoint every epoch with exact resume, and one
+``metrics.jsonl`` line per epoch. Under ``torchrun`` (an initialised process group) the
+model is wrapped in DistributedDataParallel, each rank sees its shard of the data, and only
+rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
+
+from medsight.core.errors import ConfigError
+from medsight.engine.config import TrainConfig, choose_device, choose_precision
+from medsight.engine.run import RunDir
+
+__all__ = ["TrainResult", "seed_everything", "train"]
+
+log = logging.getLogger(__name__)
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Validate = Callable[[nn.Module], dict[str, float]]
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How the run ended."""
+
+    run_dir: Path
+    epochs_run: int
+    best_epoch: int
+    best_metric: float
+    stopped_early: bool
+
+
+def seed_everything(seed: int, *, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and PyTorch; optionally ask PyTorch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Give every DataLoader worker its own augmentation stream (MONAI transforms keep their own)."""
+    info = torch.utils.data.get_worker_info()
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    augment = getattr(info.dataset, "augment", None) if info is not None else None
+    if augment is not None and hasattr(augment, "set_random_state"):
+        augment.set_random_state(seed)
+
+
+def _loader(data: Dataset, config: TrainConfig, weights: np.ndarray | None, epoch_seed: int) -> DataLoader:
+    distributed = dist.is_available() and dist.is_initialized()
+    sampler = None
+    if distributed:
+        if weights is not None:
+            raise ConfigError("class-balanced sampling is not supported with several processes; use loss weights")
+        sampler = DistributedSampler(data, shuffle=True, seed=epoch_seed, drop_last=False)
+    elif weights is not None:
+        generator = torch.Generator().manual_seed(epoch_seed)
+        sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(weights), generator=generator)
+    generator = torch.Generator().manual_seed(epoch_seed)
+    return DataLoader(
+        data,
+        batch_size=config.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=config.num_workers,
+        worker_init_fn=_seed_worker,
+        generator=generator,
+        persistent_workers=config.num_workers > 0,
+        drop_last=False,
+    )
+
+
+def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
+    warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if config.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _improved(value: float, best: float, mode: str) -> bool:
+    if math.isnan(value):
+        return False
+    return value < best if mode == "min" else value > best
+
+
+def train(
+    model: nn.Module,
+    loss_fn: Loss,
+    train_data: Dataset,
+    *,
+    config: TrainConfig,
+    run_dir: str | Path,
+    validate: Validate | None = None,
+    sample_weights: np.ndarray | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+    extra_config: dict | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``train_data``; checkpoints and metrics go to ``run_dir``.
+
+    Args:
+        model: The network (moved to the chosen device here).
+        loss_fn: ``loss_fn(logits, targets)``, e.g. ``ClassificationTask.loss``.
+        train_data: Items ``(input, target)``.
+        config: Options (epochs, learning rate, precision...).
+        run_dir: Folder for this run; must be new unless ``resume``.
+        validate: Called after every epoch with the model to score (the EMA model when
+            EMA is on); returns validation metrics, e.g. ``{"loss": .., "auc": ..}``.
+        sample_weights: Per-item sampling weights for class-balanced batches.
+        resume: Continue from ``run_dir/last.pt`` exactly where it stopped.
+        progress: ``progress(stage, done, total)`` after every step.
+        extra_config: More facts to record in ``config.json`` (recipe, model, task...).
+    """
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    device = choose_device(config.device)  # check the options before anything is written
+    amp_dtype = choose_precision(config.precision, device)
+    run = RunDir(run_dir, writer=rank == 0)
+    run.start(config.model_dump(), seed=config.seed, resume=resume, extra=extra_config)
+    seed_everything(config.seed + rank, deterministic=config.deterministic)
+    channels_last = config.channels_last == "on" or (config.channels_last == "auto" and amp_dtype is not None)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = (
+        torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        if config.optimizer == "adamw"
+        else torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    )
+    steps_per_epoch = math.ceil(len(_loader(train_data, config, sample_weights, 0)) / config.grad_accumulation)
+    scheduler = _schedule(optimizer, config, steps_per_epoch)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay)) if config.ema_decay else None
+    scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
+    wrapped = nn.parallel.DistributedDataParallel(model) if distributed else model
+    tensorboard = _tensorboard(run) if config.tensorboard and rank == 0 else None
+
+    start_epoch, best_metric, best_epoch, stale = 1, math.nan, 0, 0
+    stopping = config.early_stopping
+    if resume:
+        state = run.load(run.last)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        start_epoch, best_metric, best_epoch, stale = (
+            state["epoch"] + 1,
+            state["best_metric"],
+            state["best_epoch"],
+            state["stale"],
+        )
+        run.truncate_metrics(state["epoch"])
+        log.info("resuming %s after epoch %d", run.path, state["epoch"])
+
+    epoch, stopped = start_epoch - 1, False
+    for epoch in range(start_epoch, config.epochs + 1):
+        loader = _loader(train_data, config, sample_weights, config.seed * 1000 + epoch)
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
+        wrapped.train()
+        started, waited, seen, total_loss, batches = time.perf_counter(), 0.0, 0, 0.0, 0
+        optimizer.zero_grad(set_to_none=True)
+        fetch = time.perf_counter()
+        for step, (inputs, targets) in enumerate(loader, start=1):
+            waited += time.perf_counter() - fetch
+            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            if channels_last and inputs.ndim == 4:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+            with autocast:
+                logits = wrapped(inputs)
+            loss = loss_fn(logits.float(), targets)
+            scaler.scale(loss / config.grad_accumulation).backward()
+            if step % config.grad_accumulation == 0 or step == len(loader):
+                if config.clip_grad_norm is not None:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+            total_loss += float(loss.detach())
+            batches += 1
+            seen += len(inputs)
+            if progress is not None:
+                progress(f"epoch {epoch}/{config.epochs} loss {total_loss / batches:.4f}", step, len(loader))
+            fetch = time.perf_counter()
+        seconds = time.perf_counter() - started
+        record = {
+            "epoch": epoch,
+            "train_loss": _mean_across_ranks(total_loss / max(batches, 1), device),
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(seconds, 3),
+            "images_per_second": round(seen * (dist.get_world_size() if distributed else 1) / max(seconds, 1e-9), 2),
+            "data_wait_share": round(waited / max(seconds, 1e-9), 4),
+        }
+        scored = ema.module if ema is not None else model
+        if validate is not None:
+            scored.eval()
+            with torch.no_grad():
+                record.update({f"val_{k}": v for k, v in validate(scored).items()})
+        key = f"val_{stopping.metric}" if stopping else None
+        value = record.get(key, math.nan) if key else math.nan
+        improved = key is not None and (math.isnan(best_metric) or _improved(value, best_metric, stopping.mode))
+        if improved:
+            best_metric, best_epoch, stale = value, epoch, 0
+        elif key is not None:
+            stale += 1
+        if key is None:  # without a validation metric the last epoch is the best
+            best_epoch = epoch
+        weights = {"model": model.state_dict(), "ema": ema.module.state_dict() if ema is not None else None}
+        if improved or key is None:
+            run.save(run.best, {**weights, "epoch": epoch, "metric": value})
+        run.save(
+            run.last,
+            {
+                **weights,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "epoch": epoch,
+                "best_metric": best_metric,
+                "best_epoch": best_epoch,
+                "stale": stale,
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            },
+        )
+        run.log_metrics(record)
+        if tensorboard is not None:
+            for name, number in record.items():
+                if isinstance(number, int | float) and name != "epoch":
+                    tensorboard.add_scalar(name, number, epoch)
+        log.info("epoch %d: %s", epoch, {k: v for k, v in record.items() if k != "epoch"})
+        if stopping is not None and stale >= stopping.patience:
+            stopped = True
+            log.info("early stopping: %s has not improved for %d epochs", key, stale)
+            break
+    if tensorboard is not None:
+        tensorboard.close()
+    return TrainResult(run.path, epoch, best_epoch, best_metric, stopped)
+
+
+def _mean_across_ranks(value: float, device: torch.device) -> float:
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor.item() / dist.get_world_size())
+
+
+def _tensorboard(run: RunDir):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ConfigError("tensorboard logging needs the tensorboard package: pip install tensorboard") from exc
+    return SummaryWriter(log_dir=str(run.path / "tensorboard"))

@@ -1,0 +1,151 @@
+"""The training loop on a tiny problem: files written, exact resume, early stopping, EMA, precision."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from medsight.core import ConfigError, InputError
+from medsight.engine import EarlyStopping, TrainConfig, train
+from medsight.engine.loop import _loader
+
+
+def _problem(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).float()
+    return TensorDataset(x, y)
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+
+
+def _loss(logits, y):
+    return nn.functional.binary_cross_entropy_with_logits(logits.reshape(-1), y)
+
+
+def _config(**kw):
+    base = dict(epochs=4, batch_size=16, lr=0.05, precision="fp32", warmup_epochs=0.5)
+    return TrainConfig(**{**base, **kw})
+
+
+def _val(data):
+    x, y = data.tensors
+
+    def validate(model):
+        logits = model(x).reshape(-1)
+        return {"loss": float(_loss(logits, y)), "accuracy": float(((logits > 0).float() == y).float().mean())}
+
+    return validate
+
+
+def test_run_folder_holds_config_environment_metrics_and_checkpoints(tmp_path):
+    data = _problem()
+    result = train(_model(), _loss, data, config=_config(), run_dir=tmp_path / "run", validate=_val(data),
+                   extra_config={"recipe": "toy"})  # fmt: skip
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"config.json", "environment.json", "metrics.jsonl", "last.pt", "best.pt"}
+    config = json.loads((run / "config.json").read_text())
+    assert config["epochs"] == 4 and config["recipe"] == "toy"
+    env = json.loads((run / "environment.json").read_text())
+    assert env["versions"]["torch"] and env["seed"] == 0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3, 4]
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"] and lines[-1]["val_accuracy"] > 0.85
+    assert 0 <= lines[0]["data_wait_share"] <= 1 and lines[0]["images_per_second"] > 0
+    assert result.epochs_run == 4 and not result.stopped_early
+
+
+class _CrashError(Exception):
+    pass
+
+
+def test_resume_continues_exactly(tmp_path):
+    data = _problem()
+    reference_model = _model()
+    train(reference_model, _loss, data, config=_config(), run_dir=tmp_path / "full")
+
+    interrupted = _model()
+
+    def crash(stage, done, total):
+        if stage.startswith("epoch 3/") and done == 2:
+            raise _CrashError
+
+    with pytest.raises(_CrashError):
+        train(interrupted, _loss, data, config=_config(), run_dir=tmp_path / "cut", progress=crash)
+    resumed = _model(seed=99)  # fresh weights: everything must come from last.pt
+    train(resumed, _loss, data, config=_config(), run_dir=tmp_path / "cut", resume=True)
+    for a, b in zip(reference_model.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
+
+
+def test_run_folder_rules(tmp_path):
+    data = _problem()
+    train(_model(), _loss, data, config=_config(epochs=1), run_dir=tmp_path / "run")
+    with pytest.raises(InputError, match=r"not empty.*--resume"):
+        train(_model(), _loss, data, config=_config(epochs=1), run_dir=tmp_path / "run")
+    with pytest.raises(InputError, match="cannot resume"):
+        train(_model(), _loss, data, config=_config(epochs=1), run_dir=tmp_path / "new", resume=True)
+
+
+def test_early_stopping_and_best_checkpoint(tmp_path):
+    data = _problem()
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.69, 0.1, 0.1, 0.1])
+    result = train(
+        _model(), _loss, data,
+        config=_config(epochs=8, early_stopping=EarlyStopping(metric="auc", mode="max", patience=3)),
+        run_dir=tmp_path / "run", validate=lambda m: {"auc": next(scores)},
+    )  # fmt: skip
+    assert result.stopped_early and result.epochs_run == 5 and result.best_epoch == 2 and result.best_metric == 0.7
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    assert best["epoch"] == 2 and best["metric"] == 0.7
+
+
+def test_ema_weights_are_kept_and_scored(tmp_path):
+    data = _problem()
+    model = _model()
+    seen = []
+    train(model, _loss, data, config=_config(epochs=2, ema_decay=0.9), run_dir=tmp_path / "run",
+          validate=lambda m: seen.append(m) or {"loss": 0.0})  # fmt: skip
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    assert best["ema"] is not None
+    ema_weight = best["ema"]["0.weight"]
+    assert not torch.allclose(ema_weight, model.state_dict()["0.weight"])
+    assert seen[0] is not model  # validation scored the averaged model
+
+
+def test_bf16_and_channels_last_on_a_conv_net(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(24, 3, 16, 16, generator=g)
+    y = (x[:, 0].mean(dim=(1, 2)) > 0.5).float()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1))
+    result = train(model, _loss, TensorDataset(x, y), config=_config(epochs=2, precision="bf16", channels_last="on"),
+                   run_dir=tmp_path / "run")  # fmt: skip
+    assert result.epochs_run == 2
+    assert np.isfinite(json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["train_loss"])
+
+
+def test_class_balanced_sampling_evens_out_batches():
+    y = torch.tensor([0.0] * 90 + [1.0] * 10)
+    data = TensorDataset(torch.zeros(100, 1), y)
+    weights = np.where(y.numpy() == 1, 1 / 10, 1 / 90)
+    labels = torch.cat([b[1] for b in _loader(data, _config(batch_size=50), weights, epoch_seed=1)])
+    assert 0.35 < labels.mean().item() < 0.65
+
+
+def test_bad_options(tmp_path):
+    with pytest.raises(ConfigError, match="fp16 autocast is for CUDA"):
+        train(_model(), _loss, _problem(), config=_config(precision="fp16"), run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(Exception, match="extra"):
+        TrainConfig(epoch=3)
