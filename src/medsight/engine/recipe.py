@@ -1,0 +1,131 @@
+"""Recipes: validated YAML describing a task end to end (task, model, preprocessing, training)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medsight.core.errors import ConfigError
+from medsight.engine.config import TrainConfig
+from medsight.transforms.image2d import Augment2D, Preprocess2D
+
+__all__ = ["Recipe", "builtin_recipes", "load_recipe"]
+
+
+class TaskSpec(BaseModel):
+    """What is predicted, from which manifest columns."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["binary", "multiclass", "multilabel", "ordinal"]
+    classes: list[str]
+    target: str = "target"  # multilabel tasks read target_<class> columns instead
+    referable_grade: int | None = None  # ordinal: report P(grade >= this) as a binary score
+    fusion: Literal["max", "mean"] | None = None  # binary per-view scores fused to breast and exam
+
+
+class ModelChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "resnet18"
+    pretrained: str | None = None  # a checkpoint file the user has
+    freeze_epochs: int = Field(0, ge=0)
+
+
+class EvaluationSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    operating_points: list[str] = ["youden"]
+    bootstrap: int = Field(1000, ge=0)
+
+
+class Recipe(BaseModel):
+    """A complete, validated training recipe (saved resolved with every run)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    task: TaskSpec
+    model: ModelChoice = ModelChoice()
+    preprocess: Preprocess2D = Preprocess2D()
+    augment: Augment2D = Augment2D()
+    balance: Literal["none", "sampler", "weights"] = "none"
+    train: TrainConfig = TrainConfig()
+    evaluation: EvaluationSpec = EvaluationSpec()
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """Recipe name -> YAML file shipped with medsight."""
+    folder = resources.files("medsight.engine") / "recipes"
+    return {p.name.removesuffix(".yaml"): Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _fields_at(model: type[BaseModel], location: Sequence[str | int]) -> list[str]:
+    """Field names of the sub-model at ``location`` (for 'did you mean' suggestions)."""
+    current: Any = model
+    for part in location[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            args = [a for a in getattr(current, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if not args:
+                return []
+            current = args[0]
+    return list(getattr(current, "model_fields", {}))
+
+
+def _explain(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"])
+        if item["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(item["loc"][-1]), _fields_at(Recipe, item["loc"]), n=1)
+            problems.append(f"unknown key {where!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        else:
+            problems.append(f"{where}: {item['msg']}")
+    return "; ".join(problems)
+
+
+def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Load a built-in recipe by name or a YAML file, apply ``key.sub=value`` overrides, validate.
+
+    Values in overrides are parsed as YAML (``train.epochs=3``, ``task.classes=[a, b]``).
+    """
+    recipes = builtin_recipes()
+    path = recipes.get(str(name_or_path), Path(name_or_path))
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown recipe {str(name_or_path)!r}: not a built-in ({', '.join(sorted(recipes))}) and no such file"
+        )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of recipe sections, got {type(data).__name__}")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set takes KEY=VALUE (e.g. train.epochs=3), got {item!r}")
+        _set(data, key.strip(), yaml.safe_load(value))
+    try:
+        return Recipe(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid recipe {path.name}: {_explain(exc)}") from None

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+
+from medsight.core import ConfigError
+from medsight.engine.recipe import builtin_recipes, load_recipe
+
+
+@pytest.mark.parametrize("name", sorted(builtin_recipes()))
+def test_every_builtin_recipe_validates(name):
+    recipe = load_recipe(name)
+    assert recipe.name == name
+    assert recipe.train.epochs >= 1 and recipe.task.classes
+
+
+def test_overrides_are_parsed_as_yaml():
+    recipe = load_recipe("dr-grading", ["train.epochs=2", "model.name=densenet121", "task.classes=[a, b, c]"])
+    assert recipe.train.epochs == 2 and recipe.model.name == "densenet121" and recipe.task.classes == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.epoch=2"], r"unknown key 'train.epoch' \(did you mean 'epochs'\?\)"),
+        (["modle.name=x"], r"unknown key 'modle' \(did you mean 'model'\?\)"),
+        (["train.lr=-1"], "train.lr: Input should be greater than 0"),
+        (["train.epochs"], "KEY=VALUE"),
+        (["name.x=1"], "is a value, not a section"),
+    ],
+)
+def test_bad_recipes_say_what_and_how(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe("dr-grading", overrides)
+
+
+def test_recipe_files_and_unknown_names(tmp_path):
+    (tmp_path / "mine.yaml").write_text("name: mine\ntask: {kind: binary, classes: [negative, positive]}\n")
+    assert load_recipe(tmp_path / "mine.yaml").task.kind == "binary"
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="not a built-in"):
+        load_recipe("dr_grading")
