@@ -49,4 +49,4 @@ class ImageDataset(Dataset):
             image = self.augment(image)
             image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
             image = image.clamp_(0.0, 1.0)
-        return image.contiguous(), torch.from_numpy(np.atleast_1d(self.targets[index])).squeeze(0)
+        return image.contiguous(), torch.tensor(np.atleast_1d(self.targets[index])).squeeze(0)

@@ -11,14 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 
 from medsight.core.errors import ConfigError, InputError
+from medsight.metrics.classification import quadratic_weighted_kappa, roc_auc
 
 __all__ = ["ClassificationTask", "corn_class_probabilities", "corn_loss"]
 
 Kind = Literal["binary", "multiclass", "multilabel", "ordinal"]
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def corn_loss(logits: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
@@ -124,6 +131,33 @@ class ClassificationTask:
         if self.kind in ("binary", "multilabel"):
             return (probabilities >= threshold).long()
         return probabilities.argmax(dim=1)
+
+    def score(
+        self, probabilities: torch.Tensor, targets: torch.Tensor, *, referable_grade: int | None = None
+    ) -> dict[str, float]:
+        """Headline metrics of a prediction set (what early stopping and the summary table use).
+
+        binary: ``auc``; multiclass: ``accuracy``, ``macro_auc``; multilabel: ``macro_auc``
+        over findings with both classes present (unknown labels left out) plus one ``auc_<name>``
+        each; ordinal: ``qwk`` and, with ``referable_grade``, ``referable_auc``.
+        """
+        p, y = probabilities.detach().cpu().numpy(), targets.detach().cpu().numpy()
+        if self.kind == "binary":
+            return {"auc": roc_auc(y.reshape(-1), p.reshape(-1))}
+        if self.kind == "multiclass":
+            aucs = [roc_auc((y == k).astype(int), p[:, k]) for k in range(p.shape[1])]
+            return {"accuracy": float((p.argmax(1) == y).mean()), "macro_auc": _nanmean(aucs)}
+        if self.kind == "ordinal":
+            out = {"qwk": quadratic_weighted_kappa(y.astype(int), p.argmax(1), n_classes=p.shape[1])}
+            if referable_grade is not None:
+                out["referable_auc"] = roc_auc((y >= referable_grade).astype(int), p[:, referable_grade:].sum(1))
+            return out
+        out = {}
+        for k, name in enumerate(self.classes):
+            known = ~np.isnan(y[:, k])
+            out[f"auc_{name}"] = roc_auc(y[known, k].astype(int), p[known, k]) if known.any() else float("nan")
+        out["macro_auc"] = _nanmean(list(out.values()))
+        return out
 
     @staticmethod
     def at_least(probabilities: torch.Tensor, grade: int) -> torch.Tensor:

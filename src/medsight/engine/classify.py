@@ -1,0 +1,178 @@
+"""Train a 2D classification recipe on a manifest: the glue between data, task, model and loop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medsight.core.errors import ConfigError, InputError
+from medsight.data.cache import ImageCache, build_image_cache
+from medsight.data.dataset import ImageDataset
+from medsight.data.manifest import Manifest
+from medsight.data.splits import assign_splits
+from medsight.engine.config import choose_device, choose_precision
+from medsight.engine.loop import TrainResult, train
+from medsight.engine.recipe import Recipe
+from medsight.models import build_model, load_pretrained, registered_models
+from medsight.models.predict import run_model
+from medsight.tasks import ClassificationTask
+from medsight.transforms.image2d import build_augmentation
+
+__all__ = ["PreparedData", "prepare_data", "targets_of", "task_of", "train_classifier"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+def task_of(recipe: Recipe) -> ClassificationTask:
+    """The classification task a recipe describes."""
+    return ClassificationTask(recipe.task.kind, tuple(recipe.task.classes))
+
+
+def targets_of(manifest: Manifest, recipe: Recipe) -> np.ndarray:
+    """Targets in task form: ``(N,)`` classes/grades/0-1, or ``(N, L)`` findings with ``nan`` unknown."""
+    table = manifest.table
+    if recipe.task.kind == "multilabel":
+        columns = [f"target_{c}" for c in recipe.task.classes]
+        missing = [c for c in columns if c not in table.columns]
+        if missing:
+            raise ConfigError(
+                f"the manifest has no {missing} column(s) for the recipe's findings; "
+                f"its targets are {manifest.target_columns} (set task.classes to match)"
+            )
+        return table[columns].to_numpy(dtype=np.float32)
+    column = recipe.task.target
+    if column not in table.columns:
+        raise ConfigError(f"the manifest has no {column!r} column; its targets are {manifest.target_columns}")
+    values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=np.float32)
+    if np.isnan(values).any():
+        raise InputError(f"{int(np.isnan(values).sum())} case(s) have no {column}; remove them or label them")
+    n = len(recipe.task.classes)
+    if values.min() < 0 or values.max() > n - 1 or not np.all(np.mod(values, 1) == 0):
+        raise InputError(
+            f"{column} must hold integers 0..{n - 1} for {recipe.task.classes}; found {np.unique(values)[:8]}"
+        )
+    return values
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A manifest with splits, its preprocessed images and task targets."""
+
+    manifest: Manifest
+    cache: ImageCache
+    targets: np.ndarray
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.manifest.table["split"].to_numpy() == split)
+
+
+def prepare_data(
+    recipe: Recipe,
+    manifest_path: str | os.PathLike[str],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> PreparedData:
+    """Load the manifest, split it by patient if it has no split yet, and preprocess its images."""
+    manifest = Manifest.load(manifest_path)
+    if (manifest.table["split"] == "").all():
+        stratify = recipe.task.target if recipe.task.kind != "multilabel" else None
+        log.info("the manifest has no split: splitting by patient (stratified by %s, seed %d)", stratify, seed)
+        manifest = assign_splits(manifest, stratify=stratify, seed=seed)
+    elif (manifest.table["split"] == "").any():
+        unsplit = manifest.table["split"] == ""
+        table = manifest.table.copy()
+        table.loc[unsplit, "split"] = "train"
+        log.info("%d case(s) without a split are used for training (official test kept)", int(unsplit.sum()))
+        manifest = assign_splits(Manifest(table, manifest.root, manifest.info), respect_official=True, seed=seed)
+    folder = Path(cache_dir) if cache_dir else Path(manifest_path).resolve().parent / ".medsight-cache" / recipe.name
+    cache = build_image_cache(manifest, recipe.preprocess, folder, progress=progress)
+    return PreparedData(manifest, cache, targets_of(manifest, recipe))
+
+
+def _balance(recipe: Recipe, targets: np.ndarray, train_idx: np.ndarray) -> tuple[np.ndarray | None, tuple | None]:
+    """Per-item sampling weights and/or loss weights from the training targets."""
+    if recipe.balance == "none":
+        return None, None
+    y = targets[train_idx]
+    if recipe.task.kind == "multilabel":
+        if recipe.balance == "sampler":
+            raise ConfigError("class-balanced sampling is for single-label tasks; use balance: weights for findings")
+        positive = np.nansum(y, axis=0)
+        negative = np.sum(~np.isnan(y), axis=0) - positive
+        return None, tuple(float(n / max(p, 1.0)) for n, p in zip(negative, positive, strict=True))
+    counts = np.bincount(y.astype(int), minlength=len(recipe.task.classes)).astype(float)
+    if recipe.balance == "sampler":  # one weight per training item, in training-set order
+        return 1.0 / np.maximum(counts[y.astype(int)], 1.0), None
+    if recipe.task.kind == "ordinal":
+        raise ConfigError("ordinal (CORN) tasks take no loss weights; use balance: sampler")
+    if recipe.task.kind == "binary":
+        return None, (float(counts[0] / max(counts[1], 1.0)),)
+    inverse = counts.sum() / np.maximum(counts, 1.0) / len(counts)
+    return None, tuple(float(w) for w in inverse)
+
+
+def train_classifier(
+    recipe: Recipe,
+    manifest_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train ``recipe`` on the manifest's train split, validate on its val split, write ``out``."""
+    if recipe.model.name not in registered_models():
+        raise ConfigError(f"unknown model {recipe.model.name!r}; models: {', '.join(registered_models())}")
+    data = prepare_data(recipe, manifest_path, cache_dir=cache_dir, seed=recipe.train.seed, progress=progress)
+    train_idx, val_idx = data.indices("train"), data.indices("val")
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise InputError(f"need train and val cases; the split has {len(train_idx)} train and {len(val_idx)} val")
+    sample_weights, loss_weights = _balance(recipe, data.targets, train_idx)
+    task = ClassificationTask(recipe.task.kind, tuple(recipe.task.classes), loss_weights)
+    model = build_model(
+        recipe.model.name, spatial_dims=2, in_channels=recipe.preprocess.channels, num_outputs=task.num_outputs
+    )
+    if recipe.model.pretrained:
+        load_pretrained(model, recipe.model.pretrained, registered_models()[recipe.model.name])
+    train_set = ImageDataset(
+        data.cache, data.targets, train_idx, build_augmentation(recipe.augment, seed=recipe.train.seed)
+    )
+    val_set = ImageDataset(data.cache, data.targets, val_idx)
+    device = choose_device(recipe.train.device)
+    amp = choose_precision(recipe.train.precision, device)
+    val_targets = torch.from_numpy(data.targets[val_idx])
+
+    def validate(scored: torch.nn.Module) -> dict[str, float]:
+        logits = run_model(scored, val_set, batch_size=recipe.train.batch_size, device=device, amp_dtype=amp)
+        metrics = task.score(task.probabilities(logits), val_targets, referable_grade=recipe.task.referable_grade)
+        return {"loss": float(task.loss(logits, val_targets)), **metrics}
+
+    out = Path(out)
+    result = train(
+        model,
+        task.loss,
+        train_set,
+        config=recipe.train,
+        run_dir=out,
+        validate=validate,
+        sample_weights=sample_weights,
+        resume=resume,
+        progress=progress,
+        extra_config={"recipe": recipe.model_dump(), "manifest": str(Path(manifest_path).resolve())},
+    )
+    splits = data.manifest.table[["case_id", "patient_id", "split"]]
+    splits.to_csv(out / "splits.csv", index=False)
+    (out / "recipe.json").write_text(json.dumps(recipe.model_dump(), indent=2))
+    return result
