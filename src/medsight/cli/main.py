@@ -13,6 +13,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from medsight import __version__
+from medsight.cli import classify as classify_commands
 from medsight.cli import data as data_commands
 from medsight.cli.common import err, friendly, out, progress_bar, state
 from medsight.core.errors import ConfigError
@@ -36,6 +37,7 @@ def _version(value: bool) -> None:
 
 
 app.add_typer(data_commands.app, name="data")
+classify_commands.register(app)
 
 
 @app.callback()

@@ -66,7 +66,8 @@ def bootstrap_ci(
         if not math.isnan(value):
             values.append(value)
     if len(values) < 0.5 * n_resamples:
-        log.warning("only %d of %d bootstrap resamples gave a defined metric", len(values), n_resamples)
+        name = getattr(metric, "__name__", None) or getattr(getattr(metric, "func", None), "__name__", "metric")
+        log.warning("%s: only %d of %d bootstrap resamples gave a defined value", name, len(values), n_resamples)
     if not values:
         return {"estimate": estimate, "low": float("nan"), "high": float("nan"), "n_valid": 0}
     tail = (1.0 - confidence) / 2 * 100

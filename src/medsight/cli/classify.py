@@ -1,0 +1,170 @@
+"""``medsight train | evaluate | predict | compare`` for the classification recipes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+import typer
+from rich.table import Table
+
+from medsight.cli.common import friendly, out, progress_bar
+from medsight.core.errors import InputError
+from medsight.data import build_manifest
+from medsight.engine.classify import train_classifier
+from medsight.engine.recipe import builtin_recipes, load_recipe
+from medsight.inference import Classifier
+from medsight.validation import compare_runs, evaluate_run
+
+
+def _manifest_for(data: Path, run: Path) -> Path:
+    """A manifest file as is; a data set folder is read into ``<run>.manifest.csv`` first."""
+    if data.is_file():
+        return data
+    manifest = build_manifest(data)
+    target = run.with_name(run.name + ".manifest.csv")
+    manifest.save(target)
+    out.print(f"read {data} as {manifest.info['dataset']}: {len(manifest)} cases -> {target}")
+    return target
+
+
+def train_command(
+    recipe: Annotated[
+        str,
+        typer.Option("--recipe", "-r", help="Built-in recipe or a YAML file: " + ", ".join(sorted(builtin_recipes()))),
+    ],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Manifest (.csv/.parquet) or a data set folder.")],
+    output: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")],
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Override train.epochs.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any recipe key: train.lr=3e-4.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
+    ] = False,
+) -> None:
+    """Train a recipe; the run folder gets the config, metrics.jsonl and best/last checkpoints."""
+    overrides = list(set_ or [])
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    if device is not None:
+        overrides.append(f"train.device={device}")
+    resolved = load_recipe(recipe, overrides)
+    manifest = _manifest_for(data, output)
+    with progress_bar() as progress:
+        result = train_classifier(resolved, manifest, output, resume=resume, progress=progress)
+    out.print(
+        f"trained {resolved.name} for {result.epochs_run} epoch(s) -> {result.run_dir} "
+        f"(best epoch {result.best_epoch}"
+        + (f", {result.best_metric:.4f})" if result.best_metric == result.best_metric else ")")
+    )
+
+
+def _ci(value: dict[str, float]) -> str:
+    return f"{value['estimate']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+
+
+def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """Headline figures of an evaluation report as (name, 'estimate [low, high]') rows."""
+    rows = [(k, _ci(v)) for k, v in report.get("metrics", {}).items() if isinstance(v, dict) and "estimate" in v]
+    for block, label in ((report.get("referable"), "referable"), (report.get("metrics"), "")):
+        if not block or "operating_points" not in block:
+            continue
+        if label:
+            rows.append((f"{label} auc", _ci(block["auc"])))
+        for spec, point in block["operating_points"].items():
+            rows.append(
+                (f"{label} sens/spec @ {spec}".strip(), f"{_ci(point['sensitivity'])} / {_ci(point['specificity'])}")
+            )
+    for level, block in report.get("fused", {}).items():
+        rows.append((f"{level} auc", _ci(block["auc"])))
+    for name, finding in report.get("findings", {}).items():
+        rows.append((f"auc {name}", _ci(finding["auc"])))
+    return rows
+
+
+def evaluate_command(
+    run: Annotated[Path, typer.Argument(help="Run folder of `medsight train`.")],
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Manifest to evaluate on (default: the training one).")
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="Split to evaluate: test or val.")] = "test",
+    bootstrap: Annotated[int | None, typer.Option("--bootstrap", help="Bootstrap resamples for the CIs.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--out", "-o", help="metrics JSON (default RUN/metrics_<split>.json).")
+    ] = None,
+) -> None:
+    """Metrics with 95 % CIs (bootstrap by patient); operating points chosen on the validation split."""
+    with progress_bar() as progress:
+        report = evaluate_run(run, manifest_path=data, split=split, bootstrap=bootstrap, out=output, progress=progress)
+    table = Table(
+        "metric",
+        "estimate [95 % CI]",
+        title=f"{report['recipe']} on {split}: {report['cases']} cases, {report['patients']} patients",
+    )
+    for name, value in summary_rows(report):
+        table.add_row(name, value)
+    out.print(table)
+    out.print(f"wrote {output or Path(run) / f'metrics_{split}.json'}")
+
+
+def predict_command(
+    run: Annotated[Path, typer.Argument(help="Run folder of `medsight train`.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files, DICOM files or folders, or folders of images.")],
+    output: Annotated[Path, typer.Option("--out", "-o", help="CSV of predictions.")] = Path("predictions.csv"),
+) -> None:
+    """Predict on image files or DICOM; write one row per input with its probabilities."""
+    classifier = Classifier.from_run(run)
+    paths: list[Path] = []
+    for item in inputs:
+        if item.is_dir() and not any(p.suffix.lower() in (".dcm", "") and p.is_file() for p in item.iterdir()):
+            paths += sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
+        else:
+            paths.append(item)
+    if not paths:
+        raise InputError("no input images found")
+    rows = []
+    with progress_bar() as progress:
+        for start in range(0, len(paths), 32):
+            chunk = paths[start : start + 32]
+            probs = classifier.predict_files(chunk)
+            for path, p in zip(chunk, probs, strict=True):
+                row = {"input": str(path)}
+                values = np.atleast_1d(p)
+                names = ["positive"] if values.size == 1 else list(classifier.task.classes)
+                row.update({f"prob_{n}": float(v) for n, v in zip(names, values, strict=True)})
+                rows.append(row)
+            progress("predicting", min(start + 32, len(paths)), len(paths))
+    pd.DataFrame(rows).to_csv(output, index=False)
+    out.print(f"wrote {len(rows)} prediction(s) to {output}")
+
+
+def compare_command(
+    run_a: Annotated[Path, typer.Argument(help="First run folder.")],
+    run_b: Annotated[Path, typer.Argument(help="Second run folder.")],
+    split: Annotated[str, typer.Option("--split", help="Split both runs were evaluated on.")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """DeLong's test between two runs on the same cases."""
+    result = compare_runs(run_a, run_b, split=split)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(
+        "score", "AUC A", "AUC B", "difference", "p (DeLong)", title=f"{run_a} vs {run_b}: {result['cases']} cases"
+    )
+    for name, test in result["tests"].items():
+        table.add_row(
+            name, f"{test['auc_a']:.3f}", f"{test['auc_b']:.3f}", f"{test['difference']:+.3f}", f"{test['p_value']:.3g}"
+        )
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands to the main app."""
+    app.command("train")(friendly(train_command))
+    app.command("evaluate")(friendly(evaluate_command))
+    app.command("predict")(friendly(predict_command))
+    app.command("compare")(friendly(compare_command))

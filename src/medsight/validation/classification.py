@@ -1,0 +1,295 @@
+"""Evaluate a trained classifier on a split: every figure with a 95 % CI resampled by patient.
+
+Operating points are chosen on the validation split and applied unchanged to the split
+being evaluated (choosing them on the test split would flatter the results).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medsight.core.errors import ConfigError, InputError
+from medsight.data.cache import build_image_cache
+from medsight.data.manifest import Manifest
+from medsight.inference.classifier import Classifier
+from medsight.io.atomic import atomic_file
+from medsight.metrics import (
+    average_precision,
+    bootstrap_ci,
+    confusion_at,
+    delong_test,
+    quadratic_weighted_kappa,
+    roc_auc,
+    threshold_for_sensitivity,
+    threshold_for_specificity,
+    threshold_youden,
+)
+from medsight.tasks import fuse_views
+
+__all__ = ["compare_runs", "evaluate_run", "predictions_of"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+_POINT_METRICS = ("sensitivity", "specificity", "ppv", "npv", "accuracy", "f1")
+
+
+def _threshold(spec: str, y: np.ndarray, s: np.ndarray) -> float:
+    name, _, value = spec.partition(":")
+    if name == "youden":
+        return threshold_youden(y, s)
+    if name == "sensitivity":
+        return threshold_for_sensitivity(y, s, float(value))
+    if name == "specificity":
+        return threshold_for_specificity(y, s, float(value))
+    if name == "fixed":
+        return float(value)
+    raise ConfigError(f"unknown operating point {spec!r}; use youden, sensitivity:X, specificity:X or fixed:T")
+
+
+def _point_metric(name: str, threshold: float, y: np.ndarray, s: np.ndarray) -> float:
+    return confusion_at(y, s, threshold)[name]
+
+
+def _binary_report(
+    val: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    groups: np.ndarray,
+    points: Sequence[str],
+    n: int,
+) -> dict[str, Any]:
+    """AUC, AP and operating points (chosen on ``val``) on ``test``, each with a patient-level CI."""
+    y, s = test
+    report: dict[str, Any] = {
+        "auc": bootstrap_ci(roc_auc, y, s, groups=groups, n_resamples=n),
+        "average_precision": bootstrap_ci(average_precision, y, s, groups=groups, n_resamples=n),
+        "prevalence": float(np.mean(y)),
+        "operating_points": {},
+    }
+    for spec in points:
+        try:
+            threshold = _threshold(spec, *val)
+        except InputError as exc:
+            log.warning("operating point %s skipped: %s", spec, exc)
+            continue
+        point: dict[str, Any] = {"threshold": threshold}
+        for name in _POINT_METRICS:
+            point[name] = bootstrap_ci(partial(_point_metric, name, threshold), y, s, groups=groups, n_resamples=n)
+        report["operating_points"][spec] = point
+    return report
+
+
+def predictions_of(
+    classifier: Classifier, manifest: Manifest, split: str, progress: Progress | None = None
+) -> pd.DataFrame:
+    """Case table of a split with the classifier's probabilities (``prob`` or ``prob_<class>`` columns)."""
+    cache_dir = Path(
+        classifier.recipe.get("cache_dir") or manifest.root / ".medsight-cache" / classifier.recipe["name"]
+    )
+    cache = build_image_cache(manifest, classifier.preprocess, cache_dir, progress=progress)
+    indices = np.flatnonzero(manifest.table["split"].to_numpy() == split)
+    if len(indices) == 0:
+        raise InputError(f"the manifest has no {split!r} cases")
+    probs = classifier.predict_cached(cache, indices)
+    table = manifest.table.iloc[indices].reset_index(drop=True).copy()
+    if probs.ndim == 1:
+        table["prob"] = probs
+    else:
+        for k, name in enumerate(classifier.task.classes):
+            table[f"prob_{name}"] = probs[:, k]
+    return table
+
+
+def _with_run_splits(manifest: Manifest, run_dir: Path) -> Manifest:
+    splits_file = run_dir / "splits.csv"
+    if not splits_file.is_file():
+        return manifest
+    splits = pd.read_csv(splits_file, dtype=str).set_index("case_id")["split"]
+    table = manifest.table.copy()
+    known = table["case_id"].isin(splits.index)
+    table.loc[known, "split"] = table.loc[known, "case_id"].map(splits)
+    return Manifest(table, manifest.root, manifest.info)
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike[str],
+    *,
+    manifest_path: str | os.PathLike[str] | None = None,
+    split: str = "test",
+    bootstrap: int | None = None,
+    out: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Metrics of a run on a split, with CIs; written to ``out`` (default ``RUN/metrics_<split>.json``)."""
+    run_dir = Path(run_dir)
+    classifier = Classifier.from_run(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    path = Path(manifest_path or config.get("manifest", ""))
+    manifest = _with_run_splits(Manifest.load(path), run_dir)
+    recipe = classifier.recipe
+    n = recipe["evaluation"]["bootstrap"] if bootstrap is None else bootstrap
+    points = recipe["evaluation"]["operating_points"]
+    test = predictions_of(classifier, manifest, split, progress)
+    val = predictions_of(classifier, manifest, "val", progress) if split != "val" else test
+    groups = test["patient_id"].to_numpy()
+    kind, classes = recipe["task"]["kind"], recipe["task"]["classes"]
+    report: dict[str, Any] = {
+        "run": str(run_dir),
+        "recipe": recipe["name"],
+        "split": split,
+        "cases": len(test),
+        "patients": int(test["patient_id"].nunique()),
+        "bootstrap_resamples": n,
+    }
+    target = recipe["task"]["target"]
+    if kind == "binary":
+        val_scores = (val[target].to_numpy(int), val["prob"].to_numpy())
+        test_scores = (test[target].to_numpy(int), test["prob"].to_numpy())
+        report["metrics"] = _binary_report(val_scores, test_scores, groups, points, n)
+        if recipe["task"].get("fusion"):
+            report["fused"] = _fused(test, target, recipe["task"]["fusion"], n)
+    elif kind == "ordinal":
+        report.update(_ordinal_report(val, test, recipe, groups, points, n))
+    elif kind == "multilabel":
+        report.update(_multilabel_report(val, test, classes, groups, points, n))
+    else:
+        probs = test[[f"prob_{c}" for c in classes]].to_numpy()
+        y = test[target].to_numpy(int)
+        report["metrics"] = {
+            "accuracy": bootstrap_ci(_accuracy, y, probs, groups=groups, n_resamples=n),
+            "macro_auc": bootstrap_ci(_macro_auc, np.eye(len(classes))[y], probs, groups=groups, n_resamples=n),
+        }
+    target_file = Path(out) if out else run_dir / f"metrics_{split}.json"
+    with atomic_file(target_file) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=float))
+    test.to_csv(run_dir / f"predictions_{split}.csv", index=False)
+    return report
+
+
+def _qwk(grades: np.ndarray, probs: np.ndarray, n_classes: int) -> float:
+    return quadratic_weighted_kappa(grades, probs.argmax(1), n_classes=n_classes)
+
+
+def _accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
+    return float(np.mean(labels == probs.argmax(1)))
+
+
+def _ordinal_report(
+    val: pd.DataFrame, test: pd.DataFrame, recipe: dict[str, Any], groups: np.ndarray, points: Sequence[str], n: int
+) -> dict[str, Any]:
+    classes, target = recipe["task"]["classes"], recipe["task"]["target"]
+    probs = test[[f"prob_{c}" for c in classes]].to_numpy()
+    grades = test[target].to_numpy(int)
+    report: dict[str, Any] = {
+        "metrics": {
+            "qwk": bootstrap_ci(partial(_qwk, n_classes=len(classes)), grades, probs, groups=groups, n_resamples=n),
+            "accuracy": bootstrap_ci(_accuracy, grades, probs, groups=groups, n_resamples=n),
+        }
+    }
+    g = recipe["task"].get("referable_grade")
+    if g is not None:
+        val_probs = val[[f"prob_{c}" for c in classes]].to_numpy()
+        val_scores = ((val[target].to_numpy(int) >= g).astype(int), val_probs[:, g:].sum(1))
+        test_scores = ((grades >= g).astype(int), probs[:, g:].sum(1))
+        report["referable"] = {"grade": g, **_binary_report(val_scores, test_scores, groups, points, n)}
+    return report
+
+
+def _multilabel_report(
+    val: pd.DataFrame, test: pd.DataFrame, classes: Sequence[str], groups: np.ndarray, points: Sequence[str], n: int
+) -> dict[str, Any]:
+    findings = {}
+    for name in classes:
+        known_v, known_t = val[f"target_{name}"].notna(), test[f"target_{name}"].notna()
+        val_scores = (val.loc[known_v, f"target_{name}"].to_numpy(int), val.loc[known_v, f"prob_{name}"].to_numpy())
+        test_scores = (test.loc[known_t, f"target_{name}"].to_numpy(int), test.loc[known_t, f"prob_{name}"].to_numpy())
+        findings[name] = _binary_report(val_scores, test_scores, groups[known_t.to_numpy()], points, n)
+    labels = test[[f"target_{c}" for c in classes]].to_numpy(float)
+    scores = test[[f"prob_{c}" for c in classes]].to_numpy()
+    macro = bootstrap_ci(_macro_auc, labels, scores, groups=groups, n_resamples=n)
+    return {"findings": findings, "metrics": {"macro_auc": macro}}
+
+
+def _macro_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    aucs = []
+    for k in range(labels.shape[1]):
+        known = ~np.isnan(labels[:, k])
+        aucs.append(roc_auc(labels[known, k].astype(int), scores[known, k]) if known.any() else float("nan"))
+    finite = [a for a in aucs if not np.isnan(a)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _fused(test: pd.DataFrame, target: str, method: str, n: int) -> dict[str, Any]:
+    needed = {"study_id", "laterality"}
+    if not needed <= set(test.columns):
+        log.warning("no study_id/laterality columns: view fusion skipped")
+        return {}
+    breasts, exams = fuse_views(test, "prob", method=method, target=target)  # type: ignore[arg-type]
+    breast_auc = bootstrap_ci(
+        roc_auc, breasts[target].to_numpy(int), breasts["prob"].to_numpy(), groups=breasts["study_id"], n_resamples=n
+    )
+    exam_auc = bootstrap_ci(roc_auc, exams[target].to_numpy(int), exams["prob"].to_numpy(), n_resamples=n)
+    return {"breast": {"auc": breast_auc, "count": len(breasts)}, "exam": {"auc": exam_auc, "count": len(exams)}}
+
+
+def _headline_scores(table: pd.DataFrame, recipe: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The binary scores DeLong compares: the score, the referable score, or each finding."""
+    task, target = recipe["task"], recipe["task"]["target"]
+    if task["kind"] == "binary":
+        return {"auc": (table[target].to_numpy(int), table["prob"].to_numpy())}
+    if task["kind"] == "ordinal" and task.get("referable_grade") is not None:
+        g = task["referable_grade"]
+        probs = table[[f"prob_{c}" for c in task["classes"]]].to_numpy()
+        return {"referable_auc": ((table[target].to_numpy(int) >= g).astype(int), probs[:, g:].sum(1))}
+    if task["kind"] == "multilabel":
+        out = {}
+        for name in task["classes"]:
+            known = table[f"target_{name}"].notna()
+            out[f"auc_{name}"] = (
+                table.loc[known, f"target_{name}"].to_numpy(int),
+                table.loc[known, f"prob_{name}"].to_numpy(),
+            )
+        return out
+    raise ConfigError(f"DeLong compares binary scores; a {task['kind']} task without a referable grade has none")
+
+
+def compare_runs(
+    run_a: str | os.PathLike[str], run_b: str | os.PathLike[str], *, split: str = "test"
+) -> dict[str, Any]:
+    """DeLong's test between two runs on the same cases (their ``predictions_<split>.csv``)."""
+    tables = []
+    for run in (Path(run_a), Path(run_b)):
+        file = run / f"predictions_{split}.csv"
+        if not file.is_file():
+            raise InputError(f"{file} does not exist; run `medsight evaluate {run} --split {split}` first")
+        tables.append(pd.read_csv(file, dtype={"case_id": str}))
+    a, b = tables
+    common = sorted(set(a["case_id"]) & set(b["case_id"]))
+    if len(common) < 0.5 * max(len(a), len(b)):
+        raise InputError(
+            f"the runs were evaluated on different cases ({len(common)} in common of {len(a)} and {len(b)}): "
+            "split the manifest once with `medsight data split` and train both runs on it"
+        )
+    if len(common) < len(a) or len(common) < len(b):
+        log.warning("comparing on the %d cases both runs scored", len(common))
+    a = a.set_index("case_id").loc[common].reset_index()
+    b = b.set_index("case_id").loc[common].reset_index()
+    recipe_a = json.loads((Path(run_a) / "config.json").read_text())["recipe"]
+    recipe_b = json.loads((Path(run_b) / "config.json").read_text())["recipe"]
+    if recipe_a["task"] != recipe_b["task"]:
+        raise InputError("the two runs predict different tasks; DeLong compares the same scores on the same cases")
+    scores_a, scores_b = _headline_scores(a, recipe_a), _headline_scores(b, recipe_b)
+    return {
+        "cases": len(common),
+        "split": split,
+        "tests": {name: delong_test(y, scores_a[name][1], scores_b[name][1]) for name, (y, _) in scores_a.items()},
+    }
