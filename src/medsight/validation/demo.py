@@ -98,7 +98,8 @@ def run_demo(
     the whole chain runs; its figures mean nothing.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    for folder in (out / "data", out / "runs"):
+        folder.mkdir(parents=True, exist_ok=True)
     rows: list[DemoRow] = []
     for step in DEMO:
         started = time.perf_counter()
