@@ -121,6 +121,10 @@ def test_ema_weights_are_kept_and_scored(tmp_path):
     ema_weight = best["ema"]["0.weight"]
     assert not torch.allclose(ema_weight, model.state_dict()["0.weight"])
     assert seen[0] is not model  # validation scored the averaged model
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert set(last["ema"]) == set(model.state_dict())  # the averaged weights, loadable into the model
+    train(_model(), _loss, data, config=_config(epochs=3, ema_decay=0.9), run_dir=tmp_path / "run", resume=True)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["epoch"] == 3
 
 
 def test_bf16_and_channels_last_on_a_conv_net(tmp_path):

@@ -112,10 +112,59 @@ def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_e
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _improved(value: float, best: float, mode: str) -> bool:
-    if math.isnan(value):
-        return False
-    return value < best if mode == "min" else value > best
+@dataclass
+class _Progress:
+    """Where training stands: last finished epoch, best validation value, epochs without gain."""
+
+    epoch: int = 0
+    best_metric: float = math.nan
+    best_epoch: int = 0
+    stale: int = 0
+
+    def update(self, epoch: int, value: float, mode: str | None) -> bool:
+        """Record an epoch; True when it is the new best (always, without a validation metric)."""
+        self.epoch = epoch
+        if mode is None:
+            self.best_epoch = epoch
+            return True
+        better = not math.isnan(value) and (
+            math.isnan(self.best_metric) or (value < self.best_metric if mode == "min" else value > self.best_metric)
+        )
+        if better:
+            self.best_metric, self.best_epoch, self.stale = value, epoch, 0
+        else:
+            self.stale += 1
+        return better
+
+
+def _checkpoint(weights: dict, optimizer, scheduler, ema, state: _Progress) -> dict:  # noqa: ANN001
+    """Everything needed to continue exactly: weights, optimizer, schedule, EMA, progress, RNGs."""
+    return {
+        **weights,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "ema_state": ema.state_dict() if ema is not None else None,
+        "progress": vars(state).copy(),
+        "epoch": state.epoch,
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+    }
+
+
+def _restore(run: RunDir, model: nn.Module, optimizer, scheduler, ema) -> _Progress:  # noqa: ANN001
+    """Load ``last.pt`` into the training objects; return where training stood."""
+    state = run.load(run.last)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if ema is not None and state.get("ema_state") is not None:
+        ema.load_state_dict(state["ema_state"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    progress = _Progress(**state["progress"])
+    run.truncate_metrics(progress.epoch)
+    log.info("resuming %s after epoch %d", run.path, progress.epoch)
+    return progress
 
 
 def train(
@@ -169,29 +218,13 @@ def train(
     wrapped = nn.parallel.DistributedDataParallel(model) if distributed else model
     tensorboard = _tensorboard(run) if config.tensorboard and rank == 0 else None
 
-    start_epoch, best_metric, best_epoch, stale = 1, math.nan, 0, 0
+    progress_state = _Progress()
     stopping = config.early_stopping
     if resume:
-        state = run.load(run.last)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        start_epoch, best_metric, best_epoch, stale = (
-            state["epoch"] + 1,
-            state["best_metric"],
-            state["best_epoch"],
-            state["stale"],
-        )
-        run.truncate_metrics(state["epoch"])
-        log.info("resuming %s after epoch %d", run.path, state["epoch"])
+        progress_state = _restore(run, model, optimizer, scheduler, ema)
 
-    epoch, stopped = start_epoch - 1, False
-    for epoch in range(start_epoch, config.epochs + 1):
+    epoch, stopped = progress_state.epoch, False
+    for epoch in range(progress_state.epoch + 1, config.epochs + 1):
         loader = _loader(train_data, config, sample_weights, config.seed * 1000 + epoch)
         if isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(epoch)
@@ -241,43 +274,24 @@ def train(
                 record.update({f"val_{k}": v for k, v in validate(scored).items()})
         key = f"val_{stopping.metric}" if stopping else None
         value = record.get(key, math.nan) if key else math.nan
-        improved = key is not None and (math.isnan(best_metric) or _improved(value, best_metric, stopping.mode))
-        if improved:
-            best_metric, best_epoch, stale = value, epoch, 0
-        elif key is not None:
-            stale += 1
-        if key is None:  # without a validation metric the last epoch is the best
-            best_epoch = epoch
+        improved = progress_state.update(epoch, value, stopping.mode if stopping else None)
         weights = {"model": model.state_dict(), "ema": ema.module.state_dict() if ema is not None else None}
-        if improved or key is None:
+        if improved:
             run.save(run.best, {**weights, "epoch": epoch, "metric": value})
-        run.save(
-            run.last,
-            {
-                **weights,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "epoch": epoch,
-                "best_metric": best_metric,
-                "best_epoch": best_epoch,
-                "stale": stale,
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-            },
-        )
+        run.save(run.last, _checkpoint(weights, optimizer, scheduler, ema, progress_state))
         run.log_metrics(record)
         if tensorboard is not None:
             for name, number in record.items():
                 if isinstance(number, int | float) and name != "epoch":
                     tensorboard.add_scalar(name, number, epoch)
         log.info("epoch %d: %s", epoch, {k: v for k, v in record.items() if k != "epoch"})
-        if stopping is not None and stale >= stopping.patience:
+        if stopping is not None and progress_state.stale >= stopping.patience:
             stopped = True
-            log.info("early stopping: %s has not improved for %d epochs", key, stale)
+            log.info("early stopping: %s has not improved for %d epochs", key, progress_state.stale)
             break
     if tensorboard is not None:
         tensorboard.close()
-    return TrainResult(run.path, epoch, best_epoch, best_metric, stopped)
+    return TrainResult(run.path, epoch, progress_state.best_epoch, progress_state.best_metric, stopped)
 
 
 def _mean_across_ranks(value: float, device: torch.device) -> float:
