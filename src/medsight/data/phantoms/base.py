@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import difflib
 import logging
 import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ __all__ = [
     "phantoms",
     "register_phantom",
     "run_cases",
+    "write_table",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,14 @@ def phantoms() -> dict[str, Phantom]:
     import medsight.data.phantoms  # noqa: F401  (registers the built-in generators)
 
     return dict(sorted(_REGISTRY.items()))
+
+
+def write_table(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """Write a CSV with a header row (the public data sets' tables are plain CSV)."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def case_rng(seed: int, index: int, *, stream: int = 0) -> np.random.Generator:

@@ -14,7 +14,6 @@ by construction: ET ⊂ TC ⊂ WT. ``phantom_truth.csv`` has the tumour centre a
 
 from __future__ import annotations
 
-import csv
 import logging
 from functools import lru_cache, partial
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates, zoom
 
 from medsight.core.errors import InputError
-from medsight.data.phantoms.base import Progress, case_rng, default_workers, register_phantom, run_cases
+from medsight.data.phantoms.base import Progress, case_rng, default_workers, register_phantom, run_cases, write_table
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +184,11 @@ def write_brain(out: Path, cases: int, seed: int, progress: Progress | None) -> 
     """``BraTS2021_NNNNN/`` folders with the four contrasts and the segmentation."""
     make = partial(_write_case, out, seed)
     rows = list(run_cases(make, cases, workers=default_workers(), progress=progress, stage="making brain MRI cases"))
-    with open(out / "phantom_truth.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["case", "centre_i", "centre_j", "centre_k", "core_mm", "necrosis_mm", "oedema_mm"])
-        writer.writerows(rows)
+    write_table(
+        out / "phantom_truth.csv",
+        ["case", "centre_i", "centre_j", "centre_k", "core_mm", "necrosis_mm", "oedema_mm"],
+        rows,
+    )
 
 
 def _write_case(out: Path, seed: int, index: int) -> list:

@@ -16,7 +16,6 @@ rises as EF falls and with age and comorbidity.
 
 from __future__ import annotations
 
-import csv
 import math
 from functools import partial
 from pathlib import Path
@@ -25,7 +24,7 @@ import nibabel as nib
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from medsight.data.phantoms.base import Progress, case_rng, default_workers, register_phantom, run_cases
+from medsight.data.phantoms.base import Progress, case_rng, default_workers, register_phantom, run_cases, write_table
 
 SIZE = 128
 PIXEL_MM = 1.8
@@ -213,10 +212,24 @@ def write_cardiac(out: Path, cases: int, seed: int, progress: Progress | None) -
     """``training/patientNNN/`` folders (Info.cfg, 4D cine, ED/ES frames and masks) and the truth table."""
     make = partial(_case, out, seed)
     rows = list(run_cases(make, cases, workers=default_workers(), progress=progress, stage="making cardiac cines"))
-    with open(out / "phantom_truth.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([
-            "patient", "group", "ef_intended", "ef_masks", "edv_ml", "esv_ml", "lv_mass_g", "age", "sex",
-            "height", "weight", "hypertension", "diabetes", "years", "event",
-        ])  # fmt: skip
-        writer.writerows(rows)
+    write_table(
+        out / "phantom_truth.csv",
+        [
+            "patient",
+            "group",
+            "ef_intended",
+            "ef_masks",
+            "edv_ml",
+            "esv_ml",
+            "lv_mass_g",
+            "age",
+            "sex",
+            "height",
+            "weight",
+            "hypertension",
+            "diabetes",
+            "years",
+            "event",
+        ],
+        rows,
+    )

@@ -13,7 +13,6 @@ follow-up images. ``phantom_truth.csv`` holds the cardiothoracic ratio and findi
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from medsight.data.phantoms.base import Progress, case_rng, register_phantom
+from medsight.data.phantoms.base import Progress, case_rng, register_phantom, write_table
 
 SIZE = 512
 FINDINGS = ("Nodule", "Effusion", "Cardiomegaly", "Consolidation", "Pneumothorax", "Atelectasis")
@@ -253,19 +252,12 @@ def write_cxr(out: Path, cases: int, seed: int, progress: Progress | None) -> No
             test.append(name)
         if progress is not None:
             progress("making chest radiographs", index + 1, cases)
-    _write(out / "Data_Entry_2017.csv", [
+    write_table(out / "Data_Entry_2017.csv", [
         "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
         "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]",
     ], entries)  # fmt: skip
-    _write(out / "BBox_List_2017.csv", ["Image Index", "Finding Label", "Bbox [x", "y", "w", "h]"], box_rows)
-    _write(out / "phantom_truth.csv", ["Image Index", "Finding Labels", "cardiothoracic_ratio"], truth)
+    write_table(out / "BBox_List_2017.csv", ["Image Index", "Finding Label", "Bbox [x", "y", "w", "h]"], box_rows)
+    write_table(out / "phantom_truth.csv", ["Image Index", "Finding Labels", "cardiothoracic_ratio"], truth)
     names = [e[0] for e in entries]
     (out / "test_list.txt").write_text("".join(f"{n}\n" for n in names if n in set(test)))
     (out / "train_val_list.txt").write_text("".join(f"{n}\n" for n in names if n not in set(test)))
-
-
-def _write(path: Path, header: list[str], rows: list[list]) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)

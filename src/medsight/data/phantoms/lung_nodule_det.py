@@ -13,7 +13,6 @@ Scan ``i`` goes to ``subset{i % 10}``.
 
 from __future__ import annotations
 
-import csv
 import math
 from functools import lru_cache, partial
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.ndimage import binary_erosion, gaussian_filter, label
 
-from medsight.data.phantoms.base import Progress, case_rng, default_workers, register_phantom, run_cases
+from medsight.data.phantoms.base import Progress, case_rng, default_workers, register_phantom, run_cases, write_table
 
 SHAPE = (120, 256, 256)  # z, y, x
 SPACING = (2.5, 1.4, 1.4)  # mm
@@ -260,13 +259,6 @@ def write_lung(out: Path, cases: int, seed: int, progress: Progress | None) -> N
         excluded += rows[1]
         candidates += rows[2]
     header = ["seriesuid", "coordX", "coordY", "coordZ"]
-    _write(out / "annotations.csv", [*header, "diameter_mm"], annotations)
-    _write(out / "annotations_excluded.csv", [*header, "diameter_mm"], excluded)
-    _write(out / "candidates.csv", [*header, "class"], candidates)
-
-
-def _write(path: Path, header: list[str], rows: list[list]) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
+    write_table(out / "annotations.csv", [*header, "diameter_mm"], annotations)
+    write_table(out / "annotations_excluded.csv", [*header, "diameter_mm"], excluded)
+    write_table(out / "candidates.csv", [*header, "class"], candidates)

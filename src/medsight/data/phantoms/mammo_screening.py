@@ -15,7 +15,6 @@ the lesion kind, pathology and centre in every view.
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from scipy.ndimage import gaussian_filter
 
 from medsight.core.geometry import Geometry
 from medsight.core.volume import Volume, VolumeMetadata
-from medsight.data.phantoms.base import Progress, case_rng, register_phantom
+from medsight.data.phantoms.base import Progress, case_rng, register_phantom, write_table
 from medsight.io.dicom_write import write_dicom_image
 
 ROWS, COLS = 512, 416
@@ -235,14 +234,7 @@ def write_mammo(out: Path, cases: int, seed: int, progress: Progress | None) -> 
         if progress is not None:
             progress("making mammography exams", index + 1, cases)
     box_columns = ["finding_categories", "finding_birads", "xmin", "ymin", "xmax", "ymax", "split"]
-    _write(out / "breast-level_annotations.csv", [*_COMMON, "split"], breasts)
-    _write(out / "finding_annotations.csv", [*_COMMON, *box_columns], findings)
+    write_table(out / "breast-level_annotations.csv", [*_COMMON, "split"], breasts)
+    write_table(out / "finding_annotations.csv", [*_COMMON, *box_columns], findings)
     truth_columns = ["study_id", "image_id", "laterality", "view", "kind", "pathology", "centre_x", "centre_y"]
-    _write(out / "phantom_truth.csv", truth_columns, truth)
-
-
-def _write(path: Path, header: list[str], rows: list[list]) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
+    write_table(out / "phantom_truth.csv", truth_columns, truth)
