@@ -147,6 +147,13 @@ def test_class_balanced_sampling_evens_out_batches():
     assert 0.35 < labels.mean().item() < 0.65
 
 
+def test_undefined_validation_metric_still_leaves_a_best_checkpoint(tmp_path):
+    stopping = EarlyStopping(metric="auc", mode="max", patience=5)
+    result = train(_model(), _loss, _problem(), config=_config(epochs=2, early_stopping=stopping),
+                   run_dir=tmp_path / "run", validate=lambda m: {"auc": float("nan")})  # fmt: skip
+    assert (tmp_path / "run" / "best.pt").is_file() and result.best_epoch == 1
+
+
 def test_bad_options(tmp_path):
     with pytest.raises(ConfigError, match="fp16 autocast is for CUDA"):
         train(_model(), _loss, _problem(), config=_config(precision="fp16"), run_dir=tmp_path / "run")

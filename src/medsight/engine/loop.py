@@ -127,8 +127,13 @@ class _Progress:
         if mode is None:
             self.best_epoch = epoch
             return True
-        better = not math.isnan(value) and (
-            math.isnan(self.best_metric) or (value < self.best_metric if mode == "min" else value > self.best_metric)
+        # the first epoch is the best so far even when its metric is undefined (best.pt always exists)
+        better = self.best_epoch == 0 or (
+            not math.isnan(value)
+            and (
+                math.isnan(self.best_metric)
+                or (value < self.best_metric if mode == "min" else value > self.best_metric)
+            )
         )
         if better:
             self.best_metric, self.best_epoch, self.stale = value, epoch, 0
