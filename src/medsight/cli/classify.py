@@ -193,4 +193,6 @@ def demo_command(
             row.recipe, row.label, f"{row.estimate:.3f} [{row.low:.3f}, {row.high:.3f}]", f">= {row.target}", mark
         )
     out.print(table)
+    if quick:
+        out.print("[yellow]quick mode: one epoch on a handful of tiny images, so these figures mean nothing[/]")
     out.print(f"done in {time.perf_counter() - started:.0f} s; runs, metrics and predictions are in {output}/")

@@ -1,0 +1,130 @@
+"""Training throughput: medsight's engine vs a plain PyTorch loop on the same model and batches.
+
+Both loops train a ResNet-18 on the same cached, augmented phantom fundus images (same
+dataset object, batch size, optimizer, loss and numeric mode). Printed: images/s of each and
+their ratio (target >= 0.95), the share of step time the engine spent waiting for data
+(target <= 10 %), and fp32 vs the engine's default numeric mode (speed and the change in
+validation metrics after the same number of epochs).
+
+    python benchmarks/bench_train2d.py [--cases 200] [--size 128] [--epochs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsight.data import build_manifest
+from medsight.data.cache import build_image_cache
+from medsight.data.dataset import ImageDataset
+from medsight.data.phantoms import make_phantom
+from medsight.data.splits import assign_splits
+from medsight.engine import TrainConfig, choose_precision, train
+from medsight.models import build_model
+from medsight.models.predict import run_model
+from medsight.tasks import ClassificationTask
+from medsight.transforms.image2d import Augment2D, Preprocess2D, build_augmentation
+
+TASK = ClassificationTask("ordinal", ("0", "1", "2", "3", "4"))
+
+
+def plain_loop(model, data, *, epochs, batch_size, lr, amp_dtype, channels_last):
+    """The loop a user would write by hand: AdamW, autocast, backward, step."""
+    torch.manual_seed(0)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+    seen, start = 0, time.perf_counter()
+    model.train()
+    for _ in range(epochs):
+        for x, y in loader:
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=amp_dtype) if amp_dtype else nullcontext():
+                logits = model(x)
+            loss = TASK.loss(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(x)
+    return seen / (time.perf_counter() - start)
+
+
+def engine_run(model, data, folder, *, epochs, batch_size, lr, precision, validate=None):
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, precision=precision, clip_grad_norm=None,
+                         warmup_epochs=0, schedule="constant")  # fmt: skip
+    train(model, TASK.loss, data, config=config, run_dir=folder, validate=validate)
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, default=200)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        manifest = assign_splits(build_manifest(make_phantom("dr-grading", tmp / "aptos", cases=args.cases, seed=0)),
+                                 stratify="target", seed=0)  # fmt: skip
+        cache = build_image_cache(manifest, Preprocess2D(size=args.size), tmp / "cache")
+        targets = manifest.table["target"].to_numpy(np.float32)
+        train_idx = np.flatnonzero(manifest.table["split"] == "train")
+        val_idx = np.flatnonzero(manifest.table["split"] != "train")
+        data = ImageDataset(cache, targets, train_idx, build_augmentation(Augment2D(), seed=0))
+        val = ImageDataset(cache, targets, val_idx)
+        default = choose_precision("auto", torch.device("cpu"))
+        mode = "bf16 + channels-last" if default is not None else "fp32"
+        print(f"{len(train_idx)} training images of {args.size} px, batch {args.batch_size}, {args.epochs} epochs; "
+              f"default numeric mode on this CPU: {mode}")  # fmt: skip
+
+        lr = 1e-3
+        torch.manual_seed(0)
+        plain = plain_loop(build_model("resnet18", num_outputs=4), data, epochs=args.epochs, batch_size=args.batch_size,
+                           lr=lr, amp_dtype=default, channels_last=default is not None)  # fmt: skip
+        torch.manual_seed(0)
+        records = engine_run(build_model("resnet18", num_outputs=4), data, tmp / "engine", epochs=args.epochs,
+                             batch_size=args.batch_size, lr=lr, precision="auto")  # fmt: skip
+        engine = float(np.mean([r["images_per_second"] for r in records]))
+        wait = float(np.mean([r["data_wait_share"] for r in records]))
+        print(f"plain PyTorch loop: {plain:.1f} img/s; medsight engine: {engine:.1f} img/s; "
+              f"ratio {engine / plain:.2f} (target >= 0.95)")  # fmt: skip
+        print(f"engine time waiting for data: {wait:.1%} of each epoch (target <= 10 %)")
+
+        y_val = torch.from_numpy(targets[val_idx])
+
+        def validate(model):
+            probs = TASK.probabilities(run_model(model, val, batch_size=64))
+            return TASK.score(probs, y_val, referable_grade=2)
+
+        results = {}
+        for precision in ("fp32", "auto"):
+            torch.manual_seed(0)
+            recs = engine_run(build_model("resnet18", num_outputs=4), data, tmp / f"acc_{precision}",
+                              epochs=args.epochs, batch_size=args.batch_size, lr=lr, precision=precision,
+                              validate=validate)  # fmt: skip
+            results[precision] = (float(np.mean([r["images_per_second"] for r in recs])), recs[-1])
+        (fp32_speed, fp32_last), (auto_speed, auto_last) = results["fp32"], results["auto"]
+        print(f"fp32: {fp32_speed:.1f} img/s, val QWK {fp32_last['val_qwk']:.3f}, referable AUC "
+              f"{fp32_last['val_referable_auc']:.3f}")  # fmt: skip
+        print(f"{mode}: {auto_speed:.1f} img/s ({auto_speed / fp32_speed:.2f}x), val QWK {auto_last['val_qwk']:.3f}, "
+              f"referable AUC {auto_last['val_referable_auc']:.3f}")  # fmt: skip
+        change = auto_last["val_referable_auc"] - fp32_last["val_referable_auc"]
+        print(f"RESULT engine/plain {engine / plain:.2f}; data wait {wait:.1%}; default/fp32 speed "
+              f"{auto_speed / fp32_speed:.2f}x; referable AUC change {change:+.3f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
