@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
-from monai.transforms import Compose
 from torch.utils.data import Dataset
 
 from medsight.core.errors import InputError
@@ -21,7 +22,7 @@ class ImageDataset(Dataset):
         targets: One row per cached image: a class/grade ``(N,)`` or findings ``(N, L)``
             (``nan`` = unknown).
         indices: Which cached images this dataset serves (e.g. the training split).
-        augment: Random transforms applied to each item (MONAI ``Compose``), or None.
+        augment: Random transforms applied to each item (e.g. :func:`build_augmentation`), or None.
     """
 
     def __init__(
@@ -29,7 +30,7 @@ class ImageDataset(Dataset):
         cache: ImageCache,
         targets: np.ndarray,
         indices: np.ndarray | None = None,
-        augment: Compose | None = None,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         targets = np.asarray(targets, dtype=np.float32)
         if len(targets) != len(cache):
@@ -46,7 +47,5 @@ class ImageDataset(Dataset):
         index = int(self.indices[item])
         image = torch.from_numpy(np.asarray(self.cache.images[index], dtype=np.float32) / 255.0)
         if self.augment is not None:
-            image = self.augment(image)
-            image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
-            image = image.clamp_(0.0, 1.0)
+            image = torch.as_tensor(self.augment(image)).clamp_(0.0, 1.0)
         return image.contiguous(), torch.tensor(np.atleast_1d(self.targets[index])).squeeze(0)
