@@ -67,7 +67,9 @@ def bootstrap_ci(
             values.append(value)
     if len(values) < 0.5 * n_resamples:
         name = getattr(metric, "__name__", None) or getattr(getattr(metric, "func", None), "__name__", "metric")
-        log.warning("%s: only %d of %d bootstrap resamples gave a defined value", name, len(values), n_resamples)
+        # undefined everywhere (e.g. PPV when nothing is called positive) is reported as nan, not warned
+        level = logging.WARNING if values else logging.INFO
+        log.log(level, "%s: only %d of %d bootstrap resamples gave a defined value", name, len(values), n_resamples)
     if not values:
         return {"estimate": estimate, "low": float("nan"), "high": float("nan"), "n_valid": 0}
     tail = (1.0 - confidence) / 2 * 100
