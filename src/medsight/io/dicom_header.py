@@ -13,7 +13,7 @@ import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
@@ -79,15 +79,27 @@ def load_dataset(
         defer_size: Leave elements larger than this many bytes on disk until used.
         force: Read files without the 128-byte preamble and 'DICM' marker.
     """
+    path = _existing_file(path)
+    ds = _dcmread(path, path, stop_before_pixels=stop_before_pixels, defer_size=defer_size, force=force)
+    _ensure_transfer_syntax(ds)
+    return ds
+
+
+def _existing_file(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise InputError(f"{path} is empty (0 bytes); the copy or download failed")
+    return path
+
+
+def _dcmread(path: Path, source: Path | BinaryIO, **options: Any) -> Dataset:
+    """``pydicom.dcmread`` with its failures as :class:`InputError` and its warnings logged at debug."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, defer_size=defer_size, force=force)
+            ds = pydicom.dcmread(source, **options)
     except InvalidDicomError as exc:
         raise InputError(
             f"{path} is not a DICOM file: it has no 'DICM' marker at byte 128 and no DICOM header "
@@ -97,7 +109,6 @@ def load_dataset(
         raise InputError(f"{path} is a corrupt or truncated DICOM file: {exc}") from exc
     for w in caught:
         log.debug("%s: %s", path.name, w.message)
-    _ensure_transfer_syntax(ds)
     return ds
 
 
@@ -136,20 +147,9 @@ class DicomHeader:
 
 def read_header(path: str | os.PathLike[str]) -> DicomHeader:
     """Read everything before the pixel data; locate the pixel data of raw little-endian files."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path} is empty (0 bytes); the copy or download failed")
+    path = _existing_file(path)
     with open(path, "rb") as fp:
-        try:
-            with warnings.catch_warnings(record=True):
-                warnings.simplefilter("always")
-                ds = pydicom.dcmread(fp, stop_before_pixels=True)
-        except InvalidDicomError as exc:
-            raise InputError(f"{path} is not a DICOM file: it has no 'DICM' marker at byte 128") from exc
-        except (EOFError, OSError, ValueError, KeyError, struct.error, TypeError) as exc:
-            raise InputError(f"{path} is a corrupt or truncated DICOM file: {exc}") from exc
+        ds = _dcmread(path, fp, stop_before_pixels=True)  # leaves fp at the pixel data element
         ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
         if ts not in _RAW_SYNTAXES:
             return DicomHeader(path, ds)
