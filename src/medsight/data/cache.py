@@ -25,7 +25,7 @@ from medsight.data.reading import read_case_image
 from medsight.io.atomic import atomic_dir
 from medsight.transforms.image2d import Preprocess2D, prepare_image
 
-__all__ = ["ImageCache", "build_image_cache"]
+__all__ = ["ImageCache", "build_image_cache", "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,11 @@ class ImageCache:
 
     def __len__(self) -> int:
         return len(self.case_ids)
+
+
+def default_cache_dir(manifest: Manifest, name: str) -> Path:
+    """Where training and evaluation keep a recipe's preprocessed images: beside the manifest."""
+    return manifest.root / ".medsight-cache" / name
 
 
 def _key(manifest: Manifest, column: str, spec: Preprocess2D) -> str:

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from medsight.core.errors import ConfigError, InputError
-from medsight.data.cache import ImageCache, build_image_cache
+from medsight.data.cache import ImageCache, build_image_cache, default_cache_dir
 from medsight.data.dataset import ImageDataset
 from medsight.data.manifest import Manifest
 from medsight.data.splits import assign_splits
@@ -96,7 +96,7 @@ def prepare_data(
         table.loc[unsplit, "split"] = "train"
         log.info("%d case(s) without a split are used for training (official test kept)", int(unsplit.sum()))
         manifest = assign_splits(Manifest(table, manifest.root, manifest.info), respect_official=True, seed=seed)
-    folder = Path(cache_dir) if cache_dir else Path(manifest_path).resolve().parent / ".medsight-cache" / recipe.name
+    folder = Path(cache_dir) if cache_dir else default_cache_dir(manifest, recipe.name)
     cache = build_image_cache(manifest, recipe.preprocess, folder, progress=progress)
     return PreparedData(manifest, cache, targets_of(manifest, recipe))
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from medsight.core.errors import ConfigError, InputError
-from medsight.data.cache import build_image_cache
+from medsight.data.cache import ImageCache, build_image_cache, default_cache_dir
 from medsight.data.manifest import Manifest
 from medsight.inference.classifier import Classifier
 from medsight.io.atomic import atomic_file
@@ -88,14 +88,8 @@ def _binary_report(
     return report
 
 
-def predictions_of(
-    classifier: Classifier, manifest: Manifest, split: str, progress: Progress | None = None
-) -> pd.DataFrame:
+def predictions_of(classifier: Classifier, manifest: Manifest, split: str, cache: ImageCache) -> pd.DataFrame:
     """Case table of a split with the classifier's probabilities (``prob`` or ``prob_<class>`` columns)."""
-    cache_dir = Path(
-        classifier.recipe.get("cache_dir") or manifest.root / ".medsight-cache" / classifier.recipe["name"]
-    )
-    cache = build_image_cache(manifest, classifier.preprocess, cache_dir, progress=progress)
     indices = np.flatnonzero(manifest.table["split"].to_numpy() == split)
     if len(indices) == 0:
         raise InputError(f"the manifest has no {split!r} cases")
@@ -138,8 +132,10 @@ def evaluate_run(
     recipe = classifier.recipe
     n = recipe["evaluation"]["bootstrap"] if bootstrap is None else bootstrap
     points = recipe["evaluation"]["operating_points"]
-    test = predictions_of(classifier, manifest, split, progress)
-    val = predictions_of(classifier, manifest, "val", progress) if split != "val" else test
+    folder = default_cache_dir(manifest, recipe["name"])
+    cache = build_image_cache(manifest, classifier.preprocess, folder, progress=progress)
+    test = predictions_of(classifier, manifest, split, cache)
+    val = predictions_of(classifier, manifest, "val", cache) if split != "val" else test
     groups = test["patient_id"].to_numpy()
     kind, classes = recipe["task"]["kind"], recipe["task"]["classes"]
     report: dict[str, Any] = {

@@ -157,12 +157,7 @@ def _case(out: Path, seed: int, index: int) -> list:
     cine = np.zeros((frames, slices, SIZE, SIZE), np.float32)
     label_frames = {}
     for t in range(frames):
-        c = _contraction(t / frames, es_frame / frames)
-        if t == 0:
-            c = 0.0
-        if t == es_frame:
-            c = 1.0
-        labels = heart.masks(c)
+        labels = heart.masks(_contraction(t / frames, es_frame / frames))  # exactly 0 at ED, 1 at ES
         if t in (0, es_frame):
             label_frames[t] = labels
         cine[t] = _image(labels, body) * shading
