@@ -296,6 +296,11 @@ def train(
             break
     if tensorboard is not None:
         tensorboard.close()
+    if distributed:
+        # Every rank returns only once rank 0 has written the run folder, and DDP's hold on the
+        # process group is released here rather than at interpreter exit (gloo aborts there).
+        del wrapped
+        dist.barrier()
     return TrainResult(run.path, epoch, progress_state.best_epoch, progress_state.best_metric, stopped)
 
 
