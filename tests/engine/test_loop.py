@@ -160,3 +160,18 @@ def test_bad_options(tmp_path):
     assert not (tmp_path / "run").exists()
     with pytest.raises(Exception, match="extra"):
         TrainConfig(epoch=3)
+
+
+def test_weighted_shards_together_are_one_balanced_draw():
+    from medsight.engine.loop import WeightedShardSampler
+
+    weights = np.array([1.0] * 90 + [9.0] * 10)  # class 1 is rare: 10 items carrying half the weight
+    shards = [list(WeightedShardSampler(weights, rank, 3, seed=7)) for rank in range(3)]
+    assert [len(s) for s in shards] == [34, 34, 34]  # ceil(100 / 3) each, as DistributedSampler pads
+    generator = torch.Generator().manual_seed(7)
+    single = torch.multinomial(torch.as_tensor(weights), 102, replacement=True, generator=generator)
+    interleaved = [shards[i % 3][i // 3] for i in range(102)]
+    assert interleaved == single.tolist()
+    rare = sum(i >= 90 for s in shards for i in s) / 102
+    assert 0.35 < rare < 0.65
+    assert list(WeightedShardSampler(weights, 1, 3, seed=8)) != shards[1]  # a new epoch seed draws anew

@@ -60,3 +60,20 @@ def test_bad_recipe_key_is_one_line(tmp_path):
     args = ["train", "--recipe", "dr-grading", "--data", str(tmp_path), "--out", str(tmp_path / "r")]
     result = runner.invoke(app, [*args, "--set", "train.epoch=2"])
     assert result.exit_code == 1 and "did you mean 'epochs'" in result.output
+
+
+@pytest.mark.slow
+def test_nproc_trains_one_model_in_two_processes(tmp_path):
+    """`--nproc 2` runs torchrun (gloo on CPU): class-balanced sampling is sharded, rank 0 alone
+    writes the run, and the validation metrics it logs are those of the whole val split."""
+    root = make_phantom("dr-grading", tmp_path / "fundus", cases=40, seed=4)
+    result = invoke("train", "--recipe", "dr-grading", "--data", root, "--out", tmp_path / "run", "--epochs", 1,
+                    "--nproc", 2, *FAST, "--device", "cpu")  # fmt: skip
+    assert "starting 2 processes" in result.output
+    run = tmp_path / "run"
+    assert {"best.pt", "last.pt", "splits.csv", "recipe.json", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
+    logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    invoke("evaluate", run, "--split", "val", "--bootstrap", 10)
+    report = json.loads((run / "metrics_val.json").read_text())
+    assert report["metrics"]["qwk"]["estimate"] == pytest.approx(logged["val_qwk"], abs=1e-6)
+    assert report["referable"]["auc"]["estimate"] == pytest.approx(logged["val_referable_auc"], abs=1e-6)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,10 +14,12 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from medsight.cli.common import friendly, out, progress_bar
+from medsight.cli.common import friendly, out, progress_bar, state
 from medsight.core.errors import InputError
 from medsight.data import build_manifest
+from medsight.engine import is_main_process, launched_by_torchrun, process_group
 from medsight.engine.classify import train_classifier
+from medsight.engine.distributed import barrier
 from medsight.engine.recipe import builtin_recipes, load_recipe
 from medsight.inference import Classifier
 from medsight.validation import compare_runs, evaluate_run
@@ -25,7 +30,7 @@ def _manifest_for(data: Path, run: Path) -> Path:
     if data.is_file():
         return data
     manifest = build_manifest(data)
-    target = run.with_name(run.name + ".manifest.csv")
+    target = run_manifest(run)
     manifest.save(target)
     out.print(f"read {data} as {manifest.info['dataset']}: {len(manifest)} cases -> {target}")
     return target
@@ -44,6 +49,10 @@ def train_command(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
     ] = False,
+    nproc: Annotated[
+        int,
+        typer.Option("--nproc", min=1, help="Train with N processes (DDP through torchrun): one per GPU, or CPUs."),
+    ] = 1,
 ) -> None:
     """Train a recipe; the run folder gets the config, metrics.jsonl and best/last checkpoints."""
     overrides = list(set_ or [])
@@ -51,15 +60,40 @@ def train_command(
         overrides.append(f"train.epochs={epochs}")
     if device is not None:
         overrides.append(f"train.device={device}")
-    resolved = load_recipe(recipe, overrides)
-    manifest = _manifest_for(data, output)
-    with progress_bar() as progress:
-        result = train_classifier(resolved, manifest, output, resume=resume, progress=progress)
+    resolved = load_recipe(recipe, overrides)  # a bad recipe fails here, before any process starts
+    if nproc > 1 and not launched_by_torchrun():
+        manifest = _manifest_for(data, output)
+        arguments = ["train", "--recipe", recipe, "--data", str(manifest), "--out", str(output)]
+        arguments += [item for override in overrides for item in ("--set", override)]
+        arguments += ["--resume"] if resume else []
+        raise typer.Exit(_torchrun(nproc, arguments))
+    with process_group(resolved.train.device):
+        main = is_main_process()
+        manifest = _manifest_for(data, output) if main else data
+        barrier()  # a data set folder is read into a manifest once, by the first process
+        manifest = manifest if main or data.is_file() else run_manifest(output)
+        with progress_bar(enabled=main) as progress:
+            result = train_classifier(resolved, manifest, output, resume=resume, progress=progress)
+    if not main:
+        return
     out.print(
         f"trained {resolved.name} for {result.epochs_run} epoch(s) -> {result.run_dir} "
         f"(best epoch {result.best_epoch}"
         + (f", {result.best_metric:.4f})" if result.best_metric == result.best_metric else ")")
     )
+
+
+def run_manifest(run: Path) -> Path:
+    """Where ``_manifest_for`` writes the manifest of a data set folder for ``run``."""
+    return run.with_name(run.name + ".manifest.csv")
+
+
+def _torchrun(nproc: int, arguments: list[str]) -> int:
+    """Run ``medsight <arguments>`` in ``nproc`` processes under torchrun; its exit status."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    command += ["-m", "medsight", *(["--debug"] if state["debug"] else []), *arguments]
+    out.print(f"starting {nproc} processes: {shlex.join(command)}")
+    return subprocess.run(command, check=False).returncode
 
 
 def _ci(value: dict[str, float]) -> str:

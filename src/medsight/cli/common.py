@@ -51,8 +51,11 @@ def friendly(fn: F) -> F:
 
 
 @contextmanager
-def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
-    """A rich progress bar on stderr (terminal only) fed by the library's progress callbacks."""
+def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar on stderr (terminal only) fed by the library's progress callbacks.
+
+    ``enabled=False`` (e.g. every process but the first under torchrun) shows nothing.
+    """
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -60,7 +63,7 @@ def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
         TimeRemainingColumn(),
         console=err,
         transient=True,
-        disable=not err.is_terminal,
+        disable=not (enabled and err.is_terminal),
         auto_refresh=False,  # no refresh thread: phantom generation forks worker processes
     )
     tasks: dict[str, TaskID] = {}

@@ -1,7 +1,7 @@
 """Training engine: the loop, run directories, and multi-process helpers."""
 
 from medsight.engine.config import EarlyStopping, TrainConfig, choose_device, choose_precision
-from medsight.engine.distributed import gather, is_main_process, world_size
+from medsight.engine.distributed import gather, is_main_process, launched_by_torchrun, process_group, world_size
 from medsight.engine.loop import TrainResult, seed_everything, train
 from medsight.engine.run import RunDir
 
@@ -14,6 +14,8 @@ __all__ = [
     "choose_precision",
     "gather",
     "is_main_process",
+    "launched_by_torchrun",
+    "process_group",
     "seed_everything",
     "train",
     "world_size",

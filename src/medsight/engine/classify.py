@@ -19,6 +19,7 @@ from medsight.data.dataset import ImageDataset
 from medsight.data.manifest import Manifest
 from medsight.data.splits import assign_splits
 from medsight.engine.config import choose_device, choose_precision
+from medsight.engine.distributed import barrier, gather, rank, world_size
 from medsight.engine.loop import TrainResult, train
 from medsight.engine.recipe import Recipe
 from medsight.models import build_model, load_pretrained, registered_models
@@ -135,7 +136,11 @@ def train_classifier(
     """Train ``recipe`` on the manifest's train split, validate on its val split, write ``out``."""
     if recipe.model.name not in registered_models():
         raise ConfigError(f"unknown model {recipe.model.name!r}; models: {', '.join(registered_models())}")
+    if rank() != 0:
+        barrier()  # rank 0 preprocesses the images; the others then open its cache
     data = prepare_data(recipe, manifest_path, cache_dir=cache_dir, seed=recipe.train.seed, progress=progress)
+    if rank() == 0:
+        barrier()
     train_idx, val_idx = data.indices("train"), data.indices("val")
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise InputError(f"need train and val cases; the split has {len(train_idx)} train and {len(val_idx)} val")
@@ -149,13 +154,15 @@ def train_classifier(
     train_set = ImageDataset(
         data.cache, data.targets, train_idx, build_augmentation(recipe.augment, seed=recipe.train.seed)
     )
-    val_set = ImageDataset(data.cache, data.targets, val_idx)
+    val_shard = val_idx[rank() :: world_size()]  # each process scores its share; metrics use them all
+    val_set = ImageDataset(data.cache, data.targets, val_shard)
     device = choose_device(recipe.train.device)
     amp = choose_precision(recipe.train.precision, device)
-    val_targets = torch.from_numpy(data.targets[val_idx])
+    shard_targets = torch.from_numpy(data.targets[val_shard])
 
     def validate(scored: torch.nn.Module) -> dict[str, float]:
-        logits = run_model(scored, val_set, batch_size=recipe.train.batch_size, device=device, amp_dtype=amp)
+        shard_logits = run_model(scored, val_set, batch_size=recipe.train.batch_size, device=device, amp_dtype=amp)
+        logits, val_targets = gather(shard_logits), gather(shard_targets)
         metrics = task.score(task.probabilities(logits), val_targets, referable_grade=recipe.task.referable_grade)
         return {"loss": float(task.loss(logits, val_targets)), **metrics}
 
@@ -172,7 +179,9 @@ def train_classifier(
         progress=progress,
         extra_config={"recipe": recipe.model_dump(), "manifest": str(Path(manifest_path).resolve())},
     )
-    splits = data.manifest.table[["case_id", "patient_id", "split"]]
-    splits.to_csv(out / "splits.csv", index=False)
-    (out / "recipe.json").write_text(json.dumps(recipe.model_dump(), indent=2))
+    if rank() == 0:
+        splits = data.manifest.table[["case_id", "patient_id", "split"]]
+        splits.to_csv(out / "splits.csv", index=False)
+        (out / "recipe.json").write_text(json.dumps(recipe.model_dump(), indent=2))
+    barrier()  # every process returns with the run folder complete
     return result

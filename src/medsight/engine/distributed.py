@@ -2,10 +2,60 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 
-__all__ = ["gather", "is_main_process", "world_size"]
+__all__ = ["barrier", "gather", "is_main_process", "launched_by_torchrun", "process_group", "rank", "world_size"]
+
+log = logging.getLogger(__name__)
+
+
+def launched_by_torchrun() -> bool:
+    """True inside a process that ``torchrun`` started as one of several (WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+@contextmanager
+def process_group(device: str = "auto") -> Iterator[bool]:
+    """Join the process group ``torchrun`` describes in the environment, for the block's duration.
+
+    Yields True when a group was joined (nccl on CUDA, gloo on CPU; each process takes the GPU
+    of its LOCAL_RANK), False in a single process or when a group already exists (the caller
+    owns it). On success the group is torn down behind a barrier, so no rank leaves while
+    another still talks; on an error it is torn down at once and torchrun stops the others.
+    """
+    if not launched_by_torchrun() or (dist.is_available() and dist.is_initialized()):
+        yield False
+        return
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    log.info("process %d of %d joined the %s group", dist.get_rank(), dist.get_world_size(), dist.get_backend())
+    try:
+        yield True
+    except BaseException:
+        # no barrier: the other ranks may be inside a collective; torchrun stops them
+        dist.destroy_process_group()
+        raise
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing without a process group)."""
+    if world_size() > 1:
+        dist.barrier()
 
 
 def world_size() -> int:

@@ -71,12 +71,31 @@ def _seed_worker(worker_id: int) -> None:
         augment.set_random_state(seed)
 
 
+class WeightedShardSampler(torch.utils.data.Sampler[int]):
+    """Class-balanced sampling across processes: every rank draws the same weighted sample of
+    the whole training set (same seed) and keeps its own interleaved shard of it, so the ranks
+    together see one balanced epoch, as a single process would."""
+
+    def __init__(self, weights: np.ndarray, rank: int, world: int, seed: int) -> None:
+        self.weights = torch.as_tensor(np.asarray(weights), dtype=torch.double)
+        self.rank, self.world, self.seed = rank, world, seed
+        self.per_rank = math.ceil(len(self.weights) / world)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed)
+        drawn = torch.multinomial(self.weights, self.per_rank * self.world, replacement=True, generator=generator)
+        return iter(drawn[self.rank :: self.world].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
 def _loader(data: Dataset, config: TrainConfig, weights: np.ndarray | None, epoch_seed: int) -> DataLoader:
     distributed = dist.is_available() and dist.is_initialized()
     sampler = None
-    if distributed:
-        if weights is not None:
-            raise ConfigError("class-balanced sampling is not supported with several processes; use loss weights")
+    if distributed and weights is not None:
+        sampler = WeightedShardSampler(weights, dist.get_rank(), dist.get_world_size(), epoch_seed)
+    elif distributed:
         sampler = DistributedSampler(data, shuffle=True, seed=epoch_seed, drop_last=False)
     elif weights is not None:
         generator = torch.Generator().manual_seed(epoch_seed)
