@@ -48,12 +48,14 @@ def test_grading_train_evaluate_predict_compare(tmp_path):
 @pytest.mark.slow
 def test_mammography_scores_are_fused_to_breast_and_exam(tmp_path):
     root = make_phantom("mammo-screening", tmp_path / "mg", cases=12, seed=2)
-    invoke("train", "--recipe", "mammo-screening", "--data", root, "--out", tmp_path / "run", "--epochs", 1, *FAST)
+    invoke("train", "--recipe", "mammo-screening", "--data", root, "--out", tmp_path / "run", "--epochs", 1, *FAST,
+           "--set", "task.fusion=attention")  # fmt: skip
     assert (tmp_path / "run.manifest.csv").is_file()  # a data folder was read into a manifest first
     invoke("evaluate", tmp_path / "run", "--bootstrap", 20)
     report = json.loads((tmp_path / "run" / "metrics_test.json").read_text())
     assert report["fused"]["exam"]["count"] * 4 == report["cases"]
     assert report["fused"]["breast"]["count"] * 2 == report["cases"]
+    assert report["fusion"]["method"] == "attention" and report["fusion"]["temperature"] > 0  # fitted on val
 
 
 def test_bad_recipe_key_is_one_line(tmp_path):

@@ -8,9 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from medsight.core import ConfigError
+from medsight.core import ConfigError, InputError
 from medsight.metrics import quadratic_weighted_kappa
-from medsight.tasks import ClassificationTask, corn_class_probabilities, corn_loss, fuse_views
+from medsight.tasks import (
+    ClassificationTask,
+    attention_pool,
+    corn_class_probabilities,
+    corn_loss,
+    fit_attention_temperature,
+    fuse_views,
+)
 
 
 def _corn_reference(logits, y):
@@ -115,3 +122,45 @@ def test_view_fusion_to_breast_and_exam():
     assert mean_breasts["score"].round(3).tolist() == [0.2, 0.7, 0.2, 0.075]
     with pytest.raises(ConfigError, match="columns \\['study_id'\\] are missing"):
         fuse_views(table.drop(columns="study_id"), "score")
+
+
+def test_attention_pool_is_a_softmax_over_view_logits():
+    from scipy.special import logit, softmax
+
+    scores = np.array([0.05, 0.6, 0.3])
+    for t in (0.1, 1.0, 7.0):
+        assert attention_pool(scores, t) == pytest.approx(float(softmax(logit(scores) / t) @ scores))
+    assert attention_pool(scores, 0.01) == pytest.approx(0.6, abs=1e-3)  # tends to the max
+    assert attention_pool(scores, 1e4) == pytest.approx(scores.mean(), abs=1e-3)  # and to the mean
+    with pytest.raises(ConfigError, match="temperature must be > 0"):
+        attention_pool(scores, 0.0)
+
+
+def _views(rng, n_breasts, positive_views):
+    """Two views per breast; a malignant breast shows its finding in ``positive_views`` of them."""
+    rows = []
+    for b in range(n_breasts):
+        malignant = b % 3 == 0
+        for v in range(2):
+            seen = malignant and v < positive_views
+            score = rng.beta(8, 2) if seen else rng.beta(2, 8)
+            rows.append({"study_id": f"s{b // 2}", "laterality": "LR"[b % 2], "prob": score, "target": int(malignant)})
+    return pd.DataFrame(rows)
+
+
+def test_attention_fusion_and_its_fitted_temperature():
+    rng = np.random.default_rng(0)
+    table = _views(rng, 60, positive_views=1)  # a finding seen in one view only: max beats the mean
+    t = 0.7
+    breasts, exams = fuse_views(table, "prob", method="attention", temperature=t, target="target")
+    expected = table.groupby(["study_id", "laterality"])["prob"].apply(lambda s: attention_pool(s.to_numpy(), t))
+    np.testing.assert_allclose(breasts["prob"].to_numpy(), expected.to_numpy())
+    assert exams["prob"].tolist() == breasts.groupby("study_id")["prob"].max().tolist()
+    one_view = fit_attention_temperature(table, "prob", "target")
+    both_views = fit_attention_temperature(_views(rng, 60, positive_views=2), "prob", "target")
+    assert one_view < 1.0 < both_views  # towards max when one view shows it, towards the mean when both do
+    assert fit_attention_temperature(table.assign(target=0), "prob", "target") == 1.0
+    with pytest.raises(InputError, match="1 view\\(s\\) have no prob"):
+        fuse_views(table.assign(prob=[np.nan] + [0.5] * (len(table) - 1)), "prob")
+    with pytest.raises(ConfigError, match="'max', 'mean' or 'attention'"):
+        fuse_views(table, "prob", method="median")

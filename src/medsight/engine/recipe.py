@@ -26,7 +26,7 @@ class TaskSpec(BaseModel):
     classes: list[str]
     target: str = "target"  # multilabel tasks read target_<class> columns instead
     referable_grade: int | None = None  # ordinal: report P(grade >= this) as a binary score
-    fusion: Literal["max", "mean"] | None = None  # binary per-view scores fused to breast and exam
+    fusion: Literal["max", "mean", "attention"] | None = None  # binary per-view scores fused to breast and exam
 
 
 class ModelChoice(BaseModel):

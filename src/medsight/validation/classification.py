@@ -33,7 +33,7 @@ from medsight.metrics import (
     threshold_for_specificity,
     threshold_youden,
 )
-from medsight.tasks import fuse_views
+from medsight.tasks import fit_attention_temperature, fuse_views
 
 __all__ = ["compare_runs", "evaluate_run", "predictions_of"]
 
@@ -152,7 +152,7 @@ def evaluate_run(
         test_scores = (test[target].to_numpy(int), test["prob"].to_numpy())
         report["metrics"] = _binary_report(val_scores, test_scores, groups, points, n)
         if recipe["task"].get("fusion"):
-            report["fused"] = _fused(test, target, recipe["task"]["fusion"], n)
+            report["fused"], report["fusion"] = _fused(val, test, target, recipe["task"]["fusion"], n)
     elif kind == "ordinal":
         report.update(_ordinal_report(val, test, recipe, groups, points, n))
     elif kind == "multilabel":
@@ -224,17 +224,24 @@ def _macro_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def _fused(test: pd.DataFrame, target: str, method: str, n: int) -> dict[str, Any]:
+def _fused(
+    val: pd.DataFrame, test: pd.DataFrame, target: str, method: str, n: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Breast- and exam-level AUCs, and how the views were fused (method, fitted temperature)."""
     needed = {"study_id", "laterality"}
     if not needed <= set(test.columns):
         log.warning("no study_id/laterality columns: view fusion skipped")
-        return {}
-    breasts, exams = fuse_views(test, "prob", method=method, target=target)  # type: ignore[arg-type]
+        return {}, {"method": method}
+    fitted: dict[str, Any] = {}
+    if method == "attention":  # the temperature is chosen on the validation split, never on test
+        fitted["temperature"] = fit_attention_temperature(val, "prob", target)
+    breasts, exams = fuse_views(test, "prob", method=method, target=target, **fitted)  # type: ignore[arg-type]
     breast_auc = bootstrap_ci(
         roc_auc, breasts[target].to_numpy(int), breasts["prob"].to_numpy(), groups=breasts["study_id"], n_resamples=n
     )
     exam_auc = bootstrap_ci(roc_auc, exams[target].to_numpy(int), exams["prob"].to_numpy(), n_resamples=n)
-    return {"breast": {"auc": breast_auc, "count": len(breasts)}, "exam": {"auc": exam_auc, "count": len(exams)}}
+    fused = {"breast": {"auc": breast_auc, "count": len(breasts)}, "exam": {"auc": exam_auc, "count": len(exams)}}
+    return fused, {"method": method, **fitted}
 
 
 def _headline_scores(table: pd.DataFrame, recipe: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
