@@ -175,3 +175,19 @@ def test_weighted_shards_together_are_one_balanced_draw():
     rare = sum(i >= 90 for s in shards for i in s) / 102
     assert 0.35 < rare < 0.65
     assert list(WeightedShardSampler(weights, 1, 3, seed=8)) != shards[1]  # a new epoch seed draws anew
+
+
+def test_tensorboard_gets_every_epoch_figure(tmp_path):
+    accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator", reason="pip install tensorboard (in the dev extra)"
+    )
+    train(_model(), _loss, _problem(), config=_config(epochs=3, tensorboard=True), run_dir=tmp_path / "run",
+          validate=_val(_problem(n=32, seed=1)))  # fmt: skip
+    events = accumulator.EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"train_loss", "val_loss", "val_accuracy", "lr"} <= set(events.Tags()["scalars"])
+    for name in ("train_loss", "val_accuracy"):
+        points = events.Scalars(name)
+        assert [p.step for p in points] == [1, 2, 3]
+        np.testing.assert_allclose([p.value for p in points], [r[name] for r in logged], rtol=1e-6)
