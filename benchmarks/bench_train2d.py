@@ -1,12 +1,14 @@
 """Training throughput: medsight's engine vs a plain PyTorch loop on the same model and batches.
 
-Both loops train a ResNet-18 on the same cached, augmented phantom fundus images (same
-dataset object, batch size, optimizer, loss and numeric mode). Printed: images/s of each and
-their ratio (target >= 0.95), the share of step time the engine spent waiting for data
-(target <= 10 %), and fp32 vs the engine's default numeric mode (speed and the change in
-validation metrics after the same number of epochs).
+Both loops train a ResNet-18 on the same cached phantom fundus images with the same batch
+augmentation (same dataset object, batch size, optimizer, loss and numeric mode). Printed:
+images/s of each and their ratio (target >= 0.95), the share of step time the engine spent
+waiting for data (target <= 10 %) and augmenting, the same for per-image MONAI augmentation
+in the DataLoader, and fp32 vs the engine's default numeric mode (speed, and validation
+metrics after the same number of epochs for a few seeds, to set the change against the
+seed-to-seed spread).
 
-    python benchmarks/bench_train2d.py [--cases 200] [--size 128] [--epochs 3]
+    python benchmarks/bench_train2d.py [--cases 400] [--size 128] [--epochs 3] [--accuracy-epochs 15]
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ from medsight.engine import TrainConfig, choose_precision, train
 from medsight.models import build_model
 from medsight.models.predict import run_model
 from medsight.tasks import ClassificationTask
+from medsight.transforms.batch2d import BatchAugmenter
 from medsight.transforms.image2d import Augment2D, Preprocess2D, build_augmentation
 
 TASK = ClassificationTask("ordinal", ("0", "1", "2", "3", "4"))
 
 
-def plain_loop(model, data, *, epochs, batch_size, lr, amp_dtype, channels_last):
+def plain_loop(model, data, *, epochs, batch_size, lr, amp_dtype, channels_last, augment=None):
     """The loop a user would write by hand: AdamW, autocast, backward, step."""
     torch.manual_seed(0)
     if channels_last:
@@ -47,6 +50,9 @@ def plain_loop(model, data, *, epochs, batch_size, lr, amp_dtype, channels_last)
     model.train()
     for _ in range(epochs):
         for x, y in loader:
+            if augment is not None:
+                with torch.no_grad():
+                    x = augment(x)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=amp_dtype) if amp_dtype else nullcontext():
@@ -59,19 +65,21 @@ def plain_loop(model, data, *, epochs, batch_size, lr, amp_dtype, channels_last)
     return seen / (time.perf_counter() - start)
 
 
-def engine_run(model, data, folder, *, epochs, batch_size, lr, precision, validate=None):
+def engine_run(model, data, folder, *, epochs, batch_size, lr, precision, validate=None, augment=None):
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, precision=precision, clip_grad_norm=None,
                          warmup_epochs=0, schedule="constant")  # fmt: skip
-    train(model, TASK.loss, data, config=config, run_dir=folder, validate=validate)
+    train(model, TASK.loss, data, config=config, run_dir=folder, validate=validate, augment_batch=augment)
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     return records
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", type=int, default=200)
+    parser.add_argument("--cases", type=int, default=400)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the speed runs")
+    parser.add_argument("--accuracy-epochs", type=int, default=15, help="epochs of the fp32 vs default runs")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds of the fp32 vs default runs")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -83,7 +91,9 @@ def main() -> None:
         targets = manifest.table["target"].to_numpy(np.float32)
         train_idx = np.flatnonzero(manifest.table["split"] == "train")
         val_idx = np.flatnonzero(manifest.table["split"] != "train")
-        data = ImageDataset(cache, targets, train_idx, build_augmentation(Augment2D(), seed=0))
+        data = ImageDataset(cache, targets, train_idx)  # augmented per batch by both loops
+        augment = BatchAugmenter(Augment2D())
+        per_item = ImageDataset(cache, targets, train_idx, build_augmentation(Augment2D(), seed=0))
         val = ImageDataset(cache, targets, val_idx)
         default = choose_precision("auto", torch.device("cpu"))
         mode = "bf16 + channels-last" if default is not None else "fp32"
@@ -93,15 +103,24 @@ def main() -> None:
         lr = 1e-3
         torch.manual_seed(0)
         plain = plain_loop(build_model("resnet18", num_outputs=4), data, epochs=args.epochs, batch_size=args.batch_size,
-                           lr=lr, amp_dtype=default, channels_last=default is not None)  # fmt: skip
+                           lr=lr, amp_dtype=default, channels_last=default is not None, augment=augment)  # fmt: skip
         torch.manual_seed(0)
         records = engine_run(build_model("resnet18", num_outputs=4), data, tmp / "engine", epochs=args.epochs,
-                             batch_size=args.batch_size, lr=lr, precision="auto")  # fmt: skip
+                             batch_size=args.batch_size, lr=lr, precision="auto", augment=augment)  # fmt: skip
         engine = float(np.mean([r["images_per_second"] for r in records]))
         wait = float(np.mean([r["data_wait_share"] for r in records]))
+        aug_share = float(np.mean([r["augment_share"] for r in records]))
         print(f"plain PyTorch loop: {plain:.1f} img/s; medsight engine: {engine:.1f} img/s; "
               f"ratio {engine / plain:.2f} (target >= 0.95)")  # fmt: skip
-        print(f"engine time waiting for data: {wait:.1%} of each epoch (target <= 10 %)")
+        print(f"engine time waiting for data: {wait:.1%} of each epoch (target <= 10 %); "
+              f"batch augmentation: {aug_share:.1%}")  # fmt: skip
+        torch.manual_seed(0)
+        item_records = engine_run(build_model("resnet18", num_outputs=4), per_item, tmp / "item", epochs=args.epochs,
+                                  batch_size=args.batch_size, lr=lr, precision="auto")  # fmt: skip
+        item_speed = float(np.mean([r["images_per_second"] for r in item_records]))
+        item_wait = float(np.mean([r["data_wait_share"] for r in item_records]))
+        print(f"per-image MONAI augmentation in the DataLoader instead: {item_speed:.1f} img/s, "
+              f"waiting for data {item_wait:.1%}")  # fmt: skip
 
         y_val = torch.from_numpy(targets[val_idx])
 
@@ -109,21 +128,26 @@ def main() -> None:
             probs = TASK.probabilities(run_model(model, val, batch_size=64))
             return TASK.score(probs, y_val, referable_grade=2)
 
-        results = {}
-        for precision in ("fp32", "auto"):
-            torch.manual_seed(0)
-            recs = engine_run(build_model("resnet18", num_outputs=4), data, tmp / f"acc_{precision}",
-                              epochs=args.epochs, batch_size=args.batch_size, lr=lr, precision=precision,
-                              validate=validate)  # fmt: skip
-            results[precision] = (float(np.mean([r["images_per_second"] for r in recs])), recs[-1])
-        (fp32_speed, fp32_last), (auto_speed, auto_last) = results["fp32"], results["auto"]
-        print(f"fp32: {fp32_speed:.1f} img/s, val QWK {fp32_last['val_qwk']:.3f}, referable AUC "
-              f"{fp32_last['val_referable_auc']:.3f}")  # fmt: skip
-        print(f"{mode}: {auto_speed:.1f} img/s ({auto_speed / fp32_speed:.2f}x), val QWK {auto_last['val_qwk']:.3f}, "
-              f"referable AUC {auto_last['val_referable_auc']:.3f}")  # fmt: skip
-        change = auto_last["val_referable_auc"] - fp32_last["val_referable_auc"]
-        print(f"RESULT engine/plain {engine / plain:.2f}; data wait {wait:.1%}; default/fp32 speed "
-              f"{auto_speed / fp32_speed:.2f}x; referable AUC change {change:+.3f}")  # fmt: skip
+        results: dict[str, list] = {"fp32": [], "auto": []}
+        for seed in range(args.seeds):
+            for precision in ("fp32", "auto"):
+                torch.manual_seed(seed)
+                recs = engine_run(build_model("resnet18", num_outputs=4), data, tmp / f"acc_{precision}_{seed}",
+                                  epochs=args.accuracy_epochs, batch_size=args.batch_size, lr=lr, precision=precision,
+                                  validate=validate, augment=augment)  # fmt: skip
+                results[precision].append((float(np.mean([r["images_per_second"] for r in recs])), recs[-1]))
+        speed = {k: float(np.mean([r[0] for r in v])) for k, v in results.items()}
+        for precision, label in (("fp32", "fp32"), ("auto", mode)):
+            figures = ", ".join(f"seed {i}: QWK {r['val_qwk']:.3f} referable AUC {r['val_referable_auc']:.3f}"
+                                for i, (_, r) in enumerate(results[precision]))  # fmt: skip
+            print(f"{label}: {speed[precision]:.1f} img/s; after {args.accuracy_epochs} epochs {figures}")
+        change = np.mean([a[1]["val_referable_auc"] - f[1]["val_referable_auc"]
+                          for a, f in zip(results["auto"], results["fp32"], strict=True)])  # fmt: skip
+        spread = np.std([r[1]["val_referable_auc"] for r in results["fp32"]])
+        print(f"RESULT engine/plain {engine / plain:.2f}; data wait {wait:.1%} (per-image MONAI {item_wait:.1%}); "
+              f"batch vs per-image speed {engine / item_speed:.2f}x; default/fp32 speed "
+              f"{speed['auto'] / speed['fp32']:.2f}x; referable AUC change {change:+.3f} "
+              f"(fp32 seed-to-seed sd {spread:.3f})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -191,3 +191,20 @@ def test_tensorboard_gets_every_epoch_figure(tmp_path):
         points = events.Scalars(name)
         assert [p.step for p in points] == [1, 2, 3]
         np.testing.assert_allclose([p.value for p in points], [r[name] for r in logged], rtol=1e-6)
+
+
+def test_batch_augmentation_runs_on_every_training_batch_only(tmp_path):
+    seen = []
+
+    def augment(x):
+        seen.append(x.shape[0])
+        return x
+
+    data = _problem(n=40)
+    scored = []
+    config = _config(epochs=2, batch_size=16)
+    train(_model(), _loss, data, config=config, run_dir=tmp_path / "run", augment_batch=augment,
+          validate=lambda m: scored.append(1) or {"x": 0.0})  # fmt: skip
+    assert seen == [16, 16, 8] * 2 and len(scored) == 2
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["augment_share"] < 1 for r in records)

@@ -25,6 +25,7 @@ from medsight.engine.recipe import Recipe
 from medsight.models import build_model, load_pretrained, registered_models
 from medsight.models.predict import run_model
 from medsight.tasks import ClassificationTask
+from medsight.transforms.batch2d import BatchAugmenter
 from medsight.transforms.image2d import build_augmentation
 
 __all__ = ["PreparedData", "prepare_data", "targets_of", "task_of", "train_classifier"]
@@ -151,9 +152,9 @@ def train_classifier(
     )
     if recipe.model.pretrained:
         load_pretrained(model, recipe.model.pretrained, registered_models()[recipe.model.name])
-    train_set = ImageDataset(
-        data.cache, data.targets, train_idx, build_augmentation(recipe.augment, seed=recipe.train.seed)
-    )
+    per_item = recipe.augment.mode == "item"
+    augment = build_augmentation(recipe.augment, seed=recipe.train.seed) if per_item else None
+    train_set = ImageDataset(data.cache, data.targets, train_idx, augment)
     val_shard = val_idx[rank() :: world_size()]  # each process scores its share; metrics use them all
     val_set = ImageDataset(data.cache, data.targets, val_shard)
     device = choose_device(recipe.train.device)
@@ -175,6 +176,7 @@ def train_classifier(
         run_dir=out,
         validate=validate,
         sample_weights=sample_weights,
+        augment_batch=None if per_item else BatchAugmenter(recipe.augment),
         resume=resume,
         progress=progress,
         extra_config={"recipe": recipe.model_dump(), "manifest": str(Path(manifest_path).resolve())},

@@ -200,6 +200,7 @@ def train(
     run_dir: str | Path,
     validate: Validate | None = None,
     sample_weights: np.ndarray | None = None,
+    augment_batch: Callable[[torch.Tensor], torch.Tensor] | None = None,
     resume: bool = False,
     progress: Progress | None = None,
     extra_config: dict | None = None,
@@ -215,6 +216,9 @@ def train(
         validate: Called after every epoch with the model to score (the EMA model when
             EMA is on); returns validation metrics, e.g. ``{"loss": .., "auc": ..}``.
         sample_weights: Per-item sampling weights for class-balanced batches.
+        augment_batch: Random augmentation of each training batch, applied on the device
+            (e.g. :class:`~medsight.transforms.batch2d.BatchAugmenter`); its share of the
+            epoch is logged as ``augment_share``.
         resume: Continue from ``run_dir/last.pt`` exactly where it stopped.
         progress: ``progress(stage, done, total)`` after every step.
         extra_config: More facts to record in ``config.json`` (recipe, model, task...).
@@ -253,12 +257,17 @@ def train(
         if isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(epoch)
         wrapped.train()
-        started, waited, seen, total_loss, batches = time.perf_counter(), 0.0, 0, 0.0, 0
+        started, waited, augmented, seen, total_loss, batches = time.perf_counter(), 0.0, 0.0, 0, 0.0, 0
         optimizer.zero_grad(set_to_none=True)
         fetch = time.perf_counter()
         for step, (inputs, targets) in enumerate(loader, start=1):
             waited += time.perf_counter() - fetch
             inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            if augment_batch is not None:
+                augmenting = time.perf_counter()
+                with torch.no_grad():
+                    inputs = augment_batch(inputs)
+                augmented += time.perf_counter() - augmenting
             if channels_last and inputs.ndim == 4:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
@@ -290,6 +299,7 @@ def train(
             "seconds": round(seconds, 3),
             "images_per_second": round(seen * (dist.get_world_size() if distributed else 1) / max(seconds, 1e-9), 2),
             "data_wait_share": round(waited / max(seconds, 1e-9), 4),
+            "augment_share": round(augmented / max(seconds, 1e-9), 4),
         }
         scored = ema.module if ema is not None else model
         if validate is not None:

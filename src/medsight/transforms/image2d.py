@@ -52,9 +52,15 @@ class Preprocess2D(BaseModel):
 
 
 class Augment2D(BaseModel):
-    """Probabilities and ranges of the random augmentations (0 switches one off)."""
+    """Probabilities and ranges of the random augmentations (0 switches one off).
+
+    ``mode``: ``batch`` augments whole batches at once on the training device
+    (:class:`~medsight.transforms.batch2d.BatchAugmenter`, the fast default); ``item``
+    augments each image in the DataLoader with MONAI transforms (:func:`build_augmentation`).
+    """
 
     model_config = ConfigDict(extra="forbid")
+    mode: Literal["batch", "item"] = "batch"
     flip: float = Field(0.5, ge=0, le=1)
     rotate_degrees: float = Field(15.0, ge=0, le=180)
     rotate: float = Field(0.5, ge=0, le=1)

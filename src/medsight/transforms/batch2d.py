@@ -1,0 +1,151 @@
+"""Random 2D augmentation of a whole batch at once, on the batch's device.
+
+The same transforms as :class:`~medsight.transforms.image2d.Augment2D` describes, but every
+operation runs once per batch (one ``grid_sample`` for all flips-free geometric changes, one
+grouped convolution for all blurs) instead of once per image. On a CPU that takes the
+augmentation out of the input pipeline's critical path (a batch of 32 at 128 px costs a few
+milliseconds instead of tens); on a GPU it runs beside the network and frees the CPU.
+
+Random parameters are drawn from torch's global CPU generator (in a fixed order, whatever
+the device), so a seeded run is reproducible and ``--resume`` continues the same stream.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
+
+from medsight.core.errors import InputError
+from medsight.transforms.image2d import Augment2D
+
+__all__ = ["BatchAugmenter", "gaussian_blur", "warp"]
+
+# fixed ranges, as in the per-image MONAI pipeline (build_augmentation)
+BRIGHTNESS = 0.15  # intensity scaled by 1 +- this
+GAMMA = (0.8, 1.25)
+BLUR_SIGMA = (0.25, 1.0)  # pixels, drawn separately along y and x
+NOISE_STD = 0.02  # the standard deviation is drawn from [0, this]
+ELASTIC_SPACING = 32  # pixels between the control points of the elastic deformation
+ELASTIC_MAGNITUDE = (1.0, 2.0)  # control points move by up to this many pixels
+
+
+def warp(
+    images: torch.Tensor,
+    angle: torch.Tensor,
+    zoom: torch.Tensor,
+    displacement: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Rotate (radians, clockwise as displayed with row 0 on top) and zoom (> 1 enlarges) each image about
+    its centre, plus an optional per-pixel ``displacement`` ``(B, 2, H, W)`` in pixels (x, y).
+
+    Bilinear interpolation; outside the image is 0.
+    """
+    b, _, h, w = images.shape
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    zero = torch.zeros_like(cos)
+    # output pixel -> input pixel, in grid_sample's normalised coordinates (aspect-corrected)
+    theta = torch.stack([torch.stack([cos, sin * h / w, zero], 1), torch.stack([-sin * w / h, cos, zero], 1)], 1).to(
+        images.device, images.dtype
+    )
+    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    if displacement is not None:
+        scale = torch.tensor([2.0 / w, 2.0 / h], device=images.device, dtype=images.dtype)
+        grid = grid + displacement.permute(0, 2, 3, 1) * scale
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def gaussian_blur(images: torch.Tensor, sigma_y: torch.Tensor, sigma_x: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with its own sigmas (pixels) per image; borders reflected.
+
+    Kernels are truncated at 3 sigma of the largest sigma in the batch.
+    """
+    b, c, h, w = images.shape
+    radius = max(1, math.ceil(3 * float(torch.maximum(sigma_y, sigma_x).max())))
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+
+    def kernels(sigma: torch.Tensor) -> torch.Tensor:
+        k = torch.exp(-0.5 * (offsets[None] / sigma.to(images.device, images.dtype)[:, None]) ** 2)
+        return (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, K)
+
+    x = images.reshape(1, b * c, h, w)
+    x = F.pad(x, (0, 0, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernels(sigma_y)[:, None, :, None], groups=b * c)
+    x = F.pad(x, (radius, radius, 0, 0), mode="reflect")
+    x = F.conv2d(x, kernels(sigma_x)[:, None, None, :], groups=b * c)
+    return x.reshape(b, c, h, w)
+
+
+class BatchAugmenter:
+    """Augment ``(B, C, H, W)`` float images in [0, 1] as :class:`Augment2D` describes.
+
+    Each image independently: horizontal flip; rotation and zoom in one resampling (elastic
+    deformation added to it when it fires); intensity scaling; gamma (contrast); Gaussian
+    blur; Gaussian noise. The result is clipped to [0, 1].
+    """
+
+    def __init__(self, spec: Augment2D) -> None:
+        self.spec = spec
+
+    def __repr__(self) -> str:
+        return f"BatchAugmenter({self.spec!r})"
+
+    @staticmethod
+    def _fires(p: float, n: int) -> torch.Tensor:
+        return torch.rand(n) < p
+
+    @staticmethod
+    def _uniform(low: float, high: float, n: int) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or not images.is_floating_point():
+            raise InputError(
+                f"batch augmentation takes float (B, C, H, W) images in [0, 1]; got {tuple(images.shape)} "
+                f"{images.dtype}"
+            )
+        spec, n = self.spec, images.shape[0]
+        if n == 0:
+            return images
+        h, w = images.shape[-2:]
+        # every random number is drawn here, in this order, whether or not its transform fires
+        flip = self._fires(spec.flip, n)
+        rotating, angle = self._fires(spec.rotate, n), self._uniform(-1.0, 1.0, n) * math.radians(spec.rotate_degrees)
+        zooming, zoom = self._fires(spec.zoom, n), self._uniform(*spec.zoom_range, n)
+        bending, magnitude = self._fires(spec.elastic, n), self._uniform(*ELASTIC_MAGNITUDE, n)
+        control = torch.rand(n, 2, math.ceil(h / ELASTIC_SPACING) + 1, math.ceil(w / ELASTIC_SPACING) + 1) * 2 - 1
+        scaling, factor = self._fires(spec.brightness_contrast, n), 1 + self._uniform(-BRIGHTNESS, BRIGHTNESS, n)
+        contrasting, gamma = self._fires(spec.gamma, n), self._uniform(*GAMMA, n)
+        blurring, sigma_y, sigma_x = (self._fires(spec.blur, n), self._uniform(*BLUR_SIGMA, n),
+                                      self._uniform(*BLUR_SIGMA, n))  # fmt: skip
+        noisy, std = self._fires(spec.noise, n), self._uniform(0.0, NOISE_STD, n)
+
+        out = torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
+        moved = (rotating | zooming | bending).nonzero().reshape(-1)
+        if len(moved):
+            displacement = None
+            if bending.any():
+                field = control[moved] * (magnitude[moved] * bending[moved])[:, None, None, None]
+                displacement = F.interpolate(
+                    field.to(images.device, images.dtype), size=(h, w), mode="bicubic", align_corners=True
+                )
+            a = torch.where(rotating, angle, 0.0)[moved]
+            z = torch.where(zooming, zoom, 1.0)[moved]
+            out[moved.to(images.device)] = warp(out[moved.to(images.device)], a, z, displacement)
+        out = out * torch.where(scaling, factor, 1.0).to(images.device, images.dtype)[:, None, None, None]
+        if contrasting.any():
+            index = contrasting.nonzero().reshape(-1).to(images.device)
+            part = out[index]
+            low = part.amin(dim=(1, 2, 3), keepdim=True)
+            span = part.amax(dim=(1, 2, 3), keepdim=True) - low
+            g = gamma[contrasting].to(images.device, images.dtype)[:, None, None, None]
+            out[index] = ((part - low) / (span + 1e-7)).clamp_(0, 1) ** g * span + low
+        if blurring.any():
+            index = blurring.nonzero().reshape(-1).to(images.device)
+            out[index] = gaussian_blur(out[index], sigma_y[blurring], sigma_x[blurring])
+        if noisy.any():
+            index = noisy.nonzero().reshape(-1)
+            noise = torch.randn(len(index), *images.shape[1:]) * std[index][:, None, None, None]
+            out[index.to(images.device)] += noise.to(images.device, images.dtype)
+        return out.clamp_(0.0, 1.0)
