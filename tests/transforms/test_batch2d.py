@@ -52,6 +52,10 @@ def test_warp_by_a_quarter_turn_is_rot90_and_displacement_shifts():
     shift[:, 0] = 1.0  # every output pixel reads one pixel to its right
     moved = warp(image, torch.zeros(2), torch.ones(2), shift)
     torch.testing.assert_close(moved[..., :-1], image[..., 1:], atol=1e-5, rtol=0)
+    angle, zoom = torch.tensor([0.3, 0.3]), torch.tensor([1.2, 1.2])
+    mirrored = warp(image, angle, zoom, flip=torch.tensor([True, False]))  # flip folded into the resampling
+    torch.testing.assert_close(mirrored[0], warp(image.flip(-1), angle, zoom)[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(mirrored[1], warp(image, angle, zoom)[1], atol=1e-5, rtol=0)
 
 
 def test_blur_matches_scipy_with_its_own_sigmas_per_image():

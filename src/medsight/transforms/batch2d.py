@@ -36,19 +36,21 @@ def warp(
     angle: torch.Tensor,
     zoom: torch.Tensor,
     displacement: torch.Tensor | None = None,
+    flip: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Rotate (radians, clockwise as displayed with row 0 on top) and zoom (> 1 enlarges) each image about
-    its centre, plus an optional per-pixel ``displacement`` ``(B, 2, H, W)`` in pixels (x, y).
+    """Rotate (radians, clockwise as displayed with row 0 on top) and zoom (> 1 enlarges) each
+    image about its centre, plus an optional per-pixel ``displacement`` ``(B, 2, H, W)`` in
+    pixels (x, y); images whose ``flip`` is True are mirrored left-right first (same resampling).
 
     Bilinear interpolation; outside the image is 0.
     """
     b, _, h, w = images.shape
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     zero = torch.zeros_like(cos)
+    mirror = 1.0 - 2.0 * flip.float() if flip is not None else torch.ones_like(cos)
     # output pixel -> input pixel, in grid_sample's normalised coordinates (aspect-corrected)
-    theta = torch.stack([torch.stack([cos, sin * h / w, zero], 1), torch.stack([-sin * w / h, cos, zero], 1)], 1).to(
-        images.device, images.dtype
-    )
+    rows = [torch.stack([cos * mirror, sin * h / w * mirror, zero], 1), torch.stack([-sin * w / h, cos, zero], 1)]
+    theta = torch.stack(rows, 1).to(images.device, images.dtype)
     grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
     if displacement is not None:
         scale = torch.tensor([2.0 / w, 2.0 / h], device=images.device, dtype=images.dtype)
@@ -57,24 +59,28 @@ def warp(
 
 
 def gaussian_blur(images: torch.Tensor, sigma_y: torch.Tensor, sigma_x: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with its own sigmas (pixels) per image; borders reflected.
+    """Separable Gaussian blur with its own sigmas (pixels) per image; borders mirrored.
 
-    Kernels are truncated at 3 sigma of the largest sigma in the batch.
+    Kernels are truncated at 3 sigma of the largest sigma in the batch; each pass is a sum of
+    shifted copies weighted per image (cheaper than a grouped convolution for so few taps).
     """
-    b, c, h, w = images.shape
     radius = max(1, math.ceil(3 * float(torch.maximum(sigma_y, sigma_x).max())))
-    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
 
-    def kernels(sigma: torch.Tensor) -> torch.Tensor:
-        k = torch.exp(-0.5 * (offsets[None] / sigma.to(images.device, images.dtype)[:, None]) ** 2)
-        return (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, K)
+    def weights(sigma: torch.Tensor) -> torch.Tensor:
+        k = torch.exp(-0.5 * (offsets[None] / sigma.double()[:, None]) ** 2)
+        return (k / k.sum(1, keepdim=True)).to(images.device, images.dtype)[:, :, None, None, None]  # (B, K, 1, 1, 1)
 
-    x = images.reshape(1, b * c, h, w)
-    x = F.pad(x, (0, 0, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernels(sigma_y)[:, None, :, None], groups=b * c)
-    x = F.pad(x, (radius, radius, 0, 0), mode="reflect")
-    x = F.conv2d(x, kernels(sigma_x)[:, None, None, :], groups=b * c)
-    return x.reshape(b, c, h, w)
+    def blur(x: torch.Tensor, sigma: torch.Tensor, dim: int) -> torch.Tensor:
+        size = x.shape[dim]
+        padded = F.pad(x, (0, 0, radius, radius) if dim == 2 else (radius, radius, 0, 0), mode="reflect")
+        k = weights(sigma)
+        out = padded.narrow(dim, 0, size) * k[:, 0]
+        for tap in range(1, 2 * radius + 1):
+            out += padded.narrow(dim, tap, size) * k[:, tap]
+        return out
+
+    return blur(blur(images, sigma_y, 2), sigma_x, 3)
 
 
 class BatchAugmenter:
@@ -121,31 +127,39 @@ class BatchAugmenter:
                                       self._uniform(*BLUR_SIGMA, n))  # fmt: skip
         noisy, std = self._fires(spec.noise, n), self._uniform(0.0, NOISE_STD, n)
 
-        out = torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
-        moved = (rotating | zooming | bending).nonzero().reshape(-1)
-        if len(moved):
+        device = images.device
+
+        def where(mask: torch.Tensor) -> torch.Tensor:
+            return mask.nonzero().reshape(-1).to(device)
+
+        out = images.clone()
+        moving = rotating | zooming | bending
+        if (flip & ~moving).any():
+            index = where(flip & ~moving)
+            out[index] = images[index].flip(-1)
+        if moving.any():
             displacement = None
-            if bending.any():
-                field = control[moved] * (magnitude[moved] * bending[moved])[:, None, None, None]
-                displacement = F.interpolate(
-                    field.to(images.device, images.dtype), size=(h, w), mode="bicubic", align_corners=True
-                )
-            a = torch.where(rotating, angle, 0.0)[moved]
-            z = torch.where(zooming, zoom, 1.0)[moved]
-            out[moved.to(images.device)] = warp(out[moved.to(images.device)], a, z, displacement)
-        out = out * torch.where(scaling, factor, 1.0).to(images.device, images.dtype)[:, None, None, None]
+            if bending[moving].any():
+                field = control[moving] * (magnitude * bending)[moving][:, None, None, None]
+                displacement = F.interpolate(field.to(device, images.dtype), size=(h, w), mode="bicubic",
+                                             align_corners=True)  # fmt: skip
+            a, z = torch.where(rotating, angle, 0.0)[moving], torch.where(zooming, zoom, 1.0)[moving]
+            index = where(moving)
+            out[index] = warp(images[index], a, z, displacement, flip[moving])
+        if scaling.any():
+            index = where(scaling)
+            out[index] *= factor[scaling].to(device, images.dtype)[:, None, None, None]
         if contrasting.any():
-            index = contrasting.nonzero().reshape(-1).to(images.device)
+            index = where(contrasting)
             part = out[index]
             low = part.amin(dim=(1, 2, 3), keepdim=True)
             span = part.amax(dim=(1, 2, 3), keepdim=True) - low
-            g = gamma[contrasting].to(images.device, images.dtype)[:, None, None, None]
+            g = gamma[contrasting].to(device, images.dtype)[:, None, None, None]
             out[index] = ((part - low) / (span + 1e-7)).clamp_(0, 1) ** g * span + low
         if blurring.any():
-            index = blurring.nonzero().reshape(-1).to(images.device)
+            index = where(blurring)
             out[index] = gaussian_blur(out[index], sigma_y[blurring], sigma_x[blurring])
         if noisy.any():
-            index = noisy.nonzero().reshape(-1)
-            noise = torch.randn(len(index), *images.shape[1:]) * std[index][:, None, None, None]
-            out[index.to(images.device)] += noise.to(images.device, images.dtype)
+            noise = torch.randn(int(noisy.sum()), *images.shape[1:]) * std[noisy][:, None, None, None]
+            out[where(noisy)] += noise.to(device, images.dtype)
         return out.clamp_(0.0, 1.0)
