@@ -208,3 +208,22 @@ def test_batch_augmentation_runs_on_every_training_batch_only(tmp_path):
     assert seen == [16, 16, 8] * 2 and len(scored) == 2
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(0 <= r["augment_share"] < 1 for r in records)
+
+
+def test_frozen_parameters_wait_for_their_epochs(tmp_path):
+    model = _model()
+    first = list(model[0].parameters())
+    snapshots = []
+
+    def validate(m):
+        snapshots.append([p.detach().clone() for p in m.parameters()])
+        return {"x": 0.0}
+
+    start = [p.detach().clone() for p in model.parameters()]
+    config = _config(epochs=3, weight_decay=0.1)
+    train(model, _loss, _problem(), config=config, run_dir=tmp_path / "run", validate=validate, frozen=first,
+          freeze_epochs=2)  # fmt: skip
+    for epoch in (0, 1):  # the first layer (weights and bias) untouched, even by weight decay; the rest trains
+        assert all(torch.equal(a, b) for a, b in zip(snapshots[epoch][:2], start[:2], strict=True))
+        assert not torch.equal(snapshots[epoch][2], start[2])
+    assert not torch.equal(snapshots[2][0], start[0])  # unfrozen in epoch 3

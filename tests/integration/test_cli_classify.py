@@ -79,3 +79,22 @@ def test_nproc_trains_one_model_in_two_processes(tmp_path):
     report = json.loads((run / "metrics_val.json").read_text())
     assert report["metrics"]["qwk"]["estimate"] == pytest.approx(logged["val_qwk"], abs=1e-6)
     assert report["referable"]["auc"]["estimate"] == pytest.approx(logged["val_referable_auc"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_pretrained_backbone_stays_frozen_while_the_head_warms_up(tmp_path):
+    import torch
+
+    from medsight.models import build_model
+
+    source = build_model("resnet18", spatial_dims=2, in_channels=3, num_outputs=10)  # another head, as ImageNet's
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "pretrained.pt")
+    root = make_phantom("dr-grading", tmp_path / "fundus", cases=24, seed=5)
+    args = ["train", "--recipe", "dr-grading", "--data", root, *FAST, "--epochs", 1, "--set", "model.freeze_epochs=1"]
+    result = runner.invoke(app, [str(a) for a in [*args, "--out", tmp_path / "random"]])
+    assert result.exit_code == 1 and "Set model.pretrained" in result.output
+    invoke(*args, "--out", tmp_path / "run", "--set", f"model.pretrained={tmp_path / 'pretrained.pt'}")
+    trained = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
+    before = source.state_dict()
+    backbone = [k for k in trained if not k.startswith("fc.") and k in before and trained[k].is_floating_point()]
+    assert backbone and all(torch.equal(trained[k], before[k]) for k in backbone if "running" not in k)

@@ -22,7 +22,7 @@ from medsight.engine.config import choose_device, choose_precision
 from medsight.engine.distributed import barrier, gather, rank, world_size
 from medsight.engine.loop import TrainResult, train
 from medsight.engine.recipe import Recipe
-from medsight.models import build_model, load_pretrained, registered_models
+from medsight.models import backbone_parameters, build_model, load_pretrained, registered_models
 from medsight.models.predict import run_model
 from medsight.tasks import ClassificationTask
 from medsight.transforms.batch2d import BatchAugmenter
@@ -137,6 +137,11 @@ def train_classifier(
     """Train ``recipe`` on the manifest's train split, validate on its val split, write ``out``."""
     if recipe.model.name not in registered_models():
         raise ConfigError(f"unknown model {recipe.model.name!r}; models: {', '.join(registered_models())}")
+    if recipe.model.freeze_epochs and not recipe.model.pretrained:
+        raise ConfigError(
+            "model.freeze_epochs keeps a pretrained backbone fixed while the head warms up; without "
+            "model.pretrained the backbone is random. Set model.pretrained or model.freeze_epochs=0"
+        )
     if rank() != 0:
         barrier()  # rank 0 preprocesses the images; the others then open its cache
     data = prepare_data(recipe, manifest_path, cache_dir=cache_dir, seed=recipe.train.seed, progress=progress)
@@ -150,8 +155,9 @@ def train_classifier(
     model = build_model(
         recipe.model.name, spatial_dims=2, in_channels=recipe.preprocess.channels, num_outputs=task.num_outputs
     )
+    spec = registered_models()[recipe.model.name]
     if recipe.model.pretrained:
-        load_pretrained(model, recipe.model.pretrained, registered_models()[recipe.model.name])
+        load_pretrained(model, recipe.model.pretrained, spec)
     per_item = recipe.augment.mode == "item"
     augment = build_augmentation(recipe.augment, seed=recipe.train.seed) if per_item else None
     train_set = ImageDataset(data.cache, data.targets, train_idx, augment)
@@ -177,6 +183,8 @@ def train_classifier(
         validate=validate,
         sample_weights=sample_weights,
         augment_batch=None if per_item else BatchAugmenter(recipe.augment),
+        frozen=backbone_parameters(model, spec),
+        freeze_epochs=recipe.model.freeze_epochs,
         resume=resume,
         progress=progress,
         extra_config={"recipe": recipe.model_dump(), "manifest": str(Path(manifest_path).resolve())},

@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,6 +201,8 @@ def train(
     validate: Validate | None = None,
     sample_weights: np.ndarray | None = None,
     augment_batch: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    frozen: Sequence[nn.Parameter] = (),
+    freeze_epochs: int = 0,
     resume: bool = False,
     progress: Progress | None = None,
     extra_config: dict | None = None,
@@ -219,6 +221,10 @@ def train(
         augment_batch: Random augmentation of each training batch, applied on the device
             (e.g. :class:`~medsight.transforms.batch2d.BatchAugmenter`); its share of the
             epoch is logged as ``augment_share``.
+        frozen: Parameters left unchanged for the first ``freeze_epochs`` epochs (e.g. a
+            pretrained backbone while the new head warms up); their gradients are dropped
+            before each step, so neither the update nor weight decay touches them.
+        freeze_epochs: How many epochs ``frozen`` stays frozen.
         resume: Continue from ``run_dir/last.pt`` exactly where it stopped.
         progress: ``progress(stage, done, total)`` after every step.
         extra_config: More facts to record in ``config.json`` (recipe, model, task...).
@@ -276,6 +282,9 @@ def train(
             loss = loss_fn(logits.float(), targets)
             scaler.scale(loss / config.grad_accumulation).backward()
             if step % config.grad_accumulation == 0 or step == len(loader):
+                if epoch <= freeze_epochs:
+                    for parameter in frozen:
+                        parameter.grad = None
                 if config.clip_grad_norm is not None:
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)

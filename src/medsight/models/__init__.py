@@ -1,11 +1,12 @@
 """Networks: a registry over MONAI architectures and loading of the user's own weights."""
 
 from medsight.models.registry import ModelSpec, build_model, register_model, registered_models
-from medsight.models.transfer import LoadReport, freeze_backbone, load_pretrained, unfreeze
+from medsight.models.transfer import LoadReport, backbone_parameters, freeze_backbone, load_pretrained, unfreeze
 
 __all__ = [
     "LoadReport",
     "ModelSpec",
+    "backbone_parameters",
     "build_model",
     "freeze_backbone",
     "load_pretrained",

@@ -14,7 +14,7 @@ from torch import nn
 from medsight.core.errors import InputError
 from medsight.models.registry import ModelSpec
 
-__all__ = ["LoadReport", "freeze_backbone", "load_pretrained", "unfreeze"]
+__all__ = ["LoadReport", "backbone_parameters", "freeze_backbone", "load_pretrained", "unfreeze"]
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,11 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike[str], spec: ModelS
         )
     log.info("%s: %s", Path(path).name, report.summary())
     return report
+
+
+def backbone_parameters(model: nn.Module, spec: ModelSpec) -> list[nn.Parameter]:
+    """Every parameter outside the classification head (what transfer learning warms up around)."""
+    return [parameter for name, parameter in model.named_parameters() if not name.startswith(spec.head)]
 
 
 def freeze_backbone(model: nn.Module, spec: ModelSpec) -> int:
