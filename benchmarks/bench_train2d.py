@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the speed runs")
     parser.add_argument("--accuracy-epochs", type=int, default=15, help="epochs of the fp32 vs default runs")
     parser.add_argument("--seeds", type=int, default=2, help="seeds of the fp32 vs default runs")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating plain/engine speed rounds")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -101,53 +102,69 @@ def main() -> None:
               f"default numeric mode on this CPU: {mode}")  # fmt: skip
 
         lr = 1e-3
-        torch.manual_seed(0)
-        plain = plain_loop(build_model("resnet18", num_outputs=4), data, epochs=args.epochs, batch_size=args.batch_size,
-                           lr=lr, amp_dtype=default, channels_last=default is not None, augment=augment)  # fmt: skip
-        torch.manual_seed(0)
-        records = engine_run(build_model("resnet18", num_outputs=4), data, tmp / "engine", epochs=args.epochs,
-                             batch_size=args.batch_size, lr=lr, precision="auto", augment=augment)  # fmt: skip
-        engine = float(np.mean([r["images_per_second"] for r in records]))
+        plains, engines, records = [], [], []
+        for round_ in range(args.rounds):  # alternate the two loops so drift on the machine hits both
+            torch.manual_seed(0)
+            plains.append(plain_loop(build_model("resnet18", num_outputs=4), data, epochs=args.epochs,
+                                     batch_size=args.batch_size, lr=lr, amp_dtype=default,
+                                     channels_last=default is not None, augment=augment))  # fmt: skip
+            torch.manual_seed(0)
+            recs = engine_run(build_model("resnet18", num_outputs=4), data, tmp / f"engine{round_}", epochs=args.epochs,
+                              batch_size=args.batch_size, lr=lr, precision="auto", augment=augment)  # fmt: skip
+            engines.append(len(data) * len(recs) / sum(r["seconds"] for r in recs))  # like the plain loop: all epochs
+            records += recs
+        plain, engine = float(np.mean(plains)), float(np.mean(engines))
         wait = float(np.mean([r["data_wait_share"] for r in records]))
         aug_share = float(np.mean([r["augment_share"] for r in records]))
         print(f"plain PyTorch loop: {plain:.1f} img/s; medsight engine: {engine:.1f} img/s; "
-              f"ratio {engine / plain:.2f} (target >= 0.95)")  # fmt: skip
+              f"ratio {engine / plain:.2f} (target >= 0.95; rounds: "
+              f"{', '.join(f'{e / p:.2f}' for e, p in zip(engines, plains, strict=True))})")  # fmt: skip
         print(f"engine time waiting for data: {wait:.1%} of each epoch (target <= 10 %); "
               f"batch augmentation: {aug_share:.1%}")  # fmt: skip
         torch.manual_seed(0)
         item_records = engine_run(build_model("resnet18", num_outputs=4), per_item, tmp / "item", epochs=args.epochs,
                                   batch_size=args.batch_size, lr=lr, precision="auto")  # fmt: skip
-        item_speed = float(np.mean([r["images_per_second"] for r in item_records]))
+        item_speed = len(data) * len(item_records) / sum(r["seconds"] for r in item_records)
         item_wait = float(np.mean([r["data_wait_share"] for r in item_records]))
         print(f"per-image MONAI augmentation in the DataLoader instead: {item_speed:.1f} img/s, "
               f"waiting for data {item_wait:.1%}")  # fmt: skip
 
-        y_val = torch.from_numpy(targets[val_idx])
+        summary = (f"RESULT engine/plain {engine / plain:.2f}; data wait {wait:.1%} (per-image MONAI {item_wait:.1%}); "
+                   f"batch vs per-image speed {engine / item_speed:.2f}x")  # fmt: skip
+        if args.seeds:
+            summary += "; " + accuracy(args, data, val, targets[val_idx], augment, tmp, mode)
+        print(summary)
 
-        def validate(model):
-            probs = TASK.probabilities(run_model(model, val, batch_size=64))
-            return TASK.score(probs, y_val, referable_grade=2)
 
-        results: dict[str, list] = {"fp32": [], "auto": []}
-        for seed in range(args.seeds):
-            for precision in ("fp32", "auto"):
-                torch.manual_seed(seed)
-                recs = engine_run(build_model("resnet18", num_outputs=4), data, tmp / f"acc_{precision}_{seed}",
-                                  epochs=args.accuracy_epochs, batch_size=args.batch_size, lr=lr, precision=precision,
-                                  validate=validate, augment=augment)  # fmt: skip
-                results[precision].append((float(np.mean([r["images_per_second"] for r in recs])), recs[-1]))
-        speed = {k: float(np.mean([r[0] for r in v])) for k, v in results.items()}
-        for precision, label in (("fp32", "fp32"), ("auto", mode)):
-            figures = ", ".join(f"seed {i}: QWK {r['val_qwk']:.3f} referable AUC {r['val_referable_auc']:.3f}"
-                                for i, (_, r) in enumerate(results[precision]))  # fmt: skip
-            print(f"{label}: {speed[precision]:.1f} img/s; after {args.accuracy_epochs} epochs {figures}")
-        change = np.mean([a[1]["val_referable_auc"] - f[1]["val_referable_auc"]
-                          for a, f in zip(results["auto"], results["fp32"], strict=True)])  # fmt: skip
-        spread = np.std([r[1]["val_referable_auc"] for r in results["fp32"]])
-        print(f"RESULT engine/plain {engine / plain:.2f}; data wait {wait:.1%} (per-image MONAI {item_wait:.1%}); "
-              f"batch vs per-image speed {engine / item_speed:.2f}x; default/fp32 speed "
-              f"{speed['auto'] / speed['fp32']:.2f}x; referable AUC change {change:+.3f} "
-              f"(fp32 seed-to-seed sd {spread:.3f})")  # fmt: skip
+def accuracy(args, data, val, val_targets, augment, tmp, mode) -> str:
+    """fp32 vs the default numeric mode: speed and validation metrics, a few seeds each."""
+    y_val = torch.from_numpy(val_targets)
+
+    def validate(model):
+        probs = TASK.probabilities(run_model(model, val, batch_size=64))
+        return TASK.score(probs, y_val, referable_grade=2)
+
+    results: dict[str, list] = {"fp32": [], "auto": []}
+    for seed in range(args.seeds):
+        for precision in ("fp32", "auto"):
+            torch.manual_seed(seed)
+            recs = engine_run(build_model("resnet18", num_outputs=4), data, tmp / f"acc_{precision}_{seed}",
+                              epochs=args.accuracy_epochs, batch_size=args.batch_size, lr=1e-3, precision=precision,
+                              validate=validate, augment=augment)  # fmt: skip
+            results[precision].append((len(data) * len(recs) / sum(r["seconds"] for r in recs), recs[-1]))
+    speed = {k: float(np.mean([r[0] for r in v])) for k, v in results.items()}
+    for precision, label in (("fp32", "fp32"), ("auto", mode)):
+        figures = ", ".join(f"seed {i}: QWK {r['val_qwk']:.3f} referable AUC {r['val_referable_auc']:.3f}"
+                            for i, (_, r) in enumerate(results[precision]))  # fmt: skip
+        print(f"{label}: {speed[precision]:.1f} img/s; after {args.accuracy_epochs} epochs {figures}")
+    changes = {}
+    for name in ("val_qwk", "val_referable_auc"):
+        pairs = zip(results["auto"], results["fp32"], strict=True)
+        changes[name] = (float(np.mean([a[1][name] - f[1][name] for a, f in pairs])),
+                         float(np.std([f[1][name] for f in results["fp32"]])))  # fmt: skip
+    return (f"default/fp32 speed {speed['auto'] / speed['fp32']:.2f}x; QWK change {changes['val_qwk'][0]:+.3f} "
+            f"(fp32 seed-to-seed sd {changes['val_qwk'][1]:.3f}); referable AUC change "
+            f"{changes['val_referable_auc'][0]:+.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":
