@@ -93,3 +93,36 @@ def test_freeze_then_unfreeze():
     assert frozen > 0 and trainable and all(n.startswith("_fc.") for n in trainable)
     unfreeze(model)
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "efficientnet-b0"])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_global_pooling_choices_replace_the_networks_own(name, dims):
+    from medsight.models.registry import GlobalPool
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, *([32] * dims))
+    reference = build_model(name, spatial_dims=dims, in_channels=1, num_outputs=3).eval()
+    same = build_model(name, spatial_dims=dims, in_channels=1, num_outputs=3, pooling="avg").eval()
+    same.load_state_dict(reference.state_dict())
+    torch.testing.assert_close(same(x), reference(x))  # avg is the network's own pooling
+    for kind in ("max", "lse"):
+        model = build_model(name, spatial_dims=dims, in_channels=1, num_outputs=3, pooling=kind).eval()
+        model.load_state_dict(reference.state_dict())  # no new parameters
+        assert sum(isinstance(m, GlobalPool) for m in model.modules()) == 1
+        assert model(x).shape == (2, 3)
+
+
+def test_global_pool_formulas():
+    from medsight.models.registry import GlobalPool
+
+    x = torch.randn(2, 3, 4, 5)
+    torch.testing.assert_close(GlobalPool("avg")(x), x.mean((2, 3), keepdim=True))
+    torch.testing.assert_close(GlobalPool("max")(x), x.amax((2, 3), keepdim=True))
+    r = 10.0
+    lse = torch.log(torch.exp(r * x).mean((2, 3), keepdim=True)) / r  # the formula written out
+    torch.testing.assert_close(GlobalPool("lse", r)(x), lse)
+    assert (GlobalPool("avg")(x) <= GlobalPool("lse")(x) + 1e-6).all()
+    assert (GlobalPool("lse")(x) <= GlobalPool("max")(x) + 1e-6).all()
+    with pytest.raises(ConfigError, match="pooling must be"):
+        build_model("resnet18", pooling="median")

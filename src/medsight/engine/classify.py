@@ -153,7 +153,11 @@ def train_classifier(
     sample_weights, loss_weights = _balance(recipe, data.targets, train_idx)
     task = ClassificationTask(recipe.task.kind, tuple(recipe.task.classes), loss_weights)
     model = build_model(
-        recipe.model.name, spatial_dims=2, in_channels=recipe.preprocess.channels, num_outputs=task.num_outputs
+        recipe.model.name,
+        spatial_dims=2,
+        in_channels=recipe.preprocess.channels,
+        num_outputs=task.num_outputs,
+        pooling=recipe.model.pooling,
     )
     spec = registered_models()[recipe.model.name]
     if recipe.model.pretrained:

@@ -34,6 +34,7 @@ class ModelChoice(BaseModel):
     name: str = "resnet18"
     pretrained: str | None = None  # a checkpoint file the user has
     freeze_epochs: int = Field(0, ge=0)
+    pooling: Literal["avg", "max", "lse"] = "avg"  # global pooling before the head (max/lse: small findings)
 
 
 class EvaluationSpec(BaseModel):

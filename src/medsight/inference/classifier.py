@@ -57,7 +57,11 @@ class Classifier:
         task = ClassificationTask(recipe["task"]["kind"], tuple(recipe["task"]["classes"]))
         preprocess = Preprocess2D(**recipe["preprocess"])
         model = build_model(
-            recipe["model"]["name"], spatial_dims=2, in_channels=preprocess.channels, num_outputs=task.num_outputs
+            recipe["model"]["name"],
+            spatial_dims=2,
+            in_channels=preprocess.channels,
+            num_outputs=task.num_outputs,
+            pooling=recipe["model"].get("pooling", "avg"),
         )
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])

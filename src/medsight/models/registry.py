@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
+import torch
 from torch import nn
 
 from medsight.core.errors import ConfigError
 
-__all__ = ["ModelSpec", "build_model", "register_model", "registered_models"]
+__all__ = ["GlobalPool", "ModelSpec", "Pooling", "build_model", "register_model", "registered_models"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class ModelSpec:
         first_conv: State-dict key of the input convolution's weight (for 3->1 channel adaptation).
         head: Prefix of the classification head's parameters (replaced when fine-tuning).
         description: One line for ``medsight models``.
+        pool: Attribute path of the global pooling before the head (replaced by ``pooling``).
     """
 
     name: str
@@ -30,6 +34,7 @@ class ModelSpec:
     first_conv: str
     head: str
     description: str
+    pool: str = ""
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -50,7 +55,39 @@ def registered_models() -> dict[str, ModelSpec]:
     return dict(sorted(_REGISTRY.items()))
 
 
-def build_model(name: str, *, spatial_dims: int = 2, in_channels: int = 3, num_outputs: int = 1) -> nn.Module:
+Pooling = Literal["avg", "max", "lse"]
+
+
+class GlobalPool(nn.Module):
+    """Global pooling of a feature map to ``(B, C, 1, ...)``.
+
+    ``avg`` is the networks' own; ``max`` keeps the strongest response anywhere; ``lse``
+    (log-sum-exp, Wang et al. 2017, ChestX-ray8) lies between them: ``log(mean(exp(r x))) / r``,
+    close to the max for large ``r``. A finding that covers a few cells of the feature map (a
+    nodule, a calcification cluster) is averaged away by ``avg`` but not by ``max``/``lse``.
+    """
+
+    def __init__(self, kind: Pooling, r: float = 10.0) -> None:
+        super().__init__()
+        self.kind, self.r = kind, r
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}" + (f", r={self.r}" if self.kind == "lse" else "")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(2)
+        if self.kind == "avg":
+            pooled = flat.mean(-1)
+        elif self.kind == "max":
+            pooled = flat.amax(-1)
+        else:
+            pooled = (torch.logsumexp(self.r * flat.float(), -1) - math.log(flat.shape[-1])).to(x.dtype) / self.r
+        return pooled.reshape(*pooled.shape, *([1] * (x.ndim - 2)))
+
+
+def build_model(
+    name: str, *, spatial_dims: int = 2, in_channels: int = 3, num_outputs: int = 1, pooling: Pooling = "avg"
+) -> nn.Module:
     """Build a registered network with fresh weights.
 
     Args:
@@ -58,6 +95,8 @@ def build_model(name: str, *, spatial_dims: int = 2, in_channels: int = 3, num_o
         spatial_dims: 2 for images, 3 for volumes.
         in_channels: Input channels (1 grey, 3 colour, 4 for four MRI contrasts...).
         num_outputs: Size of the output layer (classes, findings, or ordinal thresholds).
+        pooling: Global pooling before the head: ``avg`` (the network's own), ``max`` or
+            ``lse`` (:class:`GlobalPool`); for small findings in large images.
     """
     models = registered_models()
     if name not in models:
@@ -69,4 +108,14 @@ def build_model(name: str, *, spatial_dims: int = 2, in_channels: int = 3, num_o
             raise ConfigError(f"{label} must be one of {allowed}, got {value}")
     if in_channels < 1 or num_outputs < 1:
         raise ConfigError(f"in_channels and num_outputs must be positive, got {in_channels} and {num_outputs}")
-    return models[name].build(spatial_dims, in_channels, num_outputs)
+    if pooling not in ("avg", "max", "lse"):
+        raise ConfigError(f"pooling must be 'avg', 'max' or 'lse', got {pooling!r}")
+    spec = models[name]
+    model = spec.build(spatial_dims, in_channels, num_outputs)
+    if pooling != "avg":
+        if not spec.pool:
+            raise ConfigError(f"model {name!r} does not say where its global pooling is; use pooling: avg")
+        parent_path, _, attribute = spec.pool.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        setattr(parent, attribute, GlobalPool(pooling))
+    return model

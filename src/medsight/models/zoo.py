@@ -31,6 +31,7 @@ for _name, _factory in (("resnet18", resnet18), ("resnet34", resnet34), ("resnet
             build=_resnet(_factory),
             first_conv="conv1.weight",
             head="fc.",
+            pool="avgpool",
             description=f"{_name[:6].capitalize()}-{_name[6:]} (MONAI, stride-2 stem)",
         )
     )
@@ -41,6 +42,7 @@ register_model(
         build=lambda dims, cin, n: DenseNet121(spatial_dims=dims, in_channels=cin, out_channels=n),
         first_conv="features.conv0.weight",
         head="class_layers.out.",
+        pool="class_layers.pool",
         description="DenseNet-121 (MONAI); CheXNet's architecture",
     )
 )
@@ -53,6 +55,7 @@ register_model(
         ),
         first_conv="_conv_stem.weight",
         head="_fc.",
+        pool="_avg_pooling",
         description="EfficientNet-B0 (MONAI)",
     )
 )
