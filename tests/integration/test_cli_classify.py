@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -56,6 +58,17 @@ def test_mammography_scores_are_fused_to_breast_and_exam(tmp_path):
     assert report["fused"]["exam"]["count"] * 4 == report["cases"]
     assert report["fused"]["breast"]["count"] * 2 == report["cases"]
     assert report["fusion"]["method"] == "attention" and report["fusion"]["temperature"] > 0  # fitted on val
+    # new exams: one row per view with its DICOM facts, then breasts and exams fused the same way
+    tested = pd.read_csv(tmp_path / "run" / "predictions_test.csv")
+    study = next(p for p in (root / "images").iterdir() if any(p.name in str(c) for c in tested["image"]))
+    invoke("predict", tmp_path / "run", study, "--out", tmp_path / "p.csv")
+    views = pd.read_csv(tmp_path / "p.csv")
+    assert len(views) == 4 and set(views["laterality"]) == {"L", "R"} and set(views["view"]) == {"CC", "MLO"}
+    assert views["study_id"].nunique() == 1
+    same = tested.assign(name=tested["image"].map(lambda p: Path(p).name)).set_index("name")["prob"]
+    np.testing.assert_allclose(views["prob"], same.loc[views["input"].map(lambda p: Path(p).name)], atol=1e-4)
+    breasts, exams = pd.read_csv(tmp_path / "p_breasts.csv"), pd.read_csv(tmp_path / "p_exams.csv")
+    assert len(breasts) == 2 and len(exams) == 1 and exams["prob"].iloc[0] == pytest.approx(breasts["prob"].max())
 
 
 def test_bad_recipe_key_is_one_line(tmp_path):

@@ -9,13 +9,11 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
-import pandas as pd
 import typer
 from rich.table import Table
 
-from medsight.cli.common import friendly, out, progress_bar, state
-from medsight.core.errors import InputError
+from medsight.cli.common import err, friendly, out, progress_bar, state
+from medsight.core.errors import MedsightError
 from medsight.data import build_manifest
 from medsight.engine import is_main_process, launched_by_torchrun, process_group
 from medsight.engine.classify import train_classifier
@@ -146,33 +144,26 @@ def evaluate_command(
 
 def predict_command(
     run: Annotated[Path, typer.Argument(help="Run folder of `medsight train`.")],
-    inputs: Annotated[list[Path], typer.Argument(help="Image files, DICOM files or folders, or folders of images.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image or DICOM files, or folders of them (one row per file).")],
     output: Annotated[Path, typer.Option("--out", "-o", help="CSV of predictions.")] = Path("predictions.csv"),
 ) -> None:
-    """Predict on image files or DICOM; write one row per input with its probabilities."""
+    """Predict on image files or DICOM; one row per image. Mammography runs also write breast-
+    and exam-level scores (``<out>_breasts.csv``, ``<out>_exams.csv``) fused as in evaluation."""
     classifier = Classifier.from_run(run)
-    paths: list[Path] = []
-    for item in inputs:
-        if item.is_dir() and not any(p.suffix.lower() in (".dcm", "") and p.is_file() for p in item.iterdir()):
-            paths += sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
-        else:
-            paths.append(item)
-    if not paths:
-        raise InputError("no input images found")
-    rows = []
     with progress_bar() as progress:
-        for start in range(0, len(paths), 32):
-            chunk = paths[start : start + 32]
-            probs = classifier.predict_files(chunk)
-            for path, p in zip(chunk, probs, strict=True):
-                row = {"input": str(path)}
-                values = np.atleast_1d(p)
-                names = ["positive"] if values.size == 1 else list(classifier.task.classes)
-                row.update({f"prob_{n}": float(v) for n, v in zip(names, values, strict=True)})
-                rows.append(row)
-            progress("predicting", min(start + 32, len(paths)), len(paths))
-    pd.DataFrame(rows).to_csv(output, index=False)
-    out.print(f"wrote {len(rows)} prediction(s) to {output}")
+        table = classifier.predict_table(inputs, progress=progress)
+    table.to_csv(output, index=False)
+    out.print(f"wrote {len(table)} prediction(s) to {output}")
+    try:
+        fused = classifier.fuse(table)
+    except MedsightError as exc:
+        err.print(f"[yellow]warning:[/yellow] {exc}")
+        return
+    if fused is not None:
+        for level, frame in zip(("breasts", "exams"), fused, strict=True):
+            target = output.with_name(f"{output.stem}_{level}.csv")
+            frame.to_csv(target, index=False)
+            out.print(f"wrote {len(frame)} {level[:-1]}-level score(s) to {target}")
 
 
 def compare_command(

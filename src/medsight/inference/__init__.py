@@ -1,5 +1,5 @@
 """Inference: trained models loaded from their run folders, predicting on new data."""
 
-from medsight.inference.classifier import Classifier
+from medsight.inference.classifier import FUSION_FILE, Classifier, expand_inputs, image_facts
 
-__all__ = ["Classifier"]
+__all__ = ["FUSION_FILE", "Classifier", "expand_inputs", "image_facts"]

@@ -5,27 +5,67 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
-from medsight.core.errors import InputError
+from medsight.core.errors import ConfigError, InputError
 from medsight.data.cache import ImageCache
 from medsight.data.dataset import ImageDataset
 from medsight.io import detect_format, read
+from medsight.io.dicom_header import load_dataset
 from medsight.models import build_model
 from medsight.models.predict import run_model
-from medsight.tasks import ClassificationTask
+from medsight.tasks import ClassificationTask, fuse_views
 from medsight.transforms.image2d import Preprocess2D, prepare_image
 
-__all__ = ["Classifier"]
+__all__ = ["FUSION_FILE", "Classifier", "expand_inputs", "image_facts"]
+
+FUSION_FILE = "fusion.json"  # how `medsight evaluate` fused views (method, fitted temperature)
+_FACTS = {"patient_id": "PatientID", "study_id": "StudyInstanceUID", "view": "ViewPosition"}
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given; folders replaced by every file under them (hidden files and DICOMDIR left out),
+    sorted: a 2D classifier gives one prediction per image file, e.g. each view of an exam.
+
+    Raises:
+        InputError: an input does not exist, or nothing was found.
+    """
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if not item.exists():
+            raise InputError(f"{item} does not exist")
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
+            paths += [p for p in found if p.name.upper() != "DICOMDIR"]
+        else:
+            paths.append(item)
+    if not paths:
+        raise InputError(f"no image files in {', '.join(map(str, inputs))}")
+    return paths
+
+
+def image_facts(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Patient, study, laterality and view of a DICOM image (what view fusion groups by); ``{}``
+    for other files. Laterality is ImageLaterality, else the series' Laterality."""
+    if detect_format(path) != "dicom":
+        return {}
+    ds = load_dataset(path, stop_before_pixels=True)
+    facts = {key: str(ds.get(keyword, "") or "") for key, keyword in _FACTS.items()}
+    facts["laterality"] = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "") or "")
+    return {k: v for k, v in facts.items() if v}
+
 
 log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -88,3 +128,51 @@ class Classifier:
         with torch.no_grad():
             logits = self.model(torch.from_numpy(np.stack(arrays)))
         return self.task.probabilities(logits).numpy()
+
+    def predict_table(
+        self, inputs: Sequence[str | os.PathLike[str]], *, batch_size: int = 32, progress: Progress | None = None
+    ) -> pd.DataFrame:
+        """One row per image file (folders expanded): ``input``, DICOM facts (patient, study,
+        laterality, view) when present, and ``prob_<class>`` (``prob`` for a binary task)."""
+        paths = expand_inputs(inputs)
+        rows = []
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            for path, p in zip(chunk, self.predict_files(chunk), strict=True):
+                values = np.atleast_1d(p)
+                names = ["prob"] if values.size == 1 else [f"prob_{c}" for c in self.task.classes]
+                rows.append(
+                    {"input": str(path), **image_facts(path), **dict(zip(names, map(float, values), strict=True))}
+                )
+            if progress is not None:
+                progress("predicting", min(start + batch_size, len(paths)), len(paths))
+        return pd.DataFrame(rows)
+
+    def fuse(self, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+        """Breast- and exam-level scores of :meth:`predict_table` rows, fused as the recipe says
+        (attention with the temperature ``medsight evaluate`` fitted); None when the recipe fuses
+        nothing.
+
+        Raises:
+            InputError: the images do not say their study and laterality (DICOM headers).
+            ConfigError: attention fusion before ``medsight evaluate`` fitted its temperature.
+        """
+        method = self.recipe["task"].get("fusion")
+        if not method:
+            return None
+        missing = [c for c in ("study_id", "laterality") if c not in table or table[c].isna().any()]
+        if missing:
+            raise InputError(
+                f"cannot fuse views into breasts and exams: {missing} unknown for some images "
+                "(DICOM StudyInstanceUID and ImageLaterality); per-image predictions are still written"
+            )
+        options: dict[str, Any] = {}
+        if method == "attention":
+            fitted = self.run_dir / FUSION_FILE
+            if not fitted.is_file():
+                raise ConfigError(
+                    f"attention fusion uses the temperature `medsight evaluate {self.run_dir}` fits on the "
+                    "validation split; run it first (per-image predictions are still written)"
+                )
+            options["temperature"] = float(json.loads(fitted.read_text())["temperature"])
+        return fuse_views(table, "prob", method=method, **options)

@@ -20,7 +20,7 @@ import pandas as pd
 from medsight.core.errors import ConfigError, InputError
 from medsight.data.cache import ImageCache, build_image_cache, default_cache_dir
 from medsight.data.manifest import Manifest
-from medsight.inference.classifier import Classifier
+from medsight.inference.classifier import FUSION_FILE, Classifier
 from medsight.io.atomic import atomic_file
 from medsight.metrics import (
     average_precision,
@@ -153,6 +153,8 @@ def evaluate_run(
         report["metrics"] = _binary_report(val_scores, test_scores, groups, points, n)
         if recipe["task"].get("fusion"):
             report["fused"], report["fusion"] = _fused(val, test, target, recipe["task"]["fusion"], n)
+            # prediction on new exams fuses their views the same way (the temperature is fitted here)
+            (run_dir / FUSION_FILE).write_text(json.dumps(report["fusion"]))
     elif kind == "ordinal":
         report.update(_ordinal_report(val, test, recipe, groups, points, n))
     elif kind == "multilabel":

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from pydicom.uid import generate_uid
 from scipy.ndimage import gaussian_filter
 
 from medsight.core.geometry import Geometry
@@ -183,6 +184,7 @@ def _exam(out: Path, rng: np.random.Generator, seed: int, index: int) -> tuple[l
     size = (rng.uniform(0.55, 0.85), rng.uniform(0.7, 0.92))
     folder = out / "images" / study
     folder.mkdir(parents=True)
+    study_uid = generate_uid(entropy_srcs=[study])  # the four views share their exam's StudyInstanceUID
     breasts, findings, truth = [], [], []
     for laterality in ("L", "R"):
         finding = _finding(rng, seed, index * 2 + (laterality == "R"))
@@ -206,6 +208,7 @@ def _exam(out: Path, rng: np.random.Generator, seed: int, index: int) -> tuple[l
                 bits_stored=12,
                 laterality=laterality,
                 view=view,
+                study_uid=study_uid,
             )
             row = [study, "s" + study[:8], image_id, laterality, view, ROWS, COLS, f"BI-RADS {category}"]
             breasts.append([*row, f"DENSITY {density}", split])
