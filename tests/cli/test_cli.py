@@ -111,3 +111,19 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_version():
     result = invoke("--version")
     assert result.exit_code == 0 and result.output.startswith("medsight ")
+
+
+def test_progress_bar_keeps_one_row_per_stage(monkeypatch):
+    from rich.progress import Progress
+
+    from medsight.cli.common import progress_bar
+
+    rows = []
+    original = Progress.add_task
+    monkeypatch.setattr(Progress, "add_task", lambda self, text, **kw: rows.append(text) or original(self, text, **kw))
+    with progress_bar() as update:
+        for step in range(1, 4):
+            update(f"training | epoch 1/2 · loss {1 / step:.3f}", step, 3)
+        update("training | epoch 2/2 · loss 0.200 · val auc 0.810 (epoch 1)", 1, 3)
+        update("preprocessing images", 1, 5)
+    assert rows == ["training | epoch 1/2 · loss 1.000", "preprocessing images"]

@@ -75,7 +75,7 @@ def test_resume_continues_exactly(tmp_path):
     interrupted = _model()
 
     def crash(stage, done, total):
-        if stage.startswith("epoch 3/") and done == 2:
+        if stage.startswith("training | epoch 3/") and done == 2:
             raise _CrashError
 
     with pytest.raises(_CrashError):
@@ -227,3 +227,11 @@ def test_frozen_parameters_wait_for_their_epochs(tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(snapshots[epoch][:2], start[:2], strict=True))
         assert not torch.equal(snapshots[epoch][2], start[2])
     assert not torch.equal(snapshots[2][0], start[0])  # unfrozen in epoch 3
+
+
+def test_progress_names_one_stage_and_shows_the_last_validation_figure(tmp_path):
+    stages = []
+    train(_model(), _loss, _problem(n=32), config=_config(epochs=2), run_dir=tmp_path / "run",
+          validate=_val(_problem(n=16, seed=1)), progress=lambda stage, done, total: stages.append(stage))  # fmt: skip
+    assert all(s.startswith("training | epoch ") for s in stages)
+    assert "val" not in stages[0] and "val accuracy" in stages[-1] and stages[-1].endswith("(epoch 1)")

@@ -54,7 +54,9 @@ def friendly(fn: F) -> F:
 def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
     """A rich progress bar on stderr (terminal only) fed by the library's progress callbacks.
 
-    ``enabled=False`` (e.g. every process but the first under torchrun) shows nothing.
+    ``enabled=False`` (e.g. every process but the first under torchrun) shows nothing. A
+    stage written ``"name | detail"`` keeps one row for ``name`` and shows the latest detail
+    (e.g. the running loss), instead of a new row per message.
     """
     bar = Progress(
         TextColumn("{task.description}"),
@@ -69,9 +71,10 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], Non
     tasks: dict[str, TaskID] = {}
 
     def update(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total)
-        bar.update(tasks[stage], completed=done, total=total)
+        key = stage.split(" | ", 1)[0]
+        if key not in tasks:
+            tasks[key] = bar.add_task(stage, total=total)
+        bar.update(tasks[key], completed=done, total=total, description=stage)
         bar.refresh()
 
     with bar:

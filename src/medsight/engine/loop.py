@@ -226,7 +226,8 @@ def train(
             before each step, so neither the update nor weight decay touches them.
         freeze_epochs: How many epochs ``frozen`` stays frozen.
         resume: Continue from ``run_dir/last.pt`` exactly where it stopped.
-        progress: ``progress(stage, done, total)`` after every step.
+        progress: ``progress(stage, done, total)`` after every step; the stage reads
+            ``"training | epoch 3/10 · loss 0.4123 · val auc 0.871 (epoch 2)"``.
         extra_config: More facts to record in ``config.json`` (recipe, model, task...).
     """
     distributed = dist.is_available() and dist.is_initialized()
@@ -258,6 +259,7 @@ def train(
         progress_state = _restore(run, model, optimizer, scheduler, ema)
 
     epoch, stopped = progress_state.epoch, False
+    shown = ""  # the last validation figure, for the progress bar
     for epoch in range(progress_state.epoch + 1, config.epochs + 1):
         loader = _loader(train_data, config, sample_weights, config.seed * 1000 + epoch)
         if isinstance(loader.sampler, DistributedSampler):
@@ -298,7 +300,8 @@ def train(
             batches += 1
             seen += len(inputs)
             if progress is not None:
-                progress(f"epoch {epoch}/{config.epochs} loss {total_loss / batches:.4f}", step, len(loader))
+                progress(f"training | epoch {epoch}/{config.epochs} · loss {total_loss / batches:.4f}{shown}",
+                         step, len(loader))  # fmt: skip
             fetch = time.perf_counter()
         seconds = time.perf_counter() - started
         record = {
@@ -317,6 +320,10 @@ def train(
                 record.update({f"val_{k}": v for k, v in validate(scored).items()})
         key = f"val_{stopping.metric}" if stopping else None
         value = record.get(key, math.nan) if key else math.nan
+        figures = [k for k in record if k.startswith("val_") and k != "val_loss"]
+        watched = key if key in record else (figures[0] if figures else None)
+        if watched is not None and isinstance(record[watched], int | float):
+            shown = f" · {watched.replace('_', ' ', 1)} {record[watched]:.3f} (epoch {epoch})"
         improved = progress_state.update(epoch, value, stopping.mode if stopping else None)
         weights = {"model": model.state_dict(), "ema": ema.module.state_dict() if ema is not None else None}
         if improved:
