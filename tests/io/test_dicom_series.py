@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from medsight.core import GeometryError, InputError, SeriesError
-from medsight.io import list_dicom_series, read, read_dicom_series
+from medsight.io import DicomFolder, list_dicom_series, read, read_dicom_series
 from tests.conftest import oblique_direction
 
 
@@ -135,6 +135,22 @@ def test_two_series_need_a_choice(two_series):
     assert chosen.spatial_shape == (4, 8, 8)
     with pytest.raises(SeriesError, match="is not in folder"):
         read(both, series_uid="1.2.3.4")
+
+
+def test_a_dicom_folder_reads_each_header_once(two_series, monkeypatch):
+    import medsight.io.dicom_series as series_module
+
+    both, _, vol_b = two_series
+    calls = []
+    original = series_module.read_header
+    monkeypatch.setattr(series_module, "read_header", lambda path: calls.append(path) or original(path))
+    folder = DicomFolder(both)
+    infos = folder.series()
+    largest = folder.read(series_uid="largest")
+    smaller = folder.read(series_uid=infos[1].uid)
+    assert len(calls) == 10 and len(set(calls)) == 10  # 6 + 4 files, each header once for both reads
+    np.testing.assert_array_equal(largest.array, vol_b.array)
+    assert smaller.spatial_shape == (4, 8, 8)
 
 
 def _rewrite(path, **changes):

@@ -18,7 +18,7 @@ from medsight.cli import data as data_commands
 from medsight.cli.common import err, friendly, out, progress_bar, state
 from medsight.core.errors import ConfigError
 from medsight.core.volume import Volume
-from medsight.io import detect_format, list_dicom_series, read, write
+from medsight.io import DicomFolder, detect_format, read, write
 from medsight.io.formats import output_format
 
 app = typer.Typer(
@@ -157,20 +157,25 @@ def info(
     """Show format, shape, spacing, origin, orientation and intensities of an image."""
     fmt = detect_format(path)
     found: list[dict[str, Any]] = []
-    if fmt == "dicom-series":
-        with progress_bar() as progress:
-            found = [s.to_dict() for s in list_dicom_series(path, progress=progress)]
-        if series is None and len(found) > 1:
-            series = "largest"
     with progress_bar() as progress:
-        volume = read(
-            path,
-            series_uid=series,
-            allow_gaps=allow_gaps,
-            slice_spacing=slice_spacing,
-            frames_as_channels=frames_as_channels,
-            progress=progress,
-        )
+        if fmt == "dicom-series":  # headers read once: list the series, then read the chosen one
+            if slice_spacing is not None or frames_as_channels:
+                raise ConfigError(
+                    "--slice-spacing and --frames-as-channels apply to one multi-frame file, not a folder"
+                )
+            folder = DicomFolder(path, progress=progress)
+            found = [s.to_dict() for s in folder.series()]
+            chosen = "largest" if series is None and len(found) > 1 else series
+            volume = folder.read(series_uid=chosen, allow_gaps=allow_gaps, progress=progress)
+        else:
+            volume = read(
+                path,
+                series_uid=series,
+                allow_gaps=allow_gaps,
+                slice_spacing=slice_spacing,
+                frames_as_channels=frames_as_channels,
+                progress=progress,
+            )
     description = _describe(path, volume, fmt)
     if as_json:
         description["series_in_folder"] = found

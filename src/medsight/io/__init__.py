@@ -5,11 +5,12 @@
 
 from medsight.io.api import read, write
 from medsight.io.dicom import read_dicom_file
-from medsight.io.dicom_series import SeriesInfo, list_dicom_series, read_dicom_series
+from medsight.io.dicom_series import DicomFolder, SeriesInfo, list_dicom_series, read_dicom_series
 from medsight.io.dicom_write import write_dicom_image, write_dicom_series
 from medsight.io.formats import detect_format
 
 __all__ = [
+    "DicomFolder",
     "SeriesInfo",
     "detect_format",
     "list_dicom_series",

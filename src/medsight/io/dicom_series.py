@@ -32,7 +32,7 @@ from medsight.io.dicom_header import (
 )
 from medsight.io.stack import plan_stack, resample_stack, stack_geometry
 
-__all__ = ["Progress", "SeriesInfo", "list_dicom_series", "read_dicom_series"]
+__all__ = ["DicomFolder", "Progress", "SeriesInfo", "list_dicom_series", "read_dicom_series"]
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +155,38 @@ def _info(uid: str, members: list[_Slice]) -> SeriesInfo:
     )
 
 
+class DicomFolder:
+    """The image series under a folder (searched recursively), each header read once: list the
+    series, then read one, without parsing the folder twice.
+
+    Raises:
+        InputError: missing/empty folder, or no DICOM images in it.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], *, progress: Progress | None = None) -> None:
+        self.folder = Path(folder)
+        self._groups = _scan(self.folder, progress)
+
+    def series(self) -> list[SeriesInfo]:
+        """The series found, largest first."""
+        infos = [_info(uid, members) for uid, members in self._groups.items()]
+        return sorted(infos, key=lambda s: (-s.size, s.uid))
+
+    def read(
+        self,
+        *,
+        series_uid: str | None = None,
+        allow_gaps: bool = False,
+        invert_monochrome1: bool = False,
+        progress: Progress | None = None,
+    ) -> Volume:
+        """One series as a Volume; the arguments are those of :func:`read_dicom_series`."""
+        return _read_series(self._groups, self.folder, series_uid, allow_gaps, invert_monochrome1, progress)
+
+
 def list_dicom_series(folder: str | os.PathLike[str], *, progress: Progress | None = None) -> list[SeriesInfo]:
     """Image series under ``folder`` (recursively), largest first. Reads headers only."""
-    groups = _scan(Path(folder), progress)
-    infos = [_info(uid, members) for uid, members in groups.items()]
-    return sorted(infos, key=lambda s: (-s.size, s.uid))
+    return DicomFolder(folder, progress=progress).series()
 
 
 def _choose(groups: dict[str, list[_Slice]], series_uid: str | None, folder: Path) -> str:
@@ -220,8 +247,19 @@ def read_dicom_series(
         SeriesError: several series and none chosen, gaps, duplicates, mixed geometry.
         InputError: missing/empty folder, no DICOM images, corrupt pixel data.
     """
-    folder = Path(folder)
-    groups = _scan(folder, progress)
+    return DicomFolder(folder, progress=progress).read(
+        series_uid=series_uid, allow_gaps=allow_gaps, invert_monochrome1=invert_monochrome1, progress=progress
+    )
+
+
+def _read_series(
+    groups: dict[str, list[_Slice]],
+    folder: Path,
+    series_uid: str | None,
+    allow_gaps: bool,
+    invert_monochrome1: bool,
+    progress: Progress | None,
+) -> Volume:
     uid = _choose(groups, series_uid, folder)
     members = groups[uid]
     what = f"series {uid}"
