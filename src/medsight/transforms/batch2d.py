@@ -115,7 +115,8 @@ class BatchAugmenter:
         if n == 0:
             return images
         h, w = images.shape[-2:]
-        # every random number is drawn here, in this order, whether or not its transform fires
+        # every parameter is drawn here, in this order, whether or not its transform fires (noise
+        # values only for the images it hits)
         flip = self._fires(spec.flip, n)
         rotating, angle = self._fires(spec.rotate, n), self._uniform(-1.0, 1.0, n) * math.radians(spec.rotate_degrees)
         zooming, zoom = self._fires(spec.zoom, n), self._uniform(*spec.zoom_range, n)
