@@ -52,3 +52,16 @@ def test_two_processes_train_one_model(tmp_path):
     assert [r["epoch"] for r in lines] == [1, 2]  # rank 0 alone wrote the run folder
     assert lines[-1]["val_n"] == 30.0  # every rank's shard was gathered
     assert lines[-1]["val_accuracy"] == pytest.approx(results[0]["accuracy"])
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    from medsight.core import ConfigError
+    from medsight.engine import process_group
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="at most 1 processes per machine"), process_group("auto"):
+        pass

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
+from medsight.core.errors import ConfigError
+
 __all__ = ["barrier", "gather", "is_main_process", "launched_by_torchrun", "process_group", "rank", "world_size"]
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,13 @@ def process_group(device: str = "auto") -> Iterator[bool]:
         return
     cuda = device != "cpu" and torch.cuda.is_available()
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local >= count:
+            raise ConfigError(
+                f"process {local} on this machine has no GPU of its own ({count} GPU(s)): start at most "
+                f"{count} processes per machine, or train on CPUs with --device cpu"
+            )
+        torch.cuda.set_device(local)
     dist.init_process_group("nccl" if cuda else "gloo")
     log.info("process %d of %d joined the %s group", dist.get_rank(), dist.get_world_size(), dist.get_backend())
     try:
