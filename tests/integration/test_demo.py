@@ -19,3 +19,14 @@ def test_quick_demo_runs_every_recipe(tmp_path):
     for recipe in ("dr-grading", "cxr-findings", "mammo-screening"):
         assert (tmp_path / "demo" / "runs" / recipe / "metrics_test.json").is_file()
     assert "medsight demo" in result.output and "done in" in result.output
+
+
+def test_phantom_data_is_reused_only_when_it_matches(tmp_path):
+    from medsight.validation.demo import phantom_data
+
+    folder = tmp_path / "dr"
+    assert phantom_data("dr-grading", folder, cases=3, seed=0)
+    assert not phantom_data("dr-grading", folder, cases=3, seed=0)  # same cases and seed: reused
+    assert phantom_data("dr-grading", folder, cases=4, seed=0)  # a quick run's data is not a full run's
+    assert len(list((folder / "train_images").glob("*.png"))) == 4
+    assert phantom_data("dr-grading", folder, cases=4, seed=1)

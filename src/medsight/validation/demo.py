@@ -85,6 +85,20 @@ def _dig(report: dict[str, Any], path: tuple[str, ...]) -> dict[str, float]:
     return node
 
 
+def phantom_data(recipe: str, folder: Path, *, cases: int, seed: int, progress: Progress | None = None) -> bool:
+    """Make the recipe's phantom in ``folder`` unless it already holds these cases and seed
+    (a marker written last says so); True when it was made."""
+    marker, wanted = folder / ".complete", {"cases": cases, "seed": seed}
+    try:
+        if json.loads(marker.read_text()) == wanted:
+            return False
+    except (OSError, ValueError):
+        pass
+    make_phantom(recipe, folder, cases=cases, seed=seed, overwrite=True, progress=progress)
+    marker.write_text(json.dumps(wanted))
+    return True
+
+
 def run_demo(
     out: str | os.PathLike[str] = "medsight-demo",
     *,
@@ -105,9 +119,7 @@ def run_demo(
         started = time.perf_counter()
         cases = max(12, step.cases // 25) if quick else step.cases
         data = out / "data" / step.recipe
-        if not (data / ".complete").is_file():
-            make_phantom(step.recipe, data, cases=cases, seed=seed, overwrite=True, progress=progress)
-            (data / ".complete").write_text(json.dumps({"cases": cases, "seed": seed}))
+        phantom_data(step.recipe, data, cases=cases, seed=seed, progress=progress)
         manifest_path = out / f"{step.recipe}.csv"
         manifest = build_manifest(data, format=phantoms()[step.recipe].layout)
         split = assign_splits(manifest, stratify=step.stratify, seed=seed, respect_official=False)
