@@ -30,3 +30,15 @@ def test_phantom_data_is_reused_only_when_it_matches(tmp_path):
     assert phantom_data("dr-grading", folder, cases=4, seed=0)  # a quick run's data is not a full run's
     assert len(list((folder / "train_images").glob("*.png"))) == 4
     assert phantom_data("dr-grading", folder, cases=4, seed=1)
+
+
+def test_demo_profiles_are_checked(tmp_path):
+    from medsight.core import ConfigError
+    from medsight.validation.demo import DEMO, LONG, run_demo
+
+    result = CliRunner().invoke(app, ["demo", "--quick", "--long", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 1 and "exclude each other" in result.output
+    with pytest.raises(ConfigError, match="quick, standard or long"):
+        run_demo(tmp_path / "d", profile="huge")
+    standard = {step.recipe: step.cases for step in DEMO}
+    assert all(cases > standard[recipe] for recipe, (cases, _) in LONG.items())  # long means more, never less

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from medsight.cli.common import err, friendly, out, progress_bar, state
-from medsight.core.errors import MedsightError
+from medsight.core.errors import ConfigError, MedsightError
 from medsight.data import build_manifest
 from medsight.engine import is_main_process, launched_by_torchrun, process_group
 from medsight.engine.classify import train_classifier
@@ -201,6 +201,10 @@ def demo_command(
         "medsight-demo"
     ),
     quick: Annotated[bool, typer.Option("--quick", help="A tiny run that only checks the chain works.")] = False,
+    long: Annotated[
+        bool,
+        typer.Option("--long", help="More cases, larger images, more epochs (~30 min on 2 cores; minutes on a GPU)."),
+    ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed for phantoms, splits and training.")] = 0,
 ) -> None:
     """Make phantoms for DR grading, chest X-ray findings and mammography; train, evaluate, summarise."""
@@ -208,9 +212,12 @@ def demo_command(
 
     from medsight.validation.demo import run_demo
 
+    if quick and long:
+        raise ConfigError("--quick and --long exclude each other: pick one (or neither, ~10 minutes)")
     started = time.perf_counter()
     with progress_bar() as progress:
-        rows = run_demo(output, quick=quick, seed=seed, progress=progress)
+        rows = run_demo(output, profile="quick" if quick else "long" if long else "standard", seed=seed,
+                        progress=progress)  # fmt: skip
     table = Table("recipe", "metric", "estimate [95 % CI]", "target", "", title="medsight demo (phantom test sets)")
     for row in rows:
         mark = "[green]met[/]" if row.met else "[red]below[/]"
