@@ -41,14 +41,14 @@ _COMMON = ("train.batch_size=32", "train.precision=auto", "evaluation.bootstrap=
 DEMO = (
     Step(
         "dr-grading",
-        600,
-        (*_COMMON, "preprocess.size=160", "train.epochs=12", "train.lr=0.002", "train.early_stopping=null"),
+        400,
+        (*_COMMON, "preprocess.size=128", "train.epochs=10", "train.lr=0.002", "train.early_stopping=null"),
         (("referable-DR AUC", ("referable", "auc"), 0.90), ("QWK", ("metrics", "qwk"), 0.6)),
     ),
     Step(
         "cxr-findings",
-        600,
-        (*_COMMON, "preprocess.size=128", "model.name=resnet18", "train.epochs=10", "train.early_stopping=null"),
+        1200,
+        (*_COMMON, "preprocess.size=128", "model.name=resnet18", "train.epochs=12", "train.early_stopping=null"),
         (("CXR macro AUC", ("metrics", "macro_auc"), 0.85),),
         stratify=None,
     ),
