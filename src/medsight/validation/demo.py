@@ -118,7 +118,7 @@ def run_demo(
     ``standard`` fits about 10 minutes on two CPU cores. ``quick`` shrinks everything (a
     handful of cases, one epoch, tiny images) to check that the whole chain runs; its figures
     mean nothing. ``long`` gives chest X-rays and mammography more cases, larger images and
-    more epochs (:data:`LONG`; about half an hour on two cores), enough for their targets.
+    more epochs (:data:`LONG`; about 22 minutes on two cores), enough for their targets.
     """
     if profile not in ("quick", "standard", "long"):
         raise ConfigError(f"demo profile must be quick, standard or long, got {profile!r}")
