@@ -203,7 +203,7 @@ def demo_command(
     quick: Annotated[bool, typer.Option("--quick", help="A tiny run that only checks the chain works.")] = False,
     long: Annotated[
         bool,
-        typer.Option("--long", help="More cases, larger images, more epochs (~22 min on 2 cores; minutes on a GPU)."),
+        typer.Option("--long", help="More cases, larger images, more epochs (~22 min on 2 CPU cores)."),
     ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed for phantoms, splits and training.")] = 0,
 ) -> None:
