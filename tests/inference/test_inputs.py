@@ -8,6 +8,7 @@ from PIL import Image
 
 from medsight.core import Geometry, InputError, Volume, VolumeMetadata
 from medsight.inference import expand_inputs, image_facts
+from medsight.io import read
 from medsight.io.dicom_write import write_dicom_image
 
 
@@ -32,8 +33,8 @@ def test_dicom_facts_for_view_fusion(tmp_path):
         VolumeMetadata(modality="MG", patient_id="P7"),
     )
     write_dicom_image(volume, tmp_path / "mg.dcm", modality="MG", laterality="R", view="MLO")
-    facts = image_facts(tmp_path / "mg.dcm")
+    facts = image_facts(read(tmp_path / "mg.dcm"))
     assert facts["patient_id"] == "P7" and facts["laterality"] == "R" and facts["view"] == "MLO"
     assert facts["study_id"].startswith(("1.", "2."))  # a UID
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "photo.png")
-    assert image_facts(tmp_path / "photo.png") == {}
+    assert image_facts(read(tmp_path / "photo.png")) == {}

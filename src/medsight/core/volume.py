@@ -26,6 +26,8 @@ class VolumeMetadata:
         sop_uids: SOPInstanceUIDs in slice order (one per file for a series).
         series_description: DICOM SeriesDescription.
         manufacturer: DICOM Manufacturer (scanner vendor), for subgroup analysis.
+        laterality: ``"L"``/``"R"`` for images of one side (DICOM ImageLaterality, else Laterality).
+        view: DICOM ViewPosition (``"CC"``, ``"MLO"``, ``"PA"``...).
         photometric_interpretation: As stored in the file (e.g. ``"MONOCHROME1"``).
         monochrome1_inverted: True when MONOCHROME1 pixels were inverted on reading.
         rescale: ``(slope, intercept)`` applied to stored values, when not identity.
@@ -43,6 +45,8 @@ class VolumeMetadata:
     sop_uids: tuple[str, ...] = ()
     series_description: str | None = None
     manufacturer: str | None = None
+    laterality: str | None = None
+    view: str | None = None
     photometric_interpretation: str | None = None
     monochrome1_inverted: bool = False
     rescale: tuple[float, float] | None = None

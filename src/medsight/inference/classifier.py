@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,10 +15,11 @@ import torch
 from torch import nn
 
 from medsight.core.errors import ConfigError, InputError
+from medsight.core.volume import Volume
 from medsight.data.cache import ImageCache
 from medsight.data.dataset import ImageDataset
 from medsight.io import detect_format, read
-from medsight.io.dicom_header import load_dataset
+from medsight.io.formats import files_under
 from medsight.models import build_model
 from medsight.models.predict import run_model
 from medsight.tasks import ClassificationTask, fuse_views
@@ -28,7 +28,8 @@ from medsight.transforms.image2d import Preprocess2D, prepare_image
 __all__ = ["FUSION_FILE", "Classifier", "expand_inputs", "image_facts"]
 
 FUSION_FILE = "fusion.json"  # how `medsight evaluate` fused views (method, fitted temperature)
-_FACTS = {"patient_id": "PatientID", "study_id": "StudyInstanceUID", "view": "ViewPosition"}
+
+Progress = Callable[[str, int, int], None]
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -43,8 +44,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
         if not item.exists():
             raise InputError(f"{item} does not exist")
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
-            paths += [p for p in found if p.name.upper() != "DICOMDIR"]
+            paths += [p for p in files_under(item) if p.name.upper() != "DICOMDIR"]
         else:
             paths.append(item)
     if not paths:
@@ -52,20 +52,22 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return paths
 
 
-def image_facts(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Patient, study, laterality and view of a DICOM image (what view fusion groups by); ``{}``
-    for other files. Laterality is ImageLaterality, else the series' Laterality."""
-    if detect_format(path) != "dicom":
-        return {}
-    ds = load_dataset(path, stop_before_pixels=True)
-    facts = {key: str(ds.get(keyword, "") or "") for key, keyword in _FACTS.items()}
-    facts["laterality"] = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "") or "")
+def image_facts(volume: Volume) -> dict[str, str]:
+    """Patient, study, laterality and view of an image as its DICOM header gives them (what view
+    fusion groups by); ``{}`` for files that carry none."""
+    meta = volume.metadata
+    facts = {
+        "patient_id": meta.patient_id,
+        "study_id": meta.study_uid,
+        "laterality": meta.laterality,
+        "view": meta.view,
+    }
     return {k: v for k, v in facts.items() if v}
 
 
-log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int], None]
+def _read(path: str | os.PathLike[str]) -> Volume:
+    """An input image as training saw it (MONOCHROME1 shown as a viewer would)."""
+    return read(path, invert_monochrome1=True) if detect_format(path) in ("dicom", "dicom-series") else read(path)
 
 
 @dataclass
@@ -116,34 +118,35 @@ class Classifier:
         data = ImageDataset(cache, np.zeros(len(cache), np.float32), np.asarray(indices))
         return self.task.probabilities(run_model(self.model, data, batch_size=batch_size)).numpy()
 
-    def predict_files(self, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
-        """Probabilities for image files or DICOM folders, preprocessed as in training."""
-        arrays = []
-        for path in paths:
-            dicom = detect_format(path) in ("dicom", "dicom-series")
-            volume = read(path, invert_monochrome1=True) if dicom else read(path)
-            arrays.append(prepare_image(volume, self.preprocess).astype(np.float32) / 255.0)
-        if not arrays:
+    def predict_volumes(self, volumes: Sequence[Volume]) -> np.ndarray:
+        """Probabilities for images already read, preprocessed as in training."""
+        if not volumes:
             return np.empty((0,))
+        arrays = [prepare_image(v, self.preprocess).astype(np.float32) / 255.0 for v in volumes]
         with torch.no_grad():
             logits = self.model(torch.from_numpy(np.stack(arrays)))
         return self.task.probabilities(logits).numpy()
+
+    def predict_files(self, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
+        """Probabilities for image files or DICOM folders, preprocessed as in training."""
+        return self.predict_volumes([_read(p) for p in paths])
 
     def predict_table(
         self, inputs: Sequence[str | os.PathLike[str]], *, batch_size: int = 32, progress: Progress | None = None
     ) -> pd.DataFrame:
         """One row per image file (folders expanded): ``input``, DICOM facts (patient, study,
-        laterality, view) when present, and ``prob_<class>`` (``prob`` for a binary task)."""
+        laterality, view) when present, and ``prob_<class>`` (``prob`` for a binary task).
+        Each file is read once."""
         paths = expand_inputs(inputs)
         rows = []
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            for path, p in zip(chunk, self.predict_files(chunk), strict=True):
+            volumes = [_read(p) for p in chunk]
+            for path, volume, p in zip(chunk, volumes, self.predict_volumes(volumes), strict=True):
                 values = np.atleast_1d(p)
                 names = ["prob"] if values.size == 1 else [f"prob_{c}" for c in self.task.classes]
-                rows.append(
-                    {"input": str(path), **image_facts(path), **dict(zip(names, map(float, values), strict=True))}
-                )
+                probs = dict(zip(names, map(float, values), strict=True))
+                rows.append({"input": str(path), **image_facts(volume), **probs})
             if progress is not None:
                 progress("predicting", min(start + batch_size, len(paths)), len(paths))
         return pd.DataFrame(rows)

@@ -402,6 +402,8 @@ def base_metadata(ds: Dataset, source_format: str) -> VolumeMetadata:
         series_uid=text("SeriesInstanceUID"),
         series_description=text("SeriesDescription"),
         manufacturer=text("Manufacturer"),
+        laterality=text("ImageLaterality") or text("Laterality"),
+        view=text("ViewPosition"),
         photometric_interpretation=text("PhotometricInterpretation"),
     )
 

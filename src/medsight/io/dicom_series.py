@@ -30,6 +30,7 @@ from medsight.io.dicom_header import (
     read_frames,
     read_header,
 )
+from medsight.io.formats import files_under
 from medsight.io.stack import plan_stack, resample_stack, stack_geometry
 
 __all__ = ["DicomFolder", "Progress", "SeriesInfo", "list_dicom_series", "read_dicom_series"]
@@ -99,14 +100,6 @@ class _Slice:
         )
 
 
-def _walk(folder: Path) -> list[Path]:
-    paths: list[Path] = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        paths.extend(Path(root) / f for f in sorted(files) if not f.startswith("."))
-    return paths
-
-
 def _scan(folder: Path, progress: Progress | None = None) -> dict[str, list[_Slice]]:
     """Group the image datasets under ``folder`` by SeriesInstanceUID."""
     if not folder.exists():
@@ -114,7 +107,7 @@ def _scan(folder: Path, progress: Progress | None = None) -> dict[str, list[_Sli
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder")
     groups: dict[str, list[_Slice]] = defaultdict(list)
-    paths = _walk(folder)
+    paths = files_under(folder)
     if not paths:
         raise InputError(f"folder {folder} is empty: no files to read")
     skipped = 0

@@ -11,7 +11,17 @@ from pathlib import Path
 from medsight.core.errors import InputError, UnsupportedFormatError
 from medsight.io.atomic import full_suffix
 
-__all__ = ["READ_FORMATS", "WRITE_FORMATS", "detect_format", "output_format"]
+__all__ = ["READ_FORMATS", "WRITE_FORMATS", "detect_format", "files_under", "output_format"]
+
+
+def files_under(folder: str | os.PathLike[str]) -> list[Path]:
+    """Every file under ``folder``, recursively, in a stable order; hidden files and folders left out."""
+    paths: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        paths.extend(Path(root) / f for f in sorted(files) if not f.startswith("."))
+    return paths
+
 
 READ_FORMATS = ("dicom", "dicom-series", "nifti", "nrrd", "mha", "png", "jpeg")
 WRITE_FORMATS = {
