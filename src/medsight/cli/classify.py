@@ -67,9 +67,11 @@ def train_command(
         raise typer.Exit(_torchrun(nproc, arguments))
     with process_group(resolved.train.device):
         main = is_main_process()
-        manifest = _manifest_for(data, output) if main else data
-        barrier()  # a data set folder is read into a manifest once, by the first process
-        manifest = manifest if main or data.is_file() else run_manifest(output)
+        if main:
+            manifest = _manifest_for(data, output)  # a data set folder is read once, by the first process
+        barrier()
+        if not main:
+            manifest = data if data.is_file() else run_manifest(output)
         with progress_bar(enabled=main) as progress:
             result = train_classifier(resolved, manifest, output, resume=resume, progress=progress)
     if not main:

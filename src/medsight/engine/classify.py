@@ -169,11 +169,13 @@ def train_classifier(
     val_set = ImageDataset(data.cache, data.targets, val_shard)
     device = choose_device(recipe.train.device)
     amp = choose_precision(recipe.train.precision, device)
-    shard_targets = torch.from_numpy(data.targets[val_shard])
+    # gather() concatenates the shards in rank order: the targets in that order are known here
+    gathered = np.concatenate([val_idx[r :: world_size()] for r in range(world_size())])
+    val_targets = torch.from_numpy(data.targets[gathered])
 
     def validate(scored: torch.nn.Module) -> dict[str, float]:
         shard_logits = run_model(scored, val_set, batch_size=recipe.train.batch_size, device=device, amp_dtype=amp)
-        logits, val_targets = gather(shard_logits), gather(shard_targets)
+        logits = gather(shard_logits)
         metrics = task.score(task.probabilities(logits), val_targets, referable_grade=recipe.task.referable_grade)
         return {"loss": float(task.loss(logits, val_targets)), **metrics}
 
