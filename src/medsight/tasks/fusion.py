@@ -83,14 +83,18 @@ def fit_attention_temperature(
 ) -> float:
     """The temperature whose breast-level scores fit the breast labels best (log-loss), e.g. on
     the validation split; 1.0 when the split has one breast class only (nothing to fit)."""
-    labels = table.groupby(list(breast))[target].max()
-    if labels.nunique() < 2:
+    keys = table.groupby(list(breast), sort=False).ngroup().to_numpy()  # group once, then one pass per candidate
+    y = np.zeros(keys.max() + 1)
+    np.maximum.at(y, keys, table[target].to_numpy(dtype=np.float64))
+    if len(np.unique(y)) < 2:
         return 1.0
+    p = table[score].to_numpy(dtype=np.float64)
+    z = _logit(p)
+    top = np.full(len(y), -np.inf)
+    np.maximum.at(top, keys, z)
     losses = []
-    for t in candidates:
-        fused, _ = fuse_views(table, score, breast=breast, exam=breast[:1], method="attention", temperature=t,
-                              target=target)  # fmt: skip
-        p = np.clip(fused[score].to_numpy(dtype=np.float64), _EPS, 1 - _EPS)
-        y = fused[target].to_numpy(dtype=np.float64)
-        losses.append(float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))))
+    for t in candidates:  # attention_pool per breast, vectorised over the breasts
+        w = np.exp((z - top[keys]) / t)
+        fused = np.clip(np.bincount(keys, w * p) / np.bincount(keys, w), _EPS, 1 - _EPS)
+        losses.append(float(-np.mean(y * np.log(fused) + (1 - y) * np.log(1 - fused))))
     return float(candidates[int(np.argmin(losses))])
