@@ -14,17 +14,15 @@ from rich.table import Table
 
 from medsight.cli.common import err, friendly, out, progress_bar, state
 from medsight.core.errors import ConfigError, MedsightError
-from medsight.data import build_manifest
-from medsight.engine import is_main_process, launched_by_torchrun, process_group
-from medsight.engine.classify import train_classifier
-from medsight.engine.distributed import barrier
-from medsight.engine.recipe import builtin_recipes, load_recipe
-from medsight.inference import Classifier
-from medsight.validation import compare_runs, evaluate_run
+from medsight.engine.builtin import builtin_recipes
+
+# torch, MONAI, pandas and the engine are imported inside each command: `--help` stays instant
 
 
 def _manifest_for(data: Path, run: Path) -> Path:
     """A manifest file as is; a data set folder is read into ``<run>.manifest.csv`` first."""
+    from medsight.data import build_manifest
+
     if data.is_file():
         return data
     manifest = build_manifest(data)
@@ -53,6 +51,11 @@ def train_command(
     ] = 1,
 ) -> None:
     """Train a recipe; the run folder gets the config, metrics.jsonl and best/last checkpoints."""
+    from medsight.engine import is_main_process, launched_by_torchrun, process_group
+    from medsight.engine.classify import train_classifier
+    from medsight.engine.distributed import barrier
+    from medsight.engine.recipe import load_recipe
+
     overrides = list(set_ or [])
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
@@ -96,8 +99,15 @@ def _torchrun(nproc: int, arguments: list[str]) -> int:
     return subprocess.run(command, check=False).returncode
 
 
-def _ci(value: dict[str, float]) -> str:
-    return f"{value['estimate']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+def _ci(value: dict[str, float | None]) -> str:
+    """``estimate [low, high]``; an undefined figure (null or NaN) says so."""
+
+    def show(x: float | None) -> str:
+        return "undefined" if x is None or x != x else f"{x:.3f}"
+
+    if show(value["estimate"]) == "undefined":
+        return "undefined"
+    return f"{show(value['estimate'])} [{show(value['low'])}, {show(value['high'])}]"
 
 
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
@@ -115,7 +125,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     for level, block in report.get("fused", {}).items():
         rows.append((f"{level} auc", _ci(block["auc"])))
     for name, finding in report.get("findings", {}).items():
-        rows.append((f"auc {name}", _ci(finding["auc"])))
+        rows.append((f"auc {name}", _ci(finding["auc"]) if "auc" in finding else f"undefined ({finding['undefined']})"))
     return rows
 
 
@@ -131,6 +141,8 @@ def evaluate_command(
     ] = None,
 ) -> None:
     """Metrics with 95 % CIs (bootstrap by patient); operating points chosen on the validation split."""
+    from medsight.validation import evaluate_run
+
     with progress_bar() as progress:
         report = evaluate_run(run, manifest_path=data, split=split, bootstrap=bootstrap, out=output, progress=progress)
     table = Table(
@@ -141,6 +153,8 @@ def evaluate_command(
     for name, value in summary_rows(report):
         table.add_row(name, value)
     out.print(table)
+    for warning in report.get("warnings", []):
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     out.print(f"wrote {output or Path(run) / f'metrics_{split}.json'}")
 
 
@@ -151,6 +165,8 @@ def predict_command(
 ) -> None:
     """Predict on image files or DICOM; one row per image. Mammography runs also write breast-
     and exam-level scores (``<out>_breasts.csv``, ``<out>_exams.csv``) fused as in evaluation."""
+    from medsight.inference import Classifier
+
     classifier = Classifier.from_run(run)
     with progress_bar() as progress:
         table = classifier.predict_table(inputs, progress=progress)
@@ -175,6 +191,8 @@ def compare_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """DeLong's test between two runs on the same cases."""
+    from medsight.validation import compare_runs
+
     result = compare_runs(run_a, run_b, split=split)
     if as_json:
         print(json.dumps(result, indent=2))

@@ -10,10 +10,9 @@ from rich.table import Table
 
 from medsight.cli.common import err, friendly, out, progress_bar
 from medsight.core.errors import ConfigError
-from medsight.data import Manifest, build_manifest, registered_adapters
-from medsight.data.phantoms import make_phantom, phantoms
-from medsight.data.qc import run_qc
-from medsight.data.splits import assign_splits
+from medsight.data.phantoms import BUILTIN_PHANTOMS
+
+# pandas, the adapters and the phantom generators are imported inside each command (instant --help)
 
 app = typer.Typer(help="Read public data sets into manifests, split them by patient, check their quality.")
 
@@ -32,6 +31,8 @@ def _parse_options(values: list[str] | None) -> dict[str, Any]:
 @friendly
 def formats() -> None:
     """List the data set layouts medsight reads."""
+    from medsight.data import registered_adapters
+
     table = Table("format", "data set", "recipe", "options")
     for name, adapter in registered_adapters().items():
         table.add_row(name, adapter.title, adapter.task, ", ".join(adapter.Options.model_fields) or "-")
@@ -54,6 +55,8 @@ def manifest(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing manifest.")] = False,
 ) -> None:
     """Read a public data set's layout into a manifest (one row per case)."""
+    from medsight.data import build_manifest
+
     result = build_manifest(root, format=fmt, options=_parse_options(option))
     written = result.save(output, overwrite=overwrite)
     table = result.table
@@ -84,6 +87,9 @@ def split(
     output: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of updating in place.")] = None,
 ) -> None:
     """Assign train/val/test (or folds) by patient, stratified and reproducible."""
+    from medsight.data import Manifest
+    from medsight.data.splits import assign_splits
+
     source = Manifest.load(manifest_path)
     result = assign_splits(
         source,
@@ -128,6 +134,9 @@ def qc(
     show: Annotated[int, typer.Option("--show", help="How many findings to list.")] = 20,
 ) -> None:
     """Check files, masks, duplicates, leakage and balance; exit 1 when there are errors."""
+    from medsight.data import Manifest
+    from medsight.data.qc import run_qc
+
     source = Manifest.load(manifest_path)
     with progress_bar() as progress:
         report = run_qc(source, read_images=not no_images, progress=progress)
@@ -156,13 +165,15 @@ def qc(
 @app.command("make-phantom")
 @friendly
 def make_phantom_command(
-    recipe: Annotated[str, typer.Argument(help="Recipe: " + ", ".join(phantoms()) + ".")],
+    recipe: Annotated[str, typer.Argument(help="Recipe: " + ", ".join(BUILTIN_PHANTOMS) + ".")],
     output: Annotated[Path, typer.Option("--out", "-o", help="Folder to create (written in the data set's layout).")],
     cases: Annotated[int, typer.Option("--cases", "-n", help="How many cases.")] = 100,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same data set.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")] = False,
 ) -> None:
     """Make phantom cases with known ground truth, in the layout of the matching public data set."""
+    from medsight.data.phantoms import make_phantom, phantoms
+
     with progress_bar() as progress:
         written = make_phantom(recipe, output, cases=cases, seed=seed, overwrite=overwrite, progress=progress)
     layout = phantoms()[recipe].layout

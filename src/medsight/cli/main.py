@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
 from rich.logging import RichHandler
 from rich.table import Table
@@ -17,9 +16,14 @@ from medsight.cli import classify as classify_commands
 from medsight.cli import data as data_commands
 from medsight.cli.common import err, friendly, out, progress_bar, state
 from medsight.core.errors import ConfigError
-from medsight.core.volume import Volume
-from medsight.io import DicomFolder, detect_format, read, write
-from medsight.io.formats import output_format
+from medsight.io.api import read, write
+from medsight.io.formats import detect_format, output_format
+
+if TYPE_CHECKING:
+    from medsight.core.volume import Volume
+
+# Nothing heavy at import time (torch, MONAI, pandas, pydicom): `medsight --help` must be instant.
+# Each command imports what it needs; tests/cli/test_startup.py keeps it so.
 
 app = typer.Typer(
     name="medsight",
@@ -159,6 +163,8 @@ def info(
     found: list[dict[str, Any]] = []
     with progress_bar() as progress:
         if fmt == "dicom-series":  # headers read once: list the series, then read the chosen one
+            from medsight.io.dicom_series import DicomFolder
+
             if slice_spacing is not None or frames_as_channels:
                 raise ConfigError(
                     "--slice-spacing and --frames-as-channels apply to one multi-frame file, not a folder"
@@ -192,6 +198,8 @@ def _parse_window(text: str | None, volume: Volume) -> tuple[float, float] | Non
     if text == "auto":
         if volume.metadata.window is not None:
             return volume.metadata.window
+        import numpy as np
+
         lo, hi = np.percentile(volume.array, [0.5, 99.5])
         return float(lo + hi) / 2.0, max(float(hi - lo), 1e-6)
     try:

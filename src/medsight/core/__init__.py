@@ -1,16 +1,24 @@
-"""Core objects every layer shares: geometry, volumes, label schemas and errors."""
+"""Core objects every layer shares: geometry, volumes, label schemas and errors.
 
-from medsight.core.errors import (
-    ConfigError,
-    GeometryError,
-    InputError,
-    MedsightError,
-    SeriesError,
-    UnsupportedFormatError,
-)
-from medsight.core.geometry import Geometry, orientation_code
-from medsight.core.labels import CodedConcept, LabelClass, LabelSchema
-from medsight.core.volume import Volume, VolumeMetadata
+Public names are imported on first use (see :mod:`medsight.core.lazy`).
+"""
+
+from typing import TYPE_CHECKING
+
+from medsight.core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from medsight.core.errors import (
+        ConfigError,
+        GeometryError,
+        InputError,
+        MedsightError,
+        SeriesError,
+        UnsupportedFormatError,
+    )
+    from medsight.core.geometry import Geometry, orientation_code
+    from medsight.core.labels import CodedConcept, LabelClass, LabelSchema
+    from medsight.core.volume import Volume, VolumeMetadata
 
 __all__ = [
     "CodedConcept",
@@ -27,3 +35,22 @@ __all__ = [
     "VolumeMetadata",
     "orientation_code",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "CodedConcept": "medsight.core.labels",
+        "ConfigError": "medsight.core.errors",
+        "Geometry": "medsight.core.geometry",
+        "GeometryError": "medsight.core.errors",
+        "InputError": "medsight.core.errors",
+        "LabelClass": "medsight.core.labels",
+        "LabelSchema": "medsight.core.labels",
+        "MedsightError": "medsight.core.errors",
+        "SeriesError": "medsight.core.errors",
+        "UnsupportedFormatError": "medsight.core.errors",
+        "Volume": "medsight.core.volume",
+        "VolumeMetadata": "medsight.core.volume",
+        "orientation_code": "medsight.core.geometry",
+    },
+)

@@ -1,6 +1,31 @@
-"""Data layer: manifests, data set adapters, patient-level splits, quality control and phantoms."""
+"""Data layer: manifests, data set adapters, patient-level splits, quality control and phantoms.
 
-from medsight.data.manifest import Manifest
-from medsight.data.registry import build_manifest, detect_adapters, get_adapter, registered_adapters
+Public names are imported on first use (see :mod:`medsight.core.lazy`).
+"""
 
-__all__ = ["Manifest", "build_manifest", "detect_adapters", "get_adapter", "registered_adapters"]
+from typing import TYPE_CHECKING
+
+from medsight.core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from medsight.data.manifest import Manifest
+    from medsight.data.registry import build_manifest, detect_adapters, get_adapter, registered_adapters
+
+__all__ = [
+    "Manifest",
+    "build_manifest",
+    "detect_adapters",
+    "get_adapter",
+    "registered_adapters",
+]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "Manifest": "medsight.data.manifest",
+        "build_manifest": "medsight.data.registry",
+        "detect_adapters": "medsight.data.registry",
+        "get_adapter": "medsight.data.registry",
+        "registered_adapters": "medsight.data.registry",
+    },
+)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from medsight.core.errors import InputError, MedsightError
+from medsight.core.progress import Progress
 from medsight.data.manifest import Manifest
 from medsight.data.reading import read_case_image
 from medsight.io.atomic import atomic_dir
@@ -29,7 +29,6 @@ __all__ = ["ImageCache", "build_image_cache", "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
 _VERSION = 1
 
 

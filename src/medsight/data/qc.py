@@ -13,7 +13,6 @@ import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +24,7 @@ from PIL import Image
 
 from medsight.core.errors import MedsightError
 from medsight.core.labels import LabelSchema
+from medsight.core.progress import Progress
 from medsight.core.volume import Volume
 from medsight.data.manifest import Manifest
 from medsight.data.reading import read_case_image
@@ -35,7 +35,6 @@ __all__ = ["Finding", "QcReport", "run_qc"]
 log = logging.getLogger(__name__)
 
 Severity = Literal["error", "warning", "info"]
-Progress = Callable[[str, int, int], None]
 _MAX_PAIRWISE = 20000  # near-duplicate search compares all pairs up to this many images
 
 

@@ -1,9 +1,17 @@
-"""Training engine: the loop, run directories, and multi-process helpers."""
+"""Training engine: the loop, run directories, and multi-process helpers.
 
-from medsight.engine.config import EarlyStopping, TrainConfig, choose_device, choose_precision
-from medsight.engine.distributed import gather, is_main_process, launched_by_torchrun, process_group, world_size
-from medsight.engine.loop import TrainResult, seed_everything, train
-from medsight.engine.run import RunDir
+Public names are imported on first use (see :mod:`medsight.core.lazy`).
+"""
+
+from typing import TYPE_CHECKING
+
+from medsight.core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from medsight.engine.config import EarlyStopping, TrainConfig, choose_device, choose_precision
+    from medsight.engine.distributed import gather, is_main_process, launched_by_torchrun, process_group, world_size
+    from medsight.engine.loop import TrainResult, seed_everything, train
+    from medsight.engine.run import RunDir
 
 __all__ = [
     "EarlyStopping",
@@ -20,3 +28,22 @@ __all__ = [
     "train",
     "world_size",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "EarlyStopping": "medsight.engine.config",
+        "RunDir": "medsight.engine.run",
+        "TrainConfig": "medsight.engine.config",
+        "TrainResult": "medsight.engine.loop",
+        "choose_device": "medsight.engine.config",
+        "choose_precision": "medsight.engine.config",
+        "gather": "medsight.engine.distributed",
+        "is_main_process": "medsight.engine.distributed",
+        "launched_by_torchrun": "medsight.engine.distributed",
+        "process_group": "medsight.engine.distributed",
+        "seed_everything": "medsight.engine.loop",
+        "train": "medsight.engine.loop",
+        "world_size": "medsight.engine.distributed",
+    },
+)

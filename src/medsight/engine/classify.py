@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pandas as pd
 import torch
 
 from medsight.core.errors import ConfigError, InputError
+from medsight.core.progress import Progress
 from medsight.data.cache import ImageCache, build_image_cache, default_cache_dir
 from medsight.data.dataset import ImageDataset
 from medsight.data.manifest import Manifest
@@ -31,8 +31,6 @@ from medsight.transforms.image2d import build_augmentation
 __all__ = ["PreparedData", "prepare_data", "targets_of", "task_of", "train_classifier"]
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int], None]
 
 
 def task_of(recipe: Recipe) -> ClassificationTask:

@@ -27,6 +27,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 
 from medsight.core.errors import ConfigError
+from medsight.core.progress import Progress
 from medsight.engine.config import TrainConfig, choose_device, choose_precision
 from medsight.engine.run import RunDir
 
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Validate = Callable[[nn.Module], dict[str, float]]
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medsight.core.errors import ConfigError
+from medsight.engine.builtin import builtin_recipes
 from medsight.engine.config import TrainConfig
 from medsight.transforms.image2d import Augment2D, Preprocess2D
 
@@ -55,12 +55,6 @@ class Recipe(BaseModel):
     balance: Literal["none", "sampler", "weights"] = "none"
     train: TrainConfig = TrainConfig()
     evaluation: EvaluationSpec = EvaluationSpec()
-
-
-def builtin_recipes() -> dict[str, Path]:
-    """Recipe name -> YAML file shipped with medsight."""
-    folder = resources.files("medsight.engine") / "recipes"
-    return {p.name.removesuffix(".yaml"): Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
 
 
 def _set(data: dict[str, Any], dotted: str, value: Any) -> None:

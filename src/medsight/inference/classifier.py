@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from medsight.core.errors import ConfigError, InputError
+from medsight.core.progress import Progress
 from medsight.core.volume import Volume
 from medsight.data.cache import ImageCache
 from medsight.data.dataset import ImageDataset
@@ -28,8 +29,6 @@ from medsight.transforms.image2d import Preprocess2D, prepare_image
 __all__ = ["FUSION_FILE", "Classifier", "expand_inputs", "image_facts"]
 
 FUSION_FILE = "fusion.json"  # how `medsight evaluate` fused views (method, fitted temperature)
-
-Progress = Callable[[str, int, int], None]
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:

@@ -1,13 +1,20 @@
 """Image input and output: DICOM files and series, NIfTI, NRRD/MetaImage, PNG/JPEG.
 
 `read` and `write` are the entry points; the format modules are usable on their own.
+
+Public names are imported on first use (see :mod:`medsight.core.lazy`).
 """
 
-from medsight.io.api import read, write
-from medsight.io.dicom import read_dicom_file
-from medsight.io.dicom_series import DicomFolder, SeriesInfo, list_dicom_series, read_dicom_series
-from medsight.io.dicom_write import write_dicom_image, write_dicom_series
-from medsight.io.formats import detect_format
+from typing import TYPE_CHECKING
+
+from medsight.core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from medsight.io.api import read, write
+    from medsight.io.dicom import read_dicom_file
+    from medsight.io.dicom_series import DicomFolder, SeriesInfo, list_dicom_series, read_dicom_series
+    from medsight.io.dicom_write import write_dicom_image, write_dicom_series
+    from medsight.io.formats import detect_format
 
 __all__ = [
     "DicomFolder",
@@ -21,3 +28,19 @@ __all__ = [
     "write_dicom_image",
     "write_dicom_series",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "DicomFolder": "medsight.io.dicom_series",
+        "SeriesInfo": "medsight.io.dicom_series",
+        "detect_format": "medsight.io.formats",
+        "list_dicom_series": "medsight.io.dicom_series",
+        "read": "medsight.io.api",
+        "read_dicom_file": "medsight.io.dicom",
+        "read_dicom_series": "medsight.io.dicom_series",
+        "write": "medsight.io.api",
+        "write_dicom_image": "medsight.io.dicom_write",
+        "write_dicom_series": "medsight.io.dicom_write",
+    },
+)

@@ -5,16 +5,15 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medsight.core.errors import ConfigError
-from medsight.core.volume import Volume
-from medsight.io.dicom import read_dicom_file
-from medsight.io.dicom_series import Progress, read_dicom_series
-from medsight.io.dicom_write import write_dicom_series
+from medsight.core.progress import Progress
 from medsight.io.formats import detect_format, output_format
-from medsight.io.image2d import read_image2d, write_image2d
-from medsight.io.itk import read_itk, write_itk
-from medsight.io.nifti import read_nifti, write_nifti
+
+if TYPE_CHECKING:
+    from medsight.core.volume import Volume
+
 
 __all__ = ["read", "write"]
 
@@ -63,7 +62,10 @@ def read(
         "slice_spacing": slice_spacing is not None,
         "frames_as_channels": frames_as_channels,
     }
+    # each format's module (pydicom, nibabel, SimpleITK, Pillow) is imported only when it is needed
     if fmt == "dicom-series":
+        from medsight.io.dicom_series import read_dicom_series
+
         if slice_spacing is not None or frames_as_channels:
             raise ConfigError("slice_spacing and frames_as_channels apply to a single multi-frame file, not a folder")
         return read_dicom_series(
@@ -74,6 +76,8 @@ def read(
             progress=progress,
         )
     if fmt == "dicom":
+        from medsight.io.dicom import read_dicom_file
+
         if series_uid is not None:
             raise ConfigError("series_uid chooses a series in a folder; pass the folder, not a file")
         return read_dicom_file(
@@ -88,9 +92,15 @@ def read(
     if used:
         raise ConfigError(f"options {used} apply to DICOM only; {path} is {fmt.upper()}")
     if fmt == "nifti":
+        from medsight.io.nifti import read_nifti
+
         return read_nifti(path)
     if fmt in ("nrrd", "mha"):
+        from medsight.io.itk import read_itk
+
         return read_itk(path, source_format=fmt)
+    from medsight.io.image2d import read_image2d
+
     return read_image2d(path)
 
 
@@ -128,10 +138,18 @@ def write(
     if fmt != "dicom-series" and modality is not None:
         raise ConfigError(f"modality applies to DICOM output, not {fmt}")
     if fmt == "nifti":
+        from medsight.io.nifti import write_nifti
+
         return write_nifti(volume, path, overwrite=overwrite)
     if fmt in ("nrrd", "mha"):
+        from medsight.io.itk import write_itk
+
         return write_itk(volume, path, overwrite=overwrite)
     if fmt in ("png", "jpeg"):
+        from medsight.io.image2d import write_image2d
+
         return write_image2d(volume, path, slice_index=slice_index, window=window, overwrite=overwrite)
+    from medsight.io.dicom_write import write_dicom_series
+
     write_dicom_series(volume, path, modality=modality, overwrite=overwrite)
     return Path(path)

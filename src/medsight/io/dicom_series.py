@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medsight.core.errors import InputError, SeriesError
+from medsight.core.progress import Progress
 from medsight.core.volume import Volume
 from medsight.io.dicom import dataset_to_volume
 from medsight.io.dicom_header import (
@@ -38,9 +39,6 @@ __all__ = ["DicomFolder", "Progress", "SeriesInfo", "list_dicom_series", "read_d
 log = logging.getLogger(__name__)
 
 LARGEST = "largest"
-
-Progress = Callable[[str, int, int], None]
-"""Progress callback: ``(stage, done, total)``."""
 
 
 @dataclass(frozen=True)

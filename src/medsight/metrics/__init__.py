@@ -1,16 +1,24 @@
-"""Metrics as plain functions, each checked against an independent reference in the tests."""
+"""Metrics as plain functions, each checked against an independent reference in the tests.
 
-from medsight.metrics.bootstrap import bootstrap_ci
-from medsight.metrics.classification import (
-    average_precision,
-    confusion_at,
-    delong_test,
-    quadratic_weighted_kappa,
-    roc_auc,
-    threshold_for_sensitivity,
-    threshold_for_specificity,
-    threshold_youden,
-)
+Public names are imported on first use (see :mod:`medsight.core.lazy`).
+"""
+
+from typing import TYPE_CHECKING
+
+from medsight.core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from medsight.metrics.bootstrap import bootstrap_ci
+    from medsight.metrics.classification import (
+        average_precision,
+        confusion_at,
+        delong_test,
+        quadratic_weighted_kappa,
+        roc_auc,
+        threshold_for_sensitivity,
+        threshold_for_specificity,
+        threshold_youden,
+    )
 
 __all__ = [
     "average_precision",
@@ -23,3 +31,18 @@ __all__ = [
     "threshold_for_specificity",
     "threshold_youden",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "average_precision": "medsight.metrics.classification",
+        "bootstrap_ci": "medsight.metrics.bootstrap",
+        "confusion_at": "medsight.metrics.classification",
+        "delong_test": "medsight.metrics.classification",
+        "quadratic_weighted_kappa": "medsight.metrics.classification",
+        "roc_auc": "medsight.metrics.classification",
+        "threshold_for_sensitivity": "medsight.metrics.classification",
+        "threshold_for_specificity": "medsight.metrics.classification",
+        "threshold_youden": "medsight.metrics.classification",
+    },
+)

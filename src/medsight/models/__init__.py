@@ -1,7 +1,15 @@
-"""Networks: a registry over MONAI architectures and loading of the user's own weights."""
+"""Networks: a registry over MONAI architectures and loading of the user's own weights.
 
-from medsight.models.registry import ModelSpec, build_model, register_model, registered_models
-from medsight.models.transfer import LoadReport, backbone_parameters, freeze_backbone, load_pretrained, unfreeze
+Public names are imported on first use (see :mod:`medsight.core.lazy`).
+"""
+
+from typing import TYPE_CHECKING
+
+from medsight.core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from medsight.models.registry import ModelSpec, build_model, register_model, registered_models
+    from medsight.models.transfer import LoadReport, backbone_parameters, freeze_backbone, load_pretrained, unfreeze
 
 __all__ = [
     "LoadReport",
@@ -14,3 +22,18 @@ __all__ = [
     "registered_models",
     "unfreeze",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "LoadReport": "medsight.models.transfer",
+        "ModelSpec": "medsight.models.registry",
+        "backbone_parameters": "medsight.models.transfer",
+        "build_model": "medsight.models.registry",
+        "freeze_backbone": "medsight.models.transfer",
+        "load_pretrained": "medsight.models.transfer",
+        "register_model": "medsight.models.registry",
+        "registered_models": "medsight.models.registry",
+        "unfreeze": "medsight.models.transfer",
+    },
+)

@@ -1,7 +1,15 @@
-"""Tasks: what a network predicts, its loss, and how predictions combine (views -> exams)."""
+"""Tasks: what a network predicts, its loss, and how predictions combine (views -> exams).
 
-from medsight.tasks.classification import ClassificationTask, corn_class_probabilities, corn_loss
-from medsight.tasks.fusion import attention_pool, fit_attention_temperature, fuse_views
+Public names are imported on first use (see :mod:`medsight.core.lazy`).
+"""
+
+from typing import TYPE_CHECKING
+
+from medsight.core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from medsight.tasks.classification import ClassificationTask, corn_class_probabilities, corn_loss
+    from medsight.tasks.fusion import attention_pool, fit_attention_temperature, fuse_views
 
 __all__ = [
     "ClassificationTask",
@@ -11,3 +19,15 @@ __all__ = [
     "fit_attention_temperature",
     "fuse_views",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "ClassificationTask": "medsight.tasks.classification",
+        "attention_pool": "medsight.tasks.fusion",
+        "corn_class_probabilities": "medsight.tasks.classification",
+        "corn_loss": "medsight.tasks.classification",
+        "fit_attention_temperature": "medsight.tasks.fusion",
+        "fuse_views": "medsight.tasks.fusion",
+    },
+)

@@ -7,12 +7,12 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from medsight.core.errors import ConfigError
+from medsight.core.progress import Progress
 from medsight.data.phantoms import make_phantom, phantoms
 from medsight.data.registry import build_manifest
 from medsight.data.splits import assign_splits
@@ -23,8 +23,6 @@ from medsight.validation.classification import evaluate_run
 __all__ = ["DEMO", "LONG", "DemoRow", "phantom_data", "run_demo"]
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)

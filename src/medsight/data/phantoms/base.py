@@ -18,6 +18,7 @@ from typing import TypeVar
 import numpy as np
 
 from medsight.core.errors import ConfigError
+from medsight.core.progress import Progress
 from medsight.io.atomic import atomic_dir
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
 T = TypeVar("T")
 Writer = Callable[[Path, int, int, "Progress | None"], None]
 
@@ -66,7 +66,9 @@ def register_phantom(recipe: str, *, layout: str, description: str) -> Callable[
 
 def phantoms() -> dict[str, Phantom]:
     """All registered phantom generators by recipe."""
-    import medsight.data.phantoms  # noqa: F401  (registers the built-in generators)
+    from medsight.data.phantoms import load_builtin_phantoms
+
+    load_builtin_phantoms()
 
     return dict(sorted(_REGISTRY.items()))
 
