@@ -201,3 +201,127 @@ def test_bootstrap_skips_undefined_resamples_and_is_reproducible():
     assert a == b and 0 < a["n_valid"] < 200
     with pytest.raises(InputError, match="equal length"):
         bootstrap_ci(roc_auc, y, s[:-1])
+
+
+# --- edge cases found by an independent recomputation (issue 7) --------------------------
+
+
+def test_f1_is_zero_without_a_true_positive_as_sklearn():
+    point = confusion_at([1, 1, 0, 0], [0.1, 0.2, 0.9, 0.3], 0.5)
+    assert point["f1"] == 0.0 == f1_score([1, 1, 0, 0], [0, 0, 1, 0])
+    # nothing called positive and no positives at all: undefined, as sklearn's zero_division=nan
+    empty = confusion_at([0, 0, 0], [0.1, 0.2, 0.3], 0.5)
+    assert math.isnan(empty["f1"]) and math.isnan(f1_score([0, 0, 0], [0, 0, 0], zero_division=np.nan))
+    # positives, nothing called positive: 0, not nan
+    assert confusion_at([1, 0], [0.1, 0.2], 0.5)["f1"] == 0.0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_f1_matches_sklearn_on_small_sets(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=6)
+    s = rng.random(6)
+    pred = (s >= 0.5).astype(int)
+    expected = f1_score(y, pred, zero_division=np.nan)
+    got = confusion_at(y, s, 0.5)["f1"]
+    assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected)
+
+
+def test_f1_bootstrap_keeps_the_resamples_without_a_true_positive():
+    """Dropping F1 = 0 resamples (as a NaN F1 did) shifted the interval upwards."""
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 1, 0, 1])
+    s = np.array([0.6, 0.2, 0.3, 0.7, 0.1, 0.2, 0.4, 0.1, 0.55, 0.3])
+
+    def f1(yy, ss):
+        return confusion_at(yy, ss, 0.5)["f1"]
+
+    ci = bootstrap_ci(f1, y, s, n_resamples=500, seed=0)
+    reference = []
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        index = rng.integers(0, len(y), size=len(y))
+        reference.append(f1_score(y[index], (s[index] >= 0.5).astype(int), zero_division=np.nan))
+    reference = np.array(reference)
+    defined = reference[~np.isnan(reference)]
+    assert ci["low"] == pytest.approx(np.percentile(defined, 2.5)) and ci["low"] == 0.0
+    assert ci["n_undefined"] == int(np.isnan(reference).sum()) and ci["n_valid"] == len(defined)
+
+
+def test_bootstrap_reports_and_warns_about_undefined_resamples(caplog):
+    y = np.array([1] + [0] * 19)
+    s = np.linspace(0, 1, 20)
+    with caplog.at_level("WARNING"):
+        ci = bootstrap_ci(roc_auc, y, s, n_resamples=200, seed=4)
+    assert ci["n_undefined"] == 200 - ci["n_valid"] > 0.02 * 200
+    assert "gave no defined value" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        fine = bootstrap_ci(roc_auc, *_data(n=200), n_resamples=100)
+    assert fine["n_undefined"] == 0 and "gave no defined value" not in caplog.text
+
+
+@pytest.mark.parametrize("groups", [[None, "a", "b", "c"], [np.nan, 1.0, 2.0, 3.0], ["a", None, "b", "b"]])
+def test_bootstrap_refuses_missing_patient_ids(groups):
+    with pytest.raises(InputError, match=r"patient ids.*missing for 1 of 4"):
+        bootstrap_ci(np.mean, [1.0, 2.0, 3.0, 4.0], groups=groups)
+
+
+def test_bootstrap_accepts_mixed_type_patient_ids():
+    ci = bootstrap_ci(np.mean, [1.0, 2.0, 3.0, 4.0], groups=np.array([1, "1", "b", 2], dtype=object))
+    assert ci["estimate"] == 2.5
+
+
+def test_confusion_at_refuses_a_nan_threshold():
+    with pytest.raises(InputError, match="threshold must be a finite number"):
+        confusion_at([0, 1], [0.2, 0.8], float("nan"))
+
+
+def _youden_reference(y, s):
+    """Brute force with exact fractions: the highest threshold of maximal J."""
+    from fractions import Fraction
+
+    best, chosen = None, None
+    candidates = sorted({*s.tolist(), np.nextafter(s.max(), np.inf)})
+    for t in candidates:
+        pred = s >= t
+        tp, tn = int(np.sum(pred & (y == 1))), int(np.sum(~pred & (y == 0)))
+        j = Fraction(tp, int(y.sum())) + Fraction(tn, int((y == 0).sum())) - 1
+        if best is None or j >= best:
+            best, chosen = j, t
+    return chosen
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_youden_tie_break_on_exact_counts(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(4, 14))
+    y = rng.integers(0, 2, size=n)
+    y[:2] = [0, 1]
+    s = np.round(rng.random(n), 1)
+    assert threshold_youden(y, s) == _youden_reference(y, s)
+
+
+def test_qwk_refuses_grades_outside_the_classes():
+    with pytest.raises(InputError, match=r"outside 0..4.*\[5\]"):
+        quadratic_weighted_kappa([0, 1, 5], [0, 1, 4], n_classes=5)
+    with pytest.raises(InputError, match=r"y_pred holds 1 grade\(s\) outside 0..4"):
+        quadratic_weighted_kappa([0, 1, 2], [0, 1, -1], n_classes=5)
+    with pytest.raises(InputError, match=r"integer grades.*type"):
+        quadratic_weighted_kappa(["a", "b"], ["a", "b"])
+    with pytest.raises(InputError, match="integer grades"):
+        quadratic_weighted_kappa([0.0, float("nan")], [0, 1])
+
+
+def test_qwk_without_n_classes_counts_an_absent_grade_as_a_step():
+    a = np.array([0, 1, 3, 3, 1, 0])
+    b = np.array([0, 3, 3, 1, 1, 0])  # grade 2 used by neither rater
+    reference = cohen_kappa_score(a, b, labels=[0, 1, 2, 3], weights="quadratic")
+    assert quadratic_weighted_kappa(a, b) == pytest.approx(reference)
+    assert quadratic_weighted_kappa(a, b, n_classes=4) == pytest.approx(reference)
+    assert reference != pytest.approx(cohen_kappa_score(a, b, weights="quadratic"))  # sklearn's default differs
+
+
+@pytest.mark.parametrize("labels", [[1, 0, 0, 0], [0, 1, 1, 1], [0, 1]])
+def test_delong_refuses_a_class_with_one_case(labels):
+    with pytest.raises(InputError, match="at least two cases of each class"):
+        delong_test(labels, np.linspace(0, 1, len(labels)), np.linspace(1, 0, len(labels)))

@@ -7,12 +7,16 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 
 from medsight.core.errors import InputError
 
 __all__ = ["bootstrap_ci"]
 
 log = logging.getLogger(__name__)
+
+UNDEFINED_WARNING = 0.02
+"""Share of undefined resamples above which a warning is logged."""
 
 
 def bootstrap_ci(
@@ -28,7 +32,8 @@ def bootstrap_ci(
     Cases of one patient are correlated (two eyes, follow-up images, four mammography
     views): resampling cases would make intervals too narrow, so whole groups are drawn.
     Resamples where the metric is undefined (``nan``, e.g. AUC with one class) are skipped
-    and counted.
+    and counted (``n_undefined``); skipping them conditions the interval on the metric being
+    defined, so a warning is logged when more than ``UNDEFINED_WARNING`` of them were.
 
     Args:
         metric: Function of the arrays returning a float (e.g. :func:`roc_auc`).
@@ -39,7 +44,8 @@ def bootstrap_ci(
         seed: Random seed (results are reproducible).
 
     Returns:
-        ``estimate`` (on all cases), ``low``, ``high``, ``n_valid`` (usable resamples).
+        ``estimate`` (on all cases), ``low``, ``high``, ``n_valid`` (usable resamples) and
+        ``n_undefined`` (resamples where the metric was undefined).
     """
     if not arrays:
         raise InputError("bootstrap_ci needs at least one array")
@@ -53,6 +59,14 @@ def bootstrap_ci(
     ids = np.arange(n) if groups is None else np.asarray(groups)
     if len(ids) != n:
         raise InputError(f"groups has {len(ids)} entries for {n} cases")
+    missing = pd.isna(ids) if ids.dtype.kind in "OfU" else np.zeros(n, bool)
+    if missing.any():
+        raise InputError(
+            f"groups (patient ids) are missing for {int(missing.sum())} of {n} case(s): every case needs "
+            "a patient id, or its resamples would mix patients"
+        )
+    if ids.dtype == object:
+        ids = ids.astype(str)  # mixed types (1 and "1") compare as their text
     _, codes = np.unique(ids, return_inverse=True)
     order = np.argsort(codes, kind="stable")
     counts = np.bincount(codes)
@@ -65,13 +79,27 @@ def bootstrap_ci(
         value = metric(*(a[index] for a in data))
         if not math.isnan(value):
             values.append(value)
-    if len(values) < 0.5 * n_resamples:
+    undefined = n_resamples - len(values)
+    if undefined > UNDEFINED_WARNING * n_resamples:
         name = getattr(metric, "__name__", None) or getattr(getattr(metric, "func", None), "__name__", "metric")
         # undefined everywhere (e.g. PPV when nothing is called positive) is reported as nan, not warned
         level = logging.WARNING if values else logging.INFO
-        log.log(level, "%s: only %d of %d bootstrap resamples gave a defined value", name, len(values), n_resamples)
+        log.log(
+            level,
+            "%s: %d of %d bootstrap resamples gave no defined value; the interval is over the other %d only",
+            name,
+            undefined,
+            n_resamples,
+            len(values),
+        )
     if not values:
-        return {"estimate": estimate, "low": float("nan"), "high": float("nan"), "n_valid": 0}
+        return {"estimate": estimate, "low": float("nan"), "high": float("nan"), "n_valid": 0, "n_undefined": undefined}
     tail = (1.0 - confidence) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
-    return {"estimate": estimate, "low": float(low), "high": float(high), "n_valid": len(values)}
+    return {
+        "estimate": estimate,
+        "low": float(low),
+        "high": float(high),
+        "n_valid": len(values),
+        "n_undefined": undefined,
+    }

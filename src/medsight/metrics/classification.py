@@ -73,7 +73,12 @@ def confusion_at(
     """Sensitivity, specificity, PPV, NPV, accuracy and F1 when ``score >= threshold`` is positive.
 
     Ratios with an empty denominator (e.g. PPV when nothing is called positive) are ``nan``.
+    F1 is ``2 TP / (2 TP + FP + FN)``: 0 when there are positives but no true positive, and
+    ``nan`` only when there are neither positive labels nor positive calls (as scikit-learn's
+    ``f1_score(zero_division=nan)``).
     """
+    if not math.isfinite(threshold):
+        raise InputError(f"threshold must be a finite number, got {threshold}")
     y, s = _binary(y_true, score)
     pred = s >= threshold
     tp = int(np.sum(pred & (y == 1)))
@@ -84,16 +89,14 @@ def confusion_at(
     def ratio(a: int, b: int) -> float:
         return a / b if b else float("nan")
 
-    sens, ppv = ratio(tp, tp + fn), ratio(tp, tp + fp)
-    f1 = 2 * ppv * sens / (ppv + sens) if (ppv + sens) > 0 and not math.isnan(ppv + sens) else float("nan")
     return {
         "threshold": float(threshold),
-        "sensitivity": sens,
+        "sensitivity": ratio(tp, tp + fn),
         "specificity": ratio(tn, tn + fp),
-        "ppv": ppv,
+        "ppv": ratio(tp, tp + fp),
         "npv": ratio(tn, tn + fn),
         "accuracy": ratio(tp + tn, len(y)),
-        "f1": f1,
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
         "tp": tp,
         "fp": fp,
         "tn": tn,
@@ -107,21 +110,31 @@ def _candidates(s: np.ndarray) -> np.ndarray:
     return np.append(unique, np.nextafter(unique[-1], np.inf))
 
 
-def _rates(y: np.ndarray, s: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _counts(y: np.ndarray, s: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """True positives and true negatives at each threshold (exact integers), and P and N."""
     positives, negatives = s[y == 1], s[y == 0]
     if len(positives) == 0 or len(negatives) == 0:
         raise InputError("choosing an operating point needs both classes in the (validation) labels")
-    sens = 1.0 - np.searchsorted(np.sort(positives), thresholds, side="left") / len(positives)
-    spec = np.searchsorted(np.sort(negatives), thresholds, side="left") / len(negatives)
-    return sens, spec
+    tp = len(positives) - np.searchsorted(np.sort(positives), thresholds, side="left")
+    tn = np.searchsorted(np.sort(negatives), thresholds, side="left")
+    return tp, tn, len(positives), len(negatives)
+
+
+def _rates(y: np.ndarray, s: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    tp, tn, n_pos, n_neg = _counts(y, s, thresholds)
+    return tp / n_pos, tn / n_neg
 
 
 def threshold_youden(y_true: Sequence[float] | np.ndarray, score: Sequence[float] | np.ndarray) -> float:
-    """The threshold maximising sensitivity + specificity - 1 (the highest such score on ties)."""
+    """The threshold maximising sensitivity + specificity - 1 (the highest such score on ties).
+
+    Ties are found on exact counts (``J * P * N = TP * N + TN * P - P * N``), not on
+    floating-point J, so equal J always counts as a tie.
+    """
     y, s = _binary(y_true, score)
     thresholds = _candidates(s)
-    sens, spec = _rates(y, s, thresholds)
-    j = sens + spec - 1.0
+    tp, tn, n_pos, n_neg = _counts(y, s, thresholds)
+    j = tp.astype(np.int64) * n_neg + tn.astype(np.int64) * n_pos  # J scaled by P*N, plus a constant
     return float(thresholds[np.flatnonzero(j == j.max())[-1]])
 
 
@@ -149,21 +162,48 @@ def threshold_for_specificity(
     return float(thresholds[np.flatnonzero(spec >= target - 1e-12).min()])
 
 
+def _grades(values: Sequence[int] | np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.dtype.kind in "iub":
+        return array.astype(np.int64)
+    if array.dtype.kind != "f":
+        raise InputError(f"{name} must be integer grades; got values of type {array.dtype} (e.g. {array.ravel()[:3]})")
+    bad = ~np.isfinite(array) | (np.mod(array, 1) != 0)
+    if bad.any():
+        raise InputError(
+            f"{name} must be integer grades; {int(bad.sum())} value(s) are not (e.g. {array[bad][:3].tolist()}): "
+            "round or argmax the predictions first"
+        )
+    return array.astype(np.int64)
+
+
 def quadratic_weighted_kappa(
     y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, *, n_classes: int | None = None
 ) -> float:
     """Cohen's kappa with quadratic weights for ordinal grades (the APTOS/Kaggle DR metric).
 
-    ``nan`` when both raters used a single, identical grade throughout (kappa is undefined).
+    The weights are the squared grade differences, so a grade missing from both raters still
+    counts as a step between its neighbours. ``n_classes`` fixes the grades to
+    ``0..n_classes-1`` (a grade outside is an error); without it, every grade between the
+    lowest and the highest seen. ``nan`` when both raters used a single, identical grade
+    throughout (kappa is undefined).
     """
-    a, b = np.asarray(y_true), np.asarray(y_pred)
+    a, b = _grades(y_true, "y_true"), _grades(y_pred, "y_pred")
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
         raise InputError(f"grades must be non-empty 1D arrays of equal length; got {a.shape} and {b.shape}")
-    if not (np.issubdtype(a.dtype, np.integer) and np.issubdtype(b.dtype, np.integer)):
-        if not (np.all(np.mod(a, 1) == 0) and np.all(np.mod(b, 1) == 0)):
-            raise InputError("quadratic weighted kappa compares integer grades; round or argmax the predictions first")
-        a, b = a.astype(int), b.astype(int)
-    labels = np.arange(n_classes) if n_classes is not None else np.union1d(a, b)
+    if n_classes is not None:
+        if n_classes < 1:
+            raise InputError(f"n_classes must be at least 1, got {n_classes}")
+        for name, grades in (("y_true", a), ("y_pred", b)):
+            outside = (grades < 0) | (grades >= n_classes)
+            if outside.any():
+                raise InputError(
+                    f"{name} holds {int(outside.sum())} grade(s) outside 0..{n_classes - 1} "
+                    f"(e.g. {grades[outside][:3].tolist()}): check the labels or n_classes"
+                )
+        labels = np.arange(n_classes)
+    else:
+        labels = np.arange(min(a.min(), b.min()), max(a.max(), b.max()) + 1)
     if len(np.union1d(a, b)) == 1:
         return float("nan")
     return float(cohen_kappa_score(a, b, labels=labels, weights="quadratic"))
@@ -193,8 +233,12 @@ def delong_test(
     """
     y, a = _binary(y_true, score_a)
     _, b = _binary(y_true, score_b)
-    if y.min() == y.max():
-        raise InputError("DeLong's test needs both classes among the cases")
+    n_pos = int(y.sum())
+    if min(n_pos, len(y) - n_pos) < 2:
+        raise InputError(
+            f"DeLong's test needs at least two cases of each class; got {n_pos} positive and "
+            f"{len(y) - n_pos} negative case(s): its variance is undefined with fewer"
+        )
     components = []
     for s in (a, b):
         components.append(_placements(s[y == 1], s[y == 0]))
