@@ -111,3 +111,27 @@ def test_pretrained_backbone_stays_frozen_while_the_head_warms_up(tmp_path):
     before = source.state_dict()
     backbone = [k for k in trained if not k.startswith("fc.") and k in before and trained[k].is_floating_point()]
     assert backbone and all(torch.equal(trained[k], before[k]) for k in backbone if "running" not in k)
+
+
+@pytest.mark.slow
+def test_a_finding_unknown_for_every_test_case_is_reported_undefined(tmp_path):
+    """CheXpert leaves findings blank: one blank on the whole test split must not crash evaluate."""
+    root = make_phantom("cxr-findings", tmp_path / "cxr", cases=60, seed=1)
+    manifest = build_manifest(root)
+    manifest.save(tmp_path / "m.csv")
+    invoke("train", "--recipe", "cxr-findings", "--data", tmp_path / "m.csv", "--out", tmp_path / "run", "--epochs", 1,
+           *FAST)  # fmt: skip
+    table = pd.read_csv(tmp_path / "m.csv", dtype={"case_id": str})
+    splits = pd.read_csv(tmp_path / "run" / "splits.csv", dtype={"case_id": str}).set_index("case_id")["split"]
+    finding = next(c for c in table.columns if c.startswith("target_"))
+    table.loc[table["case_id"].map(splits).eq("test"), finding] = np.nan
+    table.to_csv(tmp_path / "blank.csv", index=False)
+    (tmp_path / "blank.meta.json").write_text((tmp_path / "m.meta.json").read_text())
+    result = invoke("evaluate", tmp_path / "run", "--data", tmp_path / "blank.csv", "--bootstrap", 20)
+    name = finding.removeprefix("target_")
+    assert f"auc {name}" in result.output and "undefined (no case of the split has a known label)" in result.output
+    report = json.loads((tmp_path / "run" / "metrics_test.json").read_text())
+    assert report["findings"][name] == {"known_cases": 0, "undefined": "no case of the split has a known label"}
+    others = [f for f in report["findings"].values() if f["known_cases"] > 0]
+    assert others and all("auc" in f for f in others)
+    assert any(name in w for w in report["warnings"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from medsight.core.errors import ConfigError, InputError
+from medsight.core.progress import Progress
 from medsight.data.cache import ImageCache, build_image_cache, default_cache_dir
 from medsight.data.manifest import Manifest
 from medsight.inference.classifier import FUSION_FILE, Classifier
@@ -39,7 +40,6 @@ __all__ = ["compare_runs", "evaluate_run", "predictions_of"]
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
 _POINT_METRICS = ("sensitivity", "specificity", "ppv", "npv", "accuracy", "f1")
 
 
@@ -166,11 +166,45 @@ def evaluate_run(
             "accuracy": bootstrap_ci(_accuracy, y, probs, groups=groups, n_resamples=n),
             "macro_auc": bootstrap_ci(_macro_auc, np.eye(len(classes))[y], probs, groups=groups, n_resamples=n),
         }
+    report["warnings"] = _class_warnings(test, recipe, split)
     target_file = Path(out) if out else run_dir / f"metrics_{split}.json"
-    with atomic_file(target_file) as tmp:
-        tmp.write_text(json.dumps(report, indent=2, default=float))
+    with atomic_file(target_file) as tmp:  # undefined figures are written as null (NaN is not JSON)
+        tmp.write_text(json.dumps(_json_ready(report), indent=2, allow_nan=False))
     test.to_csv(run_dir / f"predictions_{split}.csv", index=False)
     return report
+
+
+def _class_warnings(test: pd.DataFrame, recipe: dict[str, Any], split: str) -> list[str]:
+    """What makes the split's figures meaningless: a class (or finding state) it lacks."""
+    task = recipe["task"]
+    columns = (
+        {name: f"target_{name}" for name in task["classes"]} if task["kind"] == "multilabel" else {"": task["target"]}
+    )
+    warnings = []
+    for name, column in columns.items():
+        seen = sorted(test[column].dropna().unique().tolist())
+        if len(seen) < 2:
+            what = f"finding {name!r}" if name else "the target"
+            warnings.append(
+                f"the {split} split holds only {seen or 'unknown'} for {what}: AUC, kappa and sensitivity/"
+                "specificity are undefined there, and accuracy says nothing about telling classes apart"
+            )
+    for message in warnings:
+        log.warning(message)
+    return warnings
+
+
+def _json_ready(value: Any) -> Any:
+    """The report with NaN and infinite figures as ``None`` (JSON null: undefined)."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def _qwk(grades: np.ndarray, probs: np.ndarray, n_classes: int) -> float:
@@ -205,12 +239,19 @@ def _ordinal_report(
 def _multilabel_report(
     val: pd.DataFrame, test: pd.DataFrame, classes: Sequence[str], groups: np.ndarray, points: Sequence[str], n: int
 ) -> dict[str, Any]:
-    findings = {}
+    findings: dict[str, Any] = {}
     for name in classes:
         known_v, known_t = val[f"target_{name}"].notna(), test[f"target_{name}"].notna()
+        if not known_t.any():  # e.g. a CheXpert finding left blank for every test case
+            findings[name] = {"known_cases": 0, "undefined": "no case of the split has a known label"}
+            log.warning("finding %r: no case of the split has a known label; its metrics are undefined", name)
+            continue
         val_scores = (val.loc[known_v, f"target_{name}"].to_numpy(int), val.loc[known_v, f"prob_{name}"].to_numpy())
         test_scores = (test.loc[known_t, f"target_{name}"].to_numpy(int), test.loc[known_t, f"prob_{name}"].to_numpy())
-        findings[name] = _binary_report(val_scores, test_scores, groups[known_t.to_numpy()], points, n)
+        findings[name] = {
+            "known_cases": int(known_t.sum()),
+            **_binary_report(val_scores, test_scores, groups[known_t.to_numpy()], points, n),
+        }
     labels = test[[f"target_{c}" for c in classes]].to_numpy(float)
     scores = test[[f"prob_{c}" for c in classes]].to_numpy()
     macro = bootstrap_ci(_macro_auc, labels, scores, groups=groups, n_resamples=n)
