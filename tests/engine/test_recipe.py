@@ -41,3 +41,15 @@ def test_recipe_files_and_unknown_names(tmp_path):
         load_recipe(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="not a built-in"):
         load_recipe("dr_grading")
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("task.referable_grade=7", r"grades 1..4, got 7"),
+    ("task.referable_grade=0", r"grades 1..4, got 0"),
+    ("task.referable_grade=-1", r"grades 1..4, got -1"),
+])  # fmt: skip
+def test_referable_grade_must_be_a_grade_of_the_task(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe("dr-grading", [override])
+    with pytest.raises(ConfigError, match="applies to ordinal tasks, not binary"):
+        load_recipe("mammo-screening", ["task.referable_grade=1"])

@@ -164,3 +164,39 @@ def test_attention_fusion_and_its_fitted_temperature():
         fuse_views(table.assign(prob=[np.nan] + [0.5] * (len(table) - 1)), "prob")
     with pytest.raises(ConfigError, match="'max', 'mean' or 'attention'"):
         fuse_views(table, "prob", method="median")
+
+
+def test_a_view_without_laterality_or_study_is_refused_not_dropped():
+    rng = np.random.default_rng(1)
+    table = _views(rng, 8, positive_views=1)
+    for column, blank in (("laterality", np.nan), ("laterality", ""), ("study_id", None)):
+        broken = table.copy()
+        broken[column] = broken[column].astype(object)
+        broken.loc[3, column] = blank
+        with pytest.raises(InputError, match=rf"1 view\(s\) have no {column}.*rows \[3\]"):
+            fuse_views(broken, "prob", target="target")
+        with pytest.raises(InputError, match=rf"1 view\(s\) have no {column}"):
+            fit_attention_temperature(broken, "prob", "target")
+
+
+def test_attention_temperature_refuses_unknown_targets():
+    table = _views(np.random.default_rng(2), 30, positive_views=1)
+    table["target"] = table["target"].astype(float)
+    table.loc[5, "target"] = np.nan
+    with pytest.raises(InputError, match=r"1 view\(s\) lack one \(rows \[5\]\)"):
+        fit_attention_temperature(table, "prob", "target")
+
+
+@pytest.mark.parametrize("grades", [[0, 7], [-1, 2], [0.0, float("nan")], [1.5, 2.0]])
+def test_corn_loss_refuses_grades_outside_its_range(grades):
+    logits = torch.zeros(2, 4)  # 5 grades: 0..4
+    with pytest.raises(InputError, match=r"whole numbers 0..4"):
+        corn_loss(logits, torch.tensor(grades))
+
+
+@pytest.mark.parametrize("grade", [-1, 0, 5])
+def test_at_least_refuses_a_grade_outside_1_to_k_minus_1(grade):
+    probabilities = torch.full((3, 5), 0.2)
+    with pytest.raises(InputError, match=r"grade in 1..K-1"):
+        ClassificationTask.at_least(probabilities, grade)
+    assert ClassificationTask.at_least(probabilities, 4).tolist() == pytest.approx([0.2] * 3)

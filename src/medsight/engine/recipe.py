@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medsight.core.errors import ConfigError
 from medsight.engine.builtin import builtin_recipes
@@ -27,6 +27,17 @@ class TaskSpec(BaseModel):
     target: str = "target"  # multilabel tasks read target_<class> columns instead
     referable_grade: int | None = None  # ordinal: report P(grade >= this) as a binary score
     fusion: Literal["max", "mean", "attention"] | None = None  # binary per-view scores fused to breast and exam
+
+    @model_validator(mode="after")
+    def _grade_within_classes(self) -> TaskSpec:
+        if self.referable_grade is not None:
+            if self.kind != "ordinal":
+                raise ValueError(f"referable_grade applies to ordinal tasks, not {self.kind}")
+            if not 1 <= self.referable_grade < len(self.classes):
+                raise ValueError(
+                    f"referable_grade must be one of the grades 1..{len(self.classes) - 1}, got {self.referable_grade}"
+                )
+        return self
 
 
 class ModelChoice(BaseModel):

@@ -39,6 +39,13 @@ def corn_loss(logits: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
         raise InputError(
             f"CORN needs logits (N, K-1) and grades (N,); got {tuple(logits.shape)}, {tuple(grades.shape)}"
         )
+    g = grades.detach().double()
+    bad = ~torch.isfinite(g) | (g != torch.round(g)) | (g < 0) | (g > logits.shape[1])
+    if bool(bad.any()):
+        raise InputError(
+            f"CORN grades must be whole numbers 0..{logits.shape[1]} for {logits.shape[1]} logits; "
+            f"{int(bad.sum())} are not (e.g. {grades[bad][:3].tolist()})"
+        )
     thresholds = torch.arange(logits.shape[1], device=logits.device)
     g = grades.long()[:, None]
     in_task = g >= thresholds[None, :]  # case counts for task k when its grade is at least k
@@ -161,5 +168,13 @@ class ClassificationTask:
 
     @staticmethod
     def at_least(probabilities: torch.Tensor, grade: int) -> torch.Tensor:
-        """For ordinal tasks: P(grade >= ``grade``), e.g. referable DR = P(ICDR grade >= 2)."""
+        """For ordinal tasks: P(grade >= ``grade``), e.g. referable DR = P(ICDR grade >= 2).
+
+        ``grade`` is one of ``1..K-1`` for ``K`` grades (P(grade >= 0) is always 1).
+        """
+        if probabilities.ndim != 2 or not 1 <= grade < probabilities.shape[1]:
+            raise InputError(
+                f"at_least needs (N, K) grade probabilities and a grade in 1..K-1; got grade {grade} "
+                f"for shape {tuple(probabilities.shape)}"
+            )
         return probabilities[:, grade:].sum(dim=1)

@@ -66,11 +66,24 @@ def fuse_views(
         raise ConfigError(f"cannot fuse views: columns {missing} are missing; columns: {list(table.columns)}")
     if table[score].isna().any():
         raise InputError(f"{int(table[score].isna().sum())} view(s) have no {score}; cannot fuse them")
+    _require_keys(table, [*breast, *exam])
     pool = (lambda s: attention_pool(s.to_numpy(), temperature)) if method == "attention" else method
     agg = {score: pool} | ({target: "max"} if target else {})
     breasts = table.groupby(list(breast), as_index=False).agg(agg)
     exams = breasts.groupby(list(exam), as_index=False).agg({score: "max"} | ({target: "max"} if target else {}))
     return breasts, exams
+
+
+def _require_keys(table: pd.DataFrame, keys: Sequence[str]) -> None:
+    """A view without its study or laterality would silently drop out of its breast: refuse it."""
+    for key in dict.fromkeys(keys):
+        blank = table[key].isna() | table[key].astype(str).str.strip().isin(["", "nan", "None"])
+        if blank.any():
+            raise InputError(
+                f"{int(blank.sum())} view(s) have no {key} (e.g. rows {blank[blank].index[:3].tolist()}), so "
+                f"they cannot be assigned to a breast or exam; fill {key} in the manifest (or DICOM "
+                "ImageLaterality/StudyInstanceUID) or leave those views out"
+            )
 
 
 def fit_attention_temperature(
@@ -83,6 +96,13 @@ def fit_attention_temperature(
 ) -> float:
     """The temperature whose breast-level scores fit the breast labels best (log-loss), e.g. on
     the validation split; 1.0 when the split has one breast class only (nothing to fit)."""
+    _require_keys(table, breast)
+    missing = table[target].isna() | table[score].isna()
+    if missing.any():
+        raise InputError(
+            f"fitting the attention temperature needs a {target} and a {score} for every view; "
+            f"{int(missing.sum())} view(s) lack one (rows {missing[missing].index[:3].tolist()})"
+        )
     keys = table.groupby(list(breast), sort=False).ngroup().to_numpy()  # group once, then one pass per candidate
     y = np.zeros(keys.max() + 1)
     np.maximum.at(y, keys, table[target].to_numpy(dtype=np.float64))
