@@ -69,9 +69,15 @@ def test_duplicate_slice_positions(make_series):
         read(folder)
 
 
-def test_multiframe_without_spacing(testdata):
+def test_multiframe_without_spacing(testdata, tmp_path):
+    import pydicom
+
+    ds = pydicom.dcmread(testdata("SC_rgb_2frame.dcm"))
+    ds.Modality, ds.SOPClassUID = "CT", "1.2.840.10008.5.1.4.1.1.2"  # frames of a CT are slices, not time
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.save_as(tmp_path / "ct_2frame.dcm")
     with pytest.raises(GeometryError, match=r"without slice spacing.*--slice-spacing"):
-        read(testdata("SC_rgb_2frame.dcm"))
+        read(tmp_path / "ct_2frame.dcm")
 
 
 def test_empty_folder(tmp_path):

@@ -7,7 +7,6 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from medsight.core import GeometryError
 from medsight.io import read, read_dicom_file
 
 MR_SYNTAXES = [
@@ -188,10 +187,22 @@ def test_rt_dose_grid_offsets_make_a_stack(testdata):
     assert v.geometry.spacing[0] == pytest.approx(5.0)
 
 
-def test_multiframe_without_spacing_needs_a_choice(testdata):
+@pytest.mark.parametrize("name", ["SC_rgb_rle_2frame.dcm", "OBXXXX1A_2frame.dcm"])
+def test_secondary_capture_and_ultrasound_frames_are_time_points(testdata, name, caplog):
+    """Their frames are time points by definition (echo cine loops, captures): read as channels, said in the log."""
+    import pydicom
+
+    with caplog.at_level("INFO", logger="medsight.io.dicom"):
+        volume = read(testdata(name))
+    reference = pydicom.dcmread(testdata(name)).pixel_array  # (frames, rows, cols[, samples])
+    assert volume.array.shape[1] == 1 and volume.array.shape[0] == 2 * (volume.array.shape[0] // 2)
+    assert volume.metadata.frame_times_ms is not None and "read as time points" in caplog.text
+    if reference.ndim == 4:  # colour: frame-major channels, RGB within each frame
+        np.testing.assert_array_equal(volume.array[4, 0], reference[1, ..., 1])
+
+
+def test_multiframe_secondary_capture_can_still_be_read_as_slices(testdata):
     path = testdata("SC_rgb_rle_2frame.dcm")
-    with pytest.raises(GeometryError, match="multi-frame image without slice spacing"):
-        read(path)
     as_slices = read(path, slice_spacing=3.0)
     assert as_slices.array.shape == (3, 2, 100, 100) and as_slices.geometry.spacing[0] == 3.0
     as_time = read(path, frames_as_channels=True)

@@ -15,6 +15,7 @@ from medsight.core.errors import GeometryError, InputError
 from medsight.core.geometry import Geometry
 from medsight.core.volume import Volume
 from medsight.io.dicom_header import (
+    apply_modality_lut_sequence,
     apply_rescale,
     base_metadata,
     bits_range,
@@ -23,8 +24,10 @@ from medsight.io.dicom_header import (
     finish_display,
     first_float,
     floats,
+    has_modality_lut,
     load_dataset,
     orientation,
+    pixel_layout,
     pixel_spacing,
     require_image,
 )
@@ -83,8 +86,21 @@ def _frame_pointers(ds: Dataset) -> set[BaseTag]:
     return {Tag(p) for p in items}
 
 
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame classes, 1.2.840.10008.5.1.4.1.1.7.N
+_ULTRASOUND = ("1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.3.1")  # US image, US multi-frame image
+
+
+def _frames_are_time(ds: Dataset) -> bool:
+    """Ultrasound and secondary-capture frames are time points by definition (echo cine loops, captures)."""
+    sop = str(ds.get("SOPClassUID", ""))
+    modality = str(ds.get("Modality", "")).upper()
+    return (
+        modality == "US" or sop in _ULTRASOUND or sop == _SECONDARY_CAPTURE or sop.startswith(_SECONDARY_CAPTURE + ".")
+    )
+
+
 def _classic_frames(ds: Dataset, label: str, *, slice_spacing: float | None, frames_as_channels: bool) -> _Frames:
-    count = int(ds.get("NumberOfFrames", 1) or 1)
+    count = pixel_layout(ds, label).frames
     row, col = orientation(ds.get("ImageOrientationPatient"), label)
     slope = first_float(ds.get("RescaleSlope")) or 1.0
     intercept = first_float(ds.get("RescaleIntercept")) or 0.0
@@ -114,6 +130,16 @@ def _classic_frames(ds: Dataset, label: str, *, slice_spacing: float | None, fra
         frames.positions = origin + offsets[:, None] * normal
         return frames
     step = slice_spacing or between
+    if (step is None or step <= 0) and _frames_are_time(ds):
+        log.info(
+            "%s: %d frames without slice spacing read as time points (channels): %s frames are a cine "
+            "loop or a sequence of captures, not slices; pass slice_spacing (--slice-spacing MM) if they are slices",
+            label,
+            count,
+            "ultrasound" if str(ds.get("Modality", "")).upper() == "US" else "secondary-capture",
+        )
+        frames.frame_times = _frame_times(ds, count)
+        return frames
     if step is None or step <= 0:
         raise GeometryError(
             f"{label} is a multi-frame image without slice spacing: it has {count} frames but no "
@@ -127,7 +153,7 @@ def _classic_frames(ds: Dataset, label: str, *, slice_spacing: float | None, fra
 
 
 def _enhanced_frames(ds: Dataset, label: str) -> _Frames:
-    count = int(ds.get("NumberOfFrames", 1) or 1)
+    count = pixel_layout(ds, label).frames
     orient_items = [_functional_item(ds, f, "PlaneOrientationSequence") for f in range(count)]
     vectors = [floats(i.get("ImageOrientationPatient"), 6) for i in orient_items if i is not None]
     iops = {tuple(np.round(v, 4)) for v in vectors if v is not None}
@@ -244,7 +270,13 @@ def dataset_to_volume(
     if pixels.shape[0] != frames.count:
         raise InputError(f"{label}: header says {frames.count} frames, pixel data holds {pixels.shape[0]}")
     grey = pixels.shape[-1] == 1
-    values = apply_rescale(pixels, frames.slopes, frames.intercepts, bits_range(ds)) if grey else pixels
+    lut = grey and has_modality_lut(ds)
+    if lut:  # a Modality LUT Sequence replaces the rescale (the two are mutually exclusive)
+        values = apply_modality_lut_sequence(pixels, ds, label)
+    elif grey:
+        values = apply_rescale(pixels, frames.slopes, frames.intercepts, bits_range(ds))
+    else:
+        values = pixels
     array, geometry = _assemble(values, frames, label, allow_gaps=allow_gaps, ds=ds)
 
     meta = base_metadata(ds, "dicom")
@@ -252,7 +284,7 @@ def dataset_to_volume(
         log.warning("%s has no pixel spacing; assuming 1 mm", label)
     uniform = len({(a, b) for a, b in zip(frames.slopes, frames.intercepts, strict=True)}) == 1
     rescale = None
-    if grey and uniform and (frames.slopes[0], frames.intercepts[0]) != (1.0, 0.0):
+    if grey and not lut and uniform and (frames.slopes[0], frames.intercepts[0]) != (1.0, 0.0):
         rescale = (float(frames.slopes[0]), float(frames.intercepts[0]))
     sop = ds.get("SOPInstanceUID")
     meta = meta.replace(

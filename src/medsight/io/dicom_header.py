@@ -24,9 +24,11 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 
 from medsight.core.errors import GeometryError, InputError
 from medsight.core.volume import VolumeMetadata
+from medsight.io.limits import check_image_size
 
 __all__ = [
     "DicomHeader",
+    "PixelLayout",
     "apply_rescale",
     "base_metadata",
     "bits_range",
@@ -35,9 +37,11 @@ __all__ = [
     "finish_display",
     "first_float",
     "floats",
+    "header_int",
     "is_dicomdir",
     "load_dataset",
     "orientation",
+    "pixel_layout",
     "pixel_spacing",
     "read_frames",
     "read_header",
@@ -164,6 +168,56 @@ def read_header(path: str | os.PathLike[str]) -> DicomHeader:
     return DicomHeader(path, ds, pixel_offset=start + (8 if implicit else 12), pixel_length=length)
 
 
+def header_int(ds: Dataset, keyword: str, default: int | None, label: str) -> int:
+    """An integer attribute of the header, or ``default``; a malformed value is an InputError."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        if default is None:
+            raise InputError(f"{label} has no {keyword}: the header is incomplete or corrupt")
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{label} has an invalid {keyword} ({value!r}): the header is corrupt") from None
+
+
+@dataclass(frozen=True)
+class PixelLayout:
+    """What the header declares about the pixel data, checked to be sane."""
+
+    rows: int
+    cols: int
+    frames: int
+    samples: int
+    bits_allocated: int
+
+    @property
+    def itemsize(self) -> int:
+        return max(self.bits_allocated // 8, 1)
+
+
+def pixel_layout(ds: Dataset, label: str) -> PixelLayout:
+    """Rows, columns, frames, samples and bits from the header: valid, and within the image budget."""
+    layout = PixelLayout(
+        rows=header_int(ds, "Rows", None, label),
+        cols=header_int(ds, "Columns", None, label),
+        frames=header_int(ds, "NumberOfFrames", 1, label) or 1,
+        samples=header_int(ds, "SamplesPerPixel", 1, label),
+        bits_allocated=header_int(ds, "BitsAllocated", 16, label),
+    )
+    if min(layout.rows, layout.cols) < 1 or layout.frames < 1:
+        raise InputError(
+            f"{label} declares {layout.frames} frame(s) of {layout.rows}x{layout.cols} pixels: the header is corrupt"
+        )
+    if layout.samples not in (1, 3, 4) or layout.bits_allocated not in (1, 8, 16, 32, 64):
+        raise InputError(
+            f"{label} declares {layout.samples} samples per pixel of {layout.bits_allocated} bits, which is not "
+            "valid DICOM (1 or 3 samples; 1, 8, 16, 32 or 64 bits): the header is corrupt"
+        )
+    check_image_size((layout.frames, layout.rows, layout.cols, layout.samples), layout.itemsize, label)
+    return layout
+
+
 def _raw_pixel_dtype(ds: Dataset) -> np.dtype | None:
     """dtype for reading stored pixels straight from a raw file, or None when decoding is needed."""
     bits = int(ds.get("BitsAllocated", 0))
@@ -184,11 +238,13 @@ def read_frames(header: DicomHeader) -> np.ndarray:
     ds = header.dataset
     dtype = _raw_pixel_dtype(ds) if header.pixel_offset is not None else None
     if dtype is None or "Rows" not in ds:
+        if "Rows" in ds:  # refuse an absurd declared size before reading the whole file
+            pixel_layout(ds, str(header.path))
         full = load_dataset(header.path)
         require_image(full, str(header.path))
         return decode_frames(full, str(header.path))
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    layout = pixel_layout(ds, str(header.path))
+    rows, cols, frames = layout.rows, layout.cols, layout.frames
     count = rows * cols * frames
     available = min(int(header.pixel_length or 0), header.path.stat().st_size - int(header.pixel_offset or 0))
     if available < count * dtype.itemsize:
@@ -233,11 +289,13 @@ def _decoders_installed() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("pylibjpeg", "libjpeg", "openjpeg"))
 
 
+_RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+
+
 def decode_frames(ds: Dataset, label: str) -> np.ndarray:
     """Pixels as ``(frames, rows, cols, samples)`` in stored values (no rescale)."""
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    samples = int(ds.get("SamplesPerPixel", 1))
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    layout = pixel_layout(ds, label)  # sane, and within the budget, before anything is decoded
+    rows, cols, samples, frames = layout.rows, layout.cols, layout.samples, layout.frames
     ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
     dtype = _raw_pixel_dtype(ds) if ts in _NATIVE_LE else None
     if dtype is not None:  # raw little-endian: no decoding needed
@@ -250,6 +308,14 @@ def decode_frames(ds: Dataset, label: str) -> np.ndarray:
             )
         arr = np.frombuffer(raw, dtype=dtype, count=rows * cols * frames)
         return arr.astype(dtype.newbyteorder("="), copy=False).reshape(frames, rows, cols, 1)
+    if ts == _RLE_LOSSLESS:  # RLE packs at most 128 equal bytes into 2: the data present bounds the size
+        present = len(ds.PixelData or b"")
+        declared = rows * cols * frames * samples * layout.itemsize
+        if declared > 64 * present + 64 * frames:
+            raise InputError(
+                f"{label} declares {frames} frame(s) of {rows}x{cols} pixels ({declared} bytes) but its RLE data "
+                f"holds {present} bytes, less than RLE can encode that in: the file is truncated or corrupt"
+            )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -277,6 +343,29 @@ def decode_frames(ds: Dataset, label: str) -> np.ndarray:
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr.reshape(frames, rows, cols, samples)
+
+
+def has_modality_lut(ds: Dataset) -> bool:
+    """Whether stored values become modality values through a Modality LUT Sequence (not a rescale)."""
+    seq = ds.get("ModalityLUTSequence")
+    return seq is not None and len(seq) > 0
+
+
+def apply_modality_lut_sequence(stored: np.ndarray, ds: Dataset, label: str) -> np.ndarray:
+    """Stored values through the dataset's Modality LUT Sequence (pydicom's ``apply_modality_lut``).
+
+    Values below the LUT's first mapped value take its first entry, values above its last
+    entry take the last (PS3.3 C.11.1). The result's dtype follows the LUT's bits (8 or 16).
+    """
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        return np.asarray(apply_modality_lut(stored, ds))
+    except (AttributeError, IndexError, KeyError, ValueError, TypeError) as exc:
+        raise InputError(
+            f"{label} has a Modality LUT Sequence that cannot be applied ({exc}); its LUTDescriptor or "
+            "LUTData is malformed"
+        ) from exc
 
 
 def bits_range(ds: Dataset) -> tuple[int, int]:

@@ -17,6 +17,7 @@ from medsight.core.volume import Volume
 from medsight.io.dicom import dataset_to_volume
 from medsight.io.dicom_header import (
     DicomHeader,
+    apply_modality_lut_sequence,
     apply_rescale,
     base_metadata,
     bits_range,
@@ -24,9 +25,11 @@ from medsight.io.dicom_header import (
     finish_display,
     first_float,
     floats,
+    has_modality_lut,
     is_dicomdir,
     load_dataset,
     orientation,
+    pixel_layout,
     pixel_spacing,
     read_frames,
     read_header,
@@ -86,10 +89,11 @@ class _Slice:
     def of(cls, header: DicomHeader) -> _Slice:
         ds = header.dataset
         iop = floats(ds.get("ImageOrientationPatient"), 6)
+        layout = pixel_layout(ds, str(header.path))
         return cls(
             header=header,
-            size=(int(ds.Rows), int(ds.Columns)),
-            frames=int(ds.get("NumberOfFrames", 1) or 1),
+            size=(layout.rows, layout.cols),
+            frames=layout.frames,
             orientation=iop,
             position=floats(ds.get("ImagePositionPatient"), 3),
             spacing=pixel_spacing(ds),
@@ -128,7 +132,13 @@ def _scan(folder: Path, progress: Progress | None = None) -> dict[str, list[_Sli
         if "Rows" not in ds:
             log.info("skipping %s: not an image (%s)", path, ds.get("SOPClassUID", "no SOP class"))
             continue
-        groups[str(ds.get("SeriesInstanceUID", "") or "(no SeriesInstanceUID)")].append(_Slice.of(header))
+        try:
+            member = _Slice.of(header)
+        except InputError as exc:  # a corrupt or absurd header: one bad file does not stop the folder
+            log.warning("skipping %s", exc)
+            skipped += 1
+            continue
+        groups[str(ds.get("SeriesInstanceUID", "") or "(no SeriesInstanceUID)")].append(member)
     if not groups:
         raise InputError(f"folder {folder} holds no DICOM images ({len(paths)} file(s) looked at, {skipped} not DICOM)")
     return groups
@@ -269,7 +279,18 @@ def _read_series(
     slopes = np.array([m.slope for m in ordered])
     intercepts = np.array([m.intercept for m in ordered])
     grey = stored.shape[-1] == 1
-    values = apply_rescale(stored, slopes, intercepts, bits_range(first)) if grey else stored
+    lut = grey and has_modality_lut(first)
+    if lut:  # each slice through its own Modality LUT Sequence
+        values = np.stack(
+            [
+                apply_modality_lut_sequence(stored[i], m.header.dataset, str(m.header.path))
+                for i, m in enumerate(ordered)
+            ]
+        )
+    elif grey:
+        values = apply_rescale(stored, slopes, intercepts, bits_range(first))
+    else:
+        values = stored
     z = float(plan.spacing or 1.0)
     if plan.has_gaps:
         values = resample_stack(values, plan.positions, z)
@@ -282,7 +303,7 @@ def _read_series(
     geometry = stack_geometry(positions[plan.order[0]], row, col, (z, *(in_plane or (1.0, 1.0))), frame_uid)
     uniform = len(set(zip(slopes.tolist(), intercepts.tolist(), strict=True))) == 1
     rescale = None
-    if grey and uniform and (slopes[0], intercepts[0]) != (1.0, 0.0):
+    if grey and not lut and uniform and (slopes[0], intercepts[0]) != (1.0, 0.0):
         rescale = (float(slopes[0]), float(intercepts[0]))
     sop_uids = tuple(str(m.header.dataset.get("SOPInstanceUID", "")) for m in ordered)
     meta = base_metadata(first, "dicom-series").replace(

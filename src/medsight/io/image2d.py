@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from medsight.core.errors import InputError
 from medsight.core.geometry import Geometry
 from medsight.core.volume import Volume, VolumeMetadata
 from medsight.io.atomic import atomic_file
+from medsight.io.limits import check_image_size
 
 __all__ = ["apply_window", "read_image2d", "write_image2d"]
 
@@ -29,11 +31,19 @@ def read_image2d(path: str | os.PathLike[str]) -> Volume:
     """
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            img.load()
-            fmt = (img.format or "").lower()
-            img = ImageOps.exif_transpose(img)
-            array = _to_array(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own checks say more
+            with Image.open(path) as img:  # the header only: the size is checked before decoding
+                _check_declared_size(img, path)
+                img.load()
+                fmt = (img.format or "").lower()
+                img = ImageOps.exif_transpose(img)
+                array = _to_array(img)
+    except Image.DecompressionBombError as exc:
+        raise InputError(
+            f"{path} declares more pixels than any radiograph or photograph holds ({exc}); the header is "
+            "probably corrupt"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path} is not a readable PNG/JPEG image (truncated or corrupt?): {exc}") from exc
     channels = array.shape[0]
@@ -45,6 +55,25 @@ def read_image2d(path: str | os.PathLike[str]) -> Volume:
         spacing_assumed=True,
     )
     return Volume(array[:, None], Geometry(), meta)
+
+
+# deflate's best case is about 1032:1 (PNG); JPEG's is lower. A file whose declared pixels
+# would need more than this much compression is truncated or lies about its size.
+_MAX_COMPRESSION = 1100
+
+
+def _check_declared_size(img: Image.Image, path: Path) -> None:
+    width, height = img.size
+    bands = len(img.getbands())
+    itemsize = 2 if img.mode.startswith("I;16") else 4 if img.mode in ("I", "F") else 1
+    check_image_size((height, width, bands), itemsize, str(path))
+    present = path.stat().st_size
+    declared = width * height * bands * itemsize
+    if declared > _MAX_COMPRESSION * max(present, 1):
+        raise InputError(
+            f"{path} declares {width}x{height} pixels ({declared} bytes) but holds only {present} bytes, more "
+            "than any PNG/JPEG can compress: the file is truncated or its header is corrupt"
+        )
 
 
 def _to_array(img: Image.Image) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from medsight.core.errors import InputError
 from medsight.core.geometry import Geometry
 from medsight.core.volume import Volume, VolumeMetadata
 from medsight.io.atomic import atomic_file
+from medsight.io.limits import check_image_size
 
 __all__ = ["read_itk", "write_itk"]
 
@@ -26,7 +28,13 @@ def read_itk(path: str | os.PathLike[str], *, source_format: str = "nrrd") -> Vo
     """
     path = Path(path)
     try:
-        img = sitk.ReadImage(str(path))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()  # the header alone: the declared size is checked before reading
+        bits = re.search(r"(\d+)-bit", sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+        size = (*reader.GetSize(), reader.GetNumberOfComponents())
+        check_image_size(size, int(bits.group(1)) // 8 if bits else 8, str(path))
+        img = reader.Execute()
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
         raise InputError(f"{path} could not be read as {source_format.upper()}: {first}") from exc

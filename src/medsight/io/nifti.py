@@ -18,6 +18,7 @@ from medsight.core.errors import InputError
 from medsight.core.geometry import Geometry
 from medsight.core.volume import Volume, VolumeMetadata
 from medsight.io.atomic import atomic_file
+from medsight.io.limits import check_image_size
 
 __all__ = ["read_nifti", "write_nifti"]
 
@@ -37,9 +38,14 @@ def read_nifti(path: str | os.PathLike[str]) -> Volume:
     path = Path(path)
     try:
         img = nib.load(str(path))
-        raw = np.asarray(img.dataobj.get_unscaled())
     except Exception as exc:  # nibabel raises many types for corrupt files
-        raise InputError(f"{path} is not a readable NIfTI file: {exc}") from exc
+        raise InputError(f"{path} is not a readable NIfTI file: {_reason(exc)}") from exc
+    shape = tuple(int(n) for n in img.header.get_data_shape())
+    check_image_size(shape, img.header.get_data_dtype().itemsize, str(path))  # before any voxel is read
+    try:
+        raw = np.asarray(img.dataobj.get_unscaled())
+    except Exception as exc:
+        raise InputError(f"{path} is not a readable NIfTI file: {_reason(exc)}") from exc
     slope = getattr(img.dataobj, "slope", 1.0)
     inter = getattr(img.dataobj, "inter", 0.0)
     data = raw
@@ -62,6 +68,12 @@ def read_nifti(path: str | os.PathLike[str]) -> Volume:
     geometry = Geometry.from_affine(affine[:, _SWAP])
     meta = VolumeMetadata(source_format="nifti", rescale=None if data is raw else (float(slope), float(inter or 0.0)))
     return Volume(array, geometry, meta)
+
+
+def _reason(exc: Exception) -> str:
+    """nibabel's message, or the error's type when it has none (e.g. a bare EOFError)."""
+    text = str(exc).strip()
+    return f"{text} ({type(exc).__name__})" if text else f"{type(exc).__name__}: the file is truncated or corrupt"
 
 
 def write_nifti(volume: Volume, path: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
