@@ -256,6 +256,23 @@ def convert(
     )
 
 
+@app.command()
+@friendly
+def clean(
+    folder: Annotated[Path, typer.Argument(help="Folder to sweep (with its subfolders).")],
+) -> None:
+    """Remove the hidden temporaries that interrupted writes (kill -9, power loss) left behind."""
+    from medsight.core.errors import InputError
+    from medsight.io.atomic import remove_stale_temporaries
+
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder; pass the folder that holds the outputs")
+    removed = remove_stale_temporaries(folder, recursive=True)
+    for path in removed:
+        out.print(f"removed {path}")
+    out.print(f"removed {len(removed)} stale temporary file(s) or folder(s) under {folder}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

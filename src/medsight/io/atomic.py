@@ -1,11 +1,20 @@
-"""Atomic writes: a failed write never leaves a half-written file or folder behind."""
+"""Atomic writes: a failed write never leaves a half-written file or folder behind.
+
+Temporaries are hidden siblings of the target named ``.NAME.PID-XXXXXXXX.tmp[.ext]`` (and
+``.old`` for a folder being replaced). A process killed mid-write (kill -9, power loss)
+cannot remove its own; the next atomic write into that folder removes every temporary whose
+process is gone (or, for names without a PID, that is over an hour old), and
+``medsight clean FOLDER`` does the same on demand. Folders are created with the permissions
+the umask gives, like every other tool (``mkdtemp`` alone would make them 0700).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
-import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,11 +22,80 @@ from pathlib import Path
 
 from medsight.core.errors import InputError
 
-__all__ = ["atomic_dir", "atomic_file", "full_suffix"]
+__all__ = ["atomic_dir", "atomic_file", "full_suffix", "remove_stale_temporaries"]
 
 log = logging.getLogger(__name__)
 
 _DOUBLE_SUFFIXES = (".nii.gz", ".tar.gz")
+# .NAME.PID-8hex.tmp[.ext] | .NAME.PID-8hex.old, and the PID-less names of earlier versions
+_TEMPORARY = re.compile(r"^\..+\.(?:(?P<pid>\d+)-[0-9a-f]{8}|[a-z0-9_]{8})\.(?:tmp|old)(?:\.[A-Za-z0-9.]+)?$")
+_UNKNOWN_OWNER_AGE_S = 3600.0
+_OWNED_MAX_AGE_S = 24 * 3600.0
+
+
+def _tag() -> str:
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _is_stale(path: Path, now: float) -> bool:
+    match = _TEMPORARY.match(path.name)
+    if match is None:
+        return False
+    try:
+        age = now - path.lstat().st_mtime
+    except FileNotFoundError:
+        return False
+    pid = match.group("pid")
+    if pid is None:
+        return age > _UNKNOWN_OWNER_AGE_S
+    return int(pid) != os.getpid() and (not _alive(int(pid)) or age > _OWNED_MAX_AGE_S)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str], *, recursive: bool = False) -> list[Path]:
+    """Remove the temporaries that killed writers left in ``folder``; return what was removed.
+
+    A temporary is stale when the process named in it is gone (or it is over a day old), or,
+    for names without a process id, when it is over an hour old. Files that do not look like
+    medsight's temporaries are never touched.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    now = time.time()
+    removed: list[Path] = []
+    walker = os.walk(folder) if recursive else [(str(folder), [], [])]
+    for root, dirs, _ in walker:
+        try:
+            entries = list(Path(root).iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            if not _is_stale(entry, now):
+                continue
+            try:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            except OSError as exc:
+                log.warning("could not remove the stale temporary %s: %s", entry, exc)
+                continue
+            removed.append(entry)
+            if entry.name in dirs:
+                dirs.remove(entry.name)
+    for entry in removed:
+        log.info("removed %s, left by an interrupted write", entry)
+    return removed
 
 
 def full_suffix(path: str | os.PathLike[str]) -> str:
@@ -55,7 +133,8 @@ def atomic_file(target: str | os.PathLike[str], *, overwrite: bool = True) -> It
         raise InputError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
     if target.is_dir():
         raise InputError(f"{target} is a folder; give a file name")
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp{full_suffix(target)}")
+    remove_stale_temporaries(target.parent)
+    tmp = target.with_name(f".{target.name}.{_tag()}.tmp{full_suffix(target)}")
     try:
         yield tmp
         if not tmp.exists():
@@ -83,11 +162,13 @@ def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> It
             raise InputError(
                 f"output folder {target} is not empty; choose a new folder or pass overwrite=True (--overwrite)"
             )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale_temporaries(target.parent)
+    tmp = target.with_name(f".{target.name}.{_tag()}.tmp")
+    tmp.mkdir(mode=0o777)  # the umask applies, as for any folder a tool makes (mkdtemp forces 0700)
     try:
         yield tmp
         if target.exists():
-            old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+            old = target.with_name(f".{target.name}.{_tag()}.old")
             os.replace(target, old)
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)

@@ -48,7 +48,10 @@ def test_nodule_centres_fall_inside_nodules(made):
             hu = volume.array[0][tuple(ours)]
             assert hu > -600, (box, hu)  # denser than aerated lung (-850)
             checked += 1
-    assert checked >= 3
+    annotations = pd.read_csv(made / "annotations.csv")
+    # every annotated nodule checked; how many there are depends on the phantom mix (the real CT
+    # from ../shared/data joins it only where present), so only "at least one" is fixed
+    assert checked == len(annotations) >= 1
 
 
 def test_deterministic(tmp_path):
