@@ -93,8 +93,8 @@ def test_run_folder_rules(tmp_path):
     train(_model(), _loss, data, config=_config(epochs=1), run_dir=tmp_path / "run")
     with pytest.raises(InputError, match=r"not empty.*--resume"):
         train(_model(), _loss, data, config=_config(epochs=1), run_dir=tmp_path / "run")
-    with pytest.raises(InputError, match="cannot resume"):
-        train(_model(), _loss, data, config=_config(epochs=1), run_dir=tmp_path / "new", resume=True)
+    # --resume where nothing was checkpointed yet starts the run (a new folder included)
+    assert train(_model(), _loss, data, config=_config(epochs=1), run_dir=tmp_path / "new", resume=True).epochs_run == 1
 
 
 def test_early_stopping_and_best_checkpoint(tmp_path):
@@ -147,11 +147,68 @@ def test_class_balanced_sampling_evens_out_batches():
     assert 0.35 < labels.mean().item() < 0.65
 
 
-def test_undefined_validation_metric_still_leaves_a_best_checkpoint(tmp_path):
+def test_undefined_validation_metric_still_leaves_a_best_checkpoint_and_says_so(tmp_path, caplog):
     stopping = EarlyStopping(metric="auc", mode="max", patience=5)
     result = train(_model(), _loss, _problem(), config=_config(epochs=2, early_stopping=stopping),
                    run_dir=tmp_path / "run", validate=lambda m: {"auc": float("nan")})  # fmt: skip
     assert (tmp_path / "run" / "best.pt").is_file() and result.best_epoch == 1
+    assert "epoch 2: val_auc is undefined (NaN)" in caplog.text
+
+
+def test_early_stopping_on_a_figure_validation_does_not_produce_is_refused(tmp_path):
+    stopping = EarlyStopping(metric="acuracy", mode="max", patience=2)  # a typo
+    config = _config(epochs=3, early_stopping=stopping)
+    data = _problem()
+    # told the names: refused before anything is written
+    with pytest.raises(ConfigError, match=r"'acuracy' is not a validation figure.*'accuracy'.*accuracy, loss"):
+        train(_model(), _loss, data, config=config, run_dir=tmp_path / "a", validate=_val(data),
+              metric_names=["accuracy"])  # fmt: skip
+    assert not (tmp_path / "a").exists()
+    # not told: refused at the first validation (it used to stop on NaN after `patience` epochs)
+    with pytest.raises(ConfigError, match=r"Did you mean 'accuracy'\? Available: accuracy, loss"):
+        train(_model(), _loss, data, config=config, run_dir=tmp_path / "b", validate=_val(data))
+    with pytest.raises(ConfigError, match="has no validation"):
+        train(_model(), _loss, data, config=config, run_dir=tmp_path / "c")
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_scratch(tmp_path, caplog):
+    data = _problem()
+
+    def crash(stage, done, total):
+        if stage.startswith("training | epoch 1/") and done == 2:
+            raise _CrashError
+
+    with pytest.raises(_CrashError):
+        train(_model(), _loss, data, config=_config(epochs=2), run_dir=tmp_path / "run", progress=crash)
+    assert not (tmp_path / "run" / "last.pt").exists() and (tmp_path / "run" / "config.json").is_file()
+    result = train(_model(), _loss, data, config=_config(epochs=2), run_dir=tmp_path / "run", resume=True)
+    assert result.epochs_run == 2 and "no checkpoint yet" in caplog.text
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="holds no medsight run"):
+        train(_model(), _loss, data, config=_config(epochs=2), run_dir=tmp_path / "other", resume=True)
+
+
+def test_resume_refuses_a_changed_recipe_and_records_more_epochs(tmp_path):
+    data = _problem()
+    run = tmp_path / "run"
+    train(_model(), _loss, data, config=_config(epochs=2), run_dir=run, extra_config={"recipe": {"size": 128}})
+    with pytest.raises(ConfigError, match=r"different recipe \(recipe.size: 128 -> 256\)"):
+        train(_model(), _loss, data, config=_config(epochs=3), run_dir=run, resume=True,
+              extra_config={"recipe": {"size": 256}})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"different recipe \(lr: 0.05 -> 0.1\)"):
+        train(_model(), _loss, data, config=_config(epochs=3, lr=0.1), run_dir=run, resume=True,
+              extra_config={"recipe": {"size": 128}})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"can only grow.*set to 2, got 1"):
+        train(_model(), _loss, data, config=_config(epochs=1), run_dir=run, resume=True,
+              extra_config={"recipe": {"size": 128}})  # fmt: skip
+    result = train(_model(), _loss, data, config=_config(epochs=3), run_dir=run, resume=True,
+                   extra_config={"recipe": {"size": 128}})  # fmt: skip
+    assert result.epochs_run == 3
+    config = json.loads((run / "config.json").read_text())
+    assert config["epochs"] == 3 and config["resumed"] == [{"changed": {"epochs": [2, 3]}}]
 
 
 def test_bad_options(tmp_path):

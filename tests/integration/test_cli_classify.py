@@ -135,3 +135,35 @@ def test_a_finding_unknown_for_every_test_case_is_reported_undefined(tmp_path):
     others = [f for f in report["findings"].values() if f["known_cases"] > 0]
     assert others and all("auc" in f for f in others)
     assert any(name in w for w in report["warnings"])
+
+
+def test_one_class_training_data_is_refused_before_training(tmp_path):
+    root = make_phantom("mammo-screening", tmp_path / "mg", cases=24, seed=1)
+    manifest = build_manifest(root)
+    manifest.save(tmp_path / "m.csv")
+    table = pd.read_csv(tmp_path / "m.csv", dtype={"case_id": str})
+    table["target"] = 0  # every view benign
+    table.to_csv(tmp_path / "m.csv", index=False)
+    result = runner.invoke(app, ["train", "--recipe", "mammo-screening", "--data", str(tmp_path / "m.csv"),
+                                 "--out", str(tmp_path / "run"), "--epochs", "1", *FAST])  # fmt: skip
+    assert result.exit_code == 1
+    assert "the train split holds one class only (['negative']" in result.output
+    assert "re-split with `medsight data split --stratify`" in result.output
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, monkeypatch):
+    import medsight.engine.classify as engine
+
+    def interrupted(recipe, manifest, out, **kwargs):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").write_text(json.dumps({"epoch": 2}) + "\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "train_classifier", interrupted)
+    (tmp_path / "m.csv").write_text("case_id,patient_id,image,target\n")
+    result = runner.invoke(app, ["train", "--recipe", "dr-grading", "--data", str(tmp_path / "m.csv"),
+                                 "--out", str(tmp_path / "run"), "--epochs", "5"])  # fmt: skip
+    assert result.exit_code == 130
+    assert f"interrupted: {tmp_path / 'run'} stopped after epoch 2 of 5" in result.output
+    assert "continue with: medsight" in result.output and "--resume" in result.output

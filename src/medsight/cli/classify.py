@@ -75,8 +75,13 @@ def train_command(
         barrier()
         if not main:
             manifest = data if data.is_file() else run_manifest(output)
-        with progress_bar(enabled=main) as progress:
-            result = train_classifier(resolved, manifest, output, resume=resume, progress=progress)
+        try:
+            with progress_bar(enabled=main) as progress:
+                result = train_classifier(resolved, manifest, output, resume=resume, progress=progress)
+        except KeyboardInterrupt:
+            if main:
+                err.print(_interrupted(output, resolved.train.epochs), highlight=False)
+            raise typer.Exit(130) from None
     if not main:
         return
     out.print(
@@ -84,6 +89,23 @@ def train_command(
         f"(best epoch {result.best_epoch}"
         + (f", {result.best_metric:.4f})" if result.best_metric == result.best_metric else ")")
     )
+
+
+def _interrupted(run: Path, epochs: int) -> str:
+    """One line: where an interrupted run stopped, and the command that resumes it."""
+    done = 0
+    metrics = run / "metrics.jsonl"
+    if metrics.is_file():  # a line is written after each epoch's checkpoint
+        lines = [line for line in metrics.read_text().splitlines() if line.strip()]
+        done = json.loads(lines[-1]).get("epoch", 0) if lines else 0
+    command = ["medsight", *sys.argv[1:]]
+    command += [] if "--resume" in command else ["--resume"]
+    where = (
+        f"after epoch {done} of {epochs} (last.pt holds epoch {done})"
+        if done
+        else f"during epoch 1 of {epochs}, before the first checkpoint (--resume starts it again)"
+    )
+    return f"interrupted: {run} stopped {where}; continue with: {shlex.join(command)}"
 
 
 def run_manifest(run: Path) -> Path:

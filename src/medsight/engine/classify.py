@@ -123,6 +123,35 @@ def _balance(recipe: Recipe, targets: np.ndarray, train_idx: np.ndarray) -> tupl
     return None, tuple(float(w) for w in inverse)
 
 
+def _check_classes(recipe: Recipe, targets: np.ndarray, splits: dict[str, np.ndarray]) -> None:
+    """Refuse training data a classifier cannot learn from, or a validation split it cannot be scored on."""
+    classes = recipe.task.classes
+    if recipe.task.kind == "multilabel":
+        for split, index in splits.items():
+            y = targets[index]
+            lacking = [name for k, name in enumerate(classes) if len(np.unique(y[~np.isnan(y[:, k]), k])) < 2]
+            if len(lacking) == len(classes):
+                raise InputError(
+                    f"no finding has both positive and negative cases in the {split} split ({len(index)} cases): "
+                    "nothing can be learnt or scored. Check the target_<finding> columns and the split"
+                )
+            if lacking:
+                log.warning("the %s split lacks positives or negatives for %s; their AUC is undefined", split, lacking)
+        return
+    for split, index in splits.items():
+        present = sorted({int(v) for v in targets[index]})
+        if len(present) < 2:
+            names = [classes[v] for v in present]
+            raise InputError(
+                f"the {split} split holds one class only ({names}, {len(index)} cases): a classifier cannot learn or "
+                f"be scored on it. The task's classes are {classes}; check the {recipe.task.target!r} column, "
+                "or re-split with `medsight data split --stratify`"
+            )
+        missing = [classes[k] for k in range(len(classes)) if k not in present]
+        if missing and split == "train":
+            log.warning("the train split has no case of %s; the model cannot learn to predict them", missing)
+
+
 def train_classifier(
     recipe: Recipe,
     manifest_path: str | os.PathLike[str],
@@ -148,6 +177,7 @@ def train_classifier(
     train_idx, val_idx = data.indices("train"), data.indices("val")
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise InputError(f"need train and val cases; the split has {len(train_idx)} train and {len(val_idx)} val")
+    _check_classes(recipe, data.targets, {"train": train_idx, "val": val_idx})
     sample_weights, loss_weights = _balance(recipe, data.targets, train_idx)
     task = ClassificationTask(recipe.task.kind, tuple(recipe.task.classes), loss_weights)
     model = build_model(
@@ -192,6 +222,7 @@ def train_classifier(
         resume=resume,
         progress=progress,
         extra_config={"recipe": recipe.model_dump(), "manifest": str(Path(manifest_path).resolve())},
+        metric_names=task.metric_names(referable_grade=recipe.task.referable_grade),
     )
     if rank() == 0:
         splits = data.manifest.table[["case_id", "patient_id", "split"]]

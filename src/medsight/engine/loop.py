@@ -10,6 +10,7 @@ rank 0 writes.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import random
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRa
 
 from medsight.core.errors import ConfigError
 from medsight.core.progress import Progress
-from medsight.engine.config import TrainConfig, choose_device, choose_precision
+from medsight.engine.config import EarlyStopping, TrainConfig, choose_device, choose_precision
 from medsight.engine.run import RunDir
 
 __all__ = ["TrainResult", "seed_everything", "train"]
@@ -206,6 +207,7 @@ def train(
     resume: bool = False,
     progress: Progress | None = None,
     extra_config: dict | None = None,
+    metric_names: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_data``; checkpoints and metrics go to ``run_dir``.
 
@@ -229,11 +231,14 @@ def train(
         progress: ``progress(stage, done, total)`` after every step; the stage reads
             ``"training | epoch 3/10 · loss 0.4123 · val auc 0.871 (epoch 2)"``.
         extra_config: More facts to record in ``config.json`` (recipe, model, task...).
+        metric_names: The names ``validate`` returns; when given, an ``early_stopping.metric``
+            that is not among them (or ``loss``) is refused before anything is written.
     """
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     device = choose_device(config.device)  # check the options before anything is written
     amp_dtype = choose_precision(config.precision, device)
+    _check_stopping(config.early_stopping, validate, metric_names)
     run = RunDir(run_dir, writer=rank == 0)
     run.start(config.model_dump(), seed=config.seed, resume=resume, extra=extra_config)
     seed_everything(config.seed + rank, deterministic=config.deterministic)
@@ -255,7 +260,7 @@ def train(
 
     progress_state = _Progress()
     stopping = config.early_stopping
-    if resume:
+    if resume and run.last.is_file():  # without a checkpoint yet, a resumed run starts from scratch
         progress_state = _restore(run, model, optimizer, scheduler, ema)
 
     epoch, stopped = progress_state.epoch, False
@@ -319,7 +324,11 @@ def train(
             with torch.no_grad():
                 record.update({f"val_{k}": v for k, v in validate(scored).items()})
         key = f"val_{stopping.metric}" if stopping else None
+        if key is not None and key not in record:  # a typo would otherwise stop on NaN and keep epoch 1
+            _check_stopping(stopping, validate, [k.removeprefix("val_") for k in record if k.startswith("val_")])
         value = record.get(key, math.nan) if key else math.nan
+        if key is not None and math.isnan(value):
+            log.warning("epoch %d: %s is undefined (NaN); it cannot improve on the best so far", epoch, key)
         figures = [k for k in record if k.startswith("val_") and k != "val_loss"]
         watched = key if key in record else (figures[0] if figures else None)
         if watched is not None and isinstance(record[watched], int | float):
@@ -347,6 +356,24 @@ def train(
         del wrapped
         dist.barrier()
     return TrainResult(run.path, epoch, progress_state.best_epoch, progress_state.best_metric, stopped)
+
+
+def _check_stopping(stopping: EarlyStopping | None, validate: Validate | None, names: Sequence[str] | None) -> None:
+    """Early stopping must watch a figure validation produces."""
+    if stopping is None:
+        return
+    if validate is None:
+        raise ConfigError("early_stopping watches a validation figure, but this run has no validation; remove it")
+    if names is None:
+        return
+    available = sorted({"loss", *names})
+    if stopping.metric not in available:
+        close = difflib.get_close_matches(stopping.metric, available, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"early_stopping.metric {stopping.metric!r} is not a validation figure of this task.{hint} "
+            f"Available: {', '.join(available)}"
+        )
 
 
 def _mean_across_ranks(value: float, device: torch.device) -> float:

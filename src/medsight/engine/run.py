@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from medsight.core.errors import InputError
+from medsight.core.errors import ConfigError, InputError
 from medsight.io.atomic import atomic_file
 
 __all__ = ["RunDir"]
@@ -45,6 +46,20 @@ def _versions() -> dict[str, str | None]:
     return found
 
 
+# what may differ when a run is resumed: more epochs, and how (not what) it is computed
+_RESUMABLE = frozenset({"epochs", "device", "num_workers", "tensorboard"})
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 class RunDir:
     """Files of one training run (only the main process writes).
 
@@ -69,21 +84,59 @@ class RunDir:
         return self.path / "metrics.jsonl"
 
     def start(self, config: dict[str, Any], *, seed: int, resume: bool, extra: dict[str, Any] | None = None) -> None:
-        """Create the folder and record how the run was made; refuse to mix two runs."""
+        """Create the folder and record how the run was made; refuse to mix two runs.
+
+        With ``resume``, a run that has a checkpoint continues only if nothing that alters the
+        data or the network changed (``epochs`` may grow; device, workers and TensorBoard may
+        change); what changed is recorded under ``resumed`` in ``config.json``. A run stopped
+        before its first checkpoint starts again from scratch in the same folder.
+        """
         if not self.writer:  # other ranks: rank 0 checks and writes (checking here would race it)
             return
-        if resume:
-            if not self.last.is_file():
-                raise InputError(f"cannot resume: {self.last} does not exist; start a new run without --resume")
+        record = {**config, **(extra or {})}
+        if resume and self.last.is_file():
+            self._record_resume(record)
             return
-        if self.path.exists() and any(self.path.iterdir()):
+        if resume:
+            if self.path.is_dir() and any(self.path.iterdir()) and not (self.path / "config.json").is_file():
+                raise InputError(
+                    f"cannot resume: {self.path} holds no medsight run (no config.json); choose the run's folder"
+                )
+            if self.path.exists():
+                log.warning("%s has no checkpoint yet (stopped in its first epoch): starting it again", self.path)
+                for name in ("metrics.jsonl", "best.pt", "tensorboard"):
+                    stale = self.path / name
+                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+        elif self.path.exists() and any(self.path.iterdir()):
             raise InputError(f"run folder {self.path} is not empty; pass --resume to continue it or choose a new --out")
         self.path.mkdir(parents=True, exist_ok=True)
-        self.write_json("config.json", {**config, **(extra or {})})
+        self.write_json("config.json", record)
         self.write_json(
             "environment.json",
             {"versions": _versions(), "git_commit": _git_commit(), "seed": seed, "command": sys.argv},
         )
+
+    def _record_resume(self, record: dict[str, Any]) -> None:
+        """Refuse a resume that changes the data or the network; record what changed."""
+        old = json.loads((self.path / "config.json").read_text()) if (self.path / "config.json").is_file() else {}
+        before, after = _flatten({k: v for k, v in old.items() if k != "resumed"}), _flatten(record)
+        changed = {k: (before.get(k), after.get(k)) for k in sorted(before.keys() | after.keys())}
+        changed = {k: v for k, v in changed.items() if json.dumps(v[0], default=str) != json.dumps(v[1], default=str)}
+        refused = [k for k in changed if k.rsplit(".", 1)[-1] not in _RESUMABLE]
+        if refused:
+            shown = "; ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused[:6])
+            raise ConfigError(
+                f"cannot resume {self.path} with a different recipe ({shown}): it would train on other data "
+                "or another network than the checkpoint and config.json describe. Resume with the same recipe "
+                "(only --epochs may grow), or start a new run in another --out"
+            )
+        for key, (was, now) in changed.items():
+            if key.rsplit(".", 1)[-1] == "epochs" and isinstance(was, int) and isinstance(now, int) and now < was:
+                raise ConfigError(f"--epochs can only grow when resuming: the run was set to {was}, got {now}")
+        if changed:
+            log.info("resuming %s with %s", self.path, {k: list(v) for k, v in changed.items()})
+            history = [*old.get("resumed", []), {"changed": {k: list(v) for k, v in changed.items()}}]
+            self.write_json("config.json", {**record, "resumed": history})
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         if not self.writer:

@@ -166,6 +166,16 @@ class ClassificationTask:
         out["macro_auc"] = _nanmean(list(out.values()))
         return out
 
+    def metric_names(self, *, referable_grade: int | None = None) -> tuple[str, ...]:
+        """The names :meth:`score` returns (what early stopping may watch, besides ``loss``)."""
+        if self.kind == "binary":
+            return ("auc",)
+        if self.kind == "multiclass":
+            return ("accuracy", "macro_auc")
+        if self.kind == "ordinal":
+            return ("qwk", "referable_auc") if referable_grade is not None else ("qwk",)
+        return (*(f"auc_{name}" for name in self.classes), "macro_auc")
+
     @staticmethod
     def at_least(probabilities: torch.Tensor, grade: int) -> torch.Tensor:
         """For ordinal tasks: P(grade >= ``grade``), e.g. referable DR = P(ICDR grade >= 2).
