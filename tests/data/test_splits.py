@@ -38,10 +38,20 @@ def test_no_patient_in_two_splits_and_fractions_hold(seed):
     m = assign_splits(_manifest(seed=seed), stratify="target", seed=seed)
     t = m.table
     assert (_groups_per_split(t) == 1).all()
-    shares = t.groupby("split")["patient_id"].nunique() / t["patient_id"].nunique()
-    assert shares["test"] == pytest.approx(1 / 7, abs=0.03)  # round(1 / 0.15) = 7 folds, one held out
-    assert shares["val"] == pytest.approx(6 / 7 / 7, abs=0.03)
+    patients = t.groupby("split")["patient_id"].nunique()
+    assert patients["test"] == 30  # exactly 15 % of 200 patients
+    assert patients["val"] == round(0.15 * 170)  # 15 % of the patients left
     assert set(t["split"]) == {"train", "val", "test"}
+
+
+@pytest.mark.parametrize(("test", "val"), [(0.4, 0.15), (0.7, 0.2), (0.33, 0.1), (0.5, 0.5)])
+def test_any_fraction_is_honoured_to_the_patient(test, val):
+    """--test 0.4 and --test 0.7 both gave 50 % (the fraction was rounded to 1/k folds)."""
+    t = assign_splits(_manifest(n_patients=137), stratify="target", test_fraction=test, val_fraction=val).table
+    patients = t.groupby("split")["patient_id"].nunique()
+    assert patients["test"] == round(test * 137)
+    assert patients["val"] == round(val * (137 - round(test * 137)))
+    assert (_groups_per_split(t) == 1).all()
 
 
 def test_stratification_balances_the_worst_grade():

@@ -50,23 +50,32 @@ def _pool_rare(strata: pd.Series, groups: pd.Series, n_splits: int) -> pd.Series
 
 
 def _hold_out(table: pd.DataFrame, by: str, strata: pd.Series, fraction: float, seed: int) -> pd.Series:
-    """Boolean mask of rows in a held-out part of about ``fraction`` of the groups."""
-    groups = table[by]
-    n_groups = groups.nunique()
-    n_splits = max(2, round(1.0 / fraction))
-    if n_groups < n_splits:
+    """Boolean mask of the rows of ``round(fraction * groups)`` groups, drawn stratum by stratum.
+
+    The number of groups held out is exact (any fraction, not only 1/k); each stratum gives
+    its share by largest remainders, so the held-out part keeps the strata's proportions
+    within one group per stratum.
+    """
+    per_group = strata.groupby(table[by]).first()  # one stratum per group (patient_strata's promise)
+    n_groups = len(per_group)
+    wanted = round(fraction * n_groups)
+    if wanted < 1 or wanted >= n_groups:
         raise InputError(
-            f"only {n_groups} distinct {by} value(s): too few to hold out {fraction:.0%} of them; "
-            "use fewer folds or smaller fractions, or add data"
+            f"only {n_groups} distinct {by} value(s): too few to hold out {fraction:.0%} of them "
+            f"({fraction * n_groups:.1f} {by} values); use fewer folds or other fractions, or add data"
         )
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    strata = _pool_rare(strata, groups, n_splits)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # uneven strata: sklearn warns, we accept
-        _, held = next(splitter.split(np.zeros(len(table)), strata.to_numpy(), groups.to_numpy()))
-    mask = pd.Series(False, index=table.index)
-    mask.iloc[held] = True
-    return mask
+    rng = np.random.default_rng(seed)
+    sizes = per_group.value_counts().sort_index()
+    quotas = sizes * wanted / n_groups
+    taken = np.floor(quotas).astype(int)
+    remainders = (quotas - taken).to_numpy() + rng.random(len(quotas)) * 1e-9  # ties broken by the seed
+    for position in np.argsort(-remainders, kind="stable")[: wanted - int(taken.sum())]:
+        taken.iloc[position] += 1
+    chosen: list[object] = []
+    for stratum, count in taken.items():
+        members = per_group.index[per_group.to_numpy() == stratum].to_numpy()
+        chosen.extend(members[rng.permutation(len(members))[:count]].tolist())
+    return table[by].isin(chosen)
 
 
 def assign_splits(
