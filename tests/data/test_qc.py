@@ -116,3 +116,62 @@ def test_medmnist_images_are_read_from_the_npz(tmp_path):
     root, _ = REPLICAS["medmnist"](tmp_path, False)
     report = run_qc(build_manifest(root))
     assert report.errors == [] and report.summary["cases"] == 11
+
+
+def _grades(tmp_path, targets, images=None):
+    from PIL import Image
+
+    rows = []
+    for i, target in enumerate(targets):
+        name = f"c{i}.png"
+        Image.new("L", (8, 8), color=i * 10).save(tmp_path / name)
+        image = name if images is None else images[i]
+        rows.append({"case_id": f"c{i}", "patient_id": f"p{i}", "image": image, "split": "", "target": target})
+    return Manifest(pd.DataFrame(rows), tmp_path, {"label_names": ["0", "1", "2", "3", "4"]})
+
+
+def test_targets_outside_the_schema_are_errors_naming_the_case(tmp_path):
+    """7 when grades are 0..4, -1, 'abc', 2.5 and an empty cell all passed QC, then broke training."""
+    manifest = _grades(tmp_path, [0, 7, -1, "abc", 2.5, None, 4])
+    report = run_qc(manifest, read_images=False)
+    messages = {f.message.split(" for ")[0]: f.case_id for f in report.errors if f.check == "target-values"}
+    assert messages == {
+        "target is not a number": "c3",
+        "target is empty (every case needs a class)": "c5",
+        "target is not a whole number": "c4",
+        "target is negative": "c2",
+        "target is above 4 (classes 0..4: 0, 1, 2, 3, 4)": "c1",
+    }
+    assert "c1: '7'" in next(f.message for f in report.errors if f.case_id == "c1")
+
+
+def test_recipe_classes_and_findings(tmp_path):
+    manifest = _grades(tmp_path, [0, 1, 2])
+    report = run_qc(manifest, read_images=False, classes=["benign", "malignant"])
+    assert [f.case_id for f in report.errors] == ["c2"]
+    table = manifest.table.drop(columns="target").assign(target_effusion=[0, 1, None], target_nodule=[1, 2, 0])
+    findings = Manifest(table, tmp_path, {})
+    report = run_qc(findings, read_images=False, classes=["effusion", "nodule", "mass"], multilabel=True)
+    errors = [f.message for f in report.errors]
+    assert len(errors) == 2 and "target_nodule is not 0 or 1" in errors[0] and "['target_mass']" in errors[1]
+
+
+def test_empty_image_cell_is_an_error_and_training_names_the_case(tmp_path):
+    manifest = _grades(tmp_path, [0, 1], images=["c0.png", ""])
+    report = run_qc(manifest)
+    assert [(f.check, f.case_id) for f in report.errors] == [("empty-image", "c1")]
+    from medsight.core import InputError
+    from medsight.data.reading import read_case_image
+
+    with pytest.raises(InputError, match="case c1: its image cell is empty"):
+        read_case_image(manifest, manifest.table.iloc[1], "image")
+
+
+def test_training_names_the_cases_with_bad_targets(tmp_path):
+    from medsight.core import InputError
+    from medsight.engine.classify import targets_of
+    from medsight.engine.recipe import load_recipe
+
+    manifest = _grades(tmp_path, [0, "abc", 7, 2])
+    with pytest.raises(InputError, match=r"2 case\(s\) are not \(e.g. c1: 'abc', c2: 7\)"):
+        targets_of(manifest, load_recipe("dr-grading"))

@@ -132,14 +132,23 @@ def qc(
     json_path: Annotated[Path | None, typer.Option("--json", help="Where to write the JSON report.")] = None,
     no_images: Annotated[bool, typer.Option("--no-images", help="Check the table only (fast).")] = False,
     show: Annotated[int, typer.Option("--show", help="How many findings to list.")] = 20,
+    recipe: Annotated[
+        str | None, typer.Option("--recipe", "-r", help="Check the targets against this recipe's classes.")
+    ] = None,
 ) -> None:
-    """Check files, masks, duplicates, leakage and balance; exit 1 when there are errors."""
+    """Check files, targets, masks, duplicates, leakage and balance; exit 1 when there are errors."""
     from medsight.data import Manifest
     from medsight.data.qc import run_qc
 
+    classes, multilabel = None, False
+    if recipe is not None:
+        from medsight.engine.recipe import load_recipe
+
+        task = load_recipe(recipe).task
+        classes, multilabel = task.classes, task.kind == "multilabel"
     source = Manifest.load(manifest_path)
     with progress_bar() as progress:
-        report = run_qc(source, read_images=not no_images, progress=progress)
+        report = run_qc(source, read_images=not no_images, classes=classes, multilabel=multilabel, progress=progress)
     target = json_path or manifest_path.with_name(manifest_path.stem + ".qc.json")
     report.write_json(target)
     counts = Table("check", "errors", "warnings", "notes", title=f"QC of {manifest_path} ({len(source)} cases)")

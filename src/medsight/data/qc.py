@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -172,7 +173,9 @@ def _read_all(report: QcReport, manifest: Manifest, progress: Progress | None, p
         volumes: dict[str, Volume] = {}
         for column in manifest.path_columns:
             value = row[column]
-            if not isinstance(value, str) or not value:
+            if not isinstance(value, str) or not value.strip():
+                if column not in manifest.label_columns:  # an image is needed; a mask may be absent
+                    report.add("error", "empty-image", f"the {column} cell is empty: no image for this case", case)
                 continue
             try:
                 volume = read_case_image(manifest, row, column, npz_cache)
@@ -283,6 +286,43 @@ def _duplicates(report: QcReport, seen: list[_Seen], max_distance: int) -> None:
             )
 
 
+def _check_targets(report: QcReport, manifest: Manifest, classes: Sequence[str] | None, multilabel: bool) -> None:
+    """``target`` a class index within the classes; a recipe's findings 0, 1 or empty; any other
+    ``target_<name>`` a number or empty."""
+    table = manifest.table
+    names = classes if classes is not None else manifest.info.get("label_names")
+    findings = {f"target_{c}" for c in classes or ()} if multilabel else set()
+    for column in manifest.target_columns:
+        raw = table[column]
+        blank = raw.isna() | raw.astype(str).str.strip().eq("")
+        numbers = pd.to_numeric(raw.where(~blank), errors="coerce")
+        problems: dict[str, pd.Series] = {"not a number": ~blank & numbers.isna()}
+        if column in findings:
+            problems["not 0 or 1 (a finding is 0, 1, or empty for unknown)"] = numbers.notna() & ~numbers.isin([0, 1])
+        elif column == "target" and not multilabel:
+            problems["empty (every case needs a class)"] = blank
+            problems["not a whole number"] = numbers.notna() & (numbers % 1 != 0)
+            problems["negative"] = numbers < 0
+            if names:
+                listed = ", ".join(map(str, names))
+                problems[f"above {len(names) - 1} (classes 0..{len(names) - 1}: {listed})"] = numbers > len(names) - 1
+        for what, bad in problems.items():
+            if not bad.any():
+                continue
+            cases = table.loc[bad, "case_id"].astype(str).tolist()
+            values = raw[bad].astype(str).tolist()
+            examples = ", ".join(f"{c}: {v!r}" for c, v in zip(cases[:3], values[:3], strict=True))
+            report.add(
+                "error",
+                "target-values",
+                f"{column} is {what} for {len(cases)} case(s) (e.g. {examples}); fix or remove those rows",
+                cases[0],
+            )
+    missing = sorted(findings - set(table.columns))
+    if missing:
+        report.add("error", "target-values", f"the manifest has no {missing} column(s) for the recipe's findings")
+
+
 def _leakage(report: QcReport, table: pd.DataFrame) -> None:
     split = table[table["split"] != ""]
     per_patient = split.groupby("patient_id")["split"].unique()
@@ -329,6 +369,8 @@ def run_qc(
     perceptual_hash: bool = True,
     near_duplicate_distance: int = 16,
     outlier_z: float = 6.0,
+    classes: Sequence[str] | None = None,
+    multilabel: bool = False,
     progress: Progress | None = None,
 ) -> QcReport:
     """Check a manifest's files and table; see the module docstring for the checks.
@@ -339,6 +381,9 @@ def run_qc(
         perceptual_hash: Look for near-duplicates across splits (256-bit pHash of the middle slice).
         near_duplicate_distance: Largest Hamming distance (of 256 bits) between hashes counted as alike.
         outlier_z: Robust z-score (median/MAD of log spacing or size) above which a case is flagged.
+        classes: The recipe's classes or grades: ``target`` must be a whole number below their
+            count (default: the data set's ``label_names``, else only whole and non-negative).
+        multilabel: ``target`` is a finding (0/1/empty) rather than a class.
         progress: Called as ``progress(stage, done, total)``.
     """
     report = QcReport()
@@ -354,6 +399,7 @@ def run_qc(
     if (table["split"] == "").all():
         report.add("info", "not-split", "no split assigned yet: run `medsight data split` before training")
     _leakage(report, table)
+    _check_targets(report, manifest, classes, multilabel)
     if read_images:
         seen = _read_all(report, manifest, progress, perceptual_hash)
         _outliers(report, seen, outlier_z)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medsight.core.errors import InputError
 from medsight.core.volume import Volume
 from medsight.data.manifest import Manifest
 from medsight.io import detect_format, read
@@ -23,7 +24,12 @@ def read_case_image(
 
     ``npz_cache`` keeps array files open between calls; the caller closes them.
     """
-    path = manifest.resolve(row[column])
+    cell = row.get(column)
+    if cell is None or (isinstance(cell, float) and np.isnan(cell)) or (isinstance(cell, str) and not cell.strip()):
+        raise InputError(
+            f"case {row.get('case_id', '?')}: its {column} cell is empty; give the image's path or drop the case"
+        )
+    path = manifest.resolve(cell)
     key = row.get("array_key")
     if not (isinstance(key, str) and key):
         dicom = detect_format(path) in ("dicom", "dicom-series")

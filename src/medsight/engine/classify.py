@@ -54,12 +54,16 @@ def targets_of(manifest: Manifest, recipe: Recipe) -> np.ndarray:
     if column not in table.columns:
         raise ConfigError(f"the manifest has no {column!r} column; its targets are {manifest.target_columns}")
     values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=np.float32)
-    if np.isnan(values).any():
-        raise InputError(f"{int(np.isnan(values).sum())} case(s) have no {column}; remove them or label them")
     n = len(recipe.task.classes)
-    if values.min() < 0 or values.max() > n - 1 or not np.all(np.mod(values, 1) == 0):
+    bad = np.isnan(values) | (values < 0) | (values > n - 1) | (np.mod(values, 1) != 0)
+    if bad.any():
+        shown = ", ".join(
+            f"{c}: {v!r}" for c, v in zip(table.loc[bad, "case_id"][:3], table.loc[bad, column][:3], strict=True)
+        )
         raise InputError(
-            f"{column} must hold integers 0..{n - 1} for {recipe.task.classes}; found {np.unique(values)[:8]}"
+            f"{column} must be a whole number 0..{n - 1} for the classes {recipe.task.classes}; {int(bad.sum())} "
+            f"case(s) are not (e.g. {shown}). Fix or remove them (`medsight data qc MANIFEST --recipe "
+            f"{recipe.name}` lists all)"
         )
     return values
 
