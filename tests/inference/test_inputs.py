@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,10 +14,13 @@ from medsight.io import read
 from medsight.io.dicom_write import write_dicom_image
 
 
-def test_folders_become_their_files(tmp_path):
+def test_folders_become_their_files(tmp_path, testdata):
     (tmp_path / "exam" / "sub").mkdir(parents=True)
-    for name in ("exam/b.dcm", "exam/a.png", "exam/sub/c.dicom", "exam/.hidden", "exam/DICOMDIR", "single.jpg"):
-        (tmp_path / name).write_bytes(b"x")
+    dicom = Path(testdata("CT_small.dcm")).read_bytes()
+    for name in ("exam/b.dcm", "exam/sub/c.dicom", "exam/.hidden", "exam/DICOMDIR"):
+        (tmp_path / name).write_bytes(dicom)
+    Image.new("L", (8, 8)).save(tmp_path / "exam" / "a.png")
+    Image.new("L", (8, 8)).save(tmp_path / "single.jpg")
     found = expand_inputs([tmp_path / "exam", tmp_path / "single.jpg"])
     names = [p.relative_to(tmp_path).as_posix() for p in found]
     assert names == ["exam/a.png", "exam/b.dcm", "exam/sub/c.dicom", "single.jpg"]
@@ -38,3 +43,39 @@ def test_dicom_facts_for_view_fusion(tmp_path):
     assert facts["study_id"].startswith(("1.", "2."))  # a UID
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "photo.png")
     assert image_facts(read(tmp_path / "photo.png")) == {}
+
+
+def test_a_folder_with_notes_skips_them_with_one_warning(tmp_path, caplog):
+    from PIL import Image
+
+    from medsight.inference import expand_inputs
+
+    Image.new("L", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "README.txt").write_text("scanned on Tuesday")
+    (tmp_path / "notes.csv").write_text("a,b\n")
+    assert expand_inputs([tmp_path]) == [tmp_path / "a.png"]
+    assert "skipped 2 file(s) that are not images (README.txt, notes.csv)" in caplog.text
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "README.txt").write_text("nothing here")
+    with pytest.raises(InputError, match="no image files"):
+        expand_inputs([tmp_path / "text"])
+    (tmp_path / "broken.png").write_bytes(b"not a png")  # named like an image: corrupt, not skipped
+    with pytest.raises(InputError, match=r"broken\.png"):
+        expand_inputs([tmp_path])
+
+
+def test_3d_input_to_a_2d_model_needs_a_slice_and_nan_is_refused_or_filled():
+    from medsight.transforms.image2d import Preprocess2D, prepare_image
+
+    volume = Volume(np.random.default_rng(0).random((1, 5, 16, 16)).astype(np.float32))
+    with pytest.raises(InputError, match=r"3D volume of 5 slices.*--slice N \(0..4\)"):
+        prepare_image(volume, Preprocess2D(size=8))
+    assert prepare_image(volume, Preprocess2D(size=8), slice_index=2).shape == (3, 8, 8)
+    with pytest.raises(InputError, match=r"slice 7 is outside"):
+        prepare_image(volume, Preprocess2D(size=8), slice_index=7)
+    plane = volume.array[:, 2:3].copy()
+    plane[0, 0, :4, :4] = np.nan
+    with pytest.raises(InputError, match=r"16 of 256 pixel values are NaN.*preprocess.nonfinite=fill"):
+        prepare_image(Volume(plane), Preprocess2D(size=16))
+    filled = prepare_image(Volume(plane), Preprocess2D(size=16, nonfinite="fill", channels=1))
+    assert filled[0, :4, :4].max() == 0 and filled.max() == 255

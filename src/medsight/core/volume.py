@@ -105,10 +105,20 @@ class Volume:
         return self.array.shape[1] == 1
 
     def intensity_range(self) -> tuple[float, float]:
-        """Minimum and maximum value over all channels (NaNs ignored)."""
-        if np.issubdtype(self.array.dtype, np.floating):
-            return float(np.nanmin(self.array)), float(np.nanmax(self.array))
+        """Minimum and maximum finite value over all channels (NaN and infinities ignored;
+        ``(nan, nan)`` when no value is finite)."""
+        if self.array.dtype.kind in "fc":
+            finite = self.array[np.isfinite(self.array)]
+            if finite.size == 0:
+                return float("nan"), float("nan")
+            return float(finite.min()), float(finite.max())
         return float(self.array.min()), float(self.array.max())
+
+    def nonfinite_count(self) -> int:
+        """How many values are NaN or infinite (0 for integer images)."""
+        if self.array.dtype.kind not in "fc":
+            return 0
+        return int(self.array.size - np.count_nonzero(np.isfinite(self.array)))
 
     def with_array(self, array: np.ndarray) -> Volume:
         """Same geometry and metadata, new pixels of the same spatial shape."""

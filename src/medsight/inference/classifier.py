@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,12 +15,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from medsight.core.errors import ConfigError, InputError
+from medsight.core.errors import ConfigError, InputError, MedsightError, UnsupportedFormatError
 from medsight.core.progress import Progress
 from medsight.core.volume import Volume
 from medsight.data.cache import ImageCache
 from medsight.data.dataset import ImageDataset
 from medsight.io import detect_format, read
+from medsight.io.atomic import full_suffix
 from medsight.io.formats import files_under
 from medsight.models import build_model
 from medsight.models.predict import run_model
@@ -28,24 +30,42 @@ from medsight.transforms.image2d import Preprocess2D, prepare_image
 
 __all__ = ["FUSION_FILE", "Classifier", "expand_inputs", "image_facts"]
 
+log = logging.getLogger(__name__)
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".ima", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd"}
 FUSION_FILE = "fusion.json"  # how `medsight evaluate` fused views (method, fitted temperature)
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given; folders replaced by every file under them (hidden files and DICOMDIR left out),
-    sorted: a 2D classifier gives one prediction per image file, e.g. each view of an exam.
+    """Files as given; folders replaced by every image file under them (hidden files, DICOMDIR and
+    files in no image format left out with one warning), sorted: a 2D classifier gives one
+    prediction per image file, e.g. each view of an exam.
 
     Raises:
-        InputError: an input does not exist, or nothing was found.
+        InputError: an input does not exist, or no image was found.
     """
     paths: list[Path] = []
+    skipped: list[Path] = []
     for item in map(Path, inputs):
         if not item.exists():
             raise InputError(f"{item} does not exist")
-        if item.is_dir():
-            paths += [p for p in files_under(item) if p.name.upper() != "DICOMDIR"]
-        else:
-            paths.append(item)
+        if not item.is_dir():
+            paths.append(item)  # named by the user: read (and refused) as it is
+            continue
+        for path in files_under(item):
+            if path.name.upper() == "DICOMDIR":
+                continue
+            try:
+                detect_format(path)
+            except UnsupportedFormatError:
+                if full_suffix(path) in _IMAGE_SUFFIXES:
+                    raise  # named like an image but is none: corrupt, which the user must hear about
+                skipped.append(path)  # notes, tables, reports beside the images
+                continue
+            paths.append(path)
+    if skipped:
+        names = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        log.warning("skipped %d file(s) that are not images (%s)", len(skipped), names)
     if not paths:
         raise InputError(f"no image files in {', '.join(map(str, inputs))}")
     return paths
@@ -117,31 +137,45 @@ class Classifier:
         data = ImageDataset(cache, np.zeros(len(cache), np.float32), np.asarray(indices))
         return self.task.probabilities(run_model(self.model, data, batch_size=batch_size)).numpy()
 
-    def predict_volumes(self, volumes: Sequence[Volume]) -> np.ndarray:
-        """Probabilities for images already read, preprocessed as in training."""
-        if not volumes:
-            return np.empty((0,))
-        arrays = [prepare_image(v, self.preprocess).astype(np.float32) / 255.0 for v in volumes]
+    def _prepared(self, volume: Volume, slice_index: int | None) -> np.ndarray:
+        return prepare_image(volume, self.preprocess, slice_index=slice_index).astype(np.float32) / 255.0
+
+    def _probabilities(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         with torch.no_grad():
             logits = self.model(torch.from_numpy(np.stack(arrays)))
         return self.task.probabilities(logits).numpy()
 
-    def predict_files(self, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
-        """Probabilities for image files or DICOM folders, preprocessed as in training."""
-        return self.predict_volumes([_read(p) for p in paths])
+    def predict_volumes(self, volumes: Sequence[Volume], *, slice_index: int | None = None) -> np.ndarray:
+        """Probabilities for images already read, preprocessed as in training (``slice_index``:
+        which slice of a 3D volume)."""
+        if not volumes:
+            return np.empty((0,))
+        return self._probabilities([self._prepared(v, slice_index) for v in volumes])
 
     def predict_table(
-        self, inputs: Sequence[str | os.PathLike[str]], *, batch_size: int = 32, progress: Progress | None = None
+        self,
+        inputs: Sequence[str | os.PathLike[str]],
+        *,
+        batch_size: int = 32,
+        slice_index: int | None = None,
+        progress: Progress | None = None,
     ) -> pd.DataFrame:
         """One row per image file (folders expanded): ``input``, DICOM facts (patient, study,
         laterality, view) when present, and ``prob_<class>`` (``prob`` for a binary task).
-        Each file is read once."""
+        Each file is read once; a file that cannot be read or prepared is named in the error."""
         paths = expand_inputs(inputs)
         rows = []
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            volumes = [_read(p) for p in chunk]
-            for path, volume, p in zip(chunk, volumes, self.predict_volumes(volumes), strict=True):
+            volumes, arrays = [], []
+            for path in chunk:
+                try:
+                    volumes.append(_read(path))
+                    arrays.append(self._prepared(volumes[-1], slice_index))
+                except MedsightError as exc:
+                    message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+                    raise type(exc)(message) from exc
+            for path, volume, p in zip(chunk, volumes, self._probabilities(arrays), strict=True):
                 values = np.atleast_1d(p)
                 names = ["prob"] if values.size == 1 else [f"prob_{c}" for c in self.task.classes]
                 probs = dict(zip(names, map(float, values), strict=True))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from medsight.core.errors import ConfigError
 from medsight.core.progress import Progress
@@ -113,6 +113,7 @@ def write(
     window: tuple[float, float] | None = None,
     slice_index: int | None = None,
     modality: str | None = None,
+    dicom_source: Any = None,
 ) -> Path:
     """Write a Volume; the format comes from ``format`` or the path's extension.
 
@@ -128,6 +129,8 @@ def write(
         window: PNG/JPEG only: ``(centre, width)`` to map values onto 8 bits.
         slice_index: PNG/JPEG only: which slice of a 3D volume.
         modality: DICOM only: ``"CT"`` or ``"MR"``.
+        dicom_source: DICOM output only: the pydicom header of the series converted, whose
+            patient, study, equipment and acquisition attributes the new series keeps.
 
     Returns:
         The path written.
@@ -135,8 +138,8 @@ def write(
     fmt = output_format(path, format)
     if fmt not in ("png", "jpeg") and (window is not None or slice_index is not None):
         raise ConfigError(f"window and slice_index apply to PNG/JPEG output, not {fmt}")
-    if fmt != "dicom-series" and modality is not None:
-        raise ConfigError(f"modality applies to DICOM output, not {fmt}")
+    if fmt != "dicom-series" and (modality is not None or dicom_source is not None):
+        raise ConfigError(f"modality and dicom_source apply to DICOM output, not {fmt}")
     if fmt == "nifti":
         from medsight.io.nifti import write_nifti
 
@@ -151,5 +154,5 @@ def write(
         return write_image2d(volume, path, slice_index=slice_index, window=window, overwrite=overwrite)
     from medsight.io.dicom_write import write_dicom_series
 
-    write_dicom_series(volume, path, modality=modality, overwrite=overwrite)
+    write_dicom_series(volume, path, modality=modality, overwrite=overwrite, source=dicom_source)
     return Path(path)

@@ -160,6 +160,39 @@ def _base_dataset(
     return ds
 
 
+# what a converted series keeps from its source (patient, study, equipment, acquisition)
+_KEPT = (
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+    "PatientSize", "PatientWeight", "EthnicGroup", "PatientComments",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "StudyDescription",
+    "ReferringPhysicianName", "InstitutionName", "InstitutionAddress", "StationName",
+    "Manufacturer", "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions",
+    "SeriesDescription", "SeriesDate", "SeriesTime", "AcquisitionDate", "AcquisitionTime", "ContentDate",
+    "ContentTime", "BodyPartExamined", "ProtocolName", "PatientPosition", "ContrastBolusAgent",
+    "KVP", "XRayTubeCurrent", "ExposureTime", "Exposure", "ConvolutionKernel", "FilterType",
+    "GeneratorPower", "FocalSpots", "DataCollectionDiameter", "ReconstructionDiameter",
+    "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType", "SequenceName",
+    "RepetitionTime", "EchoTime", "InversionTime", "EchoTrainLength", "FlipAngle", "MagneticFieldStrength",
+    "ImagingFrequency", "ImagedNucleus", "NumberOfAverages", "PixelBandwidth", "ReceiveCoilName",
+    "TransmitCoilName", "InPlanePhaseEncodingDirection",
+)  # fmt: skip
+
+
+def _keep_source(ds: Dataset, source: Dataset, slope: float, intercept: float) -> None:
+    """Copy the source's identity and acquisition attributes; record the derivation."""
+    for keyword in _KEPT:
+        if keyword in source:
+            ds[keyword] = source[keyword]
+    if "SpecificCharacterSet" in source:
+        ds.SpecificCharacterSet = source.SpecificCharacterSet
+    ds.ImageType = ["DERIVED", "SECONDARY", *list(source.get("ImageType", ["", ""]))[2:3]]
+    rescale = "" if (slope, intercept) == (1.0, 0.0) else f"; values rescaled to int16 (slope {slope:g})"
+    ds.DerivationDescription = (
+        f"converted by medsight {__version__} from series {source.get('SeriesInstanceUID', 'unknown')}{rescale}"
+    )[:1024]
+    ds.SeriesDescription = str(source.get("SeriesDescription", "") or "medsight")[:64]
+
+
 def write_dicom_series(
     volume: Volume,
     folder: str | os.PathLike[str],
@@ -172,6 +205,7 @@ def write_dicom_series(
     series_description: str = "medsight",
     series_number: int = 1,
     overwrite: bool = False,
+    source: Dataset | None = None,
 ) -> list[Path]:
     """Write a single-channel volume as a DICOM series, one file per slice.
 
@@ -192,6 +226,9 @@ def write_dicom_series(
         series_description: DICOM SeriesDescription.
         series_number: DICOM SeriesNumber.
         overwrite: Replace a non-empty ``folder``.
+        source: Header of the DICOM series this volume was read from (a conversion): its
+            patient, study, equipment and acquisition attributes are kept (new series and
+            instance UIDs; ``DerivationDescription`` says what was done).
 
     Returns:
         Paths of the written files in slice order.
@@ -228,6 +265,8 @@ def write_dicom_series(
         series_description=series_description,
         series_number=series_number,
     )
+    if source is not None:
+        _keep_source(base, source, slope, intercept)
     base.Rows, base.Columns = int(stored.shape[1]), int(stored.shape[2])
     base.PixelSpacing = [_ds_number(geo.spacing[1]), _ds_number(geo.spacing[2])]
     base.SliceThickness = _ds_number(geo.spacing[0])

@@ -43,12 +43,16 @@ class Preprocess2D(BaseModel):
         window: ``"file"`` uses the image's own display window when it has one, else
             ``"percentile"``; ``"percentile"`` maps the 0.5-99.5th percentiles to 0-255.
             8-bit images are kept as they are.
+        nonfinite: NaN or infinite pixels (float images): ``"error"`` refuses the image,
+            ``"fill"`` gives them the lowest finite value (background). Statistics such as the
+            percentile window always ignore them.
     """
 
     model_config = ConfigDict(extra="forbid")
     size: int = Field(224, ge=8, le=4096)
     channels: Literal[1, 3] = 3
     window: Literal["file", "percentile"] = "file"
+    nonfinite: Literal["error", "fill"] = "error"
 
 
 class Augment2D(BaseModel):
@@ -73,6 +77,30 @@ class Augment2D(BaseModel):
     noise: float = Field(0.1, ge=0, le=1)
 
 
+def finite_or_filled(data: np.ndarray, policy: Literal["error", "fill"]) -> np.ndarray:
+    """``data`` unchanged when every value is finite; else refused, or NaN/inf set to the lowest finite value.
+
+    Raises:
+        InputError: non-finite values and ``policy == "error"`` (the message gives their count).
+    """
+    if data.dtype.kind not in "fc":
+        return data
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return data
+    finite = data[~bad]
+    if policy == "error" or finite.size == 0:
+        raise InputError(
+            f"{int(bad.sum())} of {data.size} pixel values are NaN or infinite"
+            + ("" if finite.size else " (all of them)")
+            + "; such an image would be scored as noise. Fix the file, or set preprocess.nonfinite=fill "
+            "to give them the lowest finite value"
+        )
+    filled = data.copy()
+    filled[bad] = finite.min()
+    return filled
+
+
 def _to_uint8(plane: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
     if plane.dtype == np.uint8:
         return plane
@@ -87,12 +115,26 @@ def _to_uint8(plane: np.ndarray, window: tuple[float, float] | None) -> np.ndarr
     return (np.clip((data - lo) / (hi - lo), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def prepare_image(volume: Volume, spec: Preprocess2D) -> np.ndarray:
+def prepare_image(volume: Volume, spec: Preprocess2D, *, slice_index: int | None = None) -> np.ndarray:
     """A Volume -> ``(spec.channels, size, size)`` uint8: windowed, channel-converted, padded square, resized.
 
-    3D volumes give their middle slice. Colour images with an alpha channel lose it.
+    A 3D volume needs ``slice_index`` (which slice to classify): a 2D model never picks one
+    silently. Colour images with an alpha channel lose it.
+
+    Raises:
+        InputError: a 3D volume without ``slice_index``, a slice out of range, a channel
+            count other than 1 or 3, or NaN/infinite pixels (unless ``spec.nonfinite`` fills them).
     """
-    plane = volume.array[:, volume.spatial_shape[0] // 2]  # (C, H, W)
+    depth = volume.spatial_shape[0]
+    if slice_index is None and depth > 1:
+        raise InputError(
+            f"this is a 3D volume of {depth} slices; a 2D model classifies one slice: choose it with "
+            f"--slice N (0..{depth - 1})"
+        )
+    index = 0 if slice_index is None else slice_index
+    if not -depth <= index < depth:
+        raise InputError(f"slice {index} is outside this volume's {depth} slice(s) (0..{depth - 1})")
+    plane = finite_or_filled(volume.array[:, index], spec.nonfinite)  # (C, H, W)
     if plane.shape[0] == 4:
         plane = plane[:3]
     if plane.shape[0] not in (1, 3):
