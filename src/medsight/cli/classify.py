@@ -12,8 +12,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from medsight.cli.common import err, friendly, out, progress_bar, state
-from medsight.core.errors import ConfigError, MedsightError
+from medsight.cli.common import check_output_file, err, friendly, out, progress_bar, state
+from medsight.core.errors import ConfigError, InputError, MedsightError
 from medsight.engine.builtin import builtin_recipes
 
 # torch, MONAI, pandas and the engine are imported inside each command: `--help` stays instant
@@ -56,6 +56,8 @@ def train_command(
     from medsight.engine.distributed import barrier
     from medsight.engine.recipe import load_recipe
 
+    if output.exists() and not output.is_dir():
+        raise InputError(f"--out {output} is a file; a run needs a folder (give a new folder name)")
     overrides = list(set_ or [])
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
@@ -184,14 +186,18 @@ def predict_command(
     run: Annotated[Path, typer.Argument(help="Run folder of `medsight train`.")],
     inputs: Annotated[list[Path], typer.Argument(help="Image or DICOM files, or folders of them (one row per file).")],
     output: Annotated[Path, typer.Option("--out", "-o", help="CSV of predictions.")] = Path("predictions.csv"),
+    slice_index: Annotated[
+        int | None, typer.Option("--slice", help="3D inputs: which slice (0-based) the 2D model classifies.")
+    ] = None,
 ) -> None:
     """Predict on image files or DICOM; one row per image. Mammography runs also write breast-
     and exam-level scores (``<out>_breasts.csv``, ``<out>_exams.csv``) fused as in evaluation."""
     from medsight.inference import Classifier
 
+    check_output_file(output, "--out")  # before any work: a bad --out must not waste the predictions
     classifier = Classifier.from_run(run)
     with progress_bar() as progress:
-        table = classifier.predict_table(inputs, progress=progress)
+        table = classifier.predict_table(inputs, slice_index=slice_index, progress=progress)
     table.to_csv(output, index=False)
     out.print(f"wrote {len(table)} prediction(s) to {output}")
     try:

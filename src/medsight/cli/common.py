@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -13,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from medsight.core.errors import MedsightError
 
-__all__ = ["err", "friendly", "out", "progress_bar", "state"]
+__all__ = ["check_output_file", "err", "friendly", "out", "progress_bar", "state"]
 
 # soft wrap: long messages stay on one line (scripts and tests grep them); tables still fit
 out = Console(soft_wrap=True)
@@ -21,6 +23,14 @@ err = Console(stderr=True, soft_wrap=True)
 state = {"debug": False}
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+_NUMPY_REPR = re.compile(r"\bnp\.(?:float|int|uint|bool|complex|str)_?\d*\((.*?)\)")
+
+
+def plain(message: str) -> str:
+    """A message as a user reads numbers: ``np.float64(0.991)`` (NumPy 2's repr in a list) shows ``0.991``."""
+    return _NUMPY_REPR.sub(r"\1", message)
 
 
 def friendly(fn: F) -> F:
@@ -35,19 +45,39 @@ def friendly(fn: F) -> F:
         except MedsightError as exc:
             if state["debug"]:
                 raise
-            err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {type(exc).__name__}: {plain(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except Exception as exc:  # a bug, or an environment problem: still one line by default
             if state["debug"]:
                 raise
             err.print(
-                f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                f"[bold red]error:[/] unexpected {type(exc).__name__}: {plain(str(exc))} "
+                "(run with --debug for the traceback)",
                 highlight=False,
                 soft_wrap=True,
             )
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Refuse an output file that cannot be written, before any work is done.
+
+    Raises:
+        InputError: ``path`` is a folder, its folder does not exist or is not writable.
+    """
+    import os
+
+    from medsight.core.errors import InputError
+
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a folder; give a file name inside it (e.g. {path / 'out.csv'})")
+    parent = path.parent
+    if not parent.is_dir():
+        raise InputError(f"{option} {path}: folder {parent} does not exist; create it first (mkdir -p {parent})")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path}: folder {parent} is not writable; choose another place")
 
 
 @contextmanager

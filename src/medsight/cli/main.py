@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -14,8 +15,8 @@ from rich.table import Table
 from medsight import __version__
 from medsight.cli import classify as classify_commands
 from medsight.cli import data as data_commands
-from medsight.cli.common import err, friendly, out, progress_bar, state
-from medsight.core.errors import ConfigError
+from medsight.cli.common import err, friendly, out, plain, progress_bar, state
+from medsight.core.errors import ConfigError, InputError
 from medsight.io.api import read, write
 from medsight.io.formats import detect_format, output_format
 
@@ -99,6 +100,7 @@ def _describe(path: Path, volume: Volume, fmt: str) -> dict[str, Any]:
         "orientation": g.orientation_code,
         "direction": [list(r) for r in g.direction],
         "intensity_range": [lo, hi],
+        "nonfinite_voxels": volume.nonfinite_count(),
         "window": list(m.window) if m.window else None,
         "rescale": list(m.rescale) if m.rescale else None,
         "photometric_interpretation": m.photometric_interpretation,
@@ -127,6 +129,8 @@ def _table(info: dict[str, Any], series: list[dict[str, Any]]) -> Table:
         ("orientation", info["orientation"]),
         ("intensity range", f"{info['intensity_range'][0]:g} .. {info['intensity_range'][1]:g}"),
     ]
+    if info["nonfinite_voxels"]:
+        rows.append(("NaN/infinite voxels", f"[yellow]{info['nonfinite_voxels']} (left out of the range)[/]"))
     if info["window"]:
         rows.append(("window (centre, width)", _fmt(info["window"])))
     if info["rescale"]:
@@ -188,6 +192,12 @@ def info(
         print(json.dumps(description, indent=2))
         return
     out.print(_table(description, found))
+    if description["nonfinite_voxels"]:
+        err.print(
+            f"[yellow]warning:[/] {description['nonfinite_voxels']} voxel(s) are NaN or infinite; training and "
+            "prediction refuse such images unless told to fill them (preprocess.nonfinite=fill, --nonfinite fill)",
+            highlight=False,
+        )
     if len(found) > 1:
         out.print(f"[yellow]{len(found)} series in this folder; showing the largest. Choose one with --series UID.[/]")
 
@@ -200,13 +210,24 @@ def _parse_window(text: str | None, volume: Volume) -> tuple[float, float] | Non
             return volume.metadata.window
         import numpy as np
 
-        lo, hi = np.percentile(volume.array, [0.5, 99.5])
+        finite = volume.array[np.isfinite(volume.array)] if volume.array.dtype.kind in "fc" else volume.array
+        if finite.size == 0:
+            raise InputError("--window auto: the image holds no finite value (all NaN or infinite)")
+        lo, hi = np.percentile(finite, [0.5, 99.5])
         return float(lo + hi) / 2.0, max(float(hi - lo), 1e-6)
     try:
         centre, width = (float(v) for v in text.split(","))
     except ValueError:
         raise ConfigError(f"--window takes CENTRE,WIDTH (e.g. 40,400) or 'auto'; got {text!r}") from None
+    if not (math.isfinite(centre) and math.isfinite(width)) or width <= 0:
+        raise ConfigError(f"--window needs a finite centre and a positive, finite width (e.g. 40,400); got {text!r}")
     return centre, width
+
+
+def _same_or_inside(a: Path, b: Path) -> bool:
+    """Whether ``a`` is ``b`` or lies inside it (both resolved)."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or b in a.parents
 
 
 @app.command()
@@ -227,10 +248,24 @@ def convert(
     slice_index: Annotated[int | None, typer.Option("--slice", help="PNG/JPEG: which slice of a 3D image.")] = None,
     modality: Annotated[str | None, typer.Option("--modality", help="DICOM output: CT or MR.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    nonfinite: Annotated[
+        str,
+        typer.Option(
+            "--nonfinite", help="NaN/infinite voxels: 'error', or 'fill' with the lowest finite value (PNG/JPEG/DICOM)."
+        ),
+    ] = "error",
 ) -> None:
     """Convert between DICOM (file or folder), NIfTI, NRRD, MetaImage, PNG and JPEG."""
+    if nonfinite not in ("error", "fill"):
+        raise ConfigError(f"--nonfinite takes 'error' or 'fill', got {nonfinite!r}")
     out_fmt = output_format(target, to)
-    is_dicom = detect_format(source) in ("dicom", "dicom-series")
+    if source.exists() and target.exists() and (_same_or_inside(source, target) or _same_or_inside(target, source)):
+        raise InputError(
+            f"{target} is (or holds, or lies inside) the input {source}: writing it would destroy the source. "
+            "Choose another output path"
+        )
+    source_fmt = detect_format(source)
+    is_dicom = source_fmt in ("dicom", "dicom-series")
     with progress_bar() as progress:
         volume = read(
             source,
@@ -242,6 +277,13 @@ def convert(
             invert_monochrome1=is_dicom and out_fmt in ("png", "jpeg"),
             progress=progress,
         )
+    if out_fmt in ("png", "jpeg", "dicom-series") and volume.nonfinite_count():
+        from medsight.transforms.image2d import finite_or_filled
+
+        try:  # 8-bit pictures and int16 DICOM cannot hold NaN: refuse (or fill), never write black
+            volume = volume.with_array(finite_or_filled(volume.array, nonfinite))  # type: ignore[arg-type]
+        except InputError as exc:
+            raise InputError(f"{source}: {exc} (--nonfinite fill)") from None
     written = write(
         volume,
         target,
@@ -250,6 +292,7 @@ def convert(
         window=_parse_window(window, volume),
         slice_index=slice_index,
         modality=modality,
+        dicom_source=_dicom_template(source, source_fmt) if out_fmt == "dicom-series" and is_dicom else None,
     )
     out.print(
         f"wrote {written} ({out_fmt}, shape {tuple(volume.array.shape)}, spacing {_fmt(volume.geometry.spacing)} mm)"
@@ -273,9 +316,49 @@ def clean(
     out.print(f"removed {len(removed)} stale temporary file(s) or folder(s) under {folder}")
 
 
+def _dicom_template(source: Path, fmt: str) -> Any:
+    """The header of the source's first DICOM file: what a DICOM -> DICOM conversion keeps."""
+    from medsight.io.dicom_header import read_header
+    from medsight.io.formats import files_under
+
+    if fmt == "dicom":
+        return read_header(source).dataset
+    for path in files_under(source):
+        try:
+            return read_header(path).dataset
+        except InputError:
+            continue
+    return None
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: usage errors are one ``error:`` line too (exit status 2)."""
+    import sys
+
+    try:  # typer >= 0.20 carries its own copy of click
+        from typer._click import exceptions as click
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click  # type: ignore[no-redef]
+
+    try:
+        code = app(standalone_mode=False)
+    except click.NoArgsIsHelpError as exc:  # bare `medsight` or `medsight data`: the help
+        exc.show()
+        sys.exit(2)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "medsight"
+        err.print(
+            f"[bold red]error:[/] UsageError: {plain(exc.format_message())} (see `{where} --help`)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        err.print(f"[bold red]error:[/] {plain(exc.format_message())}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -207,8 +207,15 @@ class Manifest:
         info: dict[str, Any] = {}
         meta = _meta_path(path)
         if meta.is_file():
-            info = json.loads(meta.read_text())
-        return cls(table, path.resolve().parent, info)
+            try:
+                info = json.loads(meta.read_text())
+            except ValueError as exc:
+                raise InputError(f"{meta} (the manifest's data set facts) is not valid JSON: {exc}") from exc
+        try:
+            return cls(table, path.resolve().parent, info)
+        except InputError as exc:
+            hint = "; make one with `medsight data manifest` from the data set folder" if "case_id" in str(exc) else ""
+            raise InputError(f"{path}: {exc}{hint}") from None
 
 
 def _meta_path(path: Path) -> Path:

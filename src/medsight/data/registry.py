@@ -87,6 +87,8 @@ def get_adapter(name: str) -> type[Adapter]:
 def detect_adapters(root: str | os.PathLike[str]) -> list[str]:
     """Names of the adapters whose layout matches ``root``."""
     path = Path(root)
+    if not path.exists():
+        raise InputError(f"{path} does not exist; point at the data set's top folder (or a manifest .csv)")
     if not path.is_dir():
         raise InputError(f"{path} is not a folder; point at the data set's top folder")
     return [name for name, adapter in registered_adapters().items() if adapter.detect(path)]
@@ -128,6 +130,8 @@ def build_manifest(
         format, path, options = "csv", path.parent, {**dict(options or {}), "csv": path.name}
     elif path.is_file() and path.suffix.lower() == ".npz" and format in ("auto", "medmnist"):
         format = "medmnist"
+    elif not path.exists():
+        raise InputError(f"{path} does not exist; point at the data set's top folder (or a manifest .csv)")
     elif not path.is_dir():
         raise InputError(f"{path} is not a folder; point at the data set's top folder")
     if format == "auto":

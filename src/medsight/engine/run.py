@@ -93,6 +93,8 @@ class RunDir:
         """
         if not self.writer:  # other ranks: rank 0 checks and writes (checking here would race it)
             return
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"--out {self.path} is a file; a run needs a folder (give a new folder name)")
         record = {**config, **(extra or {})}
         if resume and self.last.is_file():
             self._record_resume(record)
@@ -109,7 +111,10 @@ class RunDir:
                     shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
         elif self.path.exists() and any(self.path.iterdir()):
             raise InputError(f"run folder {self.path} is not empty; pass --resume to continue it or choose a new --out")
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the run folder {self.path}: {exc.strerror or exc}") from exc
         self.write_json("config.json", record)
         self.write_json(
             "environment.json",

@@ -113,6 +113,14 @@ def _check_parent(target: Path) -> None:
         raise InputError(f"cannot write {target}: folder {parent} does not exist (create it first)")
     if not parent.is_dir():
         raise InputError(f"cannot write {target}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {target}: folder {parent} is not writable for you; choose another place")
+
+
+def _unwritable(target: Path, exc: OSError) -> InputError:
+    """An OS error while writing, told about the user's path (not the hidden temporary)."""
+    reason = exc.strerror or str(exc)
+    return InputError(f"cannot write {target}: {reason} (is the place writable, with space left?)")
 
 
 @contextmanager
@@ -140,6 +148,8 @@ def atomic_file(target: str | os.PathLike[str], *, overwrite: bool = True) -> It
         if not tmp.exists():
             raise InputError(f"writing {target} produced no file")
         os.replace(tmp, target)
+    except OSError as exc:
+        raise _unwritable(target, exc) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -164,7 +174,10 @@ def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> It
             )
     remove_stale_temporaries(target.parent)
     tmp = target.with_name(f".{target.name}.{_tag()}.tmp")
-    tmp.mkdir(mode=0o777)  # the umask applies, as for any folder a tool makes (mkdtemp forces 0700)
+    try:
+        tmp.mkdir(mode=0o777)  # the umask applies, as for any folder a tool makes (mkdtemp forces 0700)
+    except OSError as exc:
+        raise _unwritable(target, exc) from exc
     try:
         yield tmp
         if target.exists():
@@ -174,6 +187,8 @@ def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> It
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+    except OSError as exc:
+        raise _unwritable(target, exc) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

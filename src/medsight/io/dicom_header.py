@@ -448,8 +448,10 @@ def pixel_spacing(*items: Dataset | None) -> tuple[float, float] | None:
             continue
         for key in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
             v = floats(item.get(key), 2)
-            if v is not None and np.all(v > 0):
+            if v is not None and np.all(v > 0) and np.all(np.isfinite(v)):
                 return float(v[0]), float(v[1])
+            if v is not None:
+                log.warning("%s %s is not a positive spacing; ignoring it", key, v.tolist())
     return None
 
 

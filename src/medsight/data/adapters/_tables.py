@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import re
@@ -30,6 +31,19 @@ def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
+def _delimiter(path: Path) -> str:
+    """Comma, tab, semicolon or bar, whichever the first lines use; a comma for one column.
+
+    (Letting pandas sniff any character split a one-column ``image`` table on its letters.)
+    """
+    with open(path, newline="", errors="replace") as fh:
+        sample = fh.read(64 * 1024)
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",\t;|").delimiter
+    except csv.Error:
+        return ","
+
+
 def read_table(
     path: Path,
     *,
@@ -46,7 +60,7 @@ def read_table(
         path: The table.
         columns: Canonical name -> accepted aliases; all required.
         optional: Same, for columns that may be absent.
-        sep: Separator (default: comma, or sniffed for ``.txt``).
+        sep: Separator (default: comma, tab, semicolon or bar, as the file's first lines use).
 
     Raises:
         InputError: missing file, unreadable table, or a required column missing.
@@ -57,7 +71,7 @@ def read_table(
         if path.suffix.lower() in (".xls", ".xlsx"):
             table = pd.read_excel(path)
         else:
-            table = pd.read_csv(path, sep=sep, engine="python" if sep is None else "c", skipinitialspace=True)
+            table = pd.read_csv(path, sep=sep or _delimiter(path), skipinitialspace=True)
     except Exception as exc:  # pandas raises many types for malformed files
         raise InputError(f"{path} is not a readable table: {exc}") from exc
     table = table.rename(columns=lambda c: str(c).strip())
