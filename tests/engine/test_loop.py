@@ -127,16 +127,25 @@ def test_ema_weights_are_kept_and_scored(tmp_path):
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["epoch"] == 3
 
 
-def test_bf16_and_channels_last_on_a_conv_net(tmp_path):
+def test_bf16_and_channels_last_follow_the_fp32_loss_curve(tmp_path):
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(24, 3, 16, 16, generator=g)
-    y = (x[:, 0].mean(dim=(1, 2)) > 0.5).float()
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1))
-    result = train(model, _loss, TensorDataset(x, y), config=_config(epochs=2, precision="bf16", channels_last="on"),
-                   run_dir=tmp_path / "run")  # fmt: skip
-    assert result.epochs_run == 2
-    assert np.isfinite(json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["train_loss"])
+    y = torch.randint(0, 2, (64,), generator=g).float()
+    x = torch.rand(64, 3, 16, 16, generator=g)
+    x[:, 0] += y[:, None, None] * 0.5  # learnable in a few epochs
+    curves = {}
+    for precision, layout in (("fp32", "off"), ("bf16", "on")):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 1))
+        config = _config(epochs=4, precision=precision, channels_last=layout, lr=0.05)
+        result = train(model, _loss, TensorDataset(x, y), config=config, run_dir=tmp_path / precision)
+        assert result.epochs_run == 4
+        lines = (tmp_path / precision / "metrics.jsonl").read_text().splitlines()
+        curves[precision] = np.array([json.loads(line)["train_loss"] for line in lines])
+    # the same data, seed and steps: bf16 rounding moves the curve a little (another seed moves it
+    # by 5-40 %), never its course; and it does move it, so autocast was in effect
+    np.testing.assert_allclose(curves["bf16"], curves["fp32"], rtol=0.02)
+    assert not np.array_equal(curves["bf16"], curves["fp32"])
+    assert curves["fp32"][-1] < 0.75 * curves["fp32"][0]
 
 
 def test_class_balanced_sampling_evens_out_batches():

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import os
 import threading
-
-import numpy as np
 
 from medsight.data.phantoms.base import case_rng, run_cases
 
 
 def _draw(index: int) -> float:
     return float(case_rng(11, index).random())
+
+
+def _made_by(index: int) -> tuple[float, int]:
+    """The case's value and the process that made it."""
+    return _draw(index), os.getpid()
 
 
 def test_cases_do_not_depend_on_workers_or_order():
@@ -20,13 +24,23 @@ def test_cases_do_not_depend_on_workers_or_order():
     assert case_rng(1, 2).random() != case_rng(1, 2, stream=1).random()
 
 
+def test_workers_fork_and_one_worker_stays_in_process():
+    forked = list(run_cases(_made_by, 4, workers=2, progress=None, stage="f"))
+    assert [v for v, _ in forked] == [_draw(i) for i in range(4)]
+    assert all(pid != os.getpid() for _, pid in forked)  # made in worker processes
+    alone = list(run_cases(_made_by, 4, workers=1, progress=None, stage="a"))
+    assert {pid for _, pid in alone} == {os.getpid()}
+
+
 def test_with_threads_running_cases_are_made_in_process():
+    """Forking a process with other threads can deadlock: then every case is made here."""
     stop = threading.Event()
     worker = threading.Thread(target=stop.wait)
     worker.start()
     try:
-        assert list(run_cases(_draw, 3, workers=2, progress=None, stage="t")) == [_draw(i) for i in range(3)]
+        made = list(run_cases(_made_by, 3, workers=2, progress=None, stage="t"))
     finally:
         stop.set()
         worker.join()
-    assert np.isfinite(_draw(0))
+    assert [v for v, _ in made] == [_draw(i) for i in range(3)]
+    assert {pid for _, pid in made} == {os.getpid()}
