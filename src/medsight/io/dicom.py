@@ -19,6 +19,7 @@ from medsight.io.dicom_header import (
     apply_rescale,
     base_metadata,
     bits_range,
+    damaged_header,
     decode_frames,
     display_window,
     finish_display,
@@ -318,11 +319,12 @@ def read_dicom_file(
         (1, 128, 128)
     """
     ds = load_dataset(path, force=force)
-    return dataset_to_volume(
-        ds,
-        label=str(path),
-        invert_monochrome1=invert_monochrome1,
-        slice_spacing=slice_spacing,
-        frames_as_channels=frames_as_channels,
-        allow_gaps=allow_gaps,
-    )
+    with damaged_header(str(path)):
+        return dataset_to_volume(
+            ds,
+            label=str(path),
+            invert_monochrome1=invert_monochrome1,
+            slice_spacing=slice_spacing,
+            frames_as_channels=frames_as_channels,
+            allow_gaps=allow_gaps,
+        )

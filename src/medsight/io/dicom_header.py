@@ -11,6 +11,8 @@ import logging
 import os
 import struct
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,11 +20,11 @@ from typing import Any, BinaryIO
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from medsight.core.errors import GeometryError, InputError
+from medsight.core.errors import GeometryError, InputError, MedsightError
 from medsight.core.volume import VolumeMetadata
 from medsight.io.limits import check_image_size
 
@@ -32,6 +34,7 @@ __all__ = [
     "apply_rescale",
     "base_metadata",
     "bits_range",
+    "damaged_header",
     "decode_frames",
     "display_window",
     "finish_display",
@@ -66,6 +69,33 @@ _DECODER_HINT = (
 
 # ---------------------------------------------------------------------------------------
 # loading
+
+
+# what pydicom raises when it decodes a damaged element lazily, long after dcmread returned
+_DAMAGED = (
+    NotImplementedError,  # an unknown value representation
+    BytesLengthException,
+    struct.error,
+    UnicodeDecodeError,
+    OverflowError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+)
+
+
+@contextmanager
+def damaged_header(label: str) -> Iterator[None]:
+    """Turn what pydicom raises on a damaged header element (read lazily, on first use) into an
+    :class:`InputError` naming the file; medsight's own errors pass unchanged."""
+    try:
+        yield
+    except MedsightError:
+        raise
+    except _DAMAGED as exc:
+        raise InputError(f"{label} has a damaged DICOM header ({type(exc).__name__}: {exc})") from exc
 
 
 def load_dataset(
@@ -109,8 +139,8 @@ def _dcmread(path: Path, source: Path | BinaryIO, **options: Any) -> Dataset:
             f"{path} is not a DICOM file: it has no 'DICM' marker at byte 128 and no DICOM header "
             "(a text or other file named .dcm?)"
         ) from exc
-    except (EOFError, OSError, ValueError, KeyError, struct.error, TypeError) as exc:
-        raise InputError(f"{path} is a corrupt or truncated DICOM file: {exc}") from exc
+    except (EOFError, OSError, *_DAMAGED) as exc:
+        raise InputError(f"{path} is a corrupt or truncated DICOM file ({type(exc).__name__}: {exc})") from exc
     for w in caught:
         log.debug("%s: %s", path.name, w.message)
     return ds
@@ -331,8 +361,8 @@ def decode_frames(ds: Dataset, label: str) -> np.ndarray:
             )
         )
         raise InputError(f"{label}: cannot decode pixel data in transfer syntax {syntax} ({exc}); {hint}") from exc
-    except (ValueError, AttributeError, EOFError, KeyError) as exc:
-        raise InputError(f"{label} has corrupt or truncated pixel data: {exc}") from exc
+    except (EOFError, StopIteration, *_DAMAGED) as exc:  # e.g. fewer fragments than frames
+        raise InputError(f"{label} has corrupt or truncated pixel data ({type(exc).__name__}: {exc})") from exc
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut

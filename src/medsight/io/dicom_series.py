@@ -21,6 +21,7 @@ from medsight.io.dicom_header import (
     apply_rescale,
     base_metadata,
     bits_range,
+    damaged_header,
     display_window,
     finish_display,
     first_float,
@@ -126,19 +127,22 @@ def _scan(folder: Path, progress: Progress | None = None) -> dict[str, list[_Sli
             skipped += 1
             continue
         ds = header.dataset
-        if is_dicomdir(ds):
-            log.warning("skipping DICOMDIR %s (the images are read directly)", path)
-            continue
-        if "Rows" not in ds:
-            log.info("skipping %s: not an image (%s)", path, ds.get("SOPClassUID", "no SOP class"))
-            continue
         try:
-            member = _Slice.of(header)
+            with damaged_header(str(path)):
+                if is_dicomdir(ds):
+                    log.warning("skipping DICOMDIR %s (the images are read directly)", path)
+                    continue
+                if "Rows" not in ds:
+                    log.info("skipping %s: not an image (%s)", path, ds.get("SOPClassUID", "no SOP class"))
+                    continue
+                member = _Slice.of(header)
+                uid = str(ds.get("SeriesInstanceUID", "") or "(no SeriesInstanceUID)")
+                ds.get("Modality"), ds.get("SeriesDescription")  # decoded now: listings use them later
         except InputError as exc:  # a corrupt or absurd header: one bad file does not stop the folder
             log.warning("skipping %s", exc)
             skipped += 1
             continue
-        groups[str(ds.get("SeriesInstanceUID", "") or "(no SeriesInstanceUID)")].append(member)
+        groups[uid].append(member)
     if not groups:
         raise InputError(f"folder {folder} holds no DICOM images ({len(paths)} file(s) looked at, {skipped} not DICOM)")
     return groups
@@ -182,7 +186,8 @@ class DicomFolder:
         progress: Progress | None = None,
     ) -> Volume:
         """One series as a Volume; the arguments are those of :func:`read_dicom_series`."""
-        return _read_series(self._groups, self.folder, series_uid, allow_gaps, invert_monochrome1, progress)
+        with damaged_header(f"a file of the series in {self.folder}"):
+            return _read_series(self._groups, self.folder, series_uid, allow_gaps, invert_monochrome1, progress)
 
 
 def list_dicom_series(folder: str | os.PathLike[str], *, progress: Progress | None = None) -> list[SeriesInfo]:
