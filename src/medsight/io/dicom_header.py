@@ -11,6 +11,7 @@ import logging
 import os
 import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -74,6 +75,9 @@ _DECODER_HINT = (
 # what pydicom raises when it decodes a damaged element lazily, long after dcmread returned
 _DAMAGED = (
     NotImplementedError,  # an unknown value representation
+    EOFError,
+    OSError,  # "No tag to read at file position ..." from an element read lazily
+    zlib.error,  # deflated transfer syntax with damaged data
     BytesLengthException,
     struct.error,
     UnicodeDecodeError,
@@ -139,7 +143,7 @@ def _dcmread(path: Path, source: Path | BinaryIO, **options: Any) -> Dataset:
             f"{path} is not a DICOM file: it has no 'DICM' marker at byte 128 and no DICOM header "
             "(a text or other file named .dcm?)"
         ) from exc
-    except (EOFError, OSError, *_DAMAGED) as exc:
+    except _DAMAGED as exc:
         raise InputError(f"{path} is a corrupt or truncated DICOM file ({type(exc).__name__}: {exc})") from exc
     for w in caught:
         log.debug("%s: %s", path.name, w.message)
@@ -361,7 +365,7 @@ def decode_frames(ds: Dataset, label: str) -> np.ndarray:
             )
         )
         raise InputError(f"{label}: cannot decode pixel data in transfer syntax {syntax} ({exc}); {hint}") from exc
-    except (EOFError, StopIteration, *_DAMAGED) as exc:  # e.g. fewer fragments than frames
+    except (StopIteration, *_DAMAGED) as exc:  # e.g. fewer fragments than frames
         raise InputError(f"{label} has corrupt or truncated pixel data ({type(exc).__name__}: {exc})") from exc
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if photometric == "PALETTE COLOR":

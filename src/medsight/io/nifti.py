@@ -41,7 +41,15 @@ def read_nifti(path: str | os.PathLike[str]) -> Volume:
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise InputError(f"{path} is not a readable NIfTI file: {_reason(exc)}") from exc
     shape = tuple(int(n) for n in img.header.get_data_shape())
-    check_image_size(shape, img.header.get_data_dtype().itemsize, str(path))  # before any voxel is read
+    itemsize = img.header.get_data_dtype().itemsize
+    check_image_size(shape, itemsize, str(path))  # before any voxel is read
+    if not str(path).lower().endswith(".gz"):  # uncompressed: the voxels must all be in the file
+        need = int(img.header.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * itemsize
+        if path.stat().st_size < need:
+            raise InputError(
+                f"{path} is truncated: its header declares {shape} voxels ({need} bytes with the header), "
+                f"the file holds {path.stat().st_size} bytes"
+            )
     try:
         raw = np.asarray(img.dataobj.get_unscaled())
     except Exception as exc:
