@@ -40,7 +40,9 @@ DEMO = (
     Step(
         "dr-grading",
         400,
-        (*_COMMON, "preprocess.size=128", "train.epochs=10", "train.lr=0.002", "train.early_stopping=null"),
+        # 14 epochs at the recipe's lr 0.001: the phantom's lesions are as small and faint as in real
+        # photographs, and 10 epochs at 0.002 ended between 0.84 and 0.98 referable AUC from run to run
+        (*_COMMON, "preprocess.size=128", "train.epochs=14", "train.early_stopping=null"),
         (("referable-DR AUC", ("referable", "auc"), 0.90), ("QWK", ("metrics", "qwk"), 0.6)),
     ),
     Step(

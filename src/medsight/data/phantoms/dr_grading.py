@@ -3,16 +3,24 @@
 Each image is either a procedural fundus (field of view, vignetting, choroidal texture,
 optic disc with cup, macula and fovea, branching vessel arcades) or the real photograph
 ``skimage.data.retina()`` rotated, scaled, mirrored and recoloured. The grade decides only
-the lesions: microaneurysms (grade >= 1), dot/blot haemorrhages, hard exudates and
-cotton-wool spots (>= 2), haemorrhages in all four quadrants (3), neovascularisation or a
-pre-retinal haemorrhage (4). Everything else — background kind, laterality, colour, exposure,
-focus, noise, camera dust — is drawn independently of the grade, so no shortcut predicts it.
-File names are random hex ids as in APTOS. ``phantom_truth.csv`` records the lesion counts.
+the lesions, drawn at their sizes in real 45-degree photographs (about 25 micrometres per
+pixel at 512 px): microaneurysms of 25-110 um (grade >= 1), dot/blot and flame haemorrhages
+(flames elongated along the nerve fibres), hard exudates and cotton-wool spots (>= 2),
+haemorrhages in all four quadrants, venous beading or IRMA (3, the 4-2-1 rule), and
+neovascularisation or a pre-retinal haemorrhage (4). Lesion counts and contrast vary widely
+within a grade, so many cases sit near a grade boundary (a grade 2 with one small
+haemorrhage; a grade 1 with two microaneurysms). Everything else — background kind and
+pigmentation, laterality, drusen (a normal finding that resembles exudates), exposure,
+uneven illumination, focus, noise, camera dust, JPEG compression — is drawn independently of
+the grade, so global colour and brightness predict it no better than in real photographs
+(``tests/data/phantoms/leakage.py`` checks this). File names are random hex ids as in APTOS.
+``phantom_truth.csv`` records the lesion counts.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Callable
 from functools import lru_cache
@@ -27,7 +35,18 @@ Point = tuple[float, float]
 
 SIZE = 512
 GRADE_SHARE = (0.49, 0.10, 0.27, 0.05, 0.09)  # APTOS 2019 training distribution
-LESIONS = ("microaneurysms", "haemorrhages", "exudate_clusters", "cotton_wool", "neovascular", "preretinal")
+LESIONS = (
+    "microaneurysms",
+    "haemorrhages",
+    "flame_haemorrhages",
+    "exudate_clusters",
+    "cotton_wool",
+    "venous_beading",
+    "irma",
+    "neovascular",
+    "preretinal",
+    "drusen",
+)
 
 
 @lru_cache(maxsize=1)
@@ -90,9 +109,12 @@ def _vessel(
 
 def _procedural(rng: np.random.Generator, disc: Point, right_eye: bool) -> np.ndarray:
     xx, yy = _grid()
-    base = np.array([rng.uniform(0.75, 0.95), rng.uniform(0.24, 0.36), rng.uniform(0.07, 0.15)], np.float32)
+    pigment = rng.uniform(0.0, 0.7)  # blond (light orange, choroid visible) to darkly pigmented (brown)
+    base = np.array([0.95 - 0.35 * pigment, 0.38 - 0.2 * pigment, 0.16 - 0.1 * pigment], np.float32) * rng.uniform(
+        0.9, 1.1, 3
+    ).astype(np.float32)
     img = np.ones((SIZE, SIZE, 3), np.float32) * base
-    img *= 1.0 + 0.12 * _smooth_noise(rng, 6)[..., None]  # choroidal texture
+    img *= 1.0 + rng.uniform(0.06, 0.2) * _smooth_noise(rng, 6)[..., None]  # choroidal texture
     dx, dy = xx - disc[0], yy - disc[1]
     disc_r = rng.uniform(0.06, 0.08)
     disc_mask = np.exp(-((np.hypot(dx, dy) / disc_r) ** 4))
@@ -160,67 +182,134 @@ def _places(
 
 
 def _counts(rng: np.random.Generator, grade: int) -> dict[str, int]:
+    """Lesion counts for an ICDR grade; wide ranges, so many cases sit near a boundary."""
     c = dict.fromkeys(LESIONS, 0)
-    if grade >= 1:
-        c["microaneurysms"] = int(rng.integers(2, 9) if grade == 1 else rng.integers(5, 25))
-    if grade == 2:
-        c["haemorrhages"] = int(rng.integers(1, 10))
-        c["exudate_clusters"] = int(rng.integers(0, 4))
-        c["cotton_wool"] = int(rng.integers(0, 3))
-    if grade >= 3:
-        c["haemorrhages"] = int(rng.integers(20, 40) if grade == 3 else rng.integers(4, 35))
-        c["exudate_clusters"] = int(rng.integers(1, 5))
-        c["cotton_wool"] = int(rng.integers(1, 6))
+    if grade >= 1:  # a few microaneurysms define grade 1; more come with the later grades
+        c["microaneurysms"] = int(rng.integers(1, 6) if grade == 1 else rng.integers(2, 30))
+    if grade == 2:  # more than microaneurysms only, less than severe: often just one or two lesions
+        c["haemorrhages"] = int(np.floor(np.exp(rng.uniform(np.log(2), np.log(22)))) - (rng.random() < 0.3))
+        c["flame_haemorrhages"] = int(rng.integers(0, 3) * (rng.random() < 0.3))
+        c["exudate_clusters"] = int(rng.integers(0, 4) * (rng.random() < 0.5))
+        c["cotton_wool"] = int(rng.integers(1, 3) * (rng.random() < 0.25))
+        if c["haemorrhages"] + c["flame_haemorrhages"] + c["exudate_clusters"] + c["cotton_wool"] == 0:
+            c["haemorrhages"] = 1
+    if grade >= 3:  # the 4-2-1 rule: haemorrhages in all four quadrants, beading in two, or IRMA
+        rule = rng.choice(("haemorrhages", "beading", "irma")) if grade == 3 else rng.choice(("haemorrhages", "none"))
+        c["haemorrhages"] = int(rng.integers(14, 32) if rule == "haemorrhages" else rng.integers(2, 14))
+        c["flame_haemorrhages"] = int(rng.integers(0, 5))
+        c["exudate_clusters"] = int(rng.integers(0, 5))
+        c["cotton_wool"] = int(rng.integers(0, 5))
+        c["venous_beading"] = int(rng.integers(2, 4)) if rule == "beading" else 0
+        c["irma"] = int(rng.integers(1, 4)) if rule == "irma" else int(rng.random() < 0.2)
     if grade == 4:
         c["neovascular"] = int(rng.integers(1, 4))
         c["preretinal"] = int(rng.random() < 0.35)
-    if grade == 2 and c["haemorrhages"] == 0 and c["exudate_clusters"] == 0:
-        c["haemorrhages"] = 1
+    c["drusen"] = int(rng.integers(3, 40)) if rng.random() < 0.35 else 0  # a normal finding, any grade
     return c
 
 
+def _dots(
+    rng: np.random.Generator, points: list[Point], r_lo: float, r_hi: float, elong: float = 1.0
+) -> Callable[[ImageDraw.ImageDraw], None]:
+    def draw(d: ImageDraw.ImageDraw) -> None:
+        for x, y in points:
+            r = rng.uniform(r_lo, r_hi)
+            e = rng.uniform(1.0, elong)
+            d.ellipse((x - r * e, y - r / e, x + r * e, y + r / e), fill=255)
+
+    return draw
+
+
+def _flames(rng: np.random.Generator, points: list[Point], disc: Point) -> Callable[[ImageDraw.ImageDraw], None]:
+    """Splinter haemorrhages in the nerve fibre layer: thin, long, pointing away from the disc."""
+    dx0, dy0 = (disc[0] + 0.5) * SIZE, (disc[1] + 0.5) * SIZE
+
+    def draw(d: ImageDraw.ImageDraw) -> None:
+        for x, y in points:
+            angle = math.atan2(y - dy0, x - dx0) + rng.normal(0, 0.2)
+            length, width = rng.uniform(6, 16), rng.uniform(1.5, 3.5)
+            ux, uy = math.cos(angle), math.sin(angle)
+            outline = [
+                (x - ux * length, y - uy * length),
+                (x - uy * width, y + ux * width),
+                (x + ux * length * 0.6, y + uy * length * 0.6),
+                (x + uy * width, y - ux * width),
+            ]
+            d.polygon(outline, fill=255)
+
+    return draw
+
+
+def _squiggles(
+    rng: np.random.Generator, centre: Point, loops: tuple[int, int], steps: tuple[int, int], spread: float
+) -> Callable[[ImageDraw.ImageDraw], None]:
+    """Fine tortuous vessels around ``centre`` (IRMA inside the retina; denser for new vessels)."""
+
+    def draw(d: ImageDraw.ImageDraw) -> None:
+        for _ in range(int(rng.integers(*loops))):
+            angle = rng.uniform(0, 2 * math.pi)
+            x, y = centre[0] + rng.normal(0, spread), centre[1] + rng.normal(0, spread)
+            pts = [(x, y)]
+            for _ in range(int(rng.integers(*steps))):
+                angle += rng.normal(0, 0.9)
+                x, y = x + 4 * math.cos(angle), y + 4 * math.sin(angle)
+                pts.append((x, y))
+            d.line(pts, fill=255, width=1)
+
+    return draw
+
+
+def _beads(rng: np.random.Generator, start: Point, angle: float) -> Callable[[ImageDraw.ImageDraw], None]:
+    """A stretch of vein whose calibre swells and narrows like a string of beads."""
+
+    def draw(d: ImageDraw.ImageDraw) -> None:
+        x, y = start
+        heading = angle
+        for i in range(int(rng.integers(12, 22))):
+            r = 1.5 + 1.2 * (1 + math.sin(i * rng.uniform(1.2, 1.8)))
+            d.ellipse((x - r, y - r, x + r, y + r), fill=255)
+            heading += rng.normal(0, 0.08)
+            x, y = x + 4 * math.cos(heading), y + 4 * math.sin(heading)
+
+    return draw
+
+
 def _lesions(img: np.ndarray, rng: np.random.Generator, grade: int, counts: dict[str, int], disc: Point) -> None:
-    def dots(
-        points: list[Point], r_lo: float, r_hi: float, elong: float = 1.0
-    ) -> Callable[[ImageDraw.ImageDraw], None]:
-        def draw(d: ImageDraw.ImageDraw) -> None:
-            for x, y in points:
-                r = rng.uniform(r_lo, r_hi)
-                e = rng.uniform(1.0, elong)
-                d.ellipse((x - r * e, y - r / e, x + r * e, y + r / e), fill=255)
-
-        return draw
-
+    """Draw the lesions; each kind's contrast varies between photographs as it does in real ones."""
     quads = (0, 1, 2, 3) if grade >= 3 else tuple(rng.choice(4, size=int(rng.integers(1, 4)), replace=False))
+    contrast = rng.uniform(0.9, 1.0)  # how clearly this photograph shows its lesions (media, focus)
+    red = (0.42, 0.05, 0.03)
+    if counts["drusen"]:  # small pale yellow dots around the macula, independent of the grade
+        centre = (-disc[0] * 0.25, disc[1])
+        pts = [((centre[0] + rng.normal(0, 0.08) + 0.5) * SIZE, (centre[1] + rng.normal(0, 0.08) + 0.5) * SIZE)
+               for _ in range(counts["drusen"])]  # fmt: skip
+        _blend(img, _mask(_dots(rng, pts, 0.8, 2.0), 0.8), (0.95, 0.85, 0.5), 0.5 * contrast)
     if counts["microaneurysms"]:
         pts = _places(rng, counts["microaneurysms"], disc, radius=0.3)
-        _blend(img, _mask(dots(pts, 1.0, 2.2), 0.5), (0.5, 0.05, 0.03), 1.0)
+        _blend(img, _mask(_dots(rng, pts, 0.6, 2.0), 0.5), (0.5, 0.05, 0.03), contrast)
     if counts["haemorrhages"]:
         pts = _places(rng, counts["haemorrhages"], disc, quadrants=quads)
-        _blend(img, _mask(dots(pts, 3.0, 8.0, elong=1.8), 1.0), (0.38, 0.03, 0.02), 0.95)
+        _blend(img, _mask(_dots(rng, pts, 3.0, 8.0, elong=1.7), 1.0), red, 0.95 * contrast)
+    if counts["flame_haemorrhages"]:
+        pts = _places(rng, counts["flame_haemorrhages"], disc, radius=0.3)
+        _blend(img, _mask(_flames(rng, pts, disc), 1.0), red, 0.9 * contrast)
     for _ in range(counts["exudate_clusters"]):
         ((cx, cy),) = _places(rng, 1, disc, radius=0.25)
         pts = [(cx + rng.normal(0, 10), cy + rng.normal(0, 10)) for _ in range(int(rng.integers(3, 15)))]
-        _blend(img, _mask(dots(pts, 1.0, 3.5), 0.6), (1.0, 0.92, 0.45), 0.9)
+        _blend(img, _mask(_dots(rng, pts, 0.8, 3.0), 0.6), (1.0, 0.92, 0.45), 0.9 * contrast)
     if counts["cotton_wool"]:
         pts = _places(rng, counts["cotton_wool"], disc, radius=0.3)
-        _blend(img, _mask(dots(pts, 6.0, 13.0, elong=1.5), 4.0), (0.98, 0.93, 0.8), 0.75)
+        _blend(img, _mask(_dots(rng, pts, 6.0, 13.0, elong=1.5), 4.0), (0.98, 0.93, 0.8), 0.7 * contrast)
+    for q in rng.choice(4, size=min(counts["venous_beading"], 4), replace=False):
+        ((x, y),) = _places(rng, 1, disc, quadrants=(int(q),))
+        _blend(img, _mask(_beads(rng, (x, y), rng.uniform(0, 2 * math.pi)), 0.8), (0.4, 0.06, 0.05), 0.75 * contrast)
+    for _ in range(counts["irma"]):
+        (centre,) = _places(rng, 1, disc, radius=0.3)
+        _blend(img, _mask(_squiggles(rng, centre, (3, 7), (4, 9), 6), 0.4), (0.5, 0.06, 0.05), 0.8 * contrast)
     for _ in range(counts["neovascular"]):
         near_disc = rng.random() < 0.5
-        ((cx, cy),) = _places(rng, 1, disc) if not near_disc else [((disc[0] + 0.5) * SIZE, (disc[1] + 0.5) * SIZE)]
-
-        def tangle(d: ImageDraw.ImageDraw, cx: float = cx, cy: float = cy) -> None:
-            for _ in range(int(rng.integers(6, 14))):
-                angle = rng.uniform(0, 2 * math.pi)
-                x, y = cx + rng.normal(0, 8), cy + rng.normal(0, 8)
-                pts = [(x, y)]
-                for _ in range(int(rng.integers(6, 14))):
-                    angle += rng.normal(0, 0.9)
-                    x, y = x + 4 * math.cos(angle), y + 4 * math.sin(angle)
-                    pts.append((x, y))
-                d.line(pts, fill=255, width=1)
-
-        _blend(img, _mask(tangle, 0.4), (0.55, 0.06, 0.05), 0.9)
+        (centre,) = _places(rng, 1, disc) if not near_disc else [((disc[0] + 0.5) * SIZE, (disc[1] + 0.5) * SIZE)]
+        _blend(img, _mask(_squiggles(rng, centre, (6, 14), (6, 14), 8), 0.4), (0.55, 0.06, 0.05), 0.9)
     if counts["preretinal"]:
         ((cx, cy),) = _places(rng, 1, disc, radius=0.3)
         r = rng.uniform(20, 40)
@@ -232,21 +321,32 @@ def _lesions(img: np.ndarray, rng: np.random.Generator, grade: int, counts: dict
 
 
 def _camera(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Optics and sensor: vignetting, uneven light, dust, exposure, colour cast, blur, noise, JPEG."""
     xx, yy = _grid()
     r = np.hypot(xx, yy)
-    img *= (1.0 - rng.uniform(0.4, 1.1) * r**2)[..., None]  # vignetting
-    img *= 1.0 + rng.uniform(-0.15, 0.15) * (xx * math.cos(rng.uniform(0, 6.3)) + yy)[..., None]  # uneven light
+    img *= (1.0 - rng.uniform(0.3, 1.3) * r**2)[..., None]  # vignetting
+    tilt = rng.uniform(0, 2 * math.pi)
+    img *= 1.0 + rng.uniform(-0.25, 0.25) * (xx * math.cos(tilt) + yy * math.sin(tilt))[..., None]  # uneven light
+    if rng.random() < 0.3:  # a bright crescent where the light source reflects at the rim
+        edge = np.clip((r - 0.3) / 0.15, 0, 1) * np.clip(np.cos(np.arctan2(yy, xx) - rng.uniform(0, 6.3)), 0, 1)
+        _blend(img, edge, (0.95, 0.8, 0.6), rng.uniform(0.1, 0.35))
     for _ in range(int(rng.integers(0, 4))):  # dust on the lens: soft grey blobs
         cx, cy, rad = rng.uniform(-0.35, 0.35), rng.uniform(-0.35, 0.35), rng.uniform(0.01, 0.03)
         _blend(img, np.exp(-((np.hypot(xx - cx, yy - cy) / rad) ** 2)), (0.2, 0.12, 0.1), 0.25)
-    img = np.clip(img * rng.uniform(0.8, 1.2), 0, 1) ** rng.uniform(0.8, 1.25)
+    img *= rng.uniform(0.9, 1.1, 3).astype(np.float32)  # white balance
+    img = np.clip(img * rng.uniform(0.7, 1.3), 0, 1) ** rng.uniform(0.8, 1.25)  # exposure and gamma
     fov = r < rng.uniform(0.44, 0.49)
     if rng.random() < 0.3:  # some cameras crop the circle at top and bottom
         fov &= np.abs(yy) < rng.uniform(0.38, 0.45)
     img *= fov[..., None]
-    out = Image.fromarray((img * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
-    arr = np.asarray(out, np.float32) + rng.normal(0, rng.uniform(1.0, 4.0), size=(SIZE, SIZE, 3))
-    return np.clip(arr, 0, 255).astype(np.uint8)
+    out = Image.fromarray((img * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.4)))
+    arr = np.asarray(out, np.float32) + rng.normal(0, rng.uniform(1.0, 5.0), size=(SIZE, SIZE, 3))
+    out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    if rng.random() < 0.7:  # most fundus cameras save JPEG; its blocks and ringing stay in the PNG
+        buffer = io.BytesIO()
+        out.save(buffer, format="JPEG", quality=int(rng.integers(65, 96)))
+        out = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    return np.asarray(out, np.uint8)
 
 
 def fundus(rng: np.random.Generator, grade: int) -> tuple[np.ndarray, dict[str, int]]:
