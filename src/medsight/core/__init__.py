@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from medsight.core.labels import CodedConcept, LabelClass, LabelSchema
     from medsight.core.volume import Volume, VolumeMetadata
 
+
 __all__ = [
     "CodedConcept",
     "ConfigError",
@@ -39,18 +40,16 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "CodedConcept": "medsight.core.labels",
-        "ConfigError": "medsight.core.errors",
-        "Geometry": "medsight.core.geometry",
-        "GeometryError": "medsight.core.errors",
-        "InputError": "medsight.core.errors",
-        "LabelClass": "medsight.core.labels",
-        "LabelSchema": "medsight.core.labels",
-        "MedsightError": "medsight.core.errors",
-        "SeriesError": "medsight.core.errors",
-        "UnsupportedFormatError": "medsight.core.errors",
-        "Volume": "medsight.core.volume",
-        "VolumeMetadata": "medsight.core.volume",
-        "orientation_code": "medsight.core.geometry",
+        "medsight.core.labels": ("CodedConcept", "LabelClass", "LabelSchema"),
+        "medsight.core.errors": (
+            "ConfigError",
+            "GeometryError",
+            "InputError",
+            "MedsightError",
+            "SeriesError",
+            "UnsupportedFormatError",
+        ),
+        "medsight.core.geometry": ("Geometry", "orientation_code"),
+        "medsight.core.volume": ("Volume", "VolumeMetadata"),
     },
 )

@@ -10,27 +10,30 @@ attribute access (PEP 562), and type checkers still see the names through
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["lazy_exports"]
 
 
-def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+def lazy_exports(
+    package: str, modules: Mapping[str, Sequence[str]]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """Module-level ``__getattr__`` and ``__dir__`` for ``package`` that import on first use.
 
     Args:
         package: The package's ``__name__``.
-        exports: Public name -> absolute name of the module that defines it.
+        modules: Absolute module name -> the public names it defines.
 
     Returns:
         ``(__getattr__, __dir__)`` to assign at the package's module level.
 
     Example:
-        >>> getattr_, dir_ = lazy_exports("pkg", {"sqrt": "math"})
+        >>> getattr_, dir_ = lazy_exports("pkg", {"math": ("sqrt",)})
         >>> getattr_("sqrt")(9.0)
         3.0
     """
+    exports = {name: module for module, names in modules.items() for name in names}
 
     def __getattr__(name: str) -> Any:  # noqa: N807  (the PEP 562 hook's name)
         module = exports.get(name)

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from medsight.data.manifest import Manifest
     from medsight.data.registry import build_manifest, detect_adapters, get_adapter, registered_adapters
 
+
 __all__ = [
     "Manifest",
     "build_manifest",
@@ -22,10 +23,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "Manifest": "medsight.data.manifest",
-        "build_manifest": "medsight.data.registry",
-        "detect_adapters": "medsight.data.registry",
-        "get_adapter": "medsight.data.registry",
-        "registered_adapters": "medsight.data.registry",
+        "medsight.data.manifest": ("Manifest",),
+        "medsight.data.registry": ("build_manifest", "detect_adapters", "get_adapter", "registered_adapters"),
     },
 )

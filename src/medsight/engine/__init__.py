@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from medsight.engine.loop import TrainResult, seed_everything, train
     from medsight.engine.run import RunDir
 
+
 __all__ = [
     "EarlyStopping",
     "RunDir",
@@ -32,18 +33,15 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "EarlyStopping": "medsight.engine.config",
-        "RunDir": "medsight.engine.run",
-        "TrainConfig": "medsight.engine.config",
-        "TrainResult": "medsight.engine.loop",
-        "choose_device": "medsight.engine.config",
-        "choose_precision": "medsight.engine.config",
-        "gather": "medsight.engine.distributed",
-        "is_main_process": "medsight.engine.distributed",
-        "launched_by_torchrun": "medsight.engine.distributed",
-        "process_group": "medsight.engine.distributed",
-        "seed_everything": "medsight.engine.loop",
-        "train": "medsight.engine.loop",
-        "world_size": "medsight.engine.distributed",
+        "medsight.engine.config": ("EarlyStopping", "TrainConfig", "choose_device", "choose_precision"),
+        "medsight.engine.run": ("RunDir",),
+        "medsight.engine.loop": ("TrainResult", "seed_everything", "train"),
+        "medsight.engine.distributed": (
+            "gather",
+            "is_main_process",
+            "launched_by_torchrun",
+            "process_group",
+            "world_size",
+        ),
     },
 )

@@ -10,6 +10,7 @@ from medsight.core.lazy import lazy_exports
 if TYPE_CHECKING:
     from medsight.inference.classifier import FUSION_FILE, Classifier, expand_inputs, image_facts
 
+
 __all__ = [
     "FUSION_FILE",
     "Classifier",
@@ -20,9 +21,6 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "Classifier": "medsight.inference.classifier",
-        "FUSION_FILE": "medsight.inference.classifier",
-        "expand_inputs": "medsight.inference.classifier",
-        "image_facts": "medsight.inference.classifier",
+        "medsight.inference.classifier": ("Classifier", "FUSION_FILE", "expand_inputs", "image_facts"),
     },
 )

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from medsight.io.dicom_write import write_dicom_image, write_dicom_series
     from medsight.io.formats import detect_format
 
+
 __all__ = [
     "DicomFolder",
     "SeriesInfo",
@@ -32,15 +33,10 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "DicomFolder": "medsight.io.dicom_series",
-        "SeriesInfo": "medsight.io.dicom_series",
-        "detect_format": "medsight.io.formats",
-        "list_dicom_series": "medsight.io.dicom_series",
-        "read": "medsight.io.api",
-        "read_dicom_file": "medsight.io.dicom",
-        "read_dicom_series": "medsight.io.dicom_series",
-        "write": "medsight.io.api",
-        "write_dicom_image": "medsight.io.dicom_write",
-        "write_dicom_series": "medsight.io.dicom_write",
+        "medsight.io.dicom_series": ("DicomFolder", "SeriesInfo", "list_dicom_series", "read_dicom_series"),
+        "medsight.io.formats": ("detect_format",),
+        "medsight.io.api": ("read", "write"),
+        "medsight.io.dicom": ("read_dicom_file",),
+        "medsight.io.dicom_write": ("write_dicom_image", "write_dicom_series"),
     },
 )

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         threshold_youden,
     )
 
+
 __all__ = [
     "average_precision",
     "bootstrap_ci",
@@ -35,14 +36,16 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "average_precision": "medsight.metrics.classification",
-        "bootstrap_ci": "medsight.metrics.bootstrap",
-        "confusion_at": "medsight.metrics.classification",
-        "delong_test": "medsight.metrics.classification",
-        "quadratic_weighted_kappa": "medsight.metrics.classification",
-        "roc_auc": "medsight.metrics.classification",
-        "threshold_for_sensitivity": "medsight.metrics.classification",
-        "threshold_for_specificity": "medsight.metrics.classification",
-        "threshold_youden": "medsight.metrics.classification",
+        "medsight.metrics.classification": (
+            "average_precision",
+            "confusion_at",
+            "delong_test",
+            "quadratic_weighted_kappa",
+            "roc_auc",
+            "threshold_for_sensitivity",
+            "threshold_for_specificity",
+            "threshold_youden",
+        ),
+        "medsight.metrics.bootstrap": ("bootstrap_ci",),
     },
 )

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from medsight.models.registry import ModelSpec, build_model, register_model, registered_models
     from medsight.models.transfer import LoadReport, backbone_parameters, freeze_backbone, load_pretrained, unfreeze
 
+
 __all__ = [
     "LoadReport",
     "ModelSpec",
@@ -26,14 +27,13 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "LoadReport": "medsight.models.transfer",
-        "ModelSpec": "medsight.models.registry",
-        "backbone_parameters": "medsight.models.transfer",
-        "build_model": "medsight.models.registry",
-        "freeze_backbone": "medsight.models.transfer",
-        "load_pretrained": "medsight.models.transfer",
-        "register_model": "medsight.models.registry",
-        "registered_models": "medsight.models.registry",
-        "unfreeze": "medsight.models.transfer",
+        "medsight.models.transfer": (
+            "LoadReport",
+            "backbone_parameters",
+            "freeze_backbone",
+            "load_pretrained",
+            "unfreeze",
+        ),
+        "medsight.models.registry": ("ModelSpec", "build_model", "register_model", "registered_models"),
     },
 )

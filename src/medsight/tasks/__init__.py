@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from medsight.tasks.classification import ClassificationTask, corn_class_probabilities, corn_loss
     from medsight.tasks.fusion import attention_pool, fit_attention_temperature, fuse_views
 
+
 __all__ = [
     "ClassificationTask",
     "attention_pool",
@@ -23,11 +24,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "ClassificationTask": "medsight.tasks.classification",
-        "attention_pool": "medsight.tasks.fusion",
-        "corn_class_probabilities": "medsight.tasks.classification",
-        "corn_loss": "medsight.tasks.classification",
-        "fit_attention_temperature": "medsight.tasks.fusion",
-        "fuse_views": "medsight.tasks.fusion",
+        "medsight.tasks.classification": ("ClassificationTask", "corn_class_probabilities", "corn_loss"),
+        "medsight.tasks.fusion": ("attention_pool", "fit_attention_temperature", "fuse_views"),
     },
 )

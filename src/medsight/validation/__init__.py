@@ -10,6 +10,7 @@ from medsight.core.lazy import lazy_exports
 if TYPE_CHECKING:
     from medsight.validation.classification import compare_runs, evaluate_run, predictions_of
 
+
 __all__ = [
     "compare_runs",
     "evaluate_run",
@@ -19,8 +20,6 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "compare_runs": "medsight.validation.classification",
-        "evaluate_run": "medsight.validation.classification",
-        "predictions_of": "medsight.validation.classification",
+        "medsight.validation.classification": ("compare_runs", "evaluate_run", "predictions_of"),
     },
 )

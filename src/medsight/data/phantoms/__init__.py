@@ -35,4 +35,4 @@ def load_builtin_phantoms() -> None:
 
 
 # the registry's functions come from base (numpy) on first use; the names above need nothing
-__getattr__, _ = lazy_exports(__name__, {"make_phantom": f"{__name__}.base", "phantoms": f"{__name__}.base"})
+__getattr__, _ = lazy_exports(__name__, {f"{__name__}.base": ("make_phantom", "phantoms")})
