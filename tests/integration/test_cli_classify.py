@@ -167,3 +167,25 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, monkeypat
     assert result.exit_code == 130
     assert f"interrupted: {tmp_path / 'run'} stopped after epoch 2 of 5" in result.output
     assert "continue with: medsight" in result.output and "--resume" in result.output
+
+
+def test_evaluate_on_a_one_class_split_reports_undefined_not_accuracy_one(tmp_path):
+    """Accuracy 1.000 beside an undefined kappa says nothing: both are reported undefined, with why."""
+    from medsight.validation import evaluate_run
+
+    root = make_phantom("dr-grading", tmp_path / "fundus", cases=40, seed=3)
+    build_manifest(root).save(tmp_path / "m.csv")
+    invoke("train", "--recipe", "dr-grading", "--data", tmp_path / "m.csv", "--out", tmp_path / "run", "--epochs", 1,
+           *FAST)  # fmt: skip
+    table = pd.read_csv(tmp_path / "m.csv", dtype={"case_id": str})
+    splits = pd.read_csv(tmp_path / "run" / "splits.csv", dtype={"case_id": str}).set_index("case_id")["split"]
+    test = table["case_id"].map(splits).eq("test")
+    table.loc[test, "target"] = 0
+    table.to_csv(tmp_path / "zero.csv", index=False)
+    (tmp_path / "zero.meta.json").write_text((tmp_path / "m.meta.json").read_text())
+    report = evaluate_run(tmp_path / "run", manifest_path=tmp_path / "zero.csv", bootstrap=20, out=tmp_path / "z.json")
+    assert np.isnan(report["metrics"]["accuracy"]["estimate"]) and np.isnan(report["metrics"]["qwk"]["estimate"])
+    assert report["metrics"]["accuracy"]["undefined"] == "the split holds one class only"
+    assert any("holds only [0]" in w for w in report["warnings"])
+    written = json.loads((tmp_path / "z.json").read_text())
+    assert written["metrics"]["accuracy"]["estimate"] is None  # JSON null, not NaN

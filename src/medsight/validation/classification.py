@@ -163,7 +163,7 @@ def evaluate_run(
         probs = test[[f"prob_{c}" for c in classes]].to_numpy()
         y = test[target].to_numpy(int)
         report["metrics"] = {
-            "accuracy": bootstrap_ci(_accuracy, y, probs, groups=groups, n_resamples=n),
+            "accuracy": _accuracy_ci(y, probs, groups, n),
             "macro_auc": bootstrap_ci(_macro_auc, np.eye(len(classes))[y], probs, groups=groups, n_resamples=n),
         }
     report["warnings"] = _class_warnings(test, recipe, split)
@@ -211,6 +211,16 @@ def _qwk(grades: np.ndarray, probs: np.ndarray, n_classes: int) -> float:
     return quadratic_weighted_kappa(grades, probs.argmax(1), n_classes=n_classes)
 
 
+def _accuracy_ci(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray, n: int) -> dict[str, Any]:
+    """Accuracy with its CI; undefined on a split of one class, where it says nothing (a model that
+    always answers that class scores 1.000 while kappa and AUC are undefined)."""
+    if len(np.unique(labels)) < 2:
+        nan = float("nan")
+        reason = "the split holds one class only"
+        return {"estimate": nan, "low": nan, "high": nan, "n_valid": 0, "n_undefined": n, "undefined": reason}
+    return bootstrap_ci(_accuracy, labels, probs, groups=groups, n_resamples=n)
+
+
 def _accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(np.mean(labels == probs.argmax(1)))
 
@@ -224,7 +234,7 @@ def _ordinal_report(
     report: dict[str, Any] = {
         "metrics": {
             "qwk": bootstrap_ci(partial(_qwk, n_classes=len(classes)), grades, probs, groups=groups, n_resamples=n),
-            "accuracy": bootstrap_ci(_accuracy, grades, probs, groups=groups, n_resamples=n),
+            "accuracy": _accuracy_ci(grades, probs, groups, n),
         }
     }
     g = recipe["task"].get("referable_grade")
