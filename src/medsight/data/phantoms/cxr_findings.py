@@ -4,7 +4,9 @@ Anatomy: torso and soft tissue, two lung fields with costophrenic angles, medias
 spine, trachea, heart, diaphragm domes and abdomen, clavicles, posterior ribs, and vascular
 markings fanning out from the hila. Exposure, contrast, rotation, scale, position, noise and
 the view (PA/AP) vary independently of the findings. Findings: nodule, effusion
-(meniscus at a lung base), cardiomegaly (cardiothoracic ratio > 0.55), consolidation
+(a meniscus at a lung base, from a blunted costophrenic angle to a third of the lung),
+cardiomegaly (cardiothoracic ratio > 0.5; normal hearts range 0.36-0.5, so many cases sit near
+the boundary, and AP views magnify every heart by about 10 %), consolidation
 (patchy opacity), pneumothorax (a lucent rim without markings behind a pleural line) and
 atelectasis (a band of opacity with volume loss). They co-occur as in practice (effusion
 with cardiomegaly and atelectasis, consolidation with effusion). Patients have one to three
@@ -91,26 +93,36 @@ def _choose_findings(rng: np.random.Generator) -> set[str]:
     return found
 
 
-def radiograph(rng: np.random.Generator, findings: set[str]) -> tuple[np.ndarray, list[dict], float]:
+def _cardiothoracic_ratio(rng: np.random.Generator, enlarged: bool) -> float:
+    """Normal hearts 0.36-0.5; enlarged ones mostly just above 0.5 (borderline), a few far above."""
+    if enlarged:
+        return float(min(0.5 + rng.exponential(0.05), 0.68))
+    return float(rng.uniform(0.36, 0.5))
+
+
+def radiograph(
+    rng: np.random.Generator, findings: set[str], *, view: str = "PA"
+) -> tuple[np.ndarray, list[dict], float]:
     """One chest radiograph (uint8, 512x512), its finding boxes, and its cardiothoracic ratio."""
     frame = _Frame(rng)
     base_y = rng.uniform(0.12, 0.18)
     img = np.zeros((SIZE, SIZE), np.float32)
     torso = [(-0.46, -0.5), (0.46, -0.5), (0.48, 0.5), (-0.48, 0.5)]
-    img += 0.5 * _layer(lambda d: d.polygon(frame.poly(torso), fill=255), 25)
+    img += rng.uniform(0.38, 0.62) * _layer(lambda d: d.polygon(frame.poly(torso), fill=255), 25)  # habitus
     lungs = {side: _lung_outline(side, rng, base_y + (0.02 if side < 0 else 0.0)) for side in (-1.0, 1.0)}
     lung_mask = {s: _layer(lambda d, s=s: d.polygon(frame.poly(lungs[s]), fill=255), 6) for s in lungs}
     both = np.clip(lung_mask[-1.0] + lung_mask[1.0], 0, 1)
-    img -= 0.32 * both
+    img -= rng.uniform(0.25, 0.38) * both  # depth of inspiration
     spine = [(-0.06, -0.5), (0.06, -0.5), (0.06, 0.5), (-0.06, 0.5)]
     img += 0.14 * _layer(lambda d: d.polygon(frame.poly(spine), fill=255), 8)
     img -= 0.1 * _layer(lambda d: d.line([frame(0, -0.5), frame(0.01, -0.12)], fill=255, width=14), 4)  # trachea
 
-    heart_half = rng.uniform(0.22, 0.27) if "Cardiomegaly" in findings else rng.uniform(0.13, 0.18)
-    heart = _ellipse(frame, 0.05, base_y - 0.09, heart_half, rng.uniform(0.11, 0.13))
-    img += 0.28 * _layer(lambda d: d.polygon(heart, fill=255), 6) * (0.3 + both)
     thorax_width = 0.82
-    ctr = 2 * heart_half / thorax_width
+    ctr = _cardiothoracic_ratio(rng, "Cardiomegaly" in findings)
+    shown = ctr * (rng.uniform(1.05, 1.15) if view == "AP" else 1.0)  # AP: the heart is further from the film
+    heart_half = shown * thorax_width / 2
+    heart = _ellipse(frame, 0.05, base_y - 0.09, heart_half, rng.uniform(0.11, 0.13))
+    img += rng.uniform(0.22, 0.32) * _layer(lambda d: d.polygon(heart, fill=255), 6) * (0.3 + both)
 
     def ribs(d: ImageDraw.ImageDraw) -> None:
         for side in (-1.0, 1.0):
@@ -184,13 +196,13 @@ def _findings(
         sides = (-1.0, 1.0) if rng.random() < 0.35 else (rng.choice((-1.0, 1.0)),)
         total = np.zeros_like(img)
         for side in sides:
-            level = base_y - rng.uniform(0.05, 0.16)
+            level = base_y - min(0.005 + rng.exponential(0.05), 0.18)  # mostly small: a blunted angle
             meniscus = [(side * (0.06 + 0.33 * f), level - 0.05 * f**2) for f in np.linspace(0, 1, 10)]
             fluid = [*meniscus, (side * 0.42, 0.45), (side * 0.06, 0.45)]
             mask = _layer(lambda d, fluid=fluid: d.polygon(frame.poly(fluid), fill=255), 5) * lung_mask[side]
             total = np.maximum(total, mask)
             add("Effusion", mask)
-        img += 0.28 * total
+        img += rng.uniform(0.18, 0.3) * total
     if "Pneumothorax" in findings:
         side = rng.choice((-1.0, 1.0))
         depth = rng.uniform(0.03, 0.07)
@@ -241,7 +253,7 @@ def write_cxr(out: Path, cases: int, seed: int, progress: Progress | None) -> No
         if rng.random() < 0.3 and current:  # findings come and go between visits
             current.discard(sorted(current)[int(rng.integers(len(current)))])
         view = "PA" if rng.random() < 0.6 else "AP"
-        pixels, boxes, ctr = radiograph(rng, current)
+        pixels, boxes, ctr = radiograph(rng, current, view=view)
         name = f"{patient:08d}_{follow_up:03d}.png"
         Image.fromarray(pixels).save(images / name, compress_level=1)
         labels = "|".join(f for f in FINDINGS if f in current) or "No Finding"
