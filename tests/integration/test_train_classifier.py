@@ -18,24 +18,38 @@ def _last(run):
     return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
 
 
+# (recipe, cases, image size, epochs, figure on the validation split, by how much it must beat the
+# untrained network). The DR phantom's lesions are as small and faint as in real photographs: like
+# real data it needs a few hundred images at 128 px before it learns steadily (as the demo does),
+# and its log-loss swings while it learns, so its check is the referable-DR AUC.
+LEARNING = [
+    ("dr-grading", 400, 128, 14, "val_referable_auc", 0.2),
+    ("cxr-findings", 60, 64, 8, "val_loss", -0.05),
+    ("mammo-screening", 24, 64, 8, "val_loss", -0.05),
+]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("recipe", "cases", "metric"),
-    [("dr-grading", 60, "val_qwk"), ("cxr-findings", 60, "val_macro_auc"), ("mammo-screening", 24, "val_auc")],
+    ("recipe", "cases", "size", "epochs", "figure", "gain"), LEARNING, ids=[r[0] for r in LEARNING]
 )
-def test_recipe_learns_on_its_phantom(tmp_path, recipe, cases, metric):
+def test_recipe_learns_on_its_phantom(tmp_path, recipe, cases, size, epochs, figure, gain):
     """The trained model beats the same network untrained on the held-out (validation) cases."""
     root = make_phantom(recipe, tmp_path / "data", cases=cases, seed=0)
     build_manifest(root).save(tmp_path / "manifest.csv")
-    settings = [*FAST, "preprocess.size=64", "train.early_stopping=null"]
+    settings = [*FAST, f"preprocess.size={size}", "train.early_stopping=null"]
+    if recipe == "dr-grading":
+        settings = [s for s in settings if not s.startswith("train.batch_size")] + ["train.batch_size=32"]
     untrained = [*settings, "train.epochs=1", "train.lr=1e-12", "train.warmup_epochs=0"]  # weights stay as drawn
     train_classifier(load_recipe(recipe, untrained), tmp_path / "manifest.csv", tmp_path / "untrained")
-    trained = load_recipe(recipe, [*settings, "train.epochs=8"])
+    trained = load_recipe(recipe, [*settings, f"train.epochs={epochs}"])
     result = train_classifier(trained, tmp_path / "manifest.csv", tmp_path / "run")
-    assert result.epochs_run == 8
+    assert result.epochs_run == epochs
     before, after = _last(tmp_path / "untrained"), _last(tmp_path / "run")
-    assert metric in after
-    assert after["val_loss"] < before["val_loss"] - 0.05, (before, after)
+    if gain > 0:  # a figure that must rise
+        assert after[figure] > before[figure] + gain, (before[figure], after[figure])
+    else:  # a loss that must fall
+        assert after[figure] < before[figure] + gain, (before[figure], after[figure])
     assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "splits.csv").is_file()
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["recipe"]["name"] == recipe
