@@ -106,7 +106,7 @@ def test_early_stopping_and_best_checkpoint(tmp_path):
         run_dir=tmp_path / "run", validate=lambda m: {"auc": next(scores)},
     )  # fmt: skip
     assert result.stopped_early and result.epochs_run == 5 and result.best_epoch == 2 and result.best_metric == 0.7
-    best = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert best["epoch"] == 2 and best["metric"] == 0.7
 
 
@@ -116,15 +116,15 @@ def test_ema_weights_are_kept_and_scored(tmp_path):
     seen = []
     train(model, _loss, data, config=_config(epochs=2, ema_decay=0.9), run_dir=tmp_path / "run",
           validate=lambda m: seen.append(m) or {"loss": 0.0})  # fmt: skip
-    best = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert best["ema"] is not None
     ema_weight = best["ema"]["0.weight"]
     assert not torch.allclose(ema_weight, model.state_dict()["0.weight"])
     assert seen[0] is not model  # validation scored the averaged model
-    last = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert set(last["ema"]) == set(model.state_dict())  # the averaged weights, loadable into the model
     train(_model(), _loss, data, config=_config(epochs=3, ema_decay=0.9), run_dir=tmp_path / "run", resume=True)
-    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["epoch"] == 3
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 3
 
 
 def test_bf16_and_channels_last_follow_the_fp32_loss_curve(tmp_path):
@@ -301,3 +301,16 @@ def test_progress_names_one_stage_and_shows_the_last_validation_figure(tmp_path)
           validate=_val(_problem(n=16, seed=1)), progress=lambda stage, done, total: stages.append(stage))  # fmt: skip
     assert all(s.startswith("training | epoch ") for s in stages)
     assert "val" not in stages[0] and "val accuracy" in stages[-1] and stages[-1].endswith("(epoch 1)")
+
+
+class _Payload:
+    """Unpickling this would build an arbitrary object (the way a hostile file runs code)."""
+
+
+def test_a_checkpoint_holding_objects_is_refused_not_unpickled(tmp_path):
+    data = _problem()
+    train(_model(), _loss, data, config=_config(epochs=1), run_dir=tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    torch.save({**state, "extra": _Payload()}, tmp_path / "run" / "last.pt")
+    with pytest.raises(InputError, match="not a loadable PyTorch checkpoint.*no pickled code"):
+        train(_model(), _loss, data, config=_config(epochs=2), run_dir=tmp_path / "run", resume=True)

@@ -107,7 +107,7 @@ def test_pretrained_backbone_stays_frozen_while_the_head_warms_up(tmp_path):
     result = runner.invoke(app, [str(a) for a in [*args, "--out", tmp_path / "random"]])
     assert result.exit_code == 1 and "Set model.pretrained" in result.output
     invoke(*args, "--out", tmp_path / "run", "--set", f"model.pretrained={tmp_path / 'pretrained.pt'}")
-    trained = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
+    trained = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
     before = source.state_dict()
     backbone = [k for k in trained if not k.startswith("fc.") and k in before and trained[k].is_floating_point()]
     assert backbone and all(torch.equal(trained[k], before[k]) for k in backbone if "running" not in k)

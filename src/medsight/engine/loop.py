@@ -171,8 +171,15 @@ def _checkpoint(weights: dict, optimizer, scheduler, ema, state: _Progress) -> d
         "ema_state": ema.state_dict() if ema is not None else None,
         "progress": vars(state).copy(),
         "epoch": state.epoch,
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()},
     }
+
+
+def _numpy_rng_state() -> tuple:
+    """NumPy's global RNG state as plain values (a checkpoint is loaded with ``weights_only=True``,
+    which unpickles tensors, numbers, strings and containers, never arrays or other objects)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)
 
 
 def _restore(run: RunDir, model: nn.Module, optimizer, scheduler, ema) -> _Progress:  # noqa: ANN001
@@ -184,7 +191,8 @@ def _restore(run: RunDir, model: nn.Module, optimizer, scheduler, ema) -> _Progr
     if ema is not None and state.get("ema_state") is not None:
         ema.load_state_dict(state["ema_state"])
     torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
+    kind, keys, position, has_gauss, cached = state["rng"]["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
     random.setstate(state["rng"]["python"])
     progress = _Progress(**state["progress"])
     run.truncate_metrics(progress.epoch)

@@ -17,6 +17,7 @@ import torch
 
 from medsight.core.errors import ConfigError, InputError
 from medsight.io.atomic import atomic_file
+from medsight.models.transfer import load_checkpoint
 
 __all__ = ["RunDir"]
 
@@ -168,9 +169,8 @@ class RunDir:
             torch.save(state, tmp)
 
     def load(self, path: Path) -> dict[str, Any]:
-        if not path.is_file():
-            raise InputError(f"{path}: no such checkpoint")
-        return torch.load(path, map_location="cpu", weights_only=False)
+        """A checkpoint of this run (loaded weights-only: nothing in it can run code)."""
+        return load_checkpoint(path)
 
     def truncate_metrics(self, epochs: int) -> None:
         """Drop records after ``epochs`` (a resumed run recomputes them)."""

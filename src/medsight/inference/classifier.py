@@ -23,7 +23,7 @@ from medsight.data.dataset import ImageDataset
 from medsight.io import detect_format, read
 from medsight.io.atomic import full_suffix
 from medsight.io.formats import files_under
-from medsight.models import build_model
+from medsight.models import build_model, load_checkpoint
 from medsight.models.predict import run_model
 from medsight.tasks import ClassificationTask, fuse_views
 from medsight.transforms.image2d import Preprocess2D, prepare_image
@@ -124,7 +124,7 @@ class Classifier:
             num_outputs=task.num_outputs,
             pooling=recipe["model"].get("pooling", "avg"),
         )
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = load_checkpoint(checkpoint)  # weights-only: a model file never runs code
         model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
         return cls(model.eval(), task, preprocess, recipe, run_dir)
 

@@ -9,7 +9,14 @@ from medsight.core.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from medsight.models.registry import ModelSpec, build_model, register_model, registered_models
-    from medsight.models.transfer import LoadReport, backbone_parameters, freeze_backbone, load_pretrained, unfreeze
+    from medsight.models.transfer import (
+        LoadReport,
+        backbone_parameters,
+        freeze_backbone,
+        load_checkpoint,
+        load_pretrained,
+        unfreeze,
+    )
 
 
 __all__ = [
@@ -18,6 +25,7 @@ __all__ = [
     "backbone_parameters",
     "build_model",
     "freeze_backbone",
+    "load_checkpoint",
     "load_pretrained",
     "register_model",
     "registered_models",
@@ -31,6 +39,7 @@ __getattr__, __dir__ = lazy_exports(
             "LoadReport",
             "backbone_parameters",
             "freeze_backbone",
+            "load_checkpoint",
             "load_pretrained",
             "unfreeze",
         ),

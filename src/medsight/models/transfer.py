@@ -7,6 +7,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,7 +15,7 @@ from torch import nn
 from medsight.core.errors import InputError
 from medsight.models.registry import ModelSpec
 
-__all__ = ["LoadReport", "backbone_parameters", "freeze_backbone", "load_pretrained", "unfreeze"]
+__all__ = ["LoadReport", "backbone_parameters", "freeze_backbone", "load_checkpoint", "load_pretrained", "unfreeze"]
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +40,27 @@ class LoadReport:
         )
 
 
-def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+def load_checkpoint(path: str | os.PathLike[str]) -> Any:
+    """A checkpoint's contents, unpickled with ``weights_only=True``: tensors, numbers, strings and
+    containers only; a file that would run code or build other objects is refused.
+
+    Raises:
+        InputError: no such file, or not a loadable weights-only checkpoint.
+    """
+    path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint file")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or pickled-object files
         raise InputError(
             f"{path} is not a loadable PyTorch checkpoint ({type(exc).__name__}: {exc}); medsight loads "
             "state_dicts and dicts of tensors only (no pickled code)"
         ) from exc
+
+
+def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    data = load_checkpoint(path)
     for key in _CONTAINER_KEYS:
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
