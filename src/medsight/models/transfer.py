@@ -53,9 +53,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or pickled-object files
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        reason = (
+            f"it holds a pickled {found.group(1)} object, which could run code"
+            if found
+            else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'}"
+        )
         raise InputError(
-            f"{path} is not a loadable PyTorch checkpoint ({type(exc).__name__}: {exc}); medsight loads "
-            "state_dicts and dicts of tensors only (no pickled code)"
+            f"{path} is not a loadable PyTorch checkpoint ({reason}); medsight loads state_dicts and dicts "
+            "of tensors only (no pickled code)"
         ) from exc
 
 
