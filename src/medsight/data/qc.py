@@ -31,7 +31,7 @@ from medsight.data.manifest import Manifest
 from medsight.data.reading import read_case_image
 from medsight.io.atomic import atomic_file
 
-__all__ = ["Finding", "QcReport", "run_qc"]
+__all__ = ["Finding", "QcReport", "run_qc", "target_problems"]
 
 log = logging.getLogger(__name__)
 
@@ -286,38 +286,44 @@ def _duplicates(report: QcReport, seen: list[_Seen], max_distance: int) -> None:
             )
 
 
+def target_problems(
+    values: pd.Series, kind: Literal["class", "finding", "number"], classes: Sequence[str] | None = None
+) -> dict[str, pd.Series]:
+    """What is wrong with a column of targets: problem -> mask of the rows it concerns.
+
+    ``class``: a whole number 0..len(classes)-1 (whole and non-negative without ``classes``), never
+    empty; ``finding``: 0, 1 or empty (unknown); ``number``: any number or empty. The one
+    definition QC reports and training refuses by.
+    """
+    blank = values.isna() | values.astype(str).str.strip().eq("")
+    numbers = pd.to_numeric(values.where(~blank), errors="coerce")
+    problems: dict[str, pd.Series] = {"not a number": ~blank & numbers.isna()}
+    if kind == "finding":
+        problems["not 0 or 1 (a finding is 0, 1, or empty for unknown)"] = numbers.notna() & ~numbers.isin([0, 1])
+    elif kind == "class":
+        problems["empty (every case needs a class)"] = blank
+        problems["not a whole number"] = numbers.notna() & (numbers % 1 != 0)
+        problems["negative"] = numbers < 0
+        if classes:
+            listed = ", ".join(map(str, classes))
+            problems[f"above {len(classes) - 1} (classes 0..{len(classes) - 1}: {listed})"] = numbers > len(classes) - 1
+    return {what: bad for what, bad in problems.items() if bad.any()}
+
+
 def _check_targets(report: QcReport, manifest: Manifest, classes: Sequence[str] | None, multilabel: bool) -> None:
-    """``target`` a class index within the classes; a recipe's findings 0, 1 or empty; any other
+    """``target`` a class within the classes; a recipe's findings 0, 1 or empty; any other
     ``target_<name>`` a number or empty."""
     table = manifest.table
     names = classes if classes is not None else manifest.info.get("label_names")
     findings = {f"target_{c}" for c in classes or ()} if multilabel else set()
     for column in manifest.target_columns:
-        raw = table[column]
-        blank = raw.isna() | raw.astype(str).str.strip().eq("")
-        numbers = pd.to_numeric(raw.where(~blank), errors="coerce")
-        problems: dict[str, pd.Series] = {"not a number": ~blank & numbers.isna()}
-        if column in findings:
-            problems["not 0 or 1 (a finding is 0, 1, or empty for unknown)"] = numbers.notna() & ~numbers.isin([0, 1])
-        elif column == "target" and not multilabel:
-            problems["empty (every case needs a class)"] = blank
-            problems["not a whole number"] = numbers.notna() & (numbers % 1 != 0)
-            problems["negative"] = numbers < 0
-            if names:
-                listed = ", ".join(map(str, names))
-                problems[f"above {len(names) - 1} (classes 0..{len(names) - 1}: {listed})"] = numbers > len(names) - 1
-        for what, bad in problems.items():
-            if not bad.any():
-                continue
+        kind = "finding" if column in findings else "class" if column == "target" and not multilabel else "number"
+        for what, bad in target_problems(table[column], kind, names).items():
             cases = table.loc[bad, "case_id"].astype(str).tolist()
-            values = raw[bad].astype(str).tolist()
+            values = table.loc[bad, column].astype(str).tolist()
             examples = ", ".join(f"{c}: {v!r}" for c, v in zip(cases[:3], values[:3], strict=True))
-            report.add(
-                "error",
-                "target-values",
-                f"{column} is {what} for {len(cases)} case(s) (e.g. {examples}); fix or remove those rows",
-                cases[0],
-            )
+            message = f"{column} is {what} for {len(cases)} case(s) (e.g. {examples}); fix or remove those rows"
+            report.add("error", "target-values", message, cases[0])
     missing = sorted(findings - set(table.columns))
     if missing:
         report.add("error", "target-values", f"the manifest has no {missing} column(s) for the recipe's findings")

@@ -17,6 +17,7 @@ from medsight.core.progress import Progress
 from medsight.data.cache import ImageCache, build_image_cache, default_cache_dir
 from medsight.data.dataset import ImageDataset
 from medsight.data.manifest import Manifest
+from medsight.data.qc import target_problems
 from medsight.data.splits import assign_splits
 from medsight.engine.config import choose_device, choose_precision
 from medsight.engine.distributed import barrier, gather, rank, world_size
@@ -39,33 +40,37 @@ def task_of(recipe: Recipe) -> ClassificationTask:
 
 
 def targets_of(manifest: Manifest, recipe: Recipe) -> np.ndarray:
-    """Targets in task form: ``(N,)`` classes/grades/0-1, or ``(N, L)`` findings with ``nan`` unknown."""
+    """Targets in task form: ``(N,)`` classes/grades/0-1, or ``(N, L)`` findings with ``nan`` unknown.
+
+    Raises:
+        InputError: a target QC would report (:func:`~medsight.data.qc.target_problems`), naming cases.
+    """
     table = manifest.table
-    if recipe.task.kind == "multilabel":
-        columns = [f"target_{c}" for c in recipe.task.classes]
-        missing = [c for c in columns if c not in table.columns]
-        if missing:
-            raise ConfigError(
-                f"the manifest has no {missing} column(s) for the recipe's findings; "
-                f"its targets are {manifest.target_columns} (set task.classes to match)"
+    findings = recipe.task.kind == "multilabel"
+    columns = [f"target_{c}" for c in recipe.task.classes] if findings else [recipe.task.target]
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ConfigError(
+            f"the manifest has no {missing} column(s) for the recipe's "
+            f"{'findings' if findings else 'target'}; its targets are {manifest.target_columns}"
+            + (" (set task.classes to match)" if findings else "")
+        )
+    for column in columns:
+        problems = target_problems(table[column], "finding" if findings else "class", recipe.task.classes)
+        if problems:
+            bad = np.logical_or.reduce([mask.to_numpy() for mask in problems.values()])
+            shown = ", ".join(
+                f"{c}: {v!r}" for c, v in zip(table.loc[bad, "case_id"][:3], table.loc[bad, column][:3], strict=True)
             )
-        return table[columns].to_numpy(dtype=np.float32)
-    column = recipe.task.target
-    if column not in table.columns:
-        raise ConfigError(f"the manifest has no {column!r} column; its targets are {manifest.target_columns}")
-    values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=np.float32)
-    n = len(recipe.task.classes)
-    bad = np.isnan(values) | (values < 0) | (values > n - 1) | (np.mod(values, 1) != 0)
-    if bad.any():
-        shown = ", ".join(
-            f"{c}: {v!r}" for c, v in zip(table.loc[bad, "case_id"][:3], table.loc[bad, column][:3], strict=True)
-        )
-        raise InputError(
-            f"{column} must be a whole number 0..{n - 1} for the classes {recipe.task.classes}; {int(bad.sum())} "
-            f"case(s) are not (e.g. {shown}). Fix or remove them (`medsight data qc MANIFEST --recipe "
-            f"{recipe.name}` lists all)"
-        )
-    return values
+            expected = "0, 1 or empty" if findings else f"a whole number 0..{len(recipe.task.classes) - 1}"
+            what = "findings" if findings else "classes"
+            raise InputError(
+                f"{column} must be {expected} for the {what} {recipe.task.classes}; {int(bad.sum())} case(s) are "
+                f"not (e.g. {shown}). Fix or remove them (`medsight data qc MANIFEST --recipe {recipe.name}` "
+                "lists every problem)"
+            )
+    values = table[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
+    return values if findings else values[:, 0]
 
 
 @dataclass(frozen=True)

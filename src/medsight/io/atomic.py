@@ -2,8 +2,8 @@
 
 Temporaries are hidden siblings of the target named ``.NAME.PID-XXXXXXXX.tmp[.ext]`` (and
 ``.old`` for a folder being replaced). A process killed mid-write (kill -9, power loss)
-cannot remove its own; the next atomic write into that folder removes every temporary whose
-process is gone (or, for names without a PID, that is over an hour old), and
+cannot remove its own; the first atomic write of a process into that folder removes every
+temporary whose process is gone (or, for names without a PID, that is over an hour old), and
 ``medsight clean FOLDER`` does the same on demand. Folders are created with the permissions
 the umask gives, like every other tool (``mkdtemp`` alone would make them 0700).
 """
@@ -98,6 +98,18 @@ def remove_stale_temporaries(folder: str | os.PathLike[str], *, recursive: bool 
     return removed
 
 
+_swept: set[Path] = set()
+
+
+def _sweep_once(folder: Path) -> None:
+    """Remove stale temporaries the first time this process writes into ``folder`` (not on every
+    write: converting thousands of files into one folder would list it thousands of times)."""
+    key = folder.resolve()
+    if key not in _swept:
+        _swept.add(key)
+        remove_stale_temporaries(folder)
+
+
 def full_suffix(path: str | os.PathLike[str]) -> str:
     """Lower-case extension including double ones such as ``.nii.gz``."""
     name = Path(path).name.lower()
@@ -141,7 +153,7 @@ def atomic_file(target: str | os.PathLike[str], *, overwrite: bool = True) -> It
         raise InputError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
     if target.is_dir():
         raise InputError(f"{target} is a folder; give a file name")
-    remove_stale_temporaries(target.parent)
+    _sweep_once(target.parent)
     tmp = target.with_name(f".{target.name}.{_tag()}.tmp{full_suffix(target)}")
     try:
         yield tmp
@@ -172,7 +184,7 @@ def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> It
             raise InputError(
                 f"output folder {target} is not empty; choose a new folder or pass overwrite=True (--overwrite)"
             )
-    remove_stale_temporaries(target.parent)
+    _sweep_once(target.parent)
     tmp = target.with_name(f".{target.name}.{_tag()}.tmp")
     try:
         tmp.mkdir(mode=0o777)  # the umask applies, as for any folder a tool makes (mkdtemp forces 0700)

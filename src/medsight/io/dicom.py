@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pydicom
+from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
@@ -87,17 +88,21 @@ def _frame_pointers(ds: Dataset) -> set[BaseTag]:
     return {Tag(p) for p in items}
 
 
-_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame classes, 1.2.840.10008.5.1.4.1.1.7.N
-_ULTRASOUND = ("1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.3.1")  # US image, US multi-frame image
+# SOP classes whose frames are time points (captures, cine loops), whatever their modality says
+_TIME_FRAMES = {
+    uid.SecondaryCaptureImageStorage,
+    uid.MultiFrameSingleBitSecondaryCaptureImageStorage,
+    uid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    uid.MultiFrameTrueColorSecondaryCaptureImageStorage,
+    uid.UltrasoundImageStorage,
+    uid.UltrasoundMultiFrameImageStorage,
+}
 
 
 def _frames_are_time(ds: Dataset) -> bool:
     """Ultrasound and secondary-capture frames are time points by definition (echo cine loops, captures)."""
-    sop = str(ds.get("SOPClassUID", ""))
-    modality = str(ds.get("Modality", "")).upper()
-    return (
-        modality == "US" or sop in _ULTRASOUND or sop == _SECONDARY_CAPTURE or sop.startswith(_SECONDARY_CAPTURE + ".")
-    )
+    return str(ds.get("Modality", "")).upper() == "US" or str(ds.get("SOPClassUID", "")) in _TIME_FRAMES
 
 
 def _classic_frames(ds: Dataset, label: str, *, slice_spacing: float | None, frames_as_channels: bool) -> _Frames:

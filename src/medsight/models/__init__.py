@@ -1,23 +1,14 @@
-"""Networks: a registry over MONAI architectures and loading of the user's own weights.
+"""Networks: a registry over MONAI architectures and loading of the user's own weights."""
 
-Public names are imported on first use (see :mod:`medsight.core.lazy`).
-"""
-
-from typing import TYPE_CHECKING
-
-from medsight.core.lazy import lazy_exports
-
-if TYPE_CHECKING:
-    from medsight.models.registry import ModelSpec, build_model, register_model, registered_models
-    from medsight.models.transfer import (
-        LoadReport,
-        backbone_parameters,
-        freeze_backbone,
-        load_checkpoint,
-        load_pretrained,
-        unfreeze,
-    )
-
+from medsight.models.registry import ModelSpec, build_model, register_model, registered_models
+from medsight.models.transfer import (
+    LoadReport,
+    backbone_parameters,
+    freeze_backbone,
+    load_checkpoint,
+    load_pretrained,
+    unfreeze,
+)
 
 __all__ = [
     "LoadReport",
@@ -31,18 +22,3 @@ __all__ = [
     "registered_models",
     "unfreeze",
 ]
-
-__getattr__, __dir__ = lazy_exports(
-    __name__,
-    {
-        "medsight.models.transfer": (
-            "LoadReport",
-            "backbone_parameters",
-            "freeze_backbone",
-            "load_checkpoint",
-            "load_pretrained",
-            "unfreeze",
-        ),
-        "medsight.models.registry": ("ModelSpec", "build_model", "register_model", "registered_models"),
-    },
-)
