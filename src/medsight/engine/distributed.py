@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from medsight.core.errors import ConfigError
 
-__all__ = ["barrier", "gather", "is_main_process", "launched_by_torchrun", "process_group", "rank", "world_size"]
+__all__ = ["barrier", "broadcast_buffers", "gather", "is_main_process", "launched_by_torchrun", "process_group", "rank", "world_size"]
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +87,16 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
     parts: list[torch.Tensor | None] = [None] * world_size()
     dist.all_gather_object(parts, tensor.detach().cpu())
     return torch.cat([p for p in parts if p is not None], dim=0).to(tensor.device)
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics) before scoring.
+
+    DistributedDataParallel broadcasts buffers at the start of each training forward, but the
+    forward itself then updates them from each rank's own batch: after an epoch the ranks hold
+    slightly different statistics. Validation must score the model rank 0 saves, on every shard.
+    """
+    if world_size() == 1:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)

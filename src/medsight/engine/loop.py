@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRa
 from medsight.core.errors import ConfigError
 from medsight.core.progress import Progress
 from medsight.engine.config import EarlyStopping, TrainConfig, choose_device, choose_precision
+from medsight.engine.distributed import broadcast_buffers
 from medsight.engine.run import RunDir
 
 __all__ = ["TrainResult", "seed_everything", "train"]
@@ -328,6 +329,7 @@ def train(
         }
         scored = ema.module if ema is not None else model
         if validate is not None:
+            broadcast_buffers(scored)  # score on every shard the model rank 0 saves
             scored.eval()
             with torch.no_grad():
                 record.update({f"val_{k}": v for k, v in validate(scored).items()})
