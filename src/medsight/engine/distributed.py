@@ -12,7 +12,16 @@ import torch.distributed as dist
 
 from medsight.core.errors import ConfigError
 
-__all__ = ["barrier", "broadcast_buffers", "gather", "is_main_process", "launched_by_torchrun", "process_group", "rank", "world_size"]
+__all__ = [
+    "barrier",
+    "broadcast_buffers",
+    "gather",
+    "is_main_process",
+    "launched_by_torchrun",
+    "process_group",
+    "rank",
+    "world_size",
+]
 
 log = logging.getLogger(__name__)
 
