@@ -79,6 +79,23 @@ def test_missing_parent_folder(tmp_path, volume):
         write(volume, tmp_path / "no" / "such" / "a.nii.gz")
 
 
+def test_one_check_names_the_option_and_the_fix(tmp_path):
+    from medsight.io.atomic import check_writable
+
+    (tmp_path / "plain.txt").write_text("x")
+    cases = [
+        (tmp_path, f"--out {tmp_path} is a folder; give a file name inside it"),
+        (tmp_path / "no" / "p.csv", f"folder {tmp_path / 'no'} does not exist; create it first (mkdir -p"),
+        (tmp_path / "plain.txt" / "p.csv", f"{tmp_path / 'plain.txt'} is not a folder"),
+    ]
+    for target, message in cases:
+        with pytest.raises(InputError) as caught:
+            check_writable(target, option="--out")
+        assert message in str(caught.value) and f"--out {target}" in str(caught.value)
+    assert check_writable(tmp_path / "p.csv", option="--out") == tmp_path / "p.csv"
+    assert check_writable(tmp_path, file=False) == tmp_path  # a folder may be the target of a folder write
+
+
 def _killed_mid_write(tmp_path, target):
     """A child process starts an atomic write of ``target`` and is killed (SIGKILL) inside it."""
     import os

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from medsight.cli.common import check_output_file, err, friendly, out, progress_bar, state
+from medsight.cli.common import err, friendly, out, progress_bar, state
 from medsight.core.errors import ConfigError, InputError, MedsightError
 from medsight.engine.builtin import builtin_recipes
 
@@ -193,8 +193,9 @@ def predict_command(
     """Predict on image files or DICOM; one row per image. Mammography runs also write breast-
     and exam-level scores (``<out>_breasts.csv``, ``<out>_exams.csv``) fused as in evaluation."""
     from medsight.inference import Classifier
+    from medsight.io.atomic import check_writable
 
-    check_output_file(output, "--out")  # before any work: a bad --out must not waste the predictions
+    check_writable(output, option="--out")  # before any work: a bad --out must not waste the predictions
     classifier = Classifier.from_run(run)
     with progress_bar() as progress:
         table = classifier.predict_table(inputs, slice_index=slice_index, progress=progress)

@@ -6,7 +6,6 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
-from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -15,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from medsight.core.errors import MedsightError
 
-__all__ = ["check_output_file", "err", "friendly", "out", "progress_bar", "state"]
+__all__ = ["err", "friendly", "out", "progress_bar", "state"]
 
 # soft wrap: long messages stay on one line (scripts and tests grep them); tables still fit
 out = Console(soft_wrap=True)
@@ -59,25 +58,6 @@ def friendly(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def check_output_file(path: Path, option: str) -> None:
-    """Refuse an output file that cannot be written, before any work is done.
-
-    Raises:
-        InputError: ``path`` is a folder, its folder does not exist or is not writable.
-    """
-    import os
-
-    from medsight.core.errors import InputError
-
-    if path.is_dir():
-        raise InputError(f"{option} {path} is a folder; give a file name inside it (e.g. {path / 'out.csv'})")
-    parent = path.parent
-    if not parent.is_dir():
-        raise InputError(f"{option} {path}: folder {parent} does not exist; create it first (mkdir -p {parent})")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{option} {path}: folder {parent} is not writable; choose another place")
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from medsight.core.errors import InputError
 
-__all__ = ["atomic_dir", "atomic_file", "full_suffix", "remove_stale_temporaries"]
+__all__ = ["atomic_dir", "atomic_file", "check_writable", "full_suffix", "remove_stale_temporaries"]
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +119,33 @@ def full_suffix(path: str | os.PathLike[str]) -> str:
     return Path(name).suffix
 
 
-def _check_parent(target: Path) -> None:
+def check_writable(target: str | os.PathLike[str], *, option: str | None = None, file: bool = True) -> Path:
+    """Refuse a path that cannot be written, before any work is done; return it as a Path.
+
+    The one check behind every write (the atomic writers call it, and commands call it up
+    front so a bad ``--out`` does not waste a long computation).
+
+    Args:
+        target: The file (or, with ``file=False``, the folder) to be written.
+        option: The command-line option that named it (``"--out"``), to lead the message.
+        file: When True, an existing folder at ``target`` is refused (a file name is needed).
+
+    Raises:
+        InputError: ``target`` is a folder where a file is needed, or its parent folder does
+            not exist, is not a folder, or is not writable.
+    """
+    target = Path(target)
+    subject = f"{option} {target}" if option else str(target)
+    if file and target.is_dir():
+        raise InputError(f"{subject} is a folder; give a file name inside it (e.g. {target / 'out.csv'})")
     parent = target.parent
     if not parent.exists():
-        raise InputError(f"cannot write {target}: folder {parent} does not exist (create it first)")
+        raise InputError(f"cannot write {subject}: folder {parent} does not exist; create it first (mkdir -p {parent})")
     if not parent.is_dir():
-        raise InputError(f"cannot write {target}: {parent} is not a folder")
+        raise InputError(f"cannot write {subject}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write {target}: folder {parent} is not writable for you; choose another place")
+        raise InputError(f"cannot write {subject}: folder {parent} is not writable for you; choose another place")
+    return target
 
 
 def _unwritable(target: Path, exc: OSError) -> InputError:
@@ -147,12 +166,9 @@ def atomic_file(target: str | os.PathLike[str], *, overwrite: bool = True) -> It
         target: Final file path.
         overwrite: When False, an existing ``target`` is an :class:`InputError`.
     """
-    target = Path(target)
-    _check_parent(target)
+    target = check_writable(target)
     if target.exists() and not overwrite:
         raise InputError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
-    if target.is_dir():
-        raise InputError(f"{target} is a folder; give a file name")
     _sweep_once(target.parent)
     tmp = target.with_name(f".{target.name}.{_tag()}.tmp{full_suffix(target)}")
     try:
@@ -175,8 +191,7 @@ def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> It
     :class:`InputError` unless ``overwrite`` is True, in which case it is replaced only
     after the new folder is complete.
     """
-    target = Path(target)
-    _check_parent(target)
+    target = check_writable(target, file=False)
     if target.exists():
         if not target.is_dir():
             raise InputError(f"{target} exists and is not a folder; choose another output path")
