@@ -28,7 +28,8 @@ from medsight.data.cache import build_image_cache
 from medsight.data.dataset import ImageDataset
 from medsight.data.phantoms import make_phantom
 from medsight.data.splits import assign_splits
-from medsight.engine import TrainConfig, choose_precision, train
+from medsight.engine import TrainConfig, train
+from medsight.engine.tuning import choose_mode, cpu_class, first_batch
 from medsight.models import build_model
 from medsight.models.predict import run_model
 from medsight.tasks import ClassificationTask
@@ -96,10 +97,14 @@ def main() -> None:
         augment = BatchAugmenter(Augment2D())
         per_item = ImageDataset(cache, targets, train_idx, build_augmentation(Augment2D(), seed=0))
         val = ImageDataset(cache, targets, val_idx)
-        default = choose_precision("auto", torch.device("cpu"))
-        mode = "bf16 + channels-last" if default is not None else "fp32"
-        print(f"{len(train_idx)} training images of {args.size} px, batch {args.batch_size}, {args.epochs} epochs; "
-              f"default numeric mode on this CPU: {mode}")  # fmt: skip
+        # the engine's measured choice (cached per machine); the plain loop runs in the same mode
+        chosen = choose_mode("auto", "auto", torch.device("cpu"), model=build_model("resnet18", num_outputs=4),
+                             batch=first_batch(data, args.batch_size), loss_fn=TASK.loss)  # fmt: skip
+        default, mode = chosen.amp_dtype, chosen.label
+        print(
+            f"CPU class {cpu_class()}, {torch.get_num_threads()} threads; {len(train_idx)} training images of "
+            f"{args.size} px, batch {args.batch_size}, {args.epochs} epochs; numeric mode: {mode} ({chosen.reason})"
+        )
 
         lr = 1e-3
         plains, engines, records = [], [], []
@@ -107,7 +112,7 @@ def main() -> None:
             torch.manual_seed(0)
             plains.append(plain_loop(build_model("resnet18", num_outputs=4), data, epochs=args.epochs,
                                      batch_size=args.batch_size, lr=lr, amp_dtype=default,
-                                     channels_last=default is not None, augment=augment))  # fmt: skip
+                                     channels_last=chosen.channels_last, augment=augment))  # fmt: skip
             torch.manual_seed(0)
             recs = engine_run(build_model("resnet18", num_outputs=4), data, tmp / f"engine{round_}", epochs=args.epochs,
                               batch_size=args.batch_size, lr=lr, precision="auto", augment=augment)  # fmt: skip
@@ -129,7 +134,8 @@ def main() -> None:
         print(f"per-image MONAI augmentation in the DataLoader instead: {item_speed:.1f} img/s, "
               f"waiting for data {item_wait:.1%}")  # fmt: skip
 
-        summary = (f"RESULT engine/plain {engine / plain:.2f}; data wait {wait:.1%} (per-image MONAI {item_wait:.1%}); "
+        summary = (f"RESULT [{cpu_class()}, {mode}] engine/plain {engine / plain:.2f}; data wait {wait:.1%} "
+                   f"(per-image MONAI {item_wait:.1%}); "
                    f"batch vs per-image speed {engine / item_speed:.2f}x")  # fmt: skip
         if args.seeds:
             summary += "; " + accuracy(args, data, val, targets[val_idx], augment, tmp, mode)

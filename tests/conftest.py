@@ -14,6 +14,14 @@ from medsight.io import write_dicom_series
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _numeric_mode_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The engine's measured numeric modes are cached per test session, not in the user's home."""
+    import os
+
+    os.environ.setdefault("MEDSIGHT_CACHE_DIR", str(tmp_path_factory.mktemp("medsight-cache")))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (real images); tests using it skip when the folder is absent."""

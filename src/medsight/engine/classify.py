@@ -19,7 +19,7 @@ from medsight.data.dataset import ImageDataset
 from medsight.data.manifest import Manifest
 from medsight.data.qc import target_problems
 from medsight.data.splits import assign_splits
-from medsight.engine.config import choose_device, choose_precision
+from medsight.engine.config import choose_device
 from medsight.engine.distributed import barrier, gather, rank, world_size
 from medsight.engine.loop import TrainResult, train
 from medsight.engine.recipe import Recipe
@@ -205,13 +205,13 @@ def train_classifier(
     val_shard = val_idx[rank() :: world_size()]  # each process scores its share; metrics use them all
     val_set = ImageDataset(data.cache, data.targets, val_shard)
     device = choose_device(recipe.train.device)
-    amp = choose_precision(recipe.train.precision, device)
     # gather() concatenates the shards in rank order: the targets in that order are known here
     gathered = np.concatenate([val_idx[r :: world_size()] for r in range(world_size())])
     val_targets = torch.from_numpy(data.targets[gathered])
 
     def validate(scored: torch.nn.Module) -> dict[str, float]:
-        shard_logits = run_model(scored, val_set, batch_size=recipe.train.batch_size, device=device, amp_dtype=amp)
+        # the loop calls this in its numeric mode (autocast and channels-last weights)
+        shard_logits = run_model(scored, val_set, batch_size=recipe.train.batch_size, device=device)
         logits = gather(shard_logits)
         metrics = task.score(task.probabilities(logits), val_targets, referable_grade=recipe.task.referable_grade)
         return {"loss": float(task.loss(logits, val_targets)), **metrics}
@@ -232,6 +232,7 @@ def train_classifier(
         progress=progress,
         extra_config={"recipe": recipe.model_dump(), "manifest": str(Path(manifest_path).resolve())},
         metric_names=task.metric_names(referable_grade=recipe.task.referable_grade),
+        model_name=recipe.model.name,
     )
     if rank() == 0:
         splits = data.manifest.table[["case_id", "patient_id", "split"]]

@@ -16,7 +16,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +29,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRa
 
 from medsight.core.errors import ConfigError
 from medsight.core.progress import Progress
-from medsight.engine.config import EarlyStopping, TrainConfig, choose_device, choose_precision
+from medsight.engine.config import EarlyStopping, TrainConfig, choose_device
 from medsight.engine.distributed import broadcast_buffers
 from medsight.engine.run import RunDir
+from medsight.engine.tuning import NumericMode, _candidates, choose_mode, cpu_class, first_batch
 
 __all__ = ["TrainResult", "seed_everything", "train"]
 
@@ -217,6 +218,8 @@ def train(
     progress: Progress | None = None,
     extra_config: dict | None = None,
     metric_names: Sequence[str] | None = None,
+    mode: NumericMode | None = None,
+    model_name: str | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_data``; checkpoints and metrics go to ``run_dir``.
 
@@ -242,17 +245,27 @@ def train(
         extra_config: More facts to record in ``config.json`` (recipe, model, task...).
         metric_names: The names ``validate`` returns; when given, an ``early_stopping.metric``
             that is not among them (or ``loss``) is refused before anything is written.
+        mode: The numeric mode (autocast dtype, channels-last) when the caller has chosen it;
+            by default :func:`~medsight.engine.tuning.choose_mode` picks it from
+            ``config.precision``/``config.channels_last``, timing the candidates. ``validate``
+            runs in the same mode (under the same autocast, with the weights in the same layout).
+        model_name: Names the network in the numeric-mode cache (its class name by default).
     """
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     device = choose_device(config.device)  # check the options before anything is written
-    amp_dtype = choose_precision(config.precision, device)
+    _candidates(config.precision, config.channels_last, device, 4)  # fp16 on a CPU is refused here
     _check_stopping(config.early_stopping, validate, metric_names)
     run = RunDir(run_dir, writer=rank == 0)
     run.start(config.model_dump(), seed=config.seed, resume=resume, extra=extra_config)
     seed_everything(config.seed + rank, deterministic=config.deterministic)
-    channels_last = config.channels_last == "on" or (config.channels_last == "auto" and amp_dtype is not None)
     model = model.to(device)
+    if mode is None:
+        mode = choose_mode(config.precision, config.channels_last, device, model=model, loss_fn=loss_fn,
+                           batch=first_batch(train_data, config.batch_size), model_name=model_name)  # fmt: skip
+    amp_dtype, channels_last = mode.amp_dtype, mode.channels_last
+    log.info("training in %s (%s)", mode.label, mode.reason)
+    run.note("numeric_mode", {"mode": mode.label, "reason": mode.reason, "cpu_class": cpu_class()})
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = (
@@ -292,8 +305,7 @@ def train(
                 augmented += time.perf_counter() - augmenting
             if channels_last and inputs.ndim == 4:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-            with autocast:
+            with _autocast(device, amp_dtype):
                 logits = wrapped(inputs)
             loss = loss_fn(logits.float(), targets)
             scaler.scale(loss / config.grad_accumulation).backward()
@@ -331,7 +343,7 @@ def train(
         if validate is not None:
             broadcast_buffers(scored)  # score on every shard the model rank 0 saves
             scored.eval()
-            with torch.no_grad():
+            with torch.no_grad(), _autocast(device, amp_dtype):
                 record.update({f"val_{k}": v for k, v in validate(scored).items()})
         key = f"val_{stopping.metric}" if stopping else None
         if key is not None and key not in record:  # a typo would otherwise stop on NaN and keep epoch 1
@@ -366,6 +378,10 @@ def train(
         del wrapped
         dist.barrier()
     return TrainResult(run.path, epoch, progress_state.best_epoch, progress_state.best_metric, stopped)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def _check_stopping(stopping: EarlyStopping | None, validate: Validate | None, names: Sequence[str] | None) -> None:

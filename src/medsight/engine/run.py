@@ -150,6 +150,17 @@ class RunDir:
         with atomic_file(self.path / name) as tmp:
             tmp.write_text(json.dumps(data, indent=2, default=str))
 
+    def note(self, key: str, value: Any) -> None:
+        """Record a fact about how this run ran (not a recipe setting) in ``environment.json``."""
+        if not self.writer:
+            return
+        path = self.path / "environment.json"
+        try:
+            facts = json.loads(path.read_text())
+        except (OSError, ValueError):
+            facts = {}
+        self.write_json("environment.json", {**facts, key: value})
+
     def log_metrics(self, record: dict[str, Any]) -> None:
         if not self.writer:
             return

@@ -1,0 +1,134 @@
+"""Numeric mode by measurement: the candidates fit the CPU, the fastest wins, the choice is cached."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from medsight.core import ConfigError
+from medsight.engine import tuning
+from medsight.engine.tuning import NumericMode, choose_mode, cpu_class
+from tests.engine.test_loop import _config, _loss, _model, _problem
+
+CPU = torch.device("cpu")
+
+
+def _images(n=8, size=8):
+    """A batch of 2D images, the shape channels-last applies to (the model is not run by a fake timer)."""
+    return torch.randn(n, 3, size, size), torch.rand(n)
+
+
+def _labels(modes):
+    return [m.label for m in modes]
+
+
+def test_bf16_is_a_candidate_only_where_the_cpu_runs_it_natively(monkeypatch):
+    monkeypatch.setattr(tuning, "native_bf16", lambda: False)
+    assert _labels(tuning._candidates("auto", "auto", CPU, 4)) == ["fp32, contiguous", "fp32, channels-last"]
+    monkeypatch.setattr(tuning, "native_bf16", lambda: True)
+    assert _labels(tuning._candidates("auto", "auto", CPU, 4)) == [
+        "fp32, contiguous", "fp32, channels-last", "bf16, contiguous", "bf16, channels-last"]  # fmt: skip
+    # what the recipe fixes is taken as given; volumes (5D) stay contiguous
+    assert _labels(tuning._candidates("bf16", "off", CPU, 4)) == ["bf16, contiguous"]
+    assert _labels(tuning._candidates("fp32", "auto", CPU, 5)) == ["fp32, contiguous"]
+    with pytest.raises(ConfigError, match="fp16 autocast is for CUDA"):
+        tuning._candidates("fp16", "auto", CPU, 4)
+
+
+def test_the_fastest_measured_mode_is_chosen_and_cached(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MEDSIGHT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(tuning, "native_bf16", lambda: True)
+    speeds = {"fp32, contiguous": 10.0, "fp32, channels-last": 14.0, "bf16, contiguous": 12.0,
+              "bf16, channels-last": 9.0}  # fmt: skip
+    timed = []
+
+    def fake_time(model, inputs, targets, loss_fn, mode):
+        timed.append(mode.label)
+        return speeds[mode.label]
+
+    monkeypatch.setattr(tuning, "_time_steps", fake_time)
+    batch = _images()
+    with caplog.at_level(logging.INFO, logger="medsight.engine.tuning"):
+        mode = choose_mode("auto", "auto", CPU, model=_model(), batch=batch, loss_fn=_loss)
+    assert (mode.amp_dtype, mode.channels_last) == (None, True)
+    assert "fp32, channels-last 14.0 img/s" in mode.reason and "fp32, channels-last" in caplog.text
+    assert sorted(timed) == sorted(speeds)
+    cached = json.loads((tmp_path / "cache" / "numeric-modes.json").read_text())
+    assert [e["mode"] for e in cached["modes"].values()] == ["fp32, channels-last"]
+
+    timed.clear()  # the same model and batch shape on this machine: no second measurement
+    again = choose_mode("auto", "auto", CPU, model=_model(seed=3), batch=batch, loss_fn=_loss)
+    assert again.label == mode.label and timed == [] and "measured on this machine before" in again.reason
+    choose_mode("auto", "auto", CPU, model=_model(), batch=_images(size=16), loss_fn=_loss)
+    assert timed  # another batch shape is measured afresh
+
+
+def test_a_damaged_or_unwritable_cache_costs_a_measurement_not_the_run(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(tuning, "native_bf16", lambda: False)
+    monkeypatch.setattr(tuning, "_time_steps", lambda m, i, t, f, mode: 2.0 if mode.channels_last else 1.0)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "numeric-modes.json").write_text("{not json")
+    monkeypatch.setenv("MEDSIGHT_CACHE_DIR", str(cache))
+    with caplog.at_level(logging.WARNING, logger="medsight.engine.tuning"):
+        mode = choose_mode("auto", "auto", CPU, model=_model(), batch=_images(), loss_fn=_loss)
+    assert mode.channels_last and "ignoring the numeric-mode cache" in caplog.text
+    assert json.loads((cache / "numeric-modes.json").read_text())["version"] == tuning._CACHE_VERSION
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("MEDSIGHT_CACHE_DIR", str(tmp_path / "file" / "cache"))  # its parent is a file
+    with caplog.at_level(logging.WARNING, logger="medsight.engine.tuning"):
+        mode = choose_mode("auto", "auto", CPU, model=_model(), batch=_images(), loss_fn=_loss)
+    assert mode.channels_last and "could not cache the numeric mode" in caplog.text
+
+
+def test_timing_runs_real_steps_and_leaves_the_model_untouched():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(1))
+    inputs, targets = torch.randn(4, 3, 16, 16), torch.rand(4)
+    model(inputs)  # materialise the lazy layer
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for mode in (NumericMode(None, False), NumericMode(None, True)):
+        assert tuning._time_steps(model, inputs, targets, _loss, mode) > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_without_a_model_auto_follows_the_rule(monkeypatch):
+    monkeypatch.setattr(tuning, "native_bf16", lambda: False)
+    assert choose_mode("auto", "auto", CPU).label == "fp32, channels-last"
+    monkeypatch.setattr(tuning, "native_bf16", lambda: True)
+    assert choose_mode("auto", "auto", CPU).label == "bf16, channels-last"
+    assert choose_mode("fp32", "off", CPU).reason == "as configured"
+
+
+def test_training_records_the_mode_and_validates_in_it(tmp_path):
+    from medsight.engine import train
+
+    seen = []
+
+    def validate(model):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return {"n": 1.0}
+
+    mode = NumericMode(torch.bfloat16, True, "test")
+    train(_model(), _loss, _problem(n=32), config=_config(epochs=1), run_dir=tmp_path / "run", validate=validate,
+          mode=mode)  # fmt: skip
+    assert seen == [(True, torch.bfloat16)]
+    environment = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert environment["numeric_mode"]["mode"] == "bf16, channels-last"
+    assert environment["numeric_mode"]["cpu_class"] == cpu_class()
+
+
+def test_cpu_class_follows_what_pytorch_may_use():
+    assert cpu_class() in {"AMX", "AVX-512 BF16", "AVX-512", "AVX2"} or cpu_class().strip()
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AVX2"):
+        pytest.skip("this CPU runs no x86 AVX kernels")
+    code = "from medsight.engine.tuning import cpu_class; print(cpu_class())"
+    capped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**__import__("os").environ, "ATEN_CPU_CAPABILITY": "avx2",
+                                 "ONEDNN_MAX_CPU_ISA": "AVX2"})  # fmt: skip
+    assert capped.stdout.strip() == "AVX2"
