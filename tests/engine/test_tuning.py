@@ -56,7 +56,7 @@ def test_the_fastest_measured_mode_is_chosen_and_cached(tmp_path, monkeypatch, c
     batch = _images()
     with caplog.at_level(logging.INFO, logger="medsight.engine.tuning"):
         mode = choose_mode("auto", "auto", CPU, model=_model(), batch=batch, loss_fn=_loss)
-    assert (mode.amp_dtype, mode.channels_last) == (None, True)
+    assert (mode.amp_dtype, mode.channels_last) == (None, True) and mode.images_per_second == 14.0
     assert "fp32, channels-last 14.0 img/s" in mode.reason and "fp32, channels-last" in caplog.text
     assert sorted(timed) == sorted(speeds)
     cached = json.loads((tmp_path / "cache" / "numeric-modes.json").read_text())
@@ -65,6 +65,7 @@ def test_the_fastest_measured_mode_is_chosen_and_cached(tmp_path, monkeypatch, c
     timed.clear()  # the same model and batch shape on this machine: no second measurement
     again = choose_mode("auto", "auto", CPU, model=_model(seed=3), batch=batch, loss_fn=_loss)
     assert again.label == mode.label and timed == [] and "measured on this machine before" in again.reason
+    assert dict(again.speeds) == speeds and again.images_per_second == 14.0
     choose_mode("auto", "auto", CPU, model=_model(), batch=_images(size=16), loss_fn=_loss)
     assert timed  # another batch shape is measured afresh
 

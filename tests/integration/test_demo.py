@@ -38,7 +38,66 @@ def test_demo_profiles_are_checked(tmp_path):
 
     result = CliRunner().invoke(app, ["demo", "--quick", "--long", "--out", str(tmp_path / "d")])
     assert result.exit_code == 1 and "exclude each other" in result.output
-    with pytest.raises(ConfigError, match="quick, standard or long"):
+    with pytest.raises(ConfigError, match="quick, standard, lean, long"):
         run_demo(tmp_path / "d", profile="huge")
     standard = {step.recipe: step.cases for step in DEMO}
     assert all(cases > standard[recipe] for recipe, (cases, _) in LONG.items())  # long means more, never less
+
+
+def test_summary_fits_an_80_column_terminal():
+    from rich.console import Console
+
+    from medsight.cli.classify import demo_table
+    from medsight.validation.demo import DemoRow
+
+    rows = [DemoRow("mammo-screening", "mammography exam AUC", 0.466, 0.255, 0.689, 0.85, 1.0),
+            DemoRow("dr-grading", "referable-DR AUC", 0.971, 0.926, 1.0, 0.9, 1.0)]  # fmt: skip
+    console = Console(width=80, record=True, color_system=None)
+    console.print(demo_table(rows))
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert any("0.466 [0.255, 0.689]" in line and "below" in line for line in lines)
+    assert any("0.971 [0.926, 1.000]" in line and "met" in line for line in lines)
+
+
+def _measured(speed):
+    from medsight.engine.tuning import NumericMode
+
+    return NumericMode(None, True, "test", (("fp32, contiguous", speed * 0.9), ("fp32, channels-last", speed)))
+
+
+def test_the_plan_fits_the_budget_on_a_slow_cpu_without_lowering_targets(monkeypatch):
+    from medsight.core import ConfigError
+    from medsight.validation import demo
+
+    monkeypatch.setattr(demo, "_probe", lambda step, extra: _measured(90.0))
+    fast = demo.plan_demo("standard")
+    assert fast.profile == "standard" and fast.estimated_seconds < 15 * 60 and fast.reason == ""
+    assert "~90 training images/s (fp32, channels-last)" in fast.describe()
+    monkeypatch.setattr(demo, "_probe", lambda step, extra: _measured(15.0))
+    slow = demo.plan_demo("standard")
+    assert slow.profile == "lean" and "over the 15 min budget" in slow.reason
+    standard_there = demo._estimate(demo._steps("standard"), 15.0, 13.5)
+    assert slow.estimated_seconds < standard_there and f"~{standard_there / 60:.0f} min" in slow.reason
+    assert [s.headlines for s, _, _ in slow.steps] == [s.headlines for s in demo.DEMO]  # same targets
+    assert demo.plan_demo("standard", budget_minutes=600).profile == "standard"  # a generous budget keeps it
+    assert demo.plan_demo("long").profile == "long"  # asked for explicitly: never shrunk
+    quick = demo.plan_demo("quick")
+    assert quick.estimated_seconds is None and [c for _, c, _ in quick.steps] == [
+        max(12, s.cases // 25) for s in demo.DEMO
+    ]
+    with pytest.raises(ConfigError, match="positive number of minutes"):
+        demo.plan_demo("standard", budget_minutes=0)
+
+
+def test_the_probe_measures_the_model_training_will_use(tmp_path, monkeypatch):
+    """The probe's batch has the shape training's first batch has, so training finds the mode cached."""
+    from medsight.engine import tuning
+    from medsight.validation import demo
+
+    monkeypatch.setenv("MEDSIGHT_CACHE_DIR", str(tmp_path))
+    shapes = []
+    monkeypatch.setattr(tuning, "_time_steps", lambda m, inputs, t, f, mode: shapes.append(tuple(inputs.shape)) or 10.0)
+    step, _, extra = demo._steps("standard")[0]
+    mode = demo._probe(step, extra)
+    assert mode.images_per_second == 10.0 and set(shapes) == {(16, 3, 128, 128)}

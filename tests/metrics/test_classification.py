@@ -46,6 +46,21 @@ def test_auc_and_ap_match_sklearn(seed, ties):
     assert average_precision(y, s) == pytest.approx(average_precision_score(y, s), abs=1e-12)
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_auc_and_ap_match_sklearn_on_small_tied_and_lopsided_sets(seed):
+    """The bootstrap's resamples: a few cases, many ties, one positive among many negatives."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 60))
+    y = rng.random(n) < rng.uniform(0.02, 0.98)
+    y[rng.integers(n)] = True
+    s = rng.integers(0, int(rng.integers(1, 6)), size=n) / 4.0  # few distinct scores
+    if seed % 3 == 0:
+        s = rng.normal(size=n)
+    assert average_precision(y, s) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    if not y.all():
+        assert roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
 def test_auc_by_pair_counting_on_a_tiny_set():
     y = np.array([0, 0, 1, 1, 1])
     s = np.array([0.1, 0.5, 0.5, 0.7, 0.2])

@@ -7,7 +7,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -15,6 +15,9 @@ from rich.table import Table
 from medsight.cli.common import err, friendly, out, progress_bar, state
 from medsight.core.errors import ConfigError, InputError, MedsightError
 from medsight.engine.builtin import builtin_recipes
+
+if TYPE_CHECKING:
+    from medsight.validation.demo import DemoRow
 
 # torch, MONAI, pandas and the engine are imported inside each command: `--help` stays instant
 
@@ -245,6 +248,18 @@ def register(app: typer.Typer) -> None:
     app.command("demo")(friendly(demo_command))
 
 
+def demo_table(rows: list[DemoRow]) -> Table:
+    """The demo's summary: one line per figure, narrow enough for an 80-column terminal
+    (the recipe of each row is in ``summary.json``)."""
+    table = Table(title="medsight demo (phantom test sets)")
+    for header in ("figure", "estimate [95 % CI]", "target", ""):
+        table.add_column(header, no_wrap=True)
+    for row in rows:
+        mark = "[green]met[/]" if row.met else "[red]below[/]"
+        table.add_row(row.label, f"{row.estimate:.3f} [{row.low:.3f}, {row.high:.3f}]", f">= {row.target}", mark)
+    return table
+
+
 def demo_command(
     output: Annotated[Path, typer.Option("--out", "-o", help="Folder for phantoms, runs and reports.")] = Path(
         "medsight-demo"
@@ -255,25 +270,28 @@ def demo_command(
         typer.Option("--long", help="More cases, larger images, more epochs (~22 min on 2 CPU cores)."),
     ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed for phantoms, splits and training.")] = 0,
+    budget: Annotated[
+        float,
+        typer.Option("--budget", help="Minutes the standard demo may take here; over it, the lean settings run."),
+    ] = 15.0,
 ) -> None:
-    """Make phantoms for DR grading, chest X-ray findings and mammography; train, evaluate, summarise."""
+    """Make phantoms for DR grading, chest X-ray findings and mammography; train, evaluate, summarise.
+
+    It first times a few training steps (seconds) to pick the numeric mode and estimate how long
+    it will take on this CPU; a standard demo that would overrun ``--budget`` runs lean settings.
+    """
     import time
 
-    from medsight.validation.demo import run_demo
+    from medsight.validation.demo import plan_demo, run_demo
 
     if quick and long:
-        raise ConfigError("--quick and --long exclude each other: pick one (or neither, ~10 minutes)")
+        raise ConfigError("--quick and --long exclude each other: pick one (or neither, the standard demo)")
     started = time.perf_counter()
+    plan = plan_demo("quick" if quick else "long" if long else "standard", budget_minutes=budget)
+    out.print(plan.describe())
     with progress_bar() as progress:
-        rows = run_demo(output, profile="quick" if quick else "long" if long else "standard", seed=seed,
-                        progress=progress)  # fmt: skip
-    table = Table("recipe", "metric", "estimate [95 % CI]", "target", "", title="medsight demo (phantom test sets)")
-    for row in rows:
-        mark = "[green]met[/]" if row.met else "[red]below[/]"
-        table.add_row(
-            row.recipe, row.label, f"{row.estimate:.3f} [{row.low:.3f}, {row.high:.3f}]", f">= {row.target}", mark
-        )
-    out.print(table)
+        rows = run_demo(output, seed=seed, progress=progress, plan=plan)
+    out.print(demo_table(rows))
     if quick:
         out.print("[yellow]quick mode: one epoch on a handful of tiny images, so these figures mean nothing[/]")
     out.print(f"done in {time.perf_counter() - started:.0f} s; runs, metrics and predictions are in {output}/")

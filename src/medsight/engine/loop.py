@@ -15,8 +15,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,8 +261,9 @@ def train(
     seed_everything(config.seed + rank, deterministic=config.deterministic)
     model = model.to(device)
     if mode is None:
-        mode = choose_mode(config.precision, config.channels_last, device, model=model, loss_fn=loss_fn,
-                           batch=first_batch(train_data, config.batch_size), model_name=model_name)  # fmt: skip
+        with _rng_untouched():  # measuring must not change what the seed makes of the run
+            mode = choose_mode(config.precision, config.channels_last, device, model=model, loss_fn=loss_fn,
+                               batch=first_batch(train_data, config.batch_size), model_name=model_name)  # fmt: skip
     amp_dtype, channels_last = mode.amp_dtype, mode.channels_last
     log.info("training in %s (%s)", mode.label, mode.reason)
     run.note("numeric_mode", {"mode": mode.label, "reason": mode.reason, "cpu_class": cpu_class()})
@@ -378,6 +379,16 @@ def train(
         del wrapped
         dist.barrier()
     return TrainResult(run.path, epoch, progress_state.best_epoch, progress_state.best_metric, stopped)
+
+
+@contextmanager
+def _rng_untouched() -> Iterator[None]:
+    """Restore torch's, NumPy's and Python's global random states on leaving the block."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:

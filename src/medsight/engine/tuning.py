@@ -47,6 +47,12 @@ class NumericMode:
     amp_dtype: torch.dtype | None
     channels_last: bool
     reason: str = ""
+    speeds: tuple[tuple[str, float], ...] = ()  # measured training images/s of each candidate
+
+    @property
+    def images_per_second(self) -> float | None:
+        """The measured training speed of this mode (None when it was configured, not measured)."""
+        return dict(self.speeds).get(self.label)
 
     @property
     def label(self) -> str:
@@ -234,7 +240,7 @@ def _shared_choice(candidates: list[NumericMode], measure: Callable[[], NumericM
     dist.broadcast_object_list(chosen, src=0)
     mode = chosen[0]
     assert mode is not None
-    return NumericMode(mode.amp_dtype, mode.channels_last, f"{mode.reason} (process 0's choice)")
+    return NumericMode(mode.amp_dtype, mode.channels_last, f"{mode.reason} (process 0's choice)", mode.speeds)
 
 
 def _measure(
@@ -258,16 +264,18 @@ def _measure(
         chosen = by_label[cached["mode"]]
         reason = f"measured on this machine before ({cached.get('figures', '')}; cache {path})"
         log.info("numeric mode %s for %s: %s", chosen.label, name, reason)
-        return NumericMode(chosen.amp_dtype, chosen.channels_last, reason)
+        known = cached.get("speeds") if isinstance(cached.get("speeds"), dict) else {}
+        speeds = tuple((k, float(v)) for k, v in known.items() if isinstance(v, int | float))
+        return NumericMode(chosen.amp_dtype, chosen.channels_last, reason, speeds)
     started = time.perf_counter()
     speeds = {m.label: _time_steps(model, inputs, targets.to(device), loss_fn, m) for m in candidates}
     best = max(candidates, key=lambda m: speeds[m.label])
     figures = ", ".join(f"{label} {speed:.1f} img/s" for label, speed in speeds.items())
     reason = f"fastest of {figures} on this {cpu_class()} CPU (measured in {time.perf_counter() - started:.0f} s)"
     log.info("numeric mode %s for %s: %s", best.label, name, reason)
-    _write_cache(path, digest, {"mode": best.label, "figures": figures, "model": name, "shape": shape,
-                                "machine": _machine_key()})  # fmt: skip
-    return NumericMode(best.amp_dtype, best.channels_last, reason)
+    _write_cache(path, digest, {"mode": best.label, "figures": figures, "speeds": speeds, "model": name,
+                                "shape": shape, "machine": _machine_key()})  # fmt: skip
+    return NumericMode(best.amp_dtype, best.channels_last, reason, tuple(speeds.items()))
 
 
 def first_batch(data: Sequence[Any] | torch.utils.data.Dataset, size: int) -> tuple[torch.Tensor, torch.Tensor]:

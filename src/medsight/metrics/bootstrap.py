@@ -75,7 +75,10 @@ def bootstrap_ci(
     values = []
     for _ in range(n_resamples):
         chosen = rng.integers(0, len(counts), size=len(counts))
-        index = np.concatenate([order[starts[g] : starts[g] + counts[g]] for g in chosen])
+        # the chosen groups' cases, group after group (vectorised: no Python loop over groups)
+        lengths = counts[chosen]
+        ends = np.cumsum(lengths)
+        index = order[np.arange(ends[-1]) + np.repeat(starts[chosen] - (ends - lengths), lengths)]
         value = metric(*(a[index] for a in data))
         if not math.isnan(value):
             values.append(value)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
-from sklearn.metrics import average_precision_score, cohen_kappa_score, roc_auc_score
+from sklearn.metrics import cohen_kappa_score
 
 from medsight.core.errors import InputError
 
@@ -56,7 +56,13 @@ def roc_auc(y_true: Sequence[float] | np.ndarray, score: Sequence[float] | np.nd
     if y.min() == y.max():
         log.debug("AUC undefined: only class %d present", y[0])
         return float("nan")
-    return float(roc_auc_score(y, s))
+    # The Mann-Whitney identity (what roc_auc_score computes, without its per-call input checks,
+    # which cost ~3 ms: a bootstrap calls this thousands of times): the chance that a positive
+    # outscores a negative, from average ranks, so ties count half.
+    positives = int(y.sum())
+    negatives = len(y) - positives
+    ranks = stats.rankdata(s)
+    return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def average_precision(y_true: Sequence[float] | np.ndarray, score: Sequence[float] | np.ndarray) -> float:
@@ -64,7 +70,15 @@ def average_precision(y_true: Sequence[float] | np.ndarray, score: Sequence[floa
     y, s = _binary(y_true, score)
     if y.sum() == 0:
         return float("nan")
-    return float(average_precision_score(y, s))
+    # sum over distinct thresholds (high to low) of the recall gained times the precision there,
+    # as average_precision_score, without its per-call input checks
+    order = np.argsort(-s, kind="mergesort")
+    ranked, hits = s[order], y[order]
+    ends = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]  # last case of each distinct score
+    true_positives = np.cumsum(hits)[ends]
+    precision = true_positives / (ends + 1)
+    recall = true_positives / true_positives[-1]
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
 
 
 def confusion_at(

@@ -20,7 +20,7 @@ from medsight.engine.classify import train_classifier
 from medsight.engine.recipe import load_recipe
 from medsight.validation.classification import evaluate_run
 
-__all__ = ["DEMO", "LONG", "DemoRow", "phantom_data", "run_demo"]
+__all__ = ["DEMO", "LEAN", "LONG", "DemoPlan", "DemoRow", "phantom_data", "plan_demo", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class Step:
     # (label, path into the evaluation report, target)
     headlines: tuple[tuple[str, tuple[str, ...], float], ...]
     stratify: str | None = "target"
+    images_per_case: int = 1
 
 
 _COMMON = ("train.batch_size=32", "train.precision=auto", "evaluation.bootstrap=1000")
@@ -43,7 +44,7 @@ DEMO = (
         # 14 epochs at the recipe's lr 0.001: the phantom's lesions are as small and faint as in real
         # photographs, and 10 epochs at 0.002 ended between 0.84 and 0.98 referable AUC from run to run
         (*_COMMON, "preprocess.size=128", "train.epochs=14", "train.early_stopping=null"),
-        (("referable-DR AUC", ("referable", "auc"), 0.90), ("QWK", ("metrics", "qwk"), 0.6)),
+        (("referable-DR AUC", ("referable", "auc"), 0.90), ("DR grading QWK", ("metrics", "qwk"), 0.6)),
     ),
     Step(
         "cxr-findings",
@@ -57,6 +58,7 @@ DEMO = (
         200,
         (*_COMMON, "preprocess.size=160", "train.epochs=10", "train.early_stopping=null"),
         (("mammography exam AUC", ("fused", "exam", "auc"), 0.85),),
+        images_per_case=4,
     ),
 )
 _QUICK = ("preprocess.size=48", "train.epochs=1", "evaluation.bootstrap=50", "train.precision=fp32")
@@ -65,7 +67,44 @@ LONG: dict[str, tuple[int, tuple[str, ...]]] = {
     "cxr-findings": (1500, ("preprocess.size=160", "train.epochs=14")),
     "mammo-screening": (400, ("preprocess.size=256", "train.epochs=12")),
 }
-Profile = Literal["quick", "standard", "long"]
+# the lean profile, for CPUs on which the standard demo would overrun its budget (measured at the
+# start): fewer chest X-rays at a lower resolution, fewer and smaller mammograms; DR as standard
+LEAN: dict[str, tuple[int, tuple[str, ...]]] = {
+    "cxr-findings": (1200, ("preprocess.size=96", "train.epochs=14")),
+    "mammo-screening": (100, ("preprocess.size=128", "train.epochs=8")),
+}
+Profile = Literal["quick", "standard", "lean", "long"]
+_PROFILES = ("quick", "standard", "lean", "long")
+# Time model, fitted on the reference machine (2-core AMD EPYC, AVX-512 BF16) and checked with its
+# AVX2 kernels only: training and validation take their images over the measured training speed
+# (scaled by pixel count); phantoms, caches and evaluation take seconds per case that scale with
+# the CPU's fp32 speed against the reference's.
+_REFERENCE_FP32 = 47.3  # img/s, fp32 contiguous training of the DR probe (ResNet-18, 128 px) there
+_OVERHEAD_PER_CASE = {"dr-grading": 0.095, "cxr-findings": 0.04, "mammo-screening": 0.11}  # s, reference
+_TRAINING_EFFICIENCY = 0.85  # whole epochs (augmentation, data, optimizer) ran at 0.83-0.86 of the probe's speed
+_TRAIN_SHARE, _VAL_SHARE = 0.7225, 0.1275  # of the cases, by the demo's split (15 % test, 15 % of the rest val)
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """What the demo will run and how long it should take on this CPU."""
+
+    profile: Profile
+    steps: tuple[tuple[Step, int, tuple[str, ...]], ...]  # step, cases, overrides beyond the step's
+    cpu_class: str = ""
+    mode: str = ""
+    images_per_second: float | None = None
+    estimated_seconds: float | None = None
+    reason: str = ""
+
+    def describe(self) -> str:
+        """One line for the user: CPU class, speed, profile and the expected duration."""
+        if self.images_per_second is None or self.estimated_seconds is None:
+            return f"{self.profile} demo"
+        minutes = max(1, round(self.estimated_seconds / 60))
+        text = (f"this CPU: {self.cpu_class}, ~{self.images_per_second:.0f} training images/s ({self.mode}); "
+                f"the {self.profile} demo will take ~{minutes} min")  # fmt: skip
+        return f"{text} ({self.reason})" if self.reason else text
 
 
 @dataclass(frozen=True)
@@ -106,47 +145,150 @@ def phantom_data(recipe: str, folder: Path, *, cases: int, seed: int, progress: 
     return True
 
 
+def _steps(profile: Profile) -> tuple[tuple[Step, int, tuple[str, ...]], ...]:
+    extras = {"long": LONG, "lean": LEAN}.get(profile, {})
+    steps = []
+    for step in DEMO:
+        cases, extra = extras.get(step.recipe, (step.cases, ()))
+        if profile == "quick":
+            cases, extra = max(12, cases // 25), _QUICK
+        steps.append((step, cases, extra))
+    return tuple(steps)
+
+
+def _recipe(step: Step, extra: tuple[str, ...], seed: int) -> Any:
+    return load_recipe(step.recipe, [*step.overrides, *extra, f"train.seed={seed}"])
+
+
+def _probe(step: Step, extra: tuple[str, ...]) -> Any:
+    """The numeric mode training will choose for the first step, with the speeds measured for it
+    (the same model and batch shape as training, so training finds the choice cached)."""
+    import torch
+
+    from medsight.engine.config import choose_device
+    from medsight.engine.tuning import choose_mode
+    from medsight.models import build_model
+    from medsight.tasks import ClassificationTask
+
+    recipe = _recipe(step, extra, 0)
+    task = ClassificationTask(recipe.task.kind, tuple(recipe.task.classes))
+    model = build_model(recipe.model.name, spatial_dims=2, in_channels=recipe.preprocess.channels,
+                        num_outputs=task.num_outputs, pooling=recipe.model.pooling)  # fmt: skip
+    count, size = min(recipe.train.batch_size, 16), recipe.preprocess.size
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.rand(count, recipe.preprocess.channels, size, size, generator=generator)
+    classes = len(recipe.task.classes)
+    if task.kind == "multilabel":
+        targets = torch.randint(0, 2, (count, classes), generator=generator).float()
+    else:
+        targets = torch.randint(0, 2 if task.kind == "binary" else classes, (count,), generator=generator).float()
+    device = choose_device(recipe.train.device)
+    return choose_mode(recipe.train.precision, recipe.train.channels_last, device, model=model,
+                       batch=(inputs, targets), loss_fn=task.loss, model_name=recipe.model.name)  # fmt: skip
+
+
+def _estimate(steps: tuple[tuple[Step, int, tuple[str, ...]], ...], speed: float, fp32_speed: float) -> float:
+    """Seconds the demo should take at ``speed`` training images/s (128 px) in the chosen mode."""
+    total = 0.0
+    for step, cases, extra in steps:
+        recipe = _recipe(step, extra, 0)
+        images = cases * step.images_per_case
+        pixels = (recipe.preprocess.size / 128) ** 2
+        epochs = recipe.train.epochs
+        rate = speed * _TRAINING_EFFICIENCY / pixels
+        training = images * _TRAIN_SHARE * epochs / rate
+        scoring = images * (_VAL_SHARE * epochs + 0.15) / (3 * rate)  # inference runs ~3x faster than training
+        overhead = cases * _OVERHEAD_PER_CASE.get(step.recipe, 0.1) * _REFERENCE_FP32 / fp32_speed
+        total += training + scoring + overhead
+    return total
+
+
+def plan_demo(profile: Profile = "standard", *, budget_minutes: float = 15.0) -> DemoPlan:
+    """Choose what the demo runs: measure this CPU's training speed (a few steps, seconds; cached)
+    and estimate the duration. A standard demo that would overrun ``budget_minutes`` becomes the
+    lean one (:data:`LEAN`, fewer and smaller images; the targets stay as they are).
+
+    Raises:
+        ConfigError: an unknown profile or a budget that is not positive.
+    """
+    if profile not in _PROFILES:
+        raise ConfigError(f"demo profile must be {', '.join(_PROFILES)}; got {profile!r}")
+    if not budget_minutes > 0:
+        raise ConfigError(f"the demo's time budget must be a positive number of minutes, got {budget_minutes}")
+    steps = _steps(profile)
+    if profile == "quick":
+        return DemoPlan(profile, steps)
+    from medsight.engine.tuning import cpu_class
+
+    first, _, extra = steps[0]
+    mode = _probe(first, extra)
+    speed, speeds = mode.images_per_second, dict(mode.speeds)
+    fp32 = speeds.get("fp32, contiguous", speed)
+    if speed is None or fp32 is None:  # nothing measured (a fixed mode): no estimate
+        return DemoPlan(profile, steps, cpu_class(), mode.label)
+    estimate = _estimate(steps, speed, fp32)
+    reason = ""
+    if profile == "standard" and estimate > budget_minutes * 60:
+        lean = _steps("lean")
+        reason = f"the standard demo would take ~{estimate / 60:.0f} min here, over the {budget_minutes:g} min budget"
+        profile, steps, estimate = "lean", lean, _estimate(lean, speed, fp32)
+    plan = DemoPlan(profile, steps, cpu_class(), mode.label, speed, estimate, reason)
+    log.info("%s", plan.describe())
+    return plan
+
+
 def run_demo(
     out: str | os.PathLike[str] = "medsight-demo",
     *,
     profile: Profile = "standard",
     seed: int = 0,
     progress: Progress | None = None,
+    plan: DemoPlan | None = None,
 ) -> list[DemoRow]:
     """Make, train and evaluate every 2D recipe on phantoms under ``out``; return the headline rows.
 
-    ``standard`` fits about 10 minutes on two CPU cores. ``quick`` shrinks everything (a
-    handful of cases, one epoch, tiny images) to check that the whole chain runs; its figures
-    mean nothing. ``long`` gives chest X-rays and mammography more cases, larger images and
-    more epochs (:data:`LONG`; about 22 minutes on two cores), enough for their targets.
+    ``standard`` takes about 8 minutes on a 2-core AVX-512 CPU; where it would overrun 15
+    minutes (measured at the start, :func:`plan_demo`) the ``lean`` settings run instead.
+    ``quick`` shrinks everything (a handful of cases, one epoch, tiny images) to check that the
+    whole chain runs; its figures mean nothing. ``long`` gives chest X-rays and mammography
+    more cases, larger images and more epochs (:data:`LONG`), enough for their targets.
+    Timings per stage go to ``out/timings.json``.
     """
-    if profile not in ("quick", "standard", "long"):
-        raise ConfigError(f"demo profile must be quick, standard or long, got {profile!r}")
-    quick = profile == "quick"
+    begun = time.perf_counter()
+    plan = plan or plan_demo(profile)
     out = Path(out)
     for folder in (out / "data", out / "runs"):
         folder.mkdir(parents=True, exist_ok=True)
-    rows: list[DemoRow] = []
-    for step in DEMO:
+    # every phantom first: made by worker processes before this process starts any training threads
+    timings: dict[str, Any] = {}
+    for step, cases, _ in plan.steps:
         started = time.perf_counter()
-        cases, extra = LONG.get(step.recipe, (step.cases, ())) if profile == "long" else (step.cases, ())
-        cases = max(12, cases // 25) if quick else cases
+        phantom_data(step.recipe, out / "data" / step.recipe, cases=cases, seed=seed, progress=progress)
+        timings[step.recipe] = {"phantoms_s": round(time.perf_counter() - started, 1)}
+    rows: list[DemoRow] = []
+    for step, _, extra in plan.steps:
+        started = time.perf_counter()
         data = out / "data" / step.recipe
-        phantom_data(step.recipe, data, cases=cases, seed=seed, progress=progress)
         manifest_path = out / f"{step.recipe}.csv"
         manifest = build_manifest(data, format=phantoms()[step.recipe].layout)
         split = assign_splits(manifest, stratify=step.stratify, seed=seed, respect_official=False)
         split.save(manifest_path)
-        overrides = [*step.overrides, *extra, *(_QUICK if quick else ()), f"train.seed={seed}"]
         run = out / "runs" / step.recipe
         if run.exists():  # the demo owns its folder: a rerun starts the training afresh
             shutil.rmtree(run)
-        train_classifier(load_recipe(step.recipe, overrides), manifest_path, run, progress=progress)
+        train_classifier(_recipe(step, extra, seed), manifest_path, run, progress=progress)
+        trained = time.perf_counter()
         report = evaluate_run(run, progress=progress)
-        seconds = time.perf_counter() - started
+        evaluated = time.perf_counter()
+        timings[step.recipe].update(train_s=round(trained - started, 1), evaluate_s=round(evaluated - trained, 1))
+        seconds = time.perf_counter() - started + timings[step.recipe]["phantoms_s"]
         for label, path, target in step.headlines:
             value = _dig(report, path)
             rows.append(DemoRow(step.recipe, label, value["estimate"], value["low"], value["high"], target, seconds))
-        log.info("%s done in %.0f s", step.recipe, seconds)
+        log.info("%s done in %.0f s (%s)", step.recipe, seconds, timings[step.recipe])
+    timings["plan"] = {"profile": plan.profile, "cpu_class": plan.cpu_class, "mode": plan.mode,
+                       "images_per_second": plan.images_per_second, "estimated_s": plan.estimated_seconds}  # fmt: skip
+    timings["total_s"] = round(time.perf_counter() - begun, 1)
+    (out / "timings.json").write_text(json.dumps(timings, indent=2))
     (out / "summary.json").write_text(json.dumps([r.__dict__ for r in rows], indent=2))
     return rows

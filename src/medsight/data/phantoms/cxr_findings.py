@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from medsight.data.phantoms.base import Progress, case_rng, register_phantom, write_table
+from medsight.data.phantoms.base import Progress, case_rng, default_workers, register_phantom, run_cases, write_table
 
 SIZE = 512
 FINDINGS = ("Nodule", "Effusion", "Cardiomegaly", "Consolidation", "Pneumothorax", "Atelectasis")
@@ -238,9 +239,9 @@ def write_cxr(out: Path, cases: int, seed: int, progress: Progress | None) -> No
     """Write ``Data_Entry_2017.csv``, ``BBox_List_2017.csv``, split lists and ``images_001/images/``."""
     images = out / "images_001" / "images"
     images.mkdir(parents=True)
-    entries, box_rows, truth, test = [], [], [], []
+    entries, box_rows, truth, test, plan = [], [], [], [], []
     patient, follow_up, patient_rng = 0, 0, case_rng(seed, 0, stream=1)
-    for index in range(cases):
+    for index in range(cases):  # who is who: one stream for every patient, drawn in order
         if index == 0 or patient_rng.random() > 0.35 or follow_up >= 2:  # new patient, else a follow-up
             patient, follow_up = patient + 1, 0
             findings = _choose_findings(case_rng(seed, patient, stream=2))
@@ -248,22 +249,17 @@ def write_cxr(out: Path, cases: int, seed: int, progress: Progress | None) -> No
             in_test = patient_rng.random() < 0.2
         else:
             follow_up += 1
-        rng = case_rng(seed, index)
-        current = set(findings)
-        if rng.random() < 0.3 and current:  # findings come and go between visits
-            current.discard(sorted(current)[int(rng.integers(len(current)))])
-        view = "PA" if rng.random() < 0.6 else "AP"
-        pixels, boxes, ctr = radiograph(rng, current, view=view)
         name = f"{patient:08d}_{follow_up:03d}.png"
-        Image.fromarray(pixels).save(images / name, compress_level=1)
+        plan.append((name, tuple(sorted(findings)), patient, follow_up, age, sex, in_test))
+    made = run_cases(partial(_film, images, seed, [p[:2] for p in plan]), cases, workers=default_workers(),
+                     progress=progress, stage="making chest radiographs")  # fmt: skip
+    for (name, _, patient, follow_up, age, sex, in_test), (current, view, boxes, ctr) in zip(plan, made, strict=True):
         labels = "|".join(f for f in FINDINGS if f in current) or "No Finding"
         entries.append([name, labels, follow_up, patient, age + follow_up, sex, view, SIZE, SIZE, 0.3, 0.3])
         box_rows += [[name, b["label"], b["x"], b["y"], b["w"], b["h"]] for b in boxes]
         truth.append([name, labels, round(ctr, 4)])
         if in_test:
             test.append(name)
-        if progress is not None:
-            progress("making chest radiographs", index + 1, cases)
     write_table(out / "Data_Entry_2017.csv", [
         "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
         "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]",
@@ -273,3 +269,16 @@ def write_cxr(out: Path, cases: int, seed: int, progress: Progress | None) -> No
     names = [e[0] for e in entries]
     (out / "test_list.txt").write_text("".join(f"{n}\n" for n in names if n in set(test)))
     (out / "train_val_list.txt").write_text("".join(f"{n}\n" for n in names if n not in set(test)))
+
+
+def _film(images: Path, seed: int, plan: Sequence[tuple[str, tuple[str, ...]]], index: int) -> tuple:
+    """Draw and save radiograph ``index`` (in a worker process): its findings, view, boxes and CTR."""
+    name, findings = plan[index]
+    rng = case_rng(seed, index)
+    current = set(findings)
+    if rng.random() < 0.3 and current:  # findings come and go between visits
+        current.discard(sorted(current)[int(rng.integers(len(current)))])
+    view = "PA" if rng.random() < 0.6 else "AP"
+    pixels, boxes, ctr = radiograph(rng, current, view=view)
+    Image.fromarray(pixels).save(images / name, compress_level=1)
+    return current, view, boxes, ctr

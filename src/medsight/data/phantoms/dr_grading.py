@@ -23,13 +23,13 @@ import csv
 import io
 import math
 from collections.abc import Callable
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from medsight.data.phantoms.base import Progress, case_rng, register_phantom
+from medsight.data.phantoms.base import Progress, case_rng, default_workers, register_phantom, run_cases
 
 Point = tuple[float, float]
 
@@ -371,18 +371,23 @@ def write_dr_grading(out: Path, cases: int, seed: int, progress: Progress | None
     """Write ``train.csv``, ``train_images/<id>.png`` and ``phantom_truth.csv`` under ``out``."""
     images = out / "train_images"
     images.mkdir()
+    make = partial(_photo, images, seed)
+    rows = run_cases(make, cases, workers=default_workers(), progress=progress, stage="making fundus photos")
     with open(out / "train.csv", "w", newline="") as labels, open(out / "phantom_truth.csv", "w", newline="") as truth:
         label_writer = csv.writer(labels)
         label_writer.writerow(["id_code", "diagnosis"])
         truth_writer = csv.writer(truth)
         truth_writer.writerow(["id_code", "diagnosis", *LESIONS, "right_eye"])
-        for index in range(cases):
-            rng = case_rng(seed, index)
-            grade = int(rng.choice(5, p=GRADE_SHARE))
-            id_code = rng.bytes(6).hex()
-            pixels, counts = fundus(rng, grade)
-            Image.fromarray(pixels).save(images / f"{id_code}.png", optimize=False, compress_level=1)
+        for id_code, grade, counts in rows:
             label_writer.writerow([id_code, grade])
             truth_writer.writerow([id_code, grade, *(counts[k] for k in LESIONS), counts["right_eye"]])
-            if progress is not None:
-                progress("making fundus photos", index + 1, cases)
+
+
+def _photo(images: Path, seed: int, index: int) -> tuple[str, int, dict[str, int]]:
+    """Draw and save case ``index``'s photo (in a worker process); return its id, grade and lesion counts."""
+    rng = case_rng(seed, index)
+    grade = int(rng.choice(5, p=GRADE_SHARE))
+    id_code = rng.bytes(6).hex()
+    pixels, counts = fundus(rng, grade)
+    Image.fromarray(pixels).save(images / f"{id_code}.png", optimize=False, compress_level=1)
+    return id_code, grade, counts

@@ -16,6 +16,7 @@ the lesion kind, pathology and centre in every view.
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from scipy.ndimage import gaussian_filter
 
 from medsight.core.geometry import Geometry
 from medsight.core.volume import Volume, VolumeMetadata
-from medsight.data.phantoms.base import Progress, case_rng, register_phantom, write_table
+from medsight.data.phantoms.base import Progress, case_rng, default_workers, register_phantom, run_cases, write_table
 from medsight.io.dicom_write import write_dicom_image
 
 ROWS, COLS = 512, 416
@@ -174,6 +175,11 @@ _COMMON = ["study_id", "series_id", "image_id", "laterality", "view_position", "
            "breast_birads", "breast_density"]  # fmt: skip
 
 
+def _exam_of(out: Path, seed: int, index: int) -> tuple[list, list, list]:
+    """Exam ``index`` from its own random stream (in a worker process)."""
+    return _exam(out, case_rng(seed, index), seed, index)
+
+
 def _exam(out: Path, rng: np.random.Generator, seed: int, index: int) -> tuple[list, list, list]:
     """Write one exam's four DICOM images; return its breast, finding and truth rows."""
     study = rng.bytes(16).hex()
@@ -229,13 +235,12 @@ def _exam(out: Path, rng: np.random.Generator, seed: int, index: int) -> tuple[l
 def write_mammo(out: Path, cases: int, seed: int, progress: Progress | None) -> None:
     """``cases`` exams: ``images/<study>/<image>.dicom`` and the two VinDr annotation CSVs."""
     breasts, findings, truth = [], [], []
-    for index in range(cases):
-        rows = _exam(out, case_rng(seed, index), seed, index)
+    exams = run_cases(partial(_exam_of, out, seed), cases, workers=default_workers(), progress=progress,
+                      stage="making mammography exams")  # fmt: skip
+    for rows in exams:
         breasts += rows[0]
         findings += rows[1]
         truth += rows[2]
-        if progress is not None:
-            progress("making mammography exams", index + 1, cases)
     box_columns = ["finding_categories", "finding_birads", "xmin", "ymin", "xmax", "ymax", "split"]
     write_table(out / "breast-level_annotations.csv", [*_COMMON, "split"], breasts)
     write_table(out / "finding_annotations.csv", [*_COMMON, *box_columns], findings)
