@@ -48,11 +48,11 @@ def test_the_fastest_measured_mode_is_chosen_and_cached(tmp_path, monkeypatch, c
               "bf16, channels-last": 9.0}  # fmt: skip
     timed = []
 
-    def fake_time(model, inputs, targets, loss_fn, mode):
-        timed.append(mode.label)
-        return speeds[mode.label]
+    def fake_speeds(model, inputs, targets, loss_fn, modes):
+        timed.extend(m.label for m in modes)
+        return {m.label: speeds[m.label] for m in modes}
 
-    monkeypatch.setattr(tuning, "_time_steps", fake_time)
+    monkeypatch.setattr(tuning, "_speeds", fake_speeds)
     batch = _images()
     with caplog.at_level(logging.INFO, logger="medsight.engine.tuning"):
         mode = choose_mode("auto", "auto", CPU, model=_model(), batch=batch, loss_fn=_loss)
@@ -72,7 +72,7 @@ def test_the_fastest_measured_mode_is_chosen_and_cached(tmp_path, monkeypatch, c
 
 def test_a_damaged_or_unwritable_cache_costs_a_measurement_not_the_run(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(tuning, "native_bf16", lambda: False)
-    monkeypatch.setattr(tuning, "_time_steps", lambda m, i, t, f, mode: 2.0 if mode.channels_last else 1.0)
+    monkeypatch.setattr(tuning, "_speeds", lambda m, i, t, f, modes: {x.label: 1.0 + x.channels_last for x in modes})
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "numeric-modes.json").write_text("{not json")
@@ -93,8 +93,8 @@ def test_timing_runs_real_steps_and_leaves_the_model_untouched():
     inputs, targets = torch.randn(4, 3, 16, 16), torch.rand(4)
     model(inputs)  # materialise the lazy layer
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    for mode in (NumericMode(None, False), NumericMode(None, True)):
-        assert tuning._time_steps(model, inputs, targets, _loss, mode) > 0
+    speeds = tuning._speeds(model, inputs, targets, _loss, [NumericMode(None, False), NumericMode(None, True)])
+    assert set(speeds) == {"fp32, contiguous", "fp32, channels-last"} and min(speeds.values()) > 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 

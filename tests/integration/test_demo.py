@@ -97,7 +97,8 @@ def test_the_probe_measures_the_model_training_will_use(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MEDSIGHT_CACHE_DIR", str(tmp_path))
     shapes = []
-    monkeypatch.setattr(tuning, "_time_steps", lambda m, inputs, t, f, mode: shapes.append(tuple(inputs.shape)) or 10.0)
+    monkeypatch.setattr(tuning, "_speeds", lambda m, inputs, t, f, modes: shapes.append(tuple(inputs.shape))
+                        or {x.label: 10.0 for x in modes})  # fmt: skip
     step, _, extra = demo._steps("standard")[0]
     mode = demo._probe(step, extra)
     assert mode.images_per_second == 10.0 and set(shapes) == {(16, 3, 128, 128)}

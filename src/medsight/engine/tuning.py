@@ -161,18 +161,19 @@ def _write_cache(path: Path, key: str, entry: dict[str, Any]) -> None:
         log.warning("could not cache the numeric mode in %s (%s); it will be measured again next time", path, exc)
 
 
-def _time_steps(
+def _trial(
     model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: Callable, mode: NumericMode
-) -> float:
-    """Images per second of training steps (forward, loss, backward, optimiser) in ``mode``."""
+) -> Callable[[], float]:
+    """A copy of ``model`` set up in ``mode``; calling the result runs one training step
+    (forward, loss, backward, optimiser) and returns its seconds."""
     trial = copy.deepcopy(model)
     trial.train()
     if mode.channels_last:
         trial = trial.to(memory_format=torch.channels_last)
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(trial.parameters(), lr=1e-6)
-    fastest = float("inf")
-    for step in range(1 + _TIMED_STEPS):
+
+    def step() -> float:
         started = time.perf_counter()
         with torch.autocast(inputs.device.type, dtype=mode.amp_dtype) if mode.amp_dtype else nullcontext():
             logits = trial(inputs)
@@ -182,9 +183,25 @@ def _time_steps(
         optimizer.step()
         if inputs.device.type == "cuda":
             torch.cuda.synchronize()
-        if step:  # the first step pays for oneDNN's kernel choice, not the mode
-            fastest = min(fastest, time.perf_counter() - started)
-    return len(inputs) / fastest
+        return time.perf_counter() - started
+
+    return step
+
+
+def _speeds(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: Callable, modes: Sequence[NumericMode]
+) -> dict[str, float]:
+    """Training images per second in each mode: one warm-up step each (oneDNN picks its kernels),
+    then timed steps taken in turns, so drift on a busy machine hits every mode alike; the
+    fastest step of each counts."""
+    steps = {mode.label: _trial(model, inputs, targets, loss_fn, mode) for mode in modes}
+    for step in steps.values():
+        step()
+    fastest = dict.fromkeys(steps, float("inf"))
+    for _ in range(_TIMED_STEPS):
+        for label, step in steps.items():
+            fastest[label] = min(fastest[label], step())
+    return {label: len(inputs) / seconds for label, seconds in fastest.items()}
 
 
 def choose_mode(
@@ -268,7 +285,7 @@ def _measure(
         speeds = tuple((k, float(v)) for k, v in known.items() if isinstance(v, int | float))
         return NumericMode(chosen.amp_dtype, chosen.channels_last, reason, speeds)
     started = time.perf_counter()
-    speeds = {m.label: _time_steps(model, inputs, targets.to(device), loss_fn, m) for m in candidates}
+    speeds = _speeds(model, inputs, targets.to(device), loss_fn, candidates)
     best = max(candidates, key=lambda m: speeds[m.label])
     figures = ", ".join(f"{label} {speed:.1f} img/s" for label, speed in speeds.items())
     reason = f"fastest of {figures} on this {cpu_class()} CPU (measured in {time.perf_counter() - started:.0f} s)"

@@ -44,3 +44,22 @@ def test_with_threads_running_cases_are_made_in_process():
         worker.join()
     assert [v for v, _ in made] == [_draw(i) for i in range(3)]
     assert {pid for _, pid in made} == {os.getpid()}
+
+
+def test_workers_forked_after_pytorch_ran_do_not_hang():
+    """A process that has run PyTorch holds an OpenMP pool a forked child cannot use: workers
+    whose cases call PyTorch (the 3D phantoms resample with it) hung after any training."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from medsight.data.phantoms.base import run_cases\n"
+        "torch.nn.Conv2d(3, 32, 3)(torch.randn(8, 3, 96, 96)).sum().backward()  # the parent's OpenMP pool\n"
+        "def case(i):\n"
+        "    return float(torch.nn.functional.conv2d(torch.ones(4, 3, 64, 64), torch.ones(8, 3, 3, 3)).sum())\n"
+        "print(list(run_cases(case, 4, workers=2, progress=None, stage='t')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str([4 * 8 * 62 * 62 * 27.0] * 4)

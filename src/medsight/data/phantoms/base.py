@@ -7,6 +7,7 @@ import difflib
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -116,11 +117,20 @@ def run_cases(
                 progress(stage, index + 1, cases)
         return
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_forked_worker) as pool:
         for index, result in enumerate(pool.map(make_case, range(cases)), start=1):
             yield result
             if progress is not None:
                 progress(stage, index, cases)
+
+
+def _forked_worker() -> None:
+    """Set up a forked worker: PyTorch on one thread. A process that has run PyTorch holds an
+    OpenMP thread pool, which a forked child cannot use (its first parallel region hangs
+    forever); on one thread PyTorch runs no parallel region, and the workers share the cores."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 def default_workers() -> int:
