@@ -29,7 +29,7 @@ from medsight.tasks import ClassificationTask
 from medsight.transforms.batch2d import BatchAugmenter
 from medsight.transforms.image2d import build_augmentation
 
-__all__ = ["PreparedData", "prepare_data", "targets_of", "task_of", "train_classifier"]
+__all__ = ["PreparedData", "network_of", "prepare_data", "targets_of", "task_of", "train_classifier"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,12 @@ log = logging.getLogger(__name__)
 def task_of(recipe: Recipe) -> ClassificationTask:
     """The classification task a recipe describes."""
     return ClassificationTask(recipe.task.kind, tuple(recipe.task.classes))
+
+
+def network_of(recipe: Recipe, task: ClassificationTask) -> torch.nn.Module:
+    """The recipe's 2D network, untrained, with one output per ``task`` output."""
+    return build_model(recipe.model.name, spatial_dims=2, in_channels=recipe.preprocess.channels,
+                       num_outputs=task.num_outputs, pooling=recipe.model.pooling)  # fmt: skip
 
 
 def targets_of(manifest: Manifest, recipe: Recipe) -> np.ndarray:
@@ -189,13 +195,7 @@ def train_classifier(
     _check_classes(recipe, data.targets, {"train": train_idx, "val": val_idx})
     sample_weights, loss_weights = _balance(recipe, data.targets, train_idx)
     task = ClassificationTask(recipe.task.kind, tuple(recipe.task.classes), loss_weights)
-    model = build_model(
-        recipe.model.name,
-        spatial_dims=2,
-        in_channels=recipe.preprocess.channels,
-        num_outputs=task.num_outputs,
-        pooling=recipe.model.pooling,
-    )
+    model = network_of(recipe, task)
     spec = registered_models()[recipe.model.name]
     if recipe.model.pretrained:
         load_pretrained(model, recipe.model.pretrained, spec)

@@ -55,23 +55,15 @@ def choose_device(requested: str) -> torch.device:
 
 
 def choose_precision(requested: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = fp32).
+    """The autocast dtype (None = fp32) without timing anything.
 
-    ``auto``: bf16 on GPUs that support it, else fp16 on GPUs; bf16 on CPUs whose oneDNN
-    build supports it (AVX-512 BF16 or AMX), else fp32.
+    ``auto``: bf16 on GPUs that support it, else fp16 on GPUs; bf16 on CPUs that run it
+    natively (AVX-512 BF16 or AMX), else fp32. Training measures instead
+    (:func:`~medsight.engine.tuning.choose_mode`).
+
+    Raises:
+        ConfigError: fp16 on a CPU.
     """
-    if requested == "fp32":
-        return None
-    if requested == "fp16":
-        if device.type != "cuda":
-            raise ConfigError("fp16 autocast is for CUDA; on CPU use bf16 or fp32")
-        return torch.float16
-    if requested == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return (
-        torch.bfloat16
-        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        else None
-    )
+    from medsight.engine.tuning import choose_mode
+
+    return choose_mode(requested, "auto", device).amp_dtype

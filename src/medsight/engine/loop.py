@@ -29,10 +29,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRa
 
 from medsight.core.errors import ConfigError
 from medsight.core.progress import Progress
-from medsight.engine.config import EarlyStopping, TrainConfig, choose_device
+from medsight.engine.config import EarlyStopping, TrainConfig, choose_device, choose_precision
 from medsight.engine.distributed import broadcast_buffers
 from medsight.engine.run import RunDir
-from medsight.engine.tuning import NumericMode, _candidates, choose_mode, cpu_class, first_batch
+from medsight.engine.tuning import NumericMode, choose_mode, cpu_class, first_batch
 
 __all__ = ["TrainResult", "seed_everything", "train"]
 
@@ -254,7 +254,7 @@ def train(
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     device = choose_device(config.device)  # check the options before anything is written
-    _candidates(config.precision, config.channels_last, device, 4)  # fp16 on a CPU is refused here
+    choose_precision(config.precision, device)  # fp16 on a CPU is refused before anything is written
     _check_stopping(config.early_stopping, validate, metric_names)
     run = RunDir(run_dir, writer=rank == 0)
     run.start(config.model_dump(), seed=config.seed, resume=resume, extra=extra_config)

@@ -61,15 +61,23 @@ class NumericMode:
         return f"{dtype}, {'channels-last' if self.channels_last else 'contiguous'}"
 
 
-def _cpu_flags() -> frozenset[str]:
+@cache
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
+    model, flags = "", frozenset[str]()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = frozenset(value.split())
+                if model and flags:
+                    break
     except OSError:
         pass
-    return frozenset()
+    return model, flags
 
 
 @cache
@@ -89,9 +97,8 @@ def cpu_class() -> str:
     ``ONEDNN_MAX_CPU_ISA``), so a capped run reports the class it behaves as.
     """
     capability = torch.backends.cpu.get_cpu_capability()
-    flags = _cpu_flags()
     if capability.startswith("AVX512"):
-        if native_bf16() and "amx_bf16" in flags:
+        if native_bf16() and "amx_bf16" in _cpuinfo()[1]:
             return "AMX"
         return "AVX-512 BF16" if native_bf16() else "AVX-512"
     if capability == "AVX2":
@@ -108,14 +115,10 @@ def cache_dir() -> Path:
     return Path(base) / "medsight"
 
 
+@cache
 def _machine_key() -> str:
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    return f"{model or platform.processor()}|{cpu_class()}|{os.cpu_count()} cpus|torch {torch.__version__}"
+    model = _cpuinfo()[0] or platform.processor()
+    return f"{model}|{cpu_class()}|{os.cpu_count()} cpus|torch {torch.__version__}"
 
 
 def _candidates(precision: str, channels_last: str, device: torch.device, ndim: int) -> list[NumericMode]:
@@ -246,11 +249,11 @@ def choose_mode(
     from medsight.engine.distributed import world_size
 
     if world_size() > 1:  # every process must train alike: rank 0 measures, the others take its choice
-        return _shared_choice(candidates, lambda: _measure(candidates, model, batch, loss_fn, device, model_name))
+        return _shared_choice(lambda: _measure(candidates, model, batch, loss_fn, device, model_name))
     return _measure(candidates, model, batch, loss_fn, device, model_name)
 
 
-def _shared_choice(candidates: list[NumericMode], measure: Callable[[], NumericMode]) -> NumericMode:
+def _shared_choice(measure: Callable[[], NumericMode]) -> NumericMode:
     import torch.distributed as dist
 
     chosen = [measure() if dist.get_rank() == 0 else None]
@@ -285,7 +288,7 @@ def _measure(
         speeds = tuple((k, float(v)) for k, v in known.items() if isinstance(v, int | float))
         return NumericMode(chosen.amp_dtype, chosen.channels_last, reason, speeds)
     started = time.perf_counter()
-    speeds = _speeds(model, inputs, targets.to(device), loss_fn, candidates)
+    speeds = _speeds(model, inputs, targets, loss_fn, candidates)
     best = max(candidates, key=lambda m: speeds[m.label])
     figures = ", ".join(f"{label} {speed:.1f} img/s" for label, speed in speeds.items())
     reason = f"fastest of {figures} on this {cpu_class()} CPU (measured in {time.perf_counter() - started:.0f} s)"

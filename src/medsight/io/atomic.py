@@ -137,7 +137,7 @@ def check_writable(target: str | os.PathLike[str], *, option: str | None = None,
     target = Path(target)
     subject = f"{option} {target}" if option else str(target)
     if file and target.is_dir():
-        raise InputError(f"{subject} is a folder; give a file name inside it (e.g. {target / 'out.csv'})")
+        raise InputError(f"{subject} is a folder; give a file name inside it")
     parent = target.parent
     if not parent.exists():
         raise InputError(f"cannot write {subject}: folder {parent} does not exist; create it first (mkdir -p {parent})")

@@ -19,13 +19,8 @@ def run_model(
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
     num_workers: int = 0,
-    channels_last: bool = False,
 ) -> torch.Tensor:
-    """Logits for every item of ``data`` (items are ``(input, target)`` or inputs), on the CPU, in order.
-
-    ``amp_dtype`` runs the network under autocast; ``channels_last`` feeds 2D batches in the
-    channels-last layout (the engine's numeric mode, :mod:`medsight.engine.tuning`).
-    """
+    """Logits for every item of ``data`` (items are ``(input, target)`` or inputs), on the CPU, in order."""
     device = torch.device(device)
     model = model.to(device).eval()
     outputs = []
@@ -35,9 +30,6 @@ def run_model(
             inputs = batch[0] if isinstance(batch, list | tuple) else batch
             autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
             with autocast:
-                inputs = inputs.to(device)
-                if channels_last and inputs.ndim == 4:
-                    inputs = inputs.contiguous(memory_format=torch.channels_last)
-                logits = model(inputs)
+                logits = model(inputs.to(device))
             outputs.append(logits.float().cpu())
     return torch.cat(outputs) if outputs else torch.empty(0)

@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from medsight.core.errors import ConfigError
 from medsight.core.progress import Progress
@@ -77,7 +77,8 @@ LEAN: dict[str, tuple[int, tuple[str, ...]]] = {
     "mammo-screening": (100, ("model.name=resnet10", "preprocess.size=128", "train.epochs=8")),
 }
 Profile = Literal["quick", "standard", "lean", "long"]
-_PROFILES = ("quick", "standard", "lean", "long")
+_PROFILES: tuple[str, ...] = get_args(Profile)
+_VAL_FRACTION = _TEST_FRACTION = 0.15  # the demo's split
 # Time model, fitted on the reference machine (2-core AMD EPYC, AVX-512 BF16) and checked with its
 # AVX2 kernels only: training and validation take their images over the measured training speed
 # (scaled by pixel count); phantoms, caches and evaluation take seconds per case that scale with
@@ -86,7 +87,8 @@ _REFERENCE_FP32 = 47.3  # img/s, fp32 contiguous training of the DR probe (ResNe
 _OVERHEAD_PER_CASE = {"dr-grading": 0.095, "cxr-findings": 0.04, "mammo-screening": 0.11}  # s, reference
 _MODEL_SPEED = {"resnet10": 1.85}  # training speed against the probe's ResNet-18 (measured, AVX2 kernels)
 _TRAINING_EFFICIENCY = 0.85  # whole epochs (augmentation, data, optimizer) ran at 0.83-0.86 of the probe's speed
-_TRAIN_SHARE, _VAL_SHARE = 0.7225, 0.1275  # of the cases, by the demo's split (15 % test, 15 % of the rest val)
+_TRAIN_SHARE = (1 - _TEST_FRACTION) * (1 - _VAL_FRACTION)  # of the cases
+_VAL_SHARE = (1 - _TEST_FRACTION) * _VAL_FRACTION
 
 
 @dataclass(frozen=True)
@@ -169,16 +171,14 @@ def _probe(step: Step, extra: tuple[str, ...]) -> Any:
     (the same model and batch shape as training, so training finds the choice cached)."""
     import torch
 
+    from medsight.engine.classify import network_of, task_of
     from medsight.engine.config import choose_device
     from medsight.engine.tuning import choose_mode
-    from medsight.models import build_model
-    from medsight.tasks import ClassificationTask
 
     recipe = _recipe(step, extra, 0)
-    task = ClassificationTask(recipe.task.kind, tuple(recipe.task.classes))
-    model = build_model(recipe.model.name, spatial_dims=2, in_channels=recipe.preprocess.channels,
-                        num_outputs=task.num_outputs, pooling=recipe.model.pooling)  # fmt: skip
-    count, size = min(recipe.train.batch_size, 16), recipe.preprocess.size
+    task = task_of(recipe)
+    model = network_of(recipe, task)
+    count, size = recipe.train.batch_size, recipe.preprocess.size  # choose_mode times the first few, as in training
     generator = torch.Generator().manual_seed(0)
     inputs = torch.rand(count, recipe.preprocess.channels, size, size, generator=generator)
     classes = len(recipe.task.classes)
@@ -201,7 +201,7 @@ def _estimate(steps: tuple[tuple[Step, int, tuple[str, ...]], ...], speed: float
         epochs = recipe.train.epochs
         rate = speed * _MODEL_SPEED.get(recipe.model.name, 1.0) * _TRAINING_EFFICIENCY / pixels
         training = images * _TRAIN_SHARE * epochs / rate
-        scoring = images * (_VAL_SHARE * epochs + 0.15) / (3 * rate)  # inference runs ~3x faster than training
+        scoring = images * (_VAL_SHARE * epochs + _TEST_FRACTION) / (3 * rate)  # inference: ~3x training speed
         overhead = cases * _OVERHEAD_PER_CASE.get(step.recipe, 0.1) * _REFERENCE_FP32 / fp32_speed
         total += training + scoring + overhead
     return total
@@ -275,7 +275,8 @@ def run_demo(
         data = out / "data" / step.recipe
         manifest_path = out / f"{step.recipe}.csv"
         manifest = build_manifest(data, format=phantoms()[step.recipe].layout)
-        split = assign_splits(manifest, stratify=step.stratify, seed=seed, respect_official=False)
+        split = assign_splits(manifest, stratify=step.stratify, seed=seed, respect_official=False,
+                              val_fraction=_VAL_FRACTION, test_fraction=_TEST_FRACTION)  # fmt: skip
         split.save(manifest_path)
         run = out / "runs" / step.recipe
         if run.exists():  # the demo owns its folder: a rerun starts the training afresh
