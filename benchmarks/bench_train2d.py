@@ -36,7 +36,7 @@ from medsight.tasks import ClassificationTask
 from medsight.transforms.batch2d import BatchAugmenter
 from medsight.transforms.image2d import Augment2D, Preprocess2D, build_augmentation
 
-TASK = ClassificationTask("ordinal", ("0", "1", "2", "3", "4"))
+TASK = ClassificationTask("ordinal", ("0", "1", "2", "3", "4"), referable_grade=2)
 
 
 def plain_loop(model, data, *, epochs, batch_size, lr, amp_dtype, channels_last, augment=None):
@@ -147,8 +147,7 @@ def accuracy(args, data, val, val_targets, augment, tmp, mode) -> str:
     y_val = torch.from_numpy(val_targets)
 
     def validate(model):
-        probs = TASK.probabilities(run_model(model, val, batch_size=64))
-        return TASK.score(probs, y_val, referable_grade=2)
+        return TASK.score(run_model(model, val, batch_size=64), y_val)
 
     results: dict[str, list] = {"fp32": [], "auto": []}
     for seed in range(args.seeds):

@@ -169,9 +169,9 @@ def test_empty_image_cell_is_an_error_and_training_names_the_case(tmp_path):
 
 def test_training_names_the_cases_with_bad_targets(tmp_path):
     from medsight.core import InputError
-    from medsight.engine.classify import targets_of
     from medsight.engine.recipe import load_recipe
+    from medsight.tasks import task_for
 
     manifest = _grades(tmp_path, [0, "abc", 7, 2])
     with pytest.raises(InputError, match=r"2 case\(s\) are not \(e.g. c1: 'abc', c2: 7\)"):
-        targets_of(manifest, load_recipe("dr-grading"))
+        task_for(load_recipe("dr-grading").task).targets(manifest)

@@ -153,14 +153,14 @@ def test_one_class_training_data_is_refused_before_training(tmp_path):
 
 
 def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, monkeypatch):
-    import medsight.engine.classify as engine
+    import medsight.engine.fit as engine
 
     def interrupted(recipe, manifest, out, **kwargs):
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.jsonl").write_text(json.dumps({"epoch": 2}) + "\n")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "train_classifier", interrupted)
+    monkeypatch.setattr(engine, "fit", interrupted)
     (tmp_path / "m.csv").write_text("case_id,patient_id,image,target\n")
     result = runner.invoke(app, ["train", "--recipe", "dr-grading", "--data", str(tmp_path / "m.csv"),
                                  "--out", str(tmp_path / "run"), "--epochs", "5"])  # fmt: skip
@@ -184,8 +184,9 @@ def test_evaluate_on_a_one_class_split_reports_undefined_not_accuracy_one(tmp_pa
     table.to_csv(tmp_path / "zero.csv", index=False)
     (tmp_path / "zero.meta.json").write_text((tmp_path / "m.meta.json").read_text())
     report = evaluate_run(tmp_path / "run", manifest_path=tmp_path / "zero.csv", bootstrap=20, out=tmp_path / "z.json")
-    assert np.isnan(report["metrics"]["accuracy"]["estimate"]) and np.isnan(report["metrics"]["qwk"]["estimate"])
-    assert report["metrics"]["accuracy"]["undefined"] == "the split holds one class only"
-    assert any("holds only [0]" in w for w in report["warnings"])
+    assert not report.figure("accuracy").defined and not report.figure("qwk").defined
+    assert report.figure("accuracy").undefined == "the split holds one class only"
+    assert report.figure("accuracy").text() == "undefined (the split holds one class only)"
+    assert any("holds only [0]" in w for w in report.warnings)
     written = json.loads((tmp_path / "z.json").read_text())
     assert written["metrics"]["accuracy"]["estimate"] is None  # JSON null, not NaN

@@ -47,7 +47,7 @@ def test_demo_profiles_are_checked(tmp_path):
 def test_summary_fits_an_80_column_terminal():
     from rich.console import Console
 
-    from medsight.cli.classify import demo_table
+    from medsight.cli.pipeline import demo_table
     from medsight.validation.demo import DemoRow
 
     rows = [DemoRow("mammo-screening", "mammography exam AUC", 0.466, 0.255, 0.689, 0.85, 1.0),

@@ -8,7 +8,7 @@ import pytest
 
 from medsight.data import build_manifest
 from medsight.data.phantoms import make_phantom
-from medsight.engine.classify import train_classifier
+from medsight.engine.fit import fit
 from medsight.engine.recipe import load_recipe
 
 FAST = ["preprocess.size=48", "train.batch_size=8", "train.epochs=2", "train.precision=fp32", "model.name=resnet18"]
@@ -41,9 +41,9 @@ def test_recipe_learns_on_its_phantom(tmp_path, recipe, cases, size, epochs, fig
     if recipe == "dr-grading":
         settings = [s for s in settings if not s.startswith("train.batch_size")] + ["train.batch_size=32"]
     untrained = [*settings, "train.epochs=1", "train.lr=1e-12", "train.warmup_epochs=0"]  # weights stay as drawn
-    train_classifier(load_recipe(recipe, untrained), tmp_path / "manifest.csv", tmp_path / "untrained")
+    fit(load_recipe(recipe, untrained), tmp_path / "manifest.csv", tmp_path / "untrained")
     trained = load_recipe(recipe, [*settings, f"train.epochs={epochs}"])
-    result = train_classifier(trained, tmp_path / "manifest.csv", tmp_path / "run")
+    result = fit(trained, tmp_path / "manifest.csv", tmp_path / "run")
     assert result.epochs_run == epochs
     before, after = _last(tmp_path / "untrained"), _last(tmp_path / "run")
     if gain > 0:  # a figure that must rise

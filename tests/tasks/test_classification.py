@@ -208,12 +208,12 @@ def test_at_least_refuses_a_grade_outside_1_to_k_minus_1(grade):
      ("ordinal", tuple("01234"), None), ("multilabel", ("effusion", "nodule"), None)],
 )  # fmt: skip
 def test_metric_names_are_what_score_returns(kind, classes, grade):
-    task = ClassificationTask(kind, classes)
+    task = ClassificationTask(kind, classes, referable_grade=grade)
     rng = np.random.default_rng(0)
     logits = torch.from_numpy(rng.normal(size=(40, task.num_outputs)).astype(np.float32))
     if kind == "multilabel":
         targets = torch.from_numpy(rng.integers(0, 2, size=(40, len(classes))).astype(np.float32))
     else:
         targets = torch.from_numpy(rng.integers(0, 2 if kind == "binary" else len(classes), size=40).astype(np.float32))
-    scored = task.score(task.probabilities(logits), targets, referable_grade=grade)
-    assert tuple(scored) == task.metric_names(referable_grade=grade)
+    scored = task.score(logits, targets)
+    assert tuple(scored) == task.metric_names()

@@ -13,8 +13,8 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from medsight import __version__
-from medsight.cli import classify as classify_commands
 from medsight.cli import data as data_commands
+from medsight.cli import pipeline as pipeline_commands
 from medsight.cli.common import err, friendly, out, plain, progress_bar, state
 from medsight.core.errors import ConfigError, InputError
 from medsight.io.api import read, write
@@ -42,7 +42,7 @@ def _version(value: bool) -> None:
 
 
 app.add_typer(data_commands.app, name="data")
-classify_commands.register(app)
+pipeline_commands.register(app)
 
 
 @app.callback()

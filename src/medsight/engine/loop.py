@@ -33,6 +33,7 @@ from medsight.engine.config import EarlyStopping, TrainConfig, choose_device, ch
 from medsight.engine.distributed import broadcast_buffers
 from medsight.engine.run import RunDir
 from medsight.engine.tuning import NumericMode, choose_mode, cpu_class, first_batch
+from medsight.engine.tuning import channels_last as to_channels_last
 
 __all__ = ["TrainResult", "seed_everything", "train"]
 
@@ -268,7 +269,7 @@ def train(
     log.info("training in %s (%s)", mode.label, mode.reason)
     run.note("numeric_mode", {"mode": mode.label, "reason": mode.reason, "cpu_class": cpu_class()})
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = to_channels_last(model)
     optimizer = (
         torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         if config.optimizer == "adamw"
@@ -304,8 +305,8 @@ def train(
                 with torch.no_grad():
                     inputs = augment_batch(inputs)
                 augmented += time.perf_counter() - augmenting
-            if channels_last and inputs.ndim == 4:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            if channels_last:
+                inputs = to_channels_last(inputs)
             with _autocast(device, amp_dtype):
                 logits = wrapped(inputs)
             loss = loss_fn(logits.float(), targets)

@@ -8,44 +8,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medsight.core.errors import ConfigError
 from medsight.engine.builtin import builtin_recipes
 from medsight.engine.config import TrainConfig
+from medsight.models.registry import ModelChoice
+from medsight.tasks.package import TaskSpec
 from medsight.transforms.image2d import Augment2D, Preprocess2D
 
 __all__ = ["Recipe", "builtin_recipes", "load_recipe"]
-
-
-class TaskSpec(BaseModel):
-    """What is predicted, from which manifest columns."""
-
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["binary", "multiclass", "multilabel", "ordinal"]
-    classes: list[str]
-    target: str = "target"  # multilabel tasks read target_<class> columns instead
-    referable_grade: int | None = None  # ordinal: report P(grade >= this) as a binary score
-    fusion: Literal["max", "mean", "attention"] | None = None  # binary per-view scores fused to breast and exam
-
-    @model_validator(mode="after")
-    def _grade_within_classes(self) -> TaskSpec:
-        if self.referable_grade is not None:
-            if self.kind != "ordinal":
-                raise ValueError(f"referable_grade applies to ordinal tasks, not {self.kind}")
-            if not 1 <= self.referable_grade < len(self.classes):
-                raise ValueError(
-                    f"referable_grade must be one of the grades 1..{len(self.classes) - 1}, got {self.referable_grade}"
-                )
-        return self
-
-
-class ModelChoice(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = "resnet18"
-    pretrained: str | None = None  # a checkpoint file the user has
-    freeze_epochs: int = Field(0, ge=0)
-    pooling: Literal["avg", "max", "lse"] = "avg"  # global pooling before the head (max/lse: small findings)
 
 
 class EvaluationSpec(BaseModel):
@@ -59,7 +31,7 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str
-    task: TaskSpec
+    task: TaskSpec  # type: ignore[valid-type]  # the section of the task its ``kind`` names
     model: ModelChoice = ModelChoice()
     preprocess: Preprocess2D = Preprocess2D()
     augment: Augment2D = Augment2D()

@@ -19,14 +19,15 @@ from medsight.core.errors import ConfigError, InputError
 from medsight.io.atomic import atomic_file
 from medsight.models.transfer import load_checkpoint
 
-__all__ = ["RunDir"]
+__all__ = ["RunDir", "git_commit", "versions"]
 
 log = logging.getLogger(__name__)
 
 _PACKAGES = ("medsight", "torch", "monai", "numpy", "pydicom", "SimpleITK", "scikit-learn", "pandas")
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
+    """The medsight source tree's git commit, when it runs from a checkout."""
     source = Path(__file__).resolve().parents[3]
     if not (source / ".git").exists():
         return None
@@ -37,7 +38,8 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def _versions() -> dict[str, str | None]:
+def versions() -> dict[str, str | None]:
+    """Python's and the key packages' versions."""
     found: dict[str, str | None] = {"python": platform.python_version()}
     for name in _PACKAGES:
         try:
@@ -119,7 +121,7 @@ class RunDir:
         self.write_json("config.json", record)
         self.write_json(
             "environment.json",
-            {"versions": _versions(), "git_commit": _git_commit(), "seed": seed, "command": sys.argv},
+            {"versions": versions(), "git_commit": git_commit(), "seed": seed, "command": sys.argv},
         )
 
     def _record_resume(self, record: dict[str, Any]) -> None:

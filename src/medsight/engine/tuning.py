@@ -31,7 +31,7 @@ from torch import nn
 
 from medsight.core.errors import ConfigError, InputError
 
-__all__ = ["NumericMode", "cache_dir", "choose_mode", "cpu_class", "native_bf16"]
+__all__ = ["NumericMode", "cache_dir", "channels_last", "choose_mode", "cpu_class", "native_bf16"]
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,21 @@ def _write_cache(path: Path, key: str, entry: dict[str, Any]) -> None:
         log.warning("could not cache the numeric mode in %s (%s); it will be measured again next time", path, exc)
 
 
+def channels_last(item: nn.Module | torch.Tensor) -> nn.Module | torch.Tensor:
+    """``item`` in the channels-last layout of its rank: ``torch.channels_last`` for 4D tensors and
+    2D networks, ``torch.channels_last_3d`` for 5D tensors and 3D networks (the 2D format on a
+    Conv3d raises "required rank 4 tensor"); anything else unchanged."""
+    if isinstance(item, torch.Tensor):
+        layout = {4: torch.channels_last, 5: torch.channels_last_3d}.get(item.ndim)
+        return item.contiguous(memory_format=layout) if layout is not None else item
+    ranks = {p.ndim for p in item.parameters() if p.ndim in (4, 5)}
+    if ranks == {4}:
+        return item.to(memory_format=torch.channels_last)
+    if ranks == {5}:
+        return item.to(memory_format=torch.channels_last_3d)
+    return item  # no convolutions, or 2D and 3D ones mixed: left as it is
+
+
 def _trial(
     model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: Callable, mode: NumericMode
 ) -> Callable[[], float]:
@@ -172,8 +187,8 @@ def _trial(
     trial = copy.deepcopy(model)
     trial.train()
     if mode.channels_last:
-        trial = trial.to(memory_format=torch.channels_last)
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
+        trial = channels_last(trial)
+        inputs = channels_last(inputs)
     optimizer = torch.optim.SGD(trial.parameters(), lr=1e-6)
 
     def step() -> float:

@@ -1,5 +1,5 @@
-"""Inference: trained models loaded from their run folders, predicting on new data."""
+"""Inference: trained models rebuilt from their package spec, predicting on new data."""
 
-from medsight.inference.classifier import FUSION_FILE, Classifier, expand_inputs, image_facts
+from medsight.inference.predictor import Predictor, expand_inputs, image_facts
 
-__all__ = ["FUSION_FILE", "Classifier", "expand_inputs", "image_facts"]
+__all__ = ["Predictor", "expand_inputs", "image_facts"]

@@ -1,6 +1,6 @@
 """Networks: a registry over MONAI architectures and loading of the user's own weights."""
 
-from medsight.models.registry import ModelSpec, build_model, register_model, registered_models
+from medsight.models.registry import ModelChoice, ModelSpec, build_model, register_model, registered_models
 from medsight.models.transfer import (
     LoadReport,
     backbone_parameters,
@@ -12,6 +12,7 @@ from medsight.models.transfer import (
 
 __all__ = [
     "LoadReport",
+    "ModelChoice",
     "ModelSpec",
     "backbone_parameters",
     "build_model",

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from medsight.core.errors import ConfigError
 
-__all__ = ["GlobalPool", "ModelSpec", "Pooling", "build_model", "register_model", "registered_models"]
+__all__ = ["GlobalPool", "ModelChoice", "ModelSpec", "Pooling", "build_model", "register_model", "registered_models"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,16 @@ def registered_models() -> dict[str, ModelSpec]:
 
 
 Pooling = Literal["avg", "max", "lse"]
+
+
+class ModelChoice(BaseModel):
+    """A recipe's (and a model package's) ``model`` section: which network, and how it starts."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "resnet18"
+    pretrained: str | None = None  # a checkpoint file the user has
+    freeze_epochs: int = Field(0, ge=0)
+    pooling: Pooling = "avg"  # global pooling before the head (max/lse: small findings)
 
 
 class GlobalPool(nn.Module):

@@ -1,13 +1,31 @@
-"""Tasks: what a network predicts, its loss, and how predictions combine (views -> exams)."""
+"""Tasks: the seam every layer above dispatches through (what a network predicts, its loss, data,
+predictions and their evaluation), and how predictions combine (views -> exams)."""
 
-from medsight.tasks.classification import ClassificationTask, corn_class_probabilities, corn_loss
+from medsight.tasks.base import Task, TaskData, Training, register_task, registered_tasks, task_for, task_spec_types
+from medsight.tasks.classification import ClassificationSpec, ClassificationTask, corn_class_probabilities, corn_loss
 from medsight.tasks.fusion import attention_pool, fit_attention_temperature, fuse_views
+from medsight.tasks.package import PACKAGE_FILE, ModelPackage, Provenance
+from medsight.tasks.results import Estimate, Evaluation, Prediction
 
 __all__ = [
+    "PACKAGE_FILE",
+    "ClassificationSpec",
     "ClassificationTask",
+    "Estimate",
+    "Evaluation",
+    "ModelPackage",
+    "Prediction",
+    "Provenance",
+    "Task",
+    "TaskData",
+    "Training",
     "attention_pool",
     "corn_class_probabilities",
     "corn_loss",
     "fit_attention_temperature",
     "fuse_views",
+    "register_task",
+    "registered_tasks",
+    "task_for",
+    "task_spec_types",
 ]

@@ -1,26 +1,74 @@
-"""Classification tasks: binary, multi-class, multi-label and ordinal (CORN), with their losses.
+"""Classification tasks: binary, multi-class, multi-label and ordinal (CORN), on the task seam.
 
 A task turns network outputs (logits) into a loss against targets and into probabilities.
 Targets use the manifest's conventions: an integer class or grade, or one 0/1 column per
 finding where ``nan`` means unknown (that entry is left out of the loss, as CheXpert's
-"ignore" policy needs).
+"ignore" policy needs). Images are preprocessed once into a 2D image cache; the figures of a
+split (operating points, fusion of mammography views) are in
+:mod:`medsight.tasks.classification_report`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
+from pydantic import BaseModel, ConfigDict, model_validator
+from torch import nn
+from torch.utils.data import Dataset
 
 from medsight.core.errors import ConfigError, InputError
+from medsight.core.progress import Progress
+from medsight.core.volume import Volume
+from medsight.data.cache import build_image_cache
+from medsight.data.dataset import ImageDataset
+from medsight.data.manifest import Manifest
+from medsight.data.qc import target_problems
 from medsight.metrics.classification import quadratic_weighted_kappa, roc_auc
+from medsight.models.registry import ModelChoice, build_model
+from medsight.tasks import classification_report as report
+from medsight.tasks.base import Task, TaskData, Training, register_task
+from medsight.tasks.results import Estimate, Prediction
+from medsight.transforms.batch2d import BatchAugmenter
+from medsight.transforms.image2d import Augment2D, Preprocess2D, build_augmentation, prepare_image
 
-__all__ = ["ClassificationTask", "corn_class_probabilities", "corn_loss"]
+__all__ = ["ClassificationSpec", "ClassificationTask", "corn_class_probabilities", "corn_loss"]
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["binary", "multiclass", "multilabel", "ordinal"]
+
+
+class ClassificationSpec(BaseModel):
+    """A classification recipe's ``task`` section: what is predicted, from which manifest columns."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Kind
+    classes: list[str]
+    target: str = "target"  # multilabel tasks read target_<class> columns instead
+    referable_grade: int | None = None  # ordinal: report P(grade >= this) as a binary score
+    fusion: Literal["max", "mean", "attention"] | None = None  # binary per-view scores fused to breast and exam
+
+    @model_validator(mode="after")
+    def _grade_within_classes(self) -> ClassificationSpec:
+        if self.referable_grade is not None:
+            if self.kind != "ordinal":
+                raise ValueError(f"referable_grade applies to ordinal tasks, not {self.kind}")
+            if not 1 <= self.referable_grade < len(self.classes):
+                raise ValueError(
+                    f"referable_grade must be one of the grades 1..{len(self.classes) - 1}, got {self.referable_grade}"
+                )
+        if self.fusion is not None and self.kind != "binary":
+            raise ValueError(f"fusion combines binary per-view scores; this task is {self.kind}")
+        return self
 
 
 def _nanmean(values: list[float]) -> float:
@@ -66,8 +114,9 @@ def corn_class_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return (upper - lower).clamp_min(0.0)
 
 
+@register_task
 @dataclass(frozen=True)
-class ClassificationTask:
+class ClassificationTask(Task):
     """What a classification network predicts and how it is trained.
 
     Attributes:
@@ -76,11 +125,20 @@ class ClassificationTask:
         classes: Class, grade or finding names.
         weights: Per-class loss weights (multiclass), positive weights (binary, multilabel);
             ``None`` for none.
+        target: The manifest column of the class or grade (multilabel: ``target_<finding>``).
+        referable_grade: Ordinal tasks: P(grade >= this) is also scored as a binary score.
+        fusion: Binary per-view scores fused to breast and exam level by this method.
     """
 
     kind: Kind
     classes: tuple[str, ...]
     weights: tuple[float, ...] | None = None
+    target: str = "target"
+    referable_grade: int | None = None
+    fusion: Literal["max", "mean", "attention"] | None = None
+
+    spec_type = ClassificationSpec
+    preprocess_type = Preprocess2D
 
     def __post_init__(self) -> None:
         if self.kind not in ("binary", "multiclass", "multilabel", "ordinal"):
@@ -97,12 +155,151 @@ class ClassificationTask:
                 + (" (ordinal tasks take no weights; balance by sampling)" if self.kind == "ordinal" else "")
             )
 
+    @classmethod
+    def from_spec(cls, spec: BaseModel) -> ClassificationTask:
+        """The task of a recipe's ``task`` section (:class:`ClassificationSpec`)."""
+        if not isinstance(spec, ClassificationSpec):
+            spec = ClassificationSpec.model_validate(spec.model_dump())
+        return cls(spec.kind, tuple(spec.classes), None, spec.target, spec.referable_grade, spec.fusion)
+
+    @property
+    def spec(self) -> ClassificationSpec:
+        return ClassificationSpec(kind=self.kind, classes=list(self.classes), target=self.target,
+                                  referable_grade=self.referable_grade, fusion=self.fusion)  # fmt: skip
+
+    @property
+    def stratify_by(self) -> str | None:
+        return None if self.kind == "multilabel" else self.target
+
+    @property
+    def spatial_dims(self) -> int:
+        return 2
+
     @property
     def num_outputs(self) -> int:
         """Logits the network must produce."""
         return {"binary": 1, "multiclass": len(self.classes), "multilabel": len(self.classes)}.get(
             self.kind, len(self.classes) - 1
         )
+
+    # --- data -------------------------------------------------------------------------------
+    def prepare(
+        self, manifest: Manifest, preprocess: BaseModel, folder: str | os.PathLike[str], *, progress: Progress | None
+    ) -> TaskData:
+        """Preprocess the images into a 2D image cache (reused while nothing changed) and read the targets."""
+        cache = build_image_cache(manifest, _preprocess(preprocess), folder, progress=progress)
+        return TaskData(manifest, cache, self.targets(manifest))
+
+    def targets(self, manifest: Manifest) -> np.ndarray:
+        """Targets in task form: ``(N,)`` classes/grades/0-1, or ``(N, L)`` findings with ``nan`` unknown.
+
+        Raises:
+            ConfigError: the manifest lacks the target column(s).
+            InputError: a target QC would report (:func:`~medsight.data.qc.target_problems`), naming cases.
+        """
+        table = manifest.table
+        findings = self.kind == "multilabel"
+        columns = [f"target_{c}" for c in self.classes] if findings else [self.target]
+        missing = [c for c in columns if c not in table.columns]
+        if missing:
+            raise ConfigError(
+                f"the manifest has no {missing} column(s) for the recipe's "
+                f"{'findings' if findings else 'target'}; its targets are {manifest.target_columns}"
+                + (" (set task.classes to match)" if findings else "")
+            )
+        for column in columns:
+            problems = target_problems(table[column], "finding" if findings else "class", list(self.classes))
+            if problems:
+                bad = np.logical_or.reduce([mask.to_numpy() for mask in problems.values()])
+                pairs = zip(table.loc[bad, "case_id"][:3], table.loc[bad, column][:3], strict=True)
+                shown = ", ".join(f"{c}: {v!r}" for c, v in pairs)
+                expected = "0, 1 or empty" if findings else f"a whole number 0..{len(self.classes) - 1}"
+                what = "findings" if findings else "classes"
+                raise InputError(
+                    f"{column} must be {expected} for the {what} {list(self.classes)}; {int(bad.sum())} case(s) are "
+                    f"not (e.g. {shown}). Fix or remove them (`medsight data qc MANIFEST --recipe RECIPE` "
+                    "lists every problem)"
+                )
+        values = table[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
+        return values if findings else values[:, 0]
+
+    def check(self, data: TaskData, splits: Mapping[str, np.ndarray]) -> None:
+        """Refuse training data a classifier cannot learn from, or a validation split it cannot be scored on."""
+        if self.kind == "multilabel":
+            for split, index in splits.items():
+                y = data.targets[index]
+                lacking = [n for k, n in enumerate(self.classes) if len(np.unique(y[~np.isnan(y[:, k]), k])) < 2]
+                if len(lacking) == len(self.classes):
+                    raise InputError(
+                        f"no finding has both positive and negative cases in the {split} split ({len(index)} cases): "
+                        "nothing can be learnt or scored. Check the target_<finding> columns and the split"
+                    )
+                if lacking:
+                    log.warning("the %s split lacks positives or negatives for %s; their AUC is undefined",
+                                split, lacking)  # fmt: skip
+            return
+        for split, index in splits.items():
+            present = sorted({int(v) for v in data.targets[index]})
+            if len(present) < 2:
+                names = [self.classes[v] for v in present]
+                raise InputError(
+                    f"the {split} split holds one class only ({names}, {len(index)} cases): a classifier cannot learn "
+                    f"or be scored on it. The task's classes are {list(self.classes)}; check the {self.target!r} "
+                    "column, or re-split with `medsight data split --stratify`"
+                )
+            missing = [self.classes[k] for k in range(len(self.classes)) if k not in present]
+            if missing and split == "train":
+                log.warning("the train split has no case of %s; the model cannot learn to predict them", missing)
+
+    def dataset(self, data: TaskData, indices: np.ndarray) -> Dataset:
+        return ImageDataset(data.inputs, data.targets, indices)
+
+    def training(self, data: TaskData, indices: np.ndarray, *, balance: str, augment: BaseModel, seed: int) -> Training:
+        """Training items, class balance (``sampler``: per-item weights; ``weights``: loss weights)
+        and augmentation (``batch``: on the device; ``item``: MONAI transforms in the loader)."""
+        sample_weights, loss_weights = self._balance(balance, data.targets[indices])
+        spec = augment if isinstance(augment, Augment2D) else Augment2D.model_validate(augment.model_dump())
+        per_item = spec.mode == "item"
+        item_augment = build_augmentation(spec, seed=seed) if per_item else None
+        return Training(
+            loss=replace(self, weights=loss_weights).loss,
+            train_set=ImageDataset(data.inputs, data.targets, indices, item_augment),
+            sample_weights=sample_weights,
+            augment_batch=None if per_item else BatchAugmenter(spec),
+        )
+
+    def _balance(self, balance: str, y: np.ndarray) -> tuple[np.ndarray | None, tuple[float, ...] | None]:
+        """Per-item sampling weights and/or loss weights from the training targets ``y``."""
+        if balance == "none":
+            return None, None
+        if self.kind == "multilabel":
+            if balance == "sampler":
+                raise ConfigError(
+                    "class-balanced sampling is for single-label tasks; use balance: weights for findings"
+                )
+            positive = np.nansum(y, axis=0)
+            negative = np.sum(~np.isnan(y), axis=0) - positive
+            return None, tuple(float(n / max(p, 1.0)) for n, p in zip(negative, positive, strict=True))
+        counts = np.bincount(y.astype(int), minlength=len(self.classes)).astype(float)
+        if balance == "sampler":  # one weight per training item, in training-set order
+            return 1.0 / np.maximum(counts[y.astype(int)], 1.0), None
+        if self.kind == "ordinal":
+            raise ConfigError("ordinal (CORN) tasks take no loss weights; use balance: sampler")
+        if self.kind == "binary":
+            return None, (float(counts[0] / max(counts[1], 1.0)),)
+        inverse = counts.sum() / np.maximum(counts, 1.0) / len(counts)
+        return None, tuple(float(w) for w in inverse)
+
+    def input_array(self, volume: Volume, preprocess: BaseModel, *, slice_index: int | None = None) -> np.ndarray:
+        """``(C, S, S)`` float32 in [0, 1], as the image cache stores it (``slice_index``: which
+        slice of a 3D volume)."""
+        return prepare_image(volume, _preprocess(preprocess), slice_index=slice_index).astype(np.float32) / 255.0
+
+    # --- network ----------------------------------------------------------------------------
+    def network(self, model: ModelChoice, in_channels: int) -> nn.Module:
+        """The recipe's 2D network, untrained, with one output per logit."""
+        return build_model(model.name, spatial_dims=2, in_channels=in_channels, num_outputs=self.num_outputs,
+                           pooling=model.pooling)  # fmt: skip
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean loss of a batch; unknown (``nan``) multi-label targets are left out."""
@@ -139,16 +336,15 @@ class ClassificationTask:
             return (probabilities >= threshold).long()
         return probabilities.argmax(dim=1)
 
-    def score(
-        self, probabilities: torch.Tensor, targets: torch.Tensor, *, referable_grade: int | None = None
-    ) -> dict[str, float]:
-        """Headline metrics of a prediction set (what early stopping and the summary table use).
+    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """Headline metrics of a set of logits (what early stopping and the progress bar use).
 
         binary: ``auc``; multiclass: ``accuracy``, ``macro_auc``; multilabel: ``macro_auc``
         over findings with both classes present (unknown labels left out) plus one ``auc_<name>``
         each; ordinal: ``qwk`` and, with ``referable_grade``, ``referable_auc``.
         """
-        p, y = probabilities.detach().cpu().numpy(), targets.detach().cpu().numpy()
+        p = self.probabilities(logits.float()).detach().cpu().numpy()
+        y = targets.detach().cpu().numpy()
         if self.kind == "binary":
             return {"auc": roc_auc(y.reshape(-1), p.reshape(-1))}
         if self.kind == "multiclass":
@@ -156,8 +352,9 @@ class ClassificationTask:
             return {"accuracy": float((p.argmax(1) == y).mean()), "macro_auc": _nanmean(aucs)}
         if self.kind == "ordinal":
             out = {"qwk": quadratic_weighted_kappa(y.astype(int), p.argmax(1), n_classes=p.shape[1])}
-            if referable_grade is not None:
-                out["referable_auc"] = roc_auc((y >= referable_grade).astype(int), p[:, referable_grade:].sum(1))
+            if self.referable_grade is not None:
+                g = self.referable_grade
+                out["referable_auc"] = roc_auc((y >= g).astype(int), p[:, g:].sum(1))
             return out
         out = {}
         for k, name in enumerate(self.classes):
@@ -166,15 +363,44 @@ class ClassificationTask:
         out["macro_auc"] = _nanmean(list(out.values()))
         return out
 
-    def metric_names(self, *, referable_grade: int | None = None) -> tuple[str, ...]:
+    def metric_names(self) -> tuple[str, ...]:
         """The names :meth:`score` returns (what early stopping may watch, besides ``loss``)."""
         if self.kind == "binary":
             return ("auc",)
         if self.kind == "multiclass":
             return ("accuracy", "macro_auc")
         if self.kind == "ordinal":
-            return ("qwk", "referable_auc") if referable_grade is not None else ("qwk",)
+            return ("qwk", "referable_auc") if self.referable_grade is not None else ("qwk",)
         return (*(f"auc_{name}" for name in self.classes), "macro_auc")
+
+    # --- predictions ------------------------------------------------------------------------
+    def scores(self, outputs: torch.Tensor) -> pd.DataFrame:
+        """``prob`` (binary) or one ``prob_<class>`` column per class, grade or finding."""
+        p = self.probabilities(outputs.float()).detach().cpu().numpy()
+        if self.kind == "binary":
+            return pd.DataFrame({"prob": p.reshape(-1)})
+        return pd.DataFrame({f"prob_{name}": p[:, k] for k, name in enumerate(self.classes)})
+
+    def evaluate(
+        self, val: Prediction, test: Prediction, *, split: str, operating_points: Sequence[str], bootstrap: int
+    ) -> tuple[dict[str, Estimate], dict[str, Any], list[str]]:
+        """Figures of ``test`` with CIs; operating points (and a fusion temperature) chosen on ``val``."""
+        return report.evaluate(self, val.table(), test.table(), split=split, points=operating_points, n=bootstrap)
+
+    def save_fitted(self, details: Mapping[str, Any], run_dir: Path) -> None:
+        """Keep the fusion method and the temperature fitted on the validation split."""
+        report.save_fusion(dict(details), run_dir)
+
+    def fitted(self, run_dir: Path) -> dict[str, Any]:
+        """The fusion temperature ``medsight evaluate`` fitted on the validation split, when there is one."""
+        return report.fitted_fusion(run_dir)
+
+    def grouped(self, table: pd.DataFrame, fitted: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
+        """Mammography: per-view scores fused to ``breasts`` and ``exams`` as the recipe says."""
+        return report.fuse(self, table, dict(fitted))
+
+    def paired_scores(self, table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return report.paired_scores(self, table)
 
     @staticmethod
     def at_least(probabilities: torch.Tensor, grade: int) -> torch.Tensor:
@@ -188,3 +414,7 @@ class ClassificationTask:
                 f"for shape {tuple(probabilities.shape)}"
             )
         return probabilities[:, grade:].sum(dim=1)
+
+
+def _preprocess(spec: BaseModel) -> Preprocess2D:
+    return spec if isinstance(spec, Preprocess2D) else Preprocess2D.model_validate(spec.model_dump())

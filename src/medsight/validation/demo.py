@@ -16,9 +16,9 @@ from medsight.core.progress import Progress
 from medsight.data.phantoms import make_phantom, phantoms
 from medsight.data.registry import build_manifest
 from medsight.data.splits import assign_splits
-from medsight.engine.classify import train_classifier
+from medsight.engine.fit import fit
 from medsight.engine.recipe import load_recipe
-from medsight.validation.classification import evaluate_run
+from medsight.validation.evaluate import evaluate_run
 
 __all__ = ["DEMO", "LEAN", "LONG", "DemoPlan", "DemoRow", "phantom_data", "plan_demo", "run_demo"]
 
@@ -30,8 +30,8 @@ class Step:
     recipe: str
     cases: int
     overrides: tuple[str, ...]
-    # (label, path into the evaluation report, target)
-    headlines: tuple[tuple[str, tuple[str, ...], float], ...]
+    # (label, name of the evaluation's figure, target)
+    headlines: tuple[tuple[str, str, float], ...]
     stratify: str | None = "target"
     images_per_case: int = 1
 
@@ -44,20 +44,20 @@ DEMO = (
         # 14 epochs at the recipe's lr 0.001: the phantom's lesions are as small and faint as in real
         # photographs, and 10 epochs at 0.002 ended between 0.84 and 0.98 referable AUC from run to run
         (*_COMMON, "preprocess.size=128", "train.epochs=14", "train.early_stopping=null"),
-        (("referable-DR AUC", ("referable", "auc"), 0.90), ("DR grading QWK", ("metrics", "qwk"), 0.6)),
+        (("referable-DR AUC", "referable auc", 0.90), ("DR grading QWK", "qwk", 0.6)),
     ),
     Step(
         "cxr-findings",
         1200,
         (*_COMMON, "preprocess.size=128", "model.name=resnet18", "train.epochs=12", "train.early_stopping=null"),
-        (("CXR macro AUC", ("metrics", "macro_auc"), 0.85),),
+        (("CXR macro AUC", "macro auc", 0.85),),
         stratify=None,
     ),
     Step(
         "mammo-screening",
         200,
         (*_COMMON, "preprocess.size=160", "train.epochs=10", "train.early_stopping=null"),
-        (("mammography exam AUC", ("fused", "exam", "auc"), 0.85),),
+        (("mammography exam AUC", "exam auc", 0.85),),
         images_per_case=4,
     ),
 )
@@ -130,13 +130,6 @@ class DemoRow:
         return self.estimate >= self.target
 
 
-def _dig(report: dict[str, Any], path: tuple[str, ...]) -> dict[str, float]:
-    node: Any = report
-    for key in path:
-        node = node[key]
-    return node
-
-
 def phantom_data(recipe: str, folder: Path, *, cases: int, seed: int, progress: Progress | None = None) -> bool:
     """Make the recipe's phantom in ``folder`` unless it already holds these cases and seed
     (a marker written last says so); True when it was made."""
@@ -171,13 +164,15 @@ def _probe(step: Step, extra: tuple[str, ...]) -> Any:
     (the same model and batch shape as training, so training finds the choice cached)."""
     import torch
 
-    from medsight.engine.classify import network_of, task_of
     from medsight.engine.config import choose_device
     from medsight.engine.tuning import choose_mode
+    from medsight.tasks import ClassificationTask, task_for
 
     recipe = _recipe(step, extra, 0)
-    task = task_of(recipe)
-    model = network_of(recipe, task)
+    task = task_for(recipe.task)
+    if not isinstance(task, ClassificationTask):
+        raise ConfigError(f"the demo's speed probe times a 2D classifier; {step.recipe} is a {recipe.task.kind} task")
+    model = task.network(recipe.model, recipe.preprocess.channels)
     count, size = recipe.train.batch_size, recipe.preprocess.size  # choose_mode times the first few, as in training
     generator = torch.Generator().manual_seed(0)
     inputs = torch.rand(count, recipe.preprocess.channels, size, size, generator=generator)
@@ -281,15 +276,15 @@ def run_demo(
         run = out / "runs" / step.recipe
         if run.exists():  # the demo owns its folder: a rerun starts the training afresh
             shutil.rmtree(run)
-        train_classifier(_recipe(step, extra, seed), manifest_path, run, progress=progress)
+        fit(_recipe(step, extra, seed), manifest_path, run, progress=progress)
         trained = time.perf_counter()
         report = evaluate_run(run, progress=progress)
         evaluated = time.perf_counter()
         timings[step.recipe].update(train_s=round(trained - started, 1), evaluate_s=round(evaluated - trained, 1))
         seconds = time.perf_counter() - started + timings[step.recipe]["phantoms_s"]
-        for label, path, target in step.headlines:
-            value = _dig(report, path)
-            rows.append(DemoRow(step.recipe, label, value["estimate"], value["low"], value["high"], target, seconds))
+        for label, name, target in step.headlines:
+            value = report.figure(name)
+            rows.append(DemoRow(step.recipe, label, value.estimate, value.low, value.high, target, seconds))
         log.info("%s done in %.0f s (%s)", step.recipe, seconds, timings[step.recipe])
     timings["plan"] = {"profile": plan.profile, "cpu_class": plan.cpu_class, "mode": plan.mode,
                        "images_per_second": plan.images_per_second, "estimated_s": plan.estimated_seconds}  # fmt: skip

@@ -1,4 +1,4 @@
-"""``medsight train | evaluate | predict | compare`` for the classification recipes."""
+"""``medsight train | evaluate | predict | compare | demo``: written once, for every task."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -55,8 +55,8 @@ def train_command(
 ) -> None:
     """Train a recipe; the run folder gets the config, metrics.jsonl and best/last checkpoints."""
     from medsight.engine import is_main_process, launched_by_torchrun, process_group
-    from medsight.engine.classify import train_classifier
     from medsight.engine.distributed import barrier
+    from medsight.engine.fit import fit
     from medsight.engine.recipe import load_recipe
 
     if output.exists() and not output.is_dir():
@@ -82,7 +82,7 @@ def train_command(
             manifest = data if data.is_file() else run_manifest(output)
         try:
             with progress_bar(enabled=main) as progress:
-                result = train_classifier(resolved, manifest, output, resume=resume, progress=progress)
+                result = fit(resolved, manifest, output, resume=resume, progress=progress)
         except KeyboardInterrupt:
             if main:
                 err.print(_interrupted(output, resolved.train.epochs), highlight=False)
@@ -126,36 +126,6 @@ def _torchrun(nproc: int, arguments: list[str]) -> int:
     return subprocess.run(command, check=False).returncode
 
 
-def _ci(value: dict[str, float | None]) -> str:
-    """``estimate [low, high]``; an undefined figure (null or NaN) says so."""
-
-    def show(x: float | None) -> str:
-        return "undefined" if x is None or x != x else f"{x:.3f}"
-
-    if show(value["estimate"]) == "undefined":
-        return "undefined"
-    return f"{show(value['estimate'])} [{show(value['low'])}, {show(value['high'])}]"
-
-
-def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
-    """Headline figures of an evaluation report as (name, 'estimate [low, high]') rows."""
-    rows = [(k, _ci(v)) for k, v in report.get("metrics", {}).items() if isinstance(v, dict) and "estimate" in v]
-    for block, label in ((report.get("referable"), "referable"), (report.get("metrics"), "")):
-        if not block or "operating_points" not in block:
-            continue
-        if label:
-            rows.append((f"{label} auc", _ci(block["auc"])))
-        for spec, point in block["operating_points"].items():
-            rows.append(
-                (f"{label} sens/spec @ {spec}".strip(), f"{_ci(point['sensitivity'])} / {_ci(point['specificity'])}")
-            )
-    for level, block in report.get("fused", {}).items():
-        rows.append((f"{level} auc", _ci(block["auc"])))
-    for name, finding in report.get("findings", {}).items():
-        rows.append((f"auc {name}", _ci(finding["auc"]) if "auc" in finding else f"undefined ({finding['undefined']})"))
-    return rows
-
-
 def evaluate_command(
     run: Annotated[Path, typer.Argument(help="Run folder of `medsight train`.")],
     data: Annotated[
@@ -173,14 +143,14 @@ def evaluate_command(
     with progress_bar() as progress:
         report = evaluate_run(run, manifest_path=data, split=split, bootstrap=bootstrap, out=output, progress=progress)
     table = Table(
-        "metric",
+        "figure",
         "estimate [95 % CI]",
-        title=f"{report['recipe']} on {split}: {report['cases']} cases, {report['patients']} patients",
+        title=f"{report.recipe} on {split}: {report.cases} cases, {report.patients} patients",
     )
-    for name, value in summary_rows(report):
-        table.add_row(name, value)
+    for name, value in report.figures.items():
+        table.add_row(name, value.text())
     out.print(table)
-    for warning in report.get("warnings", []):
+    for warning in report.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     out.print(f"wrote {output or Path(run) / f'metrics_{split}.json'}")
 
@@ -195,25 +165,24 @@ def predict_command(
 ) -> None:
     """Predict on image files or DICOM; one row per image. Mammography runs also write breast-
     and exam-level scores (``<out>_breasts.csv``, ``<out>_exams.csv``) fused as in evaluation."""
-    from medsight.inference import Classifier
+    from medsight.inference import Predictor
     from medsight.io.atomic import check_writable
 
     check_writable(output, option="--out")  # before any work: a bad --out must not waste the predictions
-    classifier = Classifier.from_run(run)
+    predictor = Predictor.from_run(run)
     with progress_bar() as progress:
-        table = classifier.predict_table(inputs, slice_index=slice_index, progress=progress)
+        table = predictor.predict_files(inputs, slice_index=slice_index, progress=progress).table()
     table.to_csv(output, index=False)
     out.print(f"wrote {len(table)} prediction(s) to {output}")
     try:
-        fused = classifier.fuse(table)
+        grouped = predictor.grouped(table)
     except MedsightError as exc:
         err.print(f"[yellow]warning:[/yellow] {exc}")
         return
-    if fused is not None:
-        for level, frame in zip(("breasts", "exams"), fused, strict=True):
-            target = output.with_name(f"{output.stem}_{level}.csv")
-            frame.to_csv(target, index=False)
-            out.print(f"wrote {len(frame)} {level[:-1]}-level score(s) to {target}")
+    for level, frame in grouped.items():
+        target = output.with_name(f"{output.stem}_{level}.csv")
+        frame.to_csv(target, index=False)
+        out.print(f"wrote {len(frame)} {level.rstrip('s')}-level score(s) to {target}")
 
 
 def compare_command(

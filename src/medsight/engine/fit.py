@@ -1,0 +1,175 @@
+"""``fit``: train any recipe on a manifest, through its task (the one entry point of the engine).
+
+Everything task-specific (inputs, targets, network, loss, validation figures) is asked of the
+recipe's :class:`~medsight.tasks.base.Task`; this module splits the data by patient, runs the
+loop, and writes the run folder with its :class:`~medsight.tasks.package.ModelPackage`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsight.core.errors import ConfigError, InputError
+from medsight.core.progress import Progress
+from medsight.data.cache import default_cache_dir
+from medsight.data.manifest import Manifest
+from medsight.data.splits import assign_splits
+from medsight.engine.config import choose_device
+from medsight.engine.distributed import barrier, gather, rank, world_size
+from medsight.engine.loop import TrainResult, train
+from medsight.engine.recipe import Recipe
+from medsight.engine.run import git_commit, versions
+from medsight.models import backbone_parameters, load_pretrained, registered_models
+from medsight.models.predict import run_model
+from medsight.tasks import ModelPackage, Provenance, Task, TaskData, task_for
+
+__all__ = ["fit", "prepare_data", "split_manifest"]
+
+log = logging.getLogger(__name__)
+
+
+def split_manifest(manifest: Manifest, task: Task, *, seed: int) -> Manifest:
+    """The manifest with a patient-level split: made (stratified as the task says) when it has none;
+    cases without one join training when others have one (an official test split is kept)."""
+    unsplit = manifest.table["split"] == ""
+    if unsplit.all():
+        stratify = task.stratify_by
+        log.info("the manifest has no split: splitting by patient (stratified by %s, seed %d)", stratify, seed)
+        return assign_splits(manifest, stratify=stratify, seed=seed)
+    if unsplit.any():
+        table = manifest.table.copy()
+        table.loc[unsplit, "split"] = "train"
+        log.info("%d case(s) without a split are used for training (official test kept)", int(unsplit.sum()))
+        return assign_splits(manifest.with_table(table), respect_official=True, seed=seed)
+    return manifest
+
+
+def prepare_data(
+    recipe: Recipe,
+    manifest_path: str | os.PathLike[str],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> TaskData:
+    """Load the manifest, split it by patient if it has no split yet, and prepare its cases for the task."""
+    task = task_for(recipe.task)
+    manifest = split_manifest(Manifest.load(manifest_path), task, seed=seed)
+    folder = Path(cache_dir) if cache_dir else default_cache_dir(manifest, recipe.name)
+    return task.prepare(manifest, recipe.preprocess, folder, progress=progress)
+
+
+def data_hash(manifest: Manifest) -> str:
+    """SHA-256 of a manifest's cases (ids, files, targets, splits): which data a model saw."""
+    return hashlib.sha256(manifest.table.to_csv(index=False).encode()).hexdigest()
+
+
+def fit(
+    recipe: Recipe,
+    manifest_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train ``recipe`` on the manifest's train split, validate on its val split, write the run ``out``.
+
+    The run folder holds ``config.json``, ``environment.json``, ``metrics.jsonl``, ``best.pt`` and
+    ``last.pt`` (:func:`~medsight.engine.loop.train`), ``splits.csv``, ``recipe.json`` and
+    ``package.json`` (what the predictor is built from).
+
+    Raises:
+        ConfigError: the recipe names an unknown model, or asks for what its task cannot do.
+        InputError: the data cannot be read, or a split cannot be learnt from or scored on.
+    """
+    if recipe.model.name not in registered_models():
+        raise ConfigError(f"unknown model {recipe.model.name!r}; models: {', '.join(registered_models())}")
+    if recipe.model.freeze_epochs and not recipe.model.pretrained:
+        raise ConfigError(
+            "model.freeze_epochs keeps a pretrained backbone fixed while the head warms up; without "
+            "model.pretrained the backbone is random. Set model.pretrained or model.freeze_epochs=0"
+        )
+    task = task_for(recipe.task)
+    if rank() != 0:
+        barrier()  # rank 0 prepares the inputs; the others then open its cache
+    data = prepare_data(recipe, manifest_path, cache_dir=cache_dir, seed=recipe.train.seed, progress=progress)
+    if rank() == 0:
+        barrier()
+    train_idx, val_idx = data.indices("train"), data.indices("val")
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise InputError(f"need train and val cases; the split has {len(train_idx)} train and {len(val_idx)} val")
+    task.check(data, {"train": train_idx, "val": val_idx})
+    training = task.training(data, train_idx, balance=recipe.balance, augment=recipe.augment, seed=recipe.train.seed)
+    in_channels = _in_channels(recipe)
+    model = task.network(recipe.model, in_channels)
+    spec = registered_models()[recipe.model.name]
+    if recipe.model.pretrained:
+        load_pretrained(model, recipe.model.pretrained, spec)
+    val_shard = val_idx[rank() :: world_size()]  # each process scores its share; metrics use them all
+    val_set = task.dataset(data, val_shard)
+    device = choose_device(recipe.train.device)
+    # gather() concatenates the shards in rank order: the targets in that order are known here
+    gathered = np.concatenate([val_idx[r :: world_size()] for r in range(world_size())])
+    val_targets = torch.from_numpy(data.targets[gathered])
+
+    def validate(scored: torch.nn.Module) -> dict[str, float]:
+        # the loop calls this in its numeric mode (autocast and channels-last weights)
+        outputs = gather(run_model(scored, val_set, batch_size=recipe.train.batch_size, device=device))
+        return {"loss": float(training.loss(outputs, val_targets)), **task.score(outputs, val_targets)}
+
+    out = Path(out)
+    result = train(
+        model,
+        training.loss,
+        training.train_set,
+        config=recipe.train,
+        run_dir=out,
+        validate=validate,
+        sample_weights=training.sample_weights,
+        augment_batch=training.augment_batch,
+        frozen=backbone_parameters(model, spec),
+        freeze_epochs=recipe.model.freeze_epochs,
+        resume=resume,
+        progress=progress,
+        extra_config={"recipe": recipe.model_dump(), "manifest": str(Path(manifest_path).resolve())},
+        metric_names=task.metric_names(),
+        model_name=recipe.model.name,
+    )
+    if rank() == 0:
+        data.manifest.table[["case_id", "patient_id", "split"]].to_csv(out / "splits.csv", index=False)
+        (out / "recipe.json").write_text(json.dumps(recipe.model_dump(), indent=2))
+        package_of(recipe, data.manifest, manifest_path, in_channels).save(out)
+    barrier()  # every process returns with the run folder complete
+    return result
+
+
+def _in_channels(recipe: Recipe) -> int:
+    channels = getattr(recipe.preprocess, "channels", None)
+    if not isinstance(channels, int) or channels < 1:
+        raise ConfigError(f"the recipe's preprocess section says no number of input channels ({channels!r})")
+    return channels
+
+
+def package_of(
+    recipe: Recipe, manifest: Manifest, manifest_path: str | os.PathLike[str], in_channels: int
+) -> ModelPackage:
+    """The model package spec of a run of ``recipe`` on ``manifest``."""
+    provenance = Provenance(
+        versions=versions(),
+        git_commit=git_commit(),
+        data_hash=data_hash(manifest),
+        manifest=str(Path(manifest_path).resolve()),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        seed=recipe.train.seed,
+    )
+    return ModelPackage(recipe=recipe.name, task=recipe.task, model=recipe.model, in_channels=in_channels,
+                        preprocess=recipe.preprocess.model_dump(), provenance=provenance)  # fmt: skip

@@ -1,0 +1,207 @@
+"""The predictor: a trained model rebuilt from its package spec, predicting for any task.
+
+It reads the run's (or package's) ``package.json``, asks the task for the network and how an
+input is prepared, loads the weights weights-only, and returns typed
+:class:`~medsight.tasks.results.Prediction` objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from medsight.core.errors import InputError, MedsightError, UnsupportedFormatError
+from medsight.core.progress import Progress
+from medsight.core.volume import Volume
+from medsight.data.cache import default_cache_dir
+from medsight.data.manifest import Manifest
+from medsight.io import detect_format, read
+from medsight.io.atomic import full_suffix
+from medsight.io.formats import files_under
+from medsight.models import load_checkpoint
+from medsight.models.predict import run_model
+from medsight.tasks import ModelPackage, Prediction, Task, TaskData
+
+__all__ = ["Predictor", "expand_inputs", "image_facts"]
+
+log = logging.getLogger(__name__)
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".ima", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd"}
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given; folders replaced by every image file under them (hidden files, DICOMDIR and
+    files in no image format left out with one warning), sorted: a 2D classifier gives one
+    prediction per image file, e.g. each view of an exam.
+
+    Raises:
+        InputError: an input does not exist, or no image was found.
+    """
+    paths: list[Path] = []
+    skipped: list[Path] = []
+    for item in map(Path, inputs):
+        if not item.exists():
+            raise InputError(f"{item} does not exist")
+        if not item.is_dir():
+            paths.append(item)  # named by the user: read (and refused) as it is
+            continue
+        for path in files_under(item):
+            if path.name.upper() == "DICOMDIR":
+                continue
+            try:
+                detect_format(path)
+            except UnsupportedFormatError:
+                if full_suffix(path) in _IMAGE_SUFFIXES:
+                    raise  # named like an image but is none: corrupt, which the user must hear about
+                skipped.append(path)  # notes, tables, reports beside the images
+                continue
+            paths.append(path)
+    if skipped:
+        names = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        log.warning("skipped %d file(s) that are not images (%s)", len(skipped), names)
+    if not paths:
+        raise InputError(f"no image files in {', '.join(map(str, inputs))}")
+    return paths
+
+
+def image_facts(volume: Volume) -> dict[str, str]:
+    """Patient, study, laterality and view of an image as its DICOM header gives them (what view
+    fusion groups by); ``{}`` for files that carry none."""
+    meta = volume.metadata
+    facts = {
+        "patient_id": meta.patient_id,
+        "study_id": meta.study_uid,
+        "laterality": meta.laterality,
+        "view": meta.view,
+    }
+    return {k: v for k, v in facts.items() if v}
+
+
+def _read(path: str | os.PathLike[str]) -> Volume:
+    """An input image as training saw it (MONOCHROME1 shown as a viewer would)."""
+    return read(path, invert_monochrome1=True) if detect_format(path) in ("dicom", "dicom-series") else read(path)
+
+
+@dataclass
+class Predictor:
+    """A trained model with its task and preprocessing: everything prediction needs.
+
+    Attributes:
+        model: The network, in evaluation mode.
+        task: What it predicts.
+        package: Its spec (recipe name, task, model, preprocessing, provenance).
+        run_dir: The run (or package) folder it was loaded from.
+    """
+
+    model: nn.Module
+    task: Task
+    package: ModelPackage
+    run_dir: Path
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike[str], *, weights: str | None = None) -> Predictor:
+        """Load a run's ``package.json`` and its ``best.pt`` (``weights="last"``: ``last.pt``); EMA
+        weights are used when the run kept them.
+
+        Raises:
+            InputError: no run or package there, or its weights are missing or unreadable.
+        """
+        run_dir = Path(run_dir)
+        package = ModelPackage.load(run_dir)
+        checkpoint = run_dir / (f"{weights}.pt" if weights else package.weights)
+        if not checkpoint.is_file():
+            raise InputError(f"{checkpoint} does not exist (training did not finish an epoch?)")
+        task = package.task_object()
+        model = task.network(package.model, package.in_channels)
+        state = load_checkpoint(checkpoint)  # weights-only: a model file never runs code
+        try:
+            model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+        except (KeyError, RuntimeError) as exc:
+            raise InputError(
+                f"{checkpoint} does not hold weights of the network {package.model.name!r} that "
+                f"{run_dir / 'package.json'} describes: {str(exc).splitlines()[0]}"
+            ) from exc
+        return cls(model.eval(), task, package, run_dir)
+
+    @property
+    def preprocess(self) -> BaseModel:
+        """How an input is made ready for the network (the task's preprocessing spec)."""
+        return self.package.preprocessing()
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        return {"recipe": self.package.recipe, "model": self.package.model.name, "run": str(self.run_dir)}
+
+    def prepare(self, manifest: Manifest, *, progress: Progress | None = None) -> TaskData:
+        """A manifest's cases made ready as in training (the recipe's cache beside the manifest)."""
+        folder = default_cache_dir(manifest, self.package.recipe)
+        return self.task.prepare(manifest, self.preprocess, folder, progress=progress)
+
+    def predict_split(self, data: TaskData, split: str, *, batch_size: int = 64) -> Prediction:
+        """The model's scores for one split of prepared data, beside the split's manifest rows."""
+        indices = data.indices(split)
+        if len(indices) == 0:
+            raise InputError(f"the manifest has no {split!r} cases")
+        outputs = run_model(self.model, self.task.dataset(data, indices), batch_size=batch_size)
+        cases = data.manifest.table.iloc[indices].reset_index(drop=True)
+        return Prediction(cases, self.task.scores(outputs), self.provenance)
+
+    def predict_volumes(self, volumes: Sequence[Volume], *, slice_index: int | None = None) -> pd.DataFrame:
+        """Scores for images already read, preprocessed as in training (``slice_index``: which
+        slice of a 3D volume)."""
+        if not volumes:
+            raise InputError("no images to predict on")
+        return self._scores([self.task.input_array(v, self.preprocess, slice_index=slice_index) for v in volumes])
+
+    def _scores(self, arrays: Sequence[np.ndarray]) -> pd.DataFrame:
+        with torch.no_grad():
+            outputs = self.model(torch.from_numpy(np.stack(arrays)))
+        return self.task.scores(outputs)
+
+    def predict_files(
+        self,
+        inputs: Sequence[str | os.PathLike[str]],
+        *,
+        batch_size: int = 32,
+        slice_index: int | None = None,
+        progress: Progress | None = None,
+    ) -> Prediction:
+        """One row per image file (folders expanded): ``input``, DICOM facts (patient, study,
+        laterality, view) when present, and the task's scores. Each file is read once; a file
+        that cannot be read or prepared is named in the error."""
+        paths = expand_inputs(inputs)
+        preprocess = self.preprocess
+        cases, scores = [], []
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            arrays = []
+            for path in chunk:
+                try:
+                    volume = _read(path)
+                    arrays.append(self.task.input_array(volume, preprocess, slice_index=slice_index))
+                except MedsightError as exc:
+                    message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+                    raise type(exc)(message) from exc
+                cases.append({"input": str(path), **image_facts(volume)})
+            scores.append(self._scores(arrays))
+            if progress is not None:
+                progress("predicting", min(start + batch_size, len(paths)), len(paths))
+        return Prediction(pd.DataFrame(cases), pd.concat(scores, ignore_index=True), self.provenance)
+
+    def grouped(self, table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        """Per-input predictions combined to higher levels as the task does in evaluation (e.g.
+        mammography views to ``breasts`` and ``exams``); ``{}`` when the task combines nothing.
+
+        Raises:
+            MedsightError: the inputs lack what combining needs (the per-input rows stand).
+        """
+        return self.task.grouped(table, self.task.fitted(self.run_dir))

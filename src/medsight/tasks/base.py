@@ -1,0 +1,215 @@
+"""The seam: a registered :class:`Task` per recipe kind, which every layer above dispatches through.
+
+A task knows its recipe section (``spec_type``), how a manifest's cases become network inputs
+and targets, its network's outputs and loss, how a batch is scored during validation, how
+outputs become a :class:`~medsight.tasks.results.Prediction`, and how predictions of a split
+become an :class:`~medsight.tasks.results.Evaluation`. The engine (``fit``), the predictor,
+evaluation and the CLI are written once; a new task is a new module registered here.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel
+from torch import nn
+from torch.utils.data import Dataset
+
+from medsight.core.errors import ConfigError
+from medsight.core.progress import Progress
+from medsight.core.volume import Volume
+from medsight.data.manifest import Manifest
+from medsight.models.registry import ModelChoice
+from medsight.tasks.results import Estimate, Prediction
+
+__all__ = ["Task", "TaskData", "Training", "register_task", "registered_tasks", "task_for", "task_spec_types"]
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A split manifest with its cases made ready for the network.
+
+    Attributes:
+        manifest: The cases, with a ``split`` column.
+        inputs: The task's preprocessed inputs (e.g. a memory-mapped image cache), in manifest order.
+        targets: The task's targets, one entry per case, in manifest order.
+    """
+
+    manifest: Manifest
+    inputs: Any
+    targets: np.ndarray
+
+    def indices(self, split: str) -> np.ndarray:
+        """Row numbers of a split's cases."""
+        return np.flatnonzero(self.manifest.table["split"].to_numpy() == split)
+
+
+@dataclass(frozen=True)
+class Training:
+    """What the training loop needs from a task for one run.
+
+    Attributes:
+        loss: ``loss(outputs, targets)`` (with the run's class weights, if any).
+        train_set: Items ``(input, target)`` of the training split (augmented per item if asked).
+        sample_weights: Per-item sampling weights (class-balanced batches), or None.
+        augment_batch: Augmentation of whole batches on the device, or None.
+    """
+
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    train_set: Dataset
+    sample_weights: np.ndarray | None = None
+    augment_batch: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+class Task(ABC):
+    """What the engine, the predictor and evaluation ask of a kind of prediction.
+
+    Subclasses set ``spec_type`` (the pydantic model of their recipe ``task`` section, whose
+    ``kind`` field is a ``Literal`` of the kinds they serve) and ``preprocess_type`` (the
+    recipe's ``preprocess`` section), and are made from a spec with :meth:`from_spec`.
+    """
+
+    spec_type: ClassVar[type[BaseModel]]
+    preprocess_type: ClassVar[type[BaseModel]]
+
+    @classmethod
+    @abstractmethod
+    def from_spec(cls, spec: BaseModel) -> Task:
+        """The task a recipe's ``task`` section describes."""
+
+    @property
+    @abstractmethod
+    def spec(self) -> BaseModel:
+        """The recipe ``task`` section this task was made from."""
+
+    @property
+    @abstractmethod
+    def stratify_by(self) -> str | None:
+        """The manifest column a patient-level split is stratified by (None: not stratified)."""
+
+    # --- data -----------------------------------------------------------------------------
+    @abstractmethod
+    def prepare(
+        self, manifest: Manifest, preprocess: BaseModel, folder: str | os.PathLike[str], *, progress: Progress | None
+    ) -> TaskData:
+        """Preprocess every case of ``manifest`` (cached in ``folder``) and read its targets.
+
+        Raises:
+            InputError: a case cannot be read or has a target the task cannot use (named).
+        """
+
+    @abstractmethod
+    def check(self, data: TaskData, splits: Mapping[str, np.ndarray]) -> None:
+        """Refuse splits the task cannot learn from or be scored on (e.g. one class only)."""
+
+    @abstractmethod
+    def dataset(self, data: TaskData, indices: np.ndarray) -> Dataset:
+        """Items ``(input, target)`` of ``indices``, unaugmented (validation, evaluation)."""
+
+    @abstractmethod
+    def training(self, data: TaskData, indices: np.ndarray, *, balance: str, augment: BaseModel, seed: int) -> Training:
+        """The training split's items, sampling, loss weights and augmentation."""
+
+    @abstractmethod
+    def input_array(self, volume: Volume, preprocess: BaseModel, *, slice_index: int | None = None) -> np.ndarray:
+        """One image read from a file, made ready for the network as in training."""
+
+    # --- network ----------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def spatial_dims(self) -> int:
+        """2 or 3: the network's convolutions."""
+
+    @abstractmethod
+    def network(self, model: ModelChoice, in_channels: int) -> nn.Module:
+        """The untrained network, with the outputs this task reads."""
+
+    @abstractmethod
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean loss of a batch."""
+
+    @abstractmethod
+    def score(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """Validation figures of a set of outputs (what early stopping watches)."""
+
+    @abstractmethod
+    def metric_names(self) -> tuple[str, ...]:
+        """The names :meth:`score` returns."""
+
+    # --- predictions ------------------------------------------------------------------------
+    @abstractmethod
+    def scores(self, outputs: torch.Tensor) -> pd.DataFrame:
+        """Network outputs as named per-case score columns (e.g. ``prob_<class>``)."""
+
+    @abstractmethod
+    def evaluate(
+        self, val: Prediction, test: Prediction, *, split: str, operating_points: Sequence[str], bootstrap: int
+    ) -> tuple[dict[str, Estimate], dict[str, Any], list[str]]:
+        """Figures of ``test`` with patient-level CIs (thresholds chosen on ``val``): the headline
+        figures by name, the full JSON-ready detail, and warnings."""
+
+    def save_fitted(self, details: Mapping[str, Any], run_dir: Path) -> None:
+        """Keep in ``run_dir`` what :meth:`evaluate` fitted on the validation split and prediction
+        reuses (e.g. a fusion temperature); nothing by default."""
+        return None
+
+    def fitted(self, run_dir: Path) -> dict[str, Any]:
+        """What :meth:`save_fitted` kept in ``run_dir``; ``{}`` by default."""
+        return {}
+
+    def grouped(self, table: pd.DataFrame, fitted: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
+        """Per-input predictions combined to higher levels (e.g. mammography views to breasts and
+        exams), by level name; ``{}`` by default.
+
+        Raises:
+            MedsightError: the inputs lack what combining them needs (the per-input rows stand).
+        """
+        return {}
+
+    def paired_scores(self, table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Binary (labels, scores) per headline score, for DeLong's test between two runs."""
+        raise ConfigError(f"{type(self).__name__} has no binary scores to compare with DeLong's test")
+
+
+_REGISTRY: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: make ``cls`` serve the kinds its ``spec_type.kind`` allows."""
+    kinds = getattr(cls.spec_type.model_fields["kind"].annotation, "__args__", ())
+    if not kinds:
+        raise ConfigError(f"{cls.__name__}.spec_type.kind must be a Literal of task kinds")
+    for kind in kinds:
+        if kind in _REGISTRY and _REGISTRY[kind] is not cls:
+            raise ConfigError(f"task kind {kind!r} is already served by {_REGISTRY[kind].__name__}")
+        _REGISTRY[kind] = cls
+    return cls
+
+
+def registered_tasks() -> dict[str, type[Task]]:
+    """Task class by kind."""
+    return dict(_REGISTRY)
+
+
+def task_spec_types() -> tuple[type[BaseModel], ...]:
+    """The recipe ``task`` sections of every registered task (for the recipe's union)."""
+    return tuple(dict.fromkeys(cls.spec_type for cls in _REGISTRY.values()))
+
+
+def task_for(spec: BaseModel | Mapping[str, Any]) -> Task:
+    """The task a recipe ``task`` section (a spec, or a dict as saved in a run) describes."""
+    kind = spec.get("kind") if isinstance(spec, Mapping) else getattr(spec, "kind", None)
+    if kind not in _REGISTRY:
+        raise ConfigError(f"unknown task kind {kind!r}; kinds: {', '.join(sorted(_REGISTRY))}")
+    cls = _REGISTRY[kind]
+    if isinstance(spec, Mapping):
+        spec = cls.spec_type(**spec)
+    return cls.from_spec(spec)

@@ -1,0 +1,153 @@
+"""Evaluate a trained model on a split, for any task: every figure with a 95 % CI resampled by patient.
+
+The task computes its figures (:meth:`~medsight.tasks.base.Task.evaluate`); thresholds and
+anything else fitted are chosen on the validation split and applied unchanged to the split
+being evaluated (choosing them on the test split would flatter the results).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medsight.core.errors import InputError
+from medsight.core.progress import Progress
+from medsight.data.manifest import Manifest
+from medsight.inference import Predictor
+from medsight.io.atomic import atomic_file, check_writable
+from medsight.metrics import delong_test
+from medsight.tasks import Evaluation, ModelPackage, task_for
+from medsight.tasks.results import json_ready
+
+__all__ = ["compare_runs", "evaluate_run"]
+
+log = logging.getLogger(__name__)
+
+
+def _with_run_splits(manifest: Manifest, run_dir: Path) -> Manifest:
+    """The manifest with the splits the run was trained with (``splits.csv``), where it knows them."""
+    splits_file = run_dir / "splits.csv"
+    if not splits_file.is_file():
+        return manifest
+    splits = pd.read_csv(splits_file, dtype=str).set_index("case_id")["split"]
+    table = manifest.table.copy()
+    known = table["case_id"].isin(splits.index)
+    table.loc[known, "split"] = table.loc[known, "case_id"].map(splits)
+    return manifest.with_table(table)
+
+
+def _training_manifest(run_dir: Path, package: ModelPackage) -> Path:
+    """The manifest the run was trained on (its package's provenance, or an older run's config.json)."""
+    if package.provenance.manifest:
+        return Path(package.provenance.manifest)
+    config = run_dir / "config.json"
+    recorded = json.loads(config.read_text()).get("manifest") if config.is_file() else None
+    if not recorded:
+        raise InputError(f"{run_dir} does not record its training manifest; give one with --data")
+    return Path(recorded)
+
+
+def _evaluation_settings(run_dir: Path) -> dict[str, Any]:
+    """The recipe's ``evaluation`` section (bootstrap resamples, operating points) as the run saved it."""
+    config = run_dir / "config.json"
+    try:
+        recipe = json.loads(config.read_text()).get("recipe") or {} if config.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{config} is unreadable: {exc}") from exc
+    return dict(recipe.get("evaluation") or {})
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike[str],
+    *,
+    manifest_path: str | os.PathLike[str] | None = None,
+    split: str = "test",
+    bootstrap: int | None = None,
+    out: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Figures of a run on a split, with CIs.
+
+    Writes ``out`` (default ``RUN/metrics_<split>.json``, atomically; undefined figures as
+    null) and ``RUN/predictions_<split>.csv``; what the task fits on the validation split (a
+    fusion temperature) is kept in the run for prediction.
+    """
+    run_dir = Path(run_dir)
+    predictor = Predictor.from_run(run_dir)
+    target_file = Path(out) if out else run_dir / f"metrics_{split}.json"
+    check_writable(target_file, option="--out")  # before the work: a bad --out must not waste it
+    package = predictor.package
+    path = Path(manifest_path) if manifest_path else _training_manifest(run_dir, package)
+    manifest = _with_run_splits(Manifest.load(path), run_dir)
+    settings = _evaluation_settings(run_dir)
+    n = settings.get("bootstrap", 1000) if bootstrap is None else bootstrap
+    points = settings.get("operating_points", ["youden"])
+    data = predictor.prepare(manifest, progress=progress)
+    test = predictor.predict_split(data, split)
+    val = predictor.predict_split(data, "val") if split != "val" else test
+    figures, details, warnings = predictor.task.evaluate(val, test, split=split, operating_points=points, bootstrap=n)
+    predictor.task.save_fitted(details, run_dir)  # prediction on new cases reuses it
+    evaluation = Evaluation(
+        recipe=package.recipe,
+        kind=package.task.kind,
+        split=split,
+        cases=len(test),
+        patients=int(test.cases["patient_id"].nunique()),
+        figures=figures,
+        details=details,
+        warnings=tuple(warnings),
+    )
+    report: dict[str, Any] = {
+        "run": str(run_dir),
+        "recipe": package.recipe,
+        "split": split,
+        "cases": evaluation.cases,
+        "patients": evaluation.patients,
+        "bootstrap_resamples": n,
+        **details,
+        "warnings": warnings,
+    }
+    with atomic_file(target_file) as tmp:  # undefined figures are written as null (NaN is not JSON)
+        tmp.write_text(json.dumps(json_ready(report), indent=2, allow_nan=False))
+    with atomic_file(run_dir / f"predictions_{split}.csv") as tmp:
+        test.table().to_csv(tmp, index=False)
+    return evaluation
+
+
+def compare_runs(
+    run_a: str | os.PathLike[str], run_b: str | os.PathLike[str], *, split: str = "test"
+) -> dict[str, Any]:
+    """DeLong's test between two runs on the same cases (their ``predictions_<split>.csv``)."""
+    tables = []
+    for run in (Path(run_a), Path(run_b)):
+        file = run / f"predictions_{split}.csv"
+        if not file.is_file():
+            raise InputError(f"{file} does not exist; run `medsight evaluate {run} --split {split}` first")
+        tables.append(pd.read_csv(file, dtype={"case_id": str}))
+    a, b = tables
+    common = sorted(set(a["case_id"]) & set(b["case_id"]))
+    if len(common) < 0.5 * max(len(a), len(b)):
+        raise InputError(
+            f"the runs were evaluated on different cases ({len(common)} in common of {len(a)} and {len(b)}): "
+            "split the manifest once with `medsight data split` and train both runs on it"
+        )
+    if len(common) < len(a) or len(common) < len(b):
+        log.warning("comparing on the %d cases both runs scored", len(common))
+    a = a.set_index("case_id").loc[common].reset_index()
+    b = b.set_index("case_id").loc[common].reset_index()
+    task_a = ModelPackage.load(run_a).task
+    task_b = ModelPackage.load(run_b).task
+    if task_a != task_b:
+        raise InputError("the two runs predict different tasks; DeLong compares the same scores on the same cases")
+    task = task_for(task_a)
+    scores_a, scores_b = task.paired_scores(a), task.paired_scores(b)
+    return {
+        "cases": len(common),
+        "split": split,
+        "tests": {name: delong_test(y, scores_a[name][1], scores_b[name][1]) for name, (y, _) in scores_a.items()},
+    }
