@@ -80,3 +80,19 @@ def test_dataset_items(fundus, tmp_path):
     assert multi[0][1].shape == (2,) and torch.isnan(multi[0][1][1])
     with pytest.raises(InputError, match="targets for"):
         ImageDataset(cache, targets[:-1])
+
+
+def test_runs_with_different_preprocessing_keep_their_own_caches(fundus, tmp_path):
+    from medsight.data.cache import default_cache_dir
+
+    small, large = Preprocess2D(size=32), Preprocess2D(size=48)
+    folders = {spec.size: default_cache_dir(fundus, "dr-grading", spec) for spec in (small, large)}
+    assert folders[32] != folders[48] and folders[32].parent == folders[48].parent == default_cache_dir(
+        fundus, "dr-grading"
+    )
+    assert default_cache_dir(fundus, "dr-grading", Preprocess2D(size=32)) == folders[32]  # stable per spec
+    build_image_cache(fundus, small, folders[32])
+    stamp = (folders[32] / "images.npy").stat().st_mtime_ns
+    build_image_cache(fundus, large, folders[48])
+    build_image_cache(fundus, small, folders[32])  # the 48 px run did not replace it
+    assert (folders[32] / "images.npy").stat().st_mtime_ns == stamp

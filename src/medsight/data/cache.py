@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from medsight.core.errors import InputError, MedsightError
 from medsight.core.progress import Progress
@@ -45,9 +46,15 @@ class ImageCache:
         return len(self.case_ids)
 
 
-def default_cache_dir(manifest: Manifest, name: str) -> Path:
-    """Where training and evaluation keep a recipe's preprocessed images: beside the manifest."""
-    return manifest.root / ".medsight-cache" / name
+def default_cache_dir(manifest: Manifest, name: str, spec: BaseModel | None = None) -> Path:
+    """Where training and evaluation keep a recipe's preprocessed images: beside the manifest, one
+    folder per preprocessing spec (two runs at different image sizes keep their own caches
+    instead of rebuilding each other's)."""
+    folder = manifest.root / ".medsight-cache" / name
+    if spec is None:
+        return folder
+    digest = hashlib.sha256(json.dumps(spec.model_dump(), sort_keys=True).encode()).hexdigest()
+    return folder / digest[:12]
 
 
 def _key(manifest: Manifest, column: str, spec: Preprocess2D) -> str:

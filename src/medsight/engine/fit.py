@@ -63,7 +63,7 @@ def prepare_data(
     """Load the manifest, split it by patient if it has no split yet, and prepare its cases for the task."""
     task = task_for(recipe.task)
     manifest = split_manifest(Manifest.load(manifest_path), task, seed=seed)
-    folder = Path(cache_dir) if cache_dir else default_cache_dir(manifest, recipe.name)
+    folder = Path(cache_dir) if cache_dir else default_cache_dir(manifest, recipe.name, recipe.preprocess)
     return task.prepare(manifest, recipe.preprocess, folder, progress=progress)
 
 

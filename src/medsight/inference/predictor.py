@@ -143,8 +143,9 @@ class Predictor:
 
     def prepare(self, manifest: Manifest, *, progress: Progress | None = None) -> TaskData:
         """A manifest's cases made ready as in training (the recipe's cache beside the manifest)."""
-        folder = default_cache_dir(manifest, self.package.recipe)
-        return self.task.prepare(manifest, self.preprocess, folder, progress=progress)
+        preprocess = self.preprocess
+        folder = default_cache_dir(manifest, self.package.recipe, preprocess)
+        return self.task.prepare(manifest, preprocess, folder, progress=progress)
 
     def predict_split(self, data: TaskData, split: str, *, batch_size: int = 64) -> Prediction:
         """The model's scores for one split of prepared data, beside the split's manifest rows."""
