@@ -208,8 +208,46 @@ def compare_command(
     out.print(table)
 
 
+def plan_command(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Manifest (.csv/.parquet) or a data set folder.")],
+    output: Annotated[Path, typer.Option("--out", "-o", help="Plan file to write (JSON).")] = Path("plan.json"),
+    memory_gb: Annotated[
+        float, typer.Option("--memory-gb", help="Memory a training step may take (RAM on CPU, GPU memory).")
+    ] = 8.0,
+    modality: Annotated[str | None, typer.Option("--modality", help="CT or MR (default: from the images).")] = None,
+    base_filters: Annotated[int, typer.Option("--base-filters", min=1, help="U-Net filters at full size.")] = 32,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a plan field: patch_size=[64,64,64].")
+    ] = None,
+) -> None:
+    """Fingerprint a segmentation data set and plan its preprocessing, network, patch and batch."""
+    from medsight.data import Manifest, build_manifest
+    from medsight.engine.plan import plan_dataset, save_plan
+    from medsight.io.atomic import check_writable
+
+    check_writable(output, option="--out")
+    manifest = Manifest.load(data) if data.is_file() else build_manifest(data)
+    with progress_bar() as progress:
+        plan = plan_dataset(manifest, memory_gb=memory_gb, modality=modality, base_filters=base_filters,
+                            overrides=set_ or (), progress=progress)  # fmt: skip
+    save_plan(plan, output)
+    found = plan.fingerprint
+    thick = "" if plan.anisotropic_axis is None else f" (axis {'zyx'[plan.anisotropic_axis]} kept thick)"
+    out.print(
+        f"{found.cases} labelled {found.modality} images, median spacing {_mm(found.median_spacing)} mm\n"
+        f"spacing {_mm(plan.spacing)} mm{thick}; patch {'x'.join(map(str, plan.patch_size))}, batch "
+        f"{plan.batch_size}; U-Net of {len(plan.network.filters)} levels, filters {plan.network.filters}; "
+        f"~{plan.estimated_memory_gb:.1f} of {plan.memory_gb:g} GB\nwrote {output}"
+    )
+
+
+def _mm(values: tuple[float, ...]) -> str:
+    return "x".join(f"{v:.3g}" for v in values)
+
+
 def register(app: typer.Typer) -> None:
     """Add the commands to the main app."""
+    app.command("plan")(friendly(plan_command))
     app.command("train")(friendly(train_command))
     app.command("evaluate")(friendly(evaluate_command))
     app.command("predict")(friendly(predict_command))

@@ -17,7 +17,7 @@ from medsight.models.registry import ModelChoice
 from medsight.tasks.package import TaskSpec
 from medsight.transforms.image2d import Augment2D, Preprocess2D
 
-__all__ = ["Recipe", "builtin_recipes", "load_recipe"]
+__all__ = ["Recipe", "apply_overrides", "builtin_recipes", "explain", "load_recipe"]
 
 
 class EvaluationSpec(BaseModel):
@@ -53,6 +53,24 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Set ``key.sub=value`` overrides (values parsed as YAML) in ``data``, in place; returns it.
+
+    Raises:
+        ConfigError: an override is not ``KEY=VALUE``, or walks into a value as if it were a section.
+    """
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set takes KEY=VALUE (e.g. train.epochs=3), got {item!r}")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({exc})") from exc
+        _set(data, key.strip(), parsed)
+    return data
+
+
 def _fields_at(model: type[BaseModel], location: Sequence[str | int]) -> list[str]:
     """Field names of the sub-model at ``location`` (for 'did you mean' suggestions)."""
     current: Any = model
@@ -69,12 +87,14 @@ def _fields_at(model: type[BaseModel], location: Sequence[str | int]) -> list[st
     return list(getattr(current, "model_fields", {}))
 
 
-def _explain(error: ValidationError) -> str:
+def explain(error: ValidationError, model: type[BaseModel]) -> str:
+    """A validation error of ``model`` as one line: each problem with its dotted key, unknown keys
+    with the closest known one."""
     problems = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"])
         if item["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(item["loc"][-1]), _fields_at(Recipe, item["loc"]), n=1)
+            close = difflib.get_close_matches(str(item["loc"][-1]), _fields_at(model, item["loc"]), n=1)
             problems.append(f"unknown key {where!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         else:
             problems.append(f"{where}: {item['msg']}")
@@ -98,12 +118,8 @@ def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Reci
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of recipe sections, got {type(data).__name__}")
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set takes KEY=VALUE (e.g. train.epochs=3), got {item!r}")
-        _set(data, key.strip(), yaml.safe_load(value))
+    apply_overrides(data, overrides)
     try:
         return Recipe(**data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid recipe {path.name}: {_explain(exc)}") from None
+        raise ConfigError(f"invalid recipe {path.name}: {explain(exc, Recipe)}") from None

@@ -1,0 +1,163 @@
+"""Read a segmentation case (its channels as one image, and its label map) and fingerprint a data set."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from medsight.core.errors import InputError, MedsightError
+from medsight.core.progress import Progress
+from medsight.core.volume import Volume
+from medsight.data.manifest import Manifest
+from medsight.data.reading import read_case_image
+from medsight.planning import Fingerprint, case_facts, fingerprint
+
+__all__ = [
+    "CaseImages",
+    "Pairing",
+    "channel_columns",
+    "fingerprint_manifest",
+    "guess_modality",
+    "pairings",
+    "read_case",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaseImages:
+    """One case: its channels stacked as one image (channels first), and its label map if any."""
+
+    case_id: str
+    image: Volume
+    label: Volume | None
+
+
+def channel_columns(manifest: Manifest) -> list[str]:
+    """The image columns in channel order (``info["channels"]`` when the adapter gave it)."""
+    columns = manifest.image_columns
+    named = [f"image_{c}" for c in manifest.info.get("channels", [])]
+    if named and all(c in columns for c in named):
+        return named
+    if not columns:
+        raise InputError("the manifest has no image column (image, or image_<channel> per channel)")
+    return columns
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """Which image columns (channels, in order) a label column is drawn on."""
+
+    images: tuple[str, ...]
+    label: str
+
+
+def pairings(manifest: Manifest) -> list[Pairing]:
+    """The (image channels, label map) pairs of a manifest's rows: ``label`` on every
+    ``image``/``image_<channel>`` column (BraTS: four contrasts), or ``label_<phase>`` on
+    ``image_<phase>`` (ACDC and M&Ms: end-diastole and end-systole frames).
+
+    Raises:
+        InputError: the manifest has no label column a segmentation can learn from.
+    """
+    if "label" in manifest.table.columns:
+        return [Pairing(tuple(channel_columns(manifest)), "label")]
+    found = [
+        Pairing((f"image_{c.removeprefix('label_')}",), c)
+        for c in manifest.label_columns
+        if f"image_{c.removeprefix('label_')}" in manifest.table.columns
+    ]
+    if not found:
+        raise InputError(
+            f"the manifest has no label map column (label, or label_<x> beside image_<x>); its columns are "
+            f"{list(manifest.table.columns)}"
+        )
+    return found
+
+
+def read_case(
+    manifest: Manifest, row: pd.Series, pairing: Pairing | None = None, *, with_label: bool = True
+) -> CaseImages:
+    """The case's channels as one image, and its label map (``pairing``: which columns; by default
+    the first of :func:`pairings`).
+
+    Raises:
+        InputError: a file cannot be read, or the channels and the label map are not on one grid
+            (the message names the case and the file).
+    """
+    pairing = pairing or pairings(manifest)[0]
+    case = str(row.get("case_id", "?"))
+    volumes = []
+    for column in pairing.images:
+        volume = read_case_image(manifest, row, column)
+        if volume.channels != 1:
+            raise InputError(f"case {case}: {row[column]} has {volume.channels} channels; give one file per channel")
+        if volumes and (
+            volume.spatial_shape != volumes[0].spatial_shape or not volume.geometry.isclose(volumes[0].geometry)
+        ):
+            raise InputError(
+                f"case {case}: {row[column]} ({volume.spatial_shape}) is not on the grid of "
+                f"{row[pairing.images[0]]} ({volumes[0].spatial_shape}); co-register the channels first"
+            )
+        volumes.append(volume)
+    array = np.concatenate([v.array for v in volumes], axis=0)
+    image = volumes[0].with_array(array)
+    label = None
+    cell = row.get(pairing.label)
+    if with_label and isinstance(cell, str) and cell.strip():
+        label = read_case_image(manifest, row, pairing.label)
+        if label.spatial_shape != image.spatial_shape or not label.geometry.isclose(image.geometry, atol=1e-3):
+            raise InputError(
+                f"case {case}: the label map {cell} ({label.spatial_shape}) is not on the image's grid "
+                f"({image.spatial_shape}); a label map must be drawn on its image"
+            )
+    return CaseImages(case, image, label)
+
+
+def guess_modality(image: Volume) -> str:
+    """The image's DICOM modality when it says, else ``CT`` for Hounsfield-like integers (air near
+    -1000 and bone above +500), else ``MR``."""
+    if image.metadata.modality:
+        return image.metadata.modality.upper()
+    low, high = image.intensity_range()
+    return "CT" if image.array.dtype.kind in "iu" and low <= -500 and high >= 500 else "MR"
+
+
+def fingerprint_manifest(
+    manifest: Manifest, *, modality: str | None = None, progress: Progress | None = None
+) -> Fingerprint:
+    """The fingerprint of a manifest's labelled images (those planning learns from; both frames of
+    a cardiac case count).
+
+    Raises:
+        InputError: no case has a label map, or a case cannot be read (named).
+    """
+    table = manifest.table
+    work = [
+        (row, pairing)
+        for pairing in pairings(manifest)
+        for _, row in table.iterrows()
+        if isinstance(row.get(pairing.label), str) and row[pairing.label].strip()
+    ]
+    if not work:
+        raise InputError("no case of the manifest has a label map; planning learns from labelled cases")
+    facts, seen = [], set()
+    for i, (row, pairing) in enumerate(work):
+        try:
+            case = read_case(manifest, row, pairing)
+        except MedsightError as exc:
+            raise InputError(f"cannot fingerprint case {row['case_id']}: {exc}") from exc
+        seen.add(guess_modality(case.image))
+        facts.append(case_facts(case.image, case.label, seed=i))
+        if progress is not None:
+            progress("fingerprinting cases", i + 1, len(work))
+    if modality is None:
+        if len(seen) > 1:
+            raise InputError(f"the cases look like different modalities ({sorted(seen)}); say which with --modality")
+        modality = seen.pop()
+        log.info("modality %s (from the images; --modality overrides it)", modality)
+    return fingerprint(facts, modality=modality)
