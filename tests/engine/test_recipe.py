@@ -4,13 +4,23 @@ import pytest
 
 from medsight.core import ConfigError
 from medsight.engine.recipe import builtin_recipes, load_recipe
+from medsight.tasks import task_for
 
 
 @pytest.mark.parametrize("name", sorted(builtin_recipes()))
 def test_every_builtin_recipe_validates(name):
     recipe = load_recipe(name)
     assert recipe.name == name
-    assert recipe.train.epochs >= 1 and recipe.task.classes
+    assert recipe.train.epochs >= 1
+    assert recipe.task.labels if recipe.task.kind == "segmentation" else recipe.task.classes
+    assert isinstance(recipe.preprocess, type(task_for(recipe.task)).preprocess_type)
+
+
+def test_a_typo_in_the_task_specific_preprocess_section_is_named_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"preprocess: unknown key 'sise' \(did you mean 'size'\?\)"):
+        load_recipe("dr-grading", ["preprocess.sise=64"])
+    with pytest.raises(ConfigError, match=r"preprocess: unknown key 'memory_gp' \(did you mean 'memory_gb'\?\)"):
+        load_recipe("brain-tumor-seg", ["preprocess.memory_gp=4"])
 
 
 def test_overrides_are_parsed_as_yaml():
@@ -53,3 +63,8 @@ def test_referable_grade_must_be_a_grade_of_the_task(override, message):
         load_recipe("dr-grading", [override])
     with pytest.raises(ConfigError, match="applies to ordinal tasks, not binary"):
         load_recipe("mammo-screening", ["task.referable_grade=1"])
+
+
+def test_on_and_off_read_by_yaml_as_booleans_still_mean_on_and_off():
+    assert load_recipe("dr-grading", ["train.channels_last=off"]).train.channels_last == "off"
+    assert load_recipe("dr-grading", ["train.channels_last=on"]).train.channels_last == "on"

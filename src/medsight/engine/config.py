@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medsight.core.errors import ConfigError
 
@@ -43,6 +43,12 @@ class TrainConfig(BaseModel):
     num_workers: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tensorboard: bool = False
+
+    @field_validator("channels_last", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: object) -> object:
+        """YAML reads ``on``/``off`` (as in ``--set train.channels_last=off``) as true/false."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 def choose_device(requested: str) -> torch.device:

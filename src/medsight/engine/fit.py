@@ -14,7 +14,6 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from medsight.core.errors import ConfigError, InputError
@@ -22,14 +21,14 @@ from medsight.core.progress import Progress
 from medsight.data.cache import default_cache_dir
 from medsight.data.manifest import Manifest
 from medsight.data.splits import assign_splits
-from medsight.engine.config import choose_device
+from medsight.engine.config import TrainConfig, choose_device
 from medsight.engine.distributed import barrier, gather, rank, world_size
 from medsight.engine.loop import TrainResult, train
 from medsight.engine.recipe import Recipe
 from medsight.engine.run import git_commit, versions
 from medsight.models import backbone_parameters, load_pretrained, registered_models
 from medsight.models.predict import run_model
-from medsight.tasks import ModelPackage, Provenance, Task, TaskData, task_for
+from medsight.tasks import ModelPackage, Provenance, Task, TaskData, Training, task_for
 
 __all__ = ["fit", "prepare_data", "split_manifest"]
 
@@ -109,21 +108,19 @@ def fit(
         raise InputError(f"need train and val cases; the split has {len(train_idx)} train and {len(val_idx)} val")
     task.check(data, {"train": train_idx, "val": val_idx})
     training = task.training(data, train_idx, balance=recipe.balance, augment=recipe.augment, seed=recipe.train.seed)
-    in_channels = _in_channels(recipe)
-    model = task.network(recipe.model, in_channels)
+    model = task.network(recipe.model, data.in_channels, data.preprocess)
+    config = _resolved(recipe, training)
     spec = registered_models()[recipe.model.name]
     if recipe.model.pretrained:
         load_pretrained(model, recipe.model.pretrained, spec)
     val_shard = val_idx[rank() :: world_size()]  # each process scores its share; metrics use them all
     val_set = task.dataset(data, val_shard)
     device = choose_device(recipe.train.device)
-    # gather() concatenates the shards in rank order: the targets in that order are known here
-    gathered = np.concatenate([val_idx[r :: world_size()] for r in range(world_size())])
-    val_targets = torch.from_numpy(data.targets[gathered])
+    val_targets = gather(_targets(val_set))  # in the order gather() concatenates the ranks' outputs
 
     def validate(scored: torch.nn.Module) -> dict[str, float]:
         # the loop calls this in its numeric mode (autocast and channels-last weights)
-        outputs = gather(run_model(scored, val_set, batch_size=recipe.train.batch_size, device=device))
+        outputs = gather(run_model(scored, val_set, batch_size=config.batch_size, device=device))
         return {"loss": float(training.loss(outputs, val_targets)), **task.score(outputs, val_targets)}
 
     out = Path(out)
@@ -131,7 +128,7 @@ def fit(
         model,
         training.loss,
         training.train_set,
-        config=recipe.train,
+        config=config,
         run_dir=out,
         validate=validate,
         sample_weights=training.sample_weights,
@@ -147,29 +144,38 @@ def fit(
     if rank() == 0:
         data.manifest.table[["case_id", "patient_id", "split"]].to_csv(out / "splits.csv", index=False)
         (out / "recipe.json").write_text(json.dumps(recipe.model_dump(), indent=2))
-        package_of(recipe, data.manifest, manifest_path, in_channels).save(out)
+        package_of(recipe, data, manifest_path).save(out)
+        if task.preprocess_file:  # e.g. the plan made from the data, for the user to read or reuse
+            (out / task.preprocess_file).write_text(data.preprocess.model_dump_json(indent=2))
     barrier()  # every process returns with the run folder complete
     return result
 
 
-def _in_channels(recipe: Recipe) -> int:
-    channels = getattr(recipe.preprocess, "channels", None)
-    if not isinstance(channels, int) or channels < 1:
-        raise ConfigError(f"the recipe's preprocess section says no number of input channels ({channels!r})")
-    return channels
+def _resolved(recipe: Recipe, training: Training) -> TrainConfig:
+    """The recipe's training options, with the batch size and epochs the task chose (a segmentation
+    plan) wherever the recipe, ``--epochs`` or ``--set`` did not set them."""
+    given = recipe.train.model_fields_set
+    updates = {k: v for k, v in (("batch_size", training.batch_size), ("epochs", training.epochs))
+               if v is not None and k not in given}  # fmt: skip
+    if updates:
+        log.info("training with %s from the %s's plan", updates, recipe.task.kind)
+    return recipe.train.model_copy(update=updates)
 
 
-def package_of(
-    recipe: Recipe, manifest: Manifest, manifest_path: str | os.PathLike[str], in_channels: int
-) -> ModelPackage:
-    """The model package spec of a run of ``recipe`` on ``manifest``."""
+def _targets(data: torch.utils.data.Dataset) -> torch.Tensor:
+    """The targets of a dataset's items, in order (what validation scores outputs against)."""
+    return torch.stack([torch.as_tensor(data[i][1]) for i in range(len(data))]) if len(data) else torch.empty(0)
+
+
+def package_of(recipe: Recipe, data: TaskData, manifest_path: str | os.PathLike[str]) -> ModelPackage:
+    """The model package spec of a run of ``recipe`` on prepared ``data``."""
     provenance = Provenance(
         versions=versions(),
         git_commit=git_commit(),
-        data_hash=data_hash(manifest),
+        data_hash=data_hash(data.manifest),
         manifest=str(Path(manifest_path).resolve()),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         seed=recipe.train.seed,
     )
-    return ModelPackage(recipe=recipe.name, task=recipe.task, model=recipe.model, in_channels=in_channels,
-                        preprocess=recipe.preprocess.model_dump(), provenance=provenance)  # fmt: skip
+    return ModelPackage(recipe=recipe.name, task=recipe.task, model=recipe.model, in_channels=data.in_channels,
+                        preprocess=data.preprocess.model_dump(mode="json"), provenance=provenance)  # fmt: skip

@@ -212,7 +212,7 @@ def train(
     run_dir: str | Path,
     validate: Validate | None = None,
     sample_weights: np.ndarray | None = None,
-    augment_batch: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    augment_batch: Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]] | None = None,
     frozen: Sequence[nn.Parameter] = (),
     freeze_epochs: int = 0,
     resume: bool = False,
@@ -235,7 +235,8 @@ def train(
         sample_weights: Per-item sampling weights for class-balanced batches.
         augment_batch: Random augmentation of each training batch, applied on the device
             (e.g. :class:`~medsight.transforms.batch2d.BatchAugmenter`); its share of the
-            epoch is logged as ``augment_share``.
+            epoch is logged as ``augment_share``. One whose ``moves_targets`` is true is called
+            with the targets too and returns both (label maps flipped with their images).
         frozen: Parameters left unchanged for the first ``freeze_epochs`` epochs (e.g. a
             pretrained backbone while the new head warms up); their gradients are dropped
             before each step, so neither the update nor weight decay touches them.
@@ -303,7 +304,10 @@ def train(
             if augment_batch is not None:
                 augmenting = time.perf_counter()
                 with torch.no_grad():
-                    inputs = augment_batch(inputs)
+                    if getattr(augment_batch, "moves_targets", False):  # geometric changes of label maps too
+                        inputs, targets = augment_batch(inputs, targets)
+                    else:
+                        inputs = augment_batch(inputs)
                 augmented += time.perf_counter() - augmenting
             if channels_last:
                 inputs = to_channels_last(inputs)

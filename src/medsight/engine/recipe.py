@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from medsight.core.errors import ConfigError
 from medsight.engine.builtin import builtin_recipes
 from medsight.engine.config import TrainConfig
 from medsight.models.registry import ModelChoice
+from medsight.tasks import registered_tasks
 from medsight.tasks.package import TaskSpec
 from medsight.transforms.image2d import Augment2D, Preprocess2D
 
@@ -33,11 +34,31 @@ class Recipe(BaseModel):
     name: str
     task: TaskSpec  # type: ignore[valid-type]  # the section of the task its ``kind`` names
     model: ModelChoice = ModelChoice()
-    preprocess: Preprocess2D = Preprocess2D()
-    augment: Augment2D = Augment2D()
+    # the task's own section: image size and channels for classification, planning for segmentation
+    preprocess: SerializeAsAny[BaseModel] = Preprocess2D()
+    augment: Augment2D = Augment2D()  # 2D augmentation (segmentation's is in its plan)
     balance: Literal["none", "sampler", "weights"] = "none"
     train: TrainConfig = TrainConfig()
     evaluation: EvaluationSpec = EvaluationSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preprocess_of_the_task(cls, data: Any) -> Any:
+        """Read ``preprocess`` as the section of the task ``task.kind`` names."""
+        if not isinstance(data, dict):
+            return data
+        task = data.get("task")
+        kind = task.get("kind") if isinstance(task, dict) else getattr(task, "kind", None)
+        owner = registered_tasks().get(kind) if isinstance(kind, str) else None
+        if owner is None:  # the task section's own error names the problem
+            return {**data, "preprocess": Preprocess2D()}
+        raw = data.get("preprocess") or {}
+        if isinstance(raw, BaseModel):
+            raw = raw.model_dump()
+        try:
+            return {**data, "preprocess": owner.preprocess_type.model_validate(raw)}
+        except ValidationError as exc:
+            raise ValueError(f"preprocess: {explain(exc, owner.preprocess_type)}") from None
 
 
 def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -97,7 +118,8 @@ def explain(error: ValidationError, model: type[BaseModel]) -> str:
             close = difflib.get_close_matches(str(item["loc"][-1]), _fields_at(model, item["loc"]), n=1)
             problems.append(f"unknown key {where!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         else:
-            problems.append(f"{where}: {item['msg']}")
+            message = str(item["msg"]).removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
     return "; ".join(problems)
 
 

@@ -13,10 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from medsight.core.errors import InputError, MedsightError, UnsupportedFormatError
@@ -24,11 +22,10 @@ from medsight.core.progress import Progress
 from medsight.core.volume import Volume
 from medsight.data.cache import default_cache_dir
 from medsight.data.manifest import Manifest
-from medsight.io import detect_format, read
+from medsight.io import detect_format, read, write
 from medsight.io.atomic import full_suffix
 from medsight.io.formats import files_under
 from medsight.models import load_checkpoint
-from medsight.models.predict import run_model
 from medsight.tasks import ModelPackage, Prediction, Task, TaskData
 
 __all__ = ["Predictor", "expand_inputs", "image_facts"]
@@ -38,10 +35,11 @@ log = logging.getLogger(__name__)
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".ima", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd"}
 
 
-def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+def expand_inputs(inputs: Sequence[str | os.PathLike[str]], *, volumes: bool = False) -> list[Path]:
     """Files as given; folders replaced by every image file under them (hidden files, DICOMDIR and
     files in no image format left out with one warning), sorted: a 2D classifier gives one
-    prediction per image file, e.g. each view of an exam.
+    prediction per image file, e.g. each view of an exam. With ``volumes`` (a 3D model) the DICOM
+    files of one folder are one input, the folder (a series: its slices make one volume).
 
     Raises:
         InputError: an input does not exist, or no image was found.
@@ -58,11 +56,15 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
             if path.name.upper() == "DICOMDIR":
                 continue
             try:
-                detect_format(path)
+                kind = detect_format(path)
             except UnsupportedFormatError:
                 if full_suffix(path) in _IMAGE_SUFFIXES:
                     raise  # named like an image but is none: corrupt, which the user must hear about
                 skipped.append(path)  # notes, tables, reports beside the images
+                continue
+            if volumes and kind == "dicom":
+                if path.parent not in paths:
+                    paths.append(path.parent)  # the series in this folder, read as one volume
                 continue
             paths.append(path)
     if skipped:
@@ -89,6 +91,24 @@ def image_facts(volume: Volume) -> dict[str, str]:
 def _read(path: str | os.PathLike[str]) -> Volume:
     """An input image as training saw it (MONOCHROME1 shown as a viewer would)."""
     return read(path, invert_monochrome1=True) if detect_format(path) in ("dicom", "dicom-series") else read(path)
+
+
+_MAP_SUFFIXES = {".nii": ".nii.gz", ".nii.gz": ".nii.gz", ".nrrd": ".nrrd", ".mha": ".mha", ".mhd": ".mha"}
+
+
+def _write_map(label: Volume, source: Path, volume: Volume, masks: str | os.PathLike[str] | None) -> Path:
+    """Write a label map beside the others in ``masks``: NIfTI, NRRD or MHA as the input was, NIfTI
+    for DICOM (until DICOM SEG lands), named after the input, on the input's exact grid."""
+    if masks is None:
+        raise InputError("this model writes label maps: give a folder for them (masks=, or --out of `predict`)")
+    if label.spatial_shape != volume.spatial_shape or not label.geometry.isclose(volume.geometry):
+        raise MedsightError(f"{source}: the label map is not on the input's grid (a bug; please report it)")
+    suffix = full_suffix(source)
+    name = source.name.removesuffix(suffix) if suffix else source.name
+    folder = Path(masks)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}_seg{_MAP_SUFFIXES.get(suffix.lower(), '.nii.gz')}"
+    return write(label, target, overwrite=True)
 
 
 @dataclass
@@ -121,7 +141,11 @@ class Predictor:
         if not checkpoint.is_file():
             raise InputError(f"{checkpoint} does not exist (training did not finish an epoch?)")
         task = package.task_object()
-        model = task.network(package.model, package.in_channels)
+        try:
+            preprocess = package.preprocessing()
+        except ValidationError as exc:
+            raise InputError(f"{run_dir / 'package.json'}: its preprocessing is invalid: {exc}") from exc
+        model = task.network(package.model, package.in_channels, preprocess)
         state = load_checkpoint(checkpoint)  # weights-only: a model file never runs code
         try:
             model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
@@ -148,25 +172,21 @@ class Predictor:
         return self.task.prepare(manifest, preprocess, folder, progress=progress)
 
     def predict_split(self, data: TaskData, split: str, *, batch_size: int = 64) -> Prediction:
-        """The model's scores for one split of prepared data, beside the split's manifest rows."""
+        """The model's scores for one split of prepared data, beside the split's cases."""
         indices = data.indices(split)
         if len(indices) == 0:
             raise InputError(f"the manifest has no {split!r} cases")
-        outputs = run_model(self.model, self.task.dataset(data, indices), batch_size=batch_size)
-        cases = data.manifest.table.iloc[indices].reset_index(drop=True)
-        return Prediction(cases, self.task.scores(outputs), self.provenance)
+        cases, scores = self.task.predict_split(self.model, data, indices, batch_size=batch_size)
+        return Prediction(cases, scores, self.provenance)
 
-    def predict_volumes(self, volumes: Sequence[Volume], *, slice_index: int | None = None) -> pd.DataFrame:
+    def predict_volumes(
+        self, volumes: Sequence[Volume], *, slice_index: int | None = None
+    ) -> tuple[pd.DataFrame, list[Volume] | None]:
         """Scores for images already read, preprocessed as in training (``slice_index``: which
-        slice of a 3D volume)."""
+        slice of a 3D volume for a 2D model), and the label maps the task makes, if any."""
         if not volumes:
             raise InputError("no images to predict on")
-        return self._scores([self.task.input_array(v, self.preprocess, slice_index=slice_index) for v in volumes])
-
-    def _scores(self, arrays: Sequence[np.ndarray]) -> pd.DataFrame:
-        with torch.no_grad():
-            outputs = self.model(torch.from_numpy(np.stack(arrays)))
-        return self.task.scores(outputs)
+        return self.task.predict_volumes(self.model, volumes, self.preprocess, slice_index=slice_index)
 
     def predict_files(
         self,
@@ -174,26 +194,34 @@ class Predictor:
         *,
         batch_size: int = 32,
         slice_index: int | None = None,
+        masks: str | os.PathLike[str] | None = None,
         progress: Progress | None = None,
     ) -> Prediction:
-        """One row per image file (folders expanded): ``input``, DICOM facts (patient, study,
-        laterality, view) when present, and the task's scores. Each file is read once; a file
+        """One row per image file (folders expanded; a DICOM series folder is one image): ``input``,
+        DICOM facts (patient, study, laterality, view) when present, and the task's scores. Label
+        maps the task makes (segmentation) are written to ``masks`` (a folder, made if needed), one
+        per input on its exact grid, named in an ``output`` column. Each file is read once; a file
         that cannot be read or prepared is named in the error."""
-        paths = expand_inputs(inputs)
-        preprocess = self.preprocess
+        paths = expand_inputs(inputs, volumes=self.task.spatial_dims == 3)
         cases, scores = [], []
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            arrays = []
+            volumes = []
             for path in chunk:
                 try:
-                    volume = _read(path)
-                    arrays.append(self.task.input_array(volume, preprocess, slice_index=slice_index))
+                    volumes.append(_read(path))
                 except MedsightError as exc:
-                    message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-                    raise type(exc)(message) from exc
-                cases.append({"input": str(path), **image_facts(volume)})
-            scores.append(self._scores(arrays))
+                    raise type(exc)(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from exc
+            try:
+                chunk_scores, maps = self.predict_volumes(volumes, slice_index=slice_index)
+            except MedsightError as exc:
+                raise type(exc)(f"{', '.join(p.name for p in chunk)}: {exc}") from exc
+            for i, (path, volume) in enumerate(zip(chunk, volumes, strict=True)):
+                row = {"input": str(path), **image_facts(volume)}
+                if maps is not None:
+                    row["output"] = str(_write_map(maps[i], path, volume, masks))
+                cases.append(row)
+            scores.append(chunk_scores)
             if progress is not None:
                 progress("predicting", min(start + batch_size, len(paths)), len(paths))
         return Prediction(pd.DataFrame(cases), pd.concat(scores, ignore_index=True), self.provenance)

@@ -28,6 +28,8 @@ class ModelSpec:
         head: Prefix of the classification head's parameters (replaced when fine-tuning).
         description: One line for ``medsight models``.
         pool: Attribute path of the global pooling before the head (replaced by ``pooling``).
+        dense: True for networks whose output is a map (one value per pixel or voxel, e.g. a
+            U-Net), False for those that output one vector per image (classifiers).
     """
 
     name: str
@@ -36,6 +38,7 @@ class ModelSpec:
     head: str
     description: str
     pool: str = ""
+    dense: bool = False
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

@@ -60,3 +60,24 @@ register_model(
         description="EfficientNet-B0 (MONAI)",
     )
 )
+
+
+def _dynunet(spatial_dims: int, in_channels: int, num_outputs: int) -> nn.Module:
+    """A 5-level U-Net with 3-voxel kernels; segmentation recipes shape theirs from the data's plan."""
+    from monai.networks.nets import DynUNet
+
+    strides = [1, 2, 2, 2, 2]
+    return DynUNet(spatial_dims, in_channels, num_outputs, [3] * 5, strides, strides[1:],
+                   filters=[32, 64, 128, 256, 320], norm_name="instance")  # fmt: skip
+
+
+register_model(
+    ModelSpec(
+        name="dynunet",
+        build=_dynunet,
+        first_conv="input_block.conv1.conv.weight",
+        head="output_block.",
+        description="U-Net (MONAI DynUNet, nnU-Net's architecture); shaped by `medsight plan` for segmentation",
+        dense=True,
+    )
+)

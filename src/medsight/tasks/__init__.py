@@ -6,6 +6,7 @@ from medsight.tasks.classification import ClassificationSpec, ClassificationTask
 from medsight.tasks.fusion import attention_pool, fit_attention_temperature, fuse_views
 from medsight.tasks.package import PACKAGE_FILE, ModelPackage, Provenance
 from medsight.tasks.results import Estimate, Evaluation, Prediction
+from medsight.tasks.segmentation import PlanRequest, SegmentationSpec, SegmentationTask
 
 __all__ = [
     "PACKAGE_FILE",
@@ -14,8 +15,11 @@ __all__ = [
     "Estimate",
     "Evaluation",
     "ModelPackage",
+    "PlanRequest",
     "Prediction",
     "Provenance",
+    "SegmentationSpec",
+    "SegmentationTask",
     "Task",
     "TaskData",
     "Training",

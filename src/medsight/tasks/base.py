@@ -27,6 +27,7 @@ from medsight.core.errors import ConfigError
 from medsight.core.progress import Progress
 from medsight.core.volume import Volume
 from medsight.data.manifest import Manifest
+from medsight.models.predict import run_model
 from medsight.models.registry import ModelChoice
 from medsight.tasks.results import Estimate, Prediction
 
@@ -40,12 +41,18 @@ class TaskData:
     Attributes:
         manifest: The cases, with a ``split`` column.
         inputs: The task's preprocessed inputs (e.g. a memory-mapped image cache), in manifest order.
-        targets: The task's targets, one entry per case, in manifest order.
+        targets: The task's per-case targets in manifest order (empty for tasks whose targets
+            are images, such as label maps).
+        preprocess: The preprocessing as resolved for this data (the recipe's section, or for
+            segmentation the plan made from the data); the model package records it.
+        in_channels: The network's input channels.
     """
 
     manifest: Manifest
     inputs: Any
     targets: np.ndarray
+    preprocess: BaseModel
+    in_channels: int
 
     def indices(self, split: str) -> np.ndarray:
         """Row numbers of a split's cases."""
@@ -61,12 +68,16 @@ class Training:
         train_set: Items ``(input, target)`` of the training split (augmented per item if asked).
         sample_weights: Per-item sampling weights (class-balanced batches), or None.
         augment_batch: Augmentation of whole batches on the device, or None.
+        batch_size, epochs: What the task's preprocessing chose (a segmentation plan), used where
+            the recipe does not set them.
     """
 
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     train_set: Dataset
     sample_weights: np.ndarray | None = None
-    augment_batch: Callable[[torch.Tensor], torch.Tensor] | None = None
+    augment_batch: Callable[..., Any] | None = None
+    batch_size: int | None = None
+    epochs: int | None = None
 
 
 class Task(ABC):
@@ -79,6 +90,8 @@ class Task(ABC):
 
     spec_type: ClassVar[type[BaseModel]]
     preprocess_type: ClassVar[type[BaseModel]]
+    package_preprocess_type: ClassVar[type[BaseModel] | None] = None  # resolved form, when it differs
+    preprocess_file: ClassVar[str | None] = None  # where fit also writes the resolved preprocessing
 
     @classmethod
     @abstractmethod
@@ -118,9 +131,10 @@ class Task(ABC):
     def training(self, data: TaskData, indices: np.ndarray, *, balance: str, augment: BaseModel, seed: int) -> Training:
         """The training split's items, sampling, loss weights and augmentation."""
 
-    @abstractmethod
     def input_array(self, volume: Volume, preprocess: BaseModel, *, slice_index: int | None = None) -> np.ndarray:
-        """One image read from a file, made ready for the network as in training."""
+        """One image read from a file, made ready for the network as in training (tasks that predict
+        whole volumes override :meth:`predict_volumes` instead)."""
+        raise ConfigError(f"{type(self).__name__} predicts whole volumes, not single prepared images")
 
     # --- network ----------------------------------------------------------------------------
     @property
@@ -129,8 +143,9 @@ class Task(ABC):
         """2 or 3: the network's convolutions."""
 
     @abstractmethod
-    def network(self, model: ModelChoice, in_channels: int) -> nn.Module:
-        """The untrained network, with the outputs this task reads."""
+    def network(self, model: ModelChoice, in_channels: int, preprocess: BaseModel) -> nn.Module:
+        """The untrained network, with the outputs this task reads (``preprocess``: the resolved
+        preprocessing, e.g. a plan that shapes the network)."""
 
     @abstractmethod
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -148,6 +163,25 @@ class Task(ABC):
     @abstractmethod
     def scores(self, outputs: torch.Tensor) -> pd.DataFrame:
         """Network outputs as named per-case score columns (e.g. ``prob_<class>``)."""
+
+    def predict_split(
+        self, model: nn.Module, data: TaskData, indices: np.ndarray, *, batch_size: int = 64
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Cases and their scores for manifest rows ``indices`` of prepared data (by default the
+        network over :meth:`dataset`, then :meth:`scores`)."""
+        outputs = run_model(model, self.dataset(data, indices), batch_size=batch_size)
+        return data.manifest.table.iloc[indices].reset_index(drop=True), self.scores(outputs)
+
+    def predict_volumes(
+        self, model: nn.Module, volumes: Sequence[Volume], preprocess: BaseModel, *, slice_index: int | None = None
+    ) -> tuple[pd.DataFrame, list[Volume] | None]:
+        """Scores for images read from files, and the images the task makes of them (label maps
+        on each input's grid), if any. By default each volume is prepared with
+        :meth:`input_array` and scored in one batch."""
+        arrays = [self.input_array(v, preprocess, slice_index=slice_index) for v in volumes]
+        with torch.no_grad():
+            outputs = model(torch.from_numpy(np.stack(arrays)))
+        return self.scores(outputs), None
 
     @abstractmethod
     def evaluate(

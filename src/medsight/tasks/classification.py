@@ -33,7 +33,7 @@ from medsight.data.dataset import ImageDataset
 from medsight.data.manifest import Manifest
 from medsight.data.qc import target_problems
 from medsight.metrics.classification import quadratic_weighted_kappa, roc_auc
-from medsight.models.registry import ModelChoice, build_model
+from medsight.models.registry import ModelChoice, build_model, registered_models
 from medsight.tasks import classification_report as report
 from medsight.tasks.base import Task, TaskData, Training, register_task
 from medsight.tasks.results import Estimate, Prediction
@@ -187,8 +187,9 @@ class ClassificationTask(Task):
         self, manifest: Manifest, preprocess: BaseModel, folder: str | os.PathLike[str], *, progress: Progress | None
     ) -> TaskData:
         """Preprocess the images into a 2D image cache (reused while nothing changed) and read the targets."""
-        cache = build_image_cache(manifest, _preprocess(preprocess), folder, progress=progress)
-        return TaskData(manifest, cache, self.targets(manifest))
+        spec = _preprocess(preprocess)
+        cache = build_image_cache(manifest, spec, folder, progress=progress)
+        return TaskData(manifest, cache, self.targets(manifest), spec, spec.channels)
 
     def targets(self, manifest: Manifest) -> np.ndarray:
         """Targets in task form: ``(N,)`` classes/grades/0-1, or ``(N, L)`` findings with ``nan`` unknown.
@@ -296,8 +297,12 @@ class ClassificationTask(Task):
         return prepare_image(volume, _preprocess(preprocess), slice_index=slice_index).astype(np.float32) / 255.0
 
     # --- network ----------------------------------------------------------------------------
-    def network(self, model: ModelChoice, in_channels: int) -> nn.Module:
+    def network(self, model: ModelChoice, in_channels: int, preprocess: BaseModel | None = None) -> nn.Module:
         """The recipe's 2D network, untrained, with one output per logit."""
+        spec = registered_models().get(model.name)
+        if spec is not None and spec.dense:
+            raise ConfigError(f"{model.name} outputs a map per image (segmentation); a classifier needs a network "
+                              "with one output vector, e.g. resnet18")  # fmt: skip
         return build_model(model.name, spatial_dims=2, in_channels=in_channels, num_outputs=self.num_outputs,
                            pooling=model.pooling)  # fmt: skip
 

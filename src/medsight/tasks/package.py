@@ -14,6 +14,8 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+import medsight.tasks.classification
+import medsight.tasks.segmentation  # noqa: F401 - the task modules register themselves before the union is built
 from medsight.core.errors import InputError
 from medsight.io.atomic import atomic_file
 from medsight.models.registry import ModelChoice
@@ -28,7 +30,7 @@ FORMAT_VERSION = 1
 def _task_spec_annotation() -> Any:
     """The recipe ``task`` section of every registered task, told apart by ``kind``.
 
-    Every task module is imported (and registered) by :mod:`medsight.tasks` before this one.
+    Every task module is imported (and so registered) above.
     """
     types = task_spec_types()
     if len(types) == 1:
@@ -81,7 +83,8 @@ class ModelPackage(BaseModel):
 
     def preprocessing(self) -> BaseModel:
         """The preprocessing spec, typed by the task."""
-        return type(self.task_object()).preprocess_type.model_validate(self.preprocess)
+        cls = type(self.task_object())
+        return (cls.package_preprocess_type or cls.preprocess_type).model_validate(self.preprocess)
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write ``folder/package.json`` atomically."""

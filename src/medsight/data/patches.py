@@ -1,0 +1,91 @@
+"""Patches of preprocessed volumes: random ones for training (foreground oversampled), fixed ones for validation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medsight.core.errors import InputError
+from medsight.data.volume_cache import VolumeCache
+
+__all__ = ["PatchDataset", "ValidationPatches", "extract_patch"]
+
+
+def extract_patch(
+    image: np.ndarray, label: np.ndarray, centre: Sequence[int], patch: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``patch``-sized box around ``centre`` (zero-padded where it leaves the volume)."""
+    starts = [int(c) - p // 2 for c, p in zip(centre, patch, strict=True)]
+    out_image = np.zeros((image.shape[0], *patch), np.float32)
+    out_label = np.zeros(tuple(patch), np.uint8)
+    source, target = [], []
+    for start, size, extent in zip(starts, patch, image.shape[1:], strict=True):
+        low, high = max(start, 0), min(start + size, extent)
+        if high <= low:  # the box misses the volume along this axis: all padding
+            return out_image, out_label
+        source.append(slice(low, high))
+        target.append(slice(low - start, high - start))
+    out_image[(slice(None), *target)] = image[(slice(None), *source)]
+    out_label[tuple(target)] = label[tuple(source)]
+    return out_image, out_label
+
+
+class PatchDataset(Dataset):
+    """Random training patches ``(image (C, *patch) float32, label (*patch) uint8)``.
+
+    Each draw picks an item at random; with probability ``oversample`` the patch is centred on a
+    voxel of a random class present in that item, else anywhere in the volume. Randomness comes
+    from NumPy's global generator, which the training loop seeds (per DataLoader worker too).
+    """
+
+    def __init__(
+        self, cache: VolumeCache, items: Sequence[int], patch: Sequence[int], samples: int, oversample: float
+    ) -> None:
+        if not items:
+            raise InputError("no training images: the train split has no labelled case")
+        self.cache, self.items, self.patch = cache, list(items), tuple(int(p) for p in patch)
+        self.samples, self.oversample = int(samples), float(oversample)
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def _centre(self, item: int) -> np.ndarray:
+        entry = self.cache.items[item]
+        present = [k for k, where in entry.locations.items() if len(where)]
+        if present and np.random.random_sample() < self.oversample:
+            where = entry.locations[present[np.random.randint(len(present))]]
+            return where[np.random.randint(len(where))]
+        return np.array([np.random.randint(0, s) for s in entry.shape])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        item = self.items[np.random.randint(len(self.items))]
+        image, label = extract_patch(self.cache.image(item), self.cache.label(item), self._centre(item), self.patch)
+        return torch.from_numpy(image), torch.from_numpy(label)
+
+
+class ValidationPatches(Dataset):
+    """Fixed patches for the per-epoch validation figure: per item, one centred on a foreground voxel
+    (when there is one) and one at the volume's centre. Whole-volume figures come from evaluation."""
+
+    def __init__(self, cache: VolumeCache, items: Sequence[int], patch: Sequence[int]) -> None:
+        self.cache, self.patch = cache, tuple(int(p) for p in patch)
+        self.plan: list[tuple[int, np.ndarray]] = []
+        for item in items:
+            entry = cache.items[item]
+            foreground = [where for where in entry.locations.values() if len(where)]
+            if foreground:
+                rng = np.random.default_rng(item)
+                where = foreground[int(rng.integers(len(foreground)))]
+                self.plan.append((item, where[int(rng.integers(len(where)))]))
+            self.plan.append((item, np.array(entry.shape) // 2))
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        item, centre = self.plan[index]
+        image, label = extract_patch(self.cache.image(item), self.cache.label(item), centre, self.patch)
+        return torch.from_numpy(image), torch.from_numpy(label)

@@ -1,0 +1,213 @@
+"""Preprocess each labelled image of a segmentation data set once, as its plan says, into a cache.
+
+A cache folder holds per item (one image with its label map: a BraTS case, or one cardiac
+frame) ``image_<n>.npy`` (``C x Z x Y x X`` float32, normalised, at the plan's spacing) and
+``label_<n>.npy`` (class indices, uint8), and ``index.json``: the plan's preprocessing key, each
+item's case, spacing, crop box and a sample of its foreground voxels per class (for patch
+sampling). A cache whose key matches (plan, classes, and every file's path, size and time) is
+reused; anything else rebuilds it, atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medsight.core.errors import InputError, MedsightError
+from medsight.core.progress import Progress
+from medsight.data.cases import Pairing, pairings, read_case
+from medsight.data.manifest import Manifest
+from medsight.io.atomic import atomic_dir
+from medsight.planning import Plan
+from medsight.transforms.volume3d import Preprocessed, preprocess_case
+
+__all__ = ["CachedItem", "VolumeCache", "build_volume_cache", "plan_normalization", "preprocess_for_plan"]
+
+log = logging.getLogger(__name__)
+
+_VERSION = 1
+_LOCATIONS_PER_CLASS = 2000  # foreground voxels kept per class and item, to centre patches on
+
+
+@dataclass(frozen=True)
+class CachedItem:
+    """One preprocessed image with its label map."""
+
+    row: int  # the manifest row (case) it belongs to
+    case_id: str
+    label_column: str
+    spacing: tuple[float, float, float]
+    shape: tuple[int, int, int]
+    source_shape: tuple[int, int, int]
+    box: tuple[tuple[int, int], ...]
+    locations: dict[int, np.ndarray]  # class index -> (n, 3) voxel coordinates
+
+
+@dataclass(frozen=True)
+class VolumeCache:
+    """The preprocessed items of a manifest (memory-mapped on first use)."""
+
+    folder: Path
+    items: tuple[CachedItem, ...]
+    key: str
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def image(self, item: int) -> np.ndarray:
+        """``(C, Z, Y, X)`` float32, memory-mapped."""
+        return np.load(self.folder / f"image_{item}.npy", mmap_mode="r")
+
+    def label(self, item: int) -> np.ndarray:
+        """``(Z, Y, X)`` class indices, memory-mapped."""
+        return np.load(self.folder / f"label_{item}.npy", mmap_mode="r")
+
+    def items_of(self, rows: Sequence[int] | np.ndarray) -> list[int]:
+        """The items belonging to manifest ``rows`` (a case may have several: ED and ES)."""
+        wanted = {int(r) for r in rows}
+        return [i for i, item in enumerate(self.items) if item.row in wanted]
+
+
+def plan_normalization(plan: Plan) -> dict[str, list]:
+    """The plan's normalisation as the lists :func:`~medsight.transforms.volume3d.preprocess_case` takes."""
+    norms = plan.normalization
+    return {"schemes": [n.scheme for n in norms], "clips": [n.clip for n in norms], "means": [n.mean for n in norms],
+            "stds": [n.std for n in norms], "masks": [n.mask for n in norms]}  # fmt: skip
+
+
+def preprocess_for_plan(
+    image: np.ndarray, spacing: Sequence[float], plan: Plan, label: np.ndarray | None = None
+) -> Preprocessed:
+    """One case cropped, resampled and normalised as ``plan`` says (:class:`Preprocessed`)."""
+    return preprocess_case(image, spacing, plan.spacing, label=label, crop=plan.crop_to_nonzero,
+                           normalization=plan_normalization(plan))  # fmt: skip
+
+
+def _key(manifest: Manifest, plan: Plan, codes: Sequence[int], pairs: list[Pairing]) -> str:
+    spec = {"version": _VERSION, "plan": plan.preprocessing_key(), "codes": list(codes)}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+    columns = sorted({c for p in pairs for c in (*p.images, p.label)})
+    for _, row in manifest.table.iterrows():
+        for column in columns:
+            cell = row.get(column)
+            if not isinstance(cell, str) or not cell:
+                continue
+            path = manifest.resolve(cell)
+            try:
+                stat = path.stat()
+                fingerprint = f"{stat.st_size}:{stat.st_mtime_ns}"
+            except OSError:
+                fingerprint = "missing"
+            digest.update(f"{row['case_id']}|{column}|{path}|{fingerprint}\n".encode())
+    return digest.hexdigest()
+
+
+def _indices(label: np.ndarray, codes: Sequence[int], case: str) -> np.ndarray:
+    """Label codes -> class indices 0..K (background 0), refusing codes outside the schema."""
+    lookup = {0: 0, **{int(c): k + 1 for k, c in enumerate(codes)}}
+    values = np.unique(label)
+    unknown = [v for v in values.tolist() if int(v) not in lookup or v != int(v)]
+    if unknown:
+        raise InputError(
+            f"case {case}: the label map holds {unknown[:5]}, not among the task's label codes {list(codes)} "
+            "(or 0 for background); fix the labels or the recipe's task.labels"
+        )
+    out = np.zeros(label.shape, np.uint8)
+    for code, index in lookup.items():
+        if index:
+            out[label == code] = index
+    return out
+
+
+def _open(folder: Path) -> VolumeCache:
+    index = json.loads((folder / "index.json").read_text())
+    items = tuple(
+        CachedItem(
+            row=entry["row"],
+            case_id=entry["case_id"],
+            label_column=entry["label_column"],
+            spacing=tuple(entry["spacing"]),
+            shape=tuple(entry["shape"]),
+            source_shape=tuple(entry["source_shape"]),
+            box=tuple(tuple(b) for b in entry["box"]),
+            locations={int(k): np.asarray(v, dtype=np.int64).reshape(-1, 3) for k, v in entry["locations"].items()},
+        )
+        for entry in index["items"]
+    )
+    return VolumeCache(folder, items, index["key"])  # type: ignore[arg-type]
+
+
+def build_volume_cache(
+    manifest: Manifest,
+    plan: Plan,
+    codes: Sequence[int],
+    folder: str | os.PathLike[str],
+    *,
+    progress: Progress | None = None,
+) -> VolumeCache:
+    """Preprocess every labelled image of ``manifest`` into ``folder`` (or reuse a matching cache).
+
+    Raises:
+        InputError: a case cannot be read, or its labels are outside ``codes`` (the case is named).
+    """
+    folder = Path(folder)
+    pairs = pairings(manifest)
+    key = _key(manifest, plan, codes, pairs)
+    index_file = folder / "index.json"
+    if index_file.is_file():
+        try:
+            if json.loads(index_file.read_text()).get("key") == key:
+                log.info("reusing preprocessed volumes in %s", folder)
+                return _open(folder)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("rebuilding unreadable cache %s (%s)", folder, exc)
+    work = [
+        (position, row, pairing)
+        for position, (_, row) in enumerate(manifest.table.iterrows())
+        for pairing in pairs
+        if isinstance(row.get(pairing.label), str) and row[pairing.label].strip()
+    ]
+    if not work:
+        raise InputError("no case of the manifest has a label map to learn from")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    entries: list[dict[str, Any]] = []
+    with atomic_dir(folder, overwrite=True) as tmp:
+        for n, (position, row, pairing) in enumerate(work):
+            case = str(row["case_id"])
+            try:
+                images = read_case(manifest, row, pairing)
+                label = _indices(np.asarray(images.label.array[0]), codes, case)  # type: ignore[union-attr]
+                done: Preprocessed = preprocess_for_plan(np.asarray(images.image.array), images.image.geometry.spacing,
+                                                         plan, label)  # fmt: skip
+            except MedsightError as exc:
+                raise InputError(
+                    f"case {case}: cannot preprocess {row[pairing.label]}: {exc}. "
+                    "Run `medsight data qc` on the manifest to find every such problem"
+                ) from exc
+            np.save(tmp / f"image_{n}.npy", done.image)
+            np.save(tmp / f"label_{n}.npy", done.label)
+            locations = {}
+            for index in range(1, len(codes) + 1):
+                where = np.argwhere(done.label == index)
+                if len(where) > _LOCATIONS_PER_CLASS:
+                    where = where[rng.choice(len(where), _LOCATIONS_PER_CLASS, replace=False)]
+                locations[str(index)] = where.tolist()
+            entries.append({"row": position, "case_id": case, "label_column": pairing.label,
+                            "spacing": list(done.spacing), "shape": list(done.image.shape[1:]),
+                            "source_shape": list(done.source_shape), "box": [list(b) for b in done.box],
+                            "locations": locations})  # fmt: skip
+            if progress is not None:
+                progress("preprocessing volumes", n + 1, len(work))
+        index = {"key": key, "version": _VERSION, "plan": plan.preprocessing_key(), "items": entries}
+        (tmp / "index.json").write_text(json.dumps(index))
+    log.info("preprocessed %d images into %s", len(work), folder)
+    return _open(folder)

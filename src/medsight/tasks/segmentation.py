@@ -1,0 +1,484 @@
+"""3D segmentation on the task seam: a self-configured U-Net trained on patches, predicting whole
+volumes by Gaussian-weighted sliding windows, its label maps returned on each input's own grid.
+
+Labels are trained as mutually exclusive classes (softmax, Dice + cross-entropy) or, when the
+recipe names ``regions`` (BraTS: WT, TC, ET as unions of labels), as one sigmoid per region
+(Dice + binary cross-entropy). The preprocessing is a :class:`~medsight.planning.Plan`, made from
+the data set's fingerprint at training time unless the recipe gives one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from scipy import ndimage
+from torch import nn
+from torch.utils.data import Dataset
+
+from medsight.core.errors import ConfigError, InputError
+from medsight.core.progress import Progress
+from medsight.core.volume import Volume, VolumeMetadata
+from medsight.data.cases import fingerprint_manifest, pairings, read_case
+from medsight.data.manifest import Manifest
+from medsight.data.patches import PatchDataset, ValidationPatches
+from medsight.data.volume_cache import VolumeCache, build_volume_cache, preprocess_for_plan
+from medsight.metrics.bootstrap import bootstrap_ci
+from medsight.metrics.segmentation import dice, hausdorff_distance, lesion_wise, surface_dice, volume_difference
+from medsight.models.registry import ModelChoice
+from medsight.planning import Plan, make_plan
+from medsight.tasks.base import Task, TaskData, Training, register_task
+from medsight.tasks.results import Estimate, Prediction
+from medsight.transforms.batch3d import BatchAugmenter3D
+from medsight.transforms.volume3d import restore
+
+__all__ = ["PlanRequest", "SegmentationSpec", "SegmentationTask", "sliding_window"]
+
+log = logging.getLogger(__name__)
+
+
+class SegmentationSpec(BaseModel):
+    """A segmentation recipe's ``task`` section.
+
+    Attributes:
+        labels: Class name -> its code in the label maps (background is 0).
+        regions: Region name -> the label codes it unites; when given, the network learns one
+            sigmoid per region (overlapping structures such as BraTS WT/TC/ET) and predictions are
+            painted back to label codes from the largest region to the smallest.
+        tolerance_mm: Normalised surface Dice tolerance.
+        lesion_wise: Also report BraTS lesion-wise Dice and HD95 per structure.
+        overlap: Sliding-window overlap at prediction.
+        mirror: Test-time augmentation by mirroring along every axis (8 passes).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["segmentation"]
+    labels: dict[str, int]
+    regions: dict[str, list[int]] | None = None
+    tolerance_mm: float = Field(2.0, ge=0)
+    lesion_wise: bool = False
+    overlap: float = Field(0.5, ge=0, lt=1)
+    mirror: bool = False
+
+    @model_validator(mode="after")
+    def _codes(self) -> SegmentationSpec:
+        codes = list(self.labels.values())
+        if not codes:
+            raise ValueError("labels must name at least one class (name: code)")
+        if any(c <= 0 or c > 255 for c in codes) or len(set(codes)) != len(codes):
+            raise ValueError(f"label codes must be distinct whole numbers 1..255 (0 is background), got {codes}")
+        if self.regions is not None:
+            for name, members in self.regions.items():
+                unknown = sorted(set(members) - set(codes))
+                if not members or unknown:
+                    raise ValueError(f"region {name!r} must unite label codes among {codes}; unknown: {unknown}")
+            _paint_order(self.regions)  # every region must have a code of its own to paint
+        return self
+
+
+class PlanRequest(BaseModel):
+    """A segmentation recipe's ``preprocess`` section: use a plan file, or plan from the data.
+
+    Attributes:
+        plan: A ``plan.json`` made by ``medsight plan`` (the data is not fingerprinted again).
+        memory_gb: Memory a training step may take when planning.
+        modality: ``CT`` or ``MR`` (default: from the images).
+        base_filters: U-Net filters at full resolution.
+        overrides: Plan fields to replace after planning (``{"patch_size": [64, 64, 64]}``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    plan: str | None = None
+    memory_gb: float = Field(8.0, gt=0)
+    modality: str | None = None
+    base_filters: int = Field(32, ge=1)
+    overrides: dict[str, Any] = {}
+
+
+def _paint_order(regions: Mapping[str, Sequence[int]]) -> list[tuple[str, int]]:
+    """Regions from the largest to the smallest, each with the label code it paints (the one code it
+    holds that no smaller region holds)."""
+    ordered = sorted(regions.items(), key=lambda item: -len(set(item[1])))
+    painted = []
+    for i, (name, members) in enumerate(ordered):
+        later = {c for _, m in ordered[i + 1 :] for c in m}
+        own = sorted(set(members) - later)
+        if len(own) != 1:
+            raise ValueError(
+                f"region {name!r} {sorted(set(members))} must hold exactly one label code that no smaller region "
+                f"holds (to paint predictions back to labels); it holds {own}"
+            )
+        painted.append((name, own[0]))
+    return painted
+
+
+def _merged(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merged(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def sliding_window(
+    model: nn.Module, image: np.ndarray, plan: Plan, *, overlap: float = 0.5, mirror: bool = False
+) -> torch.Tensor:
+    """Network outputs (logits) over a whole preprocessed volume ``(C, Z, Y, X)``: Gaussian-weighted
+    patches of the plan's size, ``plan.batch_size`` at a time; averaged over the 8 mirrorings when
+    ``mirror``."""
+    from monai.inferers import sliding_window_inference
+
+    inputs = torch.from_numpy(np.array(image, dtype=np.float32))[None]  # a copy: caches are read-only maps
+    flips: list[tuple[int, ...]] = [()]
+    if mirror:
+        flips = [tuple(a for a in (2, 3, 4) if mask >> (a - 2) & 1) for mask in range(8)]
+    total = None
+    with torch.no_grad():
+        for axes in flips:
+            flipped = inputs.flip(axes) if axes else inputs
+            out = sliding_window_inference(flipped, roi_size=plan.patch_size, sw_batch_size=plan.batch_size,
+                                           predictor=model, overlap=overlap, mode="gaussian")  # fmt: skip
+            out = out.flip(axes) if axes else out
+            total = out if total is None else total + out
+    return (total / len(flips))[0].float()  # type: ignore[operator]
+
+
+@register_task
+class SegmentationTask(Task):
+    """Segmentation of label maps (see the module's description)."""
+
+    spec_type = SegmentationSpec
+    preprocess_type = PlanRequest
+    package_preprocess_type: ClassVar[type[BaseModel] | None] = Plan
+    preprocess_file: ClassVar[str | None] = "plan.json"
+
+    def __init__(self, spec: SegmentationSpec) -> None:
+        self._spec = spec
+        self.codes = tuple(spec.labels.values())
+        self.painting = _paint_order(spec.regions) if spec.regions else []
+        # the structures that are learnt, scored and reported: regions, else the labels
+        self.structures = list(spec.regions) if spec.regions else list(spec.labels)
+        self.regions = spec.regions is not None
+
+    @classmethod
+    def from_spec(cls, spec: BaseModel) -> SegmentationTask:
+        return cls(spec if isinstance(spec, SegmentationSpec) else SegmentationSpec.model_validate(spec.model_dump()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SegmentationTask) and other.spec == self.spec
+
+    def __hash__(self) -> int:
+        return hash(self.spec.model_dump_json())
+
+    @property
+    def spec(self) -> SegmentationSpec:
+        return self._spec
+
+    @property
+    def stratify_by(self) -> str | None:
+        return None
+
+    @property
+    def spatial_dims(self) -> int:
+        return 3
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.structures) if self.regions else len(self.codes) + 1
+
+    # --- data -------------------------------------------------------------------------------
+    def plan_for(self, manifest: Manifest, request: PlanRequest, *, progress: Progress | None = None) -> Plan:
+        """The plan the request names, or one made from the training cases' fingerprint."""
+        if request.plan:
+            path = Path(request.plan).expanduser()
+            try:
+                plan = Plan.model_validate(json.loads(path.read_text()))
+            except OSError as exc:
+                raise InputError(f"cannot read the plan {path}: {exc.strerror or exc}") from exc
+            except (ValueError, ValidationError) as exc:
+                raise ConfigError(f"{path} is not a valid plan: {' '.join(str(exc).split())[:300]}") from exc
+        else:
+            train = manifest.table["split"] == "train"
+            rows = manifest.with_table(manifest.table[train]) if train.any() else manifest
+            found = fingerprint_manifest(rows, modality=request.modality, progress=progress)
+            plan = make_plan(found, out_channels=self.out_channels, memory_gb=request.memory_gb,
+                             base_filters=request.base_filters)  # fmt: skip
+        if request.overrides:
+            try:
+                plan = Plan.model_validate(_merged(plan.model_dump(mode="json"), request.overrides))
+            except ValidationError as exc:
+                problem = " ".join(str(exc).split())[:300]
+                raise ConfigError(f"preprocess.overrides make an invalid plan: {problem}") from None
+        return plan
+
+    def prepare(
+        self, manifest: Manifest, preprocess: BaseModel, folder: str | os.PathLike[str], *, progress: Progress | None
+    ) -> TaskData:
+        """Plan (unless given a plan) and preprocess every labelled image into a volume cache."""
+        plan = preprocess if isinstance(preprocess, Plan) else self.plan_for(manifest, _request(preprocess),
+                                                                             progress=progress)  # fmt: skip
+        cache = build_volume_cache(manifest, plan, self.codes, Path(folder) / plan.preprocessing_key(),
+                                   progress=progress)  # fmt: skip
+        return TaskData(manifest, cache, np.zeros(len(manifest), np.float32), plan, plan.in_channels)
+
+    def check(self, data: TaskData, splits: Mapping[str, np.ndarray]) -> None:
+        cache: VolumeCache = data.inputs
+        for split, rows in splits.items():
+            items = cache.items_of(rows)
+            if not items:
+                raise InputError(f"the {split} split has no labelled image; every split needs label maps")
+            if split == "train" and not any(len(w) for i in items for w in cache.items[i].locations.values()):
+                raise InputError("no training label map holds any foreground: there is nothing to learn")
+
+    def dataset(self, data: TaskData, indices: np.ndarray) -> Dataset:
+        cache: VolumeCache = data.inputs
+        return ValidationPatches(cache, cache.items_of(indices), data.preprocess.patch_size)  # type: ignore[attr-defined]
+
+    def training(self, data: TaskData, indices: np.ndarray, *, balance: str, augment: BaseModel, seed: int) -> Training:
+        """Random patches (foreground oversampled as the plan says), augmented on the device."""
+        if balance != "none":
+            raise ConfigError("segmentation balances classes by foreground oversampling (the plan); use balance: none")
+        plan: Plan = data.preprocess  # type: ignore[assignment]
+        cache: VolumeCache = data.inputs
+        samples = plan.iterations_per_epoch * plan.batch_size
+        train_set = PatchDataset(cache, cache.items_of(indices), plan.patch_size, samples,
+                                 plan.foreground_oversampling)  # fmt: skip
+        spec = plan.augmentation
+        axes = tuple(a for a in range(3) if a != plan.anisotropic_axis)
+        augmenter = BatchAugmenter3D(flip_p=spec.flip_p, flip_axes=axes, gamma_p=spec.gamma_p, noise_p=spec.noise_p)
+        return Training(loss=self.loss, train_set=train_set, augment_batch=augmenter, batch_size=plan.batch_size,
+                        epochs=plan.epochs)  # fmt: skip
+
+    # --- network ----------------------------------------------------------------------------
+    def network(self, model: ModelChoice, in_channels: int, preprocess: BaseModel) -> nn.Module:
+        """The plan's U-Net (MONAI DynUNet, instance norm)."""
+        from monai.networks.nets import DynUNet
+
+        if model.name != "dynunet":
+            raise ConfigError(f"segmentation trains the planned U-Net; set model.name: dynunet (got {model.name!r})")
+        if not isinstance(preprocess, Plan):
+            raise ConfigError("the segmentation network is shaped by a plan; none was made")
+        net = preprocess.network
+        kernels, strides = [list(k) for k in net.kernels], [list(s) for s in net.strides]
+        return DynUNet(3, in_channels, self.out_channels, kernels, strides, strides[1:], filters=net.filters,
+                       norm_name="instance")  # fmt: skip
+
+    def _targets(self, targets: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Class indices ``(N, Z, Y, X)`` -> one channel per output (one-hot, or region masks)."""
+        indices = targets.long()
+        if not self.regions:
+            return F.one_hot(indices, self.out_channels).movedim(-1, 1).to(like.dtype)
+        masks = []
+        for name in self.structures:
+            members = [self.codes.index(c) + 1 for c in self.spec.regions[name]]  # type: ignore[index]
+            masks.append(torch.isin(indices, torch.tensor(members, device=indices.device)))
+        return torch.stack(masks, dim=1).to(like.dtype)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Soft Dice over the batch (foreground classes or every region) plus cross-entropy (BCE for regions)."""
+        if outputs.shape[0] != targets.shape[0] or outputs.shape[2:] != targets.shape[1:]:
+            raise InputError(f"outputs {tuple(outputs.shape)} do not match label patches {tuple(targets.shape)}")
+        truth = self._targets(targets, outputs)
+        dims = (0, *range(2, outputs.ndim))
+        if self.regions:
+            probs = torch.sigmoid(outputs)
+            entropy = F.binary_cross_entropy_with_logits(outputs, truth)
+        else:
+            probs = torch.softmax(outputs, dim=1)[:, 1:]
+            truth_fg = truth[:, 1:]
+            entropy = F.cross_entropy(outputs, targets.long())
+            truth = truth_fg
+        intersection = (probs * truth).sum(dims)
+        denominator = probs.sum(dims) + truth.sum(dims)
+        soft_dice = (2 * intersection + 1e-5) / (denominator + 1e-5)
+        return entropy + (1 - soft_dice.mean())
+
+    def _hard(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Per structure, a boolean mask ``(N, K, ...)``."""
+        if self.regions:
+            return outputs > 0
+        predicted = outputs.argmax(dim=1)
+        return torch.stack([predicted == k + 1 for k in range(len(self.codes))], dim=1)
+
+    def score(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """Dice per structure over all validation patches together, and their mean (``dice``)."""
+        predicted = self._hard(outputs.float())
+        truth = self._targets(targets, outputs).bool()
+        if not self.regions:
+            truth = truth[:, 1:]
+        dims = (0, *range(2, predicted.ndim))
+        overlap = (predicted & truth).sum(dims).double()
+        total = predicted.sum(dims).double() + truth.sum(dims).double()
+        values = torch.where(total > 0, 2 * overlap / total.clamp_min(1), torch.full_like(total, float("nan")))
+        per = {f"dice_{name}": float(v) for name, v in zip(self.structures, values.tolist(), strict=True)}
+        finite = [v for v in per.values() if v == v]
+        return {"dice": float(np.mean(finite)) if finite else float("nan"), **per}
+
+    def metric_names(self) -> tuple[str, ...]:
+        return ("dice", *(f"dice_{name}" for name in self.structures))
+
+    # --- predictions ------------------------------------------------------------------------
+    def scores(self, outputs: torch.Tensor) -> pd.DataFrame:
+        """Per patch, the predicted voxels of each structure."""
+        hard = self._hard(outputs.float())
+        counts = hard.flatten(2).sum(-1).numpy()
+        return pd.DataFrame({f"voxels_{n}": counts[:, k] for k, n in enumerate(self.structures)})
+
+    def label_map(self, logits: torch.Tensor, plan: Plan, case: Any) -> np.ndarray:
+        """Label codes on the source grid from logits on the preprocessed grid (``case``: the crop box
+        and shapes of :class:`~medsight.transforms.volume3d.Preprocessed` or a cached item)."""
+        if self.regions:
+            probs = torch.sigmoid(logits).numpy()
+            back = restore(probs, case)
+            labels = np.zeros(back.shape[1:], np.uint8)
+            for name, code in self.painting:
+                labels[back[self.structures.index(name)] > 0.5] = code
+        else:
+            probs = torch.softmax(logits, dim=0).numpy()
+            background = np.zeros(len(probs), np.float32)
+            background[0] = 1.0
+            back = restore(probs, case, background=background)
+            lookup = np.array([0, *self.codes], np.uint8)
+            labels = lookup[back.argmax(axis=0)]
+            for code in plan.keep_largest:
+                labels = _keep_largest(labels, code)
+        return labels
+
+    def structure_masks(self, labels: np.ndarray) -> dict[str, np.ndarray]:
+        """Per structure, its mask in a label map of codes."""
+        if self.regions:
+            return {n: np.isin(labels, self.spec.regions[n]) for n in self.structures}  # type: ignore[index]
+        return {n: labels == self.spec.labels[n] for n in self.structures}
+
+    def predict_split(
+        self, model: nn.Module, data: TaskData, indices: np.ndarray, *, batch_size: int = 64
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Per labelled image of the rows: the whole volume predicted by sliding windows, back on its
+        source grid, scored against its reference label map there (spacing-aware)."""
+        cache: VolumeCache = data.inputs
+        plan: Plan = data.preprocess  # type: ignore[assignment]
+        pairs = {p.label: p for p in pairings(data.manifest)}
+        model = model.eval()
+        cases, rows = [], []
+        for item in cache.items_of(indices):
+            entry = cache.items[item]
+            logits = sliding_window(model, np.asarray(cache.image(item)), plan, overlap=self.spec.overlap,
+                                    mirror=self.spec.mirror)  # fmt: skip
+            predicted = self.label_map(logits, plan, entry)
+            row = data.manifest.table.iloc[entry.row]
+            reference = read_case(data.manifest, row, pairs[entry.label_column])
+            truth = np.asarray(reference.label.array[0]).astype(np.int64)  # type: ignore[union-attr]
+            spacing = reference.image.geometry.spacing
+            cases.append({**row.to_dict(), "label_column": entry.label_column})
+            rows.append(self._case_metrics(predicted, truth, spacing))
+        return pd.DataFrame(cases), pd.DataFrame(rows)
+
+    def _case_metrics(self, predicted: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        mine, theirs = self.structure_masks(predicted), self.structure_masks(truth)
+        for name in self.structures:
+            p, t = mine[name], theirs[name]
+            out[f"dice_{name}"] = dice(p, t)
+            out[f"hd95_{name}"] = hausdorff_distance(p, t, spacing)
+            out[f"nsd_{name}"] = surface_dice(p, t, spacing, tolerance=self.spec.tolerance_mm)
+            out[f"volume_error_ml_{name}"] = volume_difference(p, t, spacing)
+            if self.spec.lesion_wise:
+                lesions = lesion_wise(p, t, spacing)
+                out[f"lesion_dice_{name}"], out[f"lesion_hd95_{name}"] = lesions.dice, lesions.hd95
+        return out
+
+    def predict_volumes(
+        self, model: nn.Module, volumes: Sequence[Volume], preprocess: BaseModel, *, slice_index: int | None = None
+    ) -> tuple[pd.DataFrame, list[Volume] | None]:
+        """Label maps on each input's own grid (spacing, origin and direction kept), and each
+        structure's volume in ml."""
+        plan = preprocess if isinstance(preprocess, Plan) else None
+        if plan is None:
+            raise ConfigError("the model package holds no plan; train it again")
+        rows, maps = [], []
+        for volume in volumes:
+            if volume.channels != plan.in_channels:
+                raise InputError(
+                    f"the model reads {plan.in_channels} channel(s) per case; this input has {volume.channels}"
+                )
+            if volume.is_2d:
+                raise InputError("the model segments 3D volumes; this input is a single slice")
+            case = preprocess_for_plan(np.asarray(volume.array), volume.geometry.spacing, plan)
+            logits = sliding_window(model, case.image, plan, overlap=self.spec.overlap, mirror=self.spec.mirror)
+            labels = self.label_map(logits, plan, case)
+            voxel_ml = float(np.prod(volume.geometry.spacing)) / 1000.0
+            masks = self.structure_masks(labels)
+            rows.append({f"volume_ml_{n}": float(m.sum()) * voxel_ml for n, m in masks.items()})
+            metadata = VolumeMetadata(source_format=None, modality="SEG", patient_id=volume.metadata.patient_id,
+                                      study_uid=volume.metadata.study_uid)  # fmt: skip
+            maps.append(Volume(labels[None], volume.geometry, metadata))
+        return pd.DataFrame(rows), maps
+
+    def evaluate(
+        self, val: Prediction, test: Prediction, *, split: str, operating_points: Sequence[str], bootstrap: int
+    ) -> tuple[dict[str, Estimate], dict[str, Any], list[str]]:
+        """Mean Dice, HD95, NSD, volume error (and lesion-wise figures) per structure over the split's
+        images, each with a CI resampling patients; HD95 is averaged where both masks are non-empty."""
+        table = test.scores
+        groups = test.cases["patient_id"].astype(str).to_numpy()
+        figures: dict[str, Estimate] = {}
+        details: dict[str, Any] = {"structures": {}}
+        warnings: list[str] = []
+        means = [table[f"dice_{n}"].to_numpy(float) for n in self.structures]
+        overall = bootstrap_ci(_mean_of_rows, np.stack(means, axis=1), groups=groups, n_resamples=bootstrap)
+        figures["dice"] = Estimate.of(overall)
+        details["dice"] = overall
+        for name in self.structures:
+            block: dict[str, Any] = {}
+            for metric in ("dice", "hd95", "nsd", "volume_error_ml", "lesion_dice", "lesion_hd95"):
+                column = f"{metric}_{name}"
+                if column not in table:
+                    continue
+                values = table[column].to_numpy(float)
+                if metric == "hd95":
+                    undefined = int(np.sum(~np.isfinite(values)))
+                    if undefined:
+                        warnings.append(
+                            f"{name}: HD95 is undefined for {undefined} image(s) where only one of prediction and "
+                            "reference has the structure; averaged over the others"
+                        )
+                    values = np.where(np.isfinite(values), values, np.nan)
+                result = bootstrap_ci(_nanmean, values, groups=groups, n_resamples=bootstrap)
+                block[metric] = result
+                figures[f"{metric.replace('_', ' ')} {name}"] = Estimate.of(result)
+            details["structures"][name] = block
+        for message in warnings:
+            log.warning(message)
+        return figures, details, warnings
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def _mean_of_rows(values: np.ndarray) -> float:
+    return float(np.mean(values)) if values.size else float("nan")
+
+
+def _keep_largest(labels: np.ndarray, code: int) -> np.ndarray:
+    mask = labels == code
+    parts, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 3))
+    if count <= 1:
+        return labels
+    sizes = np.bincount(parts.reshape(-1))[1:]
+    out = labels.copy()
+    out[mask & (parts != int(np.argmax(sizes)) + 1)] = 0
+    return out
+
+
+def _request(spec: BaseModel) -> PlanRequest:
+    return spec if isinstance(spec, PlanRequest) else PlanRequest.model_validate(spec.model_dump())

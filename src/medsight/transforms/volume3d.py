@@ -1,0 +1,147 @@
+"""Deterministic 3D preprocessing: crop to the non-zero box, resample to a spacing, normalise.
+
+Each step is invertible where prediction needs it: :class:`Preprocessed` records the crop box
+and the shapes, so per-class probabilities made on the preprocessed grid can be resampled and
+pasted back onto the source grid (:func:`restore`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
+
+from medsight.core.errors import InputError
+
+__all__ = ["Preprocessed", "crop_box", "normalize", "preprocess_case", "resample", "restore"]
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """A case on the network's grid, and how to go back.
+
+    Attributes:
+        image: ``(C, Z, Y, X)`` float32, normalised, at ``spacing``.
+        label: ``(Z, Y, X)`` uint8 class indices on the same grid, or None.
+        spacing: The grid's actual spacing (mm), ``(z, y, x)``.
+        source_shape: The case's original grid.
+        box: The crop box on the original grid, ``((z0, z1), (y0, y1), (x0, x1))``.
+    """
+
+    image: np.ndarray
+    label: np.ndarray | None
+    spacing: tuple[float, float, float]
+    source_shape: tuple[int, int, int]
+    box: tuple[tuple[int, int], ...]
+
+
+def crop_box(image: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """The box around voxels that are non-zero in any channel (the whole grid when there are none)."""
+    nonzero = np.any(image != 0, axis=0)
+    if not nonzero.any():
+        return tuple((0, s) for s in nonzero.shape)
+    box = []
+    for axis in range(3):
+        hit = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append((int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def _target_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, int, int]:
+    return tuple(max(1, round(float(n) * s / t)) for n, s, t in zip(shape, spacing, target, strict=True))  # type: ignore[return-value]
+
+
+def resample(array: np.ndarray, shape: Sequence[int], *, labels: bool = False) -> np.ndarray:
+    """``(C, Z, Y, X)`` resampled to ``shape``: trilinear for intensities and probabilities, nearest
+    neighbour for label maps (``labels``). Voxel centres scale with the extent (align_corners=False)."""
+    if tuple(array.shape[1:]) == tuple(shape):
+        return array
+    tensor = torch.from_numpy(np.ascontiguousarray(array))[None]
+    if labels:
+        out = F.interpolate(tensor.float(), size=tuple(shape), mode="nearest-exact")
+        return out[0].numpy().astype(array.dtype)
+    out = F.interpolate(tensor.float(), size=tuple(shape), mode="trilinear", align_corners=False)
+    return out[0].numpy()
+
+
+def normalize(
+    image: np.ndarray,
+    schemes: Sequence[str],
+    *,
+    clips: Sequence[tuple[float, float] | None],
+    means: Sequence[float | None],
+    stds: Sequence[float | None],
+    masks: Sequence[bool],
+) -> np.ndarray:
+    """Per channel: ``ct`` clips then z-scores with the given statistics; ``zscore`` uses the image's
+    own (inside its non-zero region when ``mask``, the rest set to 0); ``none`` leaves it."""
+    if len(schemes) != image.shape[0]:
+        raise InputError(f"the plan normalises {len(schemes)} channel(s); the image has {image.shape[0]}")
+    out = np.empty(image.shape, dtype=np.float32)
+    for k, scheme in enumerate(schemes):
+        channel = image[k].astype(np.float32)
+        if scheme == "ct":
+            low, high = clips[k]  # type: ignore[misc]
+            out[k] = (np.clip(channel, low, high) - float(means[k])) / float(stds[k])  # type: ignore[arg-type]
+        elif scheme == "zscore":
+            region = channel != 0 if masks[k] else np.ones(channel.shape, bool)
+            values = channel[region] if region.any() else channel.reshape(-1)
+            scaled = (channel - values.mean()) / max(float(values.std()), 1e-8)
+            out[k] = np.where(region, scaled, 0.0) if masks[k] else scaled
+        else:
+            out[k] = channel
+    return out
+
+
+def preprocess_case(
+    image: np.ndarray,
+    spacing: Sequence[float],
+    target_spacing: Sequence[float],
+    *,
+    label: np.ndarray | None = None,
+    crop: bool = True,
+    normalization: dict[str, list] | None = None,
+) -> Preprocessed:
+    """Crop (when ``crop``), resample to ``target_spacing`` and normalise one case.
+
+    ``normalization`` holds lists ``schemes``, ``clips``, ``means``, ``stds``, ``masks`` (one entry
+    per channel); ``label`` holds class indices on the image's grid.
+
+    Raises:
+        InputError: NaN or infinite intensities (they would poison every statistic).
+    """
+    if image.ndim != 4:
+        raise InputError(f"a case image is (C, Z, Y, X); got shape {image.shape}")
+    if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
+        raise InputError("the image holds NaN or infinite values; fix or mask them before segmentation")
+    source_shape = tuple(int(s) for s in image.shape[1:])
+    box = crop_box(image) if crop else tuple((0, s) for s in source_shape)
+    window = tuple(slice(a, b) for a, b in box)
+    cropped = image[(slice(None), *window)]
+    shape = _target_shape(cropped.shape[1:], spacing, target_spacing)
+    actual = tuple(float(n * s / m) for n, s, m in zip(cropped.shape[1:], spacing, shape, strict=True))
+    if normalization is not None:  # normalise before resampling: statistics of the measured voxels
+        cropped = normalize(cropped, normalization["schemes"], clips=normalization["clips"],
+                            means=normalization["means"], stds=normalization["stds"],
+                            masks=normalization["masks"])  # fmt: skip
+    resampled = resample(cropped.astype(np.float32), shape)
+    resampled_label = None
+    if label is not None:
+        resampled_label = resample(label[window][None].astype(np.uint8), shape, labels=True)[0]
+    return Preprocessed(resampled.astype(np.float32), resampled_label, actual, source_shape, box)  # type: ignore[arg-type]
+
+
+def restore(probabilities: np.ndarray, case: Preprocessed, *, background: Sequence[float] | None = None) -> np.ndarray:
+    """Per-class probabilities ``(K, z, y, x)`` on the preprocessed grid, back on the source grid:
+    resampled to the crop box and pasted in; outside it every class gets ``background`` (class 0
+    certain for softmax outputs, all regions absent for sigmoid ones)."""
+    box_shape = tuple(b - a for a, b in case.box)
+    inside = resample(probabilities.astype(np.float32), box_shape)
+    fill = np.zeros(len(probabilities), np.float32) if background is None else np.asarray(background, np.float32)
+    out = np.empty((len(probabilities), *case.source_shape), np.float32)
+    out[:] = fill[:, None, None, None]
+    out[(slice(None), *(slice(a, b) for a, b in case.box))] = inside
+    return out

@@ -1,0 +1,224 @@
+"""The segmentation task: regions painted back to labels, loss and scores, patches, the source grid on real files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from medsight.core.errors import ConfigError, InputError
+from medsight.core.geometry import Geometry
+from medsight.core.volume import Volume
+from medsight.metrics.segmentation import dice
+from medsight.tasks import SegmentationSpec, task_for
+from medsight.transforms.volume3d import Preprocessed, preprocess_case, restore
+
+BRATS = {"kind": "segmentation", "labels": {"NCR": 1, "ED": 2, "ET": 4},
+         "regions": {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}}  # fmt: skip
+
+
+def _identity_case(shape):
+    return Preprocessed(np.zeros((1, *shape), np.float32), None, (1.0, 1.0, 1.0), shape, tuple((0, s) for s in shape))
+
+
+def test_regions_are_painted_back_to_label_codes_from_the_largest():
+    task = task_for(BRATS)
+    assert [code for _, code in task.painting] == [2, 1, 4]  # WT paints ED, TC paints NCR, ET paints ET
+    truth = np.zeros((4, 6, 6), np.uint8)
+    truth[1:3, 1:5, 1:5] = 2
+    truth[1:3, 2:4, 2:4] = 1
+    truth[2, 2, 2] = 4
+    masks = task.structure_masks(truth)
+    logits = torch.from_numpy(np.stack([np.where(masks[n], 5.0, -5.0) for n in task.structures]).astype(np.float32))
+    painted = task.label_map(logits, None, _identity_case(truth.shape))
+    np.testing.assert_array_equal(painted, truth)
+
+
+def test_labels_without_regions_take_the_most_likely_class_and_keep_the_largest_component():
+    from medsight.planning import Plan
+
+    task = task_for({"kind": "segmentation", "labels": {"liver": 1, "tumour": 2}})
+    truth = np.zeros((4, 8, 8), np.uint8)
+    truth[:, 1:4, 1:4] = 1
+    truth[:, 6:8, 6:8] = 1  # a second, smaller liver component: removed when the plan keeps the largest
+    logits = torch.from_numpy(np.eye(3, dtype=np.float32)[truth].transpose(3, 0, 1, 2) * 10)
+    plan = Plan.model_construct(keep_largest=[])
+    np.testing.assert_array_equal(task.label_map(logits, plan, _identity_case(truth.shape)), truth)
+    plan = Plan.model_construct(keep_largest=[1])
+    kept = task.label_map(logits, plan, _identity_case(truth.shape))
+    assert kept[:, 6:8, 6:8].sum() == 0 and (kept[:, 1:4, 1:4] == 1).all()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"regions": {"A": [1, 2], "B": [1, 2]}}, "exactly one label code"),
+     ({"regions": {"A": [1, 9]}}, "unknown: \\[9\\]"),
+     ({"labels": {"a": 0}}, "1..255"),
+     ({"labels": {"a": 1, "b": 1}}, "distinct")],
+)  # fmt: skip
+def test_bad_label_and_region_specs_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        SegmentationSpec(**{**BRATS, **change})
+
+
+def test_loss_and_validation_dice():
+    task = task_for({"kind": "segmentation", "labels": {"a": 1, "b": 2}})
+    rng = np.random.default_rng(0)
+    targets = torch.from_numpy(rng.integers(0, 3, size=(2, 6, 8, 8)).astype(np.uint8))
+    perfect = torch.nn.functional.one_hot(targets.long(), 3).movedim(-1, 1).float() * 20 - 10
+    assert float(task.loss(perfect, targets)) < 0.01
+    assert float(task.loss(torch.zeros_like(perfect), targets)) > 0.5
+    noisy = perfect + torch.from_numpy(rng.normal(0, 15, size=perfect.shape).astype(np.float32))
+    scored = task.score(noisy, targets)
+    hard = noisy.argmax(1).numpy()
+    for k, name in enumerate(("a", "b"), start=1):
+        assert scored[f"dice_{name}"] == pytest.approx(dice(hard == k, targets.numpy() == k))
+    assert scored["dice"] == pytest.approx((scored["dice_a"] + scored["dice_b"]) / 2)
+    assert tuple(scored) == task.metric_names()
+    with pytest.raises(InputError, match="do not match label patches"):
+        task.loss(perfect[:, :, :4], targets)
+    regions = task_for(BRATS)
+    region_targets = torch.from_numpy(rng.choice([0, 1, 2, 3], size=(2, 6, 8, 8)).astype(np.uint8))  # indices
+    masks = regions._targets(region_targets, perfect)
+    assert masks.shape == (2, 3, 6, 8, 8)
+    assert torch.equal(masks[:, 0].bool(), region_targets > 0)  # WT: every label
+    assert torch.equal(masks[:, 2].bool(), region_targets == 3)  # ET: the third code (4)
+
+
+def test_preprocessing_then_restoring_gives_back_the_source_grid():
+    rng = np.random.default_rng(1)
+    image = np.zeros((1, 20, 30, 30), np.float32)
+    image[0, 3:17, 5:25, 4:28] = rng.normal(100, 10, size=(14, 20, 24))
+    label = np.zeros((20, 30, 30), np.uint8)
+    label[6:12, 10:20, 10:20] = 1
+    done = preprocess_case(image, (3.0, 1.0, 1.0), (1.5, 2.0, 2.0), label=label,
+                           normalization={"schemes": ["zscore"], "clips": [None], "means": [None], "stds": [None],
+                                          "masks": [True]})  # fmt: skip
+    assert done.box == ((3, 17), (5, 25), (4, 28)) and done.image.shape == (1, 28, 10, 12)
+    assert done.spacing == pytest.approx((1.5, 2.0, 2.0))
+    same = preprocess_case(image, (3.0, 1.0, 1.0), (3.0, 1.0, 1.0),
+                           normalization={"schemes": ["zscore"], "clips": [None], "means": [None], "stds": [None],
+                                          "masks": [True]})  # fmt: skip
+    inside = same.image[0][image[0, 3:17, 5:25, 4:28] != 0]  # z-scored inside the non-zero region
+    assert abs(inside.mean()) < 1e-4 and inside.std() == pytest.approx(1.0, abs=1e-3)
+    probabilities = np.stack([done.label == 0, done.label == 1]).astype(np.float32)
+    back = restore(probabilities, done, background=[1.0, 0.0]).argmax(0)
+    # 2x downsampling quantises an edge by up to one source voxel; nothing moves beyond that
+    assert back.shape == label.shape and dice(back == 1, label == 1) >= 0.85
+    assert np.abs(np.argwhere(back == 1).mean(0) - np.argwhere(label == 1).mean(0)).max() <= 1.0
+    kept = preprocess_case(image, (3.0, 1.0, 1.0), (3.0, 1.0, 1.0), label=label)  # cropped, not resampled
+    exact = restore(np.stack([kept.label == 0, kept.label == 1]).astype(np.float32), kept, background=[1.0, 0.0])
+    np.testing.assert_array_equal(exact.argmax(0), label)
+    with pytest.raises(InputError, match="NaN or infinite"):
+        preprocess_case(np.full((1, 4, 4, 4), np.nan, np.float32), (1, 1, 1), (1, 1, 1))
+
+
+def test_patches_are_padded_and_oversampled_on_the_foreground(tmp_path):
+    from medsight.data.patches import extract_patch
+
+    image = np.arange(27, dtype=np.float32).reshape(1, 3, 3, 3)
+    label = np.ones((3, 3, 3), np.uint8)
+    patch, patch_label = extract_patch(image, label, (0, 0, 0), (4, 4, 4))
+    assert patch.shape == (1, 4, 4, 4) and patch[0, 2, 2, 2] == 0 and patch[0, 3, 3, 3] == 13
+    assert patch_label.sum() == 8  # only the part inside the volume is labelled
+    empty, _ = extract_patch(image, label, (40, 0, 0), (4, 4, 4))
+    assert not empty.any()
+
+
+def _tiny_data(root, n=8, shape=(12, 24, 24), seed=0):
+    from medsight.io import write
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        image = rng.normal(100, 10, size=shape).astype(np.float32)
+        label = np.zeros(shape, np.uint8)
+        label[3:9, 6 + i % 4 : 16 + i % 4, 6:16] = 1
+        image[label == 1] += 120
+        geometry = Geometry(spacing=(2.0, 1.0, 1.0))
+        write(Volume(image[None], geometry), root / f"c{i}.nii.gz")
+        write(Volume(label[None], geometry), root / f"c{i}_seg.nii.gz")
+        rows.append({"case_id": f"c{i}", "patient_id": f"p{i}", "image": f"c{i}.nii.gz", "label": f"c{i}_seg.nii.gz",
+                     "split": ["train", "train", "train", "train", "val", "val", "test", "test"][i % 8]})  # fmt: skip
+    pd.DataFrame(rows).to_csv(root / "m.csv", index=False)
+    return root / "m.csv"
+
+
+def _recipe(tmp_path, **preprocess):
+    spec = {"name": "tiny-seg", "task": {"kind": "segmentation", "labels": {"lesion": 1}},
+            "model": {"name": "dynunet"},
+            "preprocess": {"memory_gb": 2, "base_filters": 4, "modality": "MR",
+                           "overrides": {"batch_size": 2, "iterations_per_epoch": 4}, **preprocess},
+            "train": {"epochs": 2, "precision": "fp32", "channels_last": "off", "lr": 0.01}}  # fmt: skip
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(spec))
+    from medsight.engine.recipe import load_recipe
+
+    return load_recipe(tmp_path / "recipe.yaml")
+
+
+@pytest.mark.slow
+def test_labels_outside_the_schema_are_named(tmp_path):
+    from medsight.engine.fit import fit
+    from medsight.io import read, write
+
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = _tiny_data(data)
+    bad = read(data / "c2_seg.nii.gz")
+    array = bad.array.copy()
+    array[0, 0, 0, 0] = 7
+    write(bad.with_array(array), data / "c2_seg.nii.gz", overwrite=True)
+    with pytest.raises(InputError, match=r"case c2: .*holds \[7\], not among the task's label codes \[1\]"):
+        fit(_recipe(tmp_path), manifest, tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_a_given_plan_is_used_and_the_run_keeps_it(tmp_path):
+    from medsight.engine.fit import fit
+    from medsight.engine.plan import plan_dataset, save_plan
+
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = _tiny_data(data)
+    from medsight.data import Manifest
+
+    plan = plan_dataset(Manifest.load(manifest), memory_gb=2, base_filters=4, overrides=["iterations_per_epoch=3",
+                                                                                           "batch_size=2"])  # fmt: skip
+    save_plan(plan, tmp_path / "plan.json")
+    fit(_recipe(tmp_path, plan=str(tmp_path / "plan.json"), overrides={}), manifest, tmp_path / "run")
+    kept = (tmp_path / "run" / "plan.json").read_text()
+    assert kept == plan.model_dump_json(indent=2)
+    with pytest.raises(ConfigError, match=r"preprocess\.overrides make an invalid plan"):
+        fit(_recipe(tmp_path, overrides={"patch_size": [5, 5, 5]}), manifest, tmp_path / "run2")
+
+
+@pytest.mark.slow
+def test_predictions_on_real_files_keep_their_exact_grid(tmp_path, shared_data):
+    """A 1-channel model predicts the real brain1 NRRD (LAS, 6.5 mm slices) and a DICOM series made
+    from it: each label map has the input's grid exactly, and a 2-channel input is refused."""
+    from medsight.engine.fit import fit
+    from medsight.inference import Predictor
+    from medsight.io import read, write
+
+    source = shared_data / "radiomics" / "brain1_image.nrrd"
+    if not source.is_file():
+        pytest.skip(f"{source} is not in ../shared/data")
+    data = tmp_path / "data"
+    data.mkdir()
+    fit(_recipe(tmp_path), _tiny_data(data), tmp_path / "run")
+    predictor = Predictor.from_run(tmp_path / "run")
+    brain = read(source)
+    series = write(brain, tmp_path / "series", modality="MR")
+    result = predictor.predict_files([source, series], masks=tmp_path / "masks")
+    outputs = result.cases["output"].tolist()
+    assert outputs[0].endswith("brain1_image_seg.nrrd") and outputs[1].endswith("series_seg.nii.gz")
+    for given, output in zip((source, series), outputs, strict=True):
+        image, labels = read(given), read(output)
+        assert labels.spatial_shape == image.spatial_shape
+        assert labels.geometry.isclose(image.geometry, atol=1e-3), (labels.geometry, image.geometry)
+    assert (result.scores["volume_ml_lesion"] >= 0).all()
+    two = brain.with_array(np.concatenate([brain.array, brain.array]))
+    with pytest.raises(InputError, match="reads 1 channel"):
+        predictor.predict_volumes([two])
