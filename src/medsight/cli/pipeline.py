@@ -164,16 +164,20 @@ def predict_command(
     ] = None,
 ) -> None:
     """Predict on image files or DICOM; one row per image. Mammography runs also write breast-
-    and exam-level scores (``<out>_breasts.csv``, ``<out>_exams.csv``) fused as in evaluation."""
+    and exam-level scores (``<out>_breasts.csv``, ``<out>_exams.csv``) fused as in evaluation;
+    segmentation runs write a label map per input (a DICOM folder is one volume) into ``<out>_masks/``."""
     from medsight.inference import Predictor
     from medsight.io.atomic import check_writable
 
     check_writable(output, option="--out")  # before any work: a bad --out must not waste the predictions
     predictor = Predictor.from_run(run)
+    masks = output.with_name(f"{output.stem}_masks")  # label maps, for models that make them
     with progress_bar() as progress:
-        table = predictor.predict_files(inputs, slice_index=slice_index, progress=progress).table()
+        table = predictor.predict_files(inputs, slice_index=slice_index, masks=masks, progress=progress).table()
     table.to_csv(output, index=False)
     out.print(f"wrote {len(table)} prediction(s) to {output}")
+    if "output" in table:
+        out.print(f"wrote {len(table)} label map(s) on the inputs' grids to {masks}/")
     try:
         grouped = predictor.grouped(table)
     except MedsightError as exc:

@@ -23,7 +23,7 @@ from medsight.data.manifest import Manifest
 from medsight.data.splits import assign_splits
 from medsight.engine.config import TrainConfig, choose_device
 from medsight.engine.distributed import barrier, gather, rank, world_size
-from medsight.engine.loop import TrainResult, train
+from medsight.engine.loop import TrainResult, seed_everything, train
 from medsight.engine.recipe import Recipe
 from medsight.engine.run import git_commit, versions
 from medsight.models import backbone_parameters, load_pretrained, registered_models
@@ -108,6 +108,7 @@ def fit(
         raise InputError(f"need train and val cases; the split has {len(train_idx)} train and {len(val_idx)} val")
     task.check(data, {"train": train_idx, "val": val_idx})
     training = task.training(data, train_idx, balance=recipe.balance, augment=recipe.augment, seed=recipe.train.seed)
+    seed_everything(recipe.train.seed)  # the initial weights are part of what the seed reproduces
     model = task.network(recipe.model, data.in_channels, data.preprocess)
     config = _resolved(recipe, training)
     spec = registered_models()[recipe.model.name]
