@@ -182,3 +182,60 @@ def test_lesion_wise_matches_the_whole_image_figures_for_one_lesion():
     result = lesion_wise(prediction, reference, spacing)
     assert result.dice == pytest.approx(dice(prediction, reference))
     assert result.hd95 == pytest.approx(hausdorff_distance(prediction, reference, spacing))
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (3.0, 0.8, 0.8)])
+def test_large_smooth_masks_give_the_same_distances_as_monai(spacing):
+    """Smooth masks with sparse surfaces are measured by a k-d tree, speckled ones by a distance
+    transform: both agree with MONAI."""
+    z, y, x = np.ogrid[:40, :48, :48]
+    reference = (z - 20) ** 2 + (y - 24) ** 2 + (x - 24) ** 2 < 15**2
+    prediction = (z - 21) ** 2 / 1.2 + (y - 22) ** 2 + (x - 25) ** 2 < 14**2
+    to_ref, _ = surface_distances(prediction, reference, spacing)
+    assert to_ref.size < 0.05 * reference.size  # the sparse (k-d tree) path
+    for percentile in (95, 100):
+        theirs = compute_hausdorff_distance(_monai(prediction), _monai(reference), include_background=True,
+                                            percentile=percentile, spacing=list(spacing))  # fmt: skip
+        assert hausdorff_distance(prediction, reference, spacing, percentile=percentile) == pytest.approx(
+            float(theirs), abs=1e-5
+        )
+    theirs = compute_surface_dice(_monai(prediction), _monai(reference), [1.5], include_background=True,
+                                  spacing=list(spacing))  # fmt: skip
+    assert surface_dice(prediction, reference, spacing, tolerance=1.5) == pytest.approx(float(theirs), abs=1e-6)
+
+
+def _lesion_wise_on_the_whole_grid(p, r, spacing, dilation=3, min_volume=50.0, missing=374.0):
+    """The BraTS 2023 rules written out on full arrays, as the official script does them."""
+    full = ndimage.generate_binary_structure(3, 3)
+    grow = ndimage.generate_binary_structure(3, 2)
+    voxel = float(np.prod(spacing))
+    pred, _ = ndimage.label(p, full)
+    merged, count = ndimage.label(ndimage.binary_dilation(r, grow, iterations=dilation), full)
+    gt = np.where(r, merged, 0)
+    tp_components, scores = [], []
+    for lesion in range(1, count + 1):
+        own = gt == lesion
+        touching = [t for t in np.unique(pred[ndimage.binary_dilation(own, grow, iterations=dilation)]) if t]
+        tp_components += touching
+        if own.sum() * voxel <= min_volume:
+            continue
+        found = np.isin(pred, touching)
+        hd = hausdorff_distance(found, own, spacing)
+        scores.append((dice(found, own), missing if math.isinf(hd) else hd))
+    fp = len(set(np.unique(pred[pred > 0])) - set(tp_components))
+    n = len(scores) + fp
+    if n == 0:
+        return 1.0, 0.0
+    return sum(d for d, _ in scores) / n, (sum(h for _, h in scores) + missing * fp) / n
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lesion_wise_agrees_with_the_rules_written_out_on_the_whole_grid(seed):
+    rng = np.random.default_rng(seed)
+    reference = _blobs(rng, shape=(30, 40, 40), count=4)
+    prediction = ndimage.binary_dilation(reference, iterations=1) & ~_blobs(rng, shape=(30, 40, 40), count=2)
+    prediction |= _blobs(rng, shape=(30, 40, 40), count=1)  # false positives too
+    spacing = (2.0, 1.0, 0.9)
+    ours = lesion_wise(prediction, reference, spacing, min_volume=20)
+    assert (ours.dice, ours.hd95) == pytest.approx(_lesion_wise_on_the_whole_grid(prediction, reference, spacing,
+                                                                                   min_volume=20))  # fmt: skip

@@ -222,3 +222,34 @@ def test_predictions_on_real_files_keep_their_exact_grid(tmp_path, shared_data):
     two = brain.with_array(np.concatenate([brain.array, brain.array]))
     with pytest.raises(InputError, match="reads 1 channel"):
         predictor.predict_volumes([two])
+
+
+@pytest.mark.slow
+def test_a_case_folder_of_channel_files_is_one_input(tmp_path):
+    """A 2-channel model finds a case's channels in its folder by name; a folder lacking one is named."""
+    from medsight.engine.fit import fit
+    from medsight.inference import Predictor
+    from medsight.io import read, write
+
+    data = tmp_path / "data"
+    data.mkdir()
+    table = pd.read_csv(_tiny_data(data))
+    for i in range(len(table)):  # a second contrast: the first one inverted
+        image = read(data / f"c{i}.nii.gz")
+        write(image.with_array(-image.array), data / f"c{i}_flair.nii.gz")
+    table = table.rename(columns={"image": "image_t1"}).assign(image_flair=[f"c{i}_flair.nii.gz" for i in range(8)])
+    table.to_csv(data / "m2.csv", index=False)
+    fit(_recipe(tmp_path), data / "m2.csv", tmp_path / "run")
+    predictor = Predictor.from_run(tmp_path / "run")
+    assert predictor.preprocess.channel_names == ["t1", "flair"]
+    case = tmp_path / "case7"
+    case.mkdir()
+    (case / "case7_t1.nii.gz").write_bytes((data / "c7.nii.gz").read_bytes())
+    (case / "case7_flair.nii.gz").write_bytes((data / "c7_flair.nii.gz").read_bytes())
+    (case / "notes.txt").write_text("not an image")
+    result = predictor.predict_files([case], masks=tmp_path / "masks")
+    assert len(result) == 1 and result.cases["output"][0].endswith("case7_seg.nii.gz")
+    assert read(result.cases["output"][0]).geometry.isclose(read(data / "c7.nii.gz").geometry)
+    (case / "case7_flair.nii.gz").unlink()
+    with pytest.raises(InputError, match=r"reads the channels \['t1', 'flair'\]; no file for \['flair'\]"):
+        predictor.predict_files([case], masks=tmp_path / "masks")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ValidationError
 from torch import nn
@@ -93,6 +94,26 @@ def _read(path: str | os.PathLike[str]) -> Volume:
     return read(path, invert_monochrome1=True) if detect_format(path) in ("dicom", "dicom-series") else read(path)
 
 
+def _read_channels(name: Path, files: Sequence[Path]) -> Volume:
+    """One input: a file, or the channel files of a case stacked in order (they must share a grid)."""
+    volumes = []
+    for path in files:
+        try:
+            volume = _read(path)
+        except MedsightError as exc:
+            raise type(exc)(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from exc
+        if volumes and (
+            volume.spatial_shape != volumes[0].spatial_shape or not volume.geometry.isclose(volumes[0].geometry)
+        ):
+            raise InputError(
+                f"{name}: {path.name} is not on the grid of {files[0].name}; a case's channels must be co-registered"
+            )
+        volumes.append(volume)
+    if len(volumes) == 1:
+        return volumes[0]
+    return volumes[0].with_array(np.concatenate([v.array for v in volumes], axis=0))
+
+
 _MAP_SUFFIXES = {".nii": ".nii.gz", ".nii.gz": ".nii.gz", ".nrrd": ".nrrd", ".mha": ".mha", ".mhd": ".mha"}
 
 
@@ -103,7 +124,7 @@ def _write_map(label: Volume, source: Path, volume: Volume, masks: str | os.Path
         raise InputError("this model writes label maps: give a folder for them (masks=, or --out of `predict`)")
     if label.spatial_shape != volume.spatial_shape or not label.geometry.isclose(volume.geometry):
         raise MedsightError(f"{source}: the label map is not on the input's grid (a bug; please report it)")
-    suffix = full_suffix(source)
+    suffix = "" if source.is_dir() else full_suffix(source)
     name = source.name.removesuffix(suffix) if suffix else source.name
     folder = Path(masks)
     folder.mkdir(parents=True, exist_ok=True)
@@ -202,16 +223,12 @@ class Predictor:
         maps the task makes (segmentation) are written to ``masks`` (a folder, made if needed), one
         per input on its exact grid, named in an ``output`` column. Each file is read once; a file
         that cannot be read or prepared is named in the error."""
-        paths = expand_inputs(inputs, volumes=self.task.spatial_dims == 3)
+        groups = self._groups(inputs)
+        paths = list(groups)
         cases, scores = [], []
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            volumes = []
-            for path in chunk:
-                try:
-                    volumes.append(_read(path))
-                except MedsightError as exc:
-                    raise type(exc)(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from exc
+            volumes = [_read_channels(path, groups[path]) for path in chunk]
             try:
                 chunk_scores, maps = self.predict_volumes(volumes, slice_index=slice_index)
             except MedsightError as exc:
@@ -225,6 +242,23 @@ class Predictor:
             if progress is not None:
                 progress("predicting", min(start + batch_size, len(paths)), len(paths))
         return Prediction(pd.DataFrame(cases), pd.concat(scores, ignore_index=True), self.provenance)
+
+    def _groups(self, inputs: Sequence[str | os.PathLike[str]]) -> dict[Path, list[Path]]:
+        """Each input to predict on, with the files it is read from: a case folder holding the
+        model's channels (``*_t1.nii.gz``, ``*_flair.nii.gz``...) is one input of those files; other
+        folders are expanded (:func:`expand_inputs`)."""
+        groups: dict[Path, list[Path]] = {}
+        rest: list[str | os.PathLike[str]] = []
+        for item in inputs:
+            folder = Path(item)
+            files = self.task.case_files(folder, self.preprocess) if folder.is_dir() else None
+            if files:
+                groups[folder] = files
+            else:
+                rest.append(item)
+        if rest:
+            groups.update({p: [p] for p in expand_inputs(rest, volumes=self.task.spatial_dims == 3)})
+        return groups
 
     def grouped(self, table: pd.DataFrame) -> dict[str, pd.DataFrame]:
         """Per-input predictions combined to higher levels as the task does in evaluation (e.g.

@@ -136,6 +136,8 @@ class Plan(BaseModel):
         estimated_memory_gb: What training is expected to take (process included).
         keep_largest: Label values whose prediction keeps only its largest component (those that
             are one component in at least 90 % of the training cases).
+        channel_names: The input channels in order, as the data set names them (``t1``, ``flair``);
+            prediction finds a case's files by them.
         fingerprint: The data set it was made from.
     """
 
@@ -156,6 +158,7 @@ class Plan(BaseModel):
     memory_gb: float = Field(gt=0)
     estimated_memory_gb: float
     keep_largest: list[int] = []
+    channel_names: list[str] = []
     fingerprint: Fingerprint
 
     @model_validator(mode="after")

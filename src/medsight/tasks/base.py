@@ -92,6 +92,7 @@ class Task(ABC):
     preprocess_type: ClassVar[type[BaseModel]]
     package_preprocess_type: ClassVar[type[BaseModel] | None] = None  # resolved form, when it differs
     preprocess_file: ClassVar[str | None] = None  # where fit also writes the resolved preprocessing
+    fits_on_validation: ClassVar[bool] = True  # evaluation chooses thresholds (or more) on the val split
 
     @classmethod
     @abstractmethod
@@ -182,6 +183,11 @@ class Task(ABC):
         with torch.no_grad():
             outputs = model(torch.from_numpy(np.stack(arrays)))
         return self.scores(outputs), None
+
+    def case_files(self, folder: Path, preprocess: BaseModel) -> list[Path] | None:
+        """The files of ``folder`` that together make one input (a case's channels, in the model's
+        order), or None when the folder is not one such case; none by default."""
+        return None
 
     @abstractmethod
     def evaluate(

@@ -159,6 +159,7 @@ class SegmentationTask(Task):
     preprocess_type = PlanRequest
     package_preprocess_type: ClassVar[type[BaseModel] | None] = Plan
     preprocess_file: ClassVar[str | None] = "plan.json"
+    fits_on_validation: ClassVar[bool] = False  # nothing is chosen on val: evaluation predicts the split alone
 
     def __init__(self, spec: SegmentationSpec) -> None:
         self._spec = spec
@@ -225,6 +226,10 @@ class SegmentationTask(Task):
         """Plan (unless given a plan) and preprocess every labelled image into a volume cache."""
         plan = preprocess if isinstance(preprocess, Plan) else self.plan_for(manifest, _request(preprocess),
                                                                              progress=progress)  # fmt: skip
+        if not plan.channel_names:
+            columns = pairings(manifest)[0].images
+            names = [c.removeprefix("image_").removeprefix("image") or f"channel{k}" for k, c in enumerate(columns)]
+            plan = plan.model_copy(update={"channel_names": names})
         cache = build_volume_cache(manifest, plan, self.codes, Path(folder) / plan.preprocessing_key(),
                                    progress=progress)  # fmt: skip
         return TaskData(manifest, cache, np.zeros(len(manifest), np.float32), plan, plan.in_channels)
@@ -421,6 +426,34 @@ class SegmentationTask(Task):
                                       study_uid=volume.metadata.study_uid)  # fmt: skip
             maps.append(Volume(labels[None], volume.geometry, metadata))
         return pd.DataFrame(rows), maps
+
+    def case_files(self, folder: Path, preprocess: BaseModel) -> list[Path] | None:
+        """For a model of several channels: the folder's file for each channel, found by its name
+        (``BraTS2021_00001_t1ce.nii.gz`` for ``t1ce``: the name after the last ``_`` or ``-``).
+
+        Raises:
+            InputError: the folder holds some of the channels but not all, or one twice.
+        """
+        plan = preprocess if isinstance(preprocess, Plan) else None
+        if plan is None or plan.in_channels < 2 or not plan.channel_names:
+            return None
+        found: dict[str, list[Path]] = {name: [] for name in plan.channel_names}
+        for path in sorted(folder.iterdir()):
+            stem = path.name.split(".")[0].lower()
+            key = stem.replace("-", "_").rsplit("_", 1)[-1]
+            if path.is_file() and key in found:
+                found[key].append(path)
+        if not any(found.values()):
+            return None
+        missing = [n for n, files in found.items() if not files]
+        doubled = [n for n, files in found.items() if len(files) > 1]
+        if missing or doubled:
+            raise InputError(
+                f"{folder}: the model reads the channels {plan.channel_names}; "
+                + (f"no file for {missing}" if missing else f"several files for {doubled}")
+                + " (a case folder holds one <case>_<channel> image per channel)"
+            )
+        return [found[name][0] for name in plan.channel_names]
 
     def evaluate(
         self, val: Prediction, test: Prediction, *, split: str, operating_points: Sequence[str], bootstrap: int

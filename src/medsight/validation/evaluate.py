@@ -89,7 +89,8 @@ def evaluate_run(
     points = settings.get("operating_points", ["youden"])
     data = predictor.prepare(manifest, progress=progress)
     test = predictor.predict_split(data, split)
-    val = predictor.predict_split(data, "val") if split != "val" else test
+    fits = split != "val" and predictor.task.fits_on_validation
+    val = predictor.predict_split(data, "val") if fits else test
     figures, details, warnings = predictor.task.evaluate(val, test, split=split, operating_points=points, bootstrap=n)
     predictor.task.save_fitted(details, run_dir)  # prediction on new cases reuses it
     evaluation = Evaluation(
