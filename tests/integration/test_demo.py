@@ -102,3 +102,13 @@ def test_the_probe_measures_the_model_training_will_use(tmp_path, monkeypatch):
     step, _, extra = demo._steps("standard")[0]
     mode = demo._probe(step, extra)
     assert mode.images_per_second == 10.0 and set(shapes) == {(16, 3, 128, 128)}
+
+
+@pytest.mark.slow
+def test_recipes_runs_a_subset_and_a_typo_is_named(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--quick", "--recipes", "cxr-findings", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert [r["recipe"] for r in summary] == ["cxr-findings"] and not (tmp_path / "d" / "runs" / "dr-grading").exists()
+    typo = CliRunner().invoke(app, ["demo", "--quick", "--recipes", "cxr-finding", "--out", str(tmp_path / "e")])
+    assert typo.exit_code == 1 and "--recipes takes some of dr-grading, cxr-findings, mammo-screening" in typo.output

@@ -188,8 +188,11 @@ def test_a_given_plan_is_used_and_the_run_keeps_it(tmp_path):
                                                                                            "batch_size=2"])  # fmt: skip
     save_plan(plan, tmp_path / "plan.json")
     fit(_recipe(tmp_path, plan=str(tmp_path / "plan.json"), overrides={}), manifest, tmp_path / "run")
-    kept = (tmp_path / "run" / "plan.json").read_text()
-    assert kept == plan.model_dump_json(indent=2)
+    from medsight.planning import Plan
+
+    kept = Plan.model_validate_json((tmp_path / "run" / "plan.json").read_text())
+    assert kept.channel_names == ["image"]  # filled in from the manifest's image column
+    assert kept.model_copy(update={"channel_names": []}) == plan
     with pytest.raises(ConfigError, match=r"preprocess\.overrides make an invalid plan"):
         fit(_recipe(tmp_path, overrides={"patch_size": [5, 5, 5]}), manifest, tmp_path / "run2")
 

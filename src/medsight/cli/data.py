@@ -145,7 +145,8 @@ def qc(
         from medsight.engine.recipe import load_recipe
 
         task = load_recipe(recipe).task
-        classes, multilabel = task.classes, task.kind == "multilabel"
+        # class targets are checked for classification recipes; label maps are checked for every manifest
+        classes, multilabel = getattr(task, "classes", None), task.kind == "multilabel"
     source = Manifest.load(manifest_path)
     with progress_bar() as progress:
         report = run_qc(source, read_images=not no_images, classes=classes, multilabel=multilabel, progress=progress)

@@ -285,6 +285,10 @@ def demo_command(
         float,
         typer.Option("--budget", help="Minutes the standard demo may take here; over it, the lean settings run."),
     ] = 15.0,
+    recipes: Annotated[
+        str | None,
+        typer.Option("--recipes", help="Run some of the recipes only: dr-grading,cxr-findings,mammo-screening."),
+    ] = None,
 ) -> None:
     """Make phantoms for DR grading, chest X-ray findings and mammography; train, evaluate, summarise.
 
@@ -298,7 +302,8 @@ def demo_command(
     if quick and long:
         raise ConfigError("--quick and --long exclude each other: pick one (or neither, the standard demo)")
     started = time.perf_counter()
-    plan = plan_demo("quick" if quick else "long" if long else "standard", budget_minutes=budget)
+    chosen = [r.strip() for r in recipes.split(",") if r.strip()] if recipes is not None else None
+    plan = plan_demo("quick" if quick else "long" if long else "standard", budget_minutes=budget, recipes=chosen)
     out.print(plan.describe())
     with progress_bar() as progress:
         rows = run_demo(output, seed=seed, progress=progress, plan=plan)

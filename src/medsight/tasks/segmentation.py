@@ -32,6 +32,7 @@ from medsight.data.cases import fingerprint_manifest, pairings, read_case
 from medsight.data.manifest import Manifest
 from medsight.data.patches import PatchDataset, ValidationPatches
 from medsight.data.volume_cache import VolumeCache, build_volume_cache, preprocess_for_plan
+from medsight.metrics.agreement import bland_altman, mean_absolute_error
 from medsight.metrics.bootstrap import bootstrap_ci
 from medsight.metrics.segmentation import dice, hausdorff_distance, lesion_wise, surface_dice, volume_difference
 from medsight.models.registry import ModelChoice
@@ -41,9 +42,27 @@ from medsight.tasks.results import Estimate, Prediction
 from medsight.transforms.batch3d import BatchAugmenter3D
 from medsight.transforms.volume3d import restore
 
-__all__ = ["PlanRequest", "SegmentationSpec", "SegmentationTask", "sliding_window"]
+__all__ = ["CardiacSpec", "PlanRequest", "SegmentationSpec", "SegmentationTask", "cardiac_function", "sliding_window"]
 
 log = logging.getLogger(__name__)
+
+
+class CardiacSpec(BaseModel):
+    """Cardiac function from end-diastole and end-systole label maps.
+
+    Attributes:
+        lv, rv, myo: The label names of the left and right ventricular cavities and the myocardium.
+        ed, es: The manifest's label columns of the two phases (ACDC and M&Ms: ``label_ed``, ``label_es``).
+        density: Myocardial density in g/ml (LV mass = myocardial volume at ED x density).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    lv: str = "LV"
+    rv: str = "RV"
+    myo: str = "MYO"
+    ed: str = "label_ed"
+    es: str = "label_es"
+    density: float = Field(1.05, gt=0)
 
 
 class SegmentationSpec(BaseModel):
@@ -58,6 +77,8 @@ class SegmentationSpec(BaseModel):
         lesion_wise: Also report BraTS lesion-wise Dice and HD95 per structure.
         overlap: Sliding-window overlap at prediction.
         mirror: Test-time augmentation by mirroring along every axis (8 passes).
+        cardiac: Also measure cardiac function (volumes, ejection fractions, LV mass) from each
+            case's end-diastole and end-systole images, and score it against the reference.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -68,6 +89,7 @@ class SegmentationSpec(BaseModel):
     lesion_wise: bool = False
     overlap: float = Field(0.5, ge=0, lt=1)
     mirror: bool = False
+    cardiac: CardiacSpec | None = None
 
     @model_validator(mode="after")
     def _codes(self) -> SegmentationSpec:
@@ -82,6 +104,11 @@ class SegmentationSpec(BaseModel):
                 if not members or unknown:
                     raise ValueError(f"region {name!r} must unite label codes among {codes}; unknown: {unknown}")
             _paint_order(self.regions)  # every region must have a code of its own to paint
+        if self.cardiac is not None:
+            missing = [n for n in (self.cardiac.lv, self.cardiac.rv, self.cardiac.myo) if n not in self.labels]
+            if missing or self.regions is not None:
+                raise ValueError(f"cardiac function reads the labels {missing or ''} (as labels, not regions); "
+                                 f"the labels are {list(self.labels)}")  # fmt: skip
         return self
 
 
@@ -228,7 +255,7 @@ class SegmentationTask(Task):
                                                                              progress=progress)  # fmt: skip
         if not plan.channel_names:
             columns = pairings(manifest)[0].images
-            names = [c.removeprefix("image_").removeprefix("image") or f"channel{k}" for k, c in enumerate(columns)]
+            names = [c.removeprefix("image_") for c in columns]  # image_t1 -> t1; a lone image column: image
             plan = plan.model_copy(update={"channel_names": names})
         cache = build_volume_cache(manifest, plan, self.codes, Path(folder) / plan.preprocessing_key(),
                                    progress=progress)  # fmt: skip
@@ -395,6 +422,9 @@ class SegmentationTask(Task):
             out[f"hd95_{name}"] = hausdorff_distance(p, t, spacing)
             out[f"nsd_{name}"] = surface_dice(p, t, spacing, tolerance=self.spec.tolerance_mm)
             out[f"volume_error_ml_{name}"] = volume_difference(p, t, spacing)
+            voxel_ml = float(np.prod(spacing)) / 1000.0
+            out[f"volume_ml_{name}"] = float(p.sum()) * voxel_ml
+            out[f"reference_volume_ml_{name}"] = float(t.sum()) * voxel_ml
             if self.spec.lesion_wise:
                 lesions = lesion_wise(p, t, spacing)
                 out[f"lesion_dice_{name}"], out[f"lesion_hd95_{name}"] = lesions.dice, lesions.hd95
@@ -488,9 +518,49 @@ class SegmentationTask(Task):
                 block[metric] = result
                 figures[f"{metric.replace('_', ' ')} {name}"] = Estimate.of(result)
             details["structures"][name] = block
+        if self.spec.cardiac is not None:
+            function, rows = cardiac_function(test.cases, table, self.spec.cardiac)
+            warnings.extend(function)
+        if self.spec.cardiac is not None and not rows.empty:
+            groups_by_case = rows["patient_id"].astype(str).to_numpy()
+            details["function"] = {"cases": rows.to_dict(orient="records")}
+            for measure in ("lv_ef", "lv_edv_ml", "lv_esv_ml", "lv_mass_g", "rv_ef"):
+                pairs = (rows[f"{measure}"].to_numpy(float), rows[f"reference_{measure}"].to_numpy(float))
+                result = bootstrap_ci(mean_absolute_error, *pairs, groups=groups_by_case, n_resamples=bootstrap)
+                figures[f"{measure.replace('_', ' ')} mae"] = Estimate.of(result)
+                agreement = bland_altman(*pairs)
+                details["function"][measure] = {"mae": result, "bias": agreement.bias, "lower": agreement.lower,
+                                                "upper": agreement.upper, "cases": agreement.n}  # fmt: skip
         for message in warnings:
             log.warning(message)
         return figures, details, warnings
+
+
+def cardiac_function(cases: pd.DataFrame, scores: pd.DataFrame, spec: CardiacSpec) -> tuple[list[str], pd.DataFrame]:
+    """Per case, measured and reference LV and RV end-diastolic and end-systolic volumes (ml), ejection
+    fractions (%), stroke volume (ml) and LV mass (g), from the per-image volumes of its ED and ES
+    images; and warnings for cases that lack one of the two."""
+    table = pd.concat([cases.reset_index(drop=True), scores.reset_index(drop=True)], axis=1)
+    rows, warnings = [], []
+    for case, group in table.groupby("case_id", sort=True):
+        phases = {row["label_column"]: row for _, row in group.iterrows()}
+        if spec.ed not in phases or spec.es not in phases:
+            warnings.append(f"case {case}: no {spec.ed if spec.ed not in phases else spec.es} image; its function "
+                            "is not measured")  # fmt: skip
+            continue
+        ed, es = phases[spec.ed], phases[spec.es]
+        row: dict[str, Any] = {"case_id": case, "patient_id": ed["patient_id"]}
+        for prefix in ("", "reference_"):
+            volume = {phase: {n: float(r[f"{prefix}volume_ml_{n}"]) for n in (spec.lv, spec.rv, spec.myo)}
+                      for phase, r in (("ed", ed), ("es", es))}  # fmt: skip
+            for side, name in (("lv", spec.lv), ("rv", spec.rv)):
+                edv, esv = volume["ed"][name], volume["es"][name]
+                row[f"{prefix}{side}_edv_ml"], row[f"{prefix}{side}_esv_ml"] = edv, esv
+                row[f"{prefix}{side}_sv_ml"] = edv - esv
+                row[f"{prefix}{side}_ef"] = 100.0 * (edv - esv) / edv if edv > 0 else float("nan")
+            row[f"{prefix}lv_mass_g"] = volume["ed"][spec.myo] * spec.density
+        rows.append(row)
+    return warnings, pd.DataFrame(rows)
 
 
 def _nanmean(values: np.ndarray) -> float:

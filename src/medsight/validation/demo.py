@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -144,10 +145,12 @@ def phantom_data(recipe: str, folder: Path, *, cases: int, seed: int, progress: 
     return True
 
 
-def _steps(profile: Profile) -> tuple[tuple[Step, int, tuple[str, ...]], ...]:
+def _steps(profile: Profile, recipes: Sequence[str] | None = None) -> tuple[tuple[Step, int, tuple[str, ...]], ...]:
     extras = {"long": LONG, "lean": LEAN}.get(profile, {})
     steps = []
     for step in DEMO:
+        if recipes is not None and step.recipe not in recipes:
+            continue
         cases, extra = extras.get(step.recipe, (step.cases, ()))
         if profile == "quick":
             cases, extra = max(12, cases // 25), _QUICK
@@ -202,19 +205,27 @@ def _estimate(steps: tuple[tuple[Step, int, tuple[str, ...]], ...], speed: float
     return total
 
 
-def plan_demo(profile: Profile = "standard", *, budget_minutes: float = 15.0) -> DemoPlan:
+def plan_demo(
+    profile: Profile = "standard", *, budget_minutes: float = 15.0, recipes: Sequence[str] | None = None
+) -> DemoPlan:
     """Choose what the demo runs: measure this CPU's training speed (a few steps, seconds; cached)
     and estimate the duration. A standard demo that would overrun ``budget_minutes`` becomes the
-    lean one (:data:`LEAN`, fewer and smaller images; the targets stay as they are).
+    lean one (:data:`LEAN`, fewer and smaller images; the targets stay as they are). ``recipes``
+    runs a subset of the demo's recipes.
 
     Raises:
-        ConfigError: an unknown profile or a budget that is not positive.
+        ConfigError: an unknown profile or recipe, or a budget that is not positive.
     """
     if profile not in _PROFILES:
         raise ConfigError(f"demo profile must be {', '.join(_PROFILES)}; got {profile!r}")
     if not budget_minutes > 0:
         raise ConfigError(f"the demo's time budget must be a positive number of minutes, got {budget_minutes}")
-    steps = _steps(profile)
+    if recipes is not None:
+        known = [step.recipe for step in DEMO]
+        unknown = [r for r in recipes if r not in known]
+        if unknown or not recipes:
+            raise ConfigError(f"--recipes takes some of {', '.join(known)} (comma-separated); got {list(recipes)}")
+    steps = _steps(profile, recipes)
     if profile == "quick":
         return DemoPlan(profile, steps)
     from medsight.engine.tuning import cpu_class
@@ -228,7 +239,7 @@ def plan_demo(profile: Profile = "standard", *, budget_minutes: float = 15.0) ->
     estimate = _estimate(steps, speed, fp32)
     reason = ""
     if profile == "standard" and estimate > budget_minutes * 60:
-        lean = _steps("lean")
+        lean = _steps("lean", recipes)
         reason = f"the standard demo would take ~{estimate / 60:.0f} min here, over the {budget_minutes:g} min budget"
         profile, steps, estimate = "lean", lean, _estimate(lean, speed, fp32)
     plan = DemoPlan(profile, steps, cpu_class(), mode.label, speed, estimate, reason)

@@ -97,7 +97,7 @@ def evaluate_run(
         recipe=package.recipe,
         kind=package.task.kind,
         split=split,
-        cases=len(test),
+        cases=int(test.cases["case_id"].nunique()) if "case_id" in test.cases else len(test),
         patients=int(test.cases["patient_id"].nunique()),
         figures=figures,
         details=details,
