@@ -180,12 +180,17 @@ def make_phantom_command(
     cases: Annotated[int, typer.Option("--cases", "-n", help="How many cases.")] = 100,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same data set.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Real images the brain and lung phantoms build on (default ../shared/data)."),
+    ] = None,
 ) -> None:
     """Make phantom cases with known ground truth, in the layout of the matching public data set."""
     from medsight.data.phantoms import make_phantom, phantoms
 
     with progress_bar() as progress:
-        written = make_phantom(recipe, output, cases=cases, seed=seed, overwrite=overwrite, progress=progress)
+        written = make_phantom(recipe, output, cases=cases, seed=seed, overwrite=overwrite, progress=progress,
+                               data_dir=data_dir)  # fmt: skip
     layout = phantoms()[recipe].layout
     out.print(f"wrote {cases} {recipe} case(s) to {written} ({layout} layout)")
     out.print(f"next: medsight data manifest {written} --out {written}/manifest.csv")

@@ -10,11 +10,11 @@ from medsight.data import build_manifest
 from medsight.data.adapters.brats2021 import brats_schema
 from medsight.data.phantoms import make_phantom
 from medsight.data.phantoms.base import case_rng
-from medsight.data.phantoms.brain_tumor_seg import COLIN_CANDIDATES, case_volumes
+from medsight.data.phantoms.brain_tumor_seg import case_volumes, colin_in
 from medsight.io import read
 
 pytestmark = pytest.mark.skipif(
-    not any(p.is_file() for p in COLIN_CANDIDATES),
+    colin_in(None) is None,
     reason="needs the real Colin27 head from ../shared/data/mricron (absent in this clone)",
 )
 
@@ -69,3 +69,13 @@ def test_same_seed_same_case():
     a = case_volumes(case_rng(3, 2))
     b = case_volumes(case_rng(3, 2))
     assert np.array_equal(a[1], b[1]) and np.array_equal(a[0]["flair"], b[0]["flair"])
+
+
+def test_the_real_head_is_found_where_it_is_told(tmp_path, monkeypatch):
+    from medsight.data.phantoms.base import default_data_dir
+
+    assert colin_in(tmp_path) is None  # an empty folder holds no head
+    real = colin_in(None)
+    assert real is not None and colin_in(real.parents[1]) == real
+    monkeypatch.setenv("MEDSIGHT_DATA_DIR", str(tmp_path))
+    assert default_data_dir() == tmp_path and colin_in(None) is None

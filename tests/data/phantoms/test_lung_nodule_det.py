@@ -60,3 +60,16 @@ def test_deterministic(tmp_path):
     assert (a / "annotations.csv").read_text() == (b / "annotations.csv").read_text()
     (raw_a,) = a.glob("subset0/*.raw")
     assert raw_a.read_bytes() == (b / "subset0" / raw_a.name).read_bytes()
+
+
+@pytest.mark.slow
+def test_without_the_real_ct_every_case_is_procedural_and_a_missing_folder_is_named(tmp_path):
+    """The data folder is an argument: an empty one gives procedural cases only; a wrong one is refused."""
+    from medsight.core.errors import InputError
+    from medsight.data.phantoms.lung_nodule_det import SHAPE
+
+    out = make_phantom("lung-nodule-det", tmp_path / "luna", cases=3, seed=5, data_dir=tmp_path)
+    shapes = {read(p).spatial_shape for p in sorted(out.rglob("*.mhd"))}
+    assert shapes == {SHAPE}
+    with pytest.raises(InputError, match="is not a folder"):
+        make_phantom("lung-nodule-det", tmp_path / "other", cases=1, data_dir=tmp_path / "nowhere")

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from medsight.core.errors import ConfigError
+from medsight.core.errors import ConfigError, InputError
 from medsight.core.progress import Progress
 from medsight.io.atomic import atomic_dir
 
@@ -26,6 +26,7 @@ __all__ = [
     "Phantom",
     "Progress",
     "case_rng",
+    "default_data_dir",
     "default_workers",
     "make_phantom",
     "phantoms",
@@ -37,7 +38,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Writer = Callable[[Path, int, int, "Progress | None"], None]
+Writer = Callable[..., None]  # write(out_dir, cases, seed, progress[, data_dir=...])
 
 
 @dataclass(frozen=True)
@@ -48,18 +49,22 @@ class Phantom:
     layout: str  # the adapter that reads what it writes
     description: str
     write: Writer
+    uses_data: bool = False  # builds on real images (``write`` takes ``data_dir``)
 
 
 _REGISTRY: dict[str, Phantom] = {}
 
 
-def register_phantom(recipe: str, *, layout: str, description: str) -> Callable[[Writer], Writer]:
-    """Decorator registering ``write(out_dir, cases, seed, progress)`` for ``recipe``."""
+def register_phantom(
+    recipe: str, *, layout: str, description: str, uses_data: bool = False
+) -> Callable[[Writer], Writer]:
+    """Decorator registering ``write(out_dir, cases, seed, progress)`` for ``recipe`` (with
+    ``uses_data``, ``write`` also takes ``data_dir=``: the folder of real images it builds on)."""
 
     def wrap(write: Writer) -> Writer:
         if recipe in _REGISTRY:
             raise ConfigError(f"phantom {recipe!r} is registered twice")
-        _REGISTRY[recipe] = Phantom(recipe, layout, description, write)
+        _REGISTRY[recipe] = Phantom(recipe, layout, description, write, uses_data)
         return write
 
     return wrap
@@ -138,6 +143,15 @@ def default_workers() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
+def default_data_dir() -> Path | None:
+    """Where the real images some phantoms build on are looked for when no folder is given:
+    ``$MEDSIGHT_DATA_DIR``, else ``shared/data`` beside or inside the working folder; None when
+    none of these exists."""
+    given = os.environ.get("MEDSIGHT_DATA_DIR")
+    candidates = [Path(given)] if given else [Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data"]
+    return next((p for p in candidates if p.is_dir()), None)
+
+
 def make_phantom(
     recipe: str,
     out: str | os.PathLike[str],
@@ -146,8 +160,12 @@ def make_phantom(
     seed: int = 0,
     overwrite: bool = False,
     progress: Progress | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write ``cases`` phantom cases of ``recipe`` into ``out`` (atomically: all or nothing).
+
+    ``data_dir``: the folder of real images the brain and lung phantoms build on (Colin27 in
+    ``mricron/``, the lung CT in ``radiomics/``); by default :func:`default_data_dir`.
 
     Returns:
         ``out``, which the matching adapter (``phantoms()[recipe].layout``) reads.
@@ -160,8 +178,14 @@ def make_phantom(
     if cases < 1:
         raise ConfigError(f"cases must be at least 1, got {cases}")
     phantom = known[recipe]
+    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    if data_dir is not None and not folder.is_dir():
+        raise InputError(f"--data-dir {folder} is not a folder")
     start = time.perf_counter()
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        phantom.write(tmp, cases, seed, progress)
+        if phantom.uses_data:
+            phantom.write(tmp, cases, seed, progress, data_dir=folder)
+        else:
+            phantom.write(tmp, cases, seed, progress)
     log.info("made %d %s phantom case(s) in %.1f s", cases, recipe, time.perf_counter() - start)
     return Path(out)

@@ -23,15 +23,22 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates, zoom
 
 from medsight.core.errors import InputError
-from medsight.data.phantoms.base import Progress, case_rng, default_workers, register_phantom, run_cases, write_table
+from medsight.data.phantoms.base import (
+    Progress,
+    case_rng,
+    default_data_dir,
+    default_workers,
+    register_phantom,
+    run_cases,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
 GRID = (240, 240, 155)  # BraTS voxel grid, 1 mm
 AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
-# Colin27 from ../shared/data beside the source tree (or beside the working folder)
-_COLIN_NAME = Path("shared") / "data" / "mricron" / "ch2bet.nii.gz"
-COLIN_CANDIDATES = (Path(__file__).resolve().parents[5] / _COLIN_NAME, Path.cwd().parent / _COLIN_NAME)
+# Colin27, in the data folder make_phantom is given (by default ../shared/data)
+COLIN = Path("mricron") / "ch2bet.nii.gz"
 # contrast value at (CSF, grey matter, white matter), before the random global scale
 ANCHORS = {
     "t1": (0.25, 0.55, 0.8),
@@ -48,10 +55,16 @@ TUMOUR = {
 }
 
 
-@lru_cache(maxsize=1)
-def _atlas() -> tuple[np.ndarray, tuple[float, float, float]]:
+def colin_in(data_dir: Path | None) -> Path | None:
+    """The Colin27 head in ``data_dir`` (by default :func:`default_data_dir`), if it is there."""
+    folder = data_dir if data_dir is not None else default_data_dir()
+    path = folder / COLIN if folder is not None else None
+    return path if path is not None and path.is_file() else None
+
+
+@lru_cache(maxsize=2)
+def _atlas(colin: Path | None) -> tuple[np.ndarray, tuple[float, float, float]]:
     """A real skull-stripped T1 head (float32, 1 mm) and its CSF/GM/WM intensity anchors."""
-    colin = next((p for p in COLIN_CANDIDATES if p.is_file()), None)
     if colin is not None:
         data = np.asarray(nib.load(str(colin)).dataobj, np.float32)
     else:
@@ -59,8 +72,8 @@ def _atlas() -> tuple[np.ndarray, tuple[float, float, float]]:
             from nilearn.datasets import load_mni152_template
         except ImportError as exc:
             raise InputError(
-                f"the brain phantom needs a real head: {COLIN_CANDIDATES[0]} is missing and nilearn is not installed "
-                "(pip install nilearn, which ships the MNI152 template)"
+                f"the brain phantom needs a real head: no {COLIN} in the data folder (--data-dir, by default "
+                "../shared/data) and nilearn is not installed (pip install nilearn, which ships the MNI152 template)"
             ) from exc
         data = np.asarray(load_mni152_template(resolution=1).get_fdata(), np.float32)
     brain = data[data > 0]
@@ -113,9 +126,11 @@ def _lumpy(rng: np.random.Generator, d: np.ndarray, amplitude: float) -> np.ndar
     return d * (1.0 + _smooth_field(rng, amplitude, (24, 24, 16)).reshape(GRID))
 
 
-def case_volumes(rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
+def case_volumes(
+    rng: np.random.Generator, data_dir: Path | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
     """Four contrasts (float32) and the label map (uint8, BraTS codes) of one case."""
-    t1, (csf, gm, wm) = _atlas()
+    t1, (csf, gm, wm) = _atlas(colin_in(data_dir))
     atlas_centre = (np.array(t1.shape, np.float32) - 1) / 2
     rot = _rotation(rng).astype(np.float32)
     coords = rot @ _grid() + (atlas_centre + rng.normal(0, 4, size=3).astype(np.float32))[:, None]
@@ -179,10 +194,12 @@ def _contrasts(
     "brain-tumor-seg",
     layout="brats2021",
     description="4-contrast brain MRI (deformed real head) with gliomas; BraTS 2021 layout, labels 1/2/4",
+    uses_data=True,
 )
-def write_brain(out: Path, cases: int, seed: int, progress: Progress | None) -> None:
+def write_brain(out: Path, cases: int, seed: int, progress: Progress | None, *, data_dir: Path | None = None) -> None:
     """``BraTS2021_NNNNN/`` folders with the four contrasts and the segmentation."""
-    make = partial(_write_case, out, seed)
+    _atlas(colin_in(data_dir))  # read once here, before the workers fork (they share it)
+    make = partial(_write_case, out, seed, data_dir)
     rows = list(run_cases(make, cases, workers=default_workers(), progress=progress, stage="making brain MRI cases"))
     write_table(
         out / "phantom_truth.csv",
@@ -191,11 +208,11 @@ def write_brain(out: Path, cases: int, seed: int, progress: Progress | None) -> 
     )
 
 
-def _write_case(out: Path, seed: int, index: int) -> list:
+def _write_case(out: Path, seed: int, data_dir: Path | None, index: int) -> list:
     case = f"BraTS2021_{index:05d}"
     folder = out / case
     folder.mkdir()
-    images, labels, truth = case_volumes(case_rng(seed, index))
+    images, labels, truth = case_volumes(case_rng(seed, index), data_dir)
     for name, value in images.items():
         nib.save(nib.Nifti1Image(np.clip(value, 0, 32767).astype(np.int16), AFFINE), folder / f"{case}_{name}.nii.gz")
     nib.save(nib.Nifti1Image(labels, AFFINE), folder / f"{case}_seg.nii.gz")

@@ -25,8 +25,7 @@ from medsight.data.phantoms.base import Progress, case_rng, default_workers, reg
 
 SHAPE = (120, 256, 256)  # z, y, x
 SPACING = (2.5, 1.4, 1.4)  # mm
-_REAL = Path("shared") / "data" / "radiomics"
-REAL_CANDIDATES = (Path(__file__).resolve().parents[5] / _REAL, Path.cwd().parent / _REAL)
+REAL = Path("radiomics")  # the real lung CT (lung1_image.nrrd, lung1_label.nrrd) in the data folder
 UID_ROOT = "1.3.6.1.4.1.14519.5.2.1.6279.6001."
 
 
@@ -116,11 +115,11 @@ def _vessel_tree(rng: np.random.Generator, lungs: np.ndarray, carina: float) -> 
     return tubes > 0.08
 
 
-@lru_cache(maxsize=1)
-def _real_ct() -> tuple[np.ndarray, np.ndarray, tuple[float, ...], np.ndarray] | None:
+@lru_cache(maxsize=2)
+def _real_ct(data_dir: Path | None) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], np.ndarray] | None:
     """The real lung CT (HU, z y x), its lung mask, its spacing and its tumour mask, if available."""
-    folder = next((p for p in REAL_CANDIDATES if (p / "lung1_image.nrrd").is_file()), None)
-    if folder is None:
+    folder = data_dir / REAL if data_dir is not None else None
+    if folder is None or not (folder / "lung1_image.nrrd").is_file():
         return None
     image = sitk.ReadImage(str(folder / "lung1_image.nrrd"))
     hu = sitk.GetArrayFromImage(image).astype(np.float32)
@@ -132,8 +131,10 @@ def _real_ct() -> tuple[np.ndarray, np.ndarray, tuple[float, ...], np.ndarray] |
     return hu, binary_erosion(lungs, iterations=2), tuple(image.GetSpacing()[::-1]), tumour
 
 
-def _real(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], list[dict]]:
-    hu, lungs, spacing, tumour = _real_ct()  # type: ignore[misc]
+def _real(
+    rng: np.random.Generator, data_dir: Path | None
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], list[dict]]:
+    hu, lungs, spacing, tumour = _real_ct(data_dir)  # type: ignore[misc]
     start = int(rng.integers(0, 8))
     stop = hu.shape[0] - int(rng.integers(0, 8))
     sl = slice(start, stop)
@@ -213,12 +214,12 @@ def _world(zyx: np.ndarray, origin: tuple[float, ...], spacing: tuple[float, ...
     return [round(origin[i] + float(zyx[2 - i]) * spacing[2 - i], 4) for i in range(3)]
 
 
-def _case(out: Path, seed: int, index: int) -> tuple[list, list, list]:
+def _case(out: Path, seed: int, data_dir: Path | None, index: int) -> tuple[list, list, list]:
     rng = case_rng(seed, index)
     uid = UID_ROOT + "".join(str(d) for d in rng.integers(0, 10, size=39))
     found: list[dict] = []
-    if _real_ct() is not None and rng.random() < 0.25:
-        hu, lungs, spacing, found = _real(rng)
+    if _real_ct(data_dir) is not None and rng.random() < 0.25:
+        hu, lungs, spacing, found = _real(rng, data_dir)
     else:
         hu, lungs = _procedural(rng)
         spacing = SPACING
@@ -249,11 +250,13 @@ def _case(out: Path, seed: int, index: int) -> tuple[list, list, list]:
     "lung-nodule-det",
     layout="luna16",
     description="chest CT (procedural and the real radiomics CT) with 3-30 mm nodules; LUNA16 layout",
+    uses_data=True,
 )
-def write_lung(out: Path, cases: int, seed: int, progress: Progress | None) -> None:
+def write_lung(out: Path, cases: int, seed: int, progress: Progress | None, *, data_dir: Path | None = None) -> None:
     """``subsetN/<seriesuid>.mhd/.raw``, ``annotations.csv``, ``annotations_excluded.csv``, ``candidates.csv``."""
     annotations, excluded, candidates = [], [], []
-    make = partial(_case, out, seed)
+    _real_ct(data_dir)  # read once here, before the workers fork (they share it)
+    make = partial(_case, out, seed, data_dir)
     for rows in run_cases(make, cases, workers=default_workers(), progress=progress, stage="making chest CT scans"):
         annotations += rows[0]
         excluded += rows[1]
