@@ -284,8 +284,12 @@ class SegmentationTask(Task):
         train_set = PatchDataset(cache, cache.items_of(indices), plan.patch_size, samples,
                                  plan.foreground_oversampling)  # fmt: skip
         spec = plan.augmentation
-        axes = tuple(a for a in range(3) if a != plan.anisotropic_axis)
-        augmenter = BatchAugmenter3D(flip_p=spec.flip_p, flip_axes=axes, gamma_p=spec.gamma_p, noise_p=spec.noise_p)
+        augmenter = BatchAugmenter3D(
+            spacing=plan.spacing, thick_axis=plan.anisotropic_axis, rotation_p=spec.rotation_p,
+            rotation_degrees=spec.rotation_degrees, scale_p=spec.scale_p, scale_range=spec.scale_range,
+            elastic_p=spec.elastic_p, flip_p=spec.flip_p, blur_p=spec.blur_p, bias_field_p=spec.bias_field_p,
+            gamma_p=spec.gamma_p, noise_p=spec.noise_p,
+        )  # fmt: skip
         return Training(loss=self.loss, train_set=train_set, augment_batch=augmenter, batch_size=plan.batch_size,
                         epochs=plan.epochs)  # fmt: skip
 
