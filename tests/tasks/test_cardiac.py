@@ -62,3 +62,40 @@ def test_cardiac_specs_must_name_their_labels(change, message):
     base = {"kind": "segmentation", "labels": {"RV": 1, "MYO": 2, "LV": 3}, "cardiac": {}}
     with pytest.raises(ValueError, match=message):
         SegmentationSpec(**{**base, **change})
+
+
+def test_end_diastole_and_end_systole_come_from_the_lv_volume_curve():
+    from medsight.tasks.segmentation import CardiacSpec, cine_function
+
+    lv = [120.0, 140.0, 150.0, 100.0, 60.0, 55.0, 80.0]
+    rv = [130.0, 150.0, 160.0, 110.0, 80.0, 70.0, 90.0]
+    myo = [100.0, 102.0, 104.0, 110.0, 118.0, 120.0, 108.0]
+    row = cine_function({"LV": lv, "RV": rv, "MYO": myo}, CardiacSpec())
+    assert (row["ed_frame"], row["es_frame"], row["frames"]) == (2, 5, 7)
+    assert row["lv_edv_ml"] == 150 and row["lv_esv_ml"] == 55 and row["lv_sv_ml"] == 95
+    assert row["lv_ef"] == pytest.approx(100 * 95 / 150) and row["rv_ef"] == pytest.approx(100 * 90 / 160)
+    assert row["lv_mass_g"] == pytest.approx(104 * 1.05)
+    with pytest.raises(Exception, match="at least two frames"):
+        cine_function({"LV": [1.0], "RV": [1.0], "MYO": [1.0]}, CardiacSpec())
+
+
+@pytest.mark.slow
+def test_a_cine_is_segmented_frame_by_frame_and_measured(tmp_path):
+    from medsight.engine.fit import fit
+    from medsight.inference import Predictor
+    from medsight.io import read
+
+    root = make_phantom("cardiac-function", tmp_path / "heart", cases=6, seed=1)
+    build_manifest(root).save(tmp_path / "m.csv")
+    quick = ["train.epochs=1", "train.precision=fp32", "preprocess.memory_gb=2", "preprocess.base_filters=4",
+             "preprocess.overrides={iterations_per_epoch: 2}"]  # fmt: skip
+    recipe = load_recipe("cardiac-function", quick)
+    fit(recipe, tmp_path / "m.csv", tmp_path / "run")
+    cine = next(root.rglob("*_4d.nii.gz"))
+    result = Predictor.from_run(tmp_path / "run").predict_files([cine], masks=tmp_path / "masks")
+    row = result.scores.iloc[0]
+    source = read(cine)
+    assert row["frames"] == source.channels and 0 <= row["ed_frame"] < source.channels
+    assert {"lv_ef", "lv_edv_ml", "rv_ef", "lv_mass_g"} <= set(result.scores.columns)
+    labels = read(result.cases["output"][0])
+    assert labels.array.shape == source.array.shape and labels.geometry.isclose(source.geometry)

@@ -42,7 +42,15 @@ from medsight.tasks.results import Estimate, Prediction
 from medsight.transforms.batch3d import BatchAugmenter3D
 from medsight.transforms.volume3d import restore
 
-__all__ = ["CardiacSpec", "PlanRequest", "SegmentationSpec", "SegmentationTask", "cardiac_function", "sliding_window"]
+__all__ = [
+    "CardiacSpec",
+    "PlanRequest",
+    "SegmentationSpec",
+    "SegmentationTask",
+    "cardiac_function",
+    "cine_function",
+    "sliding_window",
+]
 
 log = logging.getLogger(__name__)
 
@@ -438,27 +446,37 @@ class SegmentationTask(Task):
         self, model: nn.Module, volumes: Sequence[Volume], preprocess: BaseModel, *, slice_index: int | None = None
     ) -> tuple[pd.DataFrame, list[Volume] | None]:
         """Label maps on each input's own grid (spacing, origin and direction kept), and each
-        structure's volume in ml."""
+        structure's volume in ml. A cardiac model given a cine (one 3D frame per channel, e.g. ACDC's
+        ``_4d.nii.gz``) segments every frame, finds ED and ES on the LV volume curve, and adds the
+        function (:func:`cine_function`); its label map has one channel per frame."""
         plan = preprocess if isinstance(preprocess, Plan) else None
         if plan is None:
             raise ConfigError("the model package holds no plan; train it again")
         rows, maps = [], []
         for volume in volumes:
-            if volume.channels != plan.in_channels:
+            if volume.is_2d:
+                raise InputError("the model segments 3D volumes; this input is a single slice")
+            cine = self.spec.cardiac is not None and plan.in_channels == 1 and volume.channels > 1
+            if volume.channels != plan.in_channels and not cine:
                 raise InputError(
                     f"the model reads {plan.in_channels} channel(s) per case; this input has {volume.channels}"
                 )
-            if volume.is_2d:
-                raise InputError("the model segments 3D volumes; this input is a single slice")
-            case = preprocess_for_plan(np.asarray(volume.array), volume.geometry.spacing, plan)
-            logits = sliding_window(model, case.image, plan, overlap=self.spec.overlap, mirror=self.spec.mirror)
-            labels = self.label_map(logits, plan, case)
+            frames = [volume.array[t : t + 1] for t in range(volume.channels)] if cine else [volume.array]
             voxel_ml = float(np.prod(volume.geometry.spacing)) / 1000.0
-            masks = self.structure_masks(labels)
-            rows.append({f"volume_ml_{n}": float(m.sum()) * voxel_ml for n, m in masks.items()})
+            labels, curves = [], {n: [] for n in self.structures}
+            for frame in frames:
+                case = preprocess_for_plan(np.asarray(frame), volume.geometry.spacing, plan)
+                logits = sliding_window(model, case.image, plan, overlap=self.spec.overlap, mirror=self.spec.mirror)
+                labels.append(self.label_map(logits, plan, case))
+                for name, mask in self.structure_masks(labels[-1]).items():
+                    curves[name].append(float(mask.sum()) * voxel_ml)
+            if cine:
+                rows.append(cine_function(curves, self.spec.cardiac))  # type: ignore[arg-type]
+            else:
+                rows.append({f"volume_ml_{n}": curve[0] for n, curve in curves.items()})
             metadata = VolumeMetadata(source_format=None, modality="SEG", patient_id=volume.metadata.patient_id,
                                       study_uid=volume.metadata.study_uid)  # fmt: skip
-            maps.append(Volume(labels[None], volume.geometry, metadata))
+            maps.append(Volume(np.stack(labels), volume.geometry, metadata))
         return pd.DataFrame(rows), maps
 
     def case_files(self, folder: Path, preprocess: BaseModel) -> list[Path] | None:
@@ -565,6 +583,22 @@ def cardiac_function(cases: pd.DataFrame, scores: pd.DataFrame, spec: CardiacSpe
             row[f"{prefix}lv_mass_g"] = volume["ed"][spec.myo] * spec.density
         rows.append(row)
     return warnings, pd.DataFrame(rows)
+
+
+def cine_function(curves: Mapping[str, Sequence[float]], spec: CardiacSpec) -> dict[str, float]:
+    """Function from per-frame volumes (ml) of a cine: ED is the frame of largest LV volume, ES of the
+    smallest; LV and RV EDV, ESV, SV and EF there, and LV mass (myocardium at ED x density)."""
+    lv = np.asarray(curves[spec.lv], dtype=float)
+    if lv.size < 2:
+        raise InputError("a cine needs at least two frames to find end-diastole and end-systole")
+    ed, es = int(np.argmax(lv)), int(np.argmin(lv))
+    row: dict[str, float] = {"frames": float(lv.size), "ed_frame": float(ed), "es_frame": float(es)}
+    for side, name in (("lv", spec.lv), ("rv", spec.rv)):
+        edv, esv = float(curves[name][ed]), float(curves[name][es])
+        row[f"{side}_edv_ml"], row[f"{side}_esv_ml"], row[f"{side}_sv_ml"] = edv, esv, edv - esv
+        row[f"{side}_ef"] = 100.0 * (edv - esv) / edv if edv > 0 else float("nan")
+    row["lv_mass_g"] = float(curves[spec.myo][ed]) * spec.density
+    return row
 
 
 def _nanmean(values: np.ndarray) -> float:
