@@ -72,6 +72,9 @@ def test_label_facts_decide_postprocessing():
     assert make_plan(fingerprint(two), out_channels=2, memory_gb=2).keep_largest == []
     found = fingerprint(one)
     assert found.median_volume_ml[1] == pytest.approx(4 * 8 * 8 / 1000)
+    # specks below half the smallest real foreground region (5th percentile) are removed at prediction
+    assert make_plan(found, out_channels=2, memory_gb=2).min_component_ml == pytest.approx(0.5 * 0.256)
+    assert make_plan(fingerprint(two), out_channels=2, memory_gb=2).min_component_ml == pytest.approx(0.5 * 0.036)
 
 
 def test_smaller_budgets_give_smaller_patches_and_an_impossible_one_is_refused():

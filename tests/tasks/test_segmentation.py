@@ -256,3 +256,19 @@ def test_a_case_folder_of_channel_files_is_one_input(tmp_path):
     (case / "case7_flair.nii.gz").unlink()
     with pytest.raises(InputError, match=r"reads the channels \['t1', 'flair'\]; no file for \['flair'\]"):
         predictor.predict_files([case], masks=tmp_path / "masks")
+
+
+def test_foreground_specks_smaller_than_the_plan_allows_are_removed():
+    from medsight.planning import Plan
+
+    task = task_for({"kind": "segmentation", "labels": {"lesion": 1}})
+    truth = np.zeros((8, 16, 16), np.uint8)
+    truth[2:6, 2:10, 2:10] = 1  # 256 voxels
+    truth[7, 14, 14] = 1  # a one-voxel speck
+    logits = torch.from_numpy(np.eye(2, dtype=np.float32)[truth].transpose(3, 0, 1, 2) * 10)
+    plan = Plan.model_construct(keep_largest=[], min_component_ml=0.05)
+    kept = task.label_map(logits, plan, _identity_case(truth.shape), (1.0, 1.0, 1.0))  # 0.05 ml = 50 voxels
+    assert kept[7, 14, 14] == 0 and kept[2:6, 2:10, 2:10].all()
+    coarse = task.label_map(logits, plan, _identity_case(truth.shape), (4.0, 4.0, 4.0))  # the speck is 0.064 ml
+    assert coarse[7, 14, 14] == 1
+    assert task.label_map(logits, plan, _identity_case(truth.shape))[7, 14, 14] == 1  # no spacing: nothing removed

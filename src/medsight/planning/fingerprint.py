@@ -35,6 +35,7 @@ class CaseFacts:
             foreground when there is a label, else the non-zero voxels).
         label_volumes: Volume in ml of each label value present (background left out).
         components: Per label value, the sizes in ml of its connected components.
+        foreground_components: Sizes in ml of the connected components of all labels together.
     """
 
     spacing: tuple[float, float, float]
@@ -43,6 +44,7 @@ class CaseFacts:
     samples: tuple[np.ndarray, ...]
     label_volumes: dict[int, float]
     components: dict[int, tuple[float, ...]]
+    foreground_components: tuple[float, ...] = ()
 
 
 def case_facts(image: Volume, label: Volume | None = None, *, seed: int = 0) -> CaseFacts:
@@ -87,7 +89,12 @@ def case_facts(image: Volume, label: Volume | None = None, *, seed: int = 0) -> 
             parts, count = ndimage.label(mask, structure=structure)
             sizes = np.bincount(parts.reshape(-1))[1:] if count else np.zeros(0)
             components[int(value)] = tuple(float(s) * voxel_ml for s in sorted(sizes, reverse=True))
-    return CaseFacts(tuple(spacing), image.spatial_shape, box, samples, volumes, components)  # type: ignore[arg-type]
+        parts, count = ndimage.label(labels > 0, structure=structure)
+        sizes = np.bincount(parts.reshape(-1))[1:] if count else np.zeros(0)
+        union = tuple(float(s) * voxel_ml for s in sorted(sizes, reverse=True))
+    else:
+        union = ()
+    return CaseFacts(tuple(spacing), image.spatial_shape, box, samples, volumes, components, union)  # type: ignore[arg-type]
 
 
 def _box_shape(mask: np.ndarray) -> tuple[int, int, int]:
@@ -123,6 +130,8 @@ class Fingerprint(BaseModel):
         single_component_share: Per label value, the share of cases where it is one connected
             component (what "keep the largest component" postprocessing asks).
         smallest_component_ml: Per label value, the 5th percentile of component volumes.
+        smallest_foreground_ml: The 5th percentile of the volumes of connected foreground regions
+            (all labels together); None without labels.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -138,6 +147,7 @@ class Fingerprint(BaseModel):
     median_volume_ml: dict[int, float]
     single_component_share: dict[int, float]
     smallest_component_ml: dict[int, float]
+    smallest_foreground_ml: float | None = None
 
 
 def fingerprint(facts: Iterable[CaseFacts], *, modality: str = "MR") -> Fingerprint:
@@ -169,6 +179,7 @@ def fingerprint(facts: Iterable[CaseFacts], *, modality: str = "MR") -> Fingerpr
     with_label = {v: [c for c in cases if v in c.components] for v in labels}
     single = {v: float(np.mean([len(c.components[v]) == 1 for c in with_label[v]])) for v in labels}
     smallest = {v: float(np.percentile(_sizes(with_label[v], v), 5)) for v in labels}
+    regions = [size for c in cases for size in c.foreground_components]
     return Fingerprint(
         cases=len(cases),
         modality=modality.upper(),
@@ -182,6 +193,7 @@ def fingerprint(facts: Iterable[CaseFacts], *, modality: str = "MR") -> Fingerpr
         median_volume_ml=median_volume,
         single_component_share=single,
         smallest_component_ml=smallest,
+        smallest_foreground_ml=float(np.percentile(regions, 5)) if regions else None,
     )
 
 

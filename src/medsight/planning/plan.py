@@ -136,6 +136,8 @@ class Plan(BaseModel):
         estimated_memory_gb: What training is expected to take (process included).
         keep_largest: Label values whose prediction keeps only its largest component (those that
             are one component in at least 90 % of the training cases).
+        min_component_ml: Predicted foreground regions (all labels together) smaller than this are
+            removed: half the 5th percentile of the training cases' regions (0 keeps everything).
         channel_names: The input channels in order, as the data set names them (``t1``, ``flair``);
             prediction finds a case's files by them.
         fingerprint: The data set it was made from.
@@ -158,6 +160,7 @@ class Plan(BaseModel):
     memory_gb: float = Field(gt=0)
     estimated_memory_gb: float
     keep_largest: list[int] = []
+    min_component_ml: float = Field(0.0, ge=0)
     channel_names: list[str] = []
     fingerprint: Fingerprint
 
@@ -324,6 +327,7 @@ def make_plan(
         memory_gb=memory_gb,
         estimated_memory_gb=round(estimate_memory_gb(network, rounded, batch, channels, out_channels), 2),
         keep_largest=keep,
+        min_component_ml=0.5 * fingerprint.smallest_foreground_ml if fingerprint.smallest_foreground_ml else 0.0,
         fingerprint=fingerprint,
     )
 

@@ -376,9 +376,13 @@ class SegmentationTask(Task):
         counts = hard.flatten(2).sum(-1).numpy()
         return pd.DataFrame({f"voxels_{n}": counts[:, k] for k, n in enumerate(self.structures)})
 
-    def label_map(self, logits: torch.Tensor, plan: Plan, case: Any) -> np.ndarray:
+    def label_map(
+        self, logits: torch.Tensor, plan: Plan, case: Any, spacing: Sequence[float] | None = None
+    ) -> np.ndarray:
         """Label codes on the source grid from logits on the preprocessed grid (``case``: the crop box
-        and shapes of :class:`~medsight.transforms.volume3d.Preprocessed` or a cached item)."""
+        and shapes of :class:`~medsight.transforms.volume3d.Preprocessed` or a cached item). Label
+        values the plan marks keep their largest component; with the source ``spacing``, foreground
+        regions smaller than the plan's ``min_component_ml`` are removed."""
         if self.regions:
             probs = torch.sigmoid(logits).numpy()
             back = restore(probs, case)
@@ -394,6 +398,8 @@ class SegmentationTask(Task):
             labels = lookup[back.argmax(axis=0)]
             for code in plan.keep_largest:
                 labels = _keep_largest(labels, code)
+        if spacing is not None and plan.min_component_ml > 0:
+            labels = _drop_small(labels, plan.min_component_ml / (float(np.prod(spacing)) / 1000.0))
         return labels
 
     def structure_masks(self, labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -416,11 +422,11 @@ class SegmentationTask(Task):
             entry = cache.items[item]
             logits = sliding_window(model, np.asarray(cache.image(item)), plan, overlap=self.spec.overlap,
                                     mirror=self.spec.mirror)  # fmt: skip
-            predicted = self.label_map(logits, plan, entry)
             row = data.manifest.table.iloc[entry.row]
             reference = read_case(data.manifest, row, pairs[entry.label_column])
             truth = np.asarray(reference.label.array[0]).astype(np.int64)  # type: ignore[union-attr]
             spacing = reference.image.geometry.spacing
+            predicted = self.label_map(logits, plan, entry, spacing)
             cases.append({**row.to_dict(), "label_column": entry.label_column})
             rows.append(self._case_metrics(predicted, truth, spacing))
         return pd.DataFrame(cases), pd.DataFrame(rows)
@@ -467,7 +473,7 @@ class SegmentationTask(Task):
             for frame in frames:
                 case = preprocess_for_plan(np.asarray(frame), volume.geometry.spacing, plan)
                 logits = sliding_window(model, case.image, plan, overlap=self.spec.overlap, mirror=self.spec.mirror)
-                labels.append(self.label_map(logits, plan, case))
+                labels.append(self.label_map(logits, plan, case, volume.geometry.spacing))
                 for name, mask in self.structure_masks(labels[-1]).items():
                     curves[name].append(float(mask.sum()) * voxel_ml)
             if cine:
@@ -608,6 +614,19 @@ def _nanmean(values: np.ndarray) -> float:
 
 def _mean_of_rows(values: np.ndarray) -> float:
     return float(np.mean(values)) if values.size else float("nan")
+
+
+def _drop_small(labels: np.ndarray, voxels: float) -> np.ndarray:
+    """Remove foreground regions (all labels together, 26-connected) of fewer than ``voxels`` voxels."""
+    parts, count = ndimage.label(labels > 0, structure=ndimage.generate_binary_structure(3, 3))
+    if count == 0:
+        return labels
+    sizes = np.bincount(parts.reshape(-1))
+    small = sizes < voxels
+    small[0] = False
+    out = labels.copy()
+    out[small[parts]] = 0
+    return out
 
 
 def _keep_largest(labels: np.ndarray, code: int) -> np.ndarray:
