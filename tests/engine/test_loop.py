@@ -314,3 +314,30 @@ def test_a_checkpoint_holding_objects_is_refused_not_unpickled(tmp_path):
     torch.save({**state, "extra": _Payload()}, tmp_path / "run" / "last.pt")
     with pytest.raises(InputError, match=r"not a loadable PyTorch checkpoint \(it holds a pickled \S+_Payload object"):
         train(_model(), _loss, data, config=_config(epochs=2), run_dir=tmp_path / "run", resume=True)
+
+
+def test_steps_with_a_non_finite_loss_are_skipped_and_counted(tmp_path):
+    data = _problem()
+    calls = {"n": 0}
+
+    def sometimes_nan(logits, y):
+        calls["n"] += 1
+        loss = _loss(logits, y)
+        return loss * float("nan") if calls["n"] % 4 == 0 else loss
+
+    train(_model(), sometimes_nan, data, config=_config(epochs=2), run_dir=tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r.get("skipped_steps", 0) >= 1 for r in records)
+    assert all(np.isfinite(r["train_loss"]) for r in records)  # the mean of the finite losses
+    weights = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_a_diverged_run_stops_with_what_to_do(tmp_path):
+    from medsight.core.errors import TrainingError
+
+    data = _problem()
+    with pytest.raises(TrainingError, match=r"not finite for 5 steps in a row \(epoch 1, step 5\); no epoch finished"):
+        train(_model(), lambda logits, y: _loss(logits, y) * float("inf"), data, config=_config(epochs=2),
+              run_dir=tmp_path / "run")  # fmt: skip
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
         InputError,
         MedsightError,
         SeriesError,
+        TrainingError,
         UnsupportedFormatError,
     )
     from medsight.core.geometry import Geometry, orientation_code
@@ -31,6 +32,7 @@ __all__ = [
     "LabelSchema",
     "MedsightError",
     "SeriesError",
+    "TrainingError",
     "UnsupportedFormatError",
     "Volume",
     "VolumeMetadata",
@@ -47,6 +49,7 @@ __getattr__, __dir__ = lazy_exports(
             "InputError",
             "MedsightError",
             "SeriesError",
+            "TrainingError",
             "UnsupportedFormatError",
         ),
         "medsight.core.geometry": ("Geometry", "orientation_code"),

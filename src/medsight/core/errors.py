@@ -12,6 +12,7 @@ __all__ = [
     "InputError",
     "MedsightError",
     "SeriesError",
+    "TrainingError",
     "UnsupportedFormatError",
 ]
 
@@ -38,3 +39,7 @@ class GeometryError(MedsightError):
 
 class ConfigError(MedsightError):
     """A configuration value or option is unknown or invalid."""
+
+
+class TrainingError(MedsightError):
+    """Training cannot go on (it diverged: the loss or its gradients stopped being finite)."""

@@ -27,7 +27,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 
-from medsight.core.errors import ConfigError
+from medsight.core.errors import ConfigError, TrainingError
 from medsight.core.progress import Progress
 from medsight.engine.config import EarlyStopping, TrainConfig, choose_device, choose_precision
 from medsight.engine.distributed import broadcast_buffers
@@ -40,6 +40,7 @@ __all__ = ["TrainResult", "seed_everything", "train"]
 log = logging.getLogger(__name__)
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+_MAX_NONFINITE_STEPS = 5  # consecutive optimiser steps with non-finite gradients before training stops
 Validate = Callable[[nn.Module], dict[str, float]]
 
 
@@ -288,7 +289,7 @@ def train(
     if resume and run.last.is_file():  # without a checkpoint yet, a resumed run starts from scratch
         progress_state = _restore(run, model, optimizer, scheduler, ema)
 
-    epoch, stopped = progress_state.epoch, False
+    epoch, stopped, stalled = progress_state.epoch, False, 0
     shown = ""  # the last validation figure, for the progress bar
     for epoch in range(progress_state.epoch + 1, config.epochs + 1):
         loader = _loader(train_data, config, sample_weights, config.seed * 1000 + epoch)
@@ -296,6 +297,7 @@ def train(
             loader.sampler.set_epoch(epoch)
         wrapped.train()
         started, waited, augmented, seen, total_loss, batches = time.perf_counter(), 0.0, 0.0, 0, 0.0, 0
+        skipped = 0  # optimiser steps left out because the loss or its gradients were not finite
         optimizer.zero_grad(set_to_none=True)
         fetch = time.perf_counter()
         for step, (inputs, targets) in enumerate(loader, start=1):
@@ -319,20 +321,29 @@ def train(
                 if epoch <= freeze_epochs:
                     for parameter in frozen:
                         parameter.grad = None
-                if config.clip_grad_norm is not None:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
+                scaler.unscale_(optimizer)
+                norm = nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm or math.inf)
+                if not scaler.is_enabled() and not torch.isfinite(norm):
+                    # (fp16's scaler skips such steps itself.) Every rank sees the same reduced gradients,
+                    # so all of them skip this step together.
+                    skipped += 1
+                    stalled += 1
+                    if stalled >= _MAX_NONFINITE_STEPS:
+                        raise TrainingError(_diverged(epoch, step, stalled, run))
+                else:
+                    stalled = 0
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
                 if ema is not None:
                     ema.update_parameters(model)
-            total_loss += float(loss.detach())
-            batches += 1
+            if torch.isfinite(loss.detach()):
+                total_loss += float(loss.detach())
+                batches += 1
             seen += len(inputs)
             if progress is not None:
-                progress(f"training | epoch {epoch}/{config.epochs} · loss {total_loss / batches:.4f}{shown}",
+                progress(f"training | epoch {epoch}/{config.epochs} · loss {total_loss / max(batches, 1):.4f}{shown}",
                          step, len(loader))  # fmt: skip
             fetch = time.perf_counter()
         seconds = time.perf_counter() - started
@@ -345,6 +356,10 @@ def train(
             "data_wait_share": round(waited / max(seconds, 1e-9), 4),
             "augment_share": round(augmented / max(seconds, 1e-9), 4),
         }
+        if skipped:
+            record["skipped_steps"] = skipped
+            log.warning("epoch %d: %d optimiser step(s) skipped: the loss or its gradients were not finite",
+                        epoch, skipped)  # fmt: skip
         scored = ema.module if ema is not None else model
         if validate is not None:
             broadcast_buffers(scored)  # score on every shard the model rank 0 saves
@@ -384,6 +399,15 @@ def train(
         del wrapped
         dist.barrier()
     return TrainResult(run.path, epoch, progress_state.best_epoch, progress_state.best_metric, stopped)
+
+
+def _diverged(epoch: int, step: int, stalled: int, run: RunDir) -> str:
+    kept = f"{run.last} holds epoch {epoch - 1}" if epoch > 1 else "no epoch finished, so nothing was saved"
+    return (
+        f"training diverged: the loss or its gradients were not finite for {stalled} steps in a row "
+        f"(epoch {epoch}, step {step}); {kept}. Lower train.lr, keep train.clip_grad_norm, or train in "
+        "train.precision=fp32"
+    )
 
 
 @contextmanager
