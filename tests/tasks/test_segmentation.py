@@ -272,3 +272,43 @@ def test_foreground_specks_smaller_than_the_plan_allows_are_removed():
     coarse = task.label_map(logits, plan, _identity_case(truth.shape), (4.0, 4.0, 4.0))  # the speck is 0.064 ml
     assert coarse[7, 14, 14] == 1
     assert task.label_map(logits, plan, _identity_case(truth.shape))[7, 14, 14] == 1  # no spacing: nothing removed
+
+
+@pytest.mark.slow
+def test_prediction_precision_follows_the_run_and_the_cpu(tmp_path, monkeypatch):
+    """auto: bf16 for a 3D model trained in bf16 on a CPU that runs it natively, else fp32;
+    bf16 asked for where the CPU would emulate it is refused; outputs stay float32."""
+    import medsight.inference.predictor as predictor_module
+    from medsight.core.hardware import native_bf16
+    from medsight.engine.fit import fit
+    from medsight.inference import Predictor
+
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = _tiny_data(data)
+    fit(_recipe(tmp_path), manifest, tmp_path / "fp32")  # the recipe trains in fp32
+    assert Predictor.from_run(tmp_path / "fp32").precision == "fp32"
+    monkeypatch.setattr(predictor_module, "native_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="emulates bf16"):
+        Predictor.from_run(tmp_path / "fp32", precision="bf16")
+    with pytest.raises(ConfigError, match="precision must be auto, fp32 or bf16"):
+        Predictor.from_run(tmp_path / "fp32", precision="half")
+    monkeypatch.undo()
+    if not native_bf16():
+        pytest.skip("this CPU emulates bf16; the bf16 path is not exercised")
+    recipe = _recipe(tmp_path)
+    fit(recipe.model_copy(update={"train": recipe.train.model_copy(update={"precision": "bf16"})}), manifest,
+        tmp_path / "bf16")  # fmt: skip
+    fast, exact = Predictor.from_run(tmp_path / "bf16"), Predictor.from_run(tmp_path / "bf16", precision="fp32")
+    assert (fast.precision, exact.precision) == ("bf16", "fp32")
+    image = read_image(data / "c7.nii.gz")
+    scores_fast, maps_fast = fast.predict_volumes([image])
+    scores_exact, _ = exact.predict_volumes([image])
+    assert maps_fast[0].array.dtype == np.uint8
+    assert scores_fast["volume_ml_lesion"][0] == pytest.approx(scores_exact["volume_ml_lesion"][0], rel=0.05, abs=0.2)
+
+
+def read_image(path):
+    from medsight.io import read
+
+    return read(path)

@@ -136,12 +136,16 @@ def evaluate_command(
     output: Annotated[
         Path | None, typer.Option("--out", "-o", help="metrics JSON (default RUN/metrics_<split>.json).")
     ] = None,
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto (bf16 for 3D models where the CPU runs it natively), fp32, bf16.")
+    ] = "auto",
 ) -> None:
     """Metrics with 95 % CIs (bootstrap by patient); operating points chosen on the validation split."""
     from medsight.validation import evaluate_run
 
     with progress_bar() as progress:
-        report = evaluate_run(run, manifest_path=data, split=split, bootstrap=bootstrap, out=output, progress=progress)
+        report = evaluate_run(run, manifest_path=data, split=split, bootstrap=bootstrap, out=output,
+                              precision=precision, progress=progress)  # fmt: skip
     table = Table(
         "figure",
         "estimate [95 % CI]",
@@ -162,6 +166,9 @@ def predict_command(
     slice_index: Annotated[
         int | None, typer.Option("--slice", help="3D inputs: which slice (0-based) the 2D model classifies.")
     ] = None,
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto (bf16 for 3D models where the CPU runs it natively), fp32, bf16.")
+    ] = "auto",
 ) -> None:
     """Predict on image files or DICOM; one row per image. Mammography runs also write breast-
     and exam-level scores (``<out>_breasts.csv``, ``<out>_exams.csv``) fused as in evaluation;
@@ -170,7 +177,7 @@ def predict_command(
     from medsight.io.atomic import check_writable
 
     check_writable(output, option="--out")  # before any work: a bad --out must not waste the predictions
-    predictor = Predictor.from_run(run)
+    predictor = Predictor.from_run(run, precision=precision)
     masks = output.with_name(f"{output.stem}_masks")  # label maps, for models that make them
     with progress_bar() as progress:
         table = predictor.predict_files(inputs, slice_index=slice_index, masks=masks, progress=progress).table()

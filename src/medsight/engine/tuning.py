@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from medsight.core.errors import ConfigError, InputError
+from medsight.core.hardware import cpu_class, cpu_model, native_bf16
 
 __all__ = ["NumericMode", "cache_dir", "channels_last", "choose_mode", "cpu_class", "native_bf16"]
 
@@ -61,51 +61,6 @@ class NumericMode:
         return f"{dtype}, {'channels-last' if self.channels_last else 'contiguous'}"
 
 
-@cache
-def _cpuinfo() -> tuple[str, frozenset[str]]:
-    """The CPU's model name and feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
-    model, flags = "", frozenset[str]()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and not model:
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = frozenset(value.split())
-                if model and flags:
-                    break
-    except OSError:
-        pass
-    return model, flags
-
-
-@cache
-def native_bf16() -> bool:
-    """True when oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX), not emulated."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-@cache
-def cpu_class() -> str:
-    """The CPU's instruction-set class as PyTorch uses it: ``AMX``, ``AVX-512 BF16``, ``AVX-512``, ``AVX2``...
-
-    Follows what PyTorch and oneDNN are allowed to use (``ATEN_CPU_CAPABILITY``,
-    ``ONEDNN_MAX_CPU_ISA``), so a capped run reports the class it behaves as.
-    """
-    capability = torch.backends.cpu.get_cpu_capability()
-    if capability.startswith("AVX512"):
-        if native_bf16() and "amx_bf16" in _cpuinfo()[1]:
-            return "AMX"
-        return "AVX-512 BF16" if native_bf16() else "AVX-512"
-    if capability == "AVX2":
-        return "AVX2"
-    return f"{platform.machine()} {capability}".strip()
-
-
 def cache_dir() -> Path:
     """Where medsight keeps per-machine facts: ``$MEDSIGHT_CACHE_DIR``, else ``$XDG_CACHE_HOME/medsight``."""
     explicit = os.environ.get("MEDSIGHT_CACHE_DIR")
@@ -117,8 +72,7 @@ def cache_dir() -> Path:
 
 @cache
 def _machine_key() -> str:
-    model = _cpuinfo()[0] or platform.processor()
-    return f"{model}|{cpu_class()}|{os.cpu_count()} cpus|torch {torch.__version__}"
+    return f"{cpu_model()}|{cpu_class()}|{os.cpu_count()} cpus|torch {torch.__version__}"
 
 
 def _candidates(precision: str, channels_last: str, device: torch.device, ndim: int) -> list[NumericMode]:

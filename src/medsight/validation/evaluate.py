@@ -69,6 +69,7 @@ def evaluate_run(
     split: str = "test",
     bootstrap: int | None = None,
     out: str | os.PathLike[str] | None = None,
+    precision: str = "auto",
     progress: Progress | None = None,
 ) -> Evaluation:
     """Figures of a run on a split, with CIs.
@@ -78,7 +79,7 @@ def evaluate_run(
     fusion temperature) is kept in the run for prediction.
     """
     run_dir = Path(run_dir)
-    predictor = Predictor.from_run(run_dir)
+    predictor = Predictor.from_run(run_dir, precision=precision)  # type: ignore[arg-type]
     target_file = Path(out) if out else run_dir / f"metrics_{split}.json"
     check_writable(target_file, option="--out")  # before the work: a bad --out must not waste it
     package = predictor.package
@@ -110,6 +111,7 @@ def evaluate_run(
         "cases": evaluation.cases,
         "patients": evaluation.patients,
         "bootstrap_resamples": n,
+        "precision": predictor.precision,
         **details,
         "warnings": warnings,
     }
