@@ -117,7 +117,7 @@ def _indices(label: np.ndarray, codes: Sequence[int], case: str) -> np.ndarray:
     unknown = [v for v in values.tolist() if int(v) not in lookup or v != int(v)]
     if unknown:
         raise InputError(
-            f"case {case}: the label map holds {unknown[:5]}, not among the task's label codes {list(codes)} "
+            f"the label map holds {unknown[:5]}, not among the task's label codes {list(codes)} "
             "(or 0 for background); fix the labels or the recipe's task.labels"
         )
     out = np.zeros(label.shape, np.uint8)

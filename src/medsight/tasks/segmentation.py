@@ -464,8 +464,11 @@ class SegmentationTask(Task):
                 raise InputError("the model segments 3D volumes; this input is a single slice")
             cine = self.spec.cardiac is not None and plan.in_channels == 1 and volume.channels > 1
             if volume.channels != plan.in_channels and not cine:
+                names = ", *_".join(plan.channel_names)
+                folder = (f"; give the case's folder, holding one file per channel named *_{names}"
+                          if plan.in_channels > 1 and plan.channel_names else "")  # fmt: skip
                 raise InputError(
-                    f"the model reads {plan.in_channels} channel(s) per case; this input has {volume.channels}"
+                    f"the model reads {plan.in_channels} channel(s) per case; this input has {volume.channels}{folder}"
                 )
             frames = [volume.array[t : t + 1] for t in range(volume.channels)] if cine else [volume.array]
             voxel_ml = float(np.prod(volume.geometry.spacing)) / 1000.0
