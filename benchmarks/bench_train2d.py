@@ -69,7 +69,8 @@ def plain_loop(model, data, *, epochs, batch_size, lr, amp_dtype, channels_last,
 def engine_run(model, data, folder, *, epochs, batch_size, lr, precision, validate=None, augment=None):
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, precision=precision, clip_grad_norm=None,
                          warmup_epochs=0, schedule="constant")  # fmt: skip
-    train(model, TASK.loss, data, config=config, run_dir=folder, validate=validate, augment_batch=augment)
+    train(model, TASK.loss, data, config=config, run_dir=folder, validate=validate,
+          augment_batch=augment.with_targets if augment is not None else None)  # fmt: skip
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     return records
 

@@ -262,9 +262,9 @@ def test_tensorboard_gets_every_epoch_figure(tmp_path):
 def test_batch_augmentation_runs_on_every_training_batch_only(tmp_path):
     seen = []
 
-    def augment(x):
+    def augment(x, y):
         seen.append(x.shape[0])
-        return x
+        return x, y
 
     data = _problem(n=40)
     scored = []

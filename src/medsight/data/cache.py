@@ -12,9 +12,10 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel
@@ -26,11 +27,12 @@ from medsight.data.reading import read_case_image
 from medsight.io.atomic import atomic_dir
 from medsight.transforms.image2d import Preprocess2D, prepare_image
 
-__all__ = ["ImageCache", "build_image_cache", "default_cache_dir"]
+__all__ = ["ImageCache", "build_image_cache", "cache_key", "default_cache_dir", "reuse"]
 
 log = logging.getLogger(__name__)
 
 _VERSION = 1
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -57,18 +59,39 @@ def default_cache_dir(manifest: Manifest, name: str, spec: BaseModel | None = No
     return folder / digest[:12]
 
 
-def _key(manifest: Manifest, column: str, spec: Preprocess2D) -> str:
-    digest = hashlib.sha256(json.dumps({"version": _VERSION, "spec": spec.model_dump()}, sort_keys=True).encode())
+def cache_key(manifest: Manifest, columns: Sequence[str], spec: Mapping[str, Any]) -> str:
+    """What a cache of ``manifest`` depends on: ``spec`` (how it preprocesses), and each case's files
+    under ``columns`` by path, size and modification time (and array key/index for array files)."""
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode())
     for _, row in manifest.table.iterrows():
-        path = manifest.resolve(row[column])
-        try:
-            stat = path.stat()
-            fingerprint = f"{stat.st_size}:{stat.st_mtime_ns}"
-        except OSError:
-            fingerprint = "missing"
-        extra = f"{row.get('array_key', '')}:{row.get('array_index', '')}"
-        digest.update(f"{row['case_id']}|{path}|{fingerprint}|{extra}\n".encode())
+        for column in columns:
+            cell = row.get(column)
+            if not isinstance(cell, str) or not cell.strip():
+                continue
+            path = manifest.resolve(cell)
+            try:
+                stat = path.stat()
+                fingerprint = f"{stat.st_size}:{stat.st_mtime_ns}"
+            except OSError:
+                fingerprint = "missing"
+            extra = f"{row.get('array_key', '')}:{row.get('array_index', '')}"
+            digest.update(f"{row['case_id']}|{column}|{path}|{fingerprint}|{extra}\n".encode())
     return digest.hexdigest()
+
+
+def reuse(folder: Path, key: str, open_cache: Callable[[Path], T]) -> T | None:
+    """The cache in ``folder`` opened with ``open_cache`` when its ``index.json`` records ``key``;
+    None when there is none, it was made from other inputs, or it is unreadable (then rebuilt)."""
+    index_file = folder / "index.json"
+    if not index_file.is_file():
+        return None
+    try:
+        if json.loads(index_file.read_text()).get("key") == key:
+            log.info("reusing the preprocessed cache in %s", folder)
+            return open_cache(folder)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("rebuilding unreadable cache %s (%s)", folder, exc)
+    return None
 
 
 def _open(folder: Path) -> ImageCache:
@@ -94,15 +117,9 @@ def build_image_cache(
     folder = Path(folder)
     if column not in manifest.table.columns:
         raise InputError(f"manifest has no {column!r} column; image columns: {manifest.image_columns}")
-    key = _key(manifest, column, spec)
-    index_file = folder / "index.json"
-    if index_file.is_file():
-        try:
-            if json.loads(index_file.read_text()).get("key") == key:
-                log.info("reusing preprocessed images in %s", folder)
-                return _open(folder)
-        except (OSError, ValueError) as exc:
-            log.warning("rebuilding unreadable cache %s (%s)", folder, exc)
+    key = cache_key(manifest, [column], {"version": _VERSION, "spec": spec.model_dump()})
+    if (reused := reuse(folder, key, _open)) is not None:
+        return reused
     folder.parent.mkdir(parents=True, exist_ok=True)
     n = len(manifest)
     npz_cache: dict[Path, Any] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,7 @@ __all__ = [
     "guess_modality",
     "pairings",
     "read_case",
+    "stack_channels",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,24 @@ def pairings(manifest: Manifest) -> list[Pairing]:
     return found
 
 
+def stack_channels(volumes: Sequence[Volume], names: Sequence[str], case: str) -> Volume:
+    """One image of a case's channel images, in order (they must share a grid).
+
+    Raises:
+        InputError: a channel is on another grid than the first (``case`` and the file are named).
+    """
+    first = volumes[0]
+    for name, volume in zip(names[1:], volumes[1:], strict=True):
+        if volume.spatial_shape != first.spatial_shape or not volume.geometry.isclose(first.geometry):
+            raise InputError(
+                f"{case}: {name} ({volume.spatial_shape}) is not on the grid of {names[0]} "
+                f"({first.spatial_shape}); co-register the channels first"
+            )
+    if len(volumes) == 1:
+        return first
+    return first.with_array(np.concatenate([v.array for v in volumes], axis=0))
+
+
 def read_case(
     manifest: Manifest, row: pd.Series, pairing: Pairing | None = None, *, with_label: bool = True
 ) -> CaseImages:
@@ -91,21 +111,11 @@ def read_case(
     """
     pairing = pairing or pairings(manifest)[0]
     case = str(row.get("case_id", "?"))
-    volumes = []
-    for column in pairing.images:
-        volume = read_case_image(manifest, row, column)
+    volumes = [read_case_image(manifest, row, column) for column in pairing.images]
+    for column, volume in zip(pairing.images, volumes, strict=True):
         if volume.channels != 1:
             raise InputError(f"case {case}: {row[column]} has {volume.channels} channels; give one file per channel")
-        if volumes and (
-            volume.spatial_shape != volumes[0].spatial_shape or not volume.geometry.isclose(volumes[0].geometry)
-        ):
-            raise InputError(
-                f"case {case}: {row[column]} ({volume.spatial_shape}) is not on the grid of "
-                f"{row[pairing.images[0]]} ({volumes[0].spatial_shape}); co-register the channels first"
-            )
-        volumes.append(volume)
-    array = np.concatenate([v.array for v in volumes], axis=0)
-    image = volumes[0].with_array(array)
+    image = stack_channels(volumes, [str(row[c]) for c in pairing.images], f"case {case}")
     label = None
     cell = row.get(pairing.label)
     if with_label and isinstance(cell, str) and cell.strip():

@@ -10,12 +10,11 @@ reused; anything else rebuilds it, atomically.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,8 @@ import numpy as np
 
 from medsight.core.errors import InputError, MedsightError
 from medsight.core.progress import Progress
-from medsight.data.cases import Pairing, pairings, read_case
+from medsight.data.cache import cache_key, reuse
+from medsight.data.cases import pairings, read_case
 from medsight.data.manifest import Manifest
 from medsight.io.atomic import atomic_dir
 from medsight.planning import Plan
@@ -57,18 +57,24 @@ class VolumeCache:
 
     folder: Path
     items: tuple[CachedItem, ...]
-    key: str
+    _maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def image(self, item: int) -> np.ndarray:
         """``(C, Z, Y, X)`` float32, memory-mapped."""
-        return np.load(self.folder / f"image_{item}.npy", mmap_mode="r")
+        return self._mapped(f"image_{item}.npy")
 
     def label(self, item: int) -> np.ndarray:
         """``(Z, Y, X)`` class indices, memory-mapped."""
-        return np.load(self.folder / f"label_{item}.npy", mmap_mode="r")
+        return self._mapped(f"label_{item}.npy")
+
+    def _mapped(self, name: str) -> np.ndarray:
+        # opened once: every training patch reads from these maps
+        if name not in self._maps:
+            self._maps[name] = np.load(self.folder / name, mmap_mode="r")
+        return self._maps[name]
 
     def items_of(self, rows: Sequence[int] | np.ndarray) -> list[int]:
         """The items belonging to manifest ``rows`` (a case may have several: ED and ES)."""
@@ -89,25 +95,6 @@ def preprocess_for_plan(
     """One case cropped, resampled and normalised as ``plan`` says (:class:`Preprocessed`)."""
     return preprocess_case(image, spacing, plan.spacing, label=label, crop=plan.crop_to_nonzero,
                            normalization=plan_normalization(plan))  # fmt: skip
-
-
-def _key(manifest: Manifest, plan: Plan, codes: Sequence[int], pairs: list[Pairing]) -> str:
-    spec = {"version": _VERSION, "plan": plan.preprocessing_key(), "codes": list(codes)}
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
-    columns = sorted({c for p in pairs for c in (*p.images, p.label)})
-    for _, row in manifest.table.iterrows():
-        for column in columns:
-            cell = row.get(column)
-            if not isinstance(cell, str) or not cell:
-                continue
-            path = manifest.resolve(cell)
-            try:
-                stat = path.stat()
-                fingerprint = f"{stat.st_size}:{stat.st_mtime_ns}"
-            except OSError:
-                fingerprint = "missing"
-            digest.update(f"{row['case_id']}|{column}|{path}|{fingerprint}\n".encode())
-    return digest.hexdigest()
 
 
 def _indices(label: np.ndarray, codes: Sequence[int], case: str) -> np.ndarray:
@@ -142,7 +129,7 @@ def _open(folder: Path) -> VolumeCache:
         )
         for entry in index["items"]
     )
-    return VolumeCache(folder, items, index["key"])  # type: ignore[arg-type]
+    return VolumeCache(folder, items)  # type: ignore[arg-type]
 
 
 def build_volume_cache(
@@ -160,15 +147,11 @@ def build_volume_cache(
     """
     folder = Path(folder)
     pairs = pairings(manifest)
-    key = _key(manifest, plan, codes, pairs)
-    index_file = folder / "index.json"
-    if index_file.is_file():
-        try:
-            if json.loads(index_file.read_text()).get("key") == key:
-                log.info("reusing preprocessed volumes in %s", folder)
-                return _open(folder)
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("rebuilding unreadable cache %s (%s)", folder, exc)
+    columns = sorted({c for p in pairs for c in (*p.images, p.label)})
+    spec = {"version": _VERSION, "plan": plan.preprocessing_key(), "codes": list(codes)}
+    key = cache_key(manifest, columns, spec)
+    if (reused := reuse(folder, key, _open)) is not None:
+        return reused
     work = [
         (position, row, pairing)
         for position, (_, row) in enumerate(manifest.table.iterrows())

@@ -213,7 +213,7 @@ def train(
     run_dir: str | Path,
     validate: Validate | None = None,
     sample_weights: np.ndarray | None = None,
-    augment_batch: Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]] | None = None,
+    augment_batch: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     frozen: Sequence[nn.Parameter] = (),
     freeze_epochs: int = 0,
     resume: bool = False,
@@ -234,10 +234,11 @@ def train(
         validate: Called after every epoch with the model to score (the EMA model when
             EMA is on); returns validation metrics, e.g. ``{"loss": .., "auc": ..}``.
         sample_weights: Per-item sampling weights for class-balanced batches.
-        augment_batch: Random augmentation of each training batch, applied on the device
-            (e.g. :class:`~medsight.transforms.batch2d.BatchAugmenter`); its share of the
-            epoch is logged as ``augment_share``. One whose ``moves_targets`` is true is called
-            with the targets too and returns both (label maps flipped with their images).
+        augment_batch: ``augment(inputs, targets) -> (inputs, targets)``: random augmentation of
+            each training batch on the device (e.g. :meth:`BatchAugmenter.with_targets
+            <medsight.transforms.batch2d.BatchAugmenter.with_targets>`, or
+            :class:`~medsight.transforms.batch3d.BatchAugmenter3D`, which moves label maps with
+            their images); its share of the epoch is logged as ``augment_share``.
         frozen: Parameters left unchanged for the first ``freeze_epochs`` epochs (e.g. a
             pretrained backbone while the new head warms up); their gradients are dropped
             before each step, so neither the update nor weight decay touches them.
@@ -306,10 +307,7 @@ def train(
             if augment_batch is not None:
                 augmenting = time.perf_counter()
                 with torch.no_grad():
-                    if getattr(augment_batch, "moves_targets", False):  # geometric changes of label maps too
-                        inputs, targets = augment_batch(inputs, targets)
-                    else:
-                        inputs = augment_batch(inputs)
+                    inputs, targets = augment_batch(inputs, targets)
                 augmented += time.perf_counter() - augmenting
             if channels_last:
                 inputs = to_channels_last(inputs)

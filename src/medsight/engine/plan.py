@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -10,13 +9,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from medsight.core.errors import ConfigError, InputError
+from medsight.core.errors import ConfigError
 from medsight.core.progress import Progress
 from medsight.data.cases import fingerprint_manifest
 from medsight.data.manifest import Manifest
 from medsight.engine.recipe import apply_overrides, explain
 from medsight.io.atomic import atomic_file
-from medsight.planning import Plan, make_plan
+from medsight.planning import Plan, make_plan, read_plan
 
 __all__ = ["load_plan", "plan_dataset", "save_plan"]
 
@@ -75,15 +74,4 @@ def load_plan(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Pl
         InputError: the file is missing or not JSON.
         ConfigError: it is not a valid plan of this version (the keys at fault are named).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist; make one with `medsight plan --data DATA --out {path}`")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path} is not a plan (unreadable JSON: {exc})") from exc
-    try:
-        plan = Plan.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{path} is not a valid plan: {explain(exc, Plan)}") from None
-    return _overridden(plan, overrides)
+    return _overridden(read_plan(path), overrides)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ValidationError
@@ -26,6 +25,7 @@ from medsight.core.hardware import cpu_class, native_bf16
 from medsight.core.progress import Progress
 from medsight.core.volume import Volume
 from medsight.data.cache import default_cache_dir
+from medsight.data.cases import stack_channels
 from medsight.data.manifest import Manifest
 from medsight.io import detect_format, read, write
 from medsight.io.atomic import full_suffix
@@ -103,19 +103,10 @@ def _read_channels(name: Path, files: Sequence[Path]) -> Volume:
     volumes = []
     for path in files:
         try:
-            volume = _read(path)
+            volumes.append(_read(path))
         except MedsightError as exc:
             raise type(exc)(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from exc
-        if volumes and (
-            volume.spatial_shape != volumes[0].spatial_shape or not volume.geometry.isclose(volumes[0].geometry)
-        ):
-            raise InputError(
-                f"{name}: {path.name} is not on the grid of {files[0].name}; a case's channels must be co-registered"
-            )
-        volumes.append(volume)
-    if len(volumes) == 1:
-        return volumes[0]
-    return volumes[0].with_array(np.concatenate([v.array for v in volumes], axis=0))
+    return stack_channels(volumes, [p.name for p in files], str(name))
 
 
 _MAP_SUFFIXES = {".nii": ".nii.gz", ".nii.gz": ".nii.gz", ".nrrd": ".nrrd", ".mha": ".mha", ".mhd": ".mha"}
@@ -179,12 +170,15 @@ class Predictor:
         task: What it predicts.
         package: Its spec (recipe name, task, model, preprocessing, provenance).
         run_dir: The run (or package) folder it was loaded from.
+        preprocess: How an input is made ready for the network (the package's, typed by the task).
+        precision: ``fp32`` or ``bf16`` (autocast), as :meth:`from_run` chose.
     """
 
     model: nn.Module
     task: Task
     package: ModelPackage
     run_dir: Path
+    preprocess: BaseModel
     precision: str = "fp32"
 
     @classmethod
@@ -223,12 +217,7 @@ class Predictor:
             ) from exc
         amp = _precision(precision, task, run_dir)
         network: nn.Module = model.eval() if amp is None else _Autocast(model.eval(), amp)
-        return cls(network, task, package, run_dir, "fp32" if amp is None else "bf16")
-
-    @property
-    def preprocess(self) -> BaseModel:
-        """How an input is made ready for the network (the task's preprocessing spec)."""
-        return self.package.preprocessing()
+        return cls(network, task, package, run_dir, preprocess, "fp32" if amp is None else "bf16")
 
     @property
     def provenance(self) -> dict[str, str]:

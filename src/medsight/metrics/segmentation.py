@@ -40,6 +40,7 @@ __all__ = [
     "lesion_wise",
     "surface_dice",
     "surface_distances",
+    "surface_scores",
     "volume_difference",
 ]
 
@@ -126,14 +127,8 @@ def hausdorff_distance(
     """Symmetric Hausdorff distance (mm) at ``percentile`` (95: HD95; 100: the maximum): the larger
     of the two directed percentiles, as MONAI computes it. 0 when both masks are empty;
     ``missing`` (``inf``) when only one is."""
-    if not 0 <= percentile <= 100:
-        raise InputError(f"percentile must be within 0..100, got {percentile}")
-    to_reference, to_prediction = surface_distances(prediction, reference, spacing)
-    if to_reference.size == 0 and to_prediction.size == 0:
-        return 0.0
-    if to_reference.size == 0 or to_prediction.size == 0:
-        return float(missing)
-    return float(max(np.percentile(to_reference, percentile), np.percentile(to_prediction, percentile)))
+    _check_percentile(percentile)
+    return _hausdorff(*surface_distances(prediction, reference, spacing), percentile, missing)
 
 
 def surface_dice(
@@ -141,9 +136,45 @@ def surface_dice(
 ) -> float:
     """Normalised surface Dice (Nikolov et al. 2021, voxel surfaces as in MONAI): the share of both
     surfaces lying within ``tolerance`` mm of the other. 1 when both masks are empty, 0 when one is."""
+    _check_tolerance(tolerance)
+    return _surface_dice(*surface_distances(prediction, reference, spacing), tolerance)
+
+
+def surface_scores(
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    spacing: float | Sequence[float] | None = None,
+    *,
+    tolerance: float,
+    percentile: float = 95.0,
+    missing: float = math.inf,
+) -> tuple[float, float]:
+    """:func:`hausdorff_distance` and :func:`surface_dice` from one pass over the two surfaces."""
+    _check_percentile(percentile)
+    _check_tolerance(tolerance)
+    distances = surface_distances(prediction, reference, spacing)
+    return _hausdorff(*distances, percentile, missing), _surface_dice(*distances, tolerance)
+
+
+def _check_percentile(percentile: float) -> None:
+    if not 0 <= percentile <= 100:
+        raise InputError(f"percentile must be within 0..100, got {percentile}")
+
+
+def _check_tolerance(tolerance: float) -> None:
     if not tolerance >= 0:
         raise InputError(f"tolerance must be a non-negative distance in mm, got {tolerance}")
-    to_reference, to_prediction = surface_distances(prediction, reference, spacing)
+
+
+def _hausdorff(to_reference: np.ndarray, to_prediction: np.ndarray, percentile: float, missing: float) -> float:
+    if to_reference.size == 0 and to_prediction.size == 0:
+        return 0.0
+    if to_reference.size == 0 or to_prediction.size == 0:
+        return float(missing)
+    return float(max(np.percentile(to_reference, percentile), np.percentile(to_prediction, percentile)))
+
+
+def _surface_dice(to_reference: np.ndarray, to_prediction: np.ndarray, tolerance: float) -> float:
     total = to_reference.size + to_prediction.size
     if total == 0:
         return 1.0

@@ -9,6 +9,7 @@ from medsight.planning.plan import (
     Plan,
     estimate_memory_gb,
     make_plan,
+    read_plan,
     target_spacing,
     topology,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "estimate_memory_gb",
     "fingerprint",
     "make_plan",
+    "read_plan",
     "target_spacing",
     "topology",
 ]

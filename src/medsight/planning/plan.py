@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from medsight.core.errors import ConfigError
+from medsight.core.errors import ConfigError, InputError
 from medsight.planning.fingerprint import Fingerprint
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "Plan",
     "estimate_memory_gb",
     "make_plan",
+    "read_plan",
     "target_spacing",
     "topology",
 ]
@@ -191,6 +194,30 @@ class Plan(BaseModel):
         fields = {"version": self.version, "spacing": self.spacing, "crop": self.crop_to_nonzero,
                   "normalization": [n.model_dump() for n in self.normalization]}  # fmt: skip
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_plan(path: str | os.PathLike[str]) -> Plan:
+    """A ``plan.json`` as ``medsight plan`` wrote it.
+
+    Raises:
+        InputError: the file is missing or not JSON.
+        ConfigError: it is not a valid plan of this version (the fields at fault are named).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; make one with `medsight plan --data DATA --out {path}`")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path} is not a plan (unreadable JSON: {exc})") from exc
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'plan'}: {str(e['msg']).removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"{path} is not a valid plan: {problems}") from None
 
 
 def target_spacing(fingerprint: Fingerprint) -> tuple[tuple[float, float, float], int | None]:

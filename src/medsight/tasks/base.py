@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,16 @@ from medsight.models.predict import run_model
 from medsight.models.registry import ModelChoice
 from medsight.tasks.results import Estimate, Prediction
 
-__all__ = ["Task", "TaskData", "Training", "register_task", "registered_tasks", "task_for", "task_spec_types"]
+__all__ = [
+    "Task",
+    "TaskData",
+    "Training",
+    "as_model",
+    "register_task",
+    "registered_tasks",
+    "task_for",
+    "task_spec_types",
+]
 
 
 @dataclass(frozen=True)
@@ -217,6 +226,15 @@ class Task(ABC):
     def paired_scores(self, table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Binary (labels, scores) per headline score, for DeLong's test between two runs."""
         raise ConfigError(f"{type(self).__name__} has no binary scores to compare with DeLong's test")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def as_model(value: BaseModel, cls: type[M]) -> M:
+    """``value`` as a ``cls`` (validated again from its fields when it is some other model, e.g. a
+    spec read back from a saved recipe)."""
+    return value if isinstance(value, cls) else cls.model_validate(value.model_dump())
 
 
 _REGISTRY: dict[str, type[Task]] = {}

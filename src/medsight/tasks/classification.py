@@ -35,7 +35,7 @@ from medsight.data.qc import target_problems
 from medsight.metrics.classification import quadratic_weighted_kappa, roc_auc
 from medsight.models.registry import ModelChoice, build_model, registered_models
 from medsight.tasks import classification_report as report
-from medsight.tasks.base import Task, TaskData, Training, register_task
+from medsight.tasks.base import Task, TaskData, Training, as_model, register_task
 from medsight.tasks.results import Estimate, Prediction
 from medsight.transforms.batch2d import BatchAugmenter
 from medsight.transforms.image2d import Augment2D, Preprocess2D, build_augmentation, prepare_image
@@ -158,8 +158,7 @@ class ClassificationTask(Task):
     @classmethod
     def from_spec(cls, spec: BaseModel) -> ClassificationTask:
         """The task of a recipe's ``task`` section (:class:`ClassificationSpec`)."""
-        if not isinstance(spec, ClassificationSpec):
-            spec = ClassificationSpec.model_validate(spec.model_dump())
+        spec = as_model(spec, ClassificationSpec)
         return cls(spec.kind, tuple(spec.classes), None, spec.target, spec.referable_grade, spec.fusion)
 
     @property
@@ -187,7 +186,7 @@ class ClassificationTask(Task):
         self, manifest: Manifest, preprocess: BaseModel, folder: str | os.PathLike[str], *, progress: Progress | None
     ) -> TaskData:
         """Preprocess the images into a 2D image cache (reused while nothing changed) and read the targets."""
-        spec = _preprocess(preprocess)
+        spec = as_model(preprocess, Preprocess2D)
         cache = build_image_cache(manifest, spec, folder, progress=progress)
         return TaskData(manifest, cache, self.targets(manifest), spec, spec.channels)
 
@@ -259,14 +258,14 @@ class ClassificationTask(Task):
         """Training items, class balance (``sampler``: per-item weights; ``weights``: loss weights)
         and augmentation (``batch``: on the device; ``item``: MONAI transforms in the loader)."""
         sample_weights, loss_weights = self._balance(balance, data.targets[indices])
-        spec = augment if isinstance(augment, Augment2D) else Augment2D.model_validate(augment.model_dump())
+        spec = as_model(augment, Augment2D)
         per_item = spec.mode == "item"
         item_augment = build_augmentation(spec, seed=seed) if per_item else None
         return Training(
             loss=replace(self, weights=loss_weights).loss,
             train_set=ImageDataset(data.inputs, data.targets, indices, item_augment),
             sample_weights=sample_weights,
-            augment_batch=None if per_item else BatchAugmenter(spec),
+            augment_batch=None if per_item else BatchAugmenter(spec).with_targets,
         )
 
     def _balance(self, balance: str, y: np.ndarray) -> tuple[np.ndarray | None, tuple[float, ...] | None]:
@@ -294,7 +293,10 @@ class ClassificationTask(Task):
     def input_array(self, volume: Volume, preprocess: BaseModel, *, slice_index: int | None = None) -> np.ndarray:
         """``(C, S, S)`` float32 in [0, 1], as the image cache stores it (``slice_index``: which
         slice of a 3D volume)."""
-        return prepare_image(volume, _preprocess(preprocess), slice_index=slice_index).astype(np.float32) / 255.0
+        return (
+            prepare_image(volume, as_model(preprocess, Preprocess2D), slice_index=slice_index).astype(np.float32)
+            / 255.0
+        )
 
     # --- network ----------------------------------------------------------------------------
     def network(self, model: ModelChoice, in_channels: int, preprocess: BaseModel | None = None) -> nn.Module:
@@ -419,7 +421,3 @@ class ClassificationTask(Task):
                 f"for shape {tuple(probabilities.shape)}"
             )
         return probabilities[:, grade:].sum(dim=1)
-
-
-def _preprocess(spec: BaseModel) -> Preprocess2D:
-    return spec if isinstance(spec, Preprocess2D) else Preprocess2D.model_validate(spec.model_dump())

@@ -9,7 +9,6 @@ the data set's fingerprint at training time unless the recipe gives one.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -28,16 +27,17 @@ from torch.utils.data import Dataset
 from medsight.core.errors import ConfigError, InputError
 from medsight.core.progress import Progress
 from medsight.core.volume import Volume, VolumeMetadata
-from medsight.data.cases import fingerprint_manifest, pairings, read_case
+from medsight.data.cases import fingerprint_manifest, pairings
 from medsight.data.manifest import Manifest
 from medsight.data.patches import PatchDataset, ValidationPatches
+from medsight.data.reading import read_case_image
 from medsight.data.volume_cache import VolumeCache, build_volume_cache, preprocess_for_plan
 from medsight.metrics.agreement import bland_altman, mean_absolute_error
 from medsight.metrics.bootstrap import bootstrap_ci
-from medsight.metrics.segmentation import dice, hausdorff_distance, lesion_wise, surface_dice, volume_difference
+from medsight.metrics.segmentation import dice, lesion_wise, surface_scores
 from medsight.models.registry import ModelChoice
-from medsight.planning import Plan, make_plan
-from medsight.tasks.base import Task, TaskData, Training, register_task
+from medsight.planning import Plan, make_plan, read_plan
+from medsight.tasks.base import Task, TaskData, Training, as_model, register_task
 from medsight.tasks.results import Estimate, Prediction
 from medsight.transforms.batch3d import BatchAugmenter3D
 from medsight.transforms.volume3d import restore
@@ -206,7 +206,7 @@ class SegmentationTask(Task):
 
     @classmethod
     def from_spec(cls, spec: BaseModel) -> SegmentationTask:
-        return cls(spec if isinstance(spec, SegmentationSpec) else SegmentationSpec.model_validate(spec.model_dump()))
+        return cls(as_model(spec, SegmentationSpec))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SegmentationTask) and other.spec == self.spec
@@ -234,13 +234,7 @@ class SegmentationTask(Task):
     def plan_for(self, manifest: Manifest, request: PlanRequest, *, progress: Progress | None = None) -> Plan:
         """The plan the request names, or one made from the training cases' fingerprint."""
         if request.plan:
-            path = Path(request.plan).expanduser()
-            try:
-                plan = Plan.model_validate(json.loads(path.read_text()))
-            except OSError as exc:
-                raise InputError(f"cannot read the plan {path}: {exc.strerror or exc}") from exc
-            except (ValueError, ValidationError) as exc:
-                raise ConfigError(f"{path} is not a valid plan: {' '.join(str(exc).split())[:300]}") from exc
+            plan = read_plan(request.plan)
         else:
             train = manifest.table["split"] == "train"
             rows = manifest.with_table(manifest.table[train]) if train.any() else manifest
@@ -259,8 +253,10 @@ class SegmentationTask(Task):
         self, manifest: Manifest, preprocess: BaseModel, folder: str | os.PathLike[str], *, progress: Progress | None
     ) -> TaskData:
         """Plan (unless given a plan) and preprocess every labelled image into a volume cache."""
-        plan = preprocess if isinstance(preprocess, Plan) else self.plan_for(manifest, _request(preprocess),
-                                                                             progress=progress)  # fmt: skip
+        if isinstance(preprocess, Plan):
+            plan = preprocess
+        else:
+            plan = self.plan_for(manifest, as_model(preprocess, PlanRequest), progress=progress)
         if not plan.channel_names:
             columns = pairings(manifest)[0].images
             names = [c.removeprefix("image_") for c in columns]  # image_t1 -> t1; a lone image column: image
@@ -415,7 +411,6 @@ class SegmentationTask(Task):
         source grid, scored against its reference label map there (spacing-aware)."""
         cache: VolumeCache = data.inputs
         plan: Plan = data.preprocess  # type: ignore[assignment]
-        pairs = {p.label: p for p in pairings(data.manifest)}
         model = model.eval()
         cases, rows = [], []
         for item in cache.items_of(indices):
@@ -423,9 +418,9 @@ class SegmentationTask(Task):
             logits = sliding_window(model, np.asarray(cache.image(item)), plan, overlap=self.spec.overlap,
                                     mirror=self.spec.mirror)  # fmt: skip
             row = data.manifest.table.iloc[entry.row]
-            reference = read_case(data.manifest, row, pairs[entry.label_column])
-            truth = np.asarray(reference.label.array[0]).astype(np.int64)  # type: ignore[union-attr]
-            spacing = reference.image.geometry.spacing
+            reference = read_case_image(data.manifest, row, entry.label_column)  # the image is in the cache
+            truth = np.asarray(reference.array[0]).astype(np.int64)
+            spacing = reference.geometry.spacing
             predicted = self.label_map(logits, plan, entry, spacing)
             cases.append({**row.to_dict(), "label_column": entry.label_column})
             rows.append(self._case_metrics(predicted, truth, spacing))
@@ -434,15 +429,14 @@ class SegmentationTask(Task):
     def _case_metrics(self, predicted: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
         out: dict[str, float] = {}
         mine, theirs = self.structure_masks(predicted), self.structure_masks(truth)
+        voxel_ml = float(np.prod(spacing)) / 1000.0
         for name in self.structures:
             p, t = mine[name], theirs[name]
             out[f"dice_{name}"] = dice(p, t)
-            out[f"hd95_{name}"] = hausdorff_distance(p, t, spacing)
-            out[f"nsd_{name}"] = surface_dice(p, t, spacing, tolerance=self.spec.tolerance_mm)
-            out[f"volume_error_ml_{name}"] = volume_difference(p, t, spacing)
-            voxel_ml = float(np.prod(spacing)) / 1000.0
-            out[f"volume_ml_{name}"] = float(p.sum()) * voxel_ml
-            out[f"reference_volume_ml_{name}"] = float(t.sum()) * voxel_ml
+            out[f"hd95_{name}"], out[f"nsd_{name}"] = surface_scores(p, t, spacing, tolerance=self.spec.tolerance_mm)
+            volume, reference = float(p.sum()) * voxel_ml, float(t.sum()) * voxel_ml
+            out[f"volume_error_ml_{name}"] = volume - reference
+            out[f"volume_ml_{name}"], out[f"reference_volume_ml_{name}"] = volume, reference
             if self.spec.lesion_wise:
                 lesions = lesion_wise(p, t, spacing)
                 out[f"lesion_dice_{name}"], out[f"lesion_hd95_{name}"] = lesions.dice, lesions.hd95
@@ -552,19 +546,26 @@ class SegmentationTask(Task):
         if self.spec.cardiac is not None:
             function, rows = cardiac_function(test.cases, table, self.spec.cardiac)
             warnings.extend(function)
-        if self.spec.cardiac is not None and not rows.empty:
-            groups_by_case = rows["patient_id"].astype(str).to_numpy()
-            details["function"] = {"cases": rows.to_dict(orient="records")}
-            for measure in ("lv_ef", "lv_edv_ml", "lv_esv_ml", "lv_mass_g", "rv_ef"):
-                pairs = (rows[f"{measure}"].to_numpy(float), rows[f"reference_{measure}"].to_numpy(float))
-                result = bootstrap_ci(mean_absolute_error, *pairs, groups=groups_by_case, n_resamples=bootstrap)
-                figures[f"{measure.replace('_', ' ')} mae"] = Estimate.of(result)
-                agreement = bland_altman(*pairs)
-                details["function"][measure] = {"mae": result, "bias": agreement.bias, "lower": agreement.lower,
-                                                "upper": agreement.upper, "cases": agreement.n}  # fmt: skip
+            if not rows.empty:
+                figures.update(_function_figures(rows, details, bootstrap))
         for message in warnings:
             log.warning(message)
         return figures, details, warnings
+
+
+def _function_figures(rows: pd.DataFrame, details: dict[str, Any], bootstrap: int) -> dict[str, Estimate]:
+    """MAE with patient CIs and Bland-Altman agreement of each function measure (into ``details``)."""
+    figures: dict[str, Estimate] = {}
+    groups = rows["patient_id"].astype(str).to_numpy()
+    details["function"] = {"cases": rows.to_dict(orient="records")}
+    for measure in ("lv_ef", "lv_edv_ml", "lv_esv_ml", "lv_mass_g", "rv_ef"):
+        pairs = (rows[measure].to_numpy(float), rows[f"reference_{measure}"].to_numpy(float))
+        result = bootstrap_ci(mean_absolute_error, *pairs, groups=groups, n_resamples=bootstrap)
+        figures[f"{measure.replace('_', ' ')} mae"] = Estimate.of(result)
+        agreement = bland_altman(*pairs)
+        details["function"][measure] = {"mae": result, "bias": agreement.bias, "lower": agreement.lower,
+                                        "upper": agreement.upper, "cases": agreement.n}  # fmt: skip
+    return figures
 
 
 def cardiac_function(cases: pd.DataFrame, scores: pd.DataFrame, spec: CardiacSpec) -> tuple[list[str], pd.DataFrame]:
@@ -582,14 +583,11 @@ def cardiac_function(cases: pd.DataFrame, scores: pd.DataFrame, spec: CardiacSpe
         ed, es = phases[spec.ed], phases[spec.es]
         row: dict[str, Any] = {"case_id": case, "patient_id": ed["patient_id"]}
         for prefix in ("", "reference_"):
-            volume = {phase: {n: float(r[f"{prefix}volume_ml_{n}"]) for n in (spec.lv, spec.rv, spec.myo)}
-                      for phase, r in (("ed", ed), ("es", es))}  # fmt: skip
-            for side, name in (("lv", spec.lv), ("rv", spec.rv)):
-                edv, esv = volume["ed"][name], volume["es"][name]
-                row[f"{prefix}{side}_edv_ml"], row[f"{prefix}{side}_esv_ml"] = edv, esv
-                row[f"{prefix}{side}_sv_ml"] = edv - esv
-                row[f"{prefix}{side}_ef"] = 100.0 * (edv - esv) / edv if edv > 0 else float("nan")
-            row[f"{prefix}lv_mass_g"] = volume["ed"][spec.myo] * spec.density
+
+            def volumes(image: pd.Series, prefix: str = prefix) -> dict[str, float]:
+                return {n: float(image[f"{prefix}volume_ml_{n}"]) for n in (spec.lv, spec.rv, spec.myo)}
+
+            row.update({prefix + k: v for k, v in _function(volumes(ed), volumes(es), spec).items()})
         rows.append(row)
     return warnings, pd.DataFrame(rows)
 
@@ -601,12 +599,18 @@ def cine_function(curves: Mapping[str, Sequence[float]], spec: CardiacSpec) -> d
     if lv.size < 2:
         raise InputError("a cine needs at least two frames to find end-diastole and end-systole")
     ed, es = int(np.argmax(lv)), int(np.argmin(lv))
-    row: dict[str, float] = {"frames": float(lv.size), "ed_frame": float(ed), "es_frame": float(es)}
+    at = {frame: {n: float(curves[n][frame]) for n in (spec.lv, spec.rv, spec.myo)} for frame in (ed, es)}
+    return {"frames": float(lv.size), "ed_frame": float(ed), "es_frame": float(es), **_function(at[ed], at[es], spec)}
+
+
+def _function(ed: Mapping[str, float], es: Mapping[str, float], spec: CardiacSpec) -> dict[str, float]:
+    """LV and RV EDV, ESV, SV (ml) and EF (%), and LV mass (g), from structure volumes (ml) at ED and ES."""
+    row: dict[str, float] = {}
     for side, name in (("lv", spec.lv), ("rv", spec.rv)):
-        edv, esv = float(curves[name][ed]), float(curves[name][es])
+        edv, esv = ed[name], es[name]
         row[f"{side}_edv_ml"], row[f"{side}_esv_ml"], row[f"{side}_sv_ml"] = edv, esv, edv - esv
         row[f"{side}_ef"] = 100.0 * (edv - esv) / edv if edv > 0 else float("nan")
-    row["lv_mass_g"] = float(curves[spec.myo][ed]) * spec.density
+    row["lv_mass_g"] = ed[spec.myo] * spec.density
     return row
 
 
@@ -641,7 +645,3 @@ def _keep_largest(labels: np.ndarray, code: int) -> np.ndarray:
     out = labels.copy()
     out[mask & (parts != int(np.argmax(sizes)) + 1)] = 0
     return out
-
-
-def _request(spec: BaseModel) -> PlanRequest:
-    return spec if isinstance(spec, PlanRequest) else PlanRequest.model_validate(spec.model_dump())

@@ -83,6 +83,25 @@ def gaussian_blur(images: torch.Tensor, sigma_y: torch.Tensor, sigma_x: torch.Te
     return blur(blur(images, sigma_y, 2), sigma_x, 3)
 
 
+def fires(p: float, n: int) -> torch.Tensor:
+    """Per sample, whether a transform of probability ``p`` fires (torch's global generator)."""
+    return torch.rand(n) < p
+
+
+def uniform(low: float, high: float, n: int) -> torch.Tensor:
+    """``n`` values drawn uniformly in ``[low, high)`` (torch's global generator)."""
+    return low + (high - low) * torch.rand(n)
+
+
+def stretch_gamma(images: torch.Tensor, gammas: torch.Tensor) -> torch.Tensor:
+    """Gamma per sample on each sample's own min-max range (the range is kept)."""
+    dims = tuple(range(1, images.ndim))
+    shape = (-1, *([1] * (images.ndim - 1)))
+    low = images.amin(dim=dims, keepdim=True)
+    span = images.amax(dim=dims, keepdim=True) - low
+    return ((images - low) / (span + 1e-7)).clamp_(0, 1) ** gammas.view(shape) * span + low
+
+
 class BatchAugmenter:
     """Augment ``(B, C, H, W)`` float images in [0, 1] as :class:`Augment2D` describes.
 
@@ -97,13 +116,9 @@ class BatchAugmenter:
     def __repr__(self) -> str:
         return f"BatchAugmenter({self.spec!r})"
 
-    @staticmethod
-    def _fires(p: float, n: int) -> torch.Tensor:
-        return torch.rand(n) < p
-
-    @staticmethod
-    def _uniform(low: float, high: float, n: int) -> torch.Tensor:
-        return low + (high - low) * torch.rand(n)
+    def with_targets(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loop's form: the images augmented, the (per-image) targets as they are."""
+        return self(images), targets
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or not images.is_floating_point():
@@ -117,16 +132,16 @@ class BatchAugmenter:
         h, w = images.shape[-2:]
         # every parameter is drawn here, in this order, whether or not its transform fires (noise
         # values only for the images it hits)
-        flip = self._fires(spec.flip, n)
-        rotating, angle = self._fires(spec.rotate, n), self._uniform(-1.0, 1.0, n) * math.radians(spec.rotate_degrees)
-        zooming, zoom = self._fires(spec.zoom, n), self._uniform(*spec.zoom_range, n)
-        bending, magnitude = self._fires(spec.elastic, n), self._uniform(*ELASTIC_MAGNITUDE, n)
+        flip = fires(spec.flip, n)
+        rotating, angle = fires(spec.rotate, n), uniform(-1.0, 1.0, n) * math.radians(spec.rotate_degrees)
+        zooming, zoom = fires(spec.zoom, n), uniform(*spec.zoom_range, n)
+        bending, magnitude = fires(spec.elastic, n), uniform(*ELASTIC_MAGNITUDE, n)
         control = torch.rand(n, 2, math.ceil(h / ELASTIC_SPACING) + 1, math.ceil(w / ELASTIC_SPACING) + 1) * 2 - 1
-        scaling, factor = self._fires(spec.brightness_contrast, n), 1 + self._uniform(-BRIGHTNESS, BRIGHTNESS, n)
-        contrasting, gamma = self._fires(spec.gamma, n), self._uniform(*GAMMA, n)
-        blurring, sigma_y, sigma_x = (self._fires(spec.blur, n), self._uniform(*BLUR_SIGMA, n),
-                                      self._uniform(*BLUR_SIGMA, n))  # fmt: skip
-        noisy, std = self._fires(spec.noise, n), self._uniform(0.0, NOISE_STD, n)
+        scaling, factor = fires(spec.brightness_contrast, n), 1 + uniform(-BRIGHTNESS, BRIGHTNESS, n)
+        contrasting, gamma = fires(spec.gamma, n), uniform(*GAMMA, n)
+        blurring, sigma_y, sigma_x = (fires(spec.blur, n), uniform(*BLUR_SIGMA, n),
+                                      uniform(*BLUR_SIGMA, n))  # fmt: skip
+        noisy, std = fires(spec.noise, n), uniform(0.0, NOISE_STD, n)
 
         device = images.device
 
@@ -152,11 +167,7 @@ class BatchAugmenter:
             out[index] *= factor[scaling].to(device, images.dtype)[:, None, None, None]
         if contrasting.any():
             index = where(contrasting)
-            part = out[index]
-            low = part.amin(dim=(1, 2, 3), keepdim=True)
-            span = part.amax(dim=(1, 2, 3), keepdim=True) - low
-            g = gamma[contrasting].to(device, images.dtype)[:, None, None, None]
-            out[index] = ((part - low) / (span + 1e-7)).clamp_(0, 1) ** g * span + low
+            out[index] = stretch_gamma(out[index], gamma[contrasting].to(device, images.dtype))
         if blurring.any():
             index = where(blurring)
             out[index] = gaussian_blur(out[index], sigma_y[blurring], sigma_x[blurring])

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 
+from medsight.transforms.batch2d import fires, stretch_gamma, uniform
+
 __all__ = ["BatchAugmenter3D"]
 
 _ELASTIC_GRID = 4  # control points per axis of the elastic displacement field
@@ -37,8 +39,6 @@ class BatchAugmenter3D:
         gamma_p, gamma: Probability of a gamma change (on the sample's min-max range).
         noise_p, noise_std: Probability of Gaussian noise of standard deviation up to ``noise_std``.
     """
-
-    moves_targets = True  # the training loop passes the label maps too
 
     def __init__(
         self,
@@ -75,25 +75,17 @@ class BatchAugmenter3D:
         self.gamma_p, self.gamma = gamma_p, gamma
         self.noise_p, self.noise_std = noise_p, noise_std
 
-    @staticmethod
-    def _draw(n: int, p: float) -> torch.Tensor:
-        return torch.rand(n) < p
-
-    @staticmethod
-    def _uniform(n: int, low: float, high: float) -> torch.Tensor:
-        return low + (high - low) * torch.rand(n)
-
     def _matrices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per sample, a rotation-and-zoom matrix in (x, y, z) millimetre space, and whether it is
         not the identity."""
-        rotate, zoom = self._draw(n, self.rotation_p), self._draw(n, self.scale_p)
+        rotate, zoom = fires(self.rotation_p, n), fires(self.scale_p, n)
         limit = math.radians(self.rotation_degrees)
-        angles = self._uniform(n * 3, -limit, limit).view(n, 3) * rotate[:, None]
+        angles = uniform(-limit, limit, n * 3).view(n, 3) * rotate[:, None]
         if self.thick_axis is not None:  # in-plane only: about the thick axis (z -> x,y,z index 2 - axis)
             keep = torch.zeros(3)
             keep[2 - self.thick_axis] = 1.0
             angles = angles * keep
-        factors = torch.where(zoom, self._uniform(n, *self.scale_range), torch.ones(n))
+        factors = torch.where(zoom, uniform(*self.scale_range, n), torch.ones(n))
         matrices = torch.empty(n, 3, 3)
         for i in range(n):
             ax, ay, az = angles[i].tolist()
@@ -109,7 +101,7 @@ class BatchAugmenter3D:
     def _spatial(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, device = images.shape[0], images.device
         matrices, moved = self._matrices(n)
-        elastic = self._draw(n, self.elastic_p)
+        elastic = fires(self.elastic_p, n)
         chosen = moved | elastic
         if not chosen.any():
             return images, labels
@@ -134,9 +126,9 @@ class BatchAugmenter3D:
         return images, labels
 
     def _blur(self, images: torch.Tensor) -> torch.Tensor:
-        chosen = self._draw(images.shape[0], self.blur_p)
+        chosen = fires(self.blur_p, images.shape[0])
         for i in torch.nonzero(chosen).reshape(-1).tolist():
-            sigma = float(self._uniform(1, *self.blur_sigma))
+            sigma = float(uniform(*self.blur_sigma, 1))
             radius = max(1, math.ceil(2 * sigma))
             offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
             kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
@@ -160,29 +152,26 @@ class BatchAugmenter3D:
         images, labels = self._spatial(images, labels)
         images, labels = images.clone(), labels.clone()
         for axis in self.flip_axes:
-            chosen = self._draw(n, self.flip_p).to(images.device)
+            chosen = fires(self.flip_p, n).to(images.device)
             if chosen.any():
                 images[chosen] = images[chosen].flip(axis + 2)
                 labels[chosen] = labels[chosen].flip(axis + 1)
         images = self._blur(images)
-        chosen = self._draw(n, self.bias_field_p).to(images.device)
+        chosen = fires(self.bias_field_p, n).to(images.device)
         if chosen.any():
-            coarse = self._uniform(int(chosen.sum()) * 27, -self.bias_strength, self.bias_strength).view(-1, 1, 3, 3, 3)
+            coarse = uniform(-self.bias_strength, self.bias_strength, int(chosen.sum()) * 27).view(-1, 1, 3, 3, 3)
             field = F.interpolate(coarse.to(images.device), size=tuple(images.shape[2:]), mode="trilinear",
                                   align_corners=True)  # fmt: skip
             images[chosen] = images[chosen] * torch.exp(field)
-        chosen = self._draw(n, self.brightness_p).to(images.device)
+        chosen = fires(self.brightness_p, n).to(images.device)
         if chosen.any():
-            factors = self._uniform(int(chosen.sum()), *self.brightness).to(images.device)
+            factors = uniform(*self.brightness, int(chosen.sum())).to(images.device)
             images[chosen] = images[chosen] * factors.view(-1, 1, 1, 1, 1)
-        chosen = self._draw(n, self.gamma_p).to(images.device)
+        chosen = fires(self.gamma_p, n).to(images.device)
         if chosen.any():
-            part = images[chosen]
-            lows = part.amin(dim=(1, 2, 3, 4), keepdim=True)
-            spans = (part.amax(dim=(1, 2, 3, 4), keepdim=True) - lows).clamp_min(1e-8)
-            gammas = self._uniform(int(chosen.sum()), *self.gamma).to(images.device).view(-1, 1, 1, 1, 1)
-            images[chosen] = ((part - lows) / spans).pow(gammas) * spans + lows
-        chosen = self._draw(n, self.noise_p).to(images.device)
+            gammas = uniform(*self.gamma, int(chosen.sum())).to(images.device)
+            images[chosen] = stretch_gamma(images[chosen], gammas)
+        chosen = fires(self.noise_p, n).to(images.device)
         if chosen.any():
             stds = self.noise_std * torch.rand(int(chosen.sum())).to(images.device).view(-1, 1, 1, 1, 1)
             images[chosen] = images[chosen] + stds * torch.randn_like(images[chosen])

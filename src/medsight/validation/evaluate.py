@@ -41,25 +41,21 @@ def _with_run_splits(manifest: Manifest, run_dir: Path) -> Manifest:
     return manifest.with_table(table)
 
 
-def _training_manifest(run_dir: Path, package: ModelPackage) -> Path:
-    """The manifest the run was trained on (its package's provenance, or an older run's config.json)."""
-    if package.provenance.manifest:
-        return Path(package.provenance.manifest)
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    """The run's ``config.json`` (``{}`` for a package without one)."""
     config = run_dir / "config.json"
-    recorded = json.loads(config.read_text()).get("manifest") if config.is_file() else None
+    try:
+        return dict(json.loads(config.read_text())) if config.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{config} is unreadable: {exc}") from exc
+
+
+def _training_manifest(run_dir: Path, package: ModelPackage, config: dict[str, Any]) -> Path:
+    """The manifest the run was trained on (its package's provenance, or an older run's config.json)."""
+    recorded = package.provenance.manifest or config.get("manifest")
     if not recorded:
         raise InputError(f"{run_dir} does not record its training manifest; give one with --data")
     return Path(recorded)
-
-
-def _evaluation_settings(run_dir: Path) -> dict[str, Any]:
-    """The recipe's ``evaluation`` section (bootstrap resamples, operating points) as the run saved it."""
-    config = run_dir / "config.json"
-    try:
-        recipe = json.loads(config.read_text()).get("recipe") or {} if config.is_file() else {}
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{config} is unreadable: {exc}") from exc
-    return dict(recipe.get("evaluation") or {})
 
 
 def evaluate_run(
@@ -83,9 +79,10 @@ def evaluate_run(
     target_file = Path(out) if out else run_dir / f"metrics_{split}.json"
     check_writable(target_file, option="--out")  # before the work: a bad --out must not waste it
     package = predictor.package
-    path = Path(manifest_path) if manifest_path else _training_manifest(run_dir, package)
+    config = _run_config(run_dir)
+    path = Path(manifest_path) if manifest_path else _training_manifest(run_dir, package, config)
     manifest = _with_run_splits(Manifest.load(path), run_dir)
-    settings = _evaluation_settings(run_dir)
+    settings = dict((config.get("recipe") or {}).get("evaluation") or {})  # bootstrap resamples, operating points
     n = settings.get("bootstrap", 1000) if bootstrap is None else bootstrap
     points = settings.get("operating_points", ["youden"])
     data = predictor.prepare(manifest, progress=progress)
