@@ -68,3 +68,37 @@ def test_referable_grade_must_be_a_grade_of_the_task(override, message):
 def test_on_and_off_read_by_yaml_as_booleans_still_mean_on_and_off():
     assert load_recipe("dr-grading", ["train.channels_last=off"]).train.channels_last == "off"
     assert load_recipe("dr-grading", ["train.channels_last=on"]).train.channels_last == "on"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [(["train.momentum=0.99"], "train.momentum applies to optimizer sgd; this recipe uses adamw"),
+     (["train.nesterov=true"], "train.nesterov applies to optimizer sgd"),
+     (["train.optimizer=sgd", "train.momentum=0", "train.nesterov=true"], "nesterov needs train.momentum above 0"),
+     (["train.optimizer=sgd", "train.momentum=1.0"], "momentum")],
+)  # fmt: skip
+def test_sgd_settings_given_to_another_optimizer_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe("dr-grading", overrides)
+
+
+def test_the_sgd_momentum_reaches_the_optimizer(monkeypatch, tmp_path):
+    import torch
+
+    from medsight.engine import loop
+
+    made = []
+
+    def spy(*args, **kwargs):
+        made.append(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(torch.optim, "SGD", spy)
+    recipe = load_recipe("brain-tumor-seg")
+    assert recipe.train.momentum == 0.99 and recipe.train.nesterov  # nnU-Net's SGD
+    model = torch.nn.Conv3d(1, 1, 1)
+    data = torch.utils.data.TensorDataset(torch.zeros(2, 1, 2, 2, 2), torch.zeros(2, 1, 2, 2, 2))
+    config = recipe.train.model_copy(update={"epochs": 1, "batch_size": 2, "precision": "fp32", "channels_last": "off"})
+    with pytest.raises(RuntimeError, match="stop here"):
+        loop.train(model, torch.nn.functional.mse_loss, data, config=config, run_dir=tmp_path / "run")
+    assert made and made[0]["momentum"] == 0.99 and made[0]["nesterov"] is True

@@ -15,9 +15,12 @@ def test_quick_demo_runs_every_recipe(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert [r["recipe"] for r in summary] == ["dr-grading", "dr-grading", "cxr-findings", "mammo-screening"]
-    for recipe in ("dr-grading", "cxr-findings", "mammo-screening"):
+    assert [r["recipe"] for r in summary] == ["dr-grading", "dr-grading", "cxr-findings", "mammo-screening",
+                                              "brain-tumor-seg", "brain-tumor-seg", "cardiac-function"]  # fmt: skip
+    for recipe in ("dr-grading", "cxr-findings", "mammo-screening", "brain-tumor-seg", "cardiac-function"):
         assert (tmp_path / "demo" / "runs" / recipe / "metrics_test.json").is_file()
+    ef = next(r for r in summary if r["recipe"] == "cardiac-function")
+    assert ef["label"] == "cardiac LV EF MAE (points)" and ef["lower_is_better"] and ef["target"] == 5.0
     assert "medsight demo" in result.output and "done in" in result.output
 
 
@@ -58,6 +61,32 @@ def test_summary_fits_an_80_column_terminal():
     assert all(len(line) <= 80 for line in lines)
     assert any("0.466 [0.255, 0.689]" in line and "below" in line for line in lines)
     assert any("0.971 [0.926, 1.000]" in line and "met" in line for line in lines)
+
+
+def test_an_error_meets_its_target_from_below():
+    from rich.console import Console
+
+    from medsight.cli.pipeline import demo_table
+    from medsight.validation.demo import DemoRow
+
+    good = DemoRow("cardiac-function", "cardiac LV EF MAE (points)", 2.9, 2.0, 4.2, 5.0, 1.0, lower_is_better=True)
+    bad = DemoRow("cardiac-function", "cardiac LV EF MAE (points)", 6.2, 1.1, 15.4, 5.0, 1.0, lower_is_better=True)
+    assert good.met and not bad.met
+    console = Console(width=80, record=True, color_system=None)
+    console.print(demo_table([good, bad]))
+    lines = console.export_text().splitlines()
+    assert any("2.900 [2.000, 4.200]" in line and "<= 5" in line and "met" in line for line in lines)
+    assert any("6.200 [1.100, 15.400]" in line and "<= 5" in line and "above" in line for line in lines)
+
+
+def test_a_subset_without_2d_recipes_is_still_timed_by_the_2d_probe(monkeypatch):
+    from medsight.validation import demo
+
+    probed = []
+    monkeypatch.setattr(demo, "_probe", lambda step, extra: probed.append(step.recipe) or _measured(90.0))
+    plan = demo.plan_demo("standard", recipes=["cardiac-function"])
+    assert probed == ["dr-grading"] and [s.recipe for s, _, _ in plan.steps] == ["cardiac-function"]
+    assert plan.estimated_seconds is not None and plan.estimated_seconds < 5 * 60
 
 
 def _measured(speed):
@@ -112,3 +141,4 @@ def test_recipes_runs_a_subset_and_a_typo_is_named(tmp_path):
     assert [r["recipe"] for r in summary] == ["cxr-findings"] and not (tmp_path / "d" / "runs" / "dr-grading").exists()
     typo = CliRunner().invoke(app, ["demo", "--quick", "--recipes", "cxr-finding", "--out", str(tmp_path / "e")])
     assert typo.exit_code == 1 and "--recipes takes some of dr-grading, cxr-findings, mammo-screening" in typo.output
+    assert "brain-tumor-seg, cardiac-function" in typo.output

@@ -32,7 +32,10 @@ def test_regions_are_painted_back_to_label_codes_from_the_largest():
     truth[2, 2, 2] = 4
     masks = task.structure_masks(truth)
     logits = torch.from_numpy(np.stack([np.where(masks[n], 5.0, -5.0) for n in task.structures]).astype(np.float32))
-    painted = task.label_map(logits, None, _identity_case(truth.shape))
+    from medsight.planning import Plan
+
+    painted = task.label_map(logits, Plan.model_construct(keep_largest=[], min_component_ml=0.0),
+                             _identity_case(truth.shape))  # fmt: skip
     np.testing.assert_array_equal(painted, truth)
 
 
@@ -49,6 +52,72 @@ def test_labels_without_regions_take_the_most_likely_class_and_keep_the_largest_
     plan = Plan.model_construct(keep_largest=[1])
     kept = task.label_map(logits, plan, _identity_case(truth.shape))
     assert kept[:, 6:8, 6:8].sum() == 0 and (kept[:, 1:4, 1:4] == 1).all()
+
+
+def test_regions_keep_their_largest_component_when_the_plan_names_them():
+    from medsight.planning import Plan
+
+    task = task_for(BRATS)
+    labels = np.zeros((6, 12, 12), np.uint8)
+    labels[1:5, 1:6, 1:6] = 2
+    labels[2:4, 2:4, 2:4] = 4
+    labels[4, 10, 10] = 2  # a speck of oedema far from the tumour
+    labels[1, 10, 1] = 4  # and one of enhancing tumour
+    kept = task.postprocess(labels.copy(), Plan.model_construct(keep_largest=["WT"], min_component_ml=0.0))
+    assert kept[4, 10, 10] == 0 and kept[1, 10, 1] == 0 and (kept[1:5, 1:6, 1:6] > 0).all()
+    only_et = task.postprocess(labels.copy(), Plan.model_construct(keep_largest=["ET"], min_component_ml=0.0))
+    assert only_et[1, 10, 1] == 0 and only_et[4, 10, 10] == 2  # the oedema speck is not ET's business
+    with pytest.raises(ConfigError, match="keep_largest names 'XX'"):
+        task.postprocess(labels, Plan.model_construct(keep_largest=["XX"], min_component_ml=0.0))
+
+
+def _settled(tmp_path, monkeypatch, change):
+    """What settle chooses when the "prediction" of each val case is its reference, changed by ``change``."""
+    import medsight.tasks.segmentation as seg
+    from medsight.data.reading import read_case_image
+    from medsight.engine.fit import prepare_data
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    recipe = _recipe(tmp_path)
+    data = prepare_data(recipe, _tiny_data(data_dir), cache_dir=tmp_path / "cache")
+    task = task_for(recipe.task)
+    monkeypatch.setattr(seg, "sliding_window", lambda model, image, plan, **kw: torch.zeros(1))
+
+    def painted(logits, entry):
+        row = data.manifest.table.iloc[entry.row]
+        return change(np.asarray(read_case_image(data.manifest, row, entry.label_column).array[0]).astype(np.uint8))
+
+    monkeypatch.setattr(task, "_painted", painted)
+    return data.preprocess, task.settle(torch.nn.Identity(), data, data.indices("val"))
+
+
+def test_settle_keeps_the_largest_component_where_validation_gains(tmp_path, monkeypatch):
+    def speck(labels):
+        labels = labels.copy()
+        labels[0, 0, 0] = 1  # a false positive far from the lesion
+        return labels
+
+    planned, settled = _settled(tmp_path, monkeypatch, speck)
+    assert settled.keep_largest == ["lesion"] and settled.patch_size == planned.patch_size
+
+
+def test_settle_leaves_a_structure_alone_where_keeping_the_largest_loses_true_voxels(tmp_path, monkeypatch):
+    def split(labels):
+        labels = labels.copy()
+        z = np.flatnonzero(labels.any(axis=(1, 2)))
+        labels[z[len(z) // 2]] = 0  # the prediction cuts the lesion in two: both halves are right
+        return labels
+
+    planned, settled = _settled(tmp_path, monkeypatch, split)
+    assert planned.keep_largest == [1]  # the fingerprint saw one lesion per case
+    assert settled.keep_largest == []  # but on validation, keeping one half loses Dice
+
+
+def test_settle_follows_the_fingerprint_where_validation_cannot_tell(tmp_path, monkeypatch):
+    planned, settled = _settled(tmp_path, monkeypatch, lambda labels: labels)
+    assert planned.keep_largest == [1] and settled.keep_largest == ["lesion"]
+    assert settled.min_component_ml == planned.min_component_ml
 
 
 @pytest.mark.parametrize(
@@ -192,7 +261,13 @@ def test_a_given_plan_is_used_and_the_run_keeps_it(tmp_path):
 
     kept = Plan.model_validate_json((tmp_path / "run" / "plan.json").read_text())
     assert kept.channel_names == ["image"]  # filled in from the manifest's image column
-    assert kept.model_copy(update={"channel_names": []}) == plan
+    # postprocessing is settled on the validation split once training ends; the rest is the given plan
+    settled = {"keep_largest", "min_component_ml"}
+    assert kept.model_copy(update={"channel_names": []}).model_dump(exclude=settled) == plan.model_dump(exclude=settled)
+    assert set(kept.keep_largest) <= {"lesion"} and kept.min_component_ml in (0.0, plan.min_component_ml)
+    from medsight.tasks import ModelPackage
+
+    assert ModelPackage.load(tmp_path / "run").preprocessing() == kept  # the predictor uses what plan.json says
     with pytest.raises(ConfigError, match=r"preprocess\.overrides make an invalid plan"):
         fit(_recipe(tmp_path, overrides={"patch_size": [5, 5, 5]}), manifest, tmp_path / "run2")
 
@@ -272,6 +347,80 @@ def test_foreground_specks_smaller_than_the_plan_allows_are_removed():
     coarse = task.label_map(logits, plan, _identity_case(truth.shape), (4.0, 4.0, 4.0))  # the speck is 0.064 ml
     assert coarse[7, 14, 14] == 1
     assert task.label_map(logits, plan, _identity_case(truth.shape))[7, 14, 14] == 1  # no spacing: nothing removed
+
+
+def test_deep_supervision_weighs_the_coarser_heads_by_halves():
+    task = task_for(BRATS)
+    generator = torch.Generator().manual_seed(0)
+    heads = torch.randn(2, 3, 3, 4, 8, 8, generator=generator)  # (N, heads, regions, Z, Y, X)
+    targets = torch.randint(0, 4, (2, 4, 8, 8), generator=generator)
+    expected = sum(w * task.loss(heads[:, i], targets) for i, w in enumerate((4 / 7, 2 / 7, 1 / 7)))
+    assert float(task.loss(heads, targets)) == pytest.approx(float(expected), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_deeply_supervised_plan_trains_and_predicts_full_resolution_maps(tmp_path):
+    from medsight.engine.fit import fit
+    from medsight.inference import Predictor
+    from medsight.models import ModelChoice
+
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = _tiny_data(data)
+    recipe = _recipe(tmp_path, overrides={"batch_size": 2, "iterations_per_epoch": 3,
+                                          "network": {"deep_supervision": True}})  # fmt: skip
+    fit(recipe, manifest, tmp_path / "run")
+    predictor = Predictor.from_run(tmp_path / "run")
+    plan = predictor.preprocess
+    assert plan.network.deep_supervision
+    network = predictor.task.network(ModelChoice(name="dynunet"), 1, plan).train()
+    outputs = network(torch.zeros(1, 1, *plan.patch_size))
+    assert outputs.shape[:3] == (1, min(3, len(plan.network.strides) - 2) + 1, 2)  # the heads, while training
+    prediction = predictor.predict_files([data / "c6.nii.gz"], masks=tmp_path / "masks")
+    (mask,) = (tmp_path / "masks").iterdir()
+    from medsight.io import read
+
+    assert read(mask).spatial_shape == (12, 24, 24) and prediction.scores.shape[0] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["unet", "segresnet"])
+def test_other_monai_networks_train_on_the_plan_and_predict(tmp_path, name):
+    from medsight.engine.fit import fit
+    from medsight.inference import Predictor
+
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = _tiny_data(data)
+    recipe = _recipe(tmp_path, overrides={"batch_size": 2, "iterations_per_epoch": 3, "patch_size": [8, 16, 16]})
+    recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"name": name})})
+    fit(recipe, manifest, tmp_path / "run")
+    predictor = Predictor.from_run(tmp_path / "run")
+    assert (
+        predictor.package.model.name == name
+        and type(predictor.task.network(predictor.package.model, 1, predictor.preprocess)).__name__
+        == {"unet": "UNet", "segresnet": "SegResNet"}[name]
+    )
+    predictor.predict_files([data / "c6.nii.gz"], masks=tmp_path / "masks")
+    assert len(list((tmp_path / "masks").iterdir())) == 1
+
+
+def test_a_network_the_plan_cannot_shape_is_refused_with_the_fix():
+    from medsight.models import ModelChoice
+    from medsight.planning import NetworkPlan, Plan
+
+    task = task_for({"kind": "segmentation", "labels": {"lesion": 1}})
+    network = NetworkPlan(
+        filters=[8, 16, 32, 64], kernels=[(1, 3, 3)] * 4, strides=[(1, 1, 1), (1, 2, 2), (1, 2, 2), (2, 2, 2)]
+    )
+    plan = Plan.model_construct(network=network, patch_size=(12, 64, 64))
+    with pytest.raises(ConfigError, match=r"patch \[12, 64, 64\] is not a multiple of 8 .*use dynunet"):
+        task.network(ModelChoice(name="segresnet"), 1, plan)
+    with pytest.raises(ConfigError, match="set model.name to dynunet"):
+        task.network(ModelChoice(name="resnet18"), 1, plan)
+    deep = Plan.model_construct(network=network.model_copy(update={"deep_supervision": True}), patch_size=(12, 64, 64))
+    with pytest.raises(ConfigError, match="deep supervision is built for dynunet"):
+        task.network(ModelChoice(name="unet"), 1, deep)
 
 
 @pytest.mark.slow

@@ -184,13 +184,18 @@ def make_phantom_command(
         Path | None,
         typer.Option("--data-dir", help="Real images the brain and lung phantoms build on (default ../shared/data)."),
     ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", help="A phantom's own setting, NAME=VALUE (e.g. voxel_mm=2 for brain-tumor-seg)."),
+    ] = None,
 ) -> None:
     """Make phantom cases with known ground truth, in the layout of the matching public data set."""
     from medsight.data.phantoms import make_phantom, phantoms
 
+    options = _parse_options(option)
     with progress_bar() as progress:
         written = make_phantom(recipe, output, cases=cases, seed=seed, overwrite=overwrite, progress=progress,
-                               data_dir=data_dir)  # fmt: skip
+                               data_dir=data_dir, options=options)  # fmt: skip
     layout = phantoms()[recipe].layout
     out.print(f"wrote {cases} {recipe} case(s) to {written} ({layout} layout)")
     out.print(f"next: medsight data manifest {written} --out {written}/manifest.csv")

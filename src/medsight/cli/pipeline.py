@@ -273,8 +273,11 @@ def demo_table(rows: list[DemoRow]) -> Table:
     for header in ("figure", "estimate [95 % CI]", "target", ""):
         table.add_column(header, no_wrap=True)
     for row in rows:
-        mark = "[green]met[/]" if row.met else "[red]below[/]"
-        table.add_row(row.label, f"{row.estimate:.3f} [{row.low:.3f}, {row.high:.3f}]", f">= {row.target}", mark)
+        if row.lower_is_better:
+            mark, target = ("[green]met[/]" if row.met else "[red]above[/]"), f"<= {row.target:g}"
+        else:
+            mark, target = ("[green]met[/]" if row.met else "[red]below[/]"), f">= {row.target:g}"
+        table.add_row(row.label, f"{row.estimate:.3f} [{row.low:.3f}, {row.high:.3f}]", target, mark)
     return table
 
 
@@ -294,10 +297,11 @@ def demo_command(
     ] = 15.0,
     recipes: Annotated[
         str | None,
-        typer.Option("--recipes", help="Run some of the recipes only: dr-grading,cxr-findings,mammo-screening."),
+        typer.Option("--recipes", help="Run some recipes only, comma-separated (e.g. dr-grading,brain-tumor-seg)."),
     ] = None,
 ) -> None:
-    """Make phantoms for DR grading, chest X-ray findings and mammography; train, evaluate, summarise.
+    """Make phantoms for DR grading, chest X-ray findings, mammography, brain tumour segmentation and
+    cardiac function; train, evaluate and summarise each.
 
     It first times a few training steps (seconds) to pick the numeric mode and estimate how long
     it will take on this CPU; a standard demo that would overrun ``--budget`` runs lean settings.

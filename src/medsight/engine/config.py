@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medsight.core.errors import ConfigError
 
@@ -30,6 +30,8 @@ class TrainConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD only
+    nesterov: bool = False  # SGD only
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
     warmup_epochs: float = Field(0.5, ge=0)
     grad_accumulation: int = Field(1, ge=1)
@@ -43,6 +45,16 @@ class TrainConfig(BaseModel):
     num_workers: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tensorboard: bool = False
+
+    @model_validator(mode="after")
+    def _sgd_settings(self) -> TrainConfig:
+        """Momentum and Nesterov are SGD's; given with AdamW they would be silently ignored."""
+        given = {"momentum", "nesterov"} & self.model_fields_set
+        if given and self.optimizer != "sgd":
+            raise ValueError(f"train.{sorted(given)[0]} applies to optimizer sgd; this recipe uses {self.optimizer}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("train.nesterov needs train.momentum above 0")
+        return self
 
     @field_validator("channels_last", mode="before")
     @classmethod

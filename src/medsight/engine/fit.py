@@ -7,6 +7,7 @@ loop, and writes the run folder with its :class:`~medsight.tasks.package.ModelPa
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ from medsight.engine.distributed import barrier, gather, rank, world_size
 from medsight.engine.loop import TrainResult, seed_everything, train
 from medsight.engine.recipe import Recipe
 from medsight.engine.run import git_commit, versions
-from medsight.models import backbone_parameters, load_pretrained, registered_models
+from medsight.models import backbone_parameters, load_checkpoint, load_pretrained, registered_models
 from medsight.models.predict import run_model
 from medsight.tasks import ModelPackage, Provenance, Task, TaskData, Training, task_for
 
@@ -143,6 +144,7 @@ def fit(
         model_name=recipe.model.name,
     )
     if rank() == 0:
+        data = _settled(task, model, data, val_idx, out / "best.pt")
         data.manifest.table[["case_id", "patient_id", "split"]].to_csv(out / "splits.csv", index=False)
         (out / "recipe.json").write_text(json.dumps(recipe.model_dump(), indent=2))
         package_of(recipe, data, manifest_path).save(out)
@@ -150,6 +152,17 @@ def fit(
             (out / task.preprocess_file).write_text(data.preprocess.model_dump_json(indent=2))
     barrier()  # every process returns with the run folder complete
     return result
+
+
+def _settled(task: Task, model: torch.nn.Module, data: TaskData, val_idx: object, best: Path) -> TaskData:
+    """``data`` with the preprocessing the task settles with the best weights on the validation split
+    (:meth:`~medsight.tasks.base.Task.settle`; e.g. segmentation's postprocessing)."""
+    if type(task).settle is Task.settle:
+        return data
+    state = load_checkpoint(best)  # the package's weights (EMA ones where the run kept them)
+    model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    settled = task.settle(model.float().eval(), data, val_idx)  # type: ignore[arg-type]
+    return dataclasses.replace(data, preprocess=settled)
 
 
 def _resolved(recipe: Recipe, training: Training) -> TrainConfig:

@@ -276,7 +276,13 @@ def train(
     optimizer = (
         torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         if config.optimizer == "adamw"
-        else torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+        else torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+        )
     )
     steps_per_epoch = math.ceil(len(_loader(train_data, config, sample_weights, 0)) / config.grad_accumulation)
     scheduler = _schedule(optimizer, config, steps_per_epoch)

@@ -81,3 +81,43 @@ register_model(
         dense=True,
     )
 )
+
+
+def _segresnet(spatial_dims: int, in_channels: int, num_outputs: int) -> nn.Module:
+    """SegResNet (Myronenko 2018, BraTS 2018 winner): residual encoder, light decoder; isotropic pooling."""
+    from monai.networks.nets import SegResNet
+
+    return SegResNet(spatial_dims=spatial_dims, init_filters=16, in_channels=in_channels, out_channels=num_outputs,
+                     blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1))  # fmt: skip
+
+
+register_model(
+    ModelSpec(
+        name="segresnet",
+        build=_segresnet,
+        first_conv="convInit.conv.weight",
+        head="conv_final.",
+        description="SegResNet (MONAI); segmentation recipes take its width and depth from the plan",
+        dense=True,
+    )
+)
+
+
+def _unet(spatial_dims: int, in_channels: int, num_outputs: int) -> nn.Module:
+    """MONAI's residual U-Net (two residual units per level)."""
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_outputs,
+                channels=(32, 64, 128, 256, 320), strides=(2, 2, 2, 2), num_res_units=2, norm="instance")  # fmt: skip
+
+
+register_model(
+    ModelSpec(
+        name="unet",
+        build=_unet,
+        first_conv="model.0.conv.unit0.conv.weight",
+        head="model.2.",
+        description="residual U-Net (MONAI UNet); segmentation recipes take its levels and strides from the plan",
+        dense=True,
+    )
+)

@@ -137,8 +137,9 @@ class Plan(BaseModel):
         epochs, iterations_per_epoch: Training length.
         memory_gb: The budget the patch and batch were chosen for.
         estimated_memory_gb: What training is expected to take (process included).
-        keep_largest: Label values whose prediction keeps only its largest component (those that
-            are one component in at least 90 % of the training cases).
+        keep_largest: Structures whose prediction keeps only its largest component: label values
+            that are one component in at least 90 % of the training cases, then, once training
+            ends, the label or region names the validation split chose (the task's ``settle``).
         min_component_ml: Predicted foreground regions (all labels together) smaller than this are
             removed: half the 5th percentile of the training cases' regions (0 keeps everything).
         channel_names: The input channels in order, as the data set names them (``t1``, ``flair``);
@@ -162,7 +163,7 @@ class Plan(BaseModel):
     iterations_per_epoch: int = Field(250, ge=1)
     memory_gb: float = Field(gt=0)
     estimated_memory_gb: float
-    keep_largest: list[int] = []
+    keep_largest: list[int | str] = []
     min_component_ml: float = Field(0.0, ge=0)
     channel_names: list[str] = []
     fingerprint: Fingerprint

@@ -205,6 +205,12 @@ class Task(ABC):
         """Figures of ``test`` with patient-level CIs (thresholds chosen on ``val``): the headline
         figures by name, the full JSON-ready detail, and warnings."""
 
+    def settle(self, model: nn.Module, data: TaskData, indices: np.ndarray) -> BaseModel:
+        """Once training ends, what the trained model's results on the validation rows ``indices``
+        decide about prediction (segmentation: postprocessing); returns the preprocessing the model
+        package keeps. ``data.preprocess`` unchanged by default."""
+        return data.preprocess
+
     def save_fitted(self, details: Mapping[str, Any], run_dir: Path) -> None:
         """Keep in ``run_dir`` what :meth:`evaluate` fitted on the validation split and prediction
         reuses (e.g. a fusion temperature); nothing by default."""

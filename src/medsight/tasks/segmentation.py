@@ -194,7 +194,7 @@ class SegmentationTask(Task):
     preprocess_type = PlanRequest
     package_preprocess_type: ClassVar[type[BaseModel] | None] = Plan
     preprocess_file: ClassVar[str | None] = "plan.json"
-    fits_on_validation: ClassVar[bool] = False  # nothing is chosen on val: evaluation predicts the split alone
+    fits_on_validation: ClassVar[bool] = False  # postprocessing is settled on val when training ends
 
     def __init__(self, spec: SegmentationSpec) -> None:
         self._spec = spec
@@ -299,17 +299,49 @@ class SegmentationTask(Task):
 
     # --- network ----------------------------------------------------------------------------
     def network(self, model: ModelChoice, in_channels: int, preprocess: BaseModel) -> nn.Module:
-        """The plan's U-Net (MONAI DynUNet, instance norm)."""
-        from monai.networks.nets import DynUNet
-
-        if model.name != "dynunet":
-            raise ConfigError(f"segmentation trains the planned U-Net; set model.name: dynunet (got {model.name!r})")
+        """The network the plan shapes (``model.name``): ``dynunet`` (MONAI DynUNet, nnU-Net's U-Net,
+        instance norm; the default), ``unet`` (MONAI's residual U-Net with the plan's filters and
+        strides) or ``segresnet`` (MONAI SegResNet, the plan's first width, one level per plan level
+        up to four; it halves every axis at each level, so the patch must allow that). With the
+        plan's ``network.deep_supervision`` (DynUNet only) it also outputs, while training, the
+        logits of up to three coarser decoder levels (upsampled), which :meth:`loss` weighs in;
+        prediction reads the full-resolution output alone."""
         if not isinstance(preprocess, Plan):
             raise ConfigError("the segmentation network is shaped by a plan; none was made")
         net = preprocess.network
         kernels, strides = [list(k) for k in net.kernels], [list(s) for s in net.strides]
+        if model.name not in ("dynunet", "unet", "segresnet"):
+            raise ConfigError(f"segmentation trains a planned network: set model.name to dynunet (the default), "
+                              f"unet or segresnet (got {model.name!r})")  # fmt: skip
+        if net.deep_supervision and model.name != "dynunet":
+            raise ConfigError(f"deep supervision is built for dynunet; {model.name} has none: drop "
+                              "network.deep_supervision or set model.name: dynunet")  # fmt: skip
+        if model.name == "unet":
+            from monai.networks.nets import UNet
+
+            return UNet(spatial_dims=3, in_channels=in_channels, out_channels=self.out_channels,
+                        channels=net.filters, strides=strides[1:], num_res_units=2, norm="instance")  # fmt: skip
+        if model.name == "segresnet":
+            from monai.networks.nets import SegResNet
+
+            levels = min(4, len(strides))
+            factor = 2 ** (levels - 1)
+            if any(size % factor for size in preprocess.patch_size):
+                raise ConfigError(
+                    f"segresnet halves every axis {levels - 1} times; the plan's patch {list(preprocess.patch_size)} "
+                    f"is not a multiple of {factor} along every axis (thick slices?): use dynunet, whose strides "
+                    "follow the spacing, or set preprocess.overrides.patch_size"
+                )
+            return SegResNet(spatial_dims=3, init_filters=net.filters[0], in_channels=in_channels,
+                             out_channels=self.out_channels, blocks_down=(1, 2, 2, 4)[:levels],
+                             blocks_up=(1,) * (levels - 1), norm="instance")  # fmt: skip
+        from monai.networks.nets import DynUNet
+
+        heads = min(3, len(strides) - 2) if net.deep_supervision else 0
+        if net.deep_supervision and heads < 1:
+            raise ConfigError(f"deep supervision needs a U-Net of at least 3 levels; the plan's has {len(strides)}")
         return DynUNet(3, in_channels, self.out_channels, kernels, strides, strides[1:], filters=net.filters,
-                       norm_name="instance")  # fmt: skip
+                       norm_name="instance", deep_supervision=heads > 0, deep_supr_num=max(heads, 1))  # fmt: skip
 
     def _targets(self, targets: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Class indices ``(N, Z, Y, X)`` -> one channel per output (one-hot, or region masks)."""
@@ -323,7 +355,16 @@ class SegmentationTask(Task):
         return torch.stack(masks, dim=1).to(like.dtype)
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Soft Dice over the batch (foreground classes or every region) plus cross-entropy (BCE for regions)."""
+        """Soft Dice over the batch (foreground classes or every region) plus cross-entropy (BCE for
+        regions). Deep-supervision outputs ``(N, heads, C, ...)`` weigh head ``i`` by ``2**-i``
+        (normalised to sum 1; head 0 is the full-resolution output), as nnU-Net does."""
+        if outputs.ndim == targets.ndim + 2:
+            weights = torch.tensor([0.5**i for i in range(outputs.shape[1])])
+            weights = weights / weights.sum()
+            return sum(float(w) * self._loss(outputs[:, i], targets) for i, w in enumerate(weights))  # type: ignore[return-value]
+        return self._loss(outputs, targets)
+
+    def _loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if outputs.shape[0] != targets.shape[0] or outputs.shape[2:] != targets.shape[1:]:
             raise InputError(f"outputs {tuple(outputs.shape)} do not match label patches {tuple(targets.shape)}")
         truth = self._targets(targets, outputs)
@@ -376,27 +417,84 @@ class SegmentationTask(Task):
         self, logits: torch.Tensor, plan: Plan, case: Any, spacing: Sequence[float] | None = None
     ) -> np.ndarray:
         """Label codes on the source grid from logits on the preprocessed grid (``case``: the crop box
-        and shapes of :class:`~medsight.transforms.volume3d.Preprocessed` or a cached item). Label
-        values the plan marks keep their largest component; with the source ``spacing``, foreground
-        regions smaller than the plan's ``min_component_ml`` are removed."""
+        and shapes of :class:`~medsight.transforms.volume3d.Preprocessed` or a cached item), then
+        :meth:`postprocess`."""
+        return self.postprocess(self._painted(logits, case), plan, spacing)
+
+    def _painted(self, logits: torch.Tensor, case: Any) -> np.ndarray:
+        """Label codes on the source grid, before any postprocessing."""
         if self.regions:
-            probs = torch.sigmoid(logits).numpy()
-            back = restore(probs, case)
+            back = restore(torch.sigmoid(logits).numpy(), case)
             labels = np.zeros(back.shape[1:], np.uint8)
             for name, code in self.painting:
                 labels[back[self.structures.index(name)] > 0.5] = code
-        else:
-            probs = torch.softmax(logits, dim=0).numpy()
-            background = np.zeros(len(probs), np.float32)
-            background[0] = 1.0
-            back = restore(probs, case, background=background)
-            lookup = np.array([0, *self.codes], np.uint8)
-            labels = lookup[back.argmax(axis=0)]
-            for code in plan.keep_largest:
-                labels = _keep_largest(labels, code)
+            return labels
+        probs = torch.softmax(logits, dim=0).numpy()
+        background = np.zeros(len(probs), np.float32)
+        background[0] = 1.0
+        back = restore(probs, case, background=background)
+        return np.array([0, *self.codes], np.uint8)[back.argmax(axis=0)]
+
+    def postprocess(self, labels: np.ndarray, plan: Plan, spacing: Sequence[float] | None = None) -> np.ndarray:
+        """Each structure the plan's ``keep_largest`` names (a label code, or a label or region name)
+        keeps only its largest component (the rest becomes background); with the source
+        ``spacing``, foreground regions smaller than the plan's ``min_component_ml`` are removed."""
+        for item in plan.keep_largest:
+            labels = _keep_largest(labels, self._mask_of(labels, item))
         if spacing is not None and plan.min_component_ml > 0:
             labels = _drop_small(labels, plan.min_component_ml / (float(np.prod(spacing)) / 1000.0))
         return labels
+
+    def _mask_of(self, labels: np.ndarray, item: int | str) -> np.ndarray:
+        if isinstance(item, str):
+            if item not in self.structures:
+                raise ConfigError(f"the plan's keep_largest names {item!r}, which is none of {self.structures}")
+            return self.structure_masks(labels)[item]
+        return labels == item
+
+    def settle(self, model: nn.Module, data: TaskData, indices: np.ndarray) -> BaseModel:
+        """Postprocessing chosen on the validation cases, as nnU-Net does: each structure keeps only
+        its largest component where that raises the mean Dice over all structures (or leaves it
+        unchanged and the plan's fingerprint already chose it), and the plan's small-region removal
+        stays only where it does not lower it. Returns the plan with the choice."""
+        plan: Plan = data.preprocess  # type: ignore[assignment]
+        cache: VolumeCache = data.inputs
+        if len(indices) == 0:
+            return plan
+        planned = {self._name_of(item) for item in plan.keep_largest}
+        options = ["none", *self.structures, "small"]
+        scores: dict[str, list[float]] = {o: [] for o in options}
+        model = model.eval()
+        for item in cache.items_of(indices):
+            entry = cache.items[item]
+            logits = sliding_window(model, np.asarray(cache.image(item)), plan, overlap=self.spec.overlap,
+                                    mirror=self.spec.mirror)  # fmt: skip
+            reference = read_case_image(data.manifest, data.manifest.table.iloc[entry.row], entry.label_column)
+            truth = self.structure_masks(np.asarray(reference.array[0]).astype(np.int64))
+            raw = self._painted(logits, entry)
+            voxels = plan.min_component_ml / (float(np.prod(reference.geometry.spacing)) / 1000.0)
+            for option in options:
+                if option == "none":
+                    labels = raw
+                elif option == "small":
+                    labels = _drop_small(raw, voxels) if plan.min_component_ml > 0 else raw
+                else:
+                    labels = _keep_largest(raw, self._mask_of(raw, option))
+                mine = self.structure_masks(labels)
+                scores[option].append(float(np.mean([_dice_or_one(mine[n], truth[n]) for n in self.structures])))
+        mean = {o: float(np.mean(v)) for o, v in scores.items()}
+        keep = [n for n in self.structures
+                if mean[n] > mean["none"] + 1e-6 or (mean[n] >= mean["none"] - 1e-6 and n in planned)]  # fmt: skip
+        small = plan.min_component_ml if mean["small"] >= mean["none"] - 1e-6 else 0.0
+        log.info("postprocessing chosen on %d validation image(s): keep the largest component of %s (mean Dice "
+                 "%s); remove regions under %.2f ml", len(scores["none"]), keep or "nothing",
+                 ", ".join(f"{o} {v:.4f}" for o, v in mean.items()), small)  # fmt: skip
+        return plan.model_copy(update={"keep_largest": keep, "min_component_ml": small})
+
+    def _name_of(self, item: int | str) -> str:
+        if isinstance(item, str):
+            return item
+        return next((n for n, c in self.spec.labels.items() if c == item and n in self.structures), str(item))
 
     def structure_masks(self, labels: np.ndarray) -> dict[str, np.ndarray]:
         """Per structure, its mask in a label map of codes."""
@@ -636,8 +734,14 @@ def _drop_small(labels: np.ndarray, voxels: float) -> np.ndarray:
     return out
 
 
-def _keep_largest(labels: np.ndarray, code: int) -> np.ndarray:
-    mask = labels == code
+def _dice_or_one(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """Dice, with 1 where both masks are empty (choosing postprocessing needs a number for every case)."""
+    value = dice(prediction, reference)
+    return 1.0 if np.isnan(value) else float(value)
+
+
+def _keep_largest(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``labels`` with the voxels of ``mask`` outside its largest 26-connected component set to background."""
     parts, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 3))
     if count <= 1:
         return labels

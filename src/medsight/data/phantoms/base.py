@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,15 @@ class Phantom:
     description: str
     write: Writer
     uses_data: bool = False  # builds on real images (``write`` takes ``data_dir``)
+
+    @property
+    def options(self) -> dict[str, object]:
+        """The phantom's own settings (keyword-only arguments of ``write`` beyond ``data_dir``)
+        with their defaults."""
+        import inspect
+
+        return {name: p.default for name, p in inspect.signature(self.write).parameters.items()
+                if p.kind is p.KEYWORD_ONLY and name != "data_dir"}  # fmt: skip
 
 
 _REGISTRY: dict[str, Phantom] = {}
@@ -161,11 +170,14 @@ def make_phantom(
     overwrite: bool = False,
     progress: Progress | None = None,
     data_dir: str | os.PathLike[str] | None = None,
+    options: Mapping[str, object] | None = None,
 ) -> Path:
     """Write ``cases`` phantom cases of ``recipe`` into ``out`` (atomically: all or nothing).
 
     ``data_dir``: the folder of real images the brain and lung phantoms build on (Colin27 in
     ``mricron/``, the lung CT in ``radiomics/``); by default :func:`default_data_dir`.
+    ``options``: the phantom's own settings (:attr:`Phantom.options`, e.g. ``voxel_mm`` of the
+    brain phantom); a name it does not have is a :class:`ConfigError` listing those it has.
 
     Returns:
         ``out``, which the matching adapter (``phantoms()[recipe].layout``) reads.
@@ -178,14 +190,19 @@ def make_phantom(
     if cases < 1:
         raise ConfigError(f"cases must be at least 1, got {cases}")
     phantom = known[recipe]
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(phantom.options))
+    if unknown:
+        has = ", ".join(f"{k} (default {v})" for k, v in phantom.options.items()) or "none"
+        raise ConfigError(f"the {recipe} phantom has no option {', '.join(map(repr, unknown))}; its options: {has}")
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
     if data_dir is not None and not folder.is_dir():
         raise InputError(f"--data-dir {folder} is not a folder")
     start = time.perf_counter()
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if phantom.uses_data:
-            phantom.write(tmp, cases, seed, progress, data_dir=folder)
+            phantom.write(tmp, cases, seed, progress, data_dir=folder, **options)
         else:
-            phantom.write(tmp, cases, seed, progress)
+            phantom.write(tmp, cases, seed, progress, **options)
     log.info("made %d %s phantom case(s) in %.1f s", cases, recipe, time.perf_counter() - start)
     return Path(out)
