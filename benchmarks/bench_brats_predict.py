@@ -58,8 +58,8 @@ def _medsight(run: Path, case: Path, out: Path, mirror: bool) -> tuple[float, di
     return seconds, scores, predictor.precision
 
 
-def _nnunet(cases: list[Path], case: Path, work: Path, mirrors: tuple[bool, ...]) -> dict[str, float | str]:
-    """nnU-Net's planning on ``cases`` and its prediction of ``case`` (seconds per mode)."""
+def _nnunet(cases: list[Path], case: Path, work: Path, mirrors: tuple[bool, ...]) -> None:
+    """nnU-Net's planning on ``cases`` and its prediction of ``case``, printed as they finish."""
     for name in ("raw", "preprocessed", "results"):
         os.environ[f"nnUNet_{name}"] = str(work / name)
         (work / name).mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,9 @@ def _nnunet(cases: list[Path], case: Path, work: Path, mirrors: tuple[bool, ...]
     (dataset / "labelsTr").mkdir()
     for folder in cases:
         for k, channel in enumerate(CHANNELS):
-            shutil.copy(next(folder.glob(f"*_{channel}.nii.gz")), dataset / "imagesTr" / f"{folder.name}_{k:04d}.nii.gz")
+            shutil.copy(
+                next(folder.glob(f"*_{channel}.nii.gz")), dataset / "imagesTr" / f"{folder.name}_{k:04d}.nii.gz"
+            )
         seg = nib.load(next(folder.glob("*_seg.nii.gz")))
         codes = np.asarray(seg.dataobj)
         codes = np.where(codes == 4, 3, codes).astype(np.uint8)  # nnU-Net wants consecutive labels
@@ -85,11 +87,12 @@ def _nnunet(cases: list[Path], case: Path, work: Path, mirrors: tuple[bool, ...]
     started = time.perf_counter()
     extract_fingerprints([997], num_processes=2, check_dataset_integrity=False, clean=True, verbose=False)
     plan_experiments([997])
-    figures: dict[str, float | str] = {"plan_s": time.perf_counter() - started}
+    planned = time.perf_counter() - started
     plans = PlansManager(str(work / "preprocessed" / dataset.name / "nnUNetPlans.json"))
     configuration = plans.get_configuration("3d_fullres")
-    figures["plan"] = (f"patch {configuration.patch_size}, spacing {configuration.spacing}, "
-                       f"batch {configuration.batch_size}")  # fmt: skip
+    print(f"nnU-Net v2 plan ({len(cases)} cases, fingerprint + planner): {planned:.1f} s; 3d_fullres patch "
+          f"{list(configuration.patch_size)}, spacing {list(configuration.spacing)}, features "
+          f"{configuration.network_arch_init_kwargs['features_per_stage']}", flush=True)  # fmt: skip
     heads = plans.get_label_manager(dataset_json).num_segmentation_heads
     network = get_network_from_plans(configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
                                      configuration.network_arch_init_kwargs_req_import, len(CHANNELS), heads,
@@ -102,11 +105,12 @@ def _nnunet(cases: list[Path], case: Path, work: Path, mirrors: tuple[bool, ...]
         predictor.manual_initialization(network, plans, configuration, [network.state_dict()], dataset_json,
                                         "nnUNetTrainer", (0, 1, 2))  # fmt: skip
         out = work / ("nnunet_tta" if mirror else "nnunet")
+        out.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         predictor.predict_from_files_sequential([inputs], str(out), save_probabilities=False, overwrite=True,
                                                 folder_with_segs_from_prev_stage=None)  # fmt: skip
-        figures["tta_s" if mirror else "plain_s"] = time.perf_counter() - started
-    return figures
+        seconds = time.perf_counter() - started
+        print(f"nnU-Net v2 3d_fullres ({'8 mirrorings' if mirror else 'no TTA'}): {seconds:.1f} s", flush=True)
 
 
 def main() -> None:
@@ -123,11 +127,13 @@ def main() -> None:
         case = folders[-1]
         mirrors = (False,) if args.no_tta else (False, True)
         print(f"CPU class: {cpu_class()}; case {case.name}: 4 x 240 x 240 x 155 at 1 mm; torch threads "
-              f"{torch.get_num_threads()}")  # fmt: skip
+              f"{torch.get_num_threads()}", flush=True)  # fmt: skip
         for mirror in mirrors:
             seconds, scores, precision = _medsight(args.run, case, work, mirror)
             text = ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
-            print(f"medsight ({precision}{', 8 mirrorings' if mirror else ''}): {seconds:.1f} s; Dice {text}")
+            print(
+                f"medsight ({precision}{', 8 mirrorings' if mirror else ''}): {seconds:.1f} s; Dice {text}", flush=True
+            )
         if args.no_nnunet:
             return
         try:
@@ -135,12 +141,7 @@ def main() -> None:
         except ImportError:
             print("nnU-Net v2 is not installed here (pip install nnunetv2): no same-run comparison")
             return
-        figures = _nnunet(folders[:-1], case, work / "nnunet", mirrors)
-        print(f"nnU-Net v2 plan ({args.plan_cases} cases, fingerprint + planner): {figures['plan_s']:.1f} s; "
-              f"3d_fullres {figures['plan']}")  # fmt: skip
-        for mirror in mirrors:
-            key = "tta_s" if mirror else "plain_s"
-            print(f"nnU-Net v2 3d_fullres ({'8 mirrorings' if mirror else 'no TTA'}): {figures[key]:.1f} s")
+        _nnunet(folders[:-1], case, work / "nnunet", mirrors)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -416,7 +416,7 @@ def test_a_network_the_plan_cannot_shape_is_refused_with_the_fix():
     plan = Plan.model_construct(network=network, patch_size=(12, 64, 64))
     with pytest.raises(ConfigError, match=r"patch \[12, 64, 64\] is not a multiple of 8 .*use dynunet"):
         task.network(ModelChoice(name="segresnet"), 1, plan)
-    with pytest.raises(ConfigError, match="set model.name to dynunet"):
+    with pytest.raises(ConfigError, match=r"set model\.name to dynunet"):
         task.network(ModelChoice(name="resnet18"), 1, plan)
     deep = Plan.model_construct(network=network.model_copy(update={"deep_supervision": True}), patch_size=(12, 64, 64))
     with pytest.raises(ConfigError, match="deep supervision is built for dynunet"):

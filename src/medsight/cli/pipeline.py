@@ -288,7 +288,7 @@ def demo_command(
     quick: Annotated[bool, typer.Option("--quick", help="A tiny run that only checks the chain works.")] = False,
     long: Annotated[
         bool,
-        typer.Option("--long", help="More cases, larger images, more epochs (~22 min on 2 CPU cores)."),
+        typer.Option("--long", help="More and larger 2D images, more epochs (~28 min on 2 AVX-512 cores)."),
     ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed for phantoms, splits and training.")] = 0,
     budget: Annotated[

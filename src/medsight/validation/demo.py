@@ -95,7 +95,7 @@ DEMO = (
         (Headline("brain tumour WT Dice", "dice WT", 0.85), Headline("brain tumour ET Dice", "dice ET", 0.70)),
         stratify=None,
         phantom_options=(("voxel_mm", 2.0),),
-        volumetric=Volumetric(phantom_s_per_case=0.9, epoch_s=7.5, fixed_s=25.0),
+        volumetric=Volumetric(phantom_s_per_case=0.35, epoch_s=6.3, fixed_s=15.0),
     ),
     Step(
         "cardiac-function",
@@ -105,13 +105,13 @@ DEMO = (
         (
             "evaluation.bootstrap=1000",
             "preprocess.base_filters=16",
-            "train.epochs=12",
+            "train.epochs=16",
             "preprocess.overrides={spacing: [8.0, 2.5, 2.5], patch_size: [12, 64, 64], batch_size: 4, "
             "iterations_per_epoch: 25, foreground_oversampling: 0.5}",
         ),
         (Headline("cardiac LV EF MAE (points)", "lv ef mae", 5.0, lower_is_better=True),),
         stratify=None,
-        volumetric=Volumetric(phantom_s_per_case=0.3, epoch_s=13.0, fixed_s=25.0),
+        volumetric=Volumetric(phantom_s_per_case=0.23, epoch_s=11.5, fixed_s=12.0),
     ),
 )
 _QUICK = ("preprocess.size=48", "train.epochs=1", "evaluation.bootstrap=50", "train.precision=fp32")
@@ -132,7 +132,7 @@ LEAN: dict[str, tuple[int, tuple[str, ...]]] = {
     "cxr-findings": (1200, ("preprocess.size=96", "train.epochs=14")),
     "mammo-screening": (100, ("model.name=resnet10", "preprocess.size=128", "train.epochs=8")),
     "brain-tumor-seg": (40, ("train.epochs=10",)),
-    "cardiac-function": (40, ("train.epochs=9",)),
+    "cardiac-function": (40, ("train.epochs=12",)),
 }
 Profile = Literal["quick", "standard", "lean", "long"]
 _PROFILES: tuple[str, ...] = get_args(Profile)

@@ -10,7 +10,8 @@ carry over: T1 and T1ce show white matter bright, T2 shows CSF bright, FLAIR sup
 CSF. Tumour regions: necrotic core (NCR, 1) dark on T1ce and bright on T2; enhancing rim
 (ET, 4) bright on T1ce; oedema (ED, 2) bright on T2 and FLAIR, spreading in white matter.
 A bias field, Rician noise and a random global scale per contrast are added. Regions nest
-by construction (ET ⊂ TC ⊂ WT) and the tumour is one connected lesion. ``phantom_truth.csv`` has the tumour centre (voxels) and radii (mm).
+by construction (ET ⊂ TC ⊂ WT) and the tumour is one connected lesion. ``phantom_truth.csv``
+has the tumour centre (voxels) and radii (mm).
 
 Cases lie on the BraTS grid (240 x 240 x 155 at 1 mm) unless ``voxel_mm`` asks for coarser
 voxels over the same field of view (2 mm: 120 x 120 x 78, eight times fewer voxels, made
