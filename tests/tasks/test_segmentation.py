@@ -89,7 +89,10 @@ def _settled(tmp_path, monkeypatch, change):
         return change(np.asarray(read_case_image(data.manifest, row, entry.label_column).array[0]).astype(np.uint8))
 
     monkeypatch.setattr(task, "_painted", painted)
-    return data.preprocess, task.settle(torch.nn.Identity(), data, data.indices("val"))
+    calls = []
+    settled = task.settle(torch.nn.Identity(), data, data.indices("val"), progress=lambda *a: calls.append(a))
+    assert calls[-1] == ("choosing postprocessing on the validation images", 2, 2)  # a bar for the long part
+    return data.preprocess, settled
 
 
 def test_settle_keeps_the_largest_component_where_validation_gains(tmp_path, monkeypatch):

@@ -144,7 +144,7 @@ def fit(
         model_name=recipe.model.name,
     )
     if rank() == 0:
-        data = _settled(task, model, data, val_idx, out / "best.pt")
+        data = _settled(task, model, data, val_idx, out / "best.pt", progress)
         data.manifest.table[["case_id", "patient_id", "split"]].to_csv(out / "splits.csv", index=False)
         (out / "recipe.json").write_text(json.dumps(recipe.model_dump(), indent=2))
         package_of(recipe, data, manifest_path).save(out)
@@ -154,14 +154,16 @@ def fit(
     return result
 
 
-def _settled(task: Task, model: torch.nn.Module, data: TaskData, val_idx: object, best: Path) -> TaskData:
+def _settled(
+    task: Task, model: torch.nn.Module, data: TaskData, val_idx: object, best: Path, progress: Progress | None
+) -> TaskData:
     """``data`` with the preprocessing the task settles with the best weights on the validation split
     (:meth:`~medsight.tasks.base.Task.settle`; e.g. segmentation's postprocessing)."""
     if type(task).settle is Task.settle:
         return data
     state = load_checkpoint(best)  # the package's weights (EMA ones where the run kept them)
     model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
-    settled = task.settle(model.float().eval(), data, val_idx)  # type: ignore[arg-type]
+    settled = task.settle(model.float().eval(), data, val_idx, progress=progress)  # type: ignore[arg-type]
     return dataclasses.replace(data, preprocess=settled)
 
 

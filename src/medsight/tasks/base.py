@@ -205,7 +205,9 @@ class Task(ABC):
         """Figures of ``test`` with patient-level CIs (thresholds chosen on ``val``): the headline
         figures by name, the full JSON-ready detail, and warnings."""
 
-    def settle(self, model: nn.Module, data: TaskData, indices: np.ndarray) -> BaseModel:
+    def settle(
+        self, model: nn.Module, data: TaskData, indices: np.ndarray, *, progress: Progress | None = None
+    ) -> BaseModel:
         """Once training ends, what the trained model's results on the validation rows ``indices``
         decide about prediction (segmentation: postprocessing); returns the preprocessing the model
         package keeps. ``data.preprocess`` unchanged by default."""

@@ -452,7 +452,9 @@ class SegmentationTask(Task):
             return self.structure_masks(labels)[item]
         return labels == item
 
-    def settle(self, model: nn.Module, data: TaskData, indices: np.ndarray) -> BaseModel:
+    def settle(
+        self, model: nn.Module, data: TaskData, indices: np.ndarray, *, progress: Progress | None = None
+    ) -> BaseModel:
         """Postprocessing chosen on the validation cases, as nnU-Net does: each structure keeps only
         its largest component where that raises the mean Dice over all structures (or leaves it
         unchanged and the plan's fingerprint already chose it), and the plan's small-region removal
@@ -465,7 +467,8 @@ class SegmentationTask(Task):
         options = ["none", *self.structures, "small"]
         scores: dict[str, list[float]] = {o: [] for o in options}
         model = model.eval()
-        for item in cache.items_of(indices):
+        items = list(cache.items_of(indices))
+        for done, item in enumerate(items, start=1):
             entry = cache.items[item]
             logits = sliding_window(model, np.asarray(cache.image(item)), plan, overlap=self.spec.overlap,
                                     mirror=self.spec.mirror)  # fmt: skip
@@ -482,6 +485,8 @@ class SegmentationTask(Task):
                     labels = _keep_largest(raw, self._mask_of(raw, option))
                 mine = self.structure_masks(labels)
                 scores[option].append(float(np.mean([_dice_or_one(mine[n], truth[n]) for n in self.structures])))
+            if progress is not None:
+                progress("choosing postprocessing on the validation images", done, len(items))
         mean = {o: float(np.mean(v)) for o, v in scores.items()}
         keep = [n for n in self.structures
                 if mean[n] > mean["none"] + 1e-6 or (mean[n] >= mean["none"] - 1e-6 and n in planned)]  # fmt: skip
