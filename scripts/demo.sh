@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up .venv and run `medsight demo`: phantoms for DR grading, chest X-ray findings and
-# screening mammography, each trained on the CPU, evaluated with 95 % CIs and summarised.
+# Set up .venv and run `medsight demo`: phantoms for DR grading, chest X-ray findings,
+# screening mammography, brain tumour segmentation and cardiac function, each trained on the
+# CPU, evaluated with 95 % CIs and summarised.
 # Arguments go to `medsight demo` (e.g. --out my-demo, or --quick for a one-minute check).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -126,7 +126,9 @@ LONG: dict[str, tuple[int, tuple[str, ...]]] = {
 # start): ResNet-10 (1.9x faster to train than ResNet-18) for DR and mammography, chest X-rays at
 # 96 px for 14 epochs, fewer and smaller mammograms. Checked on phantom seeds 0-2 (AVX-512 BF16):
 # DR referable AUC 0.971 / 0.948, QWK 0.817 / 0.780; CXR macro AUC 0.898 (12 epochs) / 0.883 / 0.872.
-# The 3D steps train fewer epochs.
+# The 3D steps train fewer epochs: on AVX2 kernels (fp32, 2.5x slower than bf16 for 3D) the lean demo
+# with the cardiac step at 12 epochs took 15 min 8 s (brain WT 0.873 / ET 0.747 met, EF MAE 5.26); at 10
+# epochs the cardiac model had not converged (EF MAE 20) for 46 s saved, so it keeps 12.
 LEAN: dict[str, tuple[int, tuple[str, ...]]] = {
     "dr-grading": (400, ("model.name=resnet10",)),
     "cxr-findings": (1200, ("preprocess.size=96", "train.epochs=14")),
