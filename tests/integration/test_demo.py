@@ -142,3 +142,17 @@ def test_recipes_runs_a_subset_and_a_typo_is_named(tmp_path):
     typo = CliRunner().invoke(app, ["demo", "--quick", "--recipes", "cxr-finding", "--out", str(tmp_path / "e")])
     assert typo.exit_code == 1 and "--recipes takes some of dr-grading, cxr-findings, mammo-screening" in typo.output
     assert "brain-tumor-seg, cardiac-function" in typo.output
+
+
+def test_a_3d_step_is_timed_by_the_patches_it_draws():
+    from medsight.validation import demo
+
+    (standard,) = demo._steps("standard", ["cardiac-function"])
+    step, cases, extra = standard
+    half = (step, cases, (*extra, "preprocess.overrides.batch_size=2"))
+    full, halved = demo._estimate((standard,), 82.8, 47.3), demo._estimate((half,), 82.8, 47.3)
+    cost = step.volumetric
+    epochs = 16
+    assert full - halved == pytest.approx(cost.epoch_s * epochs / 2)  # half the patches, half the training
+    slower = demo._estimate((standard,), 82.8 / 2, 47.3)
+    assert slower > 1.8 * full - cases * cost.phantom_s_per_case  # a CPU half as fast trains half as fast

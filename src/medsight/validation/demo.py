@@ -40,8 +40,9 @@ class Volumetric:
     """How long a 3D step takes on the reference machine (2-core AMD EPYC, AVX-512 BF16), per unit."""
 
     phantom_s_per_case: float
-    epoch_s: float  # one epoch of training and validation
+    epoch_s: float  # one epoch of training and validation, at ``patches`` patches per epoch
     fixed_s: float  # planning, caching, evaluation
+    patches: int = 100  # batch size x iterations per epoch the epoch cost was measured at
 
 
 @dataclass(frozen=True)
@@ -126,15 +127,16 @@ LONG: dict[str, tuple[int, tuple[str, ...]]] = {
 # start): ResNet-10 (1.9x faster to train than ResNet-18) for DR and mammography, chest X-rays at
 # 96 px for 14 epochs, fewer and smaller mammograms. Checked on phantom seeds 0-2 (AVX-512 BF16):
 # DR referable AUC 0.971 / 0.948, QWK 0.817 / 0.780; CXR macro AUC 0.898 (12 epochs) / 0.883 / 0.872.
-# The 3D steps train fewer epochs: on AVX2 kernels (fp32, 2.5x slower than bf16 for 3D) the lean demo
-# with the cardiac step at 12 epochs took 15 min 8 s (brain WT 0.873 / ET 0.747 met, EF MAE 5.26); at 10
-# epochs the cardiac model had not converged (EF MAE 20) for 46 s saved, so it keeps 12.
+# The 3D steps train less: on AVX2 kernels (fp32, 2.5x slower than bf16 for 3D) the lean demo with
+# the cardiac step at 12 epochs of 4 x 25 patches took 15 min 8 s (brain WT 0.873 / ET 0.747 met, EF
+# MAE 5.26); 10 such epochs had not converged (EF MAE 20); 16 epochs of 2 x 25 patches took 96 s
+# less than 12 of 4 x 25 and met the EF target (4.56 [3.37, 5.88]), so the lean cardiac step is that.
 LEAN: dict[str, tuple[int, tuple[str, ...]]] = {
     "dr-grading": (400, ("model.name=resnet10",)),
     "cxr-findings": (1200, ("preprocess.size=96", "train.epochs=14")),
     "mammo-screening": (100, ("model.name=resnet10", "preprocess.size=128", "train.epochs=8")),
     "brain-tumor-seg": (40, ("train.epochs=10",)),
-    "cardiac-function": (40, ("train.epochs=12",)),
+    "cardiac-function": (40, ("train.epochs=16", "preprocess.overrides.batch_size=2")),
 }
 Profile = Literal["quick", "standard", "lean", "long"]
 _PROFILES: tuple[str, ...] = get_args(Profile)
@@ -266,8 +268,11 @@ def _estimate(steps: tuple[tuple[Step, int, tuple[str, ...]], ...], speed: float
         recipe = _recipe(step, extra, 0)
         if step.volumetric is not None:  # 3D: reference seconds, scaled by this CPU's training speed
             cost = step.volumetric
+            plan = dict(recipe.preprocess.overrides)
+            patches = plan.get("batch_size", 0) * plan.get("iterations_per_epoch", 0) or cost.patches
+            epoch = cost.epoch_s * patches / cost.patches  # training time goes with the voxels drawn
             total += cases * cost.phantom_s_per_case * _REFERENCE_FP32 / fp32_speed
-            total += (cost.epoch_s * recipe.train.epochs + cost.fixed_s) * _REFERENCE_SPEED / speed
+            total += (epoch * recipe.train.epochs + cost.fixed_s) * _REFERENCE_SPEED / speed
             continue
         images = cases * step.images_per_case
         pixels = (recipe.preprocess.size / 128) ** 2
