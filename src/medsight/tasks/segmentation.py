@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -359,9 +359,8 @@ class SegmentationTask(Task):
         regions). Deep-supervision outputs ``(N, heads, C, ...)`` weigh head ``i`` by ``2**-i``
         (normalised to sum 1; head 0 is the full-resolution output), as nnU-Net does."""
         if outputs.ndim == targets.ndim + 2:
-            weights = torch.tensor([0.5**i for i in range(outputs.shape[1])])
-            weights = weights / weights.sum()
-            return sum(float(w) * self._loss(outputs[:, i], targets) for i, w in enumerate(weights))  # type: ignore[return-value]
+            weights = [0.5**i for i in range(outputs.shape[1])]
+            return sum(w / sum(weights) * self._loss(outputs[:, i], targets) for i, w in enumerate(weights))  # type: ignore[return-value]
         return self._loss(outputs, targets)
 
     def _loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -460,33 +459,22 @@ class SegmentationTask(Task):
         unchanged and the plan's fingerprint already chose it), and the plan's small-region removal
         stays only where it does not lower it. Returns the plan with the choice."""
         plan: Plan = data.preprocess  # type: ignore[assignment]
-        cache: VolumeCache = data.inputs
         if len(indices) == 0:
             return plan
         planned = {self._name_of(item) for item in plan.keep_largest}
-        options = ["none", *self.structures, "small"]
+        none = plan.model_copy(update={"keep_largest": [], "min_component_ml": 0.0})
+        options = {"none": none, **{n: none.model_copy(update={"keep_largest": [n]}) for n in self.structures},
+                   "small": none.model_copy(update={"min_component_ml": plan.min_component_ml})}  # fmt: skip
         scores: dict[str, list[float]] = {o: [] for o in options}
-        model = model.eval()
-        items = list(cache.items_of(indices))
-        for done, item in enumerate(items, start=1):
-            entry = cache.items[item]
-            logits = sliding_window(model, np.asarray(cache.image(item)), plan, overlap=self.spec.overlap,
-                                    mirror=self.spec.mirror)  # fmt: skip
-            reference = read_case_image(data.manifest, data.manifest.table.iloc[entry.row], entry.label_column)
+        total = len(data.inputs.items_of(indices))
+        for done, (entry, _, logits, reference) in enumerate(self._predicted(model, data, indices), start=1):
             truth = self.structure_masks(np.asarray(reference.array[0]).astype(np.int64))
             raw = self._painted(logits, entry)
-            voxels = plan.min_component_ml / (float(np.prod(reference.geometry.spacing)) / 1000.0)
-            for option in options:
-                if option == "none":
-                    labels = raw
-                elif option == "small":
-                    labels = _drop_small(raw, voxels) if plan.min_component_ml > 0 else raw
-                else:
-                    labels = _keep_largest(raw, self._mask_of(raw, option))
-                mine = self.structure_masks(labels)
+            for option, variant in options.items():
+                mine = self.structure_masks(self.postprocess(raw, variant, reference.geometry.spacing))
                 scores[option].append(float(np.mean([_dice_or_one(mine[n], truth[n]) for n in self.structures])))
             if progress is not None:
-                progress("choosing postprocessing on the validation images", done, len(items))
+                progress("choosing postprocessing on the validation images", done, total)
         mean = {o: float(np.mean(v)) for o, v in scores.items()}
         keep = [n for n in self.structures
                 if mean[n] > mean["none"] + 1e-6 or (mean[n] >= mean["none"] - 1e-6 and n in planned)]  # fmt: skip
@@ -512,22 +500,30 @@ class SegmentationTask(Task):
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Per labelled image of the rows: the whole volume predicted by sliding windows, back on its
         source grid, scored against its reference label map there (spacing-aware)."""
-        cache: VolumeCache = data.inputs
         plan: Plan = data.preprocess  # type: ignore[assignment]
-        model = model.eval()
         cases, rows = [], []
-        for item in cache.items_of(indices):
-            entry = cache.items[item]
-            logits = sliding_window(model, np.asarray(cache.image(item)), plan, overlap=self.spec.overlap,
-                                    mirror=self.spec.mirror)  # fmt: skip
-            row = data.manifest.table.iloc[entry.row]
-            reference = read_case_image(data.manifest, row, entry.label_column)  # the image is in the cache
+        for entry, row, logits, reference in self._predicted(model, data, indices):
             truth = np.asarray(reference.array[0]).astype(np.int64)
             spacing = reference.geometry.spacing
             predicted = self.label_map(logits, plan, entry, spacing)
             cases.append({**row.to_dict(), "label_column": entry.label_column})
             rows.append(self._case_metrics(predicted, truth, spacing))
         return pd.DataFrame(cases), pd.DataFrame(rows)
+
+    def _predicted(
+        self, model: nn.Module, data: TaskData, indices: np.ndarray
+    ) -> Iterator[tuple[Any, pd.Series, torch.Tensor, Volume]]:
+        """Per labelled image of the rows: its cache entry, manifest row, logits over the whole
+        preprocessed volume (sliding windows) and reference label map on the source grid."""
+        cache: VolumeCache = data.inputs
+        plan: Plan = data.preprocess  # type: ignore[assignment]
+        model = model.eval()
+        for item in cache.items_of(indices):
+            entry = cache.items[item]
+            logits = sliding_window(model, np.asarray(cache.image(item)), plan, overlap=self.spec.overlap,
+                                    mirror=self.spec.mirror)  # fmt: skip
+            row = data.manifest.table.iloc[entry.row]
+            yield entry, row, logits, read_case_image(data.manifest, row, entry.label_column)  # the image is cached
 
     def _case_metrics(self, predicted: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
         out: dict[str, float] = {}
