@@ -1,0 +1,407 @@
+"""Detection metrics as plain functions: LUNA16's FROC and CPM for nodules in CT, and for 2D boxes
+COCO's average precision and a per-image FROC.
+
+FROC follows the LUNA16 evaluation script (``noduleCADEvaluationLUNA16.py``):
+
+- a candidate *hits* a nodule when its centre lies strictly within the nodule's radius (world mm);
+  a candidate inside several nodules hits each of them, and a nodule hit by several candidates
+  counts once, with the highest probability among them (the others are *duplicates*, neither hits
+  nor false positives);
+- candidates on an excluded finding (``annotations_excluded.csv``; a negative diameter there
+  means 10 mm) that hit no nodule are *ignored*, neither hits nor false positives;
+- at most 100 candidates per scan count: with more, only those above the 101st highest
+  probability;
+- sensitivity at each threshold is the share of all nodules detected at or above it, and the false
+  positives per scan are counted over every scan evaluated, those without nodules or candidates too;
+- the sensitivity at 1/8, 1/4, 1/2, 1, 2, 4 and 8 false positives per scan is read off the curve
+  by linear interpolation (the script reads its 10 001-point grid nearest each rate, which differs
+  by less than one grid step), and the CPM is their mean;
+- its CI resamples scans with replacement.
+
+Where the script gives NaN because nothing was detected, sensitivity here is 0 (it is); the FROC is
+undefined only when there is no nodule at all.
+
+Reduced findings are :class:`FrocEntries`: one row per false-positive mark (kind 0), per detected
+finding (kind 1, its best probability), per missed finding (kind 2) and one marker per scan
+(kind 3), so that the figures can be bootstrapped by resampling rows grouped by scan.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medsight.core.errors import InputError
+from medsight.metrics.bootstrap import bootstrap_ci
+
+__all__ = [
+    "EXCLUDED_DIAMETER_MM",
+    "LUNA16_MAX_MARKS",
+    "LUNA16_RATES",
+    "FrocEntries",
+    "average_precision_boxes",
+    "box_iou",
+    "cpm",
+    "froc_curve",
+    "froc_summary",
+    "match_boxes",
+    "match_nodules",
+    "sensitivity_at",
+]
+
+log = logging.getLogger(__name__)
+
+LUNA16_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+"""False positives per scan at which LUNA16 reads sensitivity; the CPM is their mean."""
+LUNA16_MAX_MARKS = 100
+"""Candidates per scan LUNA16 counts (the most probable)."""
+EXCLUDED_DIAMETER_MM = 10.0
+"""Diameter LUNA16 gives an excluded finding whose diameter is negative (unknown)."""
+
+FALSE_POSITIVE, DETECTED, MISSED, SCAN = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class FrocEntries:
+    """Candidates matched to findings, reduced to what a FROC reads (see the module's description).
+
+    Attributes:
+        scan: Per row, its scan (or image) id.
+        kind: Per row: 0 false-positive mark, 1 detected finding, 2 missed finding, 3 scan marker.
+        probability: Per row: the mark's probability, the detected finding's best one, or NaN.
+        ignored: Marks on excluded findings (neither hits nor false positives).
+        duplicates: Extra marks on findings already hit by a more probable one.
+        dropped: Marks beyond the per-scan limit.
+    """
+
+    scan: np.ndarray
+    kind: np.ndarray
+    probability: np.ndarray
+    ignored: int = 0
+    duplicates: int = 0
+    dropped: int = 0
+
+    @property
+    def scans(self) -> int:
+        return int(np.sum(self.kind == SCAN))
+
+    @property
+    def findings(self) -> int:
+        return int(np.sum((self.kind == DETECTED) | (self.kind == MISSED)))
+
+    @property
+    def detected(self) -> int:
+        return int(np.sum(self.kind == DETECTED))
+
+    @property
+    def false_positives(self) -> int:
+        return int(np.sum(self.kind == FALSE_POSITIVE))
+
+
+def froc_curve(kind: np.ndarray, probability: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FROC of reduced entries: false positives per scan, sensitivity and the threshold of each
+    point, from the point above every probability (0, 0) down to the lowest probability. Every
+    finding counts in the sensitivity's denominator; scans are the kind-3 markers. NaN arrays when
+    there is no finding or no scan."""
+    kind = np.asarray(kind)
+    probability = np.asarray(probability, dtype=float)
+    scans = int(np.sum(kind == SCAN))
+    findings = int(np.sum((kind == DETECTED) | (kind == MISSED)))
+    if findings == 0 or scans == 0:
+        nan = np.array([np.nan])
+        return nan, nan, nan
+    scored = (kind == FALSE_POSITIVE) | (kind == DETECTED)
+    p = probability[scored]
+    hit = kind[scored] == DETECTED
+    order = np.argsort(-p, kind="stable")
+    p, hit = p[order], hit[order]
+    last = np.r_[p[1:] != p[:-1], True] if len(p) else np.zeros(0, bool)  # the last mark at each threshold
+    true_positives = np.cumsum(hit)[last]
+    false_positives = np.cumsum(~hit)[last]
+    fps = np.r_[0.0, false_positives / scans]
+    sensitivity = np.r_[0.0, true_positives / findings]
+    thresholds = np.r_[np.inf, p[last]]
+    return fps, sensitivity, thresholds
+
+
+def sensitivity_at(fps: np.ndarray, sensitivity: np.ndarray, rates: Sequence[float]) -> np.ndarray:
+    """The FROC's sensitivity at each rate of false positives per scan (linear interpolation; the
+    last sensitivity beyond the curve's end; at a rate where the curve rises vertically, its top)."""
+    return np.interp(np.asarray(rates, dtype=float), fps, sensitivity)
+
+
+def cpm(kind: np.ndarray, probability: np.ndarray, rates: Sequence[float] = LUNA16_RATES) -> float:
+    """Competition performance metric: the mean sensitivity at ``rates`` false positives per scan
+    (NaN when there is no finding)."""
+    fps, sensitivity, _ = froc_curve(kind, probability)
+    if np.isnan(fps[0]):
+        return float("nan")
+    return float(np.mean(sensitivity_at(fps, sensitivity, rates)))
+
+
+def _sensitivity_at_rate(kind: np.ndarray, probability: np.ndarray, rate: float) -> float:
+    fps, sensitivity, _ = froc_curve(kind, probability)
+    return float("nan") if np.isnan(fps[0]) else float(sensitivity_at(fps, sensitivity, [rate])[0])
+
+
+def froc_summary(
+    entries: FrocEntries, *, rates: Sequence[float] = LUNA16_RATES, bootstrap: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """CPM and the sensitivity at each rate, each with a 95 % CI resampling scans, the curve, and
+    the counts (JSON-ready apart from NaN)."""
+    groups = entries.scan.astype(str)
+    arrays = (entries.kind, entries.probability)
+    fps, sensitivity, thresholds = froc_curve(*arrays)
+    out: dict[str, Any] = {
+        "cpm": bootstrap_ci(lambda k, p: cpm(k, p, rates), *arrays, groups=groups, n_resamples=bootstrap, seed=seed),
+        "sensitivity": {
+            f"{rate:g}": bootstrap_ci(
+                lambda k, p, r=rate: _sensitivity_at_rate(k, p, r), *arrays, groups=groups, n_resamples=bootstrap,
+                seed=seed,
+            )
+            for rate in rates
+        },
+        "curve": {"fps": fps.tolist(), "sensitivity": sensitivity.tolist(), "threshold": thresholds.tolist()},
+        "scans": entries.scans,
+        "findings": entries.findings,
+        "detected": entries.detected,
+        "false_positives": entries.false_positives,
+        "ignored": entries.ignored,
+        "duplicates": entries.duplicates,
+        "dropped": entries.dropped,
+    }
+    if entries.findings == 0:
+        out["undefined"] = "no finding to detect among the scans evaluated"
+    return out
+
+
+def _table(frame: pd.DataFrame, columns: Sequence[str], name: str) -> pd.DataFrame:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InputError(f"{name} lacks the column(s) {missing}; it has {list(frame.columns)}")
+    out = frame[list(columns)].copy()
+    for column in columns[1:]:
+        values = pd.to_numeric(out[column], errors="coerce")
+        bad = ~np.isfinite(values.to_numpy(float))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(f"{name}: {column} of row {row + 1} is {frame[column].iloc[row]!r}, not a finite number "
+                             f"({int(bad.sum())} such row(s)); fix or drop them")  # fmt: skip
+        out[column] = values.astype(float)
+    out[columns[0]] = out[columns[0]].astype(str)
+    return out
+
+
+def _reduce(
+    scans: Sequence[str], per_scan: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], dropped: int
+) -> FrocEntries:
+    """Entries from, per scan: mark probabilities, their hits on findings (marks x findings) and
+    which marks lie on an excluded finding."""
+    scan_ids: list[str] = []
+    kinds: list[int] = []
+    probs: list[float] = []
+    ignored = duplicates = 0
+    for scan in scans:
+        scan_ids.append(scan)
+        kinds.append(SCAN)
+        probs.append(np.nan)
+        if scan not in per_scan:
+            continue
+        probability, hits, excluded = per_scan[scan]
+        for column in hits.T:
+            if column.any():
+                kinds.append(DETECTED)
+                probs.append(float(probability[column].max()))
+                duplicates += int(column.sum()) - 1
+            else:
+                kinds.append(MISSED)
+                probs.append(np.nan)
+            scan_ids.append(scan)
+        free = ~hits.any(axis=1)
+        ignored += int(np.sum(free & excluded))
+        false = probability[free & ~excluded]
+        kinds.extend([FALSE_POSITIVE] * len(false))
+        probs.extend(false.tolist())
+        scan_ids.extend([scan] * len(false))
+    return FrocEntries(np.asarray(scan_ids, dtype=object), np.asarray(kinds, np.int8), np.asarray(probs, float),
+                       ignored=ignored, duplicates=duplicates, dropped=dropped)  # fmt: skip
+
+
+def _most_probable(probability: np.ndarray, limit: int) -> np.ndarray:
+    """LUNA16's cap: with more than ``limit`` marks, those above the ``limit+1``-th highest probability."""
+    if limit <= 0 or len(probability) <= limit:
+        return np.ones(len(probability), bool)
+    cut = np.sort(probability)[::-1][limit]
+    return probability > cut
+
+
+def match_nodules(
+    candidates: pd.DataFrame,
+    annotations: pd.DataFrame,
+    excluded: pd.DataFrame | None = None,
+    *,
+    scans: Sequence[str] | None = None,
+    max_marks: int = LUNA16_MAX_MARKS,
+) -> FrocEntries:
+    """LUNA16 matching of candidates (``seriesuid, coordX, coordY, coordZ, probability``, world mm)
+    to nodules (``seriesuid, coordX, coordY, coordZ, diameter_mm``) and excluded findings (same
+    columns; a negative diameter reads as 10 mm).
+
+    Args:
+        scans: The scans evaluated (those without nodules or candidates count in the false positives
+            per scan). Default: every scan that has a candidate or a nodule, which leaves out scans
+            with neither; pass the list when such scans exist.
+        max_marks: Candidates counted per scan (0: all).
+
+    Raises:
+        InputError: a missing column or a value that is not a finite number (the row is named).
+    """
+    coords = ["coordX", "coordY", "coordZ"]
+    marks = _table(candidates, ["seriesuid", *coords, "probability"], "candidates")
+    nodules = _table(annotations, ["seriesuid", *coords, "diameter_mm"], "annotations")
+    others = (_table(excluded, ["seriesuid", *coords, "diameter_mm"], "excluded annotations")
+              if excluded is not None else nodules.iloc[:0])  # fmt: skip
+    if scans is None:
+        scans = sorted(set(marks["seriesuid"]) | set(nodules["seriesuid"]))
+    scans = [str(s) for s in scans]
+    unknown = sorted((set(marks["seriesuid"]) | set(nodules["seriesuid"])) - set(scans))
+    if unknown:
+        log.warning("%d scan(s) with candidates or nodules are not among the scans evaluated and are left out "
+                    "(e.g. %s)", len(unknown), unknown[0])  # fmt: skip
+    by_scan = {k: g for k, g in marks.groupby("seriesuid", sort=False)}
+    nodules_of = {k: g for k, g in nodules.groupby("seriesuid", sort=False)}
+    others_of = {k: g for k, g in others.groupby("seriesuid", sort=False)}
+    per_scan: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    dropped = 0
+    for scan in scans:
+        group = by_scan.get(scan, marks.iloc[:0])
+        probability = group["probability"].to_numpy(float)
+        keep = _most_probable(probability, max_marks)
+        dropped += int(np.sum(~keep))
+        points = group[coords].to_numpy(float)[keep]
+        probability = probability[keep]
+        found = nodules_of.get(scan, nodules.iloc[:0])
+        hits = _within(points, found[coords].to_numpy(float), found["diameter_mm"].to_numpy(float))
+        other = others_of.get(scan, others.iloc[:0])
+        diameters = other["diameter_mm"].to_numpy(float)
+        diameters = np.where(diameters < 0, EXCLUDED_DIAMETER_MM, diameters)
+        on_excluded = _within(points, other[coords].to_numpy(float), diameters).any(axis=1)
+        per_scan[scan] = (probability, hits, on_excluded)
+    return _reduce(scans, per_scan, dropped)
+
+
+def _within(points: np.ndarray, centres: np.ndarray, diameters: np.ndarray) -> np.ndarray:
+    """``(points, centres)``: whether each point lies strictly within each sphere."""
+    if len(points) == 0 or len(centres) == 0:
+        return np.zeros((len(points), len(centres)), bool)
+    squared = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
+    return squared < (diameters[None, :] / 2.0) ** 2
+
+
+_BOX = ["x0", "y0", "x1", "y1"]
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of boxes ``(n, 4)`` and ``(m, 4)`` given as ``x0, y0, x1, y1``
+    (continuous coordinates: a box from 0 to 10 is 10 wide); ``(n, m)``."""
+    a = np.asarray(a, dtype=float).reshape(-1, 4)
+    b = np.asarray(b, dtype=float).reshape(-1, 4)
+    width = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    height = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = width * height
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _boxes(frame: pd.DataFrame, name: str, extra: Sequence[str] = ()) -> pd.DataFrame:
+    out = _table(frame, ["image", *_BOX, *extra], name)
+    flipped = (out["x1"] < out["x0"]) | (out["y1"] < out["y0"])
+    if flipped.any():
+        row = int(np.flatnonzero(flipped.to_numpy())[0])
+        raise InputError(f"{name}: box of row {row + 1} has x1 < x0 or y1 < y0 (boxes are x0, y0, x1, y1)")
+    return out
+
+
+def match_boxes(
+    detections: pd.DataFrame, truths: pd.DataFrame, *, iou: float = 0.5, images: Sequence[str] | None = None
+) -> FrocEntries:
+    """Per-image matching of detections (``image, x0, y0, x1, y1, score``) to true boxes (``image,
+    x0, y0, x1, y1``) for a FROC: a detection hits a box it overlaps with IoU >= ``iou``, with the
+    same rules as LUNA16 (a box hit by several detections counts once, at the highest score).
+
+    Args:
+        images: The images evaluated (images without boxes or detections count in the false
+            positives per image). Default: every image with a detection or a box.
+    """
+    if not 0 < iou <= 1:
+        raise InputError(f"iou must be in (0, 1], got {iou}")
+    marks = _boxes(detections, "detections", ["score"])
+    boxes = _boxes(truths, "true boxes")
+    if images is None:
+        images = sorted(set(marks["image"]) | set(boxes["image"]))
+    images = [str(i) for i in images]
+    marks_of = {k: g for k, g in marks.groupby("image", sort=False)}
+    boxes_of = {k: g for k, g in boxes.groupby("image", sort=False)}
+    per_image = {}
+    for image in images:
+        mine = marks_of.get(image, marks.iloc[:0])
+        theirs = boxes_of.get(image, boxes.iloc[:0])
+        hits = box_iou(mine[_BOX].to_numpy(float), theirs[_BOX].to_numpy(float)) >= iou
+        per_image[image] = (mine["score"].to_numpy(float), hits, np.zeros(len(mine), bool))
+    return _reduce(images, per_image, 0)
+
+
+def average_precision_boxes(
+    detections: pd.DataFrame, truths: pd.DataFrame, *, iou: float = 0.5, max_detections: int = 100
+) -> float:
+    """Average precision of one class's detections (``image, x0, y0, x1, y1, score``) against true
+    boxes (``image, x0, y0, x1, y1``) as COCO computes it: per image the ``max_detections`` highest
+    scores, each matched greedily (by descending score) to the unmatched true box of highest IoU at
+    or above ``iou``; precision made non-increasing and read at 101 recall levels 0, 0.01, ... 1
+    (0 where recall never reaches a level), then averaged. NaN when there is no true box."""
+    if not 0 < iou <= 1:
+        raise InputError(f"iou must be in (0, 1], got {iou}")
+    marks = _boxes(detections, "detections", ["score"])
+    boxes = _boxes(truths, "true boxes")
+    if len(boxes) == 0:
+        return float("nan")
+    boxes_of = {k: g[_BOX].to_numpy(float) for k, g in boxes.groupby("image", sort=False)}
+    scores: list[np.ndarray] = []
+    matched: list[np.ndarray] = []
+    for image in sorted(set(marks["image"]) | set(boxes_of)):
+        mine = marks[marks["image"] == image]
+        order = np.argsort(-mine["score"].to_numpy(float), kind="mergesort")[:max_detections]
+        score = mine["score"].to_numpy(float)[order]
+        theirs = boxes_of.get(image, np.zeros((0, 4)))
+        overlap = box_iou(mine[_BOX].to_numpy(float)[order], theirs)
+        taken = np.zeros(len(theirs), bool)
+        hit = np.zeros(len(score), bool)
+        for d in range(len(score)):
+            best, chosen = min(iou, 1 - 1e-10), -1
+            for g in range(len(theirs)):
+                if not taken[g] and overlap[d, g] >= best:
+                    best, chosen = overlap[d, g], g
+            if chosen >= 0:
+                taken[chosen] = hit[d] = True
+        scores.append(score)
+        matched.append(hit)
+    score = np.concatenate(scores) if scores else np.zeros(0)
+    hit = np.concatenate(matched) if matched else np.zeros(0, bool)
+    order = np.argsort(-score, kind="mergesort")
+    hit = hit[order]
+    tp, fp = np.cumsum(hit), np.cumsum(~hit)
+    recall = tp / len(boxes)
+    precision = tp / (tp + fp + np.spacing(1))
+    precision = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+    levels = np.linspace(0.0, 1.0, 101)
+    at = np.searchsorted(recall, levels, side="left")
+    read = np.where(at < len(precision), precision[np.minimum(at, max(len(precision) - 1, 0))] if len(precision)
+                    else 0.0, 0.0)  # fmt: skip
+    return float(np.mean(read))
