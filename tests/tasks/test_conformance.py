@@ -101,12 +101,52 @@ def _segmentation(root: Path) -> tuple[dict, Path]:
     return recipe, manifest
 
 
+def _detection(root: Path) -> tuple[dict, Path]:
+    """Small CT-like scans (int16 HU, a direction that flips x) with bright balls given as nodules in
+    world mm, and an excluded finding."""
+    from medsight.core.geometry import Geometry
+    from medsight.core.volume import Volume
+    from medsight.io import write
+    from medsight.tasks.detection import draw_balls
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(10):
+        shape = (16, 32, 32)
+        geometry = Geometry(spacing=(2.0, 1.5, 1.5), origin=(40.0, -20.0, -100.0),
+                            direction=((1.0, 0, 0), (0, 1.0, 0), (0, 0, -1.0)))  # fmt: skip
+        centre = geometry.index_to_world([4 + i % 6, 8 + i % 9, 10 + i % 7])
+        diameter = 7.0 + i % 4
+        hu = rng.normal(-800, 30, size=shape)
+        hu[draw_balls(geometry, shape, centre[None], np.array([diameter])) > 0] = 40
+        write(Volume(hu.astype(np.int16)[None], geometry), root / f"scan{i}.nii.gz")
+        boxes = [{"label": "nodule", "center": centre.tolist(), "diameter_mm": diameter}]
+        if i % 3 == 0:
+            boxes.append({"label": "nodule", "center": (centre + 12).tolist(), "diameter_mm": -1, "excluded": True})
+        split = "train" if i < 6 else "val" if i < 8 else "test"
+        rows.append({"case_id": f"1.2.{i}", "patient_id": f"p{i}", "image": f"scan{i}.nii.gz",
+                     "boxes": json.dumps(boxes), "split": split})  # fmt: skip
+    manifest = root / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    recipe = {
+        "name": "conformance-detection",
+        "task": {"kind": "detection", "finding": "nodule"},
+        "model": {"name": "dynunet"},
+        "preprocess": {"memory_gb": 2, "base_filters": 4, "modality": "CT",
+                       "overrides": {"batch_size": 2, "iterations_per_epoch": 2}},
+        "train": {"epochs": 1, "precision": "fp32", "channels_last": "off", "lr": 0.01},
+        "evaluation": {"bootstrap": 20},
+    }  # fmt: skip
+    return recipe, manifest
+
+
 CASES: dict[str, Callable[[Path], tuple[dict, Path]]] = {
     "binary": _classification("binary", ["negative", "positive"]),
     "multiclass": _classification("multiclass", ["a", "b", "c"]),
     "multilabel": _classification("multilabel", ["effusion", "nodule"]),
     "ordinal": _classification("ordinal", ["0", "1", "2"]),
     "segmentation": _segmentation,
+    "detection": _detection,
 }
 
 
@@ -145,7 +185,7 @@ def test_fit_predict_evaluate_through_the_seam(tmp_path, kind):
     predicted = predictor.predict_files(files, masks=tmp_path / "masks")
     assert isinstance(predicted, Prediction) and len(predicted) == len(files) and len(predicted.scores.columns)
     assert predicted.table()["input"].tolist() == [str(f) for f in files]
-    CHECKS[spec["task"]["kind"] == "segmentation"](predictor, predicted, saved, files)
+    CHECKS.get(kind, _classification_check)(predictor, predicted, saved, files)
 
 
 def evaluation_cases(run: Path) -> pd.DataFrame:
@@ -172,7 +212,22 @@ def _segmentation_check(predictor, predicted, saved, files) -> None:
     assert {"volume_ml_lesion", "volume_ml_core"} == set(predicted.scores.columns)
 
 
-CHECKS = {False: _classification_check, True: _segmentation_check}
+def _detection_check(predictor, predicted, saved, files) -> None:
+    """Candidates per scan as LUNA16 rows; an overlay on each input's exact grid."""
+    from medsight.io import read
+
+    for source, output in zip(files, predicted.cases["output"], strict=True):
+        image, overlay = read(source), read(output)
+        assert overlay.spatial_shape == image.spatial_shape and overlay.geometry.isclose(image.geometry)
+        assert set(np.unique(overlay.array)) <= {0, 1}
+    assert {"candidates", "max_probability", "candidate_list"} <= set(saved.columns)
+    candidates = predictor.grouped(predicted.table())["candidates"]
+    assert list(candidates.columns) == ["seriesuid", "coordX", "coordY", "coordZ", "probability", "diameter_mm"]
+    assert set(candidates["seriesuid"]) <= {Path(f).name.removesuffix(".nii.gz") for f in files}
+    assert len(candidates) == int(predicted.scores["candidates"].sum())
+
+
+CHECKS = {"segmentation": _segmentation_check, "detection": _detection_check}
 
 
 @pytest.mark.slow

@@ -106,7 +106,12 @@ def fit(
         barrier()
     train_idx, val_idx = data.indices("train"), data.indices("val")
     if len(train_idx) == 0 or len(val_idx) == 0:
-        raise InputError(f"need train and val cases; the split has {len(train_idx)} train and {len(val_idx)} val")
+        folds = (" (the data set's official folds, e.g. LUNA16 subsets, were kept and draw no val split)"
+                 if data.manifest.info.get("split", {}).get("official_folds") else "")  # fmt: skip
+        raise InputError(
+            f"need train and val cases; the split has {len(train_idx)} train and {len(val_idx)} val{folds}: "
+            "run `medsight data split MANIFEST --ignore-official` (or --val) to draw them, or set the split column"
+        )
     task.check(data, {"train": train_idx, "val": val_idx})
     training = task.training(data, train_idx, balance=recipe.balance, augment=recipe.augment, seed=recipe.train.seed)
     seed_everything(recipe.train.seed)  # the initial weights are part of what the seed reproduces

@@ -1,0 +1,380 @@
+"""3D lesion detection on the task seam (lung nodules in CT): candidates as centre (world mm),
+diameter and probability, scored with LUNA16's FROC and CPM.
+
+The detector is the self-configured segmentation U-Net (:class:`SegmentationTask`, its plan,
+patches, augmentation and sliding windows) trained on dense targets: each annotated finding is
+drawn as a ball of its diameter around its centre, in world millimetres, on its scan's own grid
+(``annotations_excluded.csv`` findings are not drawn). The network's per-voxel probability is the
+heat map; its peaks become candidates:
+
+- voxels at or above ``task.threshold`` form regions (26-connected); each region is one candidate
+  whose probability is its highest voxel, whose centre is its probability-weighted centroid, and
+  whose diameter is that of the ball holding its voxels at or above 0.5 (all of it when none is);
+- non-maximum suppression in world space: a candidate whose centre lies within the radius of a
+  more probable one is dropped; at most ``task.max_candidates`` per scan are kept.
+
+Predictions are LUNA16 ``candidates`` rows (``seriesuid, coordX, coordY, coordZ, probability``,
+plus ``diameter_mm``) and, for files, an overlay label map of the candidates at or above
+``task.overlay_probability`` drawn as balls on the input's grid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import ndimage
+from torch import nn
+from torch.utils.data import Dataset
+
+from medsight.core.errors import ConfigError, InputError, MedsightError
+from medsight.core.geometry import Geometry
+from medsight.core.progress import Progress
+from medsight.core.volume import Volume, VolumeMetadata
+from medsight.data.cache import cache_key, reuse
+from medsight.data.manifest import Manifest
+from medsight.data.reading import read_case_image
+from medsight.data.volume_cache import preprocess_for_plan
+from medsight.io.api import write
+from medsight.io.atomic import atomic_dir
+from medsight.metrics.detection import LUNA16_RATES, froc_summary, match_nodules
+from medsight.models.registry import ModelChoice
+from medsight.planning import Plan
+from medsight.tasks.base import Task, TaskData, Training, as_model, register_task
+from medsight.tasks.results import Estimate, Prediction
+from medsight.tasks.segmentation import PlanRequest, SegmentationSpec, SegmentationTask, sliding_window
+from medsight.transforms.volume3d import restore
+
+__all__ = ["DetectionSpec", "DetectionTask", "draw_balls", "find_candidates"]
+
+log = logging.getLogger(__name__)
+
+_TARGETS_VERSION = 1
+CANDIDATE_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "probability", "diameter_mm"]
+
+
+class DetectionSpec(BaseModel):
+    """A detection recipe's ``task`` section.
+
+    Attributes:
+        finding: What is detected (the name in outputs and the label drawn in overlays).
+        threshold: Probability at or above which voxels form a candidate region.
+        max_candidates: Candidates kept per scan, the most probable (LUNA16 counts 100).
+        overlay_probability: Candidates at or above it are drawn in the overlay ``predict`` writes.
+        rates: False positives per scan at which sensitivity is reported (CPM: their mean).
+        overlap: Sliding-window overlap at prediction.
+        mirror: Test-time augmentation by mirroring along every axis (8 passes).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["detection"]
+    finding: str = "nodule"
+    threshold: float = Field(0.1, gt=0, lt=1)
+    max_candidates: int = Field(100, ge=1)
+    overlay_probability: float = Field(0.5, ge=0, le=1)
+    rates: tuple[float, ...] = LUNA16_RATES
+    overlap: float = Field(0.5, ge=0, lt=1)
+    mirror: bool = False
+
+
+def draw_balls(
+    geometry: Geometry, shape: Sequence[int], centres: np.ndarray, diameters: np.ndarray, *, value: int = 1
+) -> np.ndarray:
+    """A ``uint8`` map of ``shape`` (z, y, x) holding ``value`` inside each ball (centre in world
+    ``(x, y, z)`` mm, diameter in mm) on ``geometry``'s grid; a ball smaller than a voxel still
+    marks the voxel nearest its centre (when it is on the grid)."""
+    out = np.zeros(tuple(shape), np.uint8)
+    spacing = np.asarray(geometry.spacing, float)
+    for centre, diameter in zip(np.asarray(centres, float).reshape(-1, 3), np.asarray(diameters, float), strict=True):
+        index = geometry.world_to_index(centre)
+        reach = np.ceil(diameter / 2 / spacing).astype(int) + 1
+        low = np.maximum(np.floor(index).astype(int) - reach, 0)
+        high = np.minimum(np.ceil(index).astype(int) + reach + 1, shape)
+        if np.any(high <= low):
+            continue  # the ball is off the grid
+        grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(low, high, strict=True)], indexing="ij"), -1)
+        inside = np.linalg.norm(geometry.index_to_world(grid) - centre, axis=-1) < diameter / 2
+        nearest = np.rint(index).astype(int) - low
+        if np.all(nearest >= 0) and np.all(nearest < inside.shape):
+            inside[tuple(nearest)] = True
+        out[tuple(slice(a, b) for a, b in zip(low, high, strict=True))][inside] = value
+    return out
+
+
+def find_candidates(
+    probability: np.ndarray, geometry: Geometry, *, threshold: float = 0.1, max_candidates: int = 100
+) -> pd.DataFrame:
+    """Candidates of a probability map ``(Z, Y, X)`` on ``geometry``'s grid (see the module's
+    description): ``coordX, coordY, coordZ`` (world mm), ``diameter_mm``, ``probability``, the most
+    probable first."""
+    columns = ["coordX", "coordY", "coordZ", "diameter_mm", "probability"]
+    regions, count = ndimage.label(probability >= threshold, structure=np.ones((3, 3, 3), bool))
+    if count == 0:
+        return pd.DataFrame(columns=columns, dtype=float)
+    index = np.arange(1, count + 1)
+    peak = ndimage.maximum(probability, regions, index)
+    centroid = np.asarray(ndimage.center_of_mass(probability, regions, index), float).reshape(-1, 3)
+    core = ndimage.sum(probability >= 0.5, regions, index)
+    whole = ndimage.sum(np.ones_like(regions, dtype=bool), regions, index)
+    voxels = np.where(core > 0, core, whole)
+    voxel_mm3 = float(np.prod(geometry.spacing))
+    diameter = 2 * (3 * voxels * voxel_mm3 / (4 * np.pi)) ** (1 / 3)
+    world = geometry.index_to_world(centroid)
+    order = np.argsort(-peak, kind="stable")
+    kept: list[int] = []
+    for i in order:  # non-maximum suppression in world space
+        if all(np.linalg.norm(world[i] - world[k]) >= max(diameter[i], diameter[k]) / 2 for k in kept):
+            kept.append(int(i))
+        if len(kept) == max_candidates:
+            break
+    rows = np.column_stack([world[kept], diameter[kept], peak[kept]]) if kept else np.zeros((0, 5))
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _findings(boxes: Sequence[Mapping[str, Any]], case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centres (world mm), diameters and whether excluded, of a case's ``boxes`` cell."""
+    centres, diameters, excluded = [], [], []
+    for n, box in enumerate(boxes):
+        try:
+            centre = [float(v) for v in box["center"]]
+            diameter = float(box["diameter_mm"])
+        except (KeyError, TypeError, ValueError):
+            raise InputError(
+                f"case {case}: finding {n + 1} is {dict(box)}; a 3D finding needs center [x, y, z] (world mm) "
+                "and diameter_mm, as the luna16 adapter writes them"
+            ) from None
+        is_excluded = bool(box.get("excluded", False))
+        if len(centre) != 3 or not np.all(np.isfinite(centre)) or not np.isfinite(diameter):
+            raise InputError(f"case {case}: finding {n + 1} has centre {centre} and diameter {diameter}")
+        if diameter <= 0 and not is_excluded:
+            raise InputError(f"case {case}: finding {n + 1} has diameter {diameter} mm; a nodule needs a positive one")
+        centres.append(centre)
+        diameters.append(diameter)
+        excluded.append(is_excluded)
+    return np.asarray(centres, float).reshape(-1, 3), np.asarray(diameters, float), np.asarray(excluded, bool)
+
+
+def _targets(manifest: Manifest, folder: Path, *, progress: Progress | None) -> Manifest:
+    """The manifest with a ``label`` column: per case, its findings drawn as balls on its scan's grid
+    (written once into ``folder``, reused while the scans and findings are unchanged)."""
+    if "boxes" not in manifest.table.columns:
+        raise InputError("the manifest has no boxes column: detection learns from each case's findings "
+                         "(the luna16 adapter writes them from annotations.csv)")  # fmt: skip
+    boxes = manifest.table["boxes"].fillna("").astype(str).tolist()
+    spec = {"version": _TARGETS_VERSION, "boxes": boxes}
+    key = cache_key(manifest, ["image"], spec)
+
+    def opened(path: Path) -> list[str]:
+        return json.loads((path / "index.json").read_text())["files"]
+
+    files = reuse(folder, key, opened)
+    if files is None:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        files = []
+        with atomic_dir(folder, overwrite=True) as tmp:
+            for n, (_, row) in enumerate(manifest.table.iterrows()):
+                case = str(row["case_id"])
+                centres, diameters, excluded = _findings(manifest.boxes(n), case)
+                try:
+                    image = read_case_image(manifest, row, "image")
+                except MedsightError as exc:
+                    raise InputError(f"case {case}: cannot read {row['image']}: {exc}") from exc
+                drawn = draw_balls(image.geometry, image.spatial_shape, centres[~excluded], diameters[~excluded])
+                if (~excluded).any() and not drawn.any():
+                    log.warning("case %s: none of its findings lies on its scan's grid (are they in world mm?)", case)
+                name = f"target_{n}.nii.gz"
+                write(Volume(drawn[None], image.geometry, VolumeMetadata(modality="SEG")), tmp / name)
+                files.append(str(folder / name))
+                if progress is not None:
+                    progress("drawing the findings on each scan", n + 1, len(manifest))
+            (tmp / "index.json").write_text(json.dumps({"key": key, "files": files}))
+    table = manifest.table.copy()
+    table["label"] = files
+    return manifest.with_table(table)
+
+
+@register_task
+class DetectionTask(Task):
+    """Detection of findings as balls in world space (see the module's description)."""
+
+    spec_type = DetectionSpec
+    preprocess_type = PlanRequest
+    package_preprocess_type: ClassVar[type[BaseModel] | None] = Plan
+    preprocess_file: ClassVar[str | None] = "plan.json"
+    fits_on_validation: ClassVar[bool] = False
+
+    def __init__(self, spec: DetectionSpec) -> None:
+        self._spec = spec
+        backbone = SegmentationSpec(kind="segmentation", labels={spec.finding: 1}, overlap=spec.overlap,
+                                    mirror=spec.mirror)  # fmt: skip
+        self.backbone = SegmentationTask(backbone)
+
+    @classmethod
+    def from_spec(cls, spec: BaseModel) -> DetectionTask:
+        return cls(as_model(spec, DetectionSpec))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DetectionTask) and other.spec == self.spec
+
+    def __hash__(self) -> int:
+        return hash(self.spec.model_dump_json())
+
+    @property
+    def spec(self) -> DetectionSpec:
+        return self._spec
+
+    @property
+    def stratify_by(self) -> str | None:
+        return None
+
+    @property
+    def spatial_dims(self) -> int:
+        return 3
+
+    # --- data: the backbone's, on the drawn targets -----------------------------------------
+    def prepare(
+        self, manifest: Manifest, preprocess: BaseModel, folder: str | os.PathLike[str], *, progress: Progress | None
+    ) -> TaskData:
+        """Draw each case's findings on its scan, then plan (unless given a plan) and preprocess."""
+        with_targets = _targets(manifest, Path(folder) / "targets", progress=progress)
+        return self.backbone.prepare(with_targets, preprocess, folder, progress=progress)
+
+    def check(self, data: TaskData, splits: Mapping[str, np.ndarray]) -> None:
+        self.backbone.check(data, splits)
+
+    def dataset(self, data: TaskData, indices: np.ndarray) -> Dataset:
+        return self.backbone.dataset(data, indices)
+
+    def training(self, data: TaskData, indices: np.ndarray, *, balance: str, augment: BaseModel, seed: int) -> Training:
+        return self.backbone.training(data, indices, balance=balance, augment=augment, seed=seed)
+
+    def network(self, model: ModelChoice, in_channels: int, preprocess: BaseModel) -> nn.Module:
+        return self.backbone.network(model, in_channels, preprocess)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.backbone.loss(outputs, targets)
+
+    def score(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        return self.backbone.score(outputs, targets)
+
+    def metric_names(self) -> tuple[str, ...]:
+        return self.backbone.metric_names()
+
+    def scores(self, outputs: torch.Tensor) -> pd.DataFrame:
+        return self.backbone.scores(outputs)
+
+    # --- predictions ------------------------------------------------------------------------
+    def _probability(self, logits: torch.Tensor, case: Any) -> np.ndarray:
+        """The finding's probability on the source grid from logits on the preprocessed grid."""
+        probs = torch.softmax(logits.float(), dim=0).numpy()
+        return restore(probs, case, background=np.array([1.0, 0.0], np.float32))[1]
+
+    def _candidates(self, probability: np.ndarray, geometry: Geometry) -> pd.DataFrame:
+        return find_candidates(probability, geometry, threshold=self.spec.threshold,
+                               max_candidates=self.spec.max_candidates)  # fmt: skip
+
+    @staticmethod
+    def _row(candidates: pd.DataFrame) -> dict[str, Any]:
+        top = float(candidates["probability"].max()) if len(candidates) else 0.0
+        records = candidates.round(4).to_dict(orient="records")
+        return {"candidates": len(candidates), "max_probability": top, "candidate_list": json.dumps(records)}
+
+    def predict_split(
+        self, model: nn.Module, data: TaskData, indices: np.ndarray, *, batch_size: int = 64
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Per scan of the rows: its candidates (sliding windows over the whole preprocessed scan)."""
+        cases, rows = [], []
+        for entry, row, logits, reference in self.backbone._predicted(model, data, indices):
+            candidates = self._candidates(self._probability(logits, entry), reference.geometry)
+            cases.append(row.to_dict())
+            rows.append(self._row(candidates))
+        return pd.DataFrame(cases), pd.DataFrame(rows)
+
+    def predict_volumes(
+        self, model: nn.Module, volumes: Sequence[Volume], preprocess: BaseModel, *, slice_index: int | None = None
+    ) -> tuple[pd.DataFrame, list[Volume] | None]:
+        """Candidates of each scan, and an overlay on its grid: the candidates at or above
+        ``overlay_probability`` drawn as balls of their diameter."""
+        plan = preprocess if isinstance(preprocess, Plan) else None
+        if plan is None:
+            raise ConfigError("the model package holds no plan; train it again")
+        rows, overlays = [], []
+        for volume in volumes:
+            if volume.is_2d:
+                raise InputError("the model detects in 3D scans; this input is a single slice")
+            if volume.channels != plan.in_channels:
+                raise InputError(f"the model reads {plan.in_channels} channel(s) per scan; this input has "
+                                 f"{volume.channels}")  # fmt: skip
+            case = preprocess_for_plan(np.asarray(volume.array), volume.geometry.spacing, plan)
+            logits = sliding_window(model, case.image, plan, overlap=self.spec.overlap, mirror=self.spec.mirror)
+            candidates = self._candidates(self._probability(logits, case), volume.geometry)
+            rows.append(self._row(candidates))
+            shown = candidates[candidates["probability"] >= self.spec.overlay_probability]
+            drawn = draw_balls(volume.geometry, volume.spatial_shape, shown[["coordX", "coordY", "coordZ"]].to_numpy(),
+                               shown["diameter_mm"].to_numpy())  # fmt: skip
+            metadata = VolumeMetadata(source_format=None, modality="SEG", patient_id=volume.metadata.patient_id,
+                                      study_uid=volume.metadata.study_uid)  # fmt: skip
+            overlays.append(Volume(drawn[None], volume.geometry, metadata))
+        return pd.DataFrame(rows), overlays
+
+    def grouped(self, table: pd.DataFrame, fitted: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
+        """The candidates of every scan as LUNA16 rows (``seriesuid``: the case id, else the input
+        file's name without its extension)."""
+        return {"candidates": candidate_table(table)}
+
+    def evaluate(
+        self, val: Prediction, test: Prediction, *, split: str, operating_points: Sequence[str], bootstrap: int
+    ) -> tuple[dict[str, Estimate], dict[str, Any], list[str]]:
+        """LUNA16 FROC of the split's scans: CPM and sensitivity at each rate of false positives per
+        scan, with CIs resampling patients' scans."""
+        cases = test.cases.reset_index(drop=True)
+        candidates = candidate_table(test.table())
+        nodules, excluded = [], []
+        for _, row in cases.iterrows():
+            cell = row.get("boxes")
+            boxes = json.loads(cell) if isinstance(cell, str) and cell else []
+            centres, diameters, is_excluded = _findings(boxes, str(row["case_id"]))
+            for centre, diameter, other in zip(centres, diameters, is_excluded, strict=True):
+                (excluded if other else nodules).append([str(row["case_id"]), *centre, diameter])
+        columns = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
+        scans = cases["case_id"].astype(str).tolist()
+        entries = match_nodules(candidates, pd.DataFrame(nodules, columns=columns),
+                                pd.DataFrame(excluded, columns=columns), scans=scans)  # fmt: skip
+        by_patient = dict(zip(scans, cases["patient_id"].astype(str), strict=True))
+        entries = type(entries)(np.array([by_patient[s] for s in entries.scan], dtype=object), entries.kind,
+                                entries.probability, entries.ignored, entries.duplicates, entries.dropped)  # fmt: skip
+        summary = froc_summary(entries, rates=self.spec.rates, bootstrap=bootstrap)
+        figures = {"cpm": Estimate.of(summary["cpm"])}
+        for rate, result in summary["sensitivity"].items():
+            figures[f"sensitivity @ {rate} fp/scan"] = Estimate.of(result)
+        warnings = []
+        if summary["findings"] == 0:
+            warnings.append(f"the {split} split has no {self.spec.finding} to detect: FROC and CPM are undefined")
+        for message in warnings:
+            log.warning(message)
+        return figures, {"froc": summary}, warnings
+
+
+def candidate_table(table: pd.DataFrame) -> pd.DataFrame:
+    """LUNA16 candidate rows of a predictions table (its ``candidate_list`` JSON per scan)."""
+    if "candidate_list" not in table:
+        raise InputError("the predictions hold no candidate_list column; they are not a detection model's")
+    rows = []
+    for _, row in table.iterrows():
+        if "case_id" in row and pd.notna(row["case_id"]):
+            uid = str(row["case_id"])
+        else:
+            name = Path(str(row.get("input", ""))).name
+            uid = name.split(".mhd")[0].split(".nii")[0].split(".nrrd")[0].split(".mha")[0]
+        for candidate in json.loads(row["candidate_list"]):
+            rows.append([uid, candidate["coordX"], candidate["coordY"], candidate["coordZ"], candidate["probability"],
+                         candidate["diameter_mm"]])  # fmt: skip
+    return pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)

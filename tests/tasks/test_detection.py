@@ -1,0 +1,124 @@
+"""Detection: findings drawn in world mm on any grid, candidates from probability maps, and the
+round trip through LUNA16 scoring."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+
+from medsight.core.errors import InputError
+from medsight.core.geometry import Geometry
+from medsight.metrics.detection import cpm, match_nodules
+from medsight.tasks.detection import DetectionTask, _findings, draw_balls, find_candidates
+
+OBLIQUE = Geometry(spacing=(2.5, 0.8, 0.7), origin=(-30.0, 12.0, 250.0),
+                   direction=((0.0, 1.0, 0.0), (0.0, 0.0, -1.0), (1.0, 0.0, 0.0)))  # fmt: skip
+
+
+def _brute_ball(geometry, shape, centre, diameter):
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    return np.linalg.norm(geometry.index_to_world(grid) - centre, axis=-1) < diameter / 2
+
+
+@pytest.mark.parametrize("geometry", [Geometry(spacing=(1.0, 1.0, 1.0)), OBLIQUE])
+def test_balls_are_drawn_in_world_millimetres_on_any_grid(geometry):
+    shape = (20, 40, 36)
+    centre = geometry.index_to_world([9.3, 17.6, 20.2])
+    drawn = draw_balls(geometry, shape, centre[None], np.array([9.0]))
+    np.testing.assert_array_equal(drawn > 0, _brute_ball(geometry, shape, centre, 9.0))
+    tiny = draw_balls(geometry, shape, centre[None], np.array([0.2]), value=3)
+    assert tiny.sum() == 3 and tiny[9, 18, 20] == 3  # smaller than a voxel: the nearest voxel
+    off = draw_balls(geometry, shape, geometry.index_to_world([-50, 0, 0])[None], np.array([10.0]))
+    assert not off.any()
+
+
+def test_candidates_have_world_centres_ball_diameters_and_peak_probabilities():
+    geometry = OBLIQUE
+    shape = (24, 64, 64)
+    centres = geometry.index_to_world(np.array([[8.0, 20.0, 20.0], [16.0, 44.0, 40.0]]))
+    diameters = np.array([10.0, 16.0])
+    truth = np.zeros(shape, np.float32)
+    for centre, diameter, peak in zip(centres, diameters, (0.9, 0.7), strict=True):
+        truth = np.maximum(truth, peak * draw_balls(geometry, shape, centre[None], diameter[None]))
+    probability = truth.copy()
+    probability[2, 60, 3] = 0.3  # a speck above the threshold: a weak candidate
+    probability[3, 5, 60] = 0.05  # below it: nothing
+    found = find_candidates(probability, geometry, threshold=0.1)
+    assert len(found) == 3
+    np.testing.assert_allclose(found["probability"], [0.9, 0.7, 0.3], atol=1e-6)
+    np.testing.assert_allclose(found[["coordX", "coordY", "coordZ"]].to_numpy()[:2], centres, atol=0.8)
+    np.testing.assert_allclose(found["diameter_mm"].to_numpy()[:2], diameters, rtol=0.1)
+    assert len(find_candidates(probability, geometry, threshold=0.1, max_candidates=1)) == 1
+    assert find_candidates(np.zeros(shape, np.float32), geometry).empty
+
+
+def test_a_weaker_candidate_inside_a_stronger_ones_ball_is_suppressed():
+    geometry = Geometry(spacing=(1.0, 1.0, 1.0))
+    probability = np.zeros((30, 30, 30), np.float32)
+    probability[8:22, 8:22, 8:22] = 0.9  # a 14 mm cube centred at 14.5: a ball of 17.4 mm
+    probability[15, 15, 23] = 0.4  # a separate speck 8.5 mm from its centre: inside its radius
+    probability[15, 15, 28] = 0.35  # 13.5 mm away: outside
+    found = find_candidates(probability, geometry, threshold=0.1)
+    assert found["probability"].round(2).tolist() == [0.9, 0.35]
+
+
+def test_drawn_findings_found_again_score_a_perfect_froc():
+    geometry = OBLIQUE
+    shape = (30, 80, 80)
+    rng = np.random.default_rng(0)
+    rows, candidates = [], []
+    for scan in range(4):
+        centres = geometry.index_to_world(rng.uniform([5, 15, 15], [25, 65, 65], size=(2, 3)))
+        diameters = rng.uniform(6, 14, size=2)
+        balls = draw_balls(geometry, shape, centres, diameters).astype(np.float32)
+        probability = ndimage.gaussian_filter(balls, 1.0)
+        found = find_candidates(probability, geometry, threshold=0.1)
+        rows += [[f"s{scan}", *c, d] for c, d in zip(centres, diameters, strict=True)]
+        candidates += [[f"s{scan}", r.coordX, r.coordY, r.coordZ, r.probability] for r in found.itertuples()]
+    annotations = pd.DataFrame(rows, columns=["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"])
+    marks = pd.DataFrame(candidates, columns=["seriesuid", "coordX", "coordY", "coordZ", "probability"])
+    entries = match_nodules(marks, annotations)
+    assert entries.detected == 8 and entries.false_positives == 0
+    assert cpm(entries.kind, entries.probability) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("box", "message"),
+    [
+        ({"label": "nodule", "x": 1, "y": 2, "w": 3, "h": 4}, "needs center"),
+        ({"center": [1, 2], "diameter_mm": 5}, "has centre"),
+        ({"center": [1, 2, 3], "diameter_mm": "big"}, "needs center"),
+        ({"center": [1, 2, 3], "diameter_mm": 0}, "positive one"),
+    ],
+)
+def test_findings_a_detector_cannot_use_are_named(box, message):
+    with pytest.raises(InputError, match=message):
+        _findings([box], "case7")
+    _, diameters, excluded = _findings([{"center": [1, 2, 3], "diameter_mm": -1, "excluded": True}], "c")
+    assert excluded.tolist() == [True] and diameters.tolist() == [-1.0]
+
+
+def test_a_manifest_without_findings_is_refused_with_the_reason(tmp_path):
+    from medsight.data.manifest import Manifest
+
+    manifest = Manifest(pd.DataFrame({"case_id": ["a"], "patient_id": ["a"], "image": ["a.nii.gz"], "split": [""]}),
+                        tmp_path)  # fmt: skip
+    task = DetectionTask.from_spec(DetectionTask.spec_type(kind="detection"))
+    with pytest.raises(InputError, match="no boxes column"):
+        task.prepare(manifest, task.preprocess_type(), tmp_path / "cache", progress=None)
+
+
+def test_candidates_of_files_are_named_by_the_file():
+    from medsight.tasks.detection import candidate_table
+
+    table = pd.DataFrame({"input": ["/x/1.2.3.mhd", "/x/scan.nii.gz"],
+                          "candidate_list": [json.dumps([{"coordX": 1, "coordY": 2, "coordZ": 3, "probability": 0.5,
+                                                          "diameter_mm": 6}]), "[]"]})  # fmt: skip
+    rows = candidate_table(table)
+    assert rows["seriesuid"].tolist() == ["1.2.3"] and rows["probability"].tolist() == [0.5]
+    with pytest.raises(InputError, match="not a detection model's"):
+        candidate_table(pd.DataFrame({"input": ["a"]}))
