@@ -93,7 +93,8 @@ def preprocess_for_plan(
     image: np.ndarray, spacing: Sequence[float], plan: Plan, label: np.ndarray | None = None
 ) -> Preprocessed:
     """One case cropped, resampled and normalised as ``plan`` says (:class:`Preprocessed`)."""
-    return preprocess_case(image, spacing, plan.spacing, label=label, crop=plan.crop_to_nonzero,
+    crop = "lungs" if plan.crop_lungs else plan.crop_to_nonzero
+    return preprocess_case(image, spacing, plan.spacing, label=label, crop=crop,
                            normalization=plan_normalization(plan))  # fmt: skip
 
 

@@ -128,6 +128,8 @@ class Plan(BaseModel):
         spacing: Target voxel size ``(z, y, x)`` mm every case is resampled to.
         anisotropic_axis: The thick-slice axis (0 = z), when there is one.
         crop_to_nonzero: Crop every case to the box around its non-zero voxels first.
+        crop_lungs: Crop every case to the box around its lung fields instead (chest CT; what
+            nodule detection looks at), grown by 10 mm.
         normalization: One entry per input channel.
         patch_size: Training patch ``(z, y, x)`` voxels, a multiple of the network's divisor.
         batch_size: Patches per training step.
@@ -153,6 +155,7 @@ class Plan(BaseModel):
     spacing: tuple[float, float, float]
     anisotropic_axis: int | None = None
     crop_to_nonzero: bool = True
+    crop_lungs: bool = False
     normalization: list[ChannelNormalization]
     patch_size: tuple[int, int, int]
     batch_size: int = Field(ge=1)
@@ -192,7 +195,8 @@ class Plan(BaseModel):
 
     def preprocessing_key(self) -> str:
         """Hash of what preprocessing depends on (spacing, cropping, normalisation): the cache key."""
-        fields = {"version": self.version, "spacing": self.spacing, "crop": self.crop_to_nonzero,
+        crop = "lungs" if self.crop_lungs else self.crop_to_nonzero  # (the old key where lungs are not cropped)
+        fields = {"version": self.version, "spacing": self.spacing, "crop": crop,
                   "normalization": [n.model_dump() for n in self.normalization]}  # fmt: skip
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -7,16 +7,20 @@ pasted back onto the source grid (:func:`restore`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
+from scipy import ndimage
 
 from medsight.core.errors import InputError
 
-__all__ = ["Preprocessed", "crop_box", "normalize", "preprocess_case", "resample", "restore"]
+__all__ = ["Preprocessed", "crop_box", "lung_box", "normalize", "preprocess_case", "resample", "restore"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,40 @@ def crop_box(image: np.ndarray) -> tuple[tuple[int, int], ...]:
     for axis in range(3):
         hit = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(3) if a != axis)))
         box.append((int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def lung_box(
+    image: np.ndarray, spacing: Sequence[float], *, margin_mm: float = 10.0, air_hu: float = -400.0
+) -> tuple[tuple[int, int], ...]:
+    """The box around the lung fields of a chest CT ``(C, Z, Y, X)`` in HU (first channel), grown by
+    ``margin_mm``: air below ``air_hu`` that does not reach the edges of the axial plane (the air
+    around the body), in components of at least 2 % of the largest. The whole grid when there is no
+    such air (not a chest CT, or a scan cut inside the lungs)."""
+    hu = np.asarray(image[0])
+    step = [max(1, round(2.0 / s)) for s in spacing]  # ~2 mm is fine enough to find the lungs
+    coarse = hu[:: step[0], :: step[1], :: step[2]] < air_hu
+    parts, count = ndimage.label(coarse)
+    whole = tuple((0, int(n)) for n in hu.shape)
+    if count == 0:
+        return whole
+    edges = np.concatenate([parts[:, 0, :].ravel(), parts[:, -1, :].ravel(), parts[:, :, 0].ravel(),
+                            parts[:, :, -1].ravel()])  # fmt: skip
+    sizes = np.bincount(parts.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    sizes[np.unique(edges)] = 0
+    if sizes.max() == 0:
+        log.debug("no air inside the body: the lung box is the whole scan")
+        return whole
+    keep = sizes >= 0.02 * sizes.max()
+    keep[0] = False
+    where = np.argwhere(keep[parts])
+    box = []
+    for axis in range(3):
+        margin = int(np.ceil(margin_mm / spacing[axis]))
+        low = int(where[:, axis].min()) * step[axis] - margin
+        high = (int(where[:, axis].max()) + 1) * step[axis] + margin
+        box.append((max(low, 0), min(high, hu.shape[axis])))
     return tuple(box)
 
 
@@ -102,10 +140,12 @@ def preprocess_case(
     target_spacing: Sequence[float],
     *,
     label: np.ndarray | None = None,
-    crop: bool = True,
+    crop: bool | str = True,
     normalization: dict[str, list] | None = None,
 ) -> Preprocessed:
-    """Crop (when ``crop``), resample to ``target_spacing`` and normalise one case.
+    """Crop, resample to ``target_spacing`` and normalise one case. ``crop``: ``nonzero`` (or True)
+    to the box around non-zero voxels, ``lungs`` to the lung fields of a chest CT
+    (:func:`lung_box`), ``none`` (or False) not at all.
 
     ``normalization`` holds lists ``schemes``, ``clips``, ``means``, ``stds``, ``masks`` (one entry
     per channel); ``label`` holds class indices on the image's grid.
@@ -118,7 +158,15 @@ def preprocess_case(
     if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
         raise InputError("the image holds NaN or infinite values; fix or mask them before segmentation")
     source_shape = tuple(int(s) for s in image.shape[1:])
-    box = crop_box(image) if crop else tuple((0, s) for s in source_shape)
+    mode = {True: "nonzero", False: "none"}.get(crop, crop)  # type: ignore[call-overload]
+    if mode == "lungs":
+        box = lung_box(image, spacing)
+    elif mode == "nonzero":
+        box = crop_box(image)
+    elif mode == "none":
+        box = tuple((0, s) for s in source_shape)
+    else:
+        raise InputError(f"crop must be nonzero, lungs or none; got {crop!r}")
     window = tuple(slice(a, b) for a, b in box)
     cropped = image[(slice(None), *window)]
     shape = _target_shape(cropped.shape[1:], spacing, target_spacing)

@@ -55,7 +55,7 @@ def _procedural(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         inside = ((xx - cx) / np.maximum(ax, 1e-3)) ** 2 + ((yy - 5) / np.maximum(ay, 1e-3)) ** 2 < 1.0
         lungs |= inside & (zz > dome)
     heart = (((xx - 25) / 60) ** 2 + ((yy + 30) / 50) ** 2 + ((zz - bottom - 70) / 55) ** 2) < 1.0
-    lungs &= ~heart
+    lungs &= ~heart & (body < 0.84**2)  # inside the rib cage: a lung never reaches the skin
     hu[lungs] = -860.0
     hu[heart] = 40.0
     aorta = ((xx - 22) ** 2 + (yy - 28) ** 2 < 13**2) & (zz > bottom + 60)  # descending, left of the spine

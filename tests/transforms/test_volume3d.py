@@ -1,0 +1,49 @@
+"""Lung-field cropping of chest CT: the box holds every nodule and little else; other images keep their grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medsight.core.errors import InputError
+from medsight.data.phantoms import make_phantom
+from medsight.io import read
+from medsight.transforms.volume3d import lung_box, preprocess_case
+
+
+@pytest.fixture(scope="module")
+def chest(tmp_path_factory):
+    out = tmp_path_factory.mktemp("luna")
+    make_phantom("lung-nodule-det", out, cases=3, seed=4)
+    return out
+
+
+def test_the_lung_box_holds_every_nodule_and_a_fraction_of_the_scan(chest):
+    annotations = pd.read_csv(chest / "annotations.csv")
+    for mhd in sorted(chest.glob("subset*/*.mhd")):
+        scan = read(mhd)
+        box = lung_box(np.asarray(scan.array), scan.geometry.spacing)
+        share = np.prod([b - a for a, b in box]) / np.prod(scan.spatial_shape)
+        assert 0.15 < share < 0.6
+        for row in annotations[annotations.seriesuid == mhd.stem].itertuples():
+            index = scan.geometry.world_to_index([row.coordX, row.coordY, row.coordZ])
+            assert all(a <= i < b for i, (a, b) in zip(index, box, strict=True)), (mhd.stem, index, box)
+
+
+def test_without_air_inside_a_body_the_whole_grid_is_kept():
+    solid = np.full((1, 10, 20, 20), 40.0, np.float32)
+    assert lung_box(solid, (2.0, 1.0, 1.0)) == ((0, 10), (0, 20), (0, 20))
+    outside_only = solid.copy()
+    outside_only[0, :, :3, :] = -1000  # air along an edge: around the body, not lungs
+    assert lung_box(outside_only, (2.0, 1.0, 1.0)) == ((0, 10), (0, 20), (0, 20))
+
+
+def test_a_box_of_air_inside_the_body_is_cropped_with_its_margin():
+    image = np.full((1, 30, 60, 60), 40.0, np.float32)
+    image[0, :, :, :2] = -1000  # outside the body
+    image[0, 10:20, 20:30, 30:40] = -850  # a lung
+    case = preprocess_case(image, (2.0, 1.0, 1.0), (2.0, 1.0, 1.0), crop="lungs")
+    assert case.box == ((5, 25), (10, 40), (20, 50))  # 10 mm each side
+    with pytest.raises(InputError, match="nonzero, lungs or none"):
+        preprocess_case(image, (2.0, 1.0, 1.0), (2.0, 1.0, 1.0), crop="lung")
