@@ -133,3 +133,31 @@ def test_cpu_class_follows_what_pytorch_may_use():
                             env={**__import__("os").environ, "ATEN_CPU_CAPABILITY": "avx2",
                                  "ONEDNN_MAX_CPU_ISA": "AVX2"})  # fmt: skip
     assert capped.stdout.strip() == "AVX2"
+
+
+def test_bf16_convolutions_on_two_slices_are_guarded_into_fp32():
+    """PyTorch's CPU bf16 weight gradient of a Conv3d over a 2-deep input is wrong; the guard runs
+    exactly those in fp32 (the others keep bf16) and the gradients match fp32 training."""
+    import copy
+
+    from medsight.engine.tuning import guard_bf16_conv3d
+
+    torch.manual_seed(0)
+    thin = torch.nn.Conv3d(32, 32, (1, 3, 3), padding=(0, 1, 1))
+    net = torch.nn.Sequential(torch.nn.Conv3d(4, 32, 3, padding=1), thin)
+    shallow, deep = torch.randn(2, 4, 2, 6, 6), torch.randn(2, 4, 4, 6, 6)
+    weights = torch.randn(2, 32, 2, 6, 6)
+    (net(shallow) * weights).sum().backward()
+    reference = net[0].weight.grad.clone()
+    net.zero_grad()
+    assert guard_bf16_conv3d(net) == 1 and guard_bf16_conv3d(net) == 0  # the (1, 3, 3) kernel is not affected
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(shallow)
+        assert net[0](deep).dtype == torch.bfloat16  # only 2-deep inputs leave bf16
+        assert torch.is_autocast_enabled("cpu")  # the guard restores autocast after each call
+    (out.float() * weights).sum().backward()
+    error = (net[0].weight.grad - reference).abs().max() / reference.abs().max()
+    assert error < 0.02
+    twin = copy.deepcopy(net)  # an EMA copy keeps the guard on its own modules
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert twin[0](shallow).dtype == torch.float32

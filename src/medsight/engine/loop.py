@@ -32,7 +32,7 @@ from medsight.core.progress import Progress
 from medsight.engine.config import EarlyStopping, TrainConfig, choose_device, choose_precision
 from medsight.engine.distributed import broadcast_buffers
 from medsight.engine.run import RunDir
-from medsight.engine.tuning import NumericMode, choose_mode, cpu_class, first_batch
+from medsight.engine.tuning import NumericMode, choose_mode, cpu_class, first_batch, guard_bf16_conv3d
 from medsight.engine.tuning import channels_last as to_channels_last
 
 __all__ = ["TrainResult", "seed_everything", "train"]
@@ -271,6 +271,8 @@ def train(
     amp_dtype, channels_last = mode.amp_dtype, mode.channels_last
     log.info("training in %s (%s)", mode.label, mode.reason)
     run.note("numeric_mode", {"mode": mode.label, "reason": mode.reason, "cpu_class": cpu_class()})
+    if amp_dtype == torch.bfloat16 and device.type == "cpu":
+        guard_bf16_conv3d(model)  # PyTorch's bf16 weight gradients of 2-deep 3D convolutions are wrong
     if channels_last:
         model = to_channels_last(model)
     optimizer = (

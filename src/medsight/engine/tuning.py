@@ -31,7 +31,7 @@ from torch import nn
 from medsight.core.errors import ConfigError, InputError
 from medsight.core.hardware import cpu_class, cpu_model, native_bf16
 
-__all__ = ["NumericMode", "cache_dir", "channels_last", "choose_mode", "cpu_class", "native_bf16"]
+__all__ = ["NumericMode", "cache_dir", "channels_last", "choose_mode", "cpu_class", "guard_bf16_conv3d", "native_bf16"]
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,42 @@ def channels_last(item: nn.Module | torch.Tensor) -> nn.Module | torch.Tensor:
     if ranks == {5}:
         return item.to(memory_format=torch.channels_last_3d)
     return item  # no convolutions, or 2D and 3D ones mixed: left as it is
+
+
+def _shallow_to_fp32(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    inputs = args[0]
+    if inputs.ndim == 5 and inputs.shape[2] == 2 and torch.is_autocast_enabled(inputs.device.type):
+        off = torch.autocast(inputs.device.type, enabled=False)
+        off.__enter__()
+        module._medsight_autocast_off.append(off)  # type: ignore[union-attr]
+        return (inputs.float(), *args[1:])
+    return None
+
+
+def _restore_autocast(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    if module._medsight_autocast_off:  # type: ignore[union-attr]
+        module._medsight_autocast_off.pop().__exit__(None, None, None)  # type: ignore[union-attr]
+
+
+def guard_bf16_conv3d(model: nn.Module) -> int:
+    """Run in fp32 the 3D convolutions that PyTorch's CPU bf16 kernels get wrong; returns how many
+    convolutions are watched.
+
+    Under bf16 autocast on the CPU (PyTorch 2.13), the weight gradient of a ``Conv3d`` whose input
+    is 2 voxels deep and whose kernel is deeper than 1 comes out wrong: off by orders of magnitude,
+    at times infinite or NaN, while its output and input gradient are right. A U-Net whose patch
+    halves to 2 slices has such convolutions at its bottleneck; training then skips steps or, worse,
+    takes them with a wrong gradient. Each watched convolution runs in fp32 when (and only when) its
+    input is 2 deep; the rest of the network keeps bf16."""
+    watched = 0
+    for module in model.modules():
+        deep_kernel = isinstance(module, nn.Conv3d) and module.kernel_size[0] > 1
+        if deep_kernel and not hasattr(module, "_medsight_autocast_off"):
+            module._medsight_autocast_off = []  # type: ignore[assignment]
+            module.register_forward_pre_hook(_shallow_to_fp32)
+            module.register_forward_hook(_restore_autocast)
+            watched += 1
+    return watched
 
 
 def _trial(
