@@ -12,7 +12,8 @@ def test_every_builtin_recipe_validates(name):
     recipe = load_recipe(name)
     assert recipe.name == name
     assert recipe.train.epochs >= 1
-    assert recipe.task.labels if recipe.task.kind == "segmentation" else recipe.task.classes
+    what = {"segmentation": "labels", "detection": "finding"}.get(recipe.task.kind, "classes")
+    assert getattr(recipe.task, what)
     assert isinstance(recipe.preprocess, type(task_for(recipe.task)).preprocess_type)
 
 
