@@ -122,3 +122,37 @@ def test_candidates_of_files_are_named_by_the_file():
     assert rows["seriesuid"].tolist() == ["1.2.3"] and rows["probability"].tolist() == [0.5]
     with pytest.raises(InputError, match="not a detection model's"):
         candidate_table(pd.DataFrame({"input": ["a"]}))
+
+
+def test_the_network_starts_at_one_percent_and_the_loss_favours_the_truth():
+    import torch
+
+    from medsight.models import ModelChoice
+    from medsight.planning import case_facts, fingerprint, make_plan
+
+    geometry = Geometry(spacing=(2.0, 2.0, 2.0))
+    image = np.random.default_rng(0).normal(-800, 50, size=(1, 32, 48, 48)).astype(np.float32)
+    balls = draw_balls(geometry, (32, 48, 48), geometry.index_to_world([[16, 24, 24]]), np.array([12.0]))
+    from medsight.core.volume import Volume
+
+    plan = make_plan(fingerprint([case_facts(Volume(image, geometry), Volume(balls[None], geometry))], modality="CT"),
+                     out_channels=2, memory_gb=2, base_filters=4)  # fmt: skip
+    task = DetectionTask.from_spec(DetectionTask.spec_type(kind="detection"))
+    net = task.network(ModelChoice(name="dynunet"), 1, plan).eval()
+    with torch.no_grad():
+        out = net(torch.from_numpy(image[:, :32, :32, :32])[None])
+    probability = torch.softmax(out, dim=1)[:, 1]
+    assert 0.002 < float(probability.median()) < 0.05  # 1 % before the random weights' spread
+
+    targets = torch.zeros(2, 8, 8, 8, dtype=torch.uint8)
+    targets[0, 2:5, 2:5, 2:5] = 1
+    right = torch.zeros(2, 2, 8, 8, 8)
+    right[:, 1] = torch.where(targets > 0, 10.0, -10.0)
+    wrong = right.flip(1)
+    assert float(task.loss(right, targets)) < 0.1 < float(task.loss(wrong, targets))
+    empty = torch.zeros(2, 8, 8, 8, dtype=torch.uint8)
+    assert torch.isfinite(task.loss(right, empty))
+    with pytest.raises(InputError, match="do not match"):
+        task.loss(right, targets[:, :4])
+    heads = torch.stack([right, wrong], dim=1)  # deep supervision: the full-resolution head weighs most
+    assert float(task.loss(right, targets)) < float(task.loss(heads, targets)) < float(task.loss(wrong, targets))

@@ -24,12 +24,14 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 from torch import nn
@@ -58,6 +60,7 @@ __all__ = ["DetectionSpec", "DetectionTask", "draw_balls", "find_candidates"]
 log = logging.getLogger(__name__)
 
 _TARGETS_VERSION = 1
+_PRIOR = 0.01  # the finding's probability everywhere in an untrained network
 CANDIDATE_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "probability", "diameter_mm"]
 
 
@@ -254,13 +257,45 @@ class DetectionTask(Task):
         return self.backbone.dataset(data, indices)
 
     def training(self, data: TaskData, indices: np.ndarray, *, balance: str, augment: BaseModel, seed: int) -> Training:
-        return self.backbone.training(data, indices, balance=balance, augment=augment, seed=seed)
+        training = self.backbone.training(data, indices, balance=balance, augment=augment, seed=seed)
+        return replace(training, loss=self.loss)
 
     def network(self, model: ModelChoice, in_channels: int, preprocess: BaseModel) -> nn.Module:
-        return self.backbone.network(model, in_channels, preprocess)
+        """The backbone's U-Net, its output layers starting at a finding probability of 1 % (as
+        RetinaNet starts its classifier: otherwise the background's loss swamps the findings' at
+        the start of training)."""
+        net = self.backbone.network(model, in_channels, preprocess)
+        prior = float(np.log(_PRIOR / (1 - _PRIOR)))
+        with torch.no_grad():
+            for module in net.modules():
+                output = isinstance(module, nn.Conv3d | nn.ConvTranspose3d) and module.out_channels == 2
+                if output and module.bias is not None:
+                    module.bias.copy_(torch.tensor([0.0, prior]))
+        return net
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.backbone.loss(outputs, targets)
+        """Focal loss on the finding's log-odds (``gamma`` 2), summed and divided by the finding
+        voxels of the batch (as RetinaNet divides by its positive anchors: each finding weighs the
+        same however little of a scan it fills), plus the soft Dice of the finding. Deep-supervision
+        outputs weigh their heads by halves, as segmentation does."""
+        if outputs.ndim == targets.ndim + 2:
+            weights = [0.5**i for i in range(outputs.shape[1])]
+            return sum(w / sum(weights) * self._loss(outputs[:, i], targets) for i, w in enumerate(weights))  # type: ignore[return-value]
+        return self._loss(outputs, targets)
+
+    @staticmethod
+    def _loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if outputs.shape[0] != targets.shape[0] or outputs.shape[2:] != targets.shape[1:]:
+            raise InputError(f"outputs {tuple(outputs.shape)} do not match target patches {tuple(targets.shape)}")
+        logit = outputs[:, 1] - outputs[:, 0]  # the finding's log-odds under the two-class softmax
+        truth = (targets > 0).to(logit.dtype)
+        probability = torch.sigmoid(logit)
+        entropy = F.binary_cross_entropy_with_logits(logit, truth, reduction="none")
+        missed = truth * (1 - probability) + (1 - truth) * probability
+        focal = (entropy * missed**2).sum() / truth.sum().clamp_min(1.0)
+        overlap = (probability * truth).sum()
+        dice = (2 * overlap + 1e-5) / (probability.sum() + truth.sum() + 1e-5)
+        return focal + (1 - dice)
 
     def score(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         return self.backbone.score(outputs, targets)
