@@ -79,3 +79,16 @@ def test_3d_input_to_a_2d_model_needs_a_slice_and_nan_is_refused_or_filled():
         prepare_image(Volume(plane), Preprocess2D(size=16))
     filled = prepare_image(Volume(plane), Preprocess2D(size=16, nonfinite="fill", channels=1))
     assert filled[0, :4, :4].max() == 0 and filled.max() == 255
+
+
+def test_a_metaimage_data_file_goes_with_its_header(tmp_path, caplog):
+    """LUNA16 folders hold <uid>.mhd with <uid>.raw: one input each, and no warning about the .raw."""
+    import SimpleITK as sitk
+
+    from medsight.inference import expand_inputs
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 4, 4), np.int16)), str(tmp_path / "1.2.3.mhd"))
+    (tmp_path / "orphan.raw").write_bytes(b"\0" * 8)  # no header: not an image
+    assert (tmp_path / "1.2.3.raw").is_file()
+    assert expand_inputs([tmp_path], volumes=True) == [tmp_path / "1.2.3.mhd"]
+    assert "skipped 1 file(s) that are not images (orphan.raw)" in caplog.text

@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".ima", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd"}
 
 
+def _metaimage_data(path: Path) -> bool:
+    """Whether ``path`` is the data file of a MetaImage header beside it (LUNA16's ``<uid>.raw``
+    next to ``<uid>.mhd``): read with its header, not an input of its own."""
+    return path.suffix.lower() in (".raw", ".zraw") and path.with_suffix(".mhd").is_file()
+
+
 def expand_inputs(inputs: Sequence[str | os.PathLike[str]], *, volumes: bool = False) -> list[Path]:
     """Files as given; folders replaced by every image file under them (hidden files, DICOMDIR and
     files in no image format left out with one warning), sorted: a 2D classifier gives one
@@ -58,7 +64,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]], *, volumes: bool = F
             paths.append(item)  # named by the user: read (and refused) as it is
             continue
         for path in files_under(item):
-            if path.name.upper() == "DICOMDIR":
+            if path.name.upper() == "DICOMDIR" or _metaimage_data(path):
                 continue
             try:
                 kind = detect_format(path)
