@@ -4,6 +4,7 @@ round trip through LUNA16 scoring."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -156,3 +157,22 @@ def test_the_network_starts_at_one_percent_and_the_loss_favours_the_truth():
         task.loss(right, targets[:, :4])
     heads = torch.stack([right, wrong], dim=1)  # deep supervision: the full-resolution head weighs most
     assert float(task.loss(right, targets)) < float(task.loss(heads, targets)) < float(task.loss(wrong, targets))
+
+
+def test_training_patches_hold_findings_off_centre():
+    from medsight.data.patches import PatchDataset
+    from medsight.data.volume_cache import CachedItem, VolumeCache
+
+    item = CachedItem(row=0, case_id="a", label_column="label", spacing=(1.0, 1.0, 1.0), shape=(64, 64, 64),
+                      source_shape=(64, 64, 64), box=((0, 64),) * 3,
+                      locations={1: np.array([[32, 32, 32]])})  # fmt: skip
+    cache = VolumeCache(Path(), (item,))
+    np.random.seed(0)
+    centred = PatchDataset(cache, [0], (16, 32, 32), 200, 1.0)
+    assert all((centred._centre(0) == 32).all() for _ in range(20))
+    moved = PatchDataset(cache, [0], (16, 32, 32), 200, 1.0, jitter=0.75)
+    offsets = np.array([moved._centre(0) - 32 for _ in range(400)])
+    assert np.all(np.abs(offsets) <= np.array([6, 12, 12]))  # within the central 3/4
+    assert np.all(offsets.std(axis=0) > np.array([2, 4, 4]))  # and spread over it
+    with pytest.raises(InputError, match="jitter"):
+        PatchDataset(cache, [0], (16, 32, 32), 10, 1.0, jitter=2.0)

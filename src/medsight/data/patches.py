@@ -36,18 +36,29 @@ def extract_patch(
 class PatchDataset(Dataset):
     """Random training patches ``(image (C, *patch) float32, label (*patch) uint8)``.
 
-    Each draw picks an item at random; with probability ``oversample`` the patch is centred on a
-    voxel of a random class present in that item, else anywhere in the volume. Randomness comes
-    from NumPy's global generator, which the training loop seeds (per DataLoader worker too).
+    Each draw picks an item at random; with probability ``oversample`` the patch holds a voxel of
+    a random class present in that item (at its centre, or with ``jitter`` anywhere in the central
+    ``jitter`` share of the patch along each axis: a network that only ever sees small objects at
+    the centre learns to find them only there), else it lies anywhere in the volume. Randomness
+    comes from NumPy's global generator, which the training loop seeds (per DataLoader worker too).
     """
 
     def __init__(
-        self, cache: VolumeCache, items: Sequence[int], patch: Sequence[int], samples: int, oversample: float
+        self,
+        cache: VolumeCache,
+        items: Sequence[int],
+        patch: Sequence[int],
+        samples: int,
+        oversample: float,
+        *,
+        jitter: float = 0.0,
     ) -> None:
         if not items:
             raise InputError("no training images: the train split has no labelled case")
+        if not 0.0 <= jitter <= 1.0:
+            raise InputError(f"jitter is a share of the patch, 0 to 1; got {jitter}")
         self.cache, self.items, self.patch = cache, list(items), tuple(int(p) for p in patch)
-        self.samples, self.oversample = int(samples), float(oversample)
+        self.samples, self.oversample, self.jitter = int(samples), float(oversample), float(jitter)
 
     def __len__(self) -> int:
         return self.samples
@@ -57,7 +68,11 @@ class PatchDataset(Dataset):
         present = [k for k, where in entry.locations.items() if len(where)]
         if present and np.random.random_sample() < self.oversample:
             where = entry.locations[present[np.random.randint(len(present))]]
-            return where[np.random.randint(len(where))]
+            chosen = where[np.random.randint(len(where))]
+            if self.jitter:
+                reach = np.array(self.patch) * self.jitter / 2
+                chosen = chosen + np.rint(np.random.uniform(-reach, reach)).astype(chosen.dtype)
+            return chosen
         return np.array([np.random.randint(0, s) for s in entry.shape])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

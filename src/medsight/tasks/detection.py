@@ -43,6 +43,7 @@ from medsight.core.progress import Progress
 from medsight.core.volume import Volume, VolumeMetadata
 from medsight.data.cache import cache_key, reuse
 from medsight.data.manifest import Manifest
+from medsight.data.patches import PatchDataset
 from medsight.data.reading import read_case_image
 from medsight.data.volume_cache import preprocess_for_plan
 from medsight.io.api import write
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 
 _TARGETS_VERSION = 1
 _PRIOR = 0.01  # the finding's probability everywhere in an untrained network
+_JITTER = 0.75  # training findings lie anywhere in this central share of their patch
+_MIN_SHARE = 1e-3  # the focal loss's divisor is at least this share of a batch's voxels
 CANDIDATE_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "probability", "diameter_mm"]
 
 
@@ -257,8 +260,14 @@ class DetectionTask(Task):
         return self.backbone.dataset(data, indices)
 
     def training(self, data: TaskData, indices: np.ndarray, *, balance: str, augment: BaseModel, seed: int) -> Training:
+        """The backbone's patches and augmentation with this task's loss; a finding lands anywhere in
+        the central 3/4 of its patch, not at its centre (a detector trained on centred findings
+        misses them off-centre, where a sliding window shows most of them)."""
         training = self.backbone.training(data, indices, balance=balance, augment=augment, seed=seed)
-        return replace(training, loss=self.loss)
+        patches: PatchDataset = training.train_set  # type: ignore[assignment]
+        moved = PatchDataset(patches.cache, patches.items, patches.patch, patches.samples, patches.oversample,
+                             jitter=_JITTER)  # fmt: skip
+        return replace(training, loss=self.loss, train_set=moved)
 
     def network(self, model: ModelChoice, in_channels: int, preprocess: BaseModel) -> nn.Module:
         """The backbone's U-Net, its output layers starting at a finding probability of 1 % (as
@@ -276,7 +285,8 @@ class DetectionTask(Task):
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Focal loss on the finding's log-odds (``gamma`` 2), summed and divided by the finding
         voxels of the batch (as RetinaNet divides by its positive anchors: each finding weighs the
-        same however little of a scan it fills), plus the soft Dice of the finding. Deep-supervision
+        same however little of a scan it fills; at least a thousandth of the batch's voxels), plus
+        the soft Dice of the finding. Deep-supervision
         outputs weigh their heads by halves, as segmentation does."""
         if outputs.ndim == targets.ndim + 2:
             weights = [0.5**i for i in range(outputs.shape[1])]
@@ -292,7 +302,9 @@ class DetectionTask(Task):
         probability = torch.sigmoid(logit)
         entropy = F.binary_cross_entropy_with_logits(logit, truth, reduction="none")
         missed = truth * (1 - probability) + (1 - truth) * probability
-        focal = (entropy * missed**2).sum() / truth.sum().clamp_min(1.0)
+        # over the finding voxels, or a thousandth of the batch where they are fewer: a patch that
+        # grazes a 3 mm nodule must not weigh its background a hundred times more than the next
+        focal = (entropy * missed**2).sum() / truth.sum().clamp_min(max(1.0, _MIN_SHARE * truth.numel()))
         overlap = (probability * truth).sum()
         dice = (2 * overlap + 1e-5) / (probability.sum() + truth.sum() + 1e-5)
         return focal + (1 - dice)
