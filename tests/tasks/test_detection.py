@@ -94,6 +94,7 @@ def test_drawn_findings_found_again_score_a_perfect_froc():
         ({"center": [1, 2], "diameter_mm": 5}, "has centre"),
         ({"center": [1, 2, 3], "diameter_mm": "big"}, "needs center"),
         ({"center": [1, 2, 3], "diameter_mm": 0}, "positive one"),
+        ([1, 2, 3], "needs center"),
     ],
 )
 def test_findings_a_detector_cannot_use_are_named(box, message):
@@ -101,6 +102,16 @@ def test_findings_a_detector_cannot_use_are_named(box, message):
         _findings([box], "case7")
     _, diameters, excluded = _findings([{"center": [1, 2, 3], "diameter_mm": -1, "excluded": True}], "c")
     assert excluded.tolist() == [True] and diameters.tolist() == [-1.0]
+
+
+def test_a_boxes_cell_that_is_not_a_list_of_findings_is_named():
+    from medsight.tasks.detection import _boxes_of
+
+    assert _boxes_of("", "c") == [] and _boxes_of(float("nan"), "c") == []
+    with pytest.raises(InputError, match="case c9: its boxes cell is not JSON"):
+        _boxes_of("{center: 1", "c9")
+    with pytest.raises(InputError, match="holds dict, not a list"):
+        _boxes_of('{"center": [1, 2, 3]}', "c9")
 
 
 def test_a_manifest_without_findings_is_refused_with_the_reason(tmp_path):

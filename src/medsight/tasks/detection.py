@@ -145,16 +145,30 @@ def find_candidates(
     return pd.DataFrame(rows, columns=columns)
 
 
-def _findings(boxes: Sequence[Mapping[str, Any]], case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centres (world mm), diameters and whether excluded, of a case's ``boxes`` cell."""
+def _boxes_of(cell: Any, case: str) -> list[Any]:
+    """A manifest's ``boxes`` cell (JSON text, empty for none) as a list."""
+    if not isinstance(cell, str) or not cell.strip():
+        return []
+    try:
+        boxes = json.loads(cell)
+    except ValueError:
+        raise InputError(f"case {case}: its boxes cell is not JSON ({cell[:60]!r}); make the manifest again "
+                         "with `medsight data manifest`") from None  # fmt: skip
+    if not isinstance(boxes, list):
+        raise InputError(f"case {case}: its boxes cell holds {type(boxes).__name__}, not a list of findings")
+    return boxes
+
+
+def _findings(boxes: Sequence[Any], case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centres (world mm), diameters and whether excluded, of a case's findings."""
     centres, diameters, excluded = [], [], []
     for n, box in enumerate(boxes):
         try:
             centre = [float(v) for v in box["center"]]
             diameter = float(box["diameter_mm"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, IndexError):
             raise InputError(
-                f"case {case}: finding {n + 1} is {dict(box)}; a 3D finding needs center [x, y, z] (world mm) "
+                f"case {case}: finding {n + 1} is {box!r}; a 3D finding needs center [x, y, z] (world mm) "
                 "and diameter_mm, as the luna16 adapter writes them"
             ) from None
         is_excluded = bool(box.get("excluded", False))
@@ -188,7 +202,7 @@ def _targets(manifest: Manifest, folder: Path, *, progress: Progress | None) -> 
         with atomic_dir(folder, overwrite=True) as tmp:
             for n, (_, row) in enumerate(manifest.table.iterrows()):
                 case = str(row["case_id"])
-                centres, diameters, excluded = _findings(manifest.boxes(n), case)
+                centres, diameters, excluded = _findings(_boxes_of(row["boxes"], case), case)
                 try:
                     image = read_case_image(manifest, row, "image")
                 except MedsightError as exc:
@@ -386,9 +400,8 @@ class DetectionTask(Task):
         candidates = candidate_table(test.table())
         nodules, excluded = [], []
         for _, row in cases.iterrows():
-            cell = row.get("boxes")
-            boxes = json.loads(cell) if isinstance(cell, str) and cell else []
-            centres, diameters, is_excluded = _findings(boxes, str(row["case_id"]))
+            case = str(row["case_id"])
+            centres, diameters, is_excluded = _findings(_boxes_of(row.get("boxes"), case), case)
             for centre, diameter, other in zip(centres, diameters, is_excluded, strict=True):
                 (excluded if other else nodules).append([str(row["case_id"]), *centre, diameter])
         columns = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
