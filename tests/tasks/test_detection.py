@@ -187,3 +187,24 @@ def test_training_patches_hold_findings_off_centre():
     assert np.all(offsets.std(axis=0) > np.array([2, 4, 4]))  # and spread over it
     with pytest.raises(InputError, match="jitter"):
         PatchDataset(cache, [0], (16, 32, 32), 10, 1.0, jitter=2.0)
+
+
+def test_official_folds_without_a_val_split_are_refused_before_any_scan_is_prepared(tmp_path, monkeypatch):
+    import yaml
+
+    from medsight.engine.fit import fit
+    from medsight.engine.recipe import load_recipe
+    from tests.tasks.test_conformance import _detection
+
+    spec, manifest = _detection(tmp_path)
+    table = pd.read_csv(manifest)
+    table["split"], table["fold"] = "", np.arange(len(table)) % 10  # LUNA16: subsets, no split
+    table.to_csv(manifest, index=False)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(spec))
+
+    def prepared(*args, **kwargs):
+        raise AssertionError("scans were prepared before the split was checked")
+
+    monkeypatch.setattr(DetectionTask, "prepare", prepared)
+    with pytest.raises(InputError, match=r"official folds.*--ignore-official"):
+        fit(load_recipe(tmp_path / "recipe.yaml"), manifest, tmp_path / "run")

@@ -60,11 +60,28 @@ def prepare_data(
     seed: int = 0,
     progress: Progress | None = None,
 ) -> TaskData:
-    """Load the manifest, split it by patient if it has no split yet, and prepare its cases for the task."""
+    """Load the manifest, split it by patient if it has no split yet, and prepare its cases for the task.
+
+    Raises:
+        InputError: the split has no train or no val case (before any case is preprocessed).
+    """
     task = task_for(recipe.task)
     manifest = split_manifest(Manifest.load(manifest_path), task, seed=seed)
+    _require_train_and_val(manifest)
     folder = Path(cache_dir) if cache_dir else default_cache_dir(manifest, recipe.name, recipe.preprocess)
     return task.prepare(manifest, recipe.preprocess, folder, progress=progress)
+
+
+def _require_train_and_val(manifest: Manifest) -> None:
+    splits = manifest.table["split"]
+    train, val = int((splits == "train").sum()), int((splits == "val").sum())
+    if train == 0 or val == 0:
+        folds = (" (the data set's official folds, e.g. LUNA16 subsets, were kept and draw no val split)"
+                 if manifest.info.get("split", {}).get("official_folds") else "")  # fmt: skip
+        raise InputError(
+            f"need train and val cases; the split has {train} train and {val} val{folds}: run `medsight data "
+            "split MANIFEST --ignore-official` (or --val) to draw them, or set the split column"
+        )
 
 
 def data_hash(manifest: Manifest) -> str:
@@ -105,13 +122,6 @@ def fit(
     if rank() == 0:
         barrier()
     train_idx, val_idx = data.indices("train"), data.indices("val")
-    if len(train_idx) == 0 or len(val_idx) == 0:
-        folds = (" (the data set's official folds, e.g. LUNA16 subsets, were kept and draw no val split)"
-                 if data.manifest.info.get("split", {}).get("official_folds") else "")  # fmt: skip
-        raise InputError(
-            f"need train and val cases; the split has {len(train_idx)} train and {len(val_idx)} val{folds}: "
-            "run `medsight data split MANIFEST --ignore-official` (or --val) to draw them, or set the split column"
-        )
     task.check(data, {"train": train_idx, "val": val_idx})
     training = task.training(data, train_idx, balance=recipe.balance, augment=recipe.augment, seed=recipe.train.seed)
     seed_everything(recipe.train.seed)  # the initial weights are part of what the seed reproduces
