@@ -113,6 +113,12 @@ class Task(ABC):
     def spec(self) -> BaseModel:
         """The recipe ``task`` section this task was made from."""
 
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.spec == self.spec  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.spec.model_dump_json()))
+
     @property
     @abstractmethod
     def stratify_by(self) -> str | None:

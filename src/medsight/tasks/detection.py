@@ -53,7 +53,13 @@ from medsight.models.registry import ModelChoice
 from medsight.planning import Plan
 from medsight.tasks.base import Task, TaskData, Training, as_model, register_task
 from medsight.tasks.results import Estimate, Prediction
-from medsight.tasks.segmentation import PlanRequest, SegmentationSpec, SegmentationTask, sliding_window
+from medsight.tasks.segmentation import (
+    PlanRequest,
+    SegmentationSpec,
+    SegmentationTask,
+    sliding_window,
+    supervised_heads,
+)
 from medsight.transforms.volume3d import restore
 
 __all__ = ["DetectionSpec", "DetectionTask", "draw_balls", "find_candidates"]
@@ -241,12 +247,6 @@ class DetectionTask(Task):
     def from_spec(cls, spec: BaseModel) -> DetectionTask:
         return cls(as_model(spec, DetectionSpec))
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, DetectionTask) and other.spec == self.spec
-
-    def __hash__(self) -> int:
-        return hash(self.spec.model_dump_json())
-
     @property
     def spec(self) -> DetectionSpec:
         return self._spec
@@ -302,10 +302,7 @@ class DetectionTask(Task):
         same however little of a scan it fills; at least a thousandth of the batch's voxels), plus
         the soft Dice of the finding. Deep-supervision
         outputs weigh their heads by halves, as segmentation does."""
-        if outputs.ndim == targets.ndim + 2:
-            weights = [0.5**i for i in range(outputs.shape[1])]
-            return sum(w / sum(weights) * self._loss(outputs[:, i], targets) for i, w in enumerate(weights))  # type: ignore[return-value]
-        return self._loss(outputs, targets)
+        return supervised_heads(self._loss, outputs, targets)
 
     @staticmethod
     def _loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -409,8 +406,7 @@ class DetectionTask(Task):
         entries = match_nodules(candidates, pd.DataFrame(nodules, columns=columns),
                                 pd.DataFrame(excluded, columns=columns), scans=scans)  # fmt: skip
         by_patient = dict(zip(scans, cases["patient_id"].astype(str), strict=True))
-        entries = type(entries)(np.array([by_patient[s] for s in entries.scan], dtype=object), entries.kind,
-                                entries.probability, entries.ignored, entries.duplicates, entries.dropped)  # fmt: skip
+        entries = replace(entries, scan=np.array([by_patient[s] for s in entries.scan], dtype=object))
         summary = froc_summary(entries, rates=self.spec.rates, bootstrap=bootstrap)
         figures = {"cpm": Estimate.of(summary["cpm"])}
         for rate, result in summary["sensitivity"].items():

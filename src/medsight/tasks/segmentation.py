@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -50,6 +50,7 @@ __all__ = [
     "cardiac_function",
     "cine_function",
     "sliding_window",
+    "supervised_heads",
 ]
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,17 @@ def _paint_order(regions: Mapping[str, Sequence[int]]) -> list[tuple[str, int]]:
     return painted
 
 
+def supervised_heads(
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], outputs: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """``loss`` of the outputs; deep-supervision outputs ``(N, heads, C, ...)`` weigh head ``i`` by
+    ``2**-i`` (normalised to sum 1; head 0 is the full-resolution output), as nnU-Net does."""
+    if outputs.ndim != targets.ndim + 2:
+        return loss(outputs, targets)
+    weights = [0.5**i for i in range(outputs.shape[1])]
+    return sum(w / sum(weights) * loss(outputs[:, i], targets) for i, w in enumerate(weights))  # type: ignore[return-value]
+
+
 def _merged(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in changes.items():
@@ -207,12 +219,6 @@ class SegmentationTask(Task):
     @classmethod
     def from_spec(cls, spec: BaseModel) -> SegmentationTask:
         return cls(as_model(spec, SegmentationSpec))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, SegmentationTask) and other.spec == self.spec
-
-    def __hash__(self) -> int:
-        return hash(self.spec.model_dump_json())
 
     @property
     def spec(self) -> SegmentationSpec:
@@ -358,10 +364,7 @@ class SegmentationTask(Task):
         """Soft Dice over the batch (foreground classes or every region) plus cross-entropy (BCE for
         regions). Deep-supervision outputs ``(N, heads, C, ...)`` weigh head ``i`` by ``2**-i``
         (normalised to sum 1; head 0 is the full-resolution output), as nnU-Net does."""
-        if outputs.ndim == targets.ndim + 2:
-            weights = [0.5**i for i in range(outputs.shape[1])]
-            return sum(w / sum(weights) * self._loss(outputs[:, i], targets) for i, w in enumerate(weights))  # type: ignore[return-value]
-        return self._loss(outputs, targets)
+        return supervised_heads(self._loss, outputs, targets)
 
     def _loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if outputs.shape[0] != targets.shape[0] or outputs.shape[2:] != targets.shape[1:]:
