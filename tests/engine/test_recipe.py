@@ -62,8 +62,8 @@ def test_recipe_files_and_unknown_names(tmp_path):
 def test_referable_grade_must_be_a_grade_of_the_task(override, message):
     with pytest.raises(ConfigError, match=message):
         load_recipe("dr-grading", [override])
-    with pytest.raises(ConfigError, match="applies to ordinal tasks, not binary"):
-        load_recipe("mammo-screening", ["task.referable_grade=1"])
+    with pytest.raises(ConfigError, match="applies to ordinal tasks, not multilabel"):
+        load_recipe("cxr-findings", ["task.referable_grade=1"])
 
 
 def test_on_and_off_read_by_yaml_as_booleans_still_mean_on_and_off():

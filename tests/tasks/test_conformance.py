@@ -140,6 +140,30 @@ def _detection(root: Path) -> tuple[dict, Path]:
     return recipe, manifest
 
 
+def _detection2d(root: Path) -> tuple[dict, Path]:
+    """Noise images (not square: 48x40) where positive images hold a bright square given as a box with
+    BI-RADS 5, some negative ones a dimmer square with BI-RADS 2 (another box, a trained negative)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(36):
+        pixels = rng.normal(60, 15, size=(48, 40))
+        positive, benign = i % 2 == 1, i % 4 == 0
+        boxes = []
+        if positive or benign:
+            x, y = 4 + i % 20, 6 + i % 25
+            pixels[y : y + 10, x : x + 12] += 120 if positive else 60
+            boxes.append({"label": "['Mass']", "birads": 5 if positive else 2, "x": x, "y": y, "w": 12, "h": 10})
+        name = f"img{i:03d}.png"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / name)
+        split = "train" if i < 20 else "val" if i < 28 else "test"
+        rows.append({"case_id": f"c{i}", "patient_id": f"p{i // 2}", "image": name, "target": int(positive),
+                     "boxes": json.dumps(boxes) if boxes else "", "split": split})  # fmt: skip
+    manifest = root / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    task = {"kind": "detection2d", "min_birads": 4, "patch": 16, "patches_per_epoch": 16}
+    return {"name": "conformance-detection2d", "task": task, **FAST}, manifest
+
+
 CASES: dict[str, Callable[[Path], tuple[dict, Path]]] = {
     "binary": _classification("binary", ["negative", "positive"]),
     "multiclass": _classification("multiclass", ["a", "b", "c"]),
@@ -147,6 +171,7 @@ CASES: dict[str, Callable[[Path], tuple[dict, Path]]] = {
     "ordinal": _classification("ordinal", ["0", "1", "2"]),
     "segmentation": _segmentation,
     "detection": _detection,
+    "detection2d": _detection2d,
 }
 
 
@@ -227,7 +252,19 @@ def _detection_check(predictor, predicted, saved, files) -> None:
     assert len(candidates) == int(predicted.scores["candidates"].sum())
 
 
-CHECKS = {"segmentation": _segmentation_check, "detection": _detection_check}
+def _detection2d_check(predictor, predicted, saved, files) -> None:
+    """An image score and detections (boxes in each file's pixels, scored) per image, alike through
+    files and through the cache."""
+    np.testing.assert_allclose(predicted.scores["prob"].to_numpy(), saved["prob"].to_numpy(), atol=1e-5)
+    for cell, source in zip(predicted.scores["detections"], files, strict=True):
+        height, width = np.asarray(Image.open(source)).shape
+        for mark in json.loads(cell):
+            assert 0 <= mark["x0"] < mark["x1"] <= width and 0 <= mark["y0"] < mark["y1"] <= height
+            assert 0 < mark["score"] <= 1
+    assert predicted.scores["detections"].tolist() == saved["detections"].tolist()
+
+
+CHECKS = {"segmentation": _segmentation_check, "detection": _detection_check, "detection2d": _detection2d_check}
 
 
 @pytest.mark.slow
@@ -257,7 +294,7 @@ def test_a_run_without_a_package_spec_is_read_from_its_recipe_and_a_broken_one_i
 
 
 def test_unknown_kinds_are_refused_with_the_known_ones():
-    with pytest.raises(ConfigError, match="unknown task kind 'regression'; kinds: binary, detection, multiclass"):
+    with pytest.raises(ConfigError, match="unknown task kind 'regression'; kinds: binary, detection, detection2d, multiclass"):
         task_for({"kind": "regression", "classes": ["a"]})
     with pytest.raises(ConfigError, match="'regression' found using 'kind' does not match any of the expected tags"):
         load_recipe("dr-grading", ["task.kind=regression"])

@@ -1,9 +1,9 @@
 """Preprocess each case once into a memory-mapped array, so training epochs only augment.
 
 A cache folder holds ``images.npy`` (``N x C x S x S`` uint8, memory-mapped) and
-``index.json`` (the preprocessing spec, the case ids, and a key made from the spec and each
-file's path, size and modification time). A cache whose key matches is reused; anything
-else rebuilds it, atomically.
+``index.json`` (the preprocessing spec, the case ids, each source image's height and width, and
+a key made from the spec and each file's path, size and modification time). A cache whose key
+matches is reused; anything else rebuilds it, atomically.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ __all__ = ["ImageCache", "build_image_cache", "cache_key", "default_cache_dir", 
 
 log = logging.getLogger(__name__)
 
-_VERSION = 1
+_VERSION = 2  # 2: the source images' shapes are kept
 T = TypeVar("T")
 
 
@@ -43,6 +43,7 @@ class ImageCache:
     images: np.ndarray  # memory-mapped (N, C, S, S) uint8
     case_ids: tuple[str, ...]
     spec: Preprocess2D
+    shapes: tuple[tuple[int, int], ...] = ()  # each source image's (height, width), for boxes drawn on it
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -97,7 +98,8 @@ def reuse(folder: Path, key: str, open_cache: Callable[[Path], T]) -> T | None:
 def _open(folder: Path) -> ImageCache:
     index = json.loads((folder / "index.json").read_text())
     images = np.load(folder / "images.npy", mmap_mode="r")
-    return ImageCache(folder, images, tuple(index["case_ids"]), Preprocess2D(**index["spec"]))
+    shapes = tuple((int(h), int(w)) for h, w in index.get("shapes", ()))
+    return ImageCache(folder, images, tuple(index["case_ids"]), Preprocess2D(**index["spec"]), shapes)
 
 
 def build_image_cache(
@@ -123,6 +125,7 @@ def build_image_cache(
     folder.parent.mkdir(parents=True, exist_ok=True)
     n = len(manifest)
     npz_cache: dict[Path, Any] = {}
+    shapes: list[list[int]] = []
     with atomic_dir(folder, overwrite=True) as tmp:
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                            shape=(n, spec.channels, spec.size, spec.size))  # fmt: skip
@@ -130,6 +133,7 @@ def build_image_cache(
             try:
                 volume = read_case_image(manifest, row, column, npz_cache)
                 images[i] = prepare_image(volume, spec)
+                shapes.append([int(s) for s in volume.spatial_shape[-2:]])
             except MedsightError as exc:
                 raise InputError(
                     f"case {row['case_id']}: cannot prepare {row[column]}: {exc}. "
@@ -144,6 +148,7 @@ def build_image_cache(
             "version": _VERSION,
             "spec": spec.model_dump(),
             "case_ids": list(manifest.table["case_id"]),
+            "shapes": shapes,
         }
         (tmp / "index.json").write_text(json.dumps(index))
     for data in npz_cache.values():

@@ -45,7 +45,9 @@ __all__ = [
     "LUNA16_RATES",
     "FrocEntries",
     "average_precision_boxes",
+    "average_precision_of",
     "box_iou",
+    "box_matches",
     "cpm",
     "froc_curve",
     "froc_summary",
@@ -161,7 +163,10 @@ def froc_summary(
         "cpm": bootstrap_ci(lambda k, p: cpm(k, p, rates), *arrays, groups=groups, n_resamples=bootstrap, seed=seed),
         "sensitivity": {
             f"{rate:g}": bootstrap_ci(
-                lambda k, p, r=rate: _sensitivity_at_rate(k, p, r), *arrays, groups=groups, n_resamples=bootstrap,
+                lambda k, p, r=rate: _sensitivity_at_rate(k, p, r),
+                *arrays,
+                groups=groups,
+                n_resamples=bootstrap,
                 seed=seed,
             )
             for rate in rates
@@ -358,46 +363,62 @@ def match_boxes(
     return _reduce(images, per_image, 0)
 
 
-def average_precision_boxes(
+def box_matches(
     detections: pd.DataFrame, truths: pd.DataFrame, *, iou: float = 0.5, max_detections: int = 100
-) -> float:
-    """Average precision of one class's detections (``image, x0, y0, x1, y1, score``) against true
-    boxes (``image, x0, y0, x1, y1``) as COCO computes it: per image the ``max_detections`` highest
-    scores, each matched greedily (by descending score) to the unmatched true box of highest IoU at
-    or above ``iou``; precision made non-increasing and read at 101 recall levels 0, 0.01, ... 1
-    (0 where recall never reaches a level), then averaged. NaN when there is no true box."""
+) -> pd.DataFrame:
+    """COCO's matching of one class's detections (``image, x0, y0, x1, y1, score``) to true boxes
+    (``image, x0, y0, x1, y1``): per image the ``max_detections`` highest scores, each matched
+    greedily (by descending score) to the unmatched true box of highest IoU at or above ``iou``.
+
+    Returns:
+        One row per detection kept (``image``, ``score``, ``hit``, ``truths`` 0) and one per image
+        with true boxes (``image``, ``score`` NaN, ``hit`` False, ``truths`` = its box count):
+        what :func:`average_precision_of` reads, and what a bootstrap can resample by image.
+    """
     if not 0 < iou <= 1:
         raise InputError(f"iou must be in (0, 1], got {iou}")
     marks = _boxes(detections, "detections", ["score"])
     boxes = _boxes(truths, "true boxes")
-    if len(boxes) == 0:
-        return float("nan")
     boxes_of = {k: g[_BOX].to_numpy(float) for k, g in boxes.groupby("image", sort=False)}
-    scores: list[np.ndarray] = []
-    matched: list[np.ndarray] = []
-    for image in sorted(set(marks["image"]) | set(boxes_of)):
-        mine = marks[marks["image"] == image]
+    marks_of = {k: g for k, g in marks.groupby("image", sort=False)}
+    rows: list[tuple[str, float, bool, int]] = []
+    for image in sorted(set(marks_of) | set(boxes_of)):
+        theirs = boxes_of.get(image, np.zeros((0, 4)))
+        if len(theirs):
+            rows.append((image, float("nan"), False, len(theirs)))
+        mine = marks_of.get(image)
+        if mine is None:
+            continue
         order = np.argsort(-mine["score"].to_numpy(float), kind="mergesort")[:max_detections]
         score = mine["score"].to_numpy(float)[order]
-        theirs = boxes_of.get(image, np.zeros((0, 4)))
         overlap = box_iou(mine[_BOX].to_numpy(float)[order], theirs)
         taken = np.zeros(len(theirs), bool)
-        hit = np.zeros(len(score), bool)
         for d in range(len(score)):
             best, chosen = min(iou, 1 - 1e-10), -1
             for g in range(len(theirs)):
                 if not taken[g] and overlap[d, g] >= best:
                     best, chosen = overlap[d, g], g
             if chosen >= 0:
-                taken[chosen] = hit[d] = True
-        scores.append(score)
-        matched.append(hit)
-    score = np.concatenate(scores) if scores else np.zeros(0)
-    hit = np.concatenate(matched) if matched else np.zeros(0, bool)
-    order = np.argsort(-score, kind="mergesort")
-    hit = hit[order]
+                taken[chosen] = True
+            rows.append((image, float(score[d]), chosen >= 0, 0))
+    return pd.DataFrame(rows, columns=["image", "score", "hit", "truths"]).astype(
+        {"image": str, "score": float, "hit": bool, "truths": int}
+    )
+
+
+def average_precision_of(score: np.ndarray, hit: np.ndarray, truths: np.ndarray) -> float:
+    """COCO's average precision of matched rows (:func:`box_matches`'s ``score, hit, truths``):
+    precision made non-increasing and read at 101 recall levels 0, 0.01, ... 1 (0 where recall
+    never reaches a level), then averaged. NaN when there is no true box."""
+    total = int(np.sum(truths))
+    if total == 0:
+        return float("nan")
+    score = np.asarray(score, float)
+    marks = np.isfinite(score)
+    order = np.argsort(-score[marks], kind="mergesort")
+    hit = np.asarray(hit, bool)[marks][order]
     tp, fp = np.cumsum(hit), np.cumsum(~hit)
-    recall = tp / len(boxes)
+    recall = tp / total
     precision = tp / (tp + fp + np.spacing(1))
     precision = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
     levels = np.linspace(0.0, 1.0, 101)
@@ -405,3 +426,13 @@ def average_precision_boxes(
     read = np.where(at < len(precision), precision[np.minimum(at, max(len(precision) - 1, 0))] if len(precision)
                     else 0.0, 0.0)  # fmt: skip
     return float(np.mean(read))
+
+
+def average_precision_boxes(
+    detections: pd.DataFrame, truths: pd.DataFrame, *, iou: float = 0.5, max_detections: int = 100
+) -> float:
+    """Average precision of one class's detections (``image, x0, y0, x1, y1, score``) against true
+    boxes (``image, x0, y0, x1, y1``) as COCO computes it (:func:`box_matches`, then
+    :func:`average_precision_of`). NaN when there is no true box."""
+    rows = box_matches(detections, truths, iou=iou, max_detections=max_detections)
+    return average_precision_of(rows["score"].to_numpy(), rows["hit"].to_numpy(), rows["truths"].to_numpy())

@@ -4,6 +4,7 @@ predictions and their evaluation), and how predictions combine (views -> exams).
 from medsight.tasks.base import Task, TaskData, Training, register_task, registered_tasks, task_for, task_spec_types
 from medsight.tasks.classification import ClassificationSpec, ClassificationTask, corn_class_probabilities, corn_loss
 from medsight.tasks.detection import DetectionSpec, DetectionTask
+from medsight.tasks.detection2d import Detection2DSpec, Detection2DTask
 from medsight.tasks.fusion import attention_pool, fit_attention_temperature, fuse_views
 from medsight.tasks.package import PACKAGE_FILE, ModelPackage, Provenance
 from medsight.tasks.results import Estimate, Evaluation, Prediction
@@ -13,6 +14,8 @@ __all__ = [
     "PACKAGE_FILE",
     "ClassificationSpec",
     "ClassificationTask",
+    "Detection2DSpec",
+    "Detection2DTask",
     "DetectionSpec",
     "DetectionTask",
     "Estimate",

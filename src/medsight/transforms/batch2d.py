@@ -37,12 +37,14 @@ def warp(
     zoom: torch.Tensor,
     displacement: torch.Tensor | None = None,
     flip: torch.Tensor | None = None,
+    *,
+    mode: str = "bilinear",
 ) -> torch.Tensor:
     """Rotate (radians, clockwise as displayed with row 0 on top) and zoom (> 1 enlarges) each
     image about its centre, plus an optional per-pixel ``displacement`` ``(B, 2, H, W)`` in
     pixels (x, y); images whose ``flip`` is True are mirrored left-right first (same resampling).
 
-    Bilinear interpolation; outside the image is 0.
+    Bilinear interpolation (``mode="nearest"`` for label maps); outside the image is 0.
     """
     b, _, h, w = images.shape
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
@@ -55,7 +57,7 @@ def warp(
     if displacement is not None:
         scale = torch.tensor([2.0 / w, 2.0 / h], device=images.device, dtype=images.dtype)
         grid = grid + displacement.permute(0, 2, 3, 1) * scale
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
 def gaussian_blur(images: torch.Tensor, sigma_y: torch.Tensor, sigma_x: torch.Tensor) -> torch.Tensor:
@@ -120,7 +122,19 @@ class BatchAugmenter:
         """The training loop's form: the images augmented, the (per-image) targets as they are."""
         return self(images), targets
 
+    def with_maps(self, images: torch.Tensor, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loop's form for targets that are maps over the image (``(B, H, W)`` or
+        ``(B, K, H, W)``, e.g. lesion boxes drawn per pixel): flips, rotations, zooms and elastic
+        deformation move each map with its image (nearest neighbour, outside the image 0); the
+        intensity changes leave them alone."""
+        if maps.shape[0] != images.shape[0] or maps.shape[-2:] != images.shape[-2:]:
+            raise InputError(f"maps {tuple(maps.shape)} do not cover the images {tuple(images.shape)} one to one")
+        return self._augment(images, maps)
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self._augment(images, None)[0]
+
+    def _augment(self, images: torch.Tensor, maps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if images.ndim != 4 or not images.is_floating_point():
             raise InputError(
                 f"batch augmentation takes float (B, C, H, W) images in [0, 1]; got {tuple(images.shape)} "
@@ -128,7 +142,7 @@ class BatchAugmenter:
             )
         spec, n = self.spec, images.shape[0]
         if n == 0:
-            return images
+            return images, maps
         h, w = images.shape[-2:]
         # every parameter is drawn here, in this order, whether or not its transform fires (noise
         # values only for the images it hits)
@@ -149,10 +163,16 @@ class BatchAugmenter:
             return mask.nonzero().reshape(-1).to(device)
 
         out = images.clone()
+        moved = None
+        if maps is not None:
+            planes = maps if maps.ndim == 4 else maps[:, None]
+            moved = planes.clone()
         moving = rotating | zooming | bending
         if (flip & ~moving).any():
             index = where(flip & ~moving)
             out[index] = images[index].flip(-1)
+            if moved is not None:
+                moved[index] = planes[index].flip(-1)
         if moving.any():
             displacement = None
             if bending[moving].any():
@@ -162,6 +182,10 @@ class BatchAugmenter:
             a, z = torch.where(rotating, angle, 0.0)[moving], torch.where(zooming, zoom, 1.0)[moving]
             index = where(moving)
             out[index] = warp(images[index], a, z, displacement, flip[moving])
+            if moved is not None:
+                shifted = None if displacement is None else displacement.to(torch.float32)
+                moved[index] = warp(planes[index].to(torch.float32), a, z, shifted, flip[moving],
+                                    mode="nearest").to(planes.dtype)  # fmt: skip
         if scaling.any():
             index = where(scaling)
             out[index] *= factor[scaling].to(device, images.dtype)[:, None, None, None]
@@ -174,4 +198,6 @@ class BatchAugmenter:
         if noisy.any():
             noise = torch.randn(int(noisy.sum()), *images.shape[1:]) * std[noisy][:, None, None, None]
             out[where(noisy)] += noise.to(device, images.dtype)
-        return out.clamp_(0.0, 1.0)
+        if moved is not None and maps.ndim == 3:
+            moved = moved[:, 0]
+        return out.clamp_(0.0, 1.0), moved

@@ -55,6 +55,7 @@ class Step:
     images_per_case: int = 1
     phantom_options: tuple[tuple[str, Any], ...] = ()
     volumetric: Volumetric | None = None  # a 3D step's time model; 2D steps use the image-rate model
+    quick: tuple[str, ...] = ()  # the quick profile's overrides beyond the shared ones
 
 
 _COMMON = ("train.batch_size=32", "train.precision=auto", "evaluation.bootstrap=1000")
@@ -77,9 +78,11 @@ DEMO = (
     Step(
         "mammo-screening",
         200,
-        (*_COMMON, "preprocess.size=160", "train.epochs=10", "train.early_stopping=null"),
+        # the 2D detector on 64-pixel patches of 256-pixel views (patches balance lesions and tissue)
+        (*_COMMON, "train.batch_size=64", "train.early_stopping=null"),
         (Headline("mammography exam AUC", "exam auc", 0.85),),
         images_per_case=4,
+        quick=("task.patches_per_epoch=128",),
     ),
     Step(
         "brain-tumor-seg",
@@ -121,11 +124,10 @@ _QUICK_3D = ("train.epochs=1", "evaluation.bootstrap=50", "train.precision=fp32"
 # the long profile: more cases, larger images and epochs where the standard 10 minutes fall short
 LONG: dict[str, tuple[int, tuple[str, ...]]] = {
     "cxr-findings": (1500, ("preprocess.size=160", "train.epochs=14")),
-    "mammo-screening": (400, ("preprocess.size=256", "train.epochs=12")),
 }
 # the lean profile, for CPUs on which the standard demo would overrun its budget (measured at the
 # start): ResNet-10 (1.9x faster to train than ResNet-18) for DR and mammography, chest X-rays at
-# 96 px for 14 epochs, fewer and smaller mammograms. Checked on phantom seeds 0-2 (AVX-512 BF16):
+# 96 px for 14 epochs. Checked on phantom seeds 0-2 (AVX-512 BF16):
 # DR referable AUC 0.971 / 0.948, QWK 0.817 / 0.780; CXR macro AUC 0.898 (12 epochs) / 0.883 / 0.872.
 # The 3D steps train less: on AVX2 kernels (fp32, 2.5x slower than bf16 for 3D) the lean demo with
 # the cardiac step at 12 epochs of 4 x 25 patches took 15 min 8 s (brain WT 0.873 / ET 0.747 met, EF
@@ -134,12 +136,13 @@ LONG: dict[str, tuple[int, tuple[str, ...]]] = {
 LEAN: dict[str, tuple[int, tuple[str, ...]]] = {
     "dr-grading": (400, ("model.name=resnet10",)),
     "cxr-findings": (1200, ("preprocess.size=96", "train.epochs=14")),
-    "mammo-screening": (100, ("model.name=resnet10", "preprocess.size=128", "train.epochs=8")),
+    "mammo-screening": (200, ("model.name=resnet10",)),
     "brain-tumor-seg": (40, ("train.epochs=10",)),
     "cardiac-function": (40, ("train.epochs=16", "preprocess.overrides.batch_size=2")),
 }
 Profile = Literal["quick", "standard", "lean", "long"]
 _PROFILES: tuple[str, ...] = get_args(Profile)
+_CLASSIFIERS = ("binary", "multiclass", "multilabel", "ordinal")
 _VAL_FRACTION = _TEST_FRACTION = 0.15  # the demo's split
 # Time model, fitted on the reference machine (2-core AMD EPYC, AVX-512 BF16) and checked with its
 # AVX2 kernels only: training and validation take their images over the measured training speed
@@ -225,7 +228,7 @@ def _steps(profile: Profile, recipes: Sequence[str] | None = None) -> tuple[tupl
             continue
         cases, extra = extras.get(step.recipe, (step.cases, ()))
         if profile == "quick":
-            cases, extra = max(12, cases // 25), _QUICK_3D if step.volumetric else _QUICK
+            cases, extra = max(12, cases // 25), (*(_QUICK_3D if step.volumetric else _QUICK), *step.quick)
         steps.append((step, cases, extra))
     return tuple(steps)
 
@@ -279,6 +282,8 @@ def _estimate(steps: tuple[tuple[Step, int, tuple[str, ...]], ...], speed: float
         epochs = recipe.train.epochs
         rate = speed * _MODEL_SPEED.get(recipe.model.name, 1.0) * _TRAINING_EFFICIENCY / pixels
         training = images * _TRAIN_SHARE * epochs / rate
+        if recipe.task.kind == "detection2d":  # trained on patches, a fixed number per epoch
+            training = recipe.task.patches_per_epoch * epochs * (recipe.task.patch / recipe.preprocess.size) ** 2 / rate
         scoring = images * (_VAL_SHARE * epochs + _TEST_FRACTION) / (3 * rate)  # inference: ~3x training speed
         overhead = cases * _OVERHEAD_PER_CASE.get(step.recipe, 0.1) * _REFERENCE_FP32 / fp32_speed
         total += training + scoring + overhead
@@ -310,8 +315,8 @@ def plan_demo(
         return DemoPlan(profile, steps)
     from medsight.engine.tuning import cpu_class
 
-    # the probe times the first 2D step (the 3D steps' time model is scaled by the same speed)
-    first, _, extra = next((s for s in steps if s[0].volumetric is None), _steps(profile)[0])
+    # the probe times the first 2D classifier (the other steps' time models are scaled by its speed)
+    first, _, extra = next((s for s in steps if _recipe(s[0], s[2], 0).task.kind in _CLASSIFIERS), _steps(profile)[0])
     mode = _probe(first, extra)
     speed, speeds = mode.images_per_second, dict(mode.speeds)
     fp32 = speeds.get("fp32, contiguous", speed)
@@ -341,8 +346,8 @@ def run_demo(
     ``standard`` takes about 13 minutes on a 2-core AVX-512 CPU; where it would overrun 15
     minutes (measured at the start, :func:`plan_demo`) the ``lean`` settings run instead.
     ``quick`` shrinks everything (a handful of cases, one epoch, tiny images) to check that the
-    whole chain runs; its figures mean nothing. ``long`` gives chest X-rays and mammography
-    more cases, larger images and more epochs (:data:`LONG`), enough for their targets.
+    whole chain runs; its figures mean nothing. ``long`` gives chest X-rays more cases, larger
+    images and more epochs (:data:`LONG`).
     Timings per stage go to ``out/timings.json``.
     """
     begun = time.perf_counter()
