@@ -28,6 +28,7 @@ def test_cache_is_built_once_and_reused(fundus, tmp_path):
     cache = build_image_cache(fundus, spec, tmp_path / "cache", progress=lambda *a: seen.append(a))
     assert cache.images.shape == (6, 3, 64, 64) and seen[-1] == ("preprocessing images", 6, 6)
     assert list(cache.case_ids) == list(fundus.table["case_id"])
+    assert len(cache.shapes) == 6 and all(h > 64 and w > 64 for h, w in cache.shapes)  # the sources' own sizes
     stamp = (tmp_path / "cache" / "images.npy").stat().st_mtime_ns
     again = build_image_cache(fundus, spec, tmp_path / "cache")
     assert (tmp_path / "cache" / "images.npy").stat().st_mtime_ns == stamp

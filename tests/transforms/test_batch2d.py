@@ -109,6 +109,32 @@ def test_seeded_runs_repeat_and_everything_stays_in_range():
     assert augment(images[:0]).shape == (0, 3, 32, 32)
 
 
+@pytest.mark.parametrize("spec", [only(flip=1.0), only(rotate=1.0, zoom=1.0), Augment2D(elastic=1.0, flip=0.5)])
+def test_maps_move_with_their_images_and_keep_their_codes(spec):
+    """A bright square and its map code (3) stay together through every geometric change; intensity
+    changes leave the map alone and never invent a code."""
+    images = torch.zeros(16, 1, 48, 40)
+    maps = torch.zeros(16, 48, 40, dtype=torch.uint8)
+    for k in range(16):
+        y, x = 4 + 2 * k, 6 + k
+        images[k, 0, y : y + 10, x : x + 12] = 1.0
+        maps[k, y : y + 10, x : x + 12] = 3
+    torch.manual_seed(0)
+    moved_images, moved_maps = BatchAugmenter(spec).with_maps(images, maps)
+    assert moved_maps.dtype == torch.uint8 and set(moved_maps.unique().tolist()) <= {0, 3}
+    bright, coded = moved_images[:, 0] > 0.5, moved_maps == 3
+    agreement = (bright & coded).sum() / (bright | coded).sum()
+    assert agreement > 0.85
+    channels = maps[:, None].repeat(1, 2, 1, 1)  # (B, K, H, W) maps work too
+    torch.manual_seed(0)
+    _, moved = BatchAugmenter(spec).with_maps(images, channels)
+    assert torch.equal(moved[:, 0], moved_maps) and torch.equal(moved[:, 1], moved_maps)
+    torch.manual_seed(0)
+    torch.testing.assert_close(BatchAugmenter(spec)(images), moved_images)  # the same draws as without maps
+    with pytest.raises(InputError, match="do not cover the images"):
+        BatchAugmenter(spec).with_maps(images, maps[:, :20])
+
+
 def test_bad_input_is_named():
     with pytest.raises(InputError, match=r"float \(B, C, H, W\)"):
         BatchAugmenter(Augment2D())(torch.rand(3, 32, 32))
