@@ -307,7 +307,8 @@ class Detection2DTask(Task):
         spec = as_model(preprocess, Preprocess2D)
         if "boxes" not in manifest.table.columns:
             raise InputError("the manifest has no boxes column: 2D detection learns from boxes (the vindr-mammo, "
-                             "cbis-ddsm, nih-cxr14 and rsna-pneumonia adapters write them)")  # fmt: skip
+                             "nih-cxr14 and rsna-pneumonia adapters write them). For images labelled without boxes "
+                             "train an image classifier, e.g. --recipe mammo-screening-classifier")  # fmt: skip
         labels = self.classifier.targets(manifest)
         cache = build_image_cache(manifest, spec, folder, progress=progress)
         boxes, unknown = [], np.zeros(len(manifest), bool)
@@ -331,7 +332,8 @@ class Detection2DTask(Task):
             raise InputError(
                 f"no training image has a finding box ({len(train)} train images): 2D detection learns where "
                 f"findings are. Check the manifest's boxes column and the recipe's box_labels / min_birads "
-                f"({self.settings.box_labels}, {self.settings.min_birads})"
+                f"({self.settings.box_labels}, {self.settings.min_birads}), or train an image classifier on data "
+                "without boxes (e.g. --recipe mammo-screening-classifier)"
             )
 
     def dataset(self, data: TaskData, indices: np.ndarray) -> Dataset:
