@@ -10,6 +10,7 @@ split (operating points, fusion of mammography views) are in
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -33,12 +34,19 @@ from medsight.data.dataset import ImageDataset
 from medsight.data.manifest import Manifest
 from medsight.data.qc import target_problems
 from medsight.metrics.classification import quadratic_weighted_kappa, roc_auc
+from medsight.models.cam import cam_box, class_activation_maps
 from medsight.models.registry import ModelChoice, build_model, registered_models
 from medsight.tasks import classification_report as report
 from medsight.tasks.base import Task, TaskData, Training, as_model, register_task
 from medsight.tasks.results import Estimate, Prediction
 from medsight.transforms.batch2d import BatchAugmenter
-from medsight.transforms.image2d import Augment2D, Preprocess2D, build_augmentation, prepare_image
+from medsight.transforms.image2d import (
+    Augment2D,
+    Preprocess2D,
+    boxes_from_prepared,
+    build_augmentation,
+    prepare_image,
+)
 
 __all__ = ["ClassificationSpec", "ClassificationTask", "corn_class_probabilities", "corn_loss"]
 
@@ -69,6 +77,15 @@ class ClassificationSpec(BaseModel):
         if self.fusion is not None and self.kind != "binary":
             raise ValueError(f"fusion combines binary per-view scores; this task is {self.kind}")
         return self
+
+
+def _boxes_cell(value: Any) -> bool:
+    """Whether a manifest's boxes cell holds any box."""
+    return isinstance(value, str) and value.strip() not in ("", "[]")
+
+
+def _has_boxes(cases: pd.DataFrame) -> bool:
+    return "boxes" in cases.columns and bool(cases["boxes"].map(_boxes_cell).any())
 
 
 def _nanmean(values: list[float]) -> float:
@@ -381,6 +398,34 @@ class ClassificationTask(Task):
         return (*(f"auc_{name}" for name in self.classes), "macro_auc")
 
     # --- predictions ------------------------------------------------------------------------
+    def predict_split(
+        self, model: nn.Module, data: TaskData, indices: np.ndarray, *, batch_size: int = 64
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Cases and scores; for findings (multi-label) of images that carry boxes, also where the
+        network saw each finding: ``cam_boxes``, a JSON object of one box per finding (source
+        pixels) from its class activation map, which evaluation scores against the boxes."""
+        cases = data.manifest.table.iloc[indices].reset_index(drop=True)
+        if self.kind != "multilabel" or not _has_boxes(cases):
+            return super().predict_split(model, data, indices, batch_size=batch_size)
+        dataset, cache = self.dataset(data, indices), data.inputs
+        model = model.eval()
+        logits, boxes = [], []
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[k] for k in range(start, min(start + batch_size, len(dataset)))]
+            outputs, maps = class_activation_maps(model, torch.stack([image for image, _ in items]))
+            logits.append(outputs)
+            for row, cam in zip(range(start, start + len(items)), maps.numpy(), strict=True):
+                if not _boxes_cell(cases["boxes"].iloc[row]):
+                    boxes.append("")
+                    continue
+                size, shape = cache.images.shape[-1], cache.shapes[int(indices[row])]
+                corners = {name: boxes_from_prepared(np.array(cam_box(cam[k], size)), shape, size)[0]
+                           for k, name in enumerate(self.classes)}  # fmt: skip
+                boxes.append(json.dumps({name: np.round(box, 1).tolist() for name, box in corners.items()}))
+        scores = self.scores(torch.cat(logits))
+        scores["cam_boxes"] = boxes
+        return cases, scores
+
     def scores(self, outputs: torch.Tensor) -> pd.DataFrame:
         """``prob`` (binary) or one ``prob_<class>`` column per class, grade or finding."""
         p = self.probabilities(outputs.float()).detach().cpu().numpy()

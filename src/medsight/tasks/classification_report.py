@@ -29,6 +29,7 @@ from medsight.metrics import (
     threshold_for_specificity,
     threshold_youden,
 )
+from medsight.metrics.detection import box_iou
 from medsight.tasks.fusion import fit_attention_temperature, fuse_views
 from medsight.tasks.results import Estimate
 
@@ -40,6 +41,7 @@ __all__ = ["FUSION_FILE", "evaluate", "fitted_fusion", "fuse", "paired_scores", 
 log = logging.getLogger(__name__)
 
 FUSION_FILE = "fusion.json"  # how `medsight evaluate` fused views (method, fitted temperature)
+CAM_IOU = 0.3  # a class activation map's box localises a finding when it overlaps its true box this much
 
 
 def evaluate(
@@ -93,6 +95,8 @@ def _figures(details: dict[str, Any]) -> dict[str, Estimate]:
     for name, finding in details.get("findings", {}).items():
         undefined = {"estimate": None, "low": None, "high": None, "undefined": finding.get("undefined")}
         figures[f"auc {name}"] = Estimate.of(finding.get("auc", undefined))
+    if "hit_rate" in details.get("localisation", {}):
+        figures[f"cam boxes hit @ IoU {CAM_IOU:g}"] = Estimate.of(details["localisation"]["hit_rate"])
     return figures
 
 
@@ -286,7 +290,37 @@ def _multilabel_report(
     labels = test[[f"target_{c}" for c in classes]].to_numpy(float)
     scores = test[[f"prob_{c}" for c in classes]].to_numpy()
     macro = bootstrap_ci(_macro_auc, labels, scores, groups=groups, n_resamples=n)
-    return {"findings": findings, "metrics": {"macro_auc": macro}}
+    out = {"findings": findings, "metrics": {"macro_auc": macro}}
+    if "cam_boxes" in test.columns and "boxes" in test.columns:
+        out["localisation"] = _cam_localisation(test, classes, groups, n)
+    return out
+
+
+def _cam_localisation(test: pd.DataFrame, classes: Sequence[str], groups: np.ndarray, n: int) -> dict[str, Any]:
+    """How often the class activation map's box of a finding overlaps its true box with IoU >= ``CAM_IOU``
+    (every true box whose label names one of ``classes``, case-insensitively), overall and per finding."""
+    by_name = {c.lower(): c for c in classes}
+    hits, names, patients = [], [], []
+    for cell, boxes, patient in zip(test["cam_boxes"], test["boxes"], groups, strict=True):
+        if not isinstance(cell, str) or not cell or not isinstance(boxes, str) or not boxes.strip():
+            continue
+        cams = json.loads(cell)
+        for box in json.loads(boxes):
+            name = by_name.get(str(box.get("label", "")).lower())
+            if name is None or name not in cams:
+                continue
+            truth = np.array([[box["x"], box["y"], box["x"] + box["w"], box["y"] + box["h"]]], float)
+            hits.append(float(box_iou(np.array([cams[name]], float), truth)[0, 0] >= CAM_IOU))
+            names.append(name)
+            patients.append(patient)
+    if not hits:
+        return {"iou": CAM_IOU, "undefined": "no box of the split names one of the findings"}
+    hit, name_of, group = np.array(hits), np.array(names), np.array(patients)
+    per = {name: {"boxes": int((name_of == name).sum()),
+                  "hit_rate": bootstrap_ci(np.mean, hit[name_of == name], groups=group[name_of == name], n_resamples=n)}
+           for name in classes if (name_of == name).any()}  # fmt: skip
+    overall = bootstrap_ci(np.mean, hit, groups=group, n_resamples=n)
+    return {"iou": CAM_IOU, "boxes": len(hits), "hit_rate": overall, "findings": per}
 
 
 def _macro_auc(labels: np.ndarray, scores: np.ndarray) -> float:
