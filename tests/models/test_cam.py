@@ -77,7 +77,8 @@ def test_findings_boxes_come_back_in_source_pixels_and_are_scored(tmp_path):
         if i % 2:
             boxes.append({"label": "Effusion", "x": 0, "y": 48, "w": 40, "h": 12})
         rows.append({"case_id": f"c{i}", "patient_id": f"p{i}", "image": f"i{i}.png", "split": "test",
-                     "target_nodule": 1, "target_effusion": i % 2, "boxes": json.dumps(boxes) if i < 5 else ""})  # fmt: skip
+                     "target_nodule": 1, "target_effusion": i % 2,
+                     "boxes": json.dumps(boxes) if i < 5 else ""})  # fmt: skip
     pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
     task = ClassificationTask("multilabel", ("nodule", "effusion"))
     data = task.prepare(Manifest.load(tmp_path / "m.csv"), Preprocess2D(size=32, channels=1), tmp_path / "c",
