@@ -343,6 +343,9 @@ class Detection2DTask(Task):
         """Patches drawn at the recipe's rates (they balance findings and normal tissue, whatever
         ``balance`` says), augmented on the device with their target maps."""
         s = self.settings
+        if balance != "none":
+            log.info("balance: %s is not used by 2D detection: the patch rates (finding_rate %.2f, other_rate %.2f) "
+                     "balance findings and normal tissue", balance, s.finding_rate, s.other_rate)  # fmt: skip
         patches = BoxPatches(data.inputs, indices, patch=s.patch, samples=s.patches_per_epoch,
                              finding_rate=s.finding_rate, other_rate=s.other_rate)  # fmt: skip
         return Training(loss=self.loss, train_set=patches,
