@@ -39,10 +39,11 @@ def test_the_box_holds_the_peak_region_only():
     cam = np.zeros((8, 8))
     cam[2:4, 5:7] = 1.0  # the strongest region
     cam[6, 0] = 0.4  # weaker elsewhere
-    assert cam_box(cam, 8, fraction=0.5) == (5.0, 2.0, 7.0, 4.0)
-    x0, y0, x1, y1 = cam_box(cam, 64)
+    assert cam_box(cam, 8, fraction=0.5) == (5.0, 2.0, 7.0, 4.0, 5.5, 2.5)
+    x0, y0, x1, y1, x, y = cam_box(cam, 64)
     assert 36 <= x0 < 44 and 12 <= y0 < 20 and 52 < x1 <= 60 and 28 < y1 <= 36  # resized with the image
-    assert cam_box(np.ones((4, 4)), 16) == (0.0, 0.0, 16.0, 16.0)  # a flat map says nothing: the whole image
+    assert x0 < x < x1 and y0 < y < y1
+    assert cam_box(np.ones((4, 4)), 16)[:4] == (0.0, 0.0, 16.0, 16.0)  # a flat map says nothing: the whole image
     with pytest.raises(InputError, match="finite"):
         cam_box(np.full((4, 4), np.nan), 16)
 
@@ -88,10 +89,13 @@ def test_findings_boxes_come_back_in_source_pixels_and_are_scored(tmp_path):
     for i in range(5):
         nodule = json.loads(scores["cam_boxes"].iloc[i])["nodule"]
         x, y = 5 + 3 * i, 10 + 4 * i
-        np.testing.assert_allclose(nodule, [x, y, x + 10, y + 12], atol=2.0)
+        np.testing.assert_allclose(nodule["box"], [x, y, x + 10, y + 12], atol=2.0)
+        assert x <= nodule["peak"][0] <= x + 10 and y <= nodule["peak"][1] <= y + 12
     table = Prediction(cases, scores).table()
     from medsight.tasks.classification_report import _cam_localisation
 
     found = _cam_localisation(table, ["nodule", "effusion"], table["patient_id"].to_numpy(), 20)
     assert found["findings"]["nodule"]["hit_rate"]["estimate"] == 1.0
+    assert found["findings"]["nodule"]["pointing"]["estimate"] == 1.0
     assert found["findings"]["effusion"]["hit_rate"]["estimate"] == 0.0 and found["boxes"] == 7
+    assert found["findings"]["effusion"]["pointing"]["estimate"] == 0.0

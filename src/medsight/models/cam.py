@@ -58,18 +58,20 @@ def class_activation_maps(model: nn.Module, images: torch.Tensor) -> tuple[torch
     return logits.float(), maps
 
 
-def cam_box(cam: np.ndarray, size: int, *, fraction: float = 0.5) -> tuple[float, float, float, float]:
+def cam_box(cam: np.ndarray, size: int, *, fraction: float = 0.5) -> tuple[float, float, float, float, float, float]:
     """The box ``x0, y0, x1, y1`` (pixels of a ``size``-pixel square image) around the region of a
     class activation map ``(h, w)`` that holds its maximum and stays at or above ``fraction`` of
-    its range (the map resized to the image, bilinear)."""
+    its range (the map resized to the image, bilinear), and the maximum's position ``x, y`` (the
+    pixel's centre)."""
     if cam.ndim != 2 or not np.all(np.isfinite(cam)):
         raise InputError(f"a class activation map is a finite (h, w) array; got shape {cam.shape}")
     up = F.interpolate(torch.from_numpy(np.ascontiguousarray(cam, np.float32))[None, None], size=(size, size),
                        mode="bilinear", align_corners=False)[0, 0].numpy()  # fmt: skip
     low, high = float(up.min()), float(up.max())
-    if high <= low:
-        return 0.0, 0.0, float(size), float(size)
-    regions, _ = ndimage.label(up >= low + fraction * (high - low), structure=np.ones((3, 3), bool))
     peak = np.unravel_index(int(np.argmax(up)), up.shape)
+    centre = (float(peak[1]) + 0.5, float(peak[0]) + 0.5)
+    if high <= low:
+        return 0.0, 0.0, float(size), float(size), *centre
+    regions, _ = ndimage.label(up >= low + fraction * (high - low), structure=np.ones((3, 3), bool))
     ys, xs = np.nonzero(regions == regions[peak])
-    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1), *centre

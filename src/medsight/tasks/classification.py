@@ -402,8 +402,9 @@ class ClassificationTask(Task):
         self, model: nn.Module, data: TaskData, indices: np.ndarray, *, batch_size: int = 64
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Cases and scores; for findings (multi-label) of images that carry boxes, also where the
-        network saw each finding: ``cam_boxes``, a JSON object of one box per finding (source
-        pixels) from its class activation map, which evaluation scores against the boxes."""
+        network saw each finding: ``cam_boxes``, a JSON object giving per finding the box around its
+        class activation map's peak region and the peak (source pixels), which evaluation scores
+        against the boxes."""
         cases = data.manifest.table.iloc[indices].reset_index(drop=True)
         if self.kind != "multilabel" or not _has_boxes(cases):
             return super().predict_split(model, data, indices, batch_size=batch_size)
@@ -419,9 +420,12 @@ class ClassificationTask(Task):
                     boxes.append("")
                     continue
                 size, shape = cache.images.shape[-1], cache.shapes[int(indices[row])]
-                corners = {name: boxes_from_prepared(np.array(cam_box(cam[k], size)), shape, size)[0]
-                           for k, name in enumerate(self.classes)}  # fmt: skip
-                boxes.append(json.dumps({name: np.round(box, 1).tolist() for name, box in corners.items()}))
+                found = {}
+                for k, name in enumerate(self.classes):
+                    x0, y0, x1, y1, x, y = cam_box(cam[k], size)
+                    box, peak = boxes_from_prepared(np.array([[x0, y0, x1, y1], [x, y, x, y]]), shape, size)
+                    found[name] = {"box": np.round(box, 1).tolist(), "peak": np.round(peak[:2], 1).tolist()}
+                boxes.append(json.dumps(found))
         scores = self.scores(torch.cat(logits))
         scores["cam_boxes"] = boxes
         return cases, scores

@@ -97,6 +97,7 @@ def _figures(details: dict[str, Any]) -> dict[str, Estimate]:
         figures[f"auc {name}"] = Estimate.of(finding.get("auc", undefined))
     if "hit_rate" in details.get("localisation", {}):
         figures[f"cam boxes hit @ IoU {CAM_IOU:g}"] = Estimate.of(details["localisation"]["hit_rate"])
+        figures["cam peak in box"] = Estimate.of(details["localisation"]["pointing"])
     return figures
 
 
@@ -297,10 +298,11 @@ def _multilabel_report(
 
 
 def _cam_localisation(test: pd.DataFrame, classes: Sequence[str], groups: np.ndarray, n: int) -> dict[str, Any]:
-    """How often the class activation map's box of a finding overlaps its true box with IoU >= ``CAM_IOU``
-    (every true box whose label names one of ``classes``, case-insensitively), overall and per finding."""
+    """How well class activation maps localise findings, over every true box whose label names one of
+    ``classes`` (case-insensitively): the share whose finding's CAM box overlaps it with IoU >=
+    ``CAM_IOU``, and the share holding the map's peak (the pointing game); overall and per finding."""
     by_name = {c.lower(): c for c in classes}
-    hits, names, patients = [], [], []
+    rows: list[tuple[str, float, float, Any]] = []
     for cell, boxes, patient in zip(test["cam_boxes"], test["boxes"], groups, strict=True):
         if not isinstance(cell, str) or not cell or not isinstance(boxes, str) or not boxes.strip():
             continue
@@ -309,18 +311,22 @@ def _cam_localisation(test: pd.DataFrame, classes: Sequence[str], groups: np.nda
             name = by_name.get(str(box.get("label", "")).lower())
             if name is None or name not in cams:
                 continue
-            truth = np.array([[box["x"], box["y"], box["x"] + box["w"], box["y"] + box["h"]]], float)
-            hits.append(float(box_iou(np.array([cams[name]], float), truth)[0, 0] >= CAM_IOU))
-            names.append(name)
-            patients.append(patient)
-    if not hits:
+            x0, y0, x1, y1 = box["x"], box["y"], box["x"] + box["w"], box["y"] + box["h"]
+            overlap = box_iou(np.array([cams[name]["box"]], float), np.array([[x0, y0, x1, y1]], float))[0, 0]
+            x, y = cams[name]["peak"]
+            rows.append((name, float(overlap >= CAM_IOU), float(x0 <= x <= x1 and y0 <= y <= y1), patient))
+    if not rows:
         return {"iou": CAM_IOU, "undefined": "no box of the split names one of the findings"}
-    hit, name_of, group = np.array(hits), np.array(names), np.array(patients)
-    per = {name: {"boxes": int((name_of == name).sum()),
-                  "hit_rate": bootstrap_ci(np.mean, hit[name_of == name], groups=group[name_of == name], n_resamples=n)}
-           for name in classes if (name_of == name).any()}  # fmt: skip
-    overall = bootstrap_ci(np.mean, hit, groups=group, n_resamples=n)
-    return {"iou": CAM_IOU, "boxes": len(hits), "hit_rate": overall, "findings": per}
+    names = np.array([r[0] for r in rows])
+    hit, pointed, group = (np.array([r[k] for r in rows]) for k in (1, 2, 3))
+
+    def rates(mask: np.ndarray) -> dict[str, Any]:
+        return {"boxes": int(mask.sum()),
+                "hit_rate": bootstrap_ci(np.mean, hit[mask], groups=group[mask], n_resamples=n),
+                "pointing": bootstrap_ci(np.mean, pointed[mask], groups=group[mask], n_resamples=n)}  # fmt: skip
+
+    per = {name: rates(names == name) for name in classes if (names == name).any()}
+    return {"iou": CAM_IOU, **rates(np.ones(len(rows), bool)), "findings": per}
 
 
 def _macro_auc(labels: np.ndarray, scores: np.ndarray) -> float:
