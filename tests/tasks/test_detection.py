@@ -105,7 +105,7 @@ def test_findings_a_detector_cannot_use_are_named(box, message):
 
 
 def test_a_boxes_cell_that_is_not_a_list_of_findings_is_named():
-    from medsight.tasks.detection import _boxes_of
+    from medsight.data.manifest import parse_boxes as _boxes_of
 
     assert _boxes_of("", "c") == [] and _boxes_of(float("nan"), "c") == []
     with pytest.raises(InputError, match="case c9: its boxes cell is not JSON"):

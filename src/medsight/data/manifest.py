@@ -33,7 +33,7 @@ import pandas as pd
 from medsight.core.errors import ConfigError, InputError
 from medsight.io.atomic import atomic_file
 
-__all__ = ["RESERVED_COLUMNS", "SPLITS", "Manifest"]
+__all__ = ["RESERVED_COLUMNS", "SPLITS", "Manifest", "parse_boxes"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,24 @@ def _is_label_column(name: str) -> bool:
 
 def _is_target_column(name: str) -> bool:
     return name == "target" or name.startswith("target_")
+
+
+def parse_boxes(cell: Any, case: str) -> list[Any]:
+    """A manifest's ``boxes`` cell (JSON text; empty or missing for none) as a list.
+
+    Raises:
+        InputError: the cell is not JSON, or not a list (naming ``case``).
+    """
+    if not isinstance(cell, str) or not cell.strip():
+        return []
+    try:
+        boxes = json.loads(cell)
+    except ValueError:
+        raise InputError(f"case {case}: its boxes cell is not JSON ({cell[:60]!r}); make the manifest again "
+                         "with `medsight data manifest`") from None  # fmt: skip
+    if not isinstance(boxes, list):
+        raise InputError(f"case {case}: its boxes cell holds {type(boxes).__name__}, not a list of findings")
+    return boxes
 
 
 @dataclass
@@ -137,11 +155,14 @@ class Manifest:
         return out
 
     def boxes(self, row: int) -> list[dict[str, Any]]:
-        """The boxes (or nodules) of one case; an empty list when it has none."""
+        """The boxes (or nodules) of one case; an empty list when it has none.
+
+        Raises:
+            InputError: the cell is not a JSON list (:func:`parse_boxes`).
+        """
         if "boxes" not in self.table.columns:
             return []
-        value = self.table["boxes"].iloc[row]
-        return json.loads(value) if isinstance(value, str) and value else []
+        return parse_boxes(self.table["boxes"].iloc[row], str(self.table["case_id"].iloc[row]))
 
     def with_table(self, table: pd.DataFrame) -> Manifest:
         """Same root and info, new table (validated)."""

@@ -104,9 +104,10 @@ class Task(ABC):
     fits_on_validation: ClassVar[bool] = True  # evaluation chooses thresholds (or more) on the val split
 
     @classmethod
-    @abstractmethod
     def from_spec(cls, spec: BaseModel) -> Task:
-        """The task a recipe's ``task`` section describes."""
+        """The task a recipe's ``task`` section describes (by default ``cls(spec)``, the spec
+        validated as ``spec_type``)."""
+        return cls(as_model(spec, cls.spec_type))  # type: ignore[call-arg]
 
     @property
     @abstractmethod

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from medsight.core.errors import ConfigError, InputError
+from medsight.data.manifest import parse_boxes
 from medsight.io.atomic import atomic_file
 from medsight.metrics import (
     average_precision,
@@ -303,11 +304,11 @@ def _cam_localisation(test: pd.DataFrame, classes: Sequence[str], groups: np.nda
     ``CAM_IOU``, and the share holding the map's peak (the pointing game); overall and per finding."""
     by_name = {c.lower(): c for c in classes}
     rows: list[tuple[str, float, float, Any]] = []
-    for cell, boxes, patient in zip(test["cam_boxes"], test["boxes"], groups, strict=True):
-        if not isinstance(cell, str) or not cell or not isinstance(boxes, str) or not boxes.strip():
+    for case, cell, boxes, patient in zip(test["case_id"], test["cam_boxes"], test["boxes"], groups, strict=True):
+        if not isinstance(cell, str) or not cell:
             continue
         cams = json.loads(cell)
-        for box in json.loads(boxes):
+        for box in parse_boxes(boxes, str(case)):
             name = by_name.get(str(box.get("label", "")).lower())
             if name is None or name not in cams:
                 continue

@@ -42,7 +42,7 @@ from medsight.core.geometry import Geometry
 from medsight.core.progress import Progress
 from medsight.core.volume import Volume, VolumeMetadata
 from medsight.data.cache import cache_key, reuse
-from medsight.data.manifest import Manifest
+from medsight.data.manifest import Manifest, parse_boxes
 from medsight.data.patches import PatchDataset
 from medsight.data.reading import read_case_image
 from medsight.data.volume_cache import preprocess_for_plan
@@ -51,7 +51,7 @@ from medsight.io.atomic import atomic_dir
 from medsight.metrics.detection import LUNA16_RATES, froc_summary, match_nodules
 from medsight.models.registry import ModelChoice
 from medsight.planning import Plan
-from medsight.tasks.base import Task, TaskData, Training, as_model, register_task
+from medsight.tasks.base import Task, TaskData, Training, register_task
 from medsight.tasks.results import Estimate, Prediction
 from medsight.tasks.segmentation import (
     PlanRequest,
@@ -151,20 +151,6 @@ def find_candidates(
     return pd.DataFrame(rows, columns=columns)
 
 
-def _boxes_of(cell: Any, case: str) -> list[Any]:
-    """A manifest's ``boxes`` cell (JSON text, empty for none) as a list."""
-    if not isinstance(cell, str) or not cell.strip():
-        return []
-    try:
-        boxes = json.loads(cell)
-    except ValueError:
-        raise InputError(f"case {case}: its boxes cell is not JSON ({cell[:60]!r}); make the manifest again "
-                         "with `medsight data manifest`") from None  # fmt: skip
-    if not isinstance(boxes, list):
-        raise InputError(f"case {case}: its boxes cell holds {type(boxes).__name__}, not a list of findings")
-    return boxes
-
-
 def _findings(boxes: Sequence[Any], case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centres (world mm), diameters and whether excluded, of a case's findings."""
     centres, diameters, excluded = [], [], []
@@ -208,7 +194,7 @@ def _targets(manifest: Manifest, folder: Path, *, progress: Progress | None) -> 
         with atomic_dir(folder, overwrite=True) as tmp:
             for n, (_, row) in enumerate(manifest.table.iterrows()):
                 case = str(row["case_id"])
-                centres, diameters, excluded = _findings(_boxes_of(row["boxes"], case), case)
+                centres, diameters, excluded = _findings(parse_boxes(row["boxes"], case), case)
                 try:
                     image = read_case_image(manifest, row, "image")
                 except MedsightError as exc:
@@ -242,10 +228,6 @@ class DetectionTask(Task):
         backbone = SegmentationSpec(kind="segmentation", labels={spec.finding: 1}, overlap=spec.overlap,
                                     mirror=spec.mirror)  # fmt: skip
         self.backbone = SegmentationTask(backbone)
-
-    @classmethod
-    def from_spec(cls, spec: BaseModel) -> DetectionTask:
-        return cls(as_model(spec, DetectionSpec))
 
     @property
     def spec(self) -> DetectionSpec:
@@ -398,7 +380,7 @@ class DetectionTask(Task):
         nodules, excluded = [], []
         for _, row in cases.iterrows():
             case = str(row["case_id"])
-            centres, diameters, is_excluded = _findings(_boxes_of(row.get("boxes"), case), case)
+            centres, diameters, is_excluded = _findings(parse_boxes(row.get("boxes"), case), case)
             for centre, diameter, other in zip(centres, diameters, is_excluded, strict=True):
                 (excluded if other else nodules).append([str(row["case_id"]), *centre, diameter])
         columns = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]

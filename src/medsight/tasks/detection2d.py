@@ -47,7 +47,7 @@ from medsight.core.errors import InputError
 from medsight.core.progress import Progress
 from medsight.core.volume import Volume
 from medsight.data.cache import ImageCache, build_image_cache
-from medsight.data.manifest import Manifest
+from medsight.data.manifest import Manifest, parse_boxes
 from medsight.data.patches import extract_patch
 from medsight.metrics import bootstrap_ci
 from medsight.metrics.classification import roc_auc
@@ -58,7 +58,6 @@ from medsight.models.registry import ModelChoice
 from medsight.tasks import classification_report as report
 from medsight.tasks.base import Task, TaskData, Training, as_model, register_task
 from medsight.tasks.classification import ClassificationTask
-from medsight.tasks.detection import _boxes_of
 from medsight.tasks.results import Estimate, Prediction
 from medsight.transforms.batch2d import BatchAugmenter
 from medsight.transforms.image2d import Augment2D, Preprocess2D, boxes_from_prepared, boxes_to_prepared
@@ -80,7 +79,6 @@ class Detection2DSpec(BaseModel):
         classes: The image-level classes (negative, positive), as for a binary classifier.
         target: The manifest column of the image's label (0/1).
         fusion: Per-image scores fused to breast and exam level (mammography), as for a classifier.
-        finding: What is detected (its name in outputs).
         box_labels: A box is a finding only if its label contains one of these (case-insensitive);
             None: any label.
         min_birads: A box is a finding only if its BI-RADS category is at least this (VinDr-Mammo's
@@ -98,7 +96,6 @@ class Detection2DSpec(BaseModel):
     classes: list[str] = ["negative", "positive"]
     target: str = "target"
     fusion: Literal["max", "mean", "attention"] | None = None
-    finding: str = "lesion"
     box_labels: list[str] | None = None
     min_birads: int | None = Field(None, ge=0, le=6)
     patch: int = Field(64, ge=16, le=1024)
@@ -242,24 +239,6 @@ class BoxPatches(Dataset):
         return torch.from_numpy(image), torch.from_numpy(label)
 
 
-def _box_rows(value: Any, case: str) -> list[tuple[float, float, float, float, str, int | None]]:
-    """A manifest's 2D ``boxes`` cell as ``(x0, y0, x1, y1, label, birads)`` in source pixels."""
-    rows = []
-    for n, box in enumerate(_boxes_of(value, case)):
-        try:
-            x, y, w, h = (float(box[k]) for k in ("x", "y", "w", "h"))
-        except (KeyError, TypeError, ValueError):
-            raise InputError(
-                f"case {case}: box {n + 1} is {box!r}; a 2D box needs x, y, w, h in pixels (as the adapters write "
-                "them); 3D findings (center, diameter_mm) belong to the 3D detection task"
-            ) from None
-        if not all(math.isfinite(v) for v in (x, y, w, h)) or w < 0 or h < 0:
-            raise InputError(f"case {case}: box {n + 1} has x={x}, y={y}, w={w}, h={h}; w and h must be >= 0")
-        birads = box.get("birads")
-        rows.append((x, y, x + w, y + h, str(box.get("label", "")), None if birads is None else int(birads)))
-    return rows
-
-
 @register_task
 @dataclass(frozen=True)
 class Detection2DTask(Task):
@@ -269,10 +248,6 @@ class Detection2DTask(Task):
 
     spec_type = Detection2DSpec
     preprocess_type = Preprocess2D
-
-    @classmethod
-    def from_spec(cls, spec: BaseModel) -> Detection2DTask:
-        return cls(as_model(spec, Detection2DSpec))
 
     @property
     def spec(self) -> Detection2DSpec:
@@ -300,6 +275,29 @@ class Detection2DTask(Task):
             return False
         return s.min_birads is None or (birads is not None and birads >= s.min_birads)
 
+    def coded_boxes(self, cell: Any, case: str, positive: bool) -> np.ndarray:
+        """A manifest's 2D ``boxes`` cell as ``(n, 5)`` rows ``x0, y0, x1, y1, code`` in source pixels:
+        ``FINDING`` for the boxes of a ``positive`` image that pass the recipe's filter, else ``OTHER``.
+
+        Raises:
+            InputError: the cell is not a list of ``x, y, w, h`` boxes (naming ``case``).
+        """
+        rows = []
+        for n, box in enumerate(parse_boxes(cell, case)):
+            try:
+                x, y, w, h = (float(box[k]) for k in ("x", "y", "w", "h"))
+            except (KeyError, TypeError, ValueError):
+                raise InputError(
+                    f"case {case}: box {n + 1} is {box!r}; a 2D box needs x, y, w, h in pixels (as the adapters "
+                    "write them); 3D findings (center, diameter_mm) belong to the 3D detection task"
+                ) from None
+            if not all(math.isfinite(v) for v in (x, y, w, h)) or w < 0 or h < 0:
+                raise InputError(f"case {case}: box {n + 1} has x={x}, y={y}, w={w}, h={h}; w and h must be >= 0")
+            birads = box.get("birads")
+            finding = positive and self.is_finding(str(box.get("label", "")), None if birads is None else int(birads))
+            rows.append((x, y, x + w, y + h, FINDING if finding else OTHER))
+        return np.array(rows, float).reshape(-1, 5)
+
     def prepare(
         self, manifest: Manifest, preprocess: BaseModel, folder: str | os.PathLike[str], *, progress: Progress | None
     ) -> TaskData:
@@ -313,12 +311,10 @@ class Detection2DTask(Task):
         cache = build_image_cache(manifest, spec, folder, progress=progress)
         boxes, unknown = [], np.zeros(len(manifest), bool)
         for i, (case, cell) in enumerate(zip(manifest.table["case_id"], manifest.table["boxes"], strict=True)):
-            rows = _box_rows(cell, str(case))
-            codes = [FINDING if labels[i] == 1 and self.is_finding(label, birads) else OTHER
-                     for *_, label, birads in rows]  # fmt: skip
-            corners = boxes_to_prepared(np.array([r[:4] for r in rows]).reshape(-1, 4), cache.shapes[i], spec.size)
-            boxes.append(np.column_stack([corners, np.array(codes, float)]).reshape(-1, 5))
-            unknown[i] = labels[i] == 1 and FINDING not in codes
+            coded = self.coded_boxes(cell, str(case), labels[i] == 1)
+            corners = boxes_to_prepared(coded[:, :4], cache.shapes[i], spec.size)
+            boxes.append(np.column_stack([corners, coded[:, 4]]))
+            unknown[i] = labels[i] == 1 and not np.any(coded[:, 4] == FINDING)
         if unknown.any():
             log.info("%d positive image(s) have no finding box; they are learnt from their label only", unknown.sum())
         return TaskData(manifest, BoxedImages(cache, tuple(boxes), unknown), labels, spec, spec.channels)
@@ -441,10 +437,9 @@ class Detection2DTask(Task):
             return {}, {"undefined": "the predictions carry no detections or the cases no boxes"}
         truths, marks = [], []
         for _, row in table.iterrows():
-            case, positive = str(row["case_id"]), row.get(self.settings.target) == 1
-            for x0, y0, x1, y1, label, birads in _box_rows(row["boxes"], case):
-                if positive and self.is_finding(label, birads):
-                    truths.append((case, x0, y0, x1, y1))
+            case = str(row["case_id"])
+            coded = self.coded_boxes(row["boxes"], case, row.get(self.settings.target) == 1)
+            truths += [(case, *corners) for corners in coded[coded[:, 4] == FINDING, :4].tolist()]
             cell = row["detections"]
             for mark in json.loads(cell) if isinstance(cell, str) and cell else []:
                 marks.append((case, mark["x0"], mark["y0"], mark["x1"], mark["y1"], mark["score"]))

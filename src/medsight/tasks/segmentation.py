@@ -216,10 +216,6 @@ class SegmentationTask(Task):
         self.structures = list(spec.regions) if spec.regions else list(spec.labels)
         self.regions = spec.regions is not None
 
-    @classmethod
-    def from_spec(cls, spec: BaseModel) -> SegmentationTask:
-        return cls(as_model(spec, SegmentationSpec))
-
     @property
     def spec(self) -> SegmentationSpec:
         return self._spec

@@ -142,7 +142,6 @@ LEAN: dict[str, tuple[int, tuple[str, ...]]] = {
 }
 Profile = Literal["quick", "standard", "lean", "long"]
 _PROFILES: tuple[str, ...] = get_args(Profile)
-_CLASSIFIERS = ("binary", "multiclass", "multilabel", "ordinal")
 _VAL_FRACTION = _TEST_FRACTION = 0.15  # the demo's split
 # Time model, fitted on the reference machine (2-core AMD EPYC, AVX-512 BF16) and checked with its
 # AVX2 kernels only: training and validation take their images over the measured training speed
@@ -238,6 +237,13 @@ def _recipe(step: Step, extra: tuple[str, ...], seed: int) -> Any:
     return load_recipe(step.recipe, [*step.overrides, *extra, f"train.seed={seed}"])
 
 
+def _classifies(step: Step, extra: tuple[str, ...]) -> bool:
+    """Whether the step trains a 2D classifier (what the speed probe times)."""
+    from medsight.tasks import ClassificationTask, task_for
+
+    return isinstance(task_for(_recipe(step, extra, 0).task), ClassificationTask)
+
+
 def _probe(step: Step, extra: tuple[str, ...]) -> Any:
     """The numeric mode training will choose for the first step, with the speeds measured for it
     (the same model and batch shape as training, so training finds the choice cached)."""
@@ -318,7 +324,7 @@ def plan_demo(
     from medsight.engine.tuning import cpu_class
 
     # the probe times the first 2D classifier (the other steps' time models are scaled by its speed)
-    first, _, extra = next((s for s in steps if _recipe(s[0], s[2], 0).task.kind in _CLASSIFIERS), _steps(profile)[0])
+    first, _, extra = next((s for s in steps if _classifies(s[0], s[2])), _steps(profile)[0])
     mode = _probe(first, extra)
     speed, speeds = mode.images_per_second, dict(mode.speeds)
     fp32 = speeds.get("fp32, contiguous", speed)
