@@ -103,10 +103,10 @@ def test_the_plan_fits_the_budget_on_a_slow_cpu_without_lowering_targets(monkeyp
     fast = demo.plan_demo("standard")
     assert fast.profile == "standard" and fast.estimated_seconds < 15 * 60 and fast.reason == ""
     assert "~90 training images/s (fp32, channels-last)" in fast.describe()
-    monkeypatch.setattr(demo, "_probe", lambda step, extra: _measured(15.0))
+    monkeypatch.setattr(demo, "_probe", lambda step, extra: _measured(45.0))
     slow = demo.plan_demo("standard")
-    assert slow.profile == "lean" and "over the 15 min budget" in slow.reason
-    standard_there = demo._estimate(demo._steps("standard"), 15.0, 13.5)
+    assert slow.profile == "lean" and "over the 15 min budget" in slow.reason and slow.left_out == ()
+    standard_there = demo._estimate(demo._steps("standard"), 45.0, 40.5, bf16=False)
     assert slow.estimated_seconds < standard_there and f"~{standard_there / 60:.0f} min" in slow.reason
     assert [s.headlines for s, _, _ in slow.steps] == [s.headlines for s in demo.DEMO]  # same targets
     assert demo.plan_demo("standard", budget_minutes=600).profile == "standard"  # a generous budget keeps it
@@ -117,6 +117,41 @@ def test_the_plan_fits_the_budget_on_a_slow_cpu_without_lowering_targets(monkeyp
     ]
     with pytest.raises(ConfigError, match="positive number of minutes"):
         demo.plan_demo("standard", budget_minutes=0)
+
+
+def test_a_cpu_too_slow_for_the_lean_demo_runs_the_recipes_that_fit_and_names_the_others(monkeypatch):
+    from medsight.validation import demo
+
+    monkeypatch.setattr(demo, "_probe", lambda step, extra: _measured(12.0))
+    plan = demo.plan_demo("standard")
+    ran = [s.recipe for s, _, _ in plan.steps]
+    left = [recipe for recipe, _ in plan.left_out]
+    assert plan.profile == "lean" and left and sorted(ran + left) == sorted(s.recipe for s in demo.DEMO)
+    assert plan.estimated_seconds <= 15 * 60
+    lean = {s.recipe: (s, c, e) for s, c, e in demo._steps("lean")}
+    for recipe, seconds in plan.left_out:  # each left out would overrun the budget beside those kept
+        assert seconds == pytest.approx(demo._estimate((lean[recipe],), 12.0, 10.8, bf16=False))
+        assert plan.estimated_seconds + seconds > 15 * 60
+    text = plan.describe()
+    assert "left out to fit the budget" in text and f"--recipes {','.join(left)}" in text
+    assert all(s.headlines == next(d for d in demo.DEMO if d.recipe == s.recipe).headlines for s, _, _ in plan.steps)
+    named = demo.plan_demo("standard", recipes=left)  # recipes the user names all run, over the budget or not
+    assert [s.recipe for s, _, _ in named.steps] == left and named.left_out == ()
+    assert demo.plan_demo("standard", budget_minutes=600).left_out == ()
+
+
+def test_fit_keeps_the_most_steps_and_at_least_one():
+    from medsight.validation import demo
+
+    steps = demo._steps("lean")
+    costs = dict(zip([s.recipe for s, _, _ in steps], [500.0, 300.0, 200.0, 350.0, 100.0], strict=True))
+    kept, left = demo._fit(steps, 700, lambda s: costs[s[0].recipe])
+    assert [s.recipe for s, _, _ in kept] == ["cxr-findings", "mammo-screening", "cardiac-function"]  # 3 fit, earliest
+    assert left == (("dr-grading", 500.0), ("brain-tumor-seg", 350.0))
+    kept, left = demo._fit(steps, 50, lambda s: costs[s[0].recipe])
+    assert [s.recipe for s, _, _ in kept] == ["cardiac-function"] and len(left) == 4  # the quickest, at least
+    kept, left = demo._fit(steps, 1450, lambda s: costs[s[0].recipe])
+    assert len(kept) == 5 and left == ()
 
 
 def test_the_probe_measures_the_model_training_will_use(tmp_path, monkeypatch):
@@ -156,3 +191,7 @@ def test_a_3d_step_is_timed_by_the_patches_it_draws():
     assert full - halved == pytest.approx(cost.epoch_s * epochs / 2)  # half the patches, half the training
     slower = demo._estimate((standard,), 82.8 / 2, 47.3)
     assert slower > 1.8 * full - cases * cost.phantom_s_per_case  # a CPU half as fast trains half as fast
+    fp32 = demo._estimate((standard,), 82.8, 47.3, bf16=False)  # 3D training in fp32 costs more against the probe
+    assert fp32 - full == pytest.approx((full - cases * cost.phantom_s_per_case) * (demo._FP32_3D - 1))
+    dr = demo._steps("standard", ["dr-grading"])
+    assert demo._estimate(dr, 82.8, 47.3, bf16=False) == demo._estimate(dr, 82.8, 47.3)  # 2D follows the probe

@@ -293,7 +293,11 @@ def demo_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed for phantoms, splits and training.")] = 0,
     budget: Annotated[
         float,
-        typer.Option("--budget", help="Minutes the standard demo may take here; over it, the lean settings run."),
+        typer.Option(
+            "--budget",
+            help="Minutes the demo may take here: over it the lean settings run, and recipes that still "
+            "do not fit are left out (and named).",
+        ),
     ] = 15.0,
     recipes: Annotated[
         str | None,
@@ -304,7 +308,9 @@ def demo_command(
     cardiac function; train, evaluate and summarise each.
 
     It first times a few training steps (seconds) to pick the numeric mode and estimate how long
-    it will take on this CPU; a standard demo that would overrun ``--budget`` runs lean settings.
+    it will take on this CPU; a standard demo that would overrun ``--budget`` runs lean settings,
+    and where even those would, as many recipes as fit run and the others are named with the
+    command that runs them.
     """
     import time
 
@@ -321,4 +327,6 @@ def demo_command(
     out.print(demo_table(rows))
     if quick:
         out.print("[yellow]quick mode: one epoch on a handful of tiny images, so these figures mean nothing[/]")
+    if plan.left_out:
+        out.print(f"[yellow]{plan.left_out_note()}[/]")
     out.print(f"done in {time.perf_counter() - started:.0f} s; runs, metrics and predictions are in {output}/")

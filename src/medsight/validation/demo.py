@@ -149,9 +149,13 @@ _VAL_FRACTION = _TEST_FRACTION = 0.15  # the demo's split
 # the CPU's fp32 speed against the reference's.
 _REFERENCE_FP32 = 47.3  # img/s, fp32 contiguous training of the DR probe (ResNet-18, 128 px) there
 _REFERENCE_SPEED = 82.8  # img/s, the same in the mode chosen there (bf16, channels-last); scales 3D training
-_OVERHEAD_PER_CASE = {"dr-grading": 0.095, "cxr-findings": 0.04, "mammo-screening": 0.11}  # s, reference
+_OVERHEAD_PER_CASE = {"dr-grading": 0.095, "cxr-findings": 0.04, "mammo-screening": 0.15}  # s, reference
 _MODEL_SPEED = {"resnet10": 1.85}  # training speed against the probe's ResNet-18 (measured, AVX2 kernels)
 _PATCH_EFFICIENCY = 0.84  # 64-pixel patches train at this share of the image rate (AVX2 kernels, ResNet-10)
+# 3D training in fp32 is slower against the 2D probe than in bf16: a brain epoch took 1.97x and a
+# cardiac epoch 2.10x its bf16 time where the probe ran 1.75x slower (Xeon AVX-512 without bf16, and
+# the reference with AVX2 kernels)
+_FP32_3D = 1.17
 _TRAINING_EFFICIENCY = 0.85  # whole epochs (augmentation, data, optimizer) ran at 0.83-0.86 of the probe's speed
 _TRAIN_SHARE = (1 - _TEST_FRACTION) * (1 - _VAL_FRACTION)  # of the cases
 _VAL_SHARE = (1 - _TEST_FRACTION) * _VAL_FRACTION
@@ -168,15 +172,28 @@ class DemoPlan:
     images_per_second: float | None = None
     estimated_seconds: float | None = None
     reason: str = ""
+    left_out: tuple[tuple[str, float], ...] = ()  # recipes the budget leaves out, with their estimated seconds
 
     def describe(self) -> str:
-        """One line for the user: CPU class, speed, profile and the expected duration."""
+        """What the user reads first: CPU class, speed, profile, the expected duration and the
+        recipes left out to fit the budget (with the command that runs them)."""
         if self.images_per_second is None or self.estimated_seconds is None:
             return f"{self.profile} demo"
         minutes = max(1, round(self.estimated_seconds / 60))
         text = (f"this CPU: {self.cpu_class}, ~{self.images_per_second:.0f} training images/s ({self.mode}); "
                 f"the {self.profile} demo will take ~{minutes} min")  # fmt: skip
-        return f"{text} ({self.reason})" if self.reason else text
+        text = f"{text} ({self.reason})" if self.reason else text
+        return f"{text}\n{self.left_out_note()}" if self.left_out else text
+
+    def left_out_note(self) -> str:
+        """The recipes the budget left out and how to run them ('' when none was)."""
+        if not self.left_out:
+            return ""
+        names = ", ".join(f"{recipe} (~{max(1, round(seconds / 60))} min)" for recipe, seconds in self.left_out)
+        return (
+            f"left out to fit the budget: {names}; run them with `medsight demo --recipes "
+            f"{','.join(recipe for recipe, _ in self.left_out)}`, or all with a larger --budget"
+        )
 
 
 @dataclass(frozen=True)
@@ -271,8 +288,11 @@ def _probe(step: Step, extra: tuple[str, ...]) -> Any:
                        batch=(inputs, targets), loss_fn=task.loss, model_name=recipe.model.name)  # fmt: skip
 
 
-def _estimate(steps: tuple[tuple[Step, int, tuple[str, ...]], ...], speed: float, fp32_speed: float) -> float:
-    """Seconds the demo should take at ``speed`` training images/s (128 px) in the chosen mode."""
+def _estimate(
+    steps: tuple[tuple[Step, int, tuple[str, ...]], ...], speed: float, fp32_speed: float, *, bf16: bool = True
+) -> float:
+    """Seconds the demo should take at ``speed`` training images/s (128 px) in the chosen mode
+    (``bf16``: whether that mode autocasts to bf16, as 3D training then does too)."""
     total = 0.0
     for step, cases, extra in steps:
         recipe = _recipe(step, extra, 0)
@@ -282,7 +302,7 @@ def _estimate(steps: tuple[tuple[Step, int, tuple[str, ...]], ...], speed: float
             patches = plan.get("batch_size", 0) * plan.get("iterations_per_epoch", 0) or cost.patches
             epoch = cost.epoch_s * patches / cost.patches  # training time goes with the voxels drawn
             total += cases * cost.phantom_s_per_case * _REFERENCE_FP32 / fp32_speed
-            total += (epoch * recipe.train.epochs + cost.fixed_s) * _REFERENCE_SPEED / speed
+            total += (epoch * recipe.train.epochs + cost.fixed_s) * _REFERENCE_SPEED / speed * (1 if bf16 else _FP32_3D)
             continue
         images = cases * step.images_per_case
         pixels = (recipe.preprocess.size / 128) ** 2
@@ -298,13 +318,33 @@ def _estimate(steps: tuple[tuple[Step, int, tuple[str, ...]], ...], speed: float
     return total
 
 
+def _fit(
+    steps: tuple[tuple[Step, int, tuple[str, ...]], ...], budget: float, seconds: Any
+) -> tuple[tuple[tuple[Step, int, tuple[str, ...]], ...], tuple[tuple[str, float], ...]]:
+    """The most steps that fit ``budget`` seconds together (of equally many, those earliest in the
+    demo's order) and those left out with their estimated seconds; at least the quickest step runs."""
+    from itertools import combinations
+
+    costs = [seconds(step) for step in steps]
+    kept: tuple[int, ...] = (min(range(len(steps)), key=costs.__getitem__),)
+    for count in range(len(steps), 0, -1):
+        fitting = next((c for c in combinations(range(len(steps)), count) if sum(costs[i] for i in c) <= budget), None)
+        if fitting is not None:
+            kept = fitting
+            break
+    left = tuple((steps[i][0].recipe, costs[i]) for i in range(len(steps)) if i not in kept)
+    return tuple(steps[i] for i in kept), left
+
+
 def plan_demo(
     profile: Profile = "standard", *, budget_minutes: float = 15.0, recipes: Sequence[str] | None = None
 ) -> DemoPlan:
     """Choose what the demo runs: measure this CPU's training speed (a few steps, seconds; cached)
     and estimate the duration. A standard demo that would overrun ``budget_minutes`` becomes the
-    lean one (:data:`LEAN`, fewer and smaller images; the targets stay as they are). ``recipes``
-    runs a subset of the demo's recipes.
+    lean one (:data:`LEAN`, fewer and smaller images; the targets stay as they are); where even
+    that overruns it, as many recipes as fit run and the plan names those left out and how to run
+    them. ``recipes`` runs a subset of the demo's recipes, all of them whatever
+    the budget.
 
     Raises:
         ConfigError: an unknown profile or recipe, or a budget that is not positive.
@@ -330,13 +370,17 @@ def plan_demo(
     fp32 = speeds.get("fp32, contiguous", speed)
     if speed is None or fp32 is None:  # nothing measured (a fixed mode): no estimate
         return DemoPlan(profile, steps, cpu_class(), mode.label)
-    estimate = _estimate(steps, speed, fp32)
-    reason = ""
-    if profile == "standard" and estimate > budget_minutes * 60:
+    bf16 = mode.amp_dtype is not None
+    estimate, budget = _estimate(steps, speed, fp32, bf16=bf16), budget_minutes * 60
+    reason, left_out = "", ()
+    if profile == "standard" and estimate > budget:
         lean = _steps("lean", recipes)
         reason = f"the standard demo would take ~{estimate / 60:.0f} min here, over the {budget_minutes:g} min budget"
-        profile, steps, estimate = "lean", lean, _estimate(lean, speed, fp32)
-    plan = DemoPlan(profile, steps, cpu_class(), mode.label, speed, estimate, reason)
+        profile, steps, estimate = "lean", lean, _estimate(lean, speed, fp32, bf16=bf16)
+        if estimate > budget and recipes is None:  # recipes named by the user all run, whatever the budget
+            steps, left_out = _fit(steps, budget, lambda s: _estimate((s,), speed, fp32, bf16=bf16))
+            estimate = _estimate(steps, speed, fp32, bf16=bf16)
+    plan = DemoPlan(profile, steps, cpu_class(), mode.label, speed, estimate, reason, left_out)
     log.info("%s", plan.describe())
     return plan
 
