@@ -98,6 +98,38 @@ def test_timing_runs_real_steps_and_leaves_the_model_untouched():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_close_modes_are_timed_again_until_one_stands_clear(monkeypatch):
+    """A noisy machine: fp32's first timed steps are slow, bf16's steady; the close race is timed on,
+    the clear loser is not."""
+    script = {  # seconds per step: warm-up first, then the timed steps in turn
+        "fp32, contiguous": [9.0, 1.8, 1.8, 1.0, 1.0, 1.0, 1.0],
+        "bf16, contiguous": [9.0, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5],
+        "fp32, channels-last": [9.0, 4.0, 4.0],  # 2.7x the fastest: out after the first turns
+    }
+    calls = dict.fromkeys(script, 0)
+
+    def fake_trial(model, inputs, targets, loss_fn, mode):
+        def step():
+            calls[mode.label] += 1
+            return script[mode.label][calls[mode.label] - 1]
+
+        return step
+
+    monkeypatch.setattr(tuning, "_trial", fake_trial)
+    modes = [NumericMode(None, False), NumericMode(torch.bfloat16, False), NumericMode(None, True)]
+    speeds = tuning._speeds(None, torch.zeros(6, 3, 8, 8), torch.zeros(6), _loss, modes)
+    assert speeds == {"fp32, contiguous": 6.0, "bf16, contiguous": 4.0, "fp32, channels-last": 1.5}
+    assert calls["fp32, channels-last"] == 1 + tuning._TIMED_STEPS
+    # once fp32 is clear of bf16 by more than the margin, the timing stops
+    assert calls["fp32, contiguous"] < 1 + tuning._TIMED_STEPS + tuning._MORE_STEPS
+    # never more than the extra turns, even when the race stays close
+    script["bf16, contiguous"] = [9.0, 1.5, 1.5, 1.2, 1.2, 1.2, 1.2]
+    calls.update(dict.fromkeys(calls, 0))
+    speeds = tuning._speeds(None, torch.zeros(6, 3, 8, 8), torch.zeros(6), _loss, modes)
+    assert calls["fp32, contiguous"] == calls["bf16, contiguous"] == 1 + tuning._TIMED_STEPS + tuning._MORE_STEPS
+    assert speeds["fp32, contiguous"] == 6.0
+
+
 def test_without_a_model_auto_follows_the_rule(monkeypatch):
     monkeypatch.setattr(tuning, "native_bf16", lambda: False)
     assert choose_mode("auto", "auto", CPU).label == "fp32, channels-last"
