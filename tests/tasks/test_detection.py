@@ -208,3 +208,67 @@ def test_official_folds_without_a_val_split_are_refused_before_any_scan_is_prepa
     monkeypatch.setattr(DetectionTask, "prepare", prepared)
     with pytest.raises(InputError, match=r"official folds.*--ignore-official"):
         fit(load_recipe(tmp_path / "recipe.yaml"), manifest, tmp_path / "run")
+
+
+def test_every_finding_is_as_likely_in_a_training_patch_however_large(tmp_path):
+    from medsight.data.patches import FindingPatches
+    from medsight.data.volume_cache import CachedItem, VolumeCache
+
+    label = np.zeros((32, 64, 64), np.uint8)
+    label[4:20, 4:30, 4:30] = 1  # a large finding: 10,816 voxels
+    label[26, 50, 50] = 1  # a one-voxel finding in the same scan
+    other = np.zeros((32, 64, 64), np.uint8)
+    other[10:12, 40:42, 10:12] = 1  # an 8-voxel finding in another scan
+    items = []
+    for n, array in enumerate((label, other, np.zeros_like(label))):
+        np.save(tmp_path / f"label_{n}.npy", array)
+        np.save(tmp_path / f"image_{n}.npy", array[None].astype(np.float32))
+        where = {1: np.argwhere(array)[:2000]} if array.any() else {}
+        items.append(CachedItem(row=n, case_id=str(n), label_column="label", spacing=(1.0, 1.0, 1.0),
+                                shape=array.shape, source_shape=array.shape, box=((0, 32), (0, 64), (0, 64)),
+                                locations=where))  # fmt: skip
+    cache = VolumeCache(tmp_path, tuple(items))
+    patches = FindingPatches(cache, [0, 1, 2], (8, 8, 8), 3000, 1.0, seed=0)
+    assert sorted(len(v) for _, v in patches.findings) == [1, 8, 64]  # voxels kept per finding, at most 64
+    np.random.seed(0)
+    hits = np.zeros(3)
+    for n in range(len(patches)):
+        _, target = patches[n]
+        centre = target[4, 4, 4]  # every patch is centred on a finding voxel here (no jitter)
+        assert centre == 1
+        assert int(ndimage.label(target.numpy())[0].max()) == 1  # one finding per patch here
+        voxels = int(target.sum())
+        hits[0 if voxels == 1 else 1 if voxels == 8 else 2] += 1
+    assert np.all(np.abs(hits / len(patches) - 1 / 3) < 0.04)  # voxel by voxel the large one would be 99.9 %
+    background = FindingPatches(cache, [2], (8, 8, 8), 50, 1.0)
+    assert background.findings == []  # nothing to centre on: every patch lies anywhere
+    assert all(int(background[n][1].sum()) == 0 for n in range(50))
+
+
+def test_each_finding_weighs_the_same_in_the_loss_whatever_its_size():
+    import torch
+
+    from medsight.tasks.detection import finding_weights
+
+    targets = torch.zeros(2, 8, 16, 16, dtype=torch.uint8)
+    targets[0, 1:5, 1:9, 1:9] = 1  # 256 voxels
+    targets[0, 7, 14, 14] = 1  # 1 voxel
+    targets[1, 2:4, 2:4, 2:4] = 1  # 8 voxels
+    weights = finding_weights(targets)
+    positives = int((targets > 0).sum())
+    assert float(weights.sum()) == pytest.approx(positives)  # the same total as unweighted voxels
+    per_finding = [float(weights[0, 1:5, 1:9, 1:9].sum()), float(weights[0, 7, 14, 14]),
+                   float(weights[1, 2:4, 2:4, 2:4].sum())]  # fmt: skip
+    assert per_finding == pytest.approx([positives / 3] * 3)
+    assert float(weights[targets == 0].abs().sum()) == 0
+    assert float(finding_weights(torch.zeros(1, 4, 4, 4, dtype=torch.uint8)).sum()) == 0
+
+    task = DetectionTask.from_spec(DetectionTask.spec_type(kind="detection"))
+    logits = torch.zeros(2, 2, 8, 16, 16)
+    logits[:, 1] = torch.where(targets > 0, 6.0, -6.0)
+    missed_small = logits.clone()
+    missed_small[0, 1, 7, 14, 14] = -6.0  # the one-voxel finding missed
+    missed_large = logits.clone()
+    missed_large[0, 1, 1:5, 1:9, 1] = -6.0  # 32 voxels of the large one's edge missed
+    # missing a whole (small) finding costs more than missing an eighth of a large one
+    assert float(task.loss(missed_small, targets)) > float(task.loss(missed_large, targets))

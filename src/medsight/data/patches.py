@@ -6,12 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch.utils.data import Dataset
 
 from medsight.core.errors import InputError
 from medsight.data.volume_cache import VolumeCache
 
-__all__ = ["PatchDataset", "ValidationPatches", "extract_patch"]
+__all__ = ["FindingPatches", "PatchDataset", "ValidationPatches", "extract_patch"]
 
 
 def extract_patch(
@@ -68,16 +69,69 @@ class PatchDataset(Dataset):
         present = [k for k, where in entry.locations.items() if len(where)]
         if present and np.random.random_sample() < self.oversample:
             where = entry.locations[present[np.random.randint(len(present))]]
-            chosen = where[np.random.randint(len(where))]
-            if self.jitter:
-                reach = np.array(self.patch) * self.jitter / 2
-                chosen = chosen + np.rint(np.random.uniform(-reach, reach)).astype(chosen.dtype)
-            return chosen
+            return self._moved(where[np.random.randint(len(where))])
         return np.array([np.random.randint(0, s) for s in entry.shape])
+
+    def _moved(self, chosen: np.ndarray) -> np.ndarray:
+        """``chosen`` moved anywhere in the central ``jitter`` share of the patch (unmoved without jitter)."""
+        if not self.jitter:
+            return chosen
+        reach = np.array(self.patch) * self.jitter / 2
+        return chosen + np.rint(np.random.uniform(-reach, reach)).astype(chosen.dtype)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         item = self.items[np.random.randint(len(self.items))]
         image, label = extract_patch(self.cache.image(item), self.cache.label(item), self._centre(item), self.patch)
+        return torch.from_numpy(image), torch.from_numpy(label)
+
+
+class FindingPatches(PatchDataset):
+    """Random training patches in which every finding (a connected foreground region of a label
+    map) is equally likely to appear, however many voxels it fills.
+
+    :class:`PatchDataset` centres its foreground patches on a random voxel of a class, so a 30 mm
+    nodule (~4,000 voxels at 2 mm) is drawn a thousand times as often as a 4 mm one (a few voxels)
+    that sits in the same scan. Here a foreground draw picks one finding of the training items
+    uniformly, then one of its voxels (moved by ``jitter`` as there); other draws lie anywhere in a
+    random item. The findings are found once, at construction (26-connected regions of each item's
+    label map, up to ``voxels_per_finding`` voxels kept of each).
+    """
+
+    def __init__(
+        self,
+        cache: VolumeCache,
+        items: Sequence[int],
+        patch: Sequence[int],
+        samples: int,
+        oversample: float,
+        *,
+        jitter: float = 0.0,
+        voxels_per_finding: int = 64,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(cache, items, patch, samples, oversample, jitter=jitter)
+        rng = np.random.default_rng(seed)
+        self.findings: list[tuple[int, np.ndarray]] = []
+        for item in self.items:
+            label = np.asarray(self.cache.label(item))
+            if not self.cache.items[item].locations or not label.any():
+                continue
+            regions, count = ndimage.label(label > 0, structure=np.ones((3, 3, 3), bool))
+            where = np.argwhere(regions > 0)
+            owner = regions[tuple(where.T)]
+            order = np.argsort(owner, kind="stable")
+            for voxels in np.split(where[order], np.cumsum(np.bincount(owner, minlength=count + 1)[1:])[:-1]):
+                keep = rng.choice(len(voxels), size=min(len(voxels), voxels_per_finding), replace=False)
+                self.findings.append((item, voxels[np.sort(keep)]))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.findings and np.random.random_sample() < self.oversample:
+            item, voxels = self.findings[np.random.randint(len(self.findings))]
+            centre = self._moved(voxels[np.random.randint(len(voxels))])
+        else:
+            item = self.items[np.random.randint(len(self.items))]
+            centre = np.array([np.random.randint(0, s) for s in self.cache.items[item].shape])
+        image, label = extract_patch(self.cache.image(item), self.cache.label(item), centre, self.patch)
         return torch.from_numpy(image), torch.from_numpy(label)
 
 

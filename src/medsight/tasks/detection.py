@@ -43,7 +43,7 @@ from medsight.core.progress import Progress
 from medsight.core.volume import Volume, VolumeMetadata
 from medsight.data.cache import cache_key, reuse
 from medsight.data.manifest import Manifest, parse_boxes
-from medsight.data.patches import PatchDataset
+from medsight.data.patches import FindingPatches, PatchDataset
 from medsight.data.reading import read_case_image
 from medsight.data.volume_cache import preprocess_for_plan
 from medsight.io.api import write
@@ -62,7 +62,7 @@ from medsight.tasks.segmentation import (
 )
 from medsight.transforms.volume3d import restore
 
-__all__ = ["DetectionSpec", "DetectionTask", "draw_balls", "find_candidates"]
+__all__ = ["DetectionSpec", "DetectionTask", "draw_balls", "find_candidates", "finding_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -256,14 +256,18 @@ class DetectionTask(Task):
         return self.backbone.dataset(data, indices)
 
     def training(self, data: TaskData, indices: np.ndarray, *, balance: str, augment: BaseModel, seed: int) -> Training:
-        """The backbone's patches and augmentation with this task's loss; a finding lands anywhere in
-        the central 3/4 of its patch, not at its centre (a detector trained on centred findings
-        misses them off-centre, where a sliding window shows most of them)."""
+        """The backbone's augmentation with this task's loss and patches: each finding of the
+        training scans is equally likely to be in a foreground patch (:class:`FindingPatches`: drawn
+        by voxel, a 30 mm nodule would be shown a thousand times as often as a 4 mm one), anywhere
+        in the central 3/4 of it, not at its centre (a detector trained on centred findings misses
+        them off-centre, where a sliding window shows most of them)."""
         training = self.backbone.training(data, indices, balance=balance, augment=augment, seed=seed)
         patches: PatchDataset = training.train_set  # type: ignore[assignment]
-        moved = PatchDataset(patches.cache, patches.items, patches.patch, patches.samples, patches.oversample,
-                             jitter=_JITTER)  # fmt: skip
-        return replace(training, loss=self.loss, train_set=moved)
+        findings = FindingPatches(patches.cache, patches.items, patches.patch, patches.samples, patches.oversample,
+                                  jitter=_JITTER, seed=seed)  # fmt: skip
+        log.info("training patches: %d findings in %d scans, each as likely as the next", len(findings.findings),
+                 len(findings.items))  # fmt: skip
+        return replace(training, loss=self.loss, train_set=findings)
 
     def network(self, model: ModelChoice, in_channels: int, preprocess: BaseModel) -> nn.Module:
         """The backbone's U-Net, its output layers starting at a finding probability of 1 % (as
@@ -280,16 +284,18 @@ class DetectionTask(Task):
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Focal loss on the finding's log-odds (``gamma`` 2), summed and divided by the finding
-        voxels of the batch (as RetinaNet divides by its positive anchors: each finding weighs the
-        same however little of a scan it fills; at least a thousandth of the batch's voxels), plus
-        the soft Dice of the finding. Deep-supervision
-        outputs weigh their heads by halves, as segmentation does."""
-        return supervised_heads(self._loss, outputs, targets)
+        voxels of the batch (as RetinaNet divides by its positive anchors; at least a thousandth of
+        the batch's voxels), plus the soft Dice of the finding. Within the finding voxels each
+        finding weighs the same (:func:`finding_weights`): voxel by voxel, a 30 mm nodule would
+        outweigh a 4 mm one a thousand times. Deep-supervision outputs weigh their heads by
+        halves, as segmentation does."""
+        if outputs.shape[0] != targets.shape[0] or outputs.shape[-3:] != targets.shape[1:]:
+            raise InputError(f"outputs {tuple(outputs.shape)} do not match target patches {tuple(targets.shape)}")
+        weights = finding_weights(targets).to(outputs.device)
+        return supervised_heads(lambda out, truth: self._loss(out, truth, weights), outputs, targets)
 
     @staticmethod
-    def _loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if outputs.shape[0] != targets.shape[0] or outputs.shape[2:] != targets.shape[1:]:
-            raise InputError(f"outputs {tuple(outputs.shape)} do not match target patches {tuple(targets.shape)}")
+    def _loss(outputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         logit = outputs[:, 1] - outputs[:, 0]  # the finding's log-odds under the two-class softmax
         truth = (targets > 0).to(logit.dtype)
         probability = torch.sigmoid(logit)
@@ -297,7 +303,8 @@ class DetectionTask(Task):
         missed = truth * (1 - probability) + (1 - truth) * probability
         # over the finding voxels, or a thousandth of the batch where they are fewer: a patch that
         # grazes a 3 mm nodule must not weigh its background a hundred times more than the next
-        focal = (entropy * missed**2).sum() / truth.sum().clamp_min(max(1.0, _MIN_SHARE * truth.numel()))
+        weight = torch.where(truth > 0, weights.to(logit.dtype), torch.ones_like(logit))
+        focal = (weight * entropy * missed**2).sum() / truth.sum().clamp_min(max(1.0, _MIN_SHARE * truth.numel()))
         overlap = (probability * truth).sum()
         dice = (2 * overlap + 1e-5) / (probability.sum() + truth.sum() + 1e-5)
         return focal + (1 - dice)
@@ -399,6 +406,23 @@ class DetectionTask(Task):
         for message in warnings:
             log.warning(message)
         return figures, {"froc": summary}, warnings
+
+
+def finding_weights(targets: torch.Tensor) -> torch.Tensor:
+    """Per voxel of target patches ``(N, Z, Y, X)``: at the finding voxels, ``positives / (findings
+    x size of its finding)``, so each finding (a 26-connected region of a patch) weighs the same and
+    the weights sum to the finding voxels, as unweighted ones do; 0 elsewhere."""
+    truth = (targets > 0).cpu().numpy()
+    out = np.zeros(truth.shape, np.float32)
+    for n, patch in enumerate(truth):
+        regions, count = ndimage.label(patch, structure=np.ones((3, 3, 3), bool))
+        if count:
+            sizes = np.bincount(regions.ravel())[1:].astype(np.float32)
+            out[n] = np.concatenate([[0.0], 1.0 / sizes])[regions]
+    found = float(out.sum())
+    if found > 0:
+        out *= truth.sum() / found
+    return torch.from_numpy(out)
 
 
 def candidate_table(table: pd.DataFrame) -> pd.DataFrame:
