@@ -53,6 +53,21 @@ def test_a_case_without_its_end_systole_is_skipped_with_a_warning():
     assert rows.empty and warnings == ["case a: no label_es image; its function is not measured"]
 
 
+def test_a_missed_end_systolic_cavity_is_named_and_still_counted():
+    task = task_for(load_recipe("cardiac-function").task)
+    cases = pd.DataFrame([{"case_id": "a", "patient_id": "a", "label_column": c} for c in ("label_ed", "label_es")])
+    ed = {"volume_ml_RV": 150.0, "volume_ml_MYO": 120.0, "volume_ml_LV": 54.0}
+    es = {"volume_ml_RV": 60.0, "volume_ml_MYO": 120.0, "volume_ml_LV": 0.0}  # the LV cavity missed at ES
+    reference = {"reference_volume_ml_RV": 150.0, "reference_volume_ml_MYO": 120.0}
+    scores = pd.DataFrame([{**ed, **reference, "reference_volume_ml_LV": 54.0},
+                           {**es, **reference, "reference_volume_ml_LV": 15.6}])  # fmt: skip
+    warnings, rows = cardiac_function(cases, scores, task.spec.cardiac)
+    assert warnings == ["case a: no LV predicted in its label_es image; its function figures count that cavity "
+                        "as empty (look at the prediction)"]  # fmt: skip
+    assert rows.loc[0, "lv_ef"] == pytest.approx(100.0)  # reported as measured, not dropped
+    assert rows.loc[0, "reference_lv_ef"] == pytest.approx(100 * (54 - 15.6) / 54)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [({"cardiac": {"lv": "LVC"}}, "reads the labels \\['LVC'\\]"),

@@ -686,6 +686,11 @@ def cardiac_function(cases: pd.DataFrame, scores: pd.DataFrame, spec: CardiacSpe
                 return {n: float(image[f"{prefix}volume_ml_{n}"]) for n in (spec.lv, spec.rv, spec.myo)}
 
             row.update({prefix + k: v for k, v in _function(volumes(ed), volumes(es), spec).items()})
+        for phase, image in ((spec.ed, ed), (spec.es, es)):
+            empty = [n for n in (spec.lv, spec.rv) if float(image[f"volume_ml_{n}"]) == 0]
+            if empty:  # an EF of 100 % (or none) from a missed cavity, not from the heart
+                warnings.append(f"case {case}: no {' or '.join(empty)} predicted in its {phase} image; its "
+                                "function figures count that cavity as empty (look at the prediction)")  # fmt: skip
         rows.append(row)
     return warnings, pd.DataFrame(rows)
 
