@@ -70,7 +70,11 @@ class PatchDataset(Dataset):
         if present and np.random.random_sample() < self.oversample:
             where = entry.locations[present[np.random.randint(len(present))]]
             return self._moved(where[np.random.randint(len(where))])
-        return np.array([np.random.randint(0, s) for s in entry.shape])
+        return self._anywhere(item)
+
+    def _anywhere(self, item: int) -> np.ndarray:
+        """A random voxel of ``item``."""
+        return np.array([np.random.randint(0, s) for s in self.cache.items[item].shape])
 
     def _moved(self, chosen: np.ndarray) -> np.ndarray:
         """``chosen`` moved anywhere in the central ``jitter`` share of the patch (unmoved without jitter)."""
@@ -79,9 +83,14 @@ class PatchDataset(Dataset):
         reach = np.array(self.patch) * self.jitter / 2
         return chosen + np.rint(np.random.uniform(-reach, reach)).astype(chosen.dtype)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _draw(self) -> tuple[int, np.ndarray]:
+        """The item and the centre of the next patch."""
         item = self.items[np.random.randint(len(self.items))]
-        image, label = extract_patch(self.cache.image(item), self.cache.label(item), self._centre(item), self.patch)
+        return item, self._centre(item)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        item, centre = self._draw()
+        image, label = extract_patch(self.cache.image(item), self.cache.label(item), centre, self.patch)
         return torch.from_numpy(image), torch.from_numpy(label)
 
 
@@ -113,26 +122,20 @@ class FindingPatches(PatchDataset):
         rng = np.random.default_rng(seed)
         self.findings: list[tuple[int, np.ndarray]] = []
         for item in self.items:
-            label = np.asarray(self.cache.label(item))
-            if not self.cache.items[item].locations or not label.any():
+            if not self.cache.items[item].locations:  # no foreground at all
                 continue
-            regions, count = ndimage.label(label > 0, structure=np.ones((3, 3, 3), bool))
-            where = np.argwhere(regions > 0)
-            owner = regions[tuple(where.T)]
-            order = np.argsort(owner, kind="stable")
-            for voxels in np.split(where[order], np.cumsum(np.bincount(owner, minlength=count + 1)[1:])[:-1]):
+            regions, _ = ndimage.label(np.asarray(self.cache.label(item)) > 0, structure=np.ones((3, 3, 3), bool))
+            for where in ndimage.value_indices(regions, ignore_value=0).values():
+                voxels = np.stack(where, axis=1)
                 keep = rng.choice(len(voxels), size=min(len(voxels), voxels_per_finding), replace=False)
                 self.findings.append((item, voxels[np.sort(keep)]))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _draw(self) -> tuple[int, np.ndarray]:
         if self.findings and np.random.random_sample() < self.oversample:
             item, voxels = self.findings[np.random.randint(len(self.findings))]
-            centre = self._moved(voxels[np.random.randint(len(voxels))])
-        else:
-            item = self.items[np.random.randint(len(self.items))]
-            centre = np.array([np.random.randint(0, s) for s in self.cache.items[item].shape])
-        image, label = extract_patch(self.cache.image(item), self.cache.label(item), centre, self.patch)
-        return torch.from_numpy(image), torch.from_numpy(label)
+            return item, self._moved(voxels[np.random.randint(len(voxels))])
+        item = self.items[np.random.randint(len(self.items))]
+        return item, self._anywhere(item)
 
 
 class ValidationPatches(Dataset):
