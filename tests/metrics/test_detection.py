@@ -11,6 +11,7 @@ import pytest
 from sklearn.metrics import roc_curve
 
 from medsight.core.errors import InputError
+from medsight.metrics.bootstrap import bootstrap_ci, bootstrap_cis
 from medsight.metrics.detection import (
     LUNA16_RATES,
     average_precision_boxes,
@@ -217,6 +218,29 @@ def test_froc_summary_bootstraps_scans():
     if one_scan.findings:
         single = froc_summary(one_scan, bootstrap=50)["cpm"]
         assert single["low"] == single["high"] == single["estimate"]  # one scan: every resample is the same
+
+
+def test_froc_summary_intervals_equal_one_bootstrap_per_figure():
+    """The joint bootstrap (one FROC per resample) gives each figure the interval a bootstrap of that
+    figure alone gives, with the same seed; a metric giving the wrong number of figures is refused."""
+    rng = np.random.default_rng(5)
+    candidates, annotations, excluded, scans = _random_case(rng, 25)
+    entries = match_nodules(candidates, annotations, excluded, scans=scans)
+    groups = entries.scan.astype(str)
+    summary = froc_summary(entries, bootstrap=150, seed=2)
+    alone = bootstrap_ci(lambda k, p: cpm(k, p), entries.kind, entries.probability, groups=groups, n_resamples=150,
+                         seed=2)  # fmt: skip
+    assert summary["cpm"] == alone
+    for rate in LUNA16_RATES:
+
+        def at_rate(k: np.ndarray, p: np.ndarray, r: float = rate) -> float:
+            fps, sens, _ = froc_curve(k, p)
+            return float(sensitivity_at(fps, sens, [r])[0])
+
+        expected = bootstrap_ci(at_rate, entries.kind, entries.probability, groups=groups, n_resamples=150, seed=2)
+        assert summary["sensitivity"][f"{rate:g}"] == expected
+    with pytest.raises(InputError, match="2 value"):
+        bootstrap_cis(lambda k, p: [1.0, 2.0], entries.kind, entries.probability, names=["one"], n_resamples=5)
 
 
 # --- 2D boxes ------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -11,7 +10,7 @@ import pandas as pd
 
 from medsight.core.errors import InputError
 
-__all__ = ["bootstrap_ci"]
+__all__ = ["bootstrap_ci", "bootstrap_cis"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +46,25 @@ def bootstrap_ci(
         ``estimate`` (on all cases), ``low``, ``high``, ``n_valid`` (usable resamples) and
         ``n_undefined`` (resamples where the metric was undefined).
     """
+    name = getattr(metric, "__name__", None) or getattr(getattr(metric, "func", None), "__name__", "metric")
+    return bootstrap_cis(lambda *a: [metric(*a)], *arrays, names=[name], groups=groups, n_resamples=n_resamples,
+                         confidence=confidence, seed=seed)[0]  # fmt: skip
+
+
+def bootstrap_cis(
+    metrics: Callable[..., Sequence[float]],
+    *arrays: Sequence[float] | np.ndarray,
+    names: Sequence[str],
+    groups: Sequence[object] | np.ndarray | None = None,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """:func:`bootstrap_ci` of several figures computed together (``metrics(*arrays)`` returns one
+    value per name, e.g. the CPM and the sensitivity at each rate of one FROC curve): each resample is
+    drawn once and every figure is read off it, so figures that share their costly part share it in
+    the bootstrap too. With the same seed, each figure's interval is the one :func:`bootstrap_ci`
+    gives for it alone. Returns one result per name, in order."""
     if not arrays:
         raise InputError("bootstrap_ci needs at least one array")
     data = [np.asarray(a) for a in arrays]
@@ -55,7 +73,7 @@ def bootstrap_ci(
         raise InputError(f"arrays must have equal length; got {[len(a) for a in data]}")
     if not 0.0 < confidence < 1.0:
         raise InputError(f"confidence must be in (0, 1), got {confidence}")
-    estimate = float(metric(*data))
+    estimates = _values(metrics, data, len(names))
     ids = np.arange(n) if groups is None else np.asarray(groups)
     if len(ids) != n:
         raise InputError(f"groups has {len(ids)} entries for {n} cases")
@@ -72,35 +90,40 @@ def bootstrap_ci(
     counts = np.bincount(codes)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_resamples):
+    draws = np.empty((n_resamples, len(names)))
+    for r in range(n_resamples):
         chosen = rng.integers(0, len(counts), size=len(counts))
         # the chosen groups' cases, group after group (vectorised: no Python loop over groups)
         lengths = counts[chosen]
         ends = np.cumsum(lengths)
         index = order[np.arange(ends[-1]) + np.repeat(starts[chosen] - (ends - lengths), lengths)]
-        value = metric(*(a[index] for a in data))
-        if not math.isnan(value):
-            values.append(value)
-    undefined = n_resamples - len(values)
-    if undefined > UNDEFINED_WARNING * n_resamples:
-        name = getattr(metric, "__name__", None) or getattr(getattr(metric, "func", None), "__name__", "metric")
+        draws[r] = _values(metrics, [a[index] for a in data], len(names))
+    return [_interval(name, estimate, draws[:, k], confidence) for k, (name, estimate) in
+            enumerate(zip(names, estimates, strict=True))]  # fmt: skip
+
+
+def _values(metrics: Callable[..., Sequence[float]], data: list[np.ndarray], count: int) -> np.ndarray:
+    values = np.asarray(metrics(*data), dtype=float).reshape(-1)
+    if len(values) != count:
+        raise InputError(f"the metrics gave {len(values)} value(s) for {count} name(s)")
+    return values
+
+
+def _interval(name: str, estimate: float, draws: np.ndarray, confidence: float) -> dict[str, float]:
+    values = draws[~np.isnan(draws)]
+    undefined = len(draws) - len(values)
+    if undefined > UNDEFINED_WARNING * len(draws):
         # undefined everywhere (e.g. PPV when nothing is called positive) is reported as nan, not warned
-        level = logging.WARNING if values else logging.INFO
-        log.log(
-            level,
-            "%s: %d of %d bootstrap resamples gave no defined value; the interval is over the other %d only",
-            name,
-            undefined,
-            n_resamples,
-            len(values),
-        )
-    if not values:
-        return {"estimate": estimate, "low": float("nan"), "high": float("nan"), "n_valid": 0, "n_undefined": undefined}
+        level = logging.WARNING if len(values) else logging.INFO
+        log.log(level, "%s: %d of %d bootstrap resamples gave no defined value; the interval is over the other "
+                "%d only", name, undefined, len(draws), len(values))  # fmt: skip
+    if not len(values):
+        return {"estimate": float(estimate), "low": float("nan"), "high": float("nan"), "n_valid": 0,
+                "n_undefined": undefined}  # fmt: skip
     tail = (1.0 - confidence) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return {
-        "estimate": estimate,
+        "estimate": float(estimate),
         "low": float(low),
         "high": float(high),
         "n_valid": len(values),

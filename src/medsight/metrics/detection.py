@@ -31,13 +31,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from medsight.core.errors import InputError
-from medsight.metrics.bootstrap import bootstrap_ci
+from medsight.metrics.bootstrap import bootstrap_cis
 
 __all__ = [
     "EXCLUDED_DIAMETER_MM",
@@ -146,9 +147,13 @@ def cpm(kind: np.ndarray, probability: np.ndarray, rates: Sequence[float] = LUNA
     return float(np.mean(sensitivity_at(fps, sensitivity, rates)))
 
 
-def _sensitivity_at_rate(kind: np.ndarray, probability: np.ndarray, rate: float) -> float:
+def _froc_figures(kind: np.ndarray, probability: np.ndarray, rates: Sequence[float]) -> list[float]:
+    """The CPM and the sensitivity at each rate, read off one FROC curve (NaN without findings)."""
     fps, sensitivity, _ = froc_curve(kind, probability)
-    return float("nan") if np.isnan(fps[0]) else float(sensitivity_at(fps, sensitivity, [rate])[0])
+    if np.isnan(fps[0]):
+        return [float("nan")] * (len(rates) + 1)
+    at = sensitivity_at(fps, sensitivity, rates)
+    return [float(np.mean(at)), *(float(v) for v in at)]
 
 
 def froc_summary(
@@ -159,18 +164,12 @@ def froc_summary(
     groups = entries.scan.astype(str)
     arrays = (entries.kind, entries.probability)
     fps, sensitivity, thresholds = froc_curve(*arrays)
+    names = ["cpm", *(f"{rate:g}" for rate in rates)]
+    cpm_ci, *at_rates = bootstrap_cis(partial(_froc_figures, rates=rates), *arrays, names=names, groups=groups,
+                                      n_resamples=bootstrap, seed=seed)  # fmt: skip
     out: dict[str, Any] = {
-        "cpm": bootstrap_ci(lambda k, p: cpm(k, p, rates), *arrays, groups=groups, n_resamples=bootstrap, seed=seed),
-        "sensitivity": {
-            f"{rate:g}": bootstrap_ci(
-                lambda k, p, r=rate: _sensitivity_at_rate(k, p, r),
-                *arrays,
-                groups=groups,
-                n_resamples=bootstrap,
-                seed=seed,
-            )
-            for rate in rates
-        },
+        "cpm": cpm_ci,
+        "sensitivity": dict(zip(names[1:], at_rates, strict=True)),
         "curve": {"fps": fps.tolist(), "sensitivity": sensitivity.tolist(), "threshold": thresholds.tolist()},
         "scans": entries.scans,
         "findings": entries.findings,
