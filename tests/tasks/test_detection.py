@@ -67,6 +67,39 @@ def test_a_weaker_candidate_inside_a_stronger_ones_ball_is_suppressed():
     assert found["probability"].round(2).tolist() == [0.9, 0.35]
 
 
+def test_touching_findings_and_a_faint_background_stay_apart():
+    """Two touching nodules are two candidates, each at its own centre, and a threshold below a
+    scan's faint background still finds each nodule where it is (regions above the threshold would
+    merge them all into one candidate, centred nowhere)."""
+    geometry = OBLIQUE
+    shape = (30, 90, 90)
+    centres = geometry.index_to_world(np.array([[15.0, 40.0, 30.0], [15.0, 40.0, 47.0], [8.0, 70.0, 70.0]]))
+    diameters = np.array([12.0, 9.0, 4.0])
+    probability = np.full(shape, 0.04, np.float32)  # the faint response of a whole scan
+    for centre, diameter, peak in zip(centres, diameters, (0.9, 0.6, 0.3), strict=True):
+        ball = ndimage.gaussian_filter(draw_balls(geometry, shape, centre[None], diameter[None]).astype(np.float32), 1)
+        probability = np.maximum(probability, peak * ball / ball.max())
+    above = probability >= 0.02
+    assert ndimage.label(above)[1] == 1  # one region holds everything
+    found = find_candidates(probability, geometry, threshold=0.02)
+    assert len(found) == 3
+    np.testing.assert_allclose(found["probability"], [0.9, 0.6, 0.3], atol=1e-3)
+    where = found[["coordX", "coordY", "coordZ"]].to_numpy()
+    np.testing.assert_allclose(where, centres, atol=1.0)
+    assert np.all(np.linalg.norm(where - centres, axis=1) < diameters / 2)  # each a LUNA16 hit
+    np.testing.assert_allclose(found["diameter_mm"], diameters, rtol=0.35)
+
+
+def test_a_plateau_is_one_candidate_at_its_centre():
+    geometry = Geometry(spacing=(2.5, 0.7, 0.7))
+    probability = np.zeros((12, 60, 60), np.float32)
+    probability[4:8, 20:40, 10:30] = 0.8  # flat top: every voxel is a maximum of its neighbourhood
+    found = find_candidates(probability, geometry, threshold=0.1)
+    assert len(found) == 1
+    np.testing.assert_allclose(found[["coordX", "coordY", "coordZ"]].to_numpy()[0], geometry.index_to_world(
+        [5.5, 29.5, 19.5]), atol=1e-6)  # fmt: skip
+
+
 def test_drawn_findings_found_again_score_a_perfect_froc():
     geometry = OBLIQUE
     shape = (30, 80, 80)
@@ -272,3 +305,14 @@ def test_each_finding_weighs_the_same_in_the_loss_whatever_its_size():
     missed_large[0, 1, 1:5, 1:9, 1] = -6.0  # 32 voxels of the large one's edge missed
     # missing a whole (small) finding costs more than missing an eighth of a large one
     assert float(task.loss(missed_small, targets)) > float(task.loss(missed_large, targets))
+
+
+def test_many_peaks_give_the_most_probable_candidates():
+    geometry = Geometry(spacing=(1.0, 1.0, 1.0))
+    probability = np.zeros((10, 80, 80), np.float32)
+    values = np.linspace(0.2, 0.9, 49)
+    for n, value in enumerate(np.random.default_rng(1).permutation(values)):
+        probability[5, 5 + 10 * (n // 7), 5 + 10 * (n % 7)] = value
+    found = find_candidates(probability, geometry, threshold=0.1, max_candidates=3)  # 12 peaks searched of 49
+    np.testing.assert_allclose(found["probability"], values[::-1][:3], atol=1e-6)
+    assert len(find_candidates(probability, geometry, threshold=0.1)) == 49

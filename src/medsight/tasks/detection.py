@@ -7,9 +7,11 @@ drawn as a ball of its diameter around its centre, in world millimetres, on its 
 (``annotations_excluded.csv`` findings are not drawn). The network's per-voxel probability is the
 heat map; its peaks become candidates:
 
-- voxels at or above ``task.threshold`` form regions (26-connected); each region is one candidate
-  whose probability is its highest voxel, whose centre is its probability-weighted centroid, and
-  whose diameter is that of the ball holding its voxels at or above 0.5 (all of it when none is);
+- each peak of the map (the highest voxel within 3 mm along each axis) at or above
+  ``task.threshold`` is a candidate of that probability; the voxels above the threshold are shared
+  between the peaks by watershed, and the voxels of a peak's share at or above half its
+  probability give its centre (probability-weighted, world mm) and diameter (of the ball of their
+  volume);
 - non-maximum suppression in world space: a candidate whose centre lies within the radius of a
   more probable one is dropped; at most ``task.max_candidates`` per scan are kept.
 
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
+from skimage.segmentation import watershed
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -70,6 +73,8 @@ _TARGETS_VERSION = 1
 _PRIOR = 0.01  # the finding's probability everywhere in an untrained network
 _JITTER = 0.75  # training findings lie anywhere in this central share of their patch
 _MIN_SHARE = 1e-3  # the focal loss's divisor is at least this share of a batch's voxels
+_PEAKS_PER_CANDIDATE = 4  # peaks kept per candidate asked for (the rest are too weak to matter)
+_PEAK_DISTANCE_MM = 3.0  # a candidate is the highest voxel within this distance along each axis
 CANDIDATE_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "probability", "diameter_mm"]
 
 
@@ -122,23 +127,61 @@ def draw_balls(
 
 
 def find_candidates(
-    probability: np.ndarray, geometry: Geometry, *, threshold: float = 0.1, max_candidates: int = 100
+    probability: np.ndarray,
+    geometry: Geometry,
+    *,
+    threshold: float = 0.1,
+    max_candidates: int = 100,
+    peak_distance_mm: float = _PEAK_DISTANCE_MM,
 ) -> pd.DataFrame:
     """Candidates of a probability map ``(Z, Y, X)`` on ``geometry``'s grid (see the module's
     description): ``coordX, coordY, coordZ`` (world mm), ``diameter_mm``, ``probability``, the most
-    probable first."""
+    probable first.
+
+    Each peak (the highest voxel within ``peak_distance_mm`` along each axis, at least its
+    neighbours; a plateau of such voxels is one peak) at or above ``threshold`` is a candidate of that
+    probability. The voxels at or above ``threshold`` are shared between the peaks by watershed; the
+    voxels of a peak's share at or above half its probability give its centre (probability-weighted)
+    and its diameter (of the ball of their volume). Touching findings thus stay apart, and a low
+    threshold does not merge a scan's faint responses into one region.
+    """
     columns = ["coordX", "coordY", "coordZ", "diameter_mm", "probability"]
-    regions, count = ndimage.label(probability >= threshold, structure=np.ones((3, 3, 3), bool))
-    if count == 0:
+    probability = np.asarray(probability, np.float32)
+    above = probability >= threshold
+    if not above.any():
         return pd.DataFrame(columns=columns, dtype=float)
-    index = np.arange(1, count + 1)
-    peak = ndimage.maximum(probability, regions, index)
-    centroid = np.asarray(ndimage.center_of_mass(probability, regions, index), float).reshape(-1, 3)
-    core = ndimage.sum(probability >= 0.5, regions, index)
-    whole = ndimage.sum(np.ones_like(regions, dtype=bool), regions, index)
-    voxels = np.where(core > 0, core, whole)
-    voxel_mm3 = float(np.prod(geometry.spacing))
-    diameter = 2 * (3 * voxels * voxel_mm3 / (4 * np.pi)) ** (1 / 3)
+    box = ndimage.find_objects(above.astype(np.uint8))[0]  # work where anything is above the threshold
+    offset = np.array([b.start for b in box], float)
+    probability, above = probability[box], above[box]
+    spacing = np.asarray(geometry.spacing, float)
+    size = tuple(int(2 * max(1, np.ceil(peak_distance_mm / s)) + 1) for s in spacing)
+    peaks = above & (probability >= ndimage.maximum_filter(probability, size=size, mode="nearest"))
+    markers, count = ndimage.label(peaks, structure=np.ones((3, 3, 3), bool))
+    at = np.nonzero(markers)
+    peak = np.zeros(count + 1)
+    np.maximum.at(peak, markers[at], probability[at])
+    if count > _PEAKS_PER_CANDIDATE * max_candidates:  # the weaker ones could never be among those kept
+        keep = np.zeros(count + 1, bool)
+        keep[1 + np.argsort(-peak[1:], kind="stable")[: _PEAKS_PER_CANDIDATE * max_candidates]] = True
+        markers[~keep[markers]] = 0
+        markers, count = ndimage.label(markers > 0, structure=np.ones((3, 3, 3), bool))
+        at = np.nonzero(markers)
+        peak = np.zeros(count + 1)
+        np.maximum.at(peak, markers[at], probability[at])
+    # a peak's core is at or above half of it: the basins need cover no less than half the weakest peak
+    basins = watershed(-probability, markers, mask=above & (probability >= peak[1:].min() / 2), connectivity=3)
+    # each basin's voxels at or above half its peak: its core (sums over those voxels only)
+    where = np.nonzero(basins)
+    owner = basins[where]
+    inside = probability[where] >= peak[owner] / 2
+    owner, weight = owner[inside], probability[where][inside].astype(float)
+    mass = np.bincount(owner, weight, count + 1)[1:]
+    centroid = np.stack([np.bincount(owner, weight * w[inside], count + 1)[1:] for w in where], -1) / mass[:, None]
+    centroid += offset
+    voxels = np.bincount(owner, minlength=count + 1)[1:].astype(float)
+    peak = peak[1:]
+    voxel_mm3 = float(np.prod(spacing))
+    diameter = 2 * (3 * np.maximum(voxels, 1) * voxel_mm3 / (4 * np.pi)) ** (1 / 3)
     world = geometry.index_to_world(centroid)
     order = np.argsort(-peak, kind="stable")
     kept: list[int] = []
