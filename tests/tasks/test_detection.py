@@ -316,3 +316,22 @@ def test_many_peaks_give_the_most_probable_candidates():
     found = find_candidates(probability, geometry, threshold=0.1, max_candidates=3)  # 12 peaks searched of 49
     np.testing.assert_allclose(found["probability"], values[::-1][:3], atol=1e-6)
     assert len(find_candidates(probability, geometry, threshold=0.1)) == 49
+
+
+def test_every_nodule_keeps_a_voxel_on_a_coarse_plan_grid(tmp_path):
+    """A 3 mm nodule on a plan grid of 8 mm voxels: nearest-neighbour resampling alone would often
+    lose it (then taught as background); the detector's plan keeps a voxel of every nodule."""
+    from medsight.data.manifest import Manifest
+    from medsight.tasks.segmentation import PlanRequest
+    from tests.tasks.test_conformance import _detection
+
+    _, path = _detection(tmp_path)
+    manifest = Manifest.load(path)
+    table = manifest.table.copy()
+    table["boxes"] = [json.dumps([{**json.loads(b)[0], "diameter_mm": 3.0}]) for b in table["boxes"]]
+    task = DetectionTask(DetectionTask.spec_type(kind="detection"))
+    request = PlanRequest(memory_gb=2, base_filters=4, modality="CT", overrides={"spacing": [8.0, 8.0, 8.0]})
+    data = task.prepare(manifest.with_table(table), request, tmp_path / "cache", progress=None)
+    assert data.preprocess.keep_findings and data.preprocess.spacing == (8.0, 8.0, 8.0)
+    cache = data.inputs
+    assert all(int((cache.label(n) == 1).sum()) >= 1 for n in range(len(cache)))

@@ -47,3 +47,26 @@ def test_a_box_of_air_inside_the_body_is_cropped_with_its_margin():
     assert case.box == ((5, 25), (10, 40), (20, 50))  # 10 mm each side
     with pytest.raises(InputError, match="nonzero, lungs or none"):
         preprocess_case(image, (2.0, 1.0, 1.0), (2.0, 1.0, 1.0), crop="lung")
+
+
+def test_findings_smaller_than_a_coarse_voxel_keep_one():
+    """Resampled by nearest neighbour to a grid 3x coarser, one-voxel findings mostly vanish; with
+    ``keep_regions`` each keeps the voxel nearest its centre, and the rest of the map is unchanged."""
+    rng = np.random.default_rng(0)
+    label = np.zeros((30, 60, 60), np.uint8)
+    cells = rng.choice(10 * 20 * 14, size=40, replace=False)  # one speck per coarse voxel, left of x = 42
+    specks = np.stack(np.unravel_index(cells, (10, 20, 14)), -1) * 3 + rng.integers(0, 3, size=(40, 3))
+    label[tuple(specks.T)] = 1
+    label[10:22, 20:44, 45:57] = 2  # a large structure: resampled as before
+    image = np.zeros((1, *label.shape), np.float32)
+    plain = preprocess_case(image, (1.0, 1.0, 1.0), (3.0, 3.0, 3.0), label=label, crop="none")
+    kept = preprocess_case(image, (1.0, 1.0, 1.0), (3.0, 3.0, 3.0), label=label, crop="none", keep_regions=True)
+    assert (plain.label == 1).sum() < len(specks)  # nearest neighbour loses some
+    assert (kept.label == 1).sum() == len(specks)  # each kept, once
+    for z, y, x in specks:  # each at the coarse voxel holding its centre
+        assert kept.label[z // 3, y // 3, x // 3] == 1
+    changed = kept.label != plain.label
+    assert np.all(kept.label[changed] == 1) and np.all(plain.label[changed] == 0)
+    np.testing.assert_array_equal(kept.label == 2, plain.label == 2)
+    same = preprocess_case(image, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), label=label, crop="none", keep_regions=True)
+    np.testing.assert_array_equal(same.label, label)

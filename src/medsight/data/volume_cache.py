@@ -95,7 +95,7 @@ def preprocess_for_plan(
     """One case cropped, resampled and normalised as ``plan`` says (:class:`Preprocessed`)."""
     crop = "lungs" if plan.crop_lungs else plan.crop_to_nonzero
     return preprocess_case(image, spacing, plan.spacing, label=label, crop=crop,
-                           normalization=plan_normalization(plan))  # fmt: skip
+                           normalization=plan_normalization(plan), keep_regions=plan.keep_findings)  # fmt: skip
 
 
 def _indices(label: np.ndarray, codes: Sequence[int], case: str) -> np.ndarray:

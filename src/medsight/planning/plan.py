@@ -130,6 +130,9 @@ class Plan(BaseModel):
         crop_to_nonzero: Crop every case to the box around its non-zero voxels first.
         crop_lungs: Crop every case to the box around its lung fields instead (chest CT; what
             nodule detection looks at), grown by 10 mm.
+        keep_findings: Every connected region of a label map keeps at least its voxel nearest its
+            centre when resampled to a coarser grid (detection: a nodule smaller than a voxel of the
+            plan's grid would otherwise vanish from the targets and be taught as background).
         normalization: One entry per input channel.
         patch_size: Training patch ``(z, y, x)`` voxels, a multiple of the network's divisor.
         batch_size: Patches per training step.
@@ -156,6 +159,7 @@ class Plan(BaseModel):
     anisotropic_axis: int | None = None
     crop_to_nonzero: bool = True
     crop_lungs: bool = False
+    keep_findings: bool = False
     normalization: list[ChannelNormalization]
     patch_size: tuple[int, int, int]
     batch_size: int = Field(ge=1)
@@ -198,6 +202,8 @@ class Plan(BaseModel):
         crop = "lungs" if self.crop_lungs else self.crop_to_nonzero  # (the old key where lungs are not cropped)
         fields = {"version": self.version, "spacing": self.spacing, "crop": crop,
                   "normalization": [n.model_dump() for n in self.normalization]}  # fmt: skip
+        if self.keep_findings:  # (the old key where nothing is kept)
+            fields["keep_findings"] = True
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

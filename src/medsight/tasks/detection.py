@@ -54,7 +54,7 @@ from medsight.io.atomic import atomic_dir
 from medsight.metrics.detection import LUNA16_RATES, froc_summary, match_nodules
 from medsight.models.registry import ModelChoice
 from medsight.planning import Plan
-from medsight.tasks.base import Task, TaskData, Training, register_task
+from medsight.tasks.base import Task, TaskData, Training, as_model, register_task
 from medsight.tasks.results import Estimate, Prediction
 from medsight.tasks.segmentation import (
     PlanRequest,
@@ -290,6 +290,11 @@ class DetectionTask(Task):
     ) -> TaskData:
         """Draw each case's findings on its scan, then plan (unless given a plan) and preprocess."""
         with_targets = _targets(manifest, Path(folder) / "targets", progress=progress)
+        if isinstance(preprocess, Plan):
+            preprocess = preprocess.model_copy(update={"keep_findings": True})
+        else:  # every finding keeps a voxel on the plan's grid, however coarse
+            request = as_model(preprocess, PlanRequest)
+            preprocess = request.model_copy(update={"overrides": {**request.overrides, "keep_findings": True}})
         return self.backbone.prepare(with_targets, preprocess, folder, progress=progress)
 
     def check(self, data: TaskData, splits: Mapping[str, np.ndarray]) -> None:

@@ -18,7 +18,8 @@ from scipy import ndimage
 
 from medsight.core.errors import InputError
 
-__all__ = ["Preprocessed", "crop_box", "lung_box", "normalize", "preprocess_case", "resample", "restore"]
+__all__ = ["Preprocessed", "crop_box", "keep_lost_regions", "lung_box", "normalize", "preprocess_case", "resample",
+           "restore"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,37 @@ def resample(array: np.ndarray, shape: Sequence[int], *, labels: bool = False) -
     return out[0].numpy()
 
 
+def keep_lost_regions(source: np.ndarray, resampled: np.ndarray) -> np.ndarray:
+    """``resampled`` (a label map ``(Z, Y, X)`` resampled from ``source`` by :func:`resample`) with
+    each connected region (26-connected, per label value) of ``source`` that resampling lost
+    entirely marked at the voxel nearest its centre: a finding smaller than a voxel of the coarser
+    grid stays a finding."""
+    scale = np.array(source.shape, float) / np.array(resampled.shape, float)
+    if np.all(scale <= 1):
+        return resampled  # nothing is lost on a grid as fine or finer
+    out = resampled
+    for value in np.unique(source[source > 0]):
+        regions, count = ndimage.label(source == value, structure=np.ones((3, 3, 3), bool))
+        if count == 0:
+            continue
+        index = np.arange(1, count + 1)
+        centres = np.asarray(ndimage.center_of_mass(regions > 0, regions, index), float).reshape(-1, 3)
+        found = np.isin(index, _nearest_regions(regions, resampled.shape))
+        for centre in centres[~found]:
+            # align_corners=False: source index i sits at target (i + 0.5) / scale - 0.5
+            nearest = np.clip(np.rint((centre + 0.5) / scale - 0.5).astype(int), 0, np.array(resampled.shape) - 1)
+            if out is resampled:
+                out = resampled.copy()
+            out[tuple(nearest)] = value
+    return out
+
+
+def _nearest_regions(regions: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """The region map resampled by nearest neighbour as labels are (which region each voxel came from)."""
+    tensor = torch.from_numpy(regions.astype(np.float32))[None, None]
+    return F.interpolate(tensor, size=tuple(shape), mode="nearest-exact")[0, 0].numpy().astype(np.int64)
+
+
 def normalize(
     image: np.ndarray,
     schemes: Sequence[str],
@@ -142,13 +174,15 @@ def preprocess_case(
     label: np.ndarray | None = None,
     crop: bool | str = True,
     normalization: dict[str, list] | None = None,
+    keep_regions: bool = False,
 ) -> Preprocessed:
     """Crop, resample to ``target_spacing`` and normalise one case. ``crop``: ``nonzero`` (or True)
     to the box around non-zero voxels, ``lungs`` to the lung fields of a chest CT
     (:func:`lung_box`), ``none`` (or False) not at all.
 
     ``normalization`` holds lists ``schemes``, ``clips``, ``means``, ``stds``, ``masks`` (one entry
-    per channel); ``label`` holds class indices on the image's grid.
+    per channel); ``label`` holds class indices on the image's grid. ``keep_regions``: every
+    connected region of the label map keeps at least one voxel (:func:`keep_regions`).
 
     Raises:
         InputError: NaN or infinite intensities (they would poison every statistic).
@@ -179,6 +213,8 @@ def preprocess_case(
     resampled_label = None
     if label is not None:
         resampled_label = resample(label[window][None].astype(np.uint8), shape, labels=True)[0]
+        if keep_regions:
+            resampled_label = keep_lost_regions(label[window], resampled_label)
     return Preprocessed(resampled.astype(np.float32), resampled_label, actual, source_shape, box)  # type: ignore[arg-type]
 
 
