@@ -53,9 +53,11 @@ def nifti(path: Path, shape=(6, 6, 4), labels=None, seed=None) -> None:
     nib.save(nib.Nifti1Image(arr, np.eye(4)), path)
 
 
-def dicom_file(path: Path, shape=(8, 8), seed=None) -> None:
+def dicom_file(path: Path, shape=(8, 8), seed=None, pixels: np.ndarray | None = None) -> None:
+    """A one-frame DICOM file of random pixels (or ``pixels``, 2D)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    arr = _rng(seed, path).integers(0, 4000, size=(1, 1, *shape)).astype(np.int16)
+    arr = _rng(seed, path).integers(0, 4000, size=(1, 1, *shape)).astype(np.int16) if pixels is None else \
+        np.asarray(pixels, np.int16)[None, None]  # fmt: skip
     tmp = path.parent / f".tmp_{path.stem}"
     write_dicom_series(Volume(arr, Geometry(), VolumeMetadata(modality="CT")), tmp, modality="CT")
     shutil.move(next(tmp.iterdir()), path)
@@ -450,6 +452,10 @@ def cbis(root: Path, malformed: bool) -> tuple[Path, dict]:
     crop = (
         root / "CBIS-DDSM" / "Mass-Training_P_00001_LEFT_CC_1" / "08-07-2016-DDSM-24563" / "1.000000-ROI mask images-99"
     )
-    dicom_file(crop / "1-1.dcm")
-    dicom_file(crop / "1-2.dcm")
+    dicom_file(crop / "1-1.dcm")  # the cropped image: smaller than the full mammogram
+    mask = np.zeros((24, 16), np.int16)
+    mask[5:12, 3:9] = 255  # the ROI: rows 5-11, columns 3-8
+    dicom_file(crop / "1-2.dcm", pixels=mask)
+    empty = root / "CBIS-DDSM" / "Mass-Training_P_00001_LEFT_MLO_1" / "08-07-2016-DDSM-1" / "1.000000-ROI mask images-1"
+    dicom_file(empty / "1-1.dcm", pixels=np.zeros((24, 16), np.int16))  # an empty mask: no box
     return root, {"cases": 4, "patients": 3, "test": 1, "targets": [0, 1, 1, 0], "error": "1 full mammogram folder(s)"}

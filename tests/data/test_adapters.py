@@ -176,3 +176,7 @@ def test_cbis_ddsm_combines_abnormalities_and_finds_renamed_files(tmp_path):
     assert row["abnormalities"] == 2 and row["target"] == 1 and row["assessment"] == 4
     assert row["image"].endswith("1-1.dcm")  # the CSV said 000000.dcm under other UID folders
     assert "ROI mask" not in " ".join(t["image"])
+    boxes = json.loads(row["boxes"])  # abnormality 2 has no mask folder: no box
+    assert boxes == [{"label": "mass malignant", "birads": 4, "x": 3.0, "y": 5.0, "w": 6.0, "h": 7.0}]
+    assert json.loads(t.loc["MASS-TRAINING_P_00001_LEFT_MLO", "boxes"]) == []  # its mask is empty
+    assert "boxes" not in build_manifest(root, options={"boxes": False}).table.columns
