@@ -335,3 +335,34 @@ def test_every_nodule_keeps_a_voxel_on_a_coarse_plan_grid(tmp_path):
     assert data.preprocess.keep_findings and data.preprocess.spacing == (8.0, 8.0, 8.0)
     cache = data.inputs
     assert all(int((cache.label(n) == 1).sum()) >= 1 for n in range(len(cache)))
+
+
+def test_the_margin_around_a_finding_is_left_out_of_the_loss():
+    """With ``margin`` 1 the background touching a finding costs nothing (a small nodule's visible
+    blob is wider than its target), and the rest of the background costs as before."""
+    import torch
+
+    from medsight.tasks.detection import margin_mask
+
+    targets = torch.zeros(1, 8, 12, 12, dtype=torch.long)
+    targets[0, 4, 6, 6] = 1  # a one-voxel finding
+    mask = margin_mask(targets, 1)
+    assert int((~mask).sum()) == 26 and bool(mask[0, 4, 6, 6]) and bool(mask[0, 4, 6, 8])
+    assert bool(margin_mask(targets, 0).all())
+
+    def logits(blob: bool, far: bool) -> torch.Tensor:
+        out = torch.zeros(1, 2, 8, 12, 12)
+        out[:, 1] = -6.0
+        out[0, 1, 4, 6, 6] = 6.0
+        if blob:
+            out[0, 1, 3:6, 5:8, 5:8] = 6.0  # the finding and its 26 neighbours
+        if far:
+            out[0, 1, 1, 1, 1] = 6.0  # a false positive away from it
+        return out
+
+    def loss(margin: int, out: torch.Tensor) -> float:
+        return float(DetectionTask(DetectionTask.spec_type(kind="detection", margin=margin)).loss(out, targets))
+
+    assert loss(1, logits(True, False)) == pytest.approx(loss(1, logits(False, False)), abs=1e-6)
+    assert loss(0, logits(True, False)) > loss(0, logits(False, False)) + 0.1
+    assert loss(1, logits(False, True)) > loss(1, logits(False, False)) + 0.1

@@ -65,7 +65,7 @@ from medsight.tasks.segmentation import (
 )
 from medsight.transforms.volume3d import restore
 
-__all__ = ["DetectionSpec", "DetectionTask", "draw_balls", "find_candidates", "finding_weights"]
+__all__ = ["DetectionSpec", "DetectionTask", "draw_balls", "find_candidates", "finding_weights", "margin_mask"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ class DetectionSpec(BaseModel):
         rates: False positives per scan at which sensitivity is reported (CPM: their mean).
         overlap: Sliding-window overlap at prediction.
         mirror: Test-time augmentation by mirroring along every axis (8 passes).
+        margin: Background voxels within this many voxels of a finding are left out of the loss
+            (:func:`margin_mask`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -100,6 +102,7 @@ class DetectionSpec(BaseModel):
     rates: tuple[float, ...] = LUNA16_RATES
     overlap: float = Field(0.5, ge=0, lt=1)
     mirror: bool = False
+    margin: int = Field(0, ge=0, le=3)
 
 
 def draw_balls(
@@ -340,18 +343,21 @@ class DetectionTask(Task):
         if outputs.shape[0] != targets.shape[0] or outputs.shape[-3:] != targets.shape[1:]:
             raise InputError(f"outputs {tuple(outputs.shape)} do not match target patches {tuple(targets.shape)}")
         weights = finding_weights(targets).to(outputs.device)
-        return supervised_heads(lambda out, truth: self._loss(out, truth, weights), outputs, targets)
+        scored = margin_mask(targets, self.spec.margin).to(outputs.device)
+        return supervised_heads(lambda out, truth: self._loss(out, truth, weights, scored), outputs, targets)
 
     @staticmethod
-    def _loss(outputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _loss(
+        outputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, scored: torch.Tensor
+    ) -> torch.Tensor:
         logit = outputs[:, 1] - outputs[:, 0]  # the finding's log-odds under the two-class softmax
         truth = (targets > 0).to(logit.dtype)
-        probability = torch.sigmoid(logit)
+        probability = torch.sigmoid(logit) * scored.to(logit.dtype)  # the margin counts for nothing
         entropy = F.binary_cross_entropy_with_logits(logit, truth, reduction="none")
         missed = truth * (1 - probability) + (1 - truth) * probability
         # over the finding voxels, or a thousandth of the batch where they are fewer: a patch that
         # grazes a 3 mm nodule must not weigh its background a hundred times more than the next
-        weight = torch.where(truth > 0, weights.to(logit.dtype), torch.ones_like(logit))
+        weight = torch.where(truth > 0, weights.to(logit.dtype), scored.to(logit.dtype))
         focal = (weight * entropy * missed**2).sum() / truth.sum().clamp_min(max(1.0, _MIN_SHARE * truth.numel()))
         overlap = (probability * truth).sum()
         dice = (2 * overlap + 1e-5) / (probability.sum() + truth.sum() + 1e-5)
@@ -454,6 +460,18 @@ class DetectionTask(Task):
         for message in warnings:
             log.warning(message)
         return figures, {"froc": summary}, warnings
+
+
+def margin_mask(targets: torch.Tensor, margin: int) -> torch.Tensor:
+    """Per voxel of target patches ``(N, Z, Y, X)``: False on the background within ``margin``
+    voxels (along each axis) of a finding, True elsewhere. The loss leaves that shell out: where a
+    4 mm nodule is one voxel of the target but looks like a blob of eight, its other seven are not
+    taught as background."""
+    truth = (targets > 0).float()
+    if margin <= 0:
+        return torch.ones(truth.shape, dtype=torch.bool)
+    near = F.max_pool3d(truth[:, None], 2 * margin + 1, stride=1, padding=margin)[:, 0] > 0
+    return ~near | (truth > 0)
 
 
 def finding_weights(targets: torch.Tensor) -> torch.Tensor:
