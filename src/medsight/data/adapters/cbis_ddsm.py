@@ -113,7 +113,9 @@ def _boxes(group: pd.DataFrame, folder: str, image: Path, abnormal: dict[str, li
     size = _size(image)
     boxes = []
     for row in group.itertuples():
-        box = _mask_box(abnormal.get(f"{folder}_{row.abnormality_id}".upper(), []), size)
+        number = pd.to_numeric(row.abnormality_id, errors="coerce")  # 1, "1" and 1.0 name folder ..._1
+        ident = str(int(number)) if pd.notna(number) else str(row.abnormality_id).strip()
+        box = _mask_box(abnormal.get(f"{folder}_{ident}".upper(), []), size)
         if box is not None:
             label = f"{row.abnormality_type} {row.pathology}".lower().replace("_", " ")
             boxes.append({"label": label, "birads": int(row.assessment), **box})
