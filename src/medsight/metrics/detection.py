@@ -141,10 +141,7 @@ def sensitivity_at(fps: np.ndarray, sensitivity: np.ndarray, rates: Sequence[flo
 def cpm(kind: np.ndarray, probability: np.ndarray, rates: Sequence[float] = LUNA16_RATES) -> float:
     """Competition performance metric: the mean sensitivity at ``rates`` false positives per scan
     (NaN when there is no finding)."""
-    fps, sensitivity, _ = froc_curve(kind, probability)
-    if np.isnan(fps[0]):
-        return float("nan")
-    return float(np.mean(sensitivity_at(fps, sensitivity, rates)))
+    return _froc_figures(kind, probability, rates)[0]
 
 
 def _froc_figures(kind: np.ndarray, probability: np.ndarray, rates: Sequence[float]) -> list[float]:

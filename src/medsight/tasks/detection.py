@@ -159,25 +159,18 @@ def find_candidates(
     spacing = np.asarray(geometry.spacing, float)
     size = tuple(int(2 * max(1, np.ceil(peak_distance_mm / s)) + 1) for s in spacing)
     peaks = above & (probability >= ndimage.maximum_filter(probability, size=size, mode="nearest"))
-    markers, count = ndimage.label(peaks, structure=np.ones((3, 3, 3), bool))
-    at = np.nonzero(markers)
-    peak = np.zeros(count + 1)
-    np.maximum.at(peak, markers[at], probability[at])
+    markers, count, peak = _labelled_peaks(peaks, probability)
     if count > _PEAKS_PER_CANDIDATE * max_candidates:  # the weaker ones could never be among those kept
         keep = np.zeros(count + 1, bool)
         keep[1 + np.argsort(-peak[1:], kind="stable")[: _PEAKS_PER_CANDIDATE * max_candidates]] = True
-        markers[~keep[markers]] = 0
-        markers, count = ndimage.label(markers > 0, structure=np.ones((3, 3, 3), bool))
-        at = np.nonzero(markers)
-        peak = np.zeros(count + 1)
-        np.maximum.at(peak, markers[at], probability[at])
+        markers, count, peak = _labelled_peaks(keep[markers], probability)
     # a peak's core is at or above half of it: the basins need cover no less than half the weakest peak
     basins = watershed(-probability, markers, mask=above & (probability >= peak[1:].min() / 2), connectivity=3)
     # each basin's voxels at or above half its peak: its core (sums over those voxels only)
     where = np.nonzero(basins)
-    owner = basins[where]
-    inside = probability[where] >= peak[owner] / 2
-    owner, weight = owner[inside], probability[where][inside].astype(float)
+    owner, values = basins[where], probability[where]
+    inside = values >= peak[owner] / 2
+    owner, weight = owner[inside], values[inside].astype(float)
     mass = np.bincount(owner, weight, count + 1)[1:]
     centroid = np.stack([np.bincount(owner, weight * w[inside], count + 1)[1:] for w in where], -1) / mass[:, None]
     centroid += offset
@@ -195,6 +188,17 @@ def find_candidates(
             break
     rows = np.column_stack([world[kept], diameter[kept], peak[kept]]) if kept else np.zeros((0, 5))
     return pd.DataFrame(rows, columns=columns)
+
+
+def _labelled_peaks(peaks: np.ndarray, probability: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """Peak voxels grouped into 26-connected markers (a flat top is one), their count and each
+    marker's probability (index 0 unused). Connected peak voxels lie in each other's window, so a
+    marker's voxels share one value."""
+    markers, count = ndimage.label(peaks, structure=np.ones((3, 3, 3), bool))
+    at = np.nonzero(markers)
+    peak = np.zeros(count + 1)
+    peak[markers[at]] = probability[at]
+    return markers, count, peak
 
 
 def _findings(boxes: Sequence[Any], case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

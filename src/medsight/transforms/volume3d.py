@@ -121,7 +121,7 @@ def keep_lost_regions(source: np.ndarray, resampled: np.ndarray) -> np.ndarray:
             continue
         index = np.arange(1, count + 1)
         centres = np.asarray(ndimage.center_of_mass(regions > 0, regions, index), float).reshape(-1, 3)
-        found = np.isin(index, _nearest_regions(regions, resampled.shape))
+        found = np.isin(index, resample(regions[None], resampled.shape, labels=True))  # regions left on the grid
         for centre in centres[~found]:
             # align_corners=False: source index i sits at target (i + 0.5) / scale - 0.5
             nearest = np.clip(np.rint((centre + 0.5) / scale - 0.5).astype(int), 0, np.array(resampled.shape) - 1)
@@ -129,12 +129,6 @@ def keep_lost_regions(source: np.ndarray, resampled: np.ndarray) -> np.ndarray:
                 out = resampled.copy()
             out[tuple(nearest)] = value
     return out
-
-
-def _nearest_regions(regions: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """The region map resampled by nearest neighbour as labels are (which region each voxel came from)."""
-    tensor = torch.from_numpy(regions.astype(np.float32))[None, None]
-    return F.interpolate(tensor, size=tuple(shape), mode="nearest-exact")[0, 0].numpy().astype(np.int64)
 
 
 def normalize(
@@ -182,7 +176,7 @@ def preprocess_case(
 
     ``normalization`` holds lists ``schemes``, ``clips``, ``means``, ``stds``, ``masks`` (one entry
     per channel); ``label`` holds class indices on the image's grid. ``keep_regions``: every
-    connected region of the label map keeps at least one voxel (:func:`keep_regions`).
+    connected region of the label map keeps at least one voxel (:func:`keep_lost_regions`).
 
     Raises:
         InputError: NaN or infinite intensities (they would poison every statistic).

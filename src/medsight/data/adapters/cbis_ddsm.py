@@ -28,7 +28,7 @@ from medsight.core.errors import InputError, MedsightError
 from medsight.data.adapters._tables import read_table, relative
 from medsight.data.manifest import Manifest
 from medsight.data.registry import Adapter, register
-from medsight.io.dicom_header import read_frames, read_header
+from medsight.io.dicom_header import DicomHeader, read_frames, read_header
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class CbisOptions(BaseModel):
 
 
 _FULL = re.compile(r"(MASS|CALC)-(TRAINING|TEST)_P_\d+_(LEFT|RIGHT)_(CC|MLO)")
-_ABNORMALITY = re.compile(r"(MASS|CALC)-(TRAINING|TEST)_P_\d+_(LEFT|RIGHT)_(CC|MLO)_\d+")
+_ABNORMALITY = re.compile(_FULL.pattern + r"_\d+")  # its abnormality folders: ..._{view}_{id}
 
 
 def _folders(root: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
@@ -83,8 +83,8 @@ def _folders(root: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
     return full, abnormal
 
 
-def _size(path: Path) -> tuple[int, int] | None:
-    ds = read_header(path).dataset
+def _size(header: DicomHeader) -> tuple[int, int] | None:
+    ds = header.dataset
     return (int(ds.Rows), int(ds.Columns)) if "Rows" in ds and "Columns" in ds else None
 
 
@@ -94,9 +94,10 @@ def _mask_box(files: list[Path], size: tuple[int, int] | None) -> dict[str, floa
     when there is no such file or its mask is empty."""
     for path in files:
         try:
-            if size is None or _size(path) != size:
+            header = read_header(path)  # the header first: the pixels of the mask only
+            if size is None or _size(header) != size:
                 continue
-            mask = read_frames(read_header(path))[0, :, :, 0]
+            mask = read_frames(header)[0, :, :, 0]
         except MedsightError as exc:
             log.warning("%s: cannot read it as an ROI mask (%s)", path, exc)
             continue
@@ -110,7 +111,7 @@ def _mask_box(files: list[Path], size: tuple[int, int] | None) -> dict[str, floa
 
 def _boxes(group: pd.DataFrame, folder: str, image: Path, abnormal: dict[str, list[Path]]) -> list[dict[str, Any]]:
     """The boxes of one full mammogram's abnormalities (those whose mask was found and not empty)."""
-    size = _size(image)
+    size = _size(read_header(image))
     boxes = []
     for row in group.itertuples():
         number = pd.to_numeric(row.abnormality_id, errors="coerce")  # 1, "1" and 1.0 name folder ..._1
@@ -162,6 +163,7 @@ class CbisDdsm(Adapter):
             )
         records: list[dict[str, Any]] = []
         boxed = found = 0
+        mammograms = table["folder"].nunique()
         for folder, group in table.groupby("folder", sort=True):
             first = group.iloc[0]
             malignant = bool((group["pathology"].str.upper() == "MALIGNANT").any())
@@ -183,7 +185,7 @@ class CbisDdsm(Adapter):
                 boxed += len(group)
                 found += len(record["boxes"])
                 if len(records) % 200 == 199:
-                    log.info("ROI masks: %d of %d mammograms read", len(records) + 1, table["folder"].nunique())
+                    log.info("ROI masks: %d of %d mammograms read", len(records) + 1, mammograms)
             records.append(record)
         notes = [
             "full mammograms found by folder name (CSV paths do not always match the TCIA folders)",
