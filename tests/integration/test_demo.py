@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
@@ -195,3 +196,104 @@ def test_a_3d_step_is_timed_by_the_patches_it_draws():
     assert fp32 - full == pytest.approx((full - cases * cost.phantom_s_per_case) * (demo._FP32_3D - 1))
     dr = demo._steps("standard", ["dr-grading"])
     assert demo._estimate(dr, 82.8, 47.3, bf16=False) == demo._estimate(dr, 82.8, 47.3)  # 2D follows the probe
+
+
+def _plan(monkeypatch, speed=90.0, **kwargs):
+    from medsight.validation import demo
+
+    monkeypatch.setattr(demo, "_probe", lambda step, extra: _measured(speed))
+    return demo.plan_demo("standard", **kwargs)
+
+
+def test_a_demo_on_time_is_not_replanned(monkeypatch):
+    from medsight.validation import demo
+
+    plan = _plan(monkeypatch)
+    first = plan.seconds(plan.steps[0])
+    assert first > 0
+    assert demo.replan(plan, [first], first) is None  # as estimated
+    assert demo.replan(plan, [0.5 * first], 0.5 * first) is None  # faster
+    assert demo.replan(plan, [1.04 * first], 1.04 * first) is None  # within the estimate's spread
+    everything = [plan.seconds(step) * 3 for step in plan.steps]
+    assert demo.replan(plan, everything, sum(everything)) is None  # nothing left to re-plan
+    for profile in ("quick", "long"):  # never shrunk
+        assert demo.replan(replace(plan, profile=profile), [3 * first], 3 * first) is None
+
+
+def test_a_demo_running_slow_turns_lean_for_the_rest_with_the_same_targets(monkeypatch):
+    from medsight.validation import demo
+
+    plan = _plan(monkeypatch)
+    assert plan.profile == "standard" and plan.estimated_seconds < 15 * 60
+    first = plan.seconds(plan.steps[0])
+    slow = 1.6 * first  # the machine got busier than the probe saw
+    changed, message = demo.replan(plan, [slow], slow + 5.0, prepaid=5.0)
+    assert changed.profile == "lean" and changed.left_out == ()
+    lean = {s.recipe: (s, c, e) for s, c, e in demo._steps("lean")}
+    assert changed.steps[0] == plan.steps[0]  # what ran stays as it ran
+    assert changed.steps[1:] == tuple(lean[s.recipe] for s, _, _ in plan.steps[1:])
+    assert [s.headlines for s, _, _ in changed.steps] == [s.headlines for s in demo.DEMO]  # same targets
+    rest = sum(changed.seconds(step) for step in changed.steps[1:])
+    assert changed.estimated_seconds == pytest.approx(slow + 1.6 * rest)
+    assert "1.60x slower than estimated" in message and "lean settings" in message
+    assert f"~{round(changed.estimated_seconds / 60)} min" in message and changed.reason == message
+
+
+def test_a_demo_running_far_too_slow_leaves_out_what_no_longer_fits(monkeypatch):
+    from medsight.validation import demo
+
+    plan = _plan(monkeypatch)
+    first = plan.seconds(plan.steps[0])
+    changed, message = demo.replan(plan, [4 * first], 4 * first)
+    kept, left = [s.recipe for s, _, _ in changed.steps], [recipe for recipe, _ in changed.left_out]
+    assert left and sorted(kept + left) == sorted(s.recipe for s in demo.DEMO) and kept[0] == "dr-grading"
+    assert changed.estimated_seconds <= 15 * 60 and "left out" in message
+    for recipe, seconds in changed.left_out:  # each at its scaled estimate, over what is left of the budget
+        step = next(s for s in demo._steps("lean") if s[0].recipe == recipe)
+        assert seconds == pytest.approx(4 * changed.seconds(step))
+        assert changed.estimated_seconds + seconds > 15 * 60
+    assert f"--recipes {','.join(left)}" in changed.left_out_note()
+    gone = demo.replan(plan, [20 * first], 20 * first)[0]  # the budget is spent: nothing more runs
+    assert [s.recipe for s, _, _ in gone.steps] == ["dr-grading"] and len(gone.left_out) == 4
+    named = _plan(monkeypatch, recipes=["dr-grading", "brain-tumor-seg"])  # named recipes all run, lean if need be
+    changed, _ = demo.replan(named, [20 * first], 20 * first)
+    assert [s.recipe for s, _, _ in changed.steps] == ["dr-grading", "brain-tumor-seg"] and changed.left_out == ()
+    assert demo.replan(changed, [20 * first], 20 * first) is None  # lean already: nothing more to do
+    tight = _plan(monkeypatch, speed=14.0)  # a slow CPU: lean from the start, some recipes left out already
+    assert tight.profile == "lean" and tight.left_out
+    gone = demo.replan(tight, [4 * tight.seconds(tight.steps[0])], 4 * tight.seconds(tight.steps[0]))[0]
+    order = [s.recipe for s in demo.DEMO]
+    left = [recipe for recipe, _ in gone.left_out]
+    assert set(left) == set(order[1:]) and left == order[1:]  # every one named once, in the demo's order
+
+
+def test_the_demo_loop_follows_a_new_plan(monkeypatch, tmp_path):
+    """After a step that ran slow, the next steps train with the re-planned settings and the
+    command learns why."""
+    from types import SimpleNamespace
+
+    from medsight.validation import demo
+
+    plan = _plan(monkeypatch, recipes=["dr-grading", "cxr-findings", "brain-tumor-seg"])
+    now = [0.0]
+    monkeypatch.setattr(demo.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(demo, "phantom_data", lambda *a, **k: False)
+    monkeypatch.setattr(demo, "build_manifest", lambda *a, **k: None)
+    monkeypatch.setattr(demo, "assign_splits", lambda *a, **k: SimpleNamespace(save=lambda path: None))
+    trained = []
+    slow = 4.0 * plan.seconds(plan.steps[0])
+
+    def fake_fit(recipe, manifest, run, progress=None):
+        trained.append((recipe.model.name, recipe.train.epochs))
+        now[0] += slow if len(trained) == 1 else 10.0
+
+    figure = SimpleNamespace(estimate=0.9, low=0.8, high=1.0)
+    monkeypatch.setattr(demo, "fit", fake_fit)
+    monkeypatch.setattr(demo, "evaluate_run", lambda run, progress=None: SimpleNamespace(figure=lambda n: figure))
+    told = []
+    rows = demo.run_demo(tmp_path, plan=plan, on_replan=lambda p, m: told.append((p.profile, m)))
+    assert trained[0] == ("resnet18", 14) and trained[1] == ("resnet10", 14)  # CXR trained lean after the slow DR
+    assert [p for p, _ in told] == ["lean"] and "slower than estimated" in told[0][1]
+    assert {r.recipe for r in rows} == {"dr-grading", "cxr-findings", "brain-tumor-seg"}
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert timings["plan"]["profile"] == "lean" and timings["plan"]["replanned"] == [told[0][1]]

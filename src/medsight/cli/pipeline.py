@@ -17,7 +17,7 @@ from medsight.core.errors import ConfigError, InputError, MedsightError
 from medsight.engine.builtin import builtin_recipes
 
 if TYPE_CHECKING:
-    from medsight.validation.demo import DemoRow
+    from medsight.validation.demo import DemoPlan, DemoRow
 
 # torch, MONAI, pandas and the engine are imported inside each command: `--help` stays instant
 
@@ -322,11 +322,17 @@ def demo_command(
     chosen = [r.strip() for r in recipes.split(",") if r.strip()] if recipes is not None else None
     plan = plan_demo("quick" if quick else "long" if long else "standard", budget_minutes=budget, recipes=chosen)
     out.print(plan.describe())
+    final = [plan]
+
+    def replanned(changed: DemoPlan, message: str) -> None:
+        final[0] = changed
+        out.print(f"[yellow]{message}[/]")
+
     with progress_bar() as progress:
-        rows = run_demo(output, seed=seed, progress=progress, plan=plan)
+        rows = run_demo(output, seed=seed, progress=progress, plan=plan, on_replan=replanned)
     out.print(demo_table(rows))
     if quick:
         out.print("[yellow]quick mode: one epoch on a handful of tiny images, so these figures mean nothing[/]")
-    if plan.left_out:
-        out.print(f"[yellow]{plan.left_out_note()}[/]")
+    if final[0].left_out:
+        out.print(f"[yellow]{final[0].left_out_note()}[/]")
     out.print(f"done in {time.perf_counter() - started:.0f} s; runs, metrics and predictions are in {output}/")

@@ -7,8 +7,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
 
@@ -21,7 +21,7 @@ from medsight.engine.fit import fit
 from medsight.engine.recipe import load_recipe
 from medsight.validation.evaluate import evaluate_run
 
-__all__ = ["DEMO", "LEAN", "LONG", "DemoPlan", "DemoRow", "Headline", "phantom_data", "plan_demo", "run_demo"]
+__all__ = ["DEMO", "LEAN", "LONG", "DemoPlan", "DemoRow", "Headline", "phantom_data", "plan_demo", "replan", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,16 @@ class DemoPlan:
     estimated_seconds: float | None = None
     reason: str = ""
     left_out: tuple[tuple[str, float], ...] = ()  # recipes the budget leaves out, with their estimated seconds
+    fp32_images_per_second: float | None = None  # the probe's fp32 speed (scales phantoms, caches, evaluation)
+    bf16: bool = False  # whether the chosen mode autocasts to bf16 (3D training then does too)
+    budget_seconds: float | None = None
+    named: bool = False  # the user named the recipes: they all run, whatever the budget
+
+    def seconds(self, step: tuple[Step, int, tuple[str, ...]]) -> float:
+        """The estimated seconds of one step on this CPU (0 when nothing was measured)."""
+        if self.images_per_second is None or self.fp32_images_per_second is None:
+            return 0.0
+        return _estimate((step,), self.images_per_second, self.fp32_images_per_second, bf16=self.bf16)
 
     def describe(self) -> str:
         """What the user reads first: CPU class, speed, profile, the expected duration and the
@@ -320,14 +330,15 @@ def _estimate(
 
 
 def _fit(
-    steps: tuple[tuple[Step, int, tuple[str, ...]], ...], budget: float, seconds: Any
+    steps: tuple[tuple[Step, int, tuple[str, ...]], ...], budget: float, seconds: Any, *, at_least_one: bool = True
 ) -> tuple[tuple[tuple[Step, int, tuple[str, ...]], ...], tuple[tuple[str, float], ...]]:
     """The most steps that fit ``budget`` seconds together (of equally many, those earliest in the
-    demo's order) and those left out with their estimated seconds; at least the quickest step runs."""
+    demo's order) and those left out with their estimated seconds; with ``at_least_one`` the
+    quickest step runs even when none fits."""
     from itertools import combinations
 
     costs = [seconds(step) for step in steps]
-    kept: tuple[int, ...] = (min(range(len(steps)), key=costs.__getitem__),)
+    kept: tuple[int, ...] = (min(range(len(steps)), key=costs.__getitem__),) if at_least_one else ()
     for count in range(len(steps), 0, -1):
         fitting = next((c for c in combinations(range(len(steps)), count) if sum(costs[i] for i in c) <= budget), None)
         if fitting is not None:
@@ -381,9 +392,72 @@ def plan_demo(
         if estimate > budget and recipes is None:  # recipes named by the user all run, whatever the budget
             steps, left_out = _fit(steps, budget, lambda s: _estimate((s,), speed, fp32, bf16=bf16))
             estimate = _estimate(steps, speed, fp32, bf16=bf16)
-    plan = DemoPlan(profile, steps, cpu_class(), mode.label, speed, estimate, reason, left_out)
+    plan = DemoPlan(profile, steps, cpu_class(), mode.label, speed, estimate, reason, left_out, fp32, bf16, budget,
+                    named=recipes is not None)  # fmt: skip
     log.info("%s", plan.describe())
     return plan
+
+
+# a demo running this much slower than estimated is not re-planned: the estimate's own spread
+_SLACK = 1.05
+
+
+def _order(left_out: tuple[str, float]) -> int:
+    return [step.recipe for step in DEMO].index(left_out[0])
+
+
+def replan(
+    plan: DemoPlan, actual: Sequence[float], elapsed: float, prepaid: float = 0.0
+) -> tuple[DemoPlan, str] | None:
+    """The plan for the rest of the demo once its first ``len(actual)`` steps took ``actual``
+    seconds, where the estimate was optimistic enough that the rest would overrun the budget;
+    None to go on as planned.
+
+    The steps still to run are estimated as before, scaled by how much slower than estimated
+    the steps so far ran (the machine is busier or slower than the first seconds' probe said).
+    A standard demo that would overrun then runs its remaining recipes with the lean settings
+    (same targets); where even those overrun and the user did not name the recipes, the ones
+    that fit in the time left run and the others are left out (named, with their scaled
+    estimates). ``elapsed`` is the seconds the demo has run; ``prepaid`` the part of the
+    remaining steps' estimates already spent (their phantoms, made first). Quick and long demos
+    are never re-planned.
+    """
+    done, remaining = plan.steps[: len(actual)], plan.steps[len(actual) :]
+    if plan.profile not in ("standard", "lean") or not remaining or plan.budget_seconds is None:
+        return None
+    expected = sum(plan.seconds(step) for step in done)
+    if expected <= 0 or sum(actual) <= _SLACK * expected:
+        return None
+    ratio = sum(actual) / expected
+    left = plan.budget_seconds - elapsed + prepaid
+
+    def cost(step: tuple[Step, int, tuple[str, ...]]) -> float:
+        return ratio * plan.seconds(step)
+
+    if sum(map(cost, remaining)) <= left:
+        return None
+    profile, notes = plan.profile, []
+    if profile == "standard":
+        lean = {s.recipe: (s, c, e) for s, c, e in _steps("lean", [step.recipe for step, _, _ in remaining])}
+        remaining, profile = tuple(lean[step.recipe] for step, _, _ in remaining), "lean"
+        notes.append(f"the remaining {', '.join(lean)} run lean settings (same targets)")
+    left_out: tuple[tuple[str, float], ...] = ()
+    if sum(map(cost, remaining)) > left and not plan.named:
+        remaining, left_out = _fit(remaining, left, cost, at_least_one=False)
+        notes.append(f"{', '.join(recipe for recipe, _ in left_out)} left out")
+    if not notes:  # lean already and the recipes named by the user: they run, over the budget or not
+        return None
+    estimate = elapsed - prepaid + sum(map(cost, remaining))
+    message = (
+        f"the demo runs {ratio:.2f}x slower than estimated ({sum(actual):.0f} s for "
+        f"{', '.join(step.recipe for step, _, _ in done)}, estimated {expected:.0f} s), so the rest would overrun "
+        f"the {plan.budget_seconds / 60:g} min budget: {'; '.join(notes)}; expected to end after ~"
+        f"{max(1, round(estimate / 60))} min"
+    )
+    changed = replace(plan, profile=profile, steps=(*done, *remaining), estimated_seconds=estimate,
+                      left_out=tuple(sorted((*plan.left_out, *left_out), key=_order)), reason=message)  # fmt: skip
+    log.info("%s", message)  # the CLI prints it (on_replan)
+    return changed, message
 
 
 def run_demo(
@@ -393,6 +467,7 @@ def run_demo(
     seed: int = 0,
     progress: Progress | None = None,
     plan: DemoPlan | None = None,
+    on_replan: Callable[[DemoPlan, str], None] | None = None,
 ) -> list[DemoRow]:
     """Make, train and evaluate every recipe on phantoms under ``out``; return the headline rows.
 
@@ -401,6 +476,8 @@ def run_demo(
     ``quick`` shrinks everything (a handful of cases, one epoch, tiny images) to check that the
     whole chain runs; its figures mean nothing. ``long`` gives chest X-rays more cases, larger
     images and more epochs (:data:`LONG`).
+    After each recipe the rest is re-planned when the demo runs slower than estimated
+    (:func:`replan`); ``on_replan`` is told the new plan and why.
     Timings per stage go to ``out/timings.json``.
     """
     begun = time.perf_counter()
@@ -416,9 +493,14 @@ def run_demo(
                      options=dict(step.phantom_options))  # fmt: skip
         timings[step.recipe] = {"phantoms_s": round(time.perf_counter() - started, 1)}
     rows: list[DemoRow] = []
-    for step, _, extra in plan.steps:
+    actual: list[float] = []
+    replanned: list[str] = []
+    while len(actual) < len(plan.steps):
+        step, cases, extra = plan.steps[len(actual)]
         started = time.perf_counter()
         data = out / "data" / step.recipe
+        # a re-planned step whose phantom differs from the one made first (none of today's do)
+        phantom_data(step.recipe, data, cases=cases, seed=seed, progress=progress, options=dict(step.phantom_options))
         manifest_path = out / f"{step.recipe}.csv"
         manifest = build_manifest(data, format=phantoms()[step.recipe].layout)
         split = assign_splits(manifest, stratify=step.stratify, seed=seed, respect_official=False,
@@ -438,8 +520,18 @@ def run_demo(
             rows.append(DemoRow(step.recipe, line.label, value.estimate, value.low, value.high, line.target, seconds,
                                 line.lower_is_better))  # fmt: skip
         log.info("%s done in %.0f s (%s)", step.recipe, seconds, timings[step.recipe])
+        actual.append(seconds)
+        prepaid = sum(timings[s.recipe]["phantoms_s"] for s, _, _ in plan.steps[len(actual) :])
+        changed = replan(plan, actual, time.perf_counter() - begun, prepaid)
+        if changed is not None:
+            plan, message = changed
+            replanned.append(message)
+            if on_replan is not None:
+                on_replan(plan, message)
     timings["plan"] = {"profile": plan.profile, "cpu_class": plan.cpu_class, "mode": plan.mode,
-                       "images_per_second": plan.images_per_second, "estimated_s": plan.estimated_seconds}  # fmt: skip
+                       "images_per_second": plan.images_per_second, "estimated_s": plan.estimated_seconds,
+                       "step_estimates_s": {s.recipe: round(plan.seconds((s, c, e)), 1) for s, c, e in plan.steps},
+                       "replanned": replanned, "left_out": [recipe for recipe, _ in plan.left_out]}  # fmt: skip
     timings["total_s"] = round(time.perf_counter() - begun, 1)
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
     (out / "summary.json").write_text(json.dumps([r.__dict__ for r in rows], indent=2))
