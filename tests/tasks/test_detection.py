@@ -366,3 +366,54 @@ def test_the_margin_around_a_finding_is_left_out_of_the_loss():
     assert loss(1, logits(True, False)) == pytest.approx(loss(1, logits(False, False)), abs=1e-6)
     assert loss(0, logits(True, False)) > loss(0, logits(False, False)) + 0.1
     assert loss(1, logits(False, True)) > loss(1, logits(False, False)) + 0.1
+
+
+def test_excluded_findings_are_drawn_as_ignored_regions_and_cost_nothing(tmp_path):
+    """LUNA16's excluded findings (diameter unknown: its 10 mm) are neither nodule nor background
+    in training, as in scoring: the network may say anything on them and the voxels touching them."""
+    import torch
+
+    from medsight.data.manifest import Manifest, parse_boxes
+    from medsight.io import read
+    from medsight.metrics.detection import EXCLUDED_DIAMETER_MM
+    from medsight.tasks.detection import _IGNORED, _targets
+    from medsight.transforms.volume3d import IGNORE_INDEX
+    from tests.tasks.test_conformance import _detection
+
+    _, path = _detection(tmp_path)
+    manifest = _targets(Manifest.load(path), tmp_path / "targets", progress=None)
+    row = manifest.table.iloc[0]  # a nodule and an excluded finding 12 mm off it on every axis
+    drawn = read(row["label"])
+    centres, diameters, excluded = _findings(parse_boxes(row["boxes"], "0"), "0")
+    expected = draw_balls(drawn.geometry, drawn.spatial_shape, centres[excluded], np.array([EXCLUDED_DIAMETER_MM]))
+    labels = np.asarray(drawn.array[0])
+    nodule = draw_balls(drawn.geometry, drawn.spatial_shape, centres[~excluded], diameters[~excluded]) > 0
+    np.testing.assert_array_equal(labels == 1, nodule)
+    np.testing.assert_array_equal(labels == _IGNORED, (expected > 0) & ~nodule)
+    assert set(np.unique(np.asarray(read(manifest.table.iloc[1]["label"]).array))) == {0, 1}  # none excluded
+
+    targets = torch.zeros(1, 10, 16, 16, dtype=torch.uint8)
+    targets[0, 2:4, 2:4, 2:4] = 1
+    targets[0, 6:8, 10:12, 10:12] = IGNORE_INDEX
+    task = DetectionTask(DetectionTask.spec_type(kind="detection"))
+    logits = torch.zeros(1, 2, 10, 16, 16)
+    logits[:, 1] = torch.where(targets == 1, 6.0, -6.0)
+    base = float(task.loss(logits, targets))
+    on = logits.clone()
+    on[0, 1, 5:9, 9:13, 9:13] = 6.0  # the ignored region and the voxels touching it called a finding
+    assert float(task.loss(on, targets)) == pytest.approx(base, abs=1e-6)
+    off = logits.clone()
+    off[0, 1, 6:8, 2:4, 10:12] = 6.0  # the same elsewhere is a false positive
+    assert float(task.loss(off, targets)) > base + 0.1
+    assert task.score(on, targets) == pytest.approx(task.score(logits, targets))
+
+
+def test_ignored_regions_are_no_findings_to_centre_on_and_never_cover_one():
+    from medsight.transforms.volume3d import IGNORE_INDEX, keep_lost_regions, resample
+
+    source = np.zeros((9, 9, 9), np.uint8)
+    source[4, 4, 4] = 1  # a one-voxel finding
+    source[3:6, 3:6, 3:6][source[3:6, 3:6, 3:6] == 0] = IGNORE_INDEX  # an ignored shell around it
+    coarse = resample(source[None], (3, 3, 3), labels=True)[0]
+    kept = keep_lost_regions(source, coarse)
+    assert (kept == 1).sum() == 1 and kept[1, 1, 1] == 1  # the finding keeps its voxel; ignore does not take it

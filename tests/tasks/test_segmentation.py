@@ -128,7 +128,9 @@ def test_settle_follows_the_fingerprint_where_validation_cannot_tell(tmp_path, m
     [({"regions": {"A": [1, 2], "B": [1, 2]}}, "exactly one label code"),
      ({"regions": {"A": [1, 9]}}, "unknown: \\[9\\]"),
      ({"labels": {"a": 0}}, "1..255"),
-     ({"labels": {"a": 1, "b": 1}}, "distinct")],
+     ({"labels": {"a": 1, "b": 1}}, "distinct"),
+     ({"ignore": 4}, "no class's"),
+     ({"ignore": 0}, "1..255")],
 )  # fmt: skip
 def test_bad_label_and_region_specs_are_refused(change, message):
     with pytest.raises(ValueError, match=message):
@@ -464,3 +466,61 @@ def read_image(path):
     from medsight.io import read
 
     return read(path)
+
+
+def test_ignored_voxels_count_in_no_loss_and_no_dice():
+    """Voxels of the ignore label (index 255 in the cache) change neither the loss nor the Dice,
+    whatever the network says there; labels and regions alike."""
+    from medsight.transforms.volume3d import IGNORE_INDEX
+
+    rng = np.random.default_rng(2)
+    for spec, classes in (({"kind": "segmentation", "labels": {"a": 1, "b": 2}, "ignore": 9}, 3),
+                          ({**BRATS, "ignore": 9}, 4)):  # fmt: skip
+        task = task_for(spec)
+        targets = torch.from_numpy(rng.integers(0, classes, size=(2, 6, 8, 8)).astype(np.uint8))
+        targets[0, :3] = IGNORE_INDEX
+        outputs = torch.from_numpy(rng.normal(0, 3, size=(2, task.out_channels, 6, 8, 8)).astype(np.float32))
+        other = outputs.clone()
+        other[0, :, :3] = torch.from_numpy(rng.normal(0, 9, size=other[0, :, :3].shape).astype(np.float32))
+        assert float(task.loss(other, targets)) == pytest.approx(float(task.loss(outputs, targets)), rel=1e-5)
+        assert task.score(other, targets) == pytest.approx(task.score(outputs, targets), nan_ok=True)
+        assert float(task.loss(outputs, torch.full_like(targets, IGNORE_INDEX))) == pytest.approx(0.0, abs=1e-4)
+    plain = task_for({"kind": "segmentation", "labels": {"a": 1, "b": 2}})
+    labels = torch.from_numpy(rng.integers(0, 3, size=(2, 6, 8, 8)).astype(np.uint8))
+    logits = torch.from_numpy(rng.normal(0, 3, size=(2, 3, 6, 8, 8)).astype(np.float32))
+    ignoring = task_for({"kind": "segmentation", "labels": {"a": 1, "b": 2}, "ignore": 9})
+    assert float(ignoring.loss(logits, labels)) == pytest.approx(float(plain.loss(logits, labels)), rel=1e-6)
+    # against a reference that drops the ignored voxels: one patch half ignored = the other half alone
+    half = labels.clone()
+    half[:, :3] = IGNORE_INDEX
+    assert ignoring.score(logits, half)["dice_a"] == pytest.approx(
+        plain.score(logits[:, :, 3:], labels[:, 3:])["dice_a"]
+    )
+    assert float(ignoring.loss(logits, half)) == pytest.approx(float(plain.loss(logits[:, :, 3:], labels[:, 3:])))
+
+
+def test_the_ignore_code_is_cached_as_its_index_and_never_a_patch_centre(tmp_path):
+    from medsight.data import Manifest
+    from medsight.data.volume_cache import IGNORE_INDEX, build_volume_cache
+    from medsight.io import read, write
+    from medsight.planning.fingerprint import case_facts
+
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = Manifest.load(_tiny_data(data, n=2))
+    for i in range(2):
+        label = read(data / f"c{i}_seg.nii.gz")
+        array = label.array.copy()
+        array[0, 0:2, 0:4, 0:4] = 9  # an unsure corner
+        write(label.with_array(array), data / f"c{i}_seg.nii.gz", overwrite=True)
+    task = task_for({"kind": "segmentation", "labels": {"lesion": 1}, "ignore": 9})
+    plan = task.plan_for(manifest, _recipe(tmp_path).preprocess)
+    cache = build_volume_cache(manifest, plan, [1], tmp_path / "cache", ignore=9)
+    for n, item in enumerate(cache.items):
+        label = np.asarray(cache.label(n))
+        assert set(np.unique(label)) == {0, 1, IGNORE_INDEX}
+        assert set(item.locations) == {1} and all(label[tuple(v)] == 1 for v in item.locations[1])
+    with pytest.raises(InputError, match=r"holds \[9\], not among the task's label codes \[1\]"):
+        build_volume_cache(manifest, plan, [1], tmp_path / "other")  # not declared: refused as before
+    facts = case_facts(read(data / "c0.nii.gz"), read(data / "c0_seg.nii.gz"), ignore=9)
+    assert set(facts.label_volumes) == {1} and len(facts.foreground_components) == 1

@@ -138,10 +138,10 @@ def guess_modality(image: Volume) -> str:
 
 
 def fingerprint_manifest(
-    manifest: Manifest, *, modality: str | None = None, progress: Progress | None = None
+    manifest: Manifest, *, modality: str | None = None, progress: Progress | None = None, ignore: int | None = None
 ) -> Fingerprint:
     """The fingerprint of a manifest's labelled images (those planning learns from; both frames of
-    a cardiac case count).
+    a cardiac case count); the label code ``ignore`` counts as background.
 
     Raises:
         InputError: no case has a label map, or a case cannot be read (named).
@@ -162,7 +162,7 @@ def fingerprint_manifest(
         except MedsightError as exc:
             raise InputError(f"cannot fingerprint case {row['case_id']}: {exc}") from exc
         seen.add(guess_modality(case.image))
-        facts.append(case_facts(case.image, case.label, seed=i))
+        facts.append(case_facts(case.image, case.label, seed=i, ignore=ignore))
         if progress is not None:
             progress("fingerprinting cases", i + 1, len(work))
     if modality is None:

@@ -10,7 +10,7 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from medsight.core.errors import InputError
-from medsight.data.volume_cache import VolumeCache
+from medsight.data.volume_cache import IGNORE_INDEX, VolumeCache
 
 __all__ = ["FindingPatches", "PatchDataset", "ValidationPatches", "extract_patch"]
 
@@ -124,7 +124,8 @@ class FindingPatches(PatchDataset):
         for item in self.items:
             if not self.cache.items[item].locations:  # no foreground at all
                 continue
-            regions, _ = ndimage.label(np.asarray(self.cache.label(item)) > 0, structure=np.ones((3, 3, 3), bool))
+            label = np.asarray(self.cache.label(item))
+            regions, _ = ndimage.label((label > 0) & (label != IGNORE_INDEX), structure=np.ones((3, 3, 3), bool))
             for where in ndimage.value_indices(regions, ignore_value=0).values():
                 voxels = np.stack(where, axis=1)
                 keep = rng.choice(len(voxels), size=min(len(voxels), voxels_per_finding), replace=False)

@@ -27,9 +27,16 @@ from medsight.data.cases import pairings, read_case
 from medsight.data.manifest import Manifest
 from medsight.io.atomic import atomic_dir
 from medsight.planning import Plan
-from medsight.transforms.volume3d import Preprocessed, preprocess_case
+from medsight.transforms.volume3d import IGNORE_INDEX, Preprocessed, preprocess_case
 
-__all__ = ["CachedItem", "VolumeCache", "build_volume_cache", "plan_normalization", "preprocess_for_plan"]
+__all__ = [
+    "IGNORE_INDEX",
+    "CachedItem",
+    "VolumeCache",
+    "build_volume_cache",
+    "plan_normalization",
+    "preprocess_for_plan",
+]
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +105,18 @@ def preprocess_for_plan(
                            normalization=plan_normalization(plan), keep_regions=plan.keep_findings)  # fmt: skip
 
 
-def _indices(label: np.ndarray, codes: Sequence[int], case: str) -> np.ndarray:
-    """Label codes -> class indices 0..K (background 0), refusing codes outside the schema."""
+def _indices(label: np.ndarray, codes: Sequence[int], case: str, ignore: int | None = None) -> np.ndarray:
+    """Label codes -> class indices 0..K (background 0; the ``ignore`` code -> :data:`IGNORE_INDEX`),
+    refusing codes outside the schema."""
     lookup = {0: 0, **{int(c): k + 1 for k, c in enumerate(codes)}}
+    if ignore is not None:
+        lookup[int(ignore)] = IGNORE_INDEX
     values = np.unique(label)
     unknown = [v for v in values.tolist() if int(v) not in lookup or v != int(v)]
     if unknown:
+        allowed = list(codes) if ignore is None else [*codes, f"{ignore} (ignored)"]
         raise InputError(
-            f"the label map holds {unknown[:5]}, not among the task's label codes {list(codes)} "
+            f"the label map holds {unknown[:5]}, not among the task's label codes {allowed} "
             "(or 0 for background); fix the labels or the recipe's task.labels"
         )
     out = np.zeros(label.shape, np.uint8)
@@ -140,8 +151,11 @@ def build_volume_cache(
     folder: str | os.PathLike[str],
     *,
     progress: Progress | None = None,
+    ignore: int | None = None,
 ) -> VolumeCache:
     """Preprocess every labelled image of ``manifest`` into ``folder`` (or reuse a matching cache).
+    Label ``codes`` become class indices 1..K; the ``ignore`` code (voxels no loss or metric
+    counts) becomes :data:`IGNORE_INDEX` and is never a patch centre.
 
     Raises:
         InputError: a case cannot be read, or its labels are outside ``codes`` (the case is named).
@@ -149,7 +163,8 @@ def build_volume_cache(
     folder = Path(folder)
     pairs = pairings(manifest)
     columns = sorted({c for p in pairs for c in (*p.images, p.label)})
-    spec = {"version": _VERSION, "plan": plan.preprocessing_key(), "codes": list(codes)}
+    spec = {"version": _VERSION, "plan": plan.preprocessing_key(), "codes": list(codes),
+            **({"ignore": int(ignore)} if ignore is not None else {})}  # fmt: skip
     key = cache_key(manifest, columns, spec)
     if (reused := reuse(folder, key, _open)) is not None:
         return reused
@@ -169,7 +184,7 @@ def build_volume_cache(
             case = str(row["case_id"])
             try:
                 images = read_case(manifest, row, pairing)
-                label = _indices(np.asarray(images.label.array[0]), codes, case)  # type: ignore[union-attr]
+                label = _indices(np.asarray(images.label.array[0]), codes, case, ignore)  # type: ignore[union-attr]
                 done: Preprocessed = preprocess_for_plan(np.asarray(images.image.array), images.image.geometry.spacing,
                                                          plan, label)  # fmt: skip
             except MedsightError as exc:

@@ -47,8 +47,10 @@ class CaseFacts:
     foreground_components: tuple[float, ...] = ()
 
 
-def case_facts(image: Volume, label: Volume | None = None, *, seed: int = 0) -> CaseFacts:
-    """The facts of one case: its image (channels first) and, when given, its label map on the same grid.
+def case_facts(image: Volume, label: Volume | None = None, *, seed: int = 0, ignore: int | None = None) -> CaseFacts:
+    """The facts of one case: its image (channels first) and, when given, its label map on the same
+    grid, whose ``ignore`` code (voxels that are neither background nor a structure) counts as
+    background here.
 
     Raises:
         InputError: the label map is on another grid than the image, or holds non-integer values.
@@ -68,6 +70,8 @@ def case_facts(image: Volume, label: Volume | None = None, *, seed: int = 0) -> 
             if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
                 raise InputError("the label map holds non-integer values; label maps hold class codes 0, 1, 2...")
             labels = labels.astype(np.int64)
+        if ignore is not None:
+            labels = np.where(labels == ignore, 0, labels)
     nonzero = np.any(array != 0, axis=0)
     foreground = labels > 0 if labels is not None and np.any(labels > 0) else nonzero
     if not foreground.any():

@@ -4,8 +4,10 @@ diameter and probability, scored with LUNA16's FROC and CPM.
 The detector is the self-configured segmentation U-Net (:class:`SegmentationTask`, its plan,
 patches, augmentation and sliding windows) trained on dense targets: each annotated finding is
 drawn as a ball of its diameter around its centre, in world millimetres, on its scan's own grid
-(``annotations_excluded.csv`` findings are not drawn). The network's per-voxel probability is the
-heat map; its peaks become candidates:
+(``annotations_excluded.csv`` findings are drawn as ignored regions, of their diameter or LUNA16's
+10 mm where it is unknown: the loss counts neither them nor the voxel around them, as evaluation
+counts no candidate on them). The network's per-voxel probability is the heat map; its peaks
+become candidates:
 
 - each peak of the map (the highest voxel within 3 mm along each axis) at or above
   ``task.threshold`` is a candidate of that probability; the voxels above the threshold are shared
@@ -48,10 +50,10 @@ from medsight.data.cache import cache_key, reuse
 from medsight.data.manifest import Manifest, parse_boxes
 from medsight.data.patches import FindingPatches, PatchDataset
 from medsight.data.reading import read_case_image
-from medsight.data.volume_cache import preprocess_for_plan
+from medsight.data.volume_cache import IGNORE_INDEX, preprocess_for_plan
 from medsight.io.api import write
 from medsight.io.atomic import atomic_dir
-from medsight.metrics.detection import LUNA16_RATES, froc_summary, match_nodules
+from medsight.metrics.detection import EXCLUDED_DIAMETER_MM, LUNA16_RATES, froc_summary, match_nodules
 from medsight.models.registry import ModelChoice
 from medsight.planning import Plan
 from medsight.tasks.base import Task, TaskData, Training, as_model, register_task
@@ -65,11 +67,20 @@ from medsight.tasks.segmentation import (
 )
 from medsight.transforms.volume3d import restore
 
-__all__ = ["DetectionSpec", "DetectionTask", "draw_balls", "find_candidates", "finding_weights", "margin_mask"]
+__all__ = [
+    "DetectionSpec",
+    "DetectionTask",
+    "draw_balls",
+    "find_candidates",
+    "finding_weights",
+    "margin_mask",
+    "widen_ignored",
+]
 
 log = logging.getLogger(__name__)
 
-_TARGETS_VERSION = 1
+_TARGETS_VERSION = 2  # 2: excluded findings drawn as ignored regions
+_IGNORED = 2  # the code of an excluded finding in the drawn targets (the backbone's ignore label)
 _PRIOR = 0.01  # the finding's probability everywhere in an untrained network
 _JITTER = 0.75  # training findings lie anywhere in this central share of their patch
 _MIN_SHARE = 1e-3  # the focal loss's divisor is at least this share of a batch's voxels
@@ -252,6 +263,10 @@ def _targets(manifest: Manifest, folder: Path, *, progress: Progress | None) -> 
                 drawn = draw_balls(image.geometry, image.spatial_shape, centres[~excluded], diameters[~excluded])
                 if (~excluded).any() and not drawn.any():
                     log.warning("case %s: none of its findings lies on its scan's grid (are they in world mm?)", case)
+                if excluded.any():  # ignored where no finding is drawn (evaluation ignores them too)
+                    sizes = np.where(diameters[excluded] > 0, diameters[excluded], EXCLUDED_DIAMETER_MM)
+                    ignored = draw_balls(image.geometry, image.spatial_shape, centres[excluded], sizes, value=_IGNORED)
+                    drawn = np.where(drawn > 0, drawn, ignored)
                 name = f"target_{n}.nii.gz"
                 write(Volume(drawn[None], image.geometry, VolumeMetadata(modality="SEG")), tmp / name)
                 files.append(str(folder / name))
@@ -276,7 +291,7 @@ class DetectionTask(Task):
     def __init__(self, spec: DetectionSpec) -> None:
         self._spec = spec
         backbone = SegmentationSpec(kind="segmentation", labels={spec.finding: 1}, overlap=spec.overlap,
-                                    mirror=spec.mirror)  # fmt: skip
+                                    mirror=spec.mirror, ignore=_IGNORED)  # fmt: skip
         self.backbone = SegmentationTask(backbone)
 
     @property
@@ -343,12 +358,16 @@ class DetectionTask(Task):
         the batch's voxels), plus the soft Dice of the finding. Within the finding voxels each
         finding weighs the same (:func:`finding_weights`): voxel by voxel, a 30 mm nodule would
         outweigh a 4 mm one a thousand times. Deep-supervision outputs weigh their heads by
-        halves, as segmentation does."""
+        halves, as segmentation does. Excluded findings (ignored voxels) and the voxels touching them
+        count for nothing."""
         if outputs.shape[0] != targets.shape[0] or outputs.shape[-3:] != targets.shape[1:]:
             raise InputError(f"outputs {tuple(outputs.shape)} do not match target patches {tuple(targets.shape)}")
-        weights = finding_weights(targets).to(outputs.device)
-        scored = margin_mask(targets, self.spec.margin).to(outputs.device)
-        return supervised_heads(lambda out, truth: self._loss(out, truth, weights, scored), outputs, targets)
+        targets = widen_ignored(targets)
+        ignored = targets == IGNORE_INDEX
+        findings = targets.masked_fill(ignored, 0)
+        weights = finding_weights(findings).to(outputs.device)
+        scored = (margin_mask(findings, self.spec.margin).to(targets.device) & ~ignored).to(outputs.device)
+        return supervised_heads(lambda out, truth: self._loss(out, truth, weights, scored), outputs, findings)
 
     @staticmethod
     def _loss(
@@ -368,7 +387,7 @@ class DetectionTask(Task):
         return focal + (1 - dice)
 
     def score(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        return self.backbone.score(outputs, targets)
+        return self.backbone.score(outputs, widen_ignored(targets))
 
     def metric_names(self) -> tuple[str, ...]:
         return self.backbone.metric_names()
@@ -464,6 +483,17 @@ class DetectionTask(Task):
         for message in warnings:
             log.warning(message)
         return figures, {"froc": summary}, warnings
+
+
+def widen_ignored(targets: torch.Tensor) -> torch.Tensor:
+    """Target patches ``(N, Z, Y, X)`` with the background touching an ignored region (an excluded
+    finding, :data:`~medsight.transforms.volume3d.IGNORE_INDEX`) ignored too: the finding's blob in
+    the image is wider than the ball drawn for it."""
+    ignored = targets == IGNORE_INDEX
+    if not ignored.any():
+        return targets
+    near = F.max_pool3d(ignored[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0
+    return targets.masked_fill(near & (targets == 0), IGNORE_INDEX)
 
 
 def margin_mask(targets: torch.Tensor, margin: int) -> torch.Tensor:

@@ -31,7 +31,7 @@ from medsight.data.cases import fingerprint_manifest, pairings
 from medsight.data.manifest import Manifest
 from medsight.data.patches import PatchDataset, ValidationPatches
 from medsight.data.reading import read_case_image
-from medsight.data.volume_cache import VolumeCache, build_volume_cache, preprocess_for_plan
+from medsight.data.volume_cache import IGNORE_INDEX, VolumeCache, build_volume_cache, preprocess_for_plan
 from medsight.metrics.agreement import bland_altman, mean_absolute_error
 from medsight.metrics.bootstrap import bootstrap_ci
 from medsight.metrics.segmentation import dice, lesion_wise, surface_scores
@@ -88,6 +88,9 @@ class SegmentationSpec(BaseModel):
         mirror: Test-time augmentation by mirroring along every axis (8 passes).
         cardiac: Also measure cardiac function (volumes, ejection fractions, LV mass) from each
             case's end-diastole and end-systole images, and score it against the reference.
+        ignore: A label code marking voxels that are neither background nor a structure (unsure
+            or unannotated regions, LUNA16's excluded findings): no loss, Dice or evaluation
+            figure counts them, and no patch is centred on them (nnU-Net's ignore label).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -99,6 +102,7 @@ class SegmentationSpec(BaseModel):
     overlap: float = Field(0.5, ge=0, lt=1)
     mirror: bool = False
     cardiac: CardiacSpec | None = None
+    ignore: int | None = None
 
     @model_validator(mode="after")
     def _codes(self) -> SegmentationSpec:
@@ -107,6 +111,9 @@ class SegmentationSpec(BaseModel):
             raise ValueError("labels must name at least one class (name: code)")
         if any(c <= 0 or c > 255 for c in codes) or len(set(codes)) != len(codes):
             raise ValueError(f"label codes must be distinct whole numbers 1..255 (0 is background), got {codes}")
+        if self.ignore is not None and (self.ignore in codes or not 0 < self.ignore <= 255 or len(codes) > 250):
+            raise ValueError(f"ignore must be a code 1..255 that is no class's (the classes are {codes}), "
+                             f"got {self.ignore}")  # fmt: skip
         if self.regions is not None:
             for name, members in self.regions.items():
                 unknown = sorted(set(members) - set(codes))
@@ -240,7 +247,7 @@ class SegmentationTask(Task):
         else:
             train = manifest.table["split"] == "train"
             rows = manifest.with_table(manifest.table[train]) if train.any() else manifest
-            found = fingerprint_manifest(rows, modality=request.modality, progress=progress)
+            found = fingerprint_manifest(rows, modality=request.modality, progress=progress, ignore=self.spec.ignore)
             plan = make_plan(found, out_channels=self.out_channels, memory_gb=request.memory_gb,
                              base_filters=request.base_filters)  # fmt: skip
         if request.overrides:
@@ -264,7 +271,7 @@ class SegmentationTask(Task):
             names = [c.removeprefix("image_") for c in columns]  # image_t1 -> t1; a lone image column: image
             plan = plan.model_copy(update={"channel_names": names})
         cache = build_volume_cache(manifest, plan, self.codes, Path(folder) / plan.preprocessing_key(),
-                                   progress=progress)  # fmt: skip
+                                   progress=progress, ignore=self.spec.ignore)  # fmt: skip
         return TaskData(manifest, cache, np.zeros(len(manifest), np.float32), plan, plan.in_channels)
 
     def check(self, data: TaskData, splits: Mapping[str, np.ndarray]) -> None:
@@ -346,8 +353,11 @@ class SegmentationTask(Task):
                        norm_name="instance", deep_supervision=heads > 0, deep_supr_num=max(heads, 1))  # fmt: skip
 
     def _targets(self, targets: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Class indices ``(N, Z, Y, X)`` -> one channel per output (one-hot, or region masks)."""
+        """Class indices ``(N, Z, Y, X)`` -> one channel per output (one-hot, or region masks); an
+        ignored voxel is background here (:meth:`_counted` leaves it out)."""
         indices = targets.long()
+        if self.spec.ignore is not None:
+            indices = indices.masked_fill(indices == IGNORE_INDEX, 0)
         if not self.regions:
             return F.one_hot(indices, self.out_channels).movedim(-1, 1).to(like.dtype)
         masks = []
@@ -367,18 +377,32 @@ class SegmentationTask(Task):
             raise InputError(f"outputs {tuple(outputs.shape)} do not match label patches {tuple(targets.shape)}")
         truth = self._targets(targets, outputs)
         dims = (0, *range(2, outputs.ndim))
+        counted = self._counted(targets)
         if self.regions:
             probs = torch.sigmoid(outputs)
-            entropy = F.binary_cross_entropy_with_logits(outputs, truth)
+            if counted is None:
+                entropy = F.binary_cross_entropy_with_logits(outputs, truth)
+            else:
+                weight = counted[:, None].expand_as(outputs).to(outputs.dtype)
+                entropy = F.binary_cross_entropy_with_logits(outputs, truth, weight, reduction="sum")
+                entropy = entropy / weight.sum().clamp_min(1)
         else:
             probs = torch.softmax(outputs, dim=1)[:, 1:]
             truth_fg = truth[:, 1:]
-            entropy = F.cross_entropy(outputs, targets.long())
+            entropy = F.cross_entropy(outputs, targets.long(), ignore_index=IGNORE_INDEX)
+            if counted is not None and not counted.any():
+                entropy = outputs.sum() * 0  # every voxel ignored: no cross-entropy (not NaN)
             truth = truth_fg
+        if counted is not None:
+            probs = probs * counted[:, None].to(probs.dtype)
         intersection = (probs * truth).sum(dims)
         denominator = probs.sum(dims) + truth.sum(dims)
         soft_dice = (2 * intersection + 1e-5) / (denominator + 1e-5)
         return entropy + (1 - soft_dice.mean())
+
+    def _counted(self, targets: torch.Tensor) -> torch.Tensor | None:
+        """Where the loss and the Dice count (not an ignored voxel); None when the task ignores nothing."""
+        return None if self.spec.ignore is None else targets != IGNORE_INDEX
 
     def _hard(self, outputs: torch.Tensor) -> torch.Tensor:
         """Per structure, a boolean mask ``(N, K, ...)``."""
@@ -393,6 +417,9 @@ class SegmentationTask(Task):
         truth = self._targets(targets, outputs).bool()
         if not self.regions:
             truth = truth[:, 1:]
+        counted = self._counted(targets)
+        if counted is not None:
+            predicted = predicted & counted[:, None].to(predicted.device)
         dims = (0, *range(2, predicted.ndim))
         overlap = (predicted & truth).sum(dims).double()
         total = predicted.sum(dims).double() + truth.sum(dims).double()
@@ -467,10 +494,12 @@ class SegmentationTask(Task):
         scores: dict[str, list[float]] = {o: [] for o in options}
         total = len(data.inputs.items_of(indices))
         for done, (entry, _, logits, reference) in enumerate(self._predicted(model, data, indices), start=1):
-            truth = self.structure_masks(np.asarray(reference.array[0]).astype(np.int64))
+            labels = np.asarray(reference.array[0]).astype(np.int64)
+            truth = self.structure_masks(labels)
             raw = self._painted(logits, entry)
             for option, variant in options.items():
-                mine = self.structure_masks(self.postprocess(raw, variant, reference.geometry.spacing))
+                mine = self.structure_masks(self._unignored(self.postprocess(raw, variant, reference.geometry.spacing),
+                                                            labels))  # fmt: skip
                 scores[option].append(float(np.mean([_dice_or_one(mine[n], truth[n]) for n in self.structures])))
             if progress is not None:
                 progress("choosing postprocessing on the validation images", done, total)
@@ -488,6 +517,13 @@ class SegmentationTask(Task):
             return item
         return next((n for n, c in self.spec.labels.items() if c == item and n in self.structures), str(item))
 
+    def _unignored(self, predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+        """``predicted`` with the reference's ignored voxels set to background (the reference's own
+        ignore code is no structure's, so both maps then leave those voxels out)."""
+        if self.spec.ignore is None:
+            return predicted
+        return np.where(truth == self.spec.ignore, 0, predicted).astype(predicted.dtype)
+
     def structure_masks(self, labels: np.ndarray) -> dict[str, np.ndarray]:
         """Per structure, its mask in a label map of codes."""
         if self.regions:
@@ -504,7 +540,7 @@ class SegmentationTask(Task):
         for entry, row, logits, reference in self._predicted(model, data, indices):
             truth = np.asarray(reference.array[0]).astype(np.int64)
             spacing = reference.geometry.spacing
-            predicted = self.label_map(logits, plan, entry, spacing)
+            predicted = self._unignored(self.label_map(logits, plan, entry, spacing), truth)
             cases.append({**row.to_dict(), "label_column": entry.label_column})
             rows.append(self._case_metrics(predicted, truth, spacing))
         return pd.DataFrame(cases), pd.DataFrame(rows)

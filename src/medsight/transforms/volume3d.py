@@ -18,8 +18,8 @@ from scipy import ndimage
 
 from medsight.core.errors import InputError
 
-__all__ = ["Preprocessed", "crop_box", "keep_lost_regions", "lung_box", "normalize", "preprocess_case", "resample",
-           "restore"]  # fmt: skip
+__all__ = ["IGNORE_INDEX", "Preprocessed", "crop_box", "keep_lost_regions", "lung_box", "normalize",
+           "preprocess_case", "resample", "restore"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,9 @@ def _target_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequen
     return tuple(max(1, round(float(n) * s / t)) for n, s, t in zip(shape, spacing, target, strict=True))  # type: ignore[return-value]
 
 
+IGNORE_INDEX = 255  # the class index of voxels no loss or metric counts (a task's ignore label)
+
+
 def resample(array: np.ndarray, shape: Sequence[int], *, labels: bool = False) -> np.ndarray:
     """``(C, Z, Y, X)`` resampled to ``shape``: trilinear for intensities and probabilities, nearest
     neighbour for label maps (``labels``). Voxel centres scale with the extent (align_corners=False)."""
@@ -125,6 +128,8 @@ def keep_lost_regions(source: np.ndarray, resampled: np.ndarray) -> np.ndarray:
         for centre in centres[~found]:
             # align_corners=False: source index i sits at target (i + 0.5) / scale - 0.5
             nearest = np.clip(np.rint((centre + 0.5) / scale - 0.5).astype(int), 0, np.array(resampled.shape) - 1)
+            if value == IGNORE_INDEX and out[tuple(nearest)] != 0:
+                continue  # an ignored region never takes a class's voxel
             if out is resampled:
                 out = resampled.copy()
             out[tuple(nearest)] = value
