@@ -297,3 +297,23 @@ def test_the_demo_loop_follows_a_new_plan(monkeypatch, tmp_path):
     assert {r.recipe for r in rows} == {"dr-grading", "cxr-findings", "brain-tumor-seg"}
     timings = json.loads((tmp_path / "timings.json").read_text())
     assert timings["plan"]["profile"] == "lean" and timings["plan"]["replanned"] == [told[0][1]]
+
+
+def test_the_command_prints_a_new_plan_and_what_it_left_out(monkeypatch, tmp_path):
+    from medsight.validation import demo
+
+    plan = _plan(monkeypatch)
+    monkeypatch.setattr(demo, "plan_demo", lambda *a, **k: plan)
+    row = demo.DemoRow("dr-grading", "referable-DR AUC", 0.95, 0.9, 1.0, 0.9, 1.0)
+
+    def run(out, *, seed, progress, plan, on_replan):
+        changed, message = demo.replan(plan, [20 * plan.seconds(plan.steps[0])], 20 * plan.seconds(plan.steps[0]))
+        on_replan(changed, message)
+        return [row]
+
+    monkeypatch.setattr(demo, "run_demo", run)
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d")], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "slower than estimated" in text and "left out to fit the budget: cxr-findings" in text
+    assert "--recipes cxr-findings,mammo-screening,brain-tumor-seg,cardiac-function" in text
