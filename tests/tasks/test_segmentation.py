@@ -524,3 +524,17 @@ def test_the_ignore_code_is_cached_as_its_index_and_never_a_patch_centre(tmp_pat
         build_volume_cache(manifest, plan, [1], tmp_path / "other")  # not declared: refused as before
     facts = case_facts(read(data / "c0.nii.gz"), read(data / "c0_seg.nii.gz"), ignore=9)
     assert set(facts.label_volumes) == {1} and len(facts.foreground_components) == 1
+
+
+def test_evaluation_leaves_the_references_ignored_voxels_out():
+    task = task_for({"kind": "segmentation", "labels": {"lesion": 1}, "ignore": 9})
+    truth = np.zeros((6, 10, 10), np.int64)
+    truth[2:4, 2:6, 2:6] = 1
+    truth[:, 7:, 7:] = 9  # unsure there
+    predicted = np.zeros_like(truth, dtype=np.uint8)
+    predicted[2:4, 2:6, 2:6] = 1
+    predicted[:, 8:, 8:] = 1  # says lesion where the reference is unsure
+    figures = task._case_metrics(task._unignored(predicted, truth), truth, (1.0, 1.0, 1.0))
+    assert figures["dice_lesion"] == 1.0 and figures["volume_error_ml_lesion"] == 0.0
+    plain = task_for({"kind": "segmentation", "labels": {"lesion": 1}})
+    assert plain._case_metrics(plain._unignored(predicted, truth), truth, (1.0, 1.0, 1.0))["dice_lesion"] < 0.9
