@@ -538,3 +538,30 @@ def test_evaluation_leaves_the_references_ignored_voxels_out():
     assert figures["dice_lesion"] == 1.0 and figures["volume_error_ml_lesion"] == 0.0
     plain = task_for({"kind": "segmentation", "labels": {"lesion": 1}})
     assert plain._case_metrics(plain._unignored(predicted, truth), truth, (1.0, 1.0, 1.0))["dice_lesion"] < 0.9
+
+
+def test_a_run_keeps_reading_its_cache_while_another_run_rebuilds_the_folder(tmp_path):
+    """Two runs on the same folder with other labels (here: an ignore code) share the cache folder;
+    the second rebuilds it. The first, still training, must go on reading what it opened."""
+    from medsight.data import Manifest
+    from medsight.data.volume_cache import IGNORE_INDEX, build_volume_cache
+    from medsight.io import read, write
+
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = Manifest.load(_tiny_data(data, n=3))
+    for i in range(3):
+        label = read(data / f"c{i}_seg.nii.gz")
+        array = label.array.copy()
+        array[0, 0:2, 0:4, 0:4] = 9
+        write(label.with_array(array), data / f"c{i}_seg.nii.gz", overwrite=True)
+    task = task_for({"kind": "segmentation", "labels": {"lesion": 1, "unsure": 9}})
+    plan = task.plan_for(manifest, _recipe(tmp_path).preprocess)
+    first = build_volume_cache(manifest, plan, [1, 9], tmp_path / "cache")
+    copy = build_volume_cache(manifest, plan, [1, 9], tmp_path / "copy")  # what the first holds, elsewhere
+    expected = [np.array(copy.label(n)) for n in range(3)]
+    assert all(set(np.unique(e)) == {0, 1, 2} for e in expected)
+    other = build_volume_cache(manifest, plan, [1], tmp_path / "cache", ignore=9)  # same folder, rebuilt
+    assert all(IGNORE_INDEX in np.asarray(other.label(n)) for n in range(3))
+    for n in range(3):  # none was read before the rebuild: all still the first run's
+        np.testing.assert_array_equal(np.asarray(first.label(n)), expected[n])

@@ -60,7 +60,9 @@ class CachedItem:
 
 @dataclass(frozen=True)
 class VolumeCache:
-    """The preprocessed items of a manifest (memory-mapped on first use)."""
+    """The preprocessed items of a manifest, every file memory-mapped when the cache is opened: a
+    run keeps reading the cache it opened even when another run (other labels, other files)
+    rebuilds the folder meanwhile (the replaced files live on while mapped)."""
 
     folder: Path
     items: tuple[CachedItem, ...]
@@ -76,6 +78,13 @@ class VolumeCache:
     def label(self, item: int) -> np.ndarray:
         """``(Z, Y, X)`` class indices, memory-mapped."""
         return self._mapped(f"label_{item}.npy")
+
+    def map_all(self) -> VolumeCache:
+        """Map every item's image and label now (see the class); returns the cache."""
+        for item in range(len(self.items)):
+            self.image(item)
+            self.label(item)
+        return self
 
     def _mapped(self, name: str) -> np.ndarray:
         # opened once: every training patch reads from these maps
@@ -141,7 +150,7 @@ def _open(folder: Path) -> VolumeCache:
         )
         for entry in index["items"]
     )
-    return VolumeCache(folder, items)  # type: ignore[arg-type]
+    return VolumeCache(folder, items).map_all()  # type: ignore[arg-type]
 
 
 def build_volume_cache(
