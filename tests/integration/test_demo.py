@@ -104,10 +104,10 @@ def test_the_plan_fits_the_budget_on_a_slow_cpu_without_lowering_targets(monkeyp
     fast = demo.plan_demo("standard")
     assert fast.profile == "standard" and fast.estimated_seconds < 15 * 60 and fast.reason == ""
     assert "~90 training images/s (fp32, channels-last)" in fast.describe()
-    monkeypatch.setattr(demo, "_probe", lambda step, extra: _measured(45.0))
+    monkeypatch.setattr(demo, "_probe", lambda step, extra: _measured(58.0))
     slow = demo.plan_demo("standard")
     assert slow.profile == "lean" and "over the 15 min budget" in slow.reason and slow.left_out == ()
-    standard_there = demo._estimate(demo._steps("standard"), 45.0, 40.5, bf16=False)
+    standard_there = demo._estimate(demo._steps("standard"), 58.0, 52.2, bf16=False)
     assert slow.estimated_seconds < standard_there and f"~{standard_there / 60:.0f} min" in slow.reason
     assert [s.headlines for s, _, _ in slow.steps] == [s.headlines for s in demo.DEMO]  # same targets
     assert demo.plan_demo("standard", budget_minutes=600).profile == "standard"  # a generous budget keeps it
