@@ -227,14 +227,15 @@ def test_a_demo_running_slow_turns_lean_for_the_rest_with_the_same_targets(monke
     assert plan.profile == "standard" and plan.estimated_seconds < 15 * 60
     first = plan.seconds(plan.steps[0])
     slow = 1.6 * first  # the machine got busier than the probe saw
-    changed, message = demo.replan(plan, [slow], slow + 5.0, prepaid=5.0)
+    spent = {"cxr-findings": 30.0, "brain-tumor-seg": 20.0}  # their phantoms, made before the first step
+    changed, message = demo.replan(plan, [slow], slow + 50.0, prepaid=spent)
     assert changed.profile == "lean" and changed.left_out == ()
     lean = {s.recipe: (s, c, e) for s, c, e in demo._steps("lean")}
     assert changed.steps[0] == plan.steps[0]  # what ran stays as it ran
     assert changed.steps[1:] == tuple(lean[s.recipe] for s, _, _ in plan.steps[1:])
     assert [s.headlines for s, _, _ in changed.steps] == [s.headlines for s in demo.DEMO]  # same targets
     rest = sum(changed.seconds(step) for step in changed.steps[1:])
-    assert changed.estimated_seconds == pytest.approx(slow + 1.6 * rest)
+    assert changed.estimated_seconds == pytest.approx(slow + 50.0 + 1.6 * rest - 50.0)  # spent once, not twice
     assert "1.60x slower than estimated" in message and "lean settings" in message
     assert f"~{round(changed.estimated_seconds / 60)} min" in message and changed.reason == message
 
@@ -253,6 +254,12 @@ def test_a_demo_running_far_too_slow_leaves_out_what_no_longer_fits(monkeypatch)
         assert seconds == pytest.approx(4 * changed.seconds(step))
         assert changed.estimated_seconds + seconds > 15 * 60
     assert f"--recipes {','.join(left)}" in changed.left_out_note()
+    spent = {s.recipe: 25.0 for s, _, _ in plan.steps[1:]}  # phantoms made: only what is kept gets them back
+    paid, _ = demo.replan(plan, [4 * first], 4 * first + 100.0, prepaid=spent)
+    assert paid.estimated_seconds <= 15 * 60
+    for recipe, seconds in paid.left_out:
+        step = next(s for s in demo._steps("lean") if s[0].recipe == recipe)
+        assert seconds == pytest.approx(4 * paid.seconds(step) - 25.0)
     gone = demo.replan(plan, [20 * first], 20 * first)[0]  # the budget is spent: nothing more runs
     assert [s.recipe for s, _, _ in gone.steps] == ["dr-grading"] and len(gone.left_out) == 4
     named = _plan(monkeypatch, recipes=["dr-grading", "brain-tumor-seg"])  # named recipes all run, lean if need be

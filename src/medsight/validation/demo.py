@@ -7,7 +7,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
@@ -408,7 +408,7 @@ def _order(left_out: tuple[str, float]) -> int:
 
 
 def replan(
-    plan: DemoPlan, actual: Sequence[float], elapsed: float, prepaid: float = 0.0
+    plan: DemoPlan, actual: Sequence[float], elapsed: float, prepaid: Mapping[str, float] | None = None
 ) -> tuple[DemoPlan, str] | None:
     """The plan for the rest of the demo once its first ``len(actual)`` steps took ``actual``
     seconds, where the estimate was optimistic enough that the rest would overrun the budget;
@@ -419,9 +419,9 @@ def replan(
     A standard demo that would overrun then runs its remaining recipes with the lean settings
     (same targets); where even those overrun and the user did not name the recipes, the ones
     that fit in the time left run and the others are left out (named, with their scaled
-    estimates). ``elapsed`` is the seconds the demo has run; ``prepaid`` the part of the
-    remaining steps' estimates already spent (their phantoms, made first). Quick and long demos
-    are never re-planned.
+    estimates). ``elapsed`` is the seconds the demo has run; ``prepaid`` the seconds of each
+    remaining recipe already spent (its phantoms, made first), which its estimate includes. Quick
+    and long demos are never re-planned.
     """
     done, remaining = plan.steps[: len(actual)], plan.steps[len(actual) :]
     if plan.profile not in ("standard", "lean") or not remaining or plan.budget_seconds is None:
@@ -430,10 +430,11 @@ def replan(
     if expected <= 0 or sum(actual) <= _SLACK * expected:
         return None
     ratio = sum(actual) / expected
-    left = plan.budget_seconds - elapsed + prepaid
+    left = plan.budget_seconds - elapsed
+    spent = dict(prepaid or {})
 
-    def cost(step: tuple[Step, int, tuple[str, ...]]) -> float:
-        return ratio * plan.seconds(step)
+    def cost(step: tuple[Step, int, tuple[str, ...]]) -> float:  # what the step still costs
+        return max(0.0, ratio * plan.seconds(step) - spent.get(step[0].recipe, 0.0))
 
     if sum(map(cost, remaining)) <= left:
         return None
@@ -448,7 +449,7 @@ def replan(
         notes.append(f"{', '.join(recipe for recipe, _ in left_out)} left out")
     if not notes:  # lean already and the recipes named by the user: they run, over the budget or not
         return None
-    estimate = elapsed - prepaid + sum(map(cost, remaining))
+    estimate = elapsed + sum(map(cost, remaining))
     message = (
         f"the demo runs {ratio:.2f}x slower than estimated ({sum(actual):.0f} s for "
         f"{', '.join(step.recipe for step, _, _ in done)}, estimated {expected:.0f} s), so the rest would overrun "
@@ -522,7 +523,7 @@ def run_demo(
                                 line.lower_is_better))  # fmt: skip
         log.info("%s done in %.0f s (%s)", step.recipe, seconds, timings[step.recipe])
         actual.append(seconds)
-        prepaid = sum(timings[s.recipe]["phantoms_s"] for s, _, _ in plan.steps[len(actual) :])
+        prepaid = {s.recipe: timings[s.recipe]["phantoms_s"] for s, _, _ in plan.steps[len(actual) :]}
         changed = replan(plan, actual, time.perf_counter() - begun, prepaid)
         if changed is not None:
             plan, message = changed
