@@ -565,3 +565,28 @@ def test_a_run_keeps_reading_its_cache_while_another_run_rebuilds_the_folder(tmp
     assert all(IGNORE_INDEX in np.asarray(other.label(n)) for n in range(3))
     for n in range(3):  # none was read before the rebuild: all still the first run's
         np.testing.assert_array_equal(np.asarray(first.label(n)), expected[n])
+
+
+def test_a_task_that_ignores_a_code_keeps_its_own_cache(tmp_path):
+    """A run that ignores a code and one that learns it, on the same data and plan, each keep their
+    cache: neither rebuilds the other's when it starts again."""
+    from medsight.data import Manifest
+    from medsight.io import read, write
+
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = Manifest.load(_tiny_data(data, n=2))
+    for i in range(2):
+        label = read(data / f"c{i}_seg.nii.gz")
+        array = label.array.copy()
+        array[0, 0:2, 0:4, 0:4] = 9
+        write(label.with_array(array), data / f"c{i}_seg.nii.gz", overwrite=True)
+    learning = task_for({"kind": "segmentation", "labels": {"lesion": 1, "unsure": 9}})
+    ignoring = task_for({"kind": "segmentation", "labels": {"lesion": 1}, "ignore": 9})
+    plan = learning.plan_for(manifest, _recipe(tmp_path).preprocess)
+    first = learning.prepare(manifest, plan, tmp_path / "cache", progress=None).inputs
+    second = ignoring.prepare(manifest, plan, tmp_path / "cache", progress=None).inputs
+    assert first.folder != second.folder and first.folder.is_dir() and second.folder.is_dir()
+    built = (first.folder / "index.json").stat().st_mtime_ns
+    again = learning.prepare(manifest, plan, tmp_path / "cache", progress=None).inputs
+    assert again.folder == first.folder and (first.folder / "index.json").stat().st_mtime_ns == built  # reused

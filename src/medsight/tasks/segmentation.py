@@ -270,8 +270,11 @@ class SegmentationTask(Task):
             columns = pairings(manifest)[0].images
             names = [c.removeprefix("image_") for c in columns]  # image_t1 -> t1; a lone image column: image
             plan = plan.model_copy(update={"channel_names": names})
-        cache = build_volume_cache(manifest, plan, self.codes, Path(folder) / plan.preprocessing_key(),
-                                   progress=progress, ignore=self.spec.ignore)  # fmt: skip
+        # a task that ignores a code keeps a cache of its own (else it and one that does not would
+        # rebuild the shared folder in turn)
+        name = plan.preprocessing_key() + (f"-ignore{self.spec.ignore}" if self.spec.ignore is not None else "")
+        cache = build_volume_cache(manifest, plan, self.codes, Path(folder) / name, progress=progress,
+                                   ignore=self.spec.ignore)  # fmt: skip
         return TaskData(manifest, cache, np.zeros(len(manifest), np.float32), plan, plan.in_channels)
 
     def check(self, data: TaskData, splits: Mapping[str, np.ndarray]) -> None:
