@@ -266,6 +266,10 @@ def test_a_demo_running_far_too_slow_leaves_out_what_no_longer_fits(monkeypatch)
     changed, _ = demo.replan(named, [20 * first], 20 * first)
     assert [s.recipe for s, _, _ in changed.steps] == ["dr-grading", "brain-tumor-seg"] and changed.left_out == ()
     assert demo.replan(changed, [20 * first], 20 * first) is None  # lean already: nothing more to do
+    everything_but_cardiac = [plan.seconds(step) * 1.5 for step in plan.steps[:-1]]
+    last = demo.replan(plan, everything_but_cardiac, 15 * 60 - 30.0)[0]  # half a minute left: no lean cardiac
+    assert last.left_out == (("cardiac-function", pytest.approx(1.5 * plan.seconds(plan.steps[-1]))),)
+    assert "lean settings" not in last.reason and "cardiac-function left out" in last.reason
     tight = _plan(monkeypatch, speed=14.0)  # a slow CPU: lean from the start, some recipes left out already
     assert tight.profile == "lean" and tight.left_out
     gone = demo.replan(tight, [4 * tight.seconds(tight.steps[0])], 4 * tight.seconds(tight.steps[0]))[0]

@@ -441,8 +441,10 @@ def replan(
     profile, notes = plan.profile, []
     if profile == "standard":
         lean = {s.recipe: (s, c, e) for s, c, e in _steps("lean", [step.recipe for step, _, _ in remaining])}
+        lighter = [step[0].recipe for step in remaining if lean[step[0].recipe] != step]
         remaining, profile = tuple(lean[step.recipe] for step, _, _ in remaining), "lean"
-        notes.append(f"the remaining {', '.join(lean)} run lean settings (same targets)")
+        if lighter:  # (a recipe whose lean settings are its standard ones runs as it is)
+            notes.append(f"{', '.join(lighter)} run lean settings (same targets)")
     left_out: tuple[tuple[str, float], ...] = ()
     if sum(map(cost, remaining)) > left and not plan.named:
         remaining, left_out = _fit(remaining, left, cost, at_least_one=False)
