@@ -220,6 +220,20 @@ def _tiny_data(root, n=8, shape=(12, 24, 24), seed=0):
     return root / "m.csv"
 
 
+def _unsure_data(root, n):
+    """``_tiny_data`` whose label maps also hold code 9 (an unsure corner) in every case."""
+    from medsight.data import Manifest
+    from medsight.io import read, write
+
+    manifest = Manifest.load(_tiny_data(root, n=n))
+    for i in range(n):
+        label = read(root / f"c{i}_seg.nii.gz")
+        array = label.array.copy()
+        array[0, 0:2, 0:4, 0:4] = 9
+        write(label.with_array(array), root / f"c{i}_seg.nii.gz", overwrite=True)
+    return manifest
+
+
 def _recipe(tmp_path, **preprocess):
     spec = {"name": "tiny-seg", "task": {"kind": "segmentation", "labels": {"lesion": 1}},
             "model": {"name": "dynunet"},
@@ -500,19 +514,13 @@ def test_ignored_voxels_count_in_no_loss_and_no_dice():
 
 
 def test_the_ignore_code_is_cached_as_its_index_and_never_a_patch_centre(tmp_path):
-    from medsight.data import Manifest
     from medsight.data.volume_cache import IGNORE_INDEX, build_volume_cache
-    from medsight.io import read, write
+    from medsight.io import read
     from medsight.planning.fingerprint import case_facts
 
     data = tmp_path / "data"
     data.mkdir()
-    manifest = Manifest.load(_tiny_data(data, n=2))
-    for i in range(2):
-        label = read(data / f"c{i}_seg.nii.gz")
-        array = label.array.copy()
-        array[0, 0:2, 0:4, 0:4] = 9  # an unsure corner
-        write(label.with_array(array), data / f"c{i}_seg.nii.gz", overwrite=True)
+    manifest = _unsure_data(data, 2)
     task = task_for({"kind": "segmentation", "labels": {"lesion": 1}, "ignore": 9})
     plan = task.plan_for(manifest, _recipe(tmp_path).preprocess)
     cache = build_volume_cache(manifest, plan, [1], tmp_path / "cache", ignore=9)
@@ -543,18 +551,11 @@ def test_evaluation_leaves_the_references_ignored_voxels_out():
 def test_a_run_keeps_reading_its_cache_while_another_run_rebuilds_the_folder(tmp_path):
     """Two runs on the same folder with other labels (here: an ignore code) share the cache folder;
     the second rebuilds it. The first, still training, must go on reading what it opened."""
-    from medsight.data import Manifest
     from medsight.data.volume_cache import IGNORE_INDEX, build_volume_cache
-    from medsight.io import read, write
 
     data = tmp_path / "data"
     data.mkdir()
-    manifest = Manifest.load(_tiny_data(data, n=3))
-    for i in range(3):
-        label = read(data / f"c{i}_seg.nii.gz")
-        array = label.array.copy()
-        array[0, 0:2, 0:4, 0:4] = 9
-        write(label.with_array(array), data / f"c{i}_seg.nii.gz", overwrite=True)
+    manifest = _unsure_data(data, 3)
     task = task_for({"kind": "segmentation", "labels": {"lesion": 1, "unsure": 9}})
     plan = task.plan_for(manifest, _recipe(tmp_path).preprocess)
     first = build_volume_cache(manifest, plan, [1, 9], tmp_path / "cache")
@@ -570,17 +571,9 @@ def test_a_run_keeps_reading_its_cache_while_another_run_rebuilds_the_folder(tmp
 def test_a_task_that_ignores_a_code_keeps_its_own_cache(tmp_path):
     """A run that ignores a code and one that learns it, on the same data and plan, each keep their
     cache: neither rebuilds the other's when it starts again."""
-    from medsight.data import Manifest
-    from medsight.io import read, write
-
     data = tmp_path / "data"
     data.mkdir()
-    manifest = Manifest.load(_tiny_data(data, n=2))
-    for i in range(2):
-        label = read(data / f"c{i}_seg.nii.gz")
-        array = label.array.copy()
-        array[0, 0:2, 0:4, 0:4] = 9
-        write(label.with_array(array), data / f"c{i}_seg.nii.gz", overwrite=True)
+    manifest = _unsure_data(data, 2)
     learning = task_for({"kind": "segmentation", "labels": {"lesion": 1, "unsure": 9}})
     ignoring = task_for({"kind": "segmentation", "labels": {"lesion": 1}, "ignore": 9})
     plan = learning.plan_for(manifest, _recipe(tmp_path).preprocess)

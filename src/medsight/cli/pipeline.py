@@ -322,10 +322,10 @@ def demo_command(
     chosen = [r.strip() for r in recipes.split(",") if r.strip()] if recipes is not None else None
     plan = plan_demo("quick" if quick else "long" if long else "standard", budget_minutes=budget, recipes=chosen)
     out.print(plan.describe())
-    final = [plan]
 
     def replanned(changed: DemoPlan, message: str) -> None:
-        final[0] = changed
+        nonlocal plan
+        plan = changed
         out.print(f"[yellow]{message}[/]")
 
     with progress_bar() as progress:
@@ -333,6 +333,6 @@ def demo_command(
     out.print(demo_table(rows))
     if quick:
         out.print("[yellow]quick mode: one epoch on a handful of tiny images, so these figures mean nothing[/]")
-    if final[0].left_out:
-        out.print(f"[yellow]{final[0].left_out_note()}[/]")
+    if plan.left_out:
+        out.print(f"[yellow]{plan.left_out_note()}[/]")
     out.print(f"done in {time.perf_counter() - started:.0f} s; runs, metrics and predictions are in {output}/")

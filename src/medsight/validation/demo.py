@@ -432,9 +432,12 @@ def replan(
     ratio = sum(actual) / expected
     left = plan.budget_seconds - elapsed
     spent = dict(prepaid or {})
+    costs: dict[tuple[Step, int, tuple[str, ...]], float] = {}
 
-    def cost(step: tuple[Step, int, tuple[str, ...]]) -> float:  # what the step still costs
-        return max(0.0, ratio * plan.seconds(step) - spent.get(step[0].recipe, 0.0))
+    def cost(step: tuple[Step, int, tuple[str, ...]]) -> float:  # what the step still costs (estimated once)
+        if step not in costs:
+            costs[step] = max(0.0, ratio * plan.seconds(step) - spent.get(step[0].recipe, 0.0))
+        return costs[step]
 
     if sum(map(cost, remaining)) <= left:
         return None
