@@ -16,12 +16,15 @@ from medsight.metrics.detection import (
     LUNA16_RATES,
     average_precision_boxes,
     box_iou,
+    box_matches,
     cpm,
     froc_curve,
     froc_summary,
     match_boxes,
     match_nodules,
+    mean_average_precision,
     sensitivity_at,
+    top_box_hits,
 )
 
 COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ"]
@@ -271,21 +274,26 @@ def _coco_ap(detections, truths, iou):
 
     images = sorted(set(detections["image"]) | set(truths["image"]))
     ids = {name: i + 1 for i, name in enumerate(images)}
+
+    def category(r) -> int:  # a "finding" column names each row's category (several findings: COCO's mAP)
+        return int(getattr(r, "finding", 0)) + 1
+
     gt = COCO()
     gt.dataset = {
         "images": [{"id": i} for i in ids.values()],
-        "categories": [{"id": 1, "name": "lesion"}],
+        "categories": [{"id": k + 1, "name": f"finding {k}"} for k in range(4)],
         "annotations": [
-            {"id": k + 1, "image_id": ids[r.image], "category_id": 1, "bbox": [r.x0, r.y0, r.x1 - r.x0, r.y1 - r.y0],
-             "area": (r.x1 - r.x0) * (r.y1 - r.y0), "iscrowd": 0}
+            {"id": k + 1, "image_id": ids[r.image], "category_id": category(r),
+             "bbox": [r.x0, r.y0, r.x1 - r.x0, r.y1 - r.y0], "area": (r.x1 - r.x0) * (r.y1 - r.y0), "iscrowd": 0}
             for k, r in enumerate(truths.itertuples())
         ],
     }  # fmt: skip
     gt.createIndex()
     results = [
-        {"image_id": ids[r.image], "category_id": 1, "bbox": [r.x0, r.y0, r.x1 - r.x0, r.y1 - r.y0], "score": r.score}
+        {"image_id": ids[r.image], "category_id": category(r), "bbox": [r.x0, r.y0, r.x1 - r.x0, r.y1 - r.y0],
+         "score": r.score}
         for r in detections.itertuples()
-    ]
+    ]  # fmt: skip
     dt = gt.loadRes(results) if results else COCO()
     evaluation = COCOeval(gt, dt, "bbox")
     evaluation.params.iouThrs = np.array([iou])
@@ -294,8 +302,9 @@ def _coco_ap(detections, truths, iou):
     evaluation.params.maxDets = [100]
     evaluation.evaluate()
     evaluation.accumulate()
-    precision = evaluation.eval["precision"][0, :, 0, 0, 0]
-    return float(np.mean(precision)) if np.all(precision > -1) else float("nan")
+    precision = evaluation.eval["precision"][0, :, :, 0, 0]  # (recall levels, categories)
+    present = np.all(precision > -1, axis=0)  # categories with a true box
+    return float(np.mean(precision[:, present])) if present.any() else float("nan")
 
 
 def _random_boxes(rng, images=8):
@@ -354,3 +363,40 @@ def test_per_image_froc_of_boxes():
     fps, sens, _ = froc_curve(entries.kind, entries.probability)
     np.testing.assert_allclose(fps, [0, 0, 0.25, 0.5])
     np.testing.assert_allclose(sens, [0, 0.5, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mean_average_precision_matches_pycocotools_over_findings(seed):
+    """COCO's mAP: each finding's AP (its detections against its boxes only), averaged over the
+    findings that have a box; a finding with detections but no box is left out."""
+    rng = np.random.default_rng(seed)
+    parts = [_random_boxes(rng) for _ in range(3)]
+    detections = pd.concat([d.assign(finding=k) for k, (d, _) in enumerate(parts)], ignore_index=True)
+    truths = pd.concat([t.assign(finding=k) for k, (_, t) in enumerate(parts) if k != 2], ignore_index=True)
+    rows = pd.concat([box_matches(detections[detections.finding == k].drop(columns="finding"),
+                                  truths[truths.finding == k].drop(columns="finding"), iou=0.5).assign(finding=k)
+                      for k in range(3)], ignore_index=True)  # fmt: skip
+    value = mean_average_precision(*(rows[c].to_numpy() for c in ("score", "hit", "truths", "finding")))
+    if truths.empty:
+        assert math.isnan(value)
+        return
+    assert value == pytest.approx(_coco_ap(detections, truths, 0.5))
+    each = [average_precision_boxes(detections[detections.finding == k], truths[truths.finding == k], iou=0.5)
+            for k in range(2)]  # fmt: skip
+    assert value == pytest.approx(np.nanmean(each))
+
+
+def test_top_box_hits_score_each_images_most_probable_detection_only():
+    columns = ["image", "x0", "y0", "x1", "y1"]
+    truths = pd.DataFrame([["a", 0, 0, 10, 10], ["a", 50, 50, 60, 60], ["b", 0, 0, 10, 10], ["c", 0, 0, 10, 10]],
+                          columns=columns)  # fmt: skip
+    detections = pd.DataFrame(
+        [["a", 50, 50, 60, 60, 0.9], ["a", 0, 0, 10, 10, 0.5],  # the best finds the second box only
+         ["b", 0, 0, 10, 10, 0.2], ["b", 30, 30, 40, 40, 0.2],  # a tie: the first listed counts
+         ["d", 0, 0, 10, 10, 0.9]],  # an image without boxes
+        columns=[*columns, "score"],
+    )  # fmt: skip
+    hits = top_box_hits(detections, truths, iou=0.5)
+    assert hits.values.tolist() == [["a", False], ["a", True], ["b", True], ["c", False]]  # c has no detection
+    assert top_box_hits(detections.iloc[:0], truths, iou=0.5)["hit"].sum() == 0
+    assert top_box_hits(detections, truths.iloc[:0], iou=0.5).empty

@@ -23,6 +23,7 @@ from medsight.tasks.detection2d import (
     FINDING,
     OTHER,
     UNKNOWN,
+    UNLABELLED,
     BoxPatches,
     Detection2DTask,
     _cell_targets,
@@ -67,14 +68,17 @@ def test_maps_paint_findings_over_other_boxes_and_keep_thin_boxes():
 
 
 def test_cell_targets_and_labels_follow_the_maps():
-    maps = torch.zeros(3, 24, 20, dtype=torch.uint8)
-    maps[0, 9:11, 17:20] = FINDING  # cell row 1, column 2
-    maps[1, 0:4, 0:4] = OTHER
-    maps[2] = UNKNOWN
-    finding, known, label = _cell_targets(maps, (3, 3))
-    assert finding[0].nonzero().tolist() == [[1, 2]] and finding[1:].sum() == 0
-    assert known[:2].min() == 1 and known[2].max() == 0
-    assert label.tolist() == [1.0, 0.0, 1.0]
+    maps = torch.zeros(4, 2, 24, 20, dtype=torch.uint8)
+    maps[0, 0, 9:11, 17:20] = FINDING  # cell row 1, column 2 of finding 0
+    maps[1, :, 0:4, 0:4] = OTHER
+    maps[2, 0] = UNKNOWN
+    maps[3, 1] = UNLABELLED
+    finding, known, label, labelled = _cell_targets(maps, (3, 3))
+    assert finding.shape == known.shape == (4, 2, 3, 3) and label.shape == labelled.shape == (4, 2)
+    assert finding[0, 0].nonzero().tolist() == [[1, 2]] and finding.sum() == 1
+    assert known[:2].min() == 1 and known[2, 0].max() == 0 and known[2, 1].min() == 1 and known[3, 1].max() == 0
+    assert label.tolist() == [[1, 0], [0, 0], [1, 0], [0, 0]]
+    assert labelled.tolist() == [[1, 1], [1, 1], [1, 1], [1, 0]]
     with pytest.raises(InputError, match="cannot cover"):
         _cell_targets(maps, (2, 2))
 
@@ -108,6 +112,22 @@ def test_detections_are_groups_of_cells_boxed_at_half_their_peak():
     assert cell_boxes(np.zeros((4, 4)), threshold=0.1, max_detections=5).shape == (0, 5)
 
 
+def test_findings_that_a_faint_ridge_joins_stay_apart_and_a_lesion_with_two_bumps_is_one():
+    p = np.zeros((6, 12))
+    p[2, 0:12] = 0.15  # a faint ridge across the image (the mediastinum between two effusions)
+    p[1:4, 1:3] = 0.8
+    p[1:4, 9:11] = [[0.6, 0.5], [0.7, 0.6], [0.6, 0.5]]
+    marks = cell_boxes(p, threshold=0.1, max_detections=10)
+    np.testing.assert_allclose(marks, [[8, 8, 24, 32, 0.8], [72, 8, 88, 32, 0.7]])
+    bumps = np.zeros((5, 12))
+    bumps[1:4, 1:11] = 0.5  # one lesion, brighter at both ends: the pass between them is high
+    bumps[2, 2], bumps[2, 9] = 0.9, 0.8
+    np.testing.assert_allclose(cell_boxes(bumps, threshold=0.1, max_detections=10), [[8, 8, 88, 32, 0.9]])
+    plateau = np.zeros((4, 4))
+    plateau[1:3, 1:3] = 0.4  # a flat top is one peak
+    np.testing.assert_allclose(cell_boxes(plateau, threshold=0.1, max_detections=10), [[8, 8, 24, 24, 0.4]])
+
+
 def _manifest(root: Path, rows: list[dict]) -> Manifest:
     for row in rows:
         Image.fromarray(np.full((40, 32), 50, np.uint8)).save(root / row["image"])
@@ -134,9 +154,10 @@ def test_prepare_tells_findings_from_other_boxes_and_unknown_images(tmp_path):
         _row(4, 0, None),
     ])  # fmt: skip
     data = _task().prepare(manifest, Preprocess2D(size=32, channels=1), tmp_path / "cache", progress=None)
-    codes = [b[:, 4].tolist() for b in data.inputs.boxes]
-    assert codes == [[FINDING, OTHER], [OTHER], [OTHER], [], []]
-    assert data.inputs.unknown.tolist() == [False, False, True, True, False]
+    findings = [b[:, 4].tolist() for b in data.inputs.boxes]  # finding 0, or -1: another box
+    assert findings == [[0, -1], [-1], [-1], [], []]
+    assert data.inputs.unknown[:, 0].tolist() == [False, False, True, True, False]
+    assert data.inputs.map(0)[0, 7, 7] == FINDING and data.inputs.map(0)[0, 10, 22] == OTHER
     # 40x32 padded to 40x40 (4 columns left), then 32/40: the box x 4..12, y 8..16 -> 6.4..12.8, 6.4..12.8
     np.testing.assert_allclose(data.inputs.boxes[0][0, :4], [6.4, 6.4, 12.8, 12.8])
     assert (data.inputs.map(3) == UNKNOWN).all() and data.inputs.map(4).max() == 0
@@ -144,7 +165,7 @@ def test_prepare_tells_findings_from_other_boxes_and_unknown_images(tmp_path):
     by_label = _task(min_birads=None, box_labels=["calc"]).prepare(
         manifest, Preprocess2D(size=32, channels=1), tmp_path / "cache", progress=None
     )
-    assert by_label.inputs.unknown[:4].tolist() == [True, False, True, True]  # no calcification boxes at all
+    assert by_label.inputs.unknown[:4, 0].tolist() == [True, False, True, True]  # no calcification boxes at all
 
 
 @pytest.mark.parametrize(
@@ -183,7 +204,7 @@ def test_patches_come_at_their_rates_and_skip_unknown_images(tmp_path):
     anywhere = BoxPatches(data.inputs, [0, 1, 2, 3], patch=16, samples=400, finding_rate=0.0, other_rate=0.0)
     assert 2 not in anywhere.items and not any((anywhere[k][1] == UNKNOWN).any() for k in range(400))
     image, label = anywhere[0]
-    assert image.shape == (1, 16, 16) and image.dtype == torch.float32 and label.shape == (16, 16)
+    assert image.shape == (1, 16, 16) and image.dtype == torch.float32 and label.shape == (1, 16, 16)
     with pytest.raises(InputError, match="no training image has a known target map"):
         BoxPatches(data.inputs, [2], patch=16, samples=4, finding_rate=0.5, other_rate=0.0)
 
@@ -289,3 +310,167 @@ def test_a_split_without_finding_boxes_has_no_localisation_figures():
                                            operating_points=["youden"], bootstrap=20)  # fmt: skip
     assert not any(name.startswith("lesion") for name in figures)
     assert details["localisation"]["undefined"] == "no finding box in this split"
+
+
+# --- several findings at once (chest X-ray findings) -------------------------------------------
+MULTI = {"kind": "detection2d", "findings": ["effusion", "nodule"], "aliases": {"nodule": ["Mass"]}, "patch": 16,
+         "patches_per_epoch": 32}  # fmt: skip
+
+
+def _multi_row(i: int, effusion: float, nodule: float, boxes: list[dict] | None, split: str = "train") -> dict:
+    return {"case_id": f"c{i}", "patient_id": f"p{i // 2}", "image": f"i{i}.png", "split": split,
+            "target_effusion": effusion, "target_nodule": nodule,
+            "boxes": json.dumps(boxes) if boxes is not None else ""}  # fmt: skip
+
+
+def _named(label: str, x: float = 4, y: float = 8, w: float = 8) -> dict:
+    return {"label": label, "x": x, "y": y, "w": w, "h": w}
+
+
+def test_several_findings_get_a_map_each_from_the_boxes_that_name_them(tmp_path):
+    manifest = _manifest(tmp_path, [
+        _multi_row(0, 1, 1, [_named("Effusion"), _named("mass", x=20)]),  # a box each; "mass" is nodule's alias
+        _multi_row(1, 1, 0, [_named("Effusion"), _named("Nodule", x=20)]),  # a nodule box, but the label says no
+        _multi_row(2, 1, float("nan"), [_named("Pneumothorax")]),  # effusion unlocated; nodule unknown
+        _multi_row(3, 0, 0, None),
+    ])  # fmt: skip
+    task = task_for(MULTI)
+    data = task.prepare(manifest, Preprocess2D(size=32, channels=1), tmp_path / "cache", progress=None)
+    images = data.inputs
+    assert [b[:, 4].tolist() for b in images.boxes] == [[0, 1], [0, -1], [-1], []]
+    assert images.unknown.tolist() == [[False, False], [False, False], [True, False], [False, False]]
+    maps = images.map(0)
+    assert maps.shape == (2, 32, 32)
+    assert maps[0, 7, 7] == FINDING and maps[0, 10, 22] == OTHER  # effusion's map: the mass box is another box
+    assert maps[1, 7, 7] == OTHER and maps[1, 10, 22] == FINDING
+    assert images.map(1)[1, 10, 22] == OTHER  # a box of a finding the image does not have teaches its absence
+    assert (images.map(2)[0] == UNKNOWN).all() and (images.map(2)[1] == UNLABELLED).all()
+    assert np.isnan(data.targets[2, 1]) and data.targets[0].tolist() == [1, 1]
+    assert task.classifier.kind == "multilabel" and task.metric_names() == ("macro_auc",)
+    net = task.network(load_recipe("mammo-screening", ["model.name=resnet10"]).model, 1).eval()
+    with torch.no_grad():
+        assert net(torch.rand(2, 1, 32, 32)).shape == (2, 2, 4, 4)
+
+
+def test_whole_images_teach_unlocated_findings_and_patches_leave_them_out(tmp_path):
+    manifest = _manifest(tmp_path, [
+        _multi_row(0, 1, 0, [_named("Effusion")]),
+        _multi_row(1, 1, 1, [_named("Effusion", x=16)]),  # the nodule is unlocated
+        _multi_row(2, float("nan"), 1, None),  # nothing known in a patch: left out of patches
+    ])  # fmt: skip
+    data = task_for(MULTI).prepare(manifest, Preprocess2D(size=32, channels=1), tmp_path / "cache", progress=None)
+    np.random.seed(1)
+    patches = BoxPatches(data.inputs, [0, 1, 2], patch=16, samples=60, finding_rate=0.5, other_rate=0.0)
+    assert patches.items == [0, 1] and not patches.whole
+    drawn = [patches[k][1] for k in range(60)]
+    assert all(m.shape == (2, 16, 16) and not (m == UNKNOWN).any() for m in drawn)
+    assert any((m[1] == UNLABELLED).all() for m in drawn)  # image 1's nodule: unknown within a patch
+    whole = BoxPatches(data.inputs, [0, 1, 2], patch=64, samples=60, finding_rate=0.5, other_rate=0.0)
+    assert whole.whole and whole.items == [0, 1, 2]
+    items = [whole[k] for k in range(60)]
+    assert all(image.shape == (1, 32, 32) and m.shape == (2, 32, 32) for image, m in items)
+    assert any((m[1] == UNKNOWN).all() for _, m in items)  # learnt from the image's label
+    unlocated = [(image, m) for image, m in items if (m[0] == UNLABELLED).all()]
+    assert unlocated and all(torch.equal(image, torch.from_numpy(data.inputs.image(2))) for image, _ in unlocated)
+
+
+def test_the_loss_of_several_findings_skips_unlabelled_ones_and_scores_each_map():
+    task = task_for(MULTI)
+    maps = torch.zeros(2, 2, 16, 16, dtype=torch.uint8)
+    maps[0, 0, 0:8, 8:16] = FINDING  # image 0 has an effusion top right
+    maps[1, 1] = UNLABELLED  # image 1: nodule unknown
+    right = torch.full((2, 2, 2, 2), -6.0)
+    right[0, 0, 0, 1] = 6.0
+    assert task.loss(right, maps) < 0.05
+    swapped = right.flip(1)  # the effusion's cell on the nodule's map
+    assert task.loss(swapped, maps) > 1
+    unlabelled_only = right.clone()
+    unlabelled_only[1, 1] = 6.0  # whatever is said about image 1's nodule costs nothing
+    assert task.loss(unlabelled_only, maps) == pytest.approx(float(task.loss(right, maps)), abs=1e-6)
+    scored = task.score(right, maps)
+    assert scored == {"macro_auc": 1.0}  # effusion's AUC; the nodule's, with one labelled image, is undefined
+    with pytest.raises(InputError, match="cell logits"):
+        task.loss(torch.zeros(2, 3, 2, 2), maps)
+
+
+def test_several_findings_are_scored_per_finding_and_together_against_independent_counts():
+    """Per-finding AUCs and macro AUC as a multi-label classifier's; per-finding AP equal to COCO's AP
+    of that finding's detections and boxes; the mAP their mean; the top-box hit rate counted by hand."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(48):
+        labels = {"effusion": int(i % 3 == 0), "nodule": int(i % 4 == 1)}
+        boxes, marks = [], []
+        for name, present in labels.items():
+            x, y = rng.uniform(0, 80, 2)
+            if present:
+                boxes.append({"label": "Mass" if name == "nodule" and i % 8 == 1 else name.title(), "x": x, "y": y,
+                              "w": 20, "h": 20})  # fmt: skip
+                if rng.random() < 0.75:
+                    shift = rng.uniform(-7, 7, 2)
+                    marks.append({"x0": x + shift[0], "y0": y + shift[1], "x1": x + 20 + shift[0],
+                                  "y1": y + 20 + shift[1], "score": float(rng.uniform(0.2, 1)),
+                                  "finding": name})  # fmt: skip
+            for _ in range(rng.integers(0, 2)):
+                a, b = rng.uniform(0, 90, 2)
+                marks.append({"x0": a, "y0": b, "x1": a + 10, "y1": b + 10, "score": float(rng.uniform(0, 0.9)),
+                              "finding": name})  # fmt: skip
+        probs = {f"prob_{n}": max([m["score"] for m in marks if m["finding"] == n], default=0.0) for n in labels}
+        targets = {f"target_{n}": v for n, v in labels.items()}
+        rows.append({"case_id": f"c{i}", "patient_id": f"p{i // 3}", "image": f"{i}.png", "boxes": json.dumps(boxes),
+                     **targets, **probs, "detections": json.dumps(marks)})  # fmt: skip
+    table = pd.DataFrame(rows)
+    scores = [c for c in table.columns if c.startswith("prob_")] + ["detections"]
+    prediction = Prediction(table.drop(columns=scores), table[scores])
+    figures, details, _ = task_for(MULTI).evaluate(prediction, prediction, split="test", operating_points=["youden"],
+                                                   bootstrap=40)  # fmt: skip
+    from sklearn.metrics import roc_auc_score
+
+    aucs = [roc_auc_score(table[f"target_{n}"], table[f"prob_{n}"]) for n in ("effusion", "nodule")]
+    assert figures["auc effusion"].estimate == pytest.approx(aucs[0])
+    assert figures["macro auc"].estimate == pytest.approx(np.mean(aucs))
+    columns = ["image", "x0", "y0", "x1", "y1"]
+    each, hits, total = [], 0, 0
+    for name in ("effusion", "nodule"):
+        truths = pd.DataFrame([(r["case_id"], b["x"], b["y"], b["x"] + 20, b["y"] + 20) for r in rows
+                               for b in json.loads(r["boxes"]) if b["label"].lower() in (name, "mass" if name ==
+                               "nodule" else name)], columns=columns)  # fmt: skip
+        found = pd.DataFrame([(r["case_id"], m["x0"], m["y0"], m["x1"], m["y1"], m["score"]) for r in rows
+                              for m in json.loads(r["detections"]) if m["finding"] == name],
+                             columns=[*columns, "score"])  # fmt: skip
+        each.append(average_precision_boxes(found, truths, iou=0.3))
+        assert figures[f"lesion AP@0.3 {name}"].estimate == pytest.approx(each[-1])
+        for _, box in truths.iterrows():  # the top box of its finding in its image, by hand
+            mine = found[found["image"] == box["image"]]
+            total += 1
+            if len(mine):
+                hits += _iou(mine.loc[mine["score"].idxmax()], box) >= 0.3
+    assert figures["lesion mAP@0.3"].estimate == pytest.approx(np.mean(each))
+    assert figures["top box hit @ IoU 0.3"].estimate == pytest.approx(hits / total)
+    assert details["localisation"]["findings"] == total
+    assert details["localisation"]["per_finding"]["nodule"]["froc"]["findings"] == sum(r["target_nodule"] for r in rows)
+
+
+def test_several_findings_settings_are_checked(tmp_path):
+    for changes, message in (({"box_labels": ["x"]}, "box_labels cannot be set with task.findings"),
+                             ({"fusion": "max"}, "fusion cannot be set"), ({"target": "y"}, "target cannot be set"),
+                             ({"findings": ["a", "A"]}, "distinct names"), ({"findings": []}, "distinct names"),
+                             ({"aliases": {"mass": ["x"]}}, "not among the findings")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):  # a recipe names it as a ConfigError (below)
+            task_for({**MULTI, **changes})
+    with pytest.raises(ConfigError, match="classes cannot be set"):
+        load_recipe("mammo-screening", ['task.findings=["mass"]', "task.fusion=null", "task.classes=[absent, present]"])
+    recipe = load_recipe("mammo-screening", ['task.findings=["mass"]', "task.fusion=null"])  # the defaults'
+    assert task_for(recipe.task.model_dump()).settings == recipe.task  # a saved spec loads again
+    with pytest.raises(ConfigError, match=r"set task\.findings too"):
+        load_recipe("mammo-screening", ['task.aliases={"mass": ["x"]}'])
+    rows = [_multi_row(0, 1, 0, [_named("Effusion")]), _multi_row(1, 0, 1, None), _multi_row(2, 1, 1, None, "val"),
+            _multi_row(3, 0, 0, None, "val")]  # fmt: skip
+    task = task_for(MULTI)
+    data = task.prepare(_manifest(tmp_path, rows), Preprocess2D(size=32, channels=1), tmp_path / "c", progress=None)
+    prediction = pd.DataFrame(rows).assign(prob_effusion=0.5, prob_nodule=0.5,
+                                           detections=json.dumps([{"x0": 0, "y0": 0, "x1": 1, "y1": 1, "score": 0.5,
+                                                                   "finding": "cardiomegaly"}]))  # fmt: skip
+    with pytest.raises(InputError, match="'cardiomegaly', which is not among the findings"):
+        task._boxes_and_marks(prediction)
+    assert data.inputs.unknown[1].tolist() == [False, True]

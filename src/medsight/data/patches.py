@@ -18,10 +18,12 @@ __all__ = ["FindingPatches", "PatchDataset", "ValidationPatches", "extract_patch
 def extract_patch(
     image: np.ndarray, label: np.ndarray, centre: Sequence[int], patch: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``patch``-sized box around ``centre`` (zero-padded where it leaves the volume)."""
+    """The ``patch``-sized box around ``centre`` (zero-padded where it leaves the volume) of a
+    ``(C, *spatial)`` image and its label map (``spatial`` or ``(K, *spatial)``: one map per channel)."""
     starts = [int(c) - p // 2 for c, p in zip(centre, patch, strict=True)]
     out_image = np.zeros((image.shape[0], *patch), np.float32)
-    out_label = np.zeros(tuple(patch), np.uint8)
+    lead = label.shape[: label.ndim - len(patch)]
+    out_label = np.zeros((*lead, *patch), np.uint8)
     source, target = [], []
     for start, size, extent in zip(starts, patch, image.shape[1:], strict=True):
         low, high = max(start, 0), min(start + size, extent)
@@ -30,7 +32,7 @@ def extract_patch(
         source.append(slice(low, high))
         target.append(slice(low - start, high - start))
     out_image[(slice(None), *target)] = image[(slice(None), *source)]
-    out_label[tuple(target)] = label[tuple(source)]
+    out_label[(..., *target)] = label[(..., *source)]
     return out_image, out_label
 
 

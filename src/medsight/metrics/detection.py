@@ -54,7 +54,9 @@ __all__ = [
     "froc_summary",
     "match_boxes",
     "match_nodules",
+    "mean_average_precision",
     "sensitivity_at",
+    "top_box_hits",
 ]
 
 log = logging.getLogger(__name__)
@@ -432,3 +434,31 @@ def average_precision_boxes(
     :func:`average_precision_of`). NaN when there is no true box."""
     rows = box_matches(detections, truths, iou=iou, max_detections=max_detections)
     return average_precision_of(rows["score"].to_numpy(), rows["hit"].to_numpy(), rows["truths"].to_numpy())
+
+
+def top_box_hits(detections: pd.DataFrame, truths: pd.DataFrame, *, iou: float) -> pd.DataFrame:
+    """Per true box (``image, x0, y0, x1, y1``), whether its image's most probable detection
+    (``image, x0, y0, x1, y1, score``; one finding's) overlaps it with IoU >= ``iou``: the
+    localisation a single box per image and finding gives (a class activation map's box is
+    scored the same way). Columns ``image``, ``hit``; a box whose image has no detection is missed."""
+    best = detections.sort_values("score", ascending=False, kind="mergesort").drop_duplicates("image")
+    corners = ["x0", "y0", "x1", "y1"]
+    top = {str(r["image"]): np.array([r[c] for c in corners], float) for _, r in best.iterrows()}
+    rows = []
+    for _, box in truths.iterrows():
+        mark = top.get(str(box["image"]))
+        overlap = 0.0 if mark is None else box_iou(mark[None], box[corners].to_numpy(float)[None])[0, 0]
+        rows.append((str(box["image"]), bool(overlap >= iou)))
+    return pd.DataFrame(rows, columns=["image", "hit"]).astype({"image": str, "hit": bool})
+
+
+def mean_average_precision(score: np.ndarray, hit: np.ndarray, truths: np.ndarray, finding: np.ndarray) -> float:
+    """The mean over findings of :func:`average_precision_of` of matched rows (:func:`box_matches`'
+    rows of each finding, ``finding`` saying whose); findings without a true box among the rows are
+    left out (NaN when none has one). Rows of all findings together, so a bootstrap resamples them
+    by image or patient at once."""
+    finding = np.asarray(finding)
+    values = [average_precision_of(score[finding == k], hit[finding == k], truths[finding == k])
+              for k in np.unique(finding)]  # fmt: skip
+    finite = [v for v in values if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")

@@ -26,11 +26,11 @@ CELL = 8  # pixels per output cell along each side
 
 
 class _Pyramid(nn.Module):
-    def __init__(self, widths: tuple[int, int, int], features: int, prior: float) -> None:
+    def __init__(self, widths: tuple[int, int, int], features: int, prior: float, outputs: int) -> None:
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(w, features, 1) for w in widths)
         self.head = nn.Sequential(nn.Conv2d(features, features, 3, padding=1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(features, 1, 1))  # fmt: skip
+                                  nn.Conv2d(features, outputs, 1))  # fmt: skip
         nn.init.constant_(self.head[-1].bias, math.log(prior / (1 - prior)))
 
     def forward(self, c2: torch.Tensor, c3: torch.Tensor, c4: torch.Tensor) -> torch.Tensor:
@@ -41,7 +41,7 @@ class _Pyramid(nn.Module):
 
 
 class ResNetCells(nn.Module):
-    """``(B, C, H, W)`` images -> ``(B, 1, ceil(H/8), ceil(W/8))`` logits, one per cell.
+    """``(B, C, H, W)`` images -> ``(B, K, ceil(H/8), ceil(W/8))`` logits: per cell, one per finding.
 
     Args:
         name: A registered 2D ResNet (``resnet10``, ``resnet18``, ``resnet34``, ``resnet50``).
@@ -49,9 +49,12 @@ class ResNetCells(nn.Module):
         features: Channels of the pyramid and head.
         prior: Every cell's probability before training (a small value keeps the rare positive
             cells from being swamped at the start, as in RetinaNet).
+        outputs: Findings scored per cell (K).
     """
 
-    def __init__(self, name: str, in_channels: int, *, features: int = 128, prior: float = 0.01) -> None:
+    def __init__(
+        self, name: str, in_channels: int, *, features: int = 128, prior: float = 0.01, outputs: int = 1
+    ) -> None:
         super().__init__()
         if not name.startswith("resnet"):
             raise ConfigError(
@@ -60,11 +63,13 @@ class ResNetCells(nn.Module):
             )
         if not 0 < prior < 1:
             raise ConfigError(f"the prior probability of a cell must lie in (0, 1), got {prior}")
+        if outputs < 1:
+            raise ConfigError(f"a cell map scores one or more findings, got outputs={outputs}")
         backbone = build_model(name, spatial_dims=2, in_channels=in_channels, num_outputs=1)
         for part in ("conv1", "bn1", "act", "maxpool", "layer1", "layer2", "layer3", "layer4"):
             setattr(self, part, getattr(backbone, part))
         widths = tuple(_width(getattr(backbone, f"layer{k}")) for k in (2, 3, 4))
-        self.fc = _Pyramid(widths, features, prior)  # type: ignore[arg-type]
+        self.fc = _Pyramid(widths, features, prior, outputs)  # type: ignore[arg-type]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.act(self.bn1(self.conv1(images))))

@@ -21,6 +21,12 @@ rest of the image is normal. This task learns from them densely:
   applies unchanged. Each prediction also carries its *detections*: connected cells at or above
   ``threshold`` as boxes in the source image's pixels, with their highest probability, which
   evaluation scores against the finding boxes (average precision and a FROC per image).
+- Several findings at once (``findings``, e.g. chest X-ray findings): one cell map per finding,
+  each box taught on the map of the finding its label names, the image's ``target_<finding>``
+  labels scored as a multi-label classifier's are (an unknown label leaves that map out), and the
+  detections named by finding. A positive label without a box of its finding is learnt from the
+  image term alone, which needs the whole image: with ``patch`` at least the image size, training
+  takes whole images; with smaller patches such a map is left out of the patch.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import ndimage
+from skimage.segmentation import watershed
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -51,7 +58,14 @@ from medsight.data.manifest import Manifest, parse_boxes
 from medsight.data.patches import extract_patch
 from medsight.metrics import bootstrap_ci
 from medsight.metrics.classification import roc_auc
-from medsight.metrics.detection import average_precision_of, box_matches, froc_summary, match_boxes
+from medsight.metrics.detection import (
+    average_precision_of,
+    box_matches,
+    froc_summary,
+    match_boxes,
+    mean_average_precision,
+    top_box_hits,
+)
 from medsight.models.cellmap import CELL, ResNetCells
 from medsight.models.predict import run_model
 from medsight.models.registry import ModelChoice
@@ -66,7 +80,9 @@ __all__ = ["BoxPatches", "BoxedImages", "Detection2DSpec", "Detection2DTask", "c
 
 log = logging.getLogger(__name__)
 
-BACKGROUND, FINDING, OTHER, UNKNOWN = 0, 1, 2, 255  # codes of the per-pixel target maps
+# codes of the per-pixel target maps: a finding's map is UNKNOWN where its image is positive but no
+# box says where, UNLABELLED where the image's label of that finding is unknown (nothing to learn)
+BACKGROUND, FINDING, OTHER, UNLABELLED, UNKNOWN = 0, 1, 2, 254, 255
 _PRIOR = 0.01  # a cell's probability in an untrained network
 _GAMMA = 2.0  # focal loss
 _FROC_RATES = (0.125, 0.25, 0.5, 1.0, 2.0)  # false positives per image at which sensitivity is reported
@@ -78,12 +94,19 @@ class Detection2DSpec(BaseModel):
     Attributes:
         classes: The image-level classes (negative, positive), as for a binary classifier.
         target: The manifest column of the image's label (0/1).
+        findings: Several findings at once: one cell map per finding, the image's labels read from
+            the ``target_<finding>`` columns (0, 1 or empty), and a box taught as finding k when its
+            label is finding k's name or one of its ``aliases`` (case-insensitively). None: one
+            finding, the image's ``target`` label, boxes chosen by ``box_labels`` / ``min_birads``.
+        aliases: Per finding, other box labels that name it (NIH ChestX-ray14's boxes say
+            ``Infiltrate`` for the finding ``Infiltration``).
         fusion: Per-image scores fused to breast and exam level (mammography), as for a classifier.
         box_labels: A box is a finding only if its label contains one of these (case-insensitive);
             None: any label.
         min_birads: A box is a finding only if its BI-RADS category is at least this (VinDr-Mammo's
             boxes carry one); None: the category does not matter.
-        patch: Side of the training patches, in pixels of the prepared image (a multiple of 8).
+        patch: Side of the training patches, in pixels of the prepared image (a multiple of 8); at
+            least the prepared image size: training takes whole images.
         patches_per_epoch: Training patches drawn per epoch.
         finding_rate, other_rate: Shares of patches centred near a finding box and near another box.
         threshold: Cells at or above this probability form detections.
@@ -95,6 +118,8 @@ class Detection2DSpec(BaseModel):
     kind: Literal["detection2d"]
     classes: list[str] = ["negative", "positive"]
     target: str = "target"
+    findings: list[str] | None = None
+    aliases: dict[str, list[str]] = {}
     fusion: Literal["max", "mean", "attention"] | None = None
     box_labels: list[str] | None = None
     min_birads: int | None = Field(None, ge=0, le=6)
@@ -108,6 +133,10 @@ class Detection2DSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Detection2DSpec:
+        if self.findings is not None:
+            self._several_findings()
+        elif self.aliases:
+            raise ValueError("aliases name the box labels of findings; set task.findings too (or drop aliases)")
         if len(self.classes) != 2:
             raise ValueError(f"a detection task's images are negative or positive: two classes, got {self.classes}")
         if self.patch % CELL:
@@ -116,32 +145,71 @@ class Detection2DSpec(BaseModel):
             raise ValueError(f"finding_rate + other_rate must not exceed 1, got {self.finding_rate + self.other_rate}")
         return self
 
+    def _several_findings(self) -> None:
+        names = [f.strip().lower() for f in self.findings or []]
+        if not names or not all(names) or len(set(names)) != len(names):
+            raise ValueError(f"findings must be one or more distinct names, got {self.findings}")
+        clashes = {
+            "box_labels": "box_labels chooses the boxes of a single finding; with findings each box goes to the "
+            "finding its label names (add other names with aliases)",
+            "fusion": "views are fused for a single finding (e.g. screening mammography), not for findings",
+            "classes": "findings replace classes (each finding is present or not)",
+            "target": "findings read their labels from the target_<finding> columns, not from target",
+        }
+        for name, why in clashes.items():  # compared with the defaults, so that a saved spec loads again
+            if getattr(self, name) != type(self).model_fields[name].default:
+                raise ValueError(f"task.{name} cannot be set with task.findings: {why}")
+        unknown = sorted(set(self.aliases) - set(self.findings or []))
+        if unknown:
+            raise ValueError(f"aliases are given for {unknown}, which are not among the findings {self.findings}")
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The name of each cell map: the findings, or the one finding of the positive class."""
+        return tuple(self.findings) if self.findings is not None else (self.classes[1],)
+
 
 @dataclass(frozen=True)
 class BoxedImages:
-    """A 2D image cache and, per cached image, its boxes in prepared pixels.
+    """A 2D image cache and, per cached image, its boxes in prepared pixels and its labels.
 
     Attributes:
         cache: The preprocessed images.
-        boxes: Per image, ``(n, 5)`` float rows ``x0, y0, x1, y1, code`` (``FINDING`` or ``OTHER``).
-        unknown: Per image, True when it is positive but no finding box says where (its map is
-            ``UNKNOWN`` everywhere: only its label is learnt).
+        boxes: Per image, ``(n, 5)`` float rows ``x0, y0, x1, y1, finding``: the index of the
+            finding (cell map) the box shows, or -1 for any other box (a trained negative).
+        labels: ``(N, K)`` float: per image and finding 1 (present), 0 (absent) or NaN (unknown).
+        unknown: ``(N, K)`` bool: the image has the finding but none of its boxes says where.
     """
 
     cache: ImageCache
     boxes: tuple[np.ndarray, ...]
+    labels: np.ndarray
     unknown: np.ndarray
+
+    @property
+    def channels(self) -> int:
+        """Cell maps (findings) per image."""
+        return int(self.labels.shape[1])
 
     def image(self, index: int) -> np.ndarray:
         """``(C, S, S)`` float32 in [0, 1]."""
         return np.asarray(self.cache.images[index], dtype=np.float32) / 255.0
 
     def map(self, index: int) -> np.ndarray:
-        """``(S, S)`` uint8 target map of image ``index``."""
+        """``(K, S, S)`` uint8 target maps of image ``index``, one per finding: its boxes
+        ``FINDING``, the image's other boxes ``OTHER``; all ``UNKNOWN`` (present, no box) or
+        ``UNLABELLED`` (label unknown)."""
         size = self.cache.images.shape[-1]
-        if self.unknown[index]:
-            return np.full((size, size), UNKNOWN, np.uint8)
-        return draw_boxes(self.boxes[index], size)
+        boxes = self.boxes[index]
+        out = np.empty((self.channels, size, size), np.uint8)
+        for k in range(self.channels):
+            if np.isnan(self.labels[index, k]):
+                out[k] = UNLABELLED
+            elif self.unknown[index, k]:
+                out[k] = UNKNOWN
+            else:
+                out[k] = draw_boxes(np.column_stack([boxes[:, :4], np.where(boxes[:, 4] == k, FINDING, OTHER)]), size)
+        return out
 
 
 def draw_boxes(boxes: np.ndarray, size: int) -> np.ndarray:
@@ -161,22 +229,67 @@ def draw_boxes(boxes: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+_PEAK_CELLS = 2  # a peak is the most probable cell within this many cells along each axis
+
+
 def cell_boxes(probability: np.ndarray, *, threshold: float, max_detections: int, cell: int = CELL) -> np.ndarray:
     """Detections of a ``(h, w)`` cell probability map, as ``x0, y0, x1, y1, score`` in
-    prepared-image pixels, the most probable ``max_detections`` first: each group of 8-connected
-    cells at or above ``threshold`` is one detection, scored by its most probable cell, whose box
-    spans the group's cells at or above half that score (a low threshold finds faint lesions
+    prepared-image pixels, the most probable ``max_detections`` first.
+
+    Each peak (the most probable cell within two cells along each axis; a flat top is one peak) at
+    or above ``threshold`` starts a detection; the cells at or above ``threshold`` are shared between
+    the peaks by watershed, and neighbouring shares whose border (the pass between them) stays at or
+    above half the lower peak are one detection (a lesion with two bumps; joined highest passes
+    first, a joined share counting its highest peak), while findings that only a faint ridge joins
+    (both sides of the chest) stay apart. A detection's score is its highest
+    peak; its box spans its cells at or above half that score (a low threshold finds faint lesions
     without blowing up the boxes of clear ones)."""
-    regions, count = ndimage.label(probability >= threshold, structure=np.ones((3, 3), bool))
-    if count == 0:
+    probability = np.asarray(probability, float)
+    above = probability >= threshold
+    if not above.any():
         return np.zeros((0, 5))
-    peaks = np.atleast_1d(ndimage.maximum(probability, regions, np.arange(1, count + 1)))
-    core = np.where(probability >= 0.5 * peaks[np.maximum(regions - 1, 0)], regions, 0) * (regions > 0)
+    size = 2 * _PEAK_CELLS + 1
+    peaks = above & (probability >= ndimage.maximum_filter(probability, size=size, mode="nearest"))
+    markers, count = ndimage.label(peaks, structure=np.ones((3, 3), bool))
+    basins = watershed(-probability, markers, mask=above, connectivity=2)
+    peak = np.r_[0.0, ndimage.maximum(probability, basins, np.arange(1, count + 1))]
+    owner = np.arange(count + 1)  # union-find over basins
+
+    def root(k: int) -> int:
+        while owner[k] != k:
+            owner[k] = owner[owner[k]]
+            k = int(owner[k])
+        return k
+
+    for a, b, pass_ in sorted(_borders(basins, probability), key=lambda border: -border[2]):
+        a, b = root(a), root(b)  # groups joined so far: highest passes first, each group's highest peak
+        if a != b and pass_ >= 0.5 * min(peak[a], peak[b]):
+            owner[a], peak[b] = b, max(peak[a], peak[b])
+    groups = np.array([root(k) for k in range(count + 1)])[basins]
+    best = np.zeros(count + 1)
+    np.maximum.at(best, groups.ravel(), probability.ravel() * (groups.ravel() > 0))
+    core = np.where(probability >= 0.5 * best[groups], groups, 0) * (groups > 0)
     spans = ndimage.find_objects(core, max_label=count)
-    rows = [[s[1].start * cell, s[0].start * cell, s[1].stop * cell, s[0].stop * cell, p]
-            for s, p in zip(spans, peaks, strict=True) if s is not None]  # fmt: skip
+    rows = [[s[1].start * cell, s[0].start * cell, s[1].stop * cell, s[0].stop * cell, best[k + 1]]
+            for k, s in enumerate(spans) if s is not None]  # fmt: skip
     out = np.asarray(rows, float).reshape(-1, 5)
     return out[np.argsort(-out[:, 4], kind="stable")][:max_detections]
+
+
+def _borders(basins: np.ndarray, probability: np.ndarray) -> list[tuple[int, int, float]]:
+    """Each pair of 8-neighbouring basins ``(a, b)`` and its pass: the highest, over neighbouring
+    cells one in each, of the lower of their probabilities."""
+    passes: dict[tuple[int, int], float] = {}
+    h, w = basins.shape
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        left, right = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+        a, b = basins[: h - dy, left], basins[dy:, right]
+        low = np.minimum(probability[: h - dy, left], probability[dy:, right])
+        touching = (a > 0) & (b > 0) & (a != b)
+        for i, j, v in zip(a[touching].tolist(), b[touching].tolist(), low[touching].tolist(), strict=True):
+            key = (min(i, j), max(i, j))
+            passes[key] = max(passes.get(key, 0.0), v)
+    return [(i, j, v) for (i, j), v in passes.items()]
 
 
 class _MapDataset(Dataset):
@@ -194,26 +307,35 @@ class _MapDataset(Dataset):
 
 
 class BoxPatches(Dataset):
-    """Random training patches ``(image (C, P, P) float32, map (P, P) uint8)``.
+    """Random training patches ``(image (C, P, P) float32, maps (K, P, P) uint8)``.
 
     Each draw is, with probability ``finding_rate``, a patch around a random pixel of a random
     finding box (of a random image that has one), with ``other_rate`` one around another box,
     else one anywhere in a random image; patch centres move by up to a quarter patch so lesions
-    are not always central. Images whose findings are unknown (positive, no finding box) are left
-    out. Randomness comes from NumPy's global generator, which the training loop seeds.
+    are not always central. A patch smaller than the image cannot tell whether it holds a finding
+    that no box locates, so such a map (``UNKNOWN``) becomes ``UNLABELLED`` in the patch, and
+    images with nothing known to learn are left out. A patch at least the image's size is the
+    whole image, drawn at the same rates. Randomness comes from NumPy's global generator, which
+    the training loop seeds.
     """
 
     def __init__(
         self, images: BoxedImages, items: Sequence[int], *, patch: int, samples: int, finding_rate: float,
         other_rate: float,
     ) -> None:  # fmt: skip
-        usable = [int(i) for i in items if not images.unknown[int(i)]]
+        size = int(images.cache.images.shape[-1])
+        self.whole = int(patch) >= size
+        known = ~np.isnan(images.labels) & (self.whole | ~images.unknown)
+        usable = [int(i) for i in items if known[int(i)].any()]
         if not usable:
-            raise InputError("no training image has a known target map: every positive image lacks finding boxes")
-        self.images, self.items, self.patch, self.samples = images, usable, int(patch), int(samples)
+            raise InputError(
+                "no training image has a known target map: every positive image lacks finding boxes "
+                "(train on whole images, task.patch >= preprocess.size, to learn from their labels)"
+            )
+        self.images, self.items, self.patch, self.samples = images, usable, min(int(patch), size), int(samples)
         self.rates = (float(finding_rate), float(other_rate))
-        self.with_code = {code: [i for i in usable if np.any(images.boxes[i][:, 4] == code)]
-                          for code in (FINDING, OTHER)}  # fmt: skip
+        self.with_code = {FINDING: [i for i in usable if np.any(images.boxes[i][:, 4] >= 0)],
+                          OTHER: [i for i in usable if np.any(images.boxes[i][:, 4] < 0)]}  # fmt: skip
 
     def __len__(self) -> int:
         return self.samples
@@ -224,19 +346,24 @@ class BoxPatches(Dataset):
         for code, low, high in ((FINDING, 0.0, self.rates[0]), (OTHER, self.rates[0], sum(self.rates))):
             if low <= roll < high and self.with_code[code]:
                 item = self.with_code[code][np.random.randint(len(self.with_code[code]))]
+                if self.whole:
+                    return item, np.array([size // 2, size // 2])
                 boxes = self.images.boxes[item]
-                x0, y0, x1, y1, _ = boxes[boxes[:, 4] == code][np.random.randint(int((boxes[:, 4] == code).sum()))]
+                chosen = boxes[boxes[:, 4] >= 0] if code == FINDING else boxes[boxes[:, 4] < 0]
+                x0, y0, x1, y1, _ = chosen[np.random.randint(len(chosen))]
                 centre = np.array([np.random.uniform(y0, max(y1, y0 + 1)), np.random.uniform(x0, max(x1, x0 + 1))])
                 reach = self.patch / 4
                 centre = centre + np.random.uniform(-reach, reach, 2)
                 return item, np.clip(np.rint(centre), 0, size - 1).astype(int)
         item = self.items[np.random.randint(len(self.items))]
-        return item, np.random.randint(0, size, 2)
+        return item, np.array([size // 2, size // 2]) if self.whole else np.random.randint(0, size, 2)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         item, centre = self._draw()
-        image, label = extract_patch(self.images.image(item), self.images.map(item), centre, (self.patch, self.patch))
-        return torch.from_numpy(image), torch.from_numpy(label)
+        image, maps = extract_patch(self.images.image(item), self.images.map(item), centre, (self.patch, self.patch))
+        if not self.whole:
+            maps[maps == UNKNOWN] = UNLABELLED
+        return torch.from_numpy(image), torch.from_numpy(maps)
 
 
 @register_task
@@ -255,29 +382,39 @@ class Detection2DTask(Task):
 
     @property
     def classifier(self) -> ClassificationTask:
-        """The binary classification task the image scores are reported as."""
+        """The classification task the image scores are reported as: binary, or multi-label over the findings."""
         s = self.settings
+        if s.findings is not None:
+            return ClassificationTask("multilabel", tuple(s.findings))
         return ClassificationTask("binary", tuple(s.classes), target=s.target, fusion=s.fusion)
 
     @property
     def stratify_by(self) -> str | None:
-        return self.settings.target
+        return self.classifier.stratify_by
 
     @property
     def spatial_dims(self) -> int:
         return 2
 
     # --- data -------------------------------------------------------------------------------
-    def is_finding(self, label: str, birads: int | None) -> bool:
-        """Whether a box of a positive image counts as a finding under the recipe's filter."""
+    def finding_of(self, label: str, birads: int | None) -> int:
+        """The finding (cell map) a box with this label and BI-RADS category shows, or -1 for none."""
         s = self.settings
-        if s.box_labels is not None and not any(want.lower() in label.lower() for want in s.box_labels):
-            return False
-        return s.min_birads is None or (birads is not None and birads >= s.min_birads)
+        if s.min_birads is not None and (birads is None or birads < s.min_birads):
+            return -1
+        if s.findings is None:
+            wanted = s.box_labels is None or any(want.lower() in label.lower() for want in s.box_labels)
+            return 0 if wanted else -1
+        said = label.strip().lower()
+        for k, name in enumerate(s.findings):
+            if said in {n.strip().lower() for n in (name, *s.aliases.get(name, []))}:
+                return k
+        return -1
 
-    def coded_boxes(self, cell: Any, case: str, positive: bool) -> np.ndarray:
-        """A manifest's 2D ``boxes`` cell as ``(n, 5)`` rows ``x0, y0, x1, y1, code`` in source pixels:
-        ``FINDING`` for the boxes of a ``positive`` image that pass the recipe's filter, else ``OTHER``.
+    def coded_boxes(self, cell: Any, case: str, positive: Sequence[bool] | np.ndarray) -> np.ndarray:
+        """A manifest's 2D ``boxes`` cell as ``(n, 5)`` rows ``x0, y0, x1, y1, finding`` in source
+        pixels: the finding a box shows (:meth:`finding_of`) when the image has it (``positive``, one
+        flag per finding), else -1 (another box).
 
         Raises:
             InputError: the cell is not a list of ``x, y, w, h`` boxes (naming ``case``).
@@ -294,9 +431,15 @@ class Detection2DTask(Task):
             if not all(math.isfinite(v) for v in (x, y, w, h)) or w < 0 or h < 0:
                 raise InputError(f"case {case}: box {n + 1} has x={x}, y={y}, w={w}, h={h}; w and h must be >= 0")
             birads = box.get("birads")
-            finding = positive and self.is_finding(str(box.get("label", "")), None if birads is None else int(birads))
-            rows.append((x, y, x + w, y + h, FINDING if finding else OTHER))
+            finding = self.finding_of(str(box.get("label", "")), None if birads is None else int(birads))
+            rows.append((x, y, x + w, y + h, finding if finding >= 0 and positive[finding] else -1))
         return np.array(rows, float).reshape(-1, 5)
+
+    def labels(self, table: pd.DataFrame) -> np.ndarray:
+        """``(N, K)`` float image labels of a manifest's (or a prediction's) rows: 1, 0 or NaN (unknown)."""
+        s = self.settings
+        columns = [s.target] if s.findings is None else [f"target_{name}" for name in s.findings]
+        return table[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
 
     def prepare(
         self, manifest: Manifest, preprocess: BaseModel, folder: str | os.PathLike[str], *, progress: Progress | None
@@ -307,30 +450,40 @@ class Detection2DTask(Task):
             raise InputError("the manifest has no boxes column: 2D detection learns from boxes (the vindr-mammo, "
                              "nih-cxr14 and rsna-pneumonia adapters write them). For images labelled without boxes "
                              "train an image classifier, e.g. --recipe mammo-screening-classifier")  # fmt: skip
-        labels = self.classifier.targets(manifest)
+        targets = self.classifier.targets(manifest)  # checks the label columns
+        labels = targets.reshape(len(manifest), -1).astype(float)
         cache = build_image_cache(manifest, spec, folder, progress=progress)
-        boxes, unknown = [], np.zeros(len(manifest), bool)
+        boxes, unknown = [], np.zeros(labels.shape, bool)
         for i, (case, cell) in enumerate(zip(manifest.table["case_id"], manifest.table["boxes"], strict=True)):
             coded = self.coded_boxes(cell, str(case), labels[i] == 1)
             corners = boxes_to_prepared(coded[:, :4], cache.shapes[i], spec.size)
             boxes.append(np.column_stack([corners, coded[:, 4]]))
-            unknown[i] = labels[i] == 1 and not np.any(coded[:, 4] == FINDING)
-        if unknown.any():
-            log.info("%d positive image(s) have no finding box; they are learnt from their label only", unknown.sum())
-        return TaskData(manifest, BoxedImages(cache, tuple(boxes), unknown), labels, spec, spec.channels)
+            unknown[i] = (labels[i] == 1) & ~np.isin(np.arange(labels.shape[1]), coded[:, 4])
+        whole = self.settings.patch >= spec.size
+        for k, name in enumerate(self.settings.channels):
+            if unknown[:, k].any():
+                log.info("%s: %d positive image(s) have no box of it; they are learnt from their label only%s",
+                         name, unknown[:, k].sum(), "" if whole else " where training sees whole images "
+                         "(task.patch >= preprocess.size), so not in this run")  # fmt: skip
+        return TaskData(manifest, BoxedImages(cache, tuple(boxes), labels, unknown), targets, spec, spec.channels)
 
     def check(self, data: TaskData, splits: Mapping[str, np.ndarray]) -> None:
-        """As a binary classifier, and the training split needs finding boxes to learn from."""
+        """As a classifier of the image labels, and the training split needs finding boxes to learn from."""
         self.classifier.check(data, splits)
         images: BoxedImages = data.inputs
         train = splits.get("train", np.zeros(0, int))
-        if not any(np.any(images.boxes[i][:, 4] == FINDING) for i in train):
+        boxed = {int(k) for i in train for k in images.boxes[i][:, 4] if k >= 0}
+        if not boxed:
             raise InputError(
                 f"no training image has a finding box ({len(train)} train images): 2D detection learns where "
-                f"findings are. Check the manifest's boxes column and the recipe's box_labels / min_birads "
-                f"({self.settings.box_labels}, {self.settings.min_birads}), or train an image classifier on data "
-                "without boxes (e.g. --recipe mammo-screening-classifier)"
+                f"findings are. Check the manifest's boxes column and the recipe's findings / aliases / box_labels / "
+                f"min_birads, or train an image classifier on data without boxes "
+                "(e.g. --recipe mammo-screening-classifier)"
             )
+        unboxed = [name for k, name in enumerate(self.settings.channels) if k not in boxed]
+        if unboxed:
+            log.warning("no training box shows %s: learnt from image labels only, so where %s is not taught",
+                        ", ".join(unboxed), "it is" if len(unboxed) == 1 else "they are")  # fmt: skip
 
     def dataset(self, data: TaskData, indices: np.ndarray) -> Dataset:
         return _MapDataset(data.inputs, indices)
@@ -352,49 +505,72 @@ class Detection2DTask(Task):
 
     # --- network ----------------------------------------------------------------------------
     def network(self, model: ModelChoice, in_channels: int, preprocess: BaseModel | None = None) -> nn.Module:
-        """The recipe's ResNet as a cell scorer (:class:`~medsight.models.cellmap.ResNetCells`)."""
-        return ResNetCells(model.name, in_channels, prior=_PRIOR)
+        """The recipe's ResNet as a cell scorer (:class:`~medsight.models.cellmap.ResNetCells`), a map per finding."""
+        return ResNetCells(model.name, in_channels, prior=_PRIOR, outputs=len(self.settings.channels))
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Focal loss over the known cells (over the positive cells' count) + the image term."""
-        if outputs.ndim != 4 or targets.ndim != 3 or outputs.shape[0] != targets.shape[0]:
-            raise InputError(f"cell logits (B, 1, h, w) and target maps (B, H, W) expected; got "
+        """Focal loss over the known cells (over the positive cells' count) + the image term of
+        each labelled finding."""
+        if targets.ndim == 3:
+            targets = targets[:, None]
+        if outputs.ndim != 4 or targets.ndim != 4 or outputs.shape[:2] != targets.shape[:2]:
+            raise InputError(f"cell logits (B, K, h, w) and target maps (B, K, H, W) expected; got "
                              f"{tuple(outputs.shape)}, {tuple(targets.shape)}")  # fmt: skip
-        logits = outputs[:, 0].float()
-        finding, known, label = _cell_targets(targets, logits.shape[-2:])
+        logits = outputs.float()
+        finding, known, label, labelled = _cell_targets(targets, logits.shape[-2:])
         p = torch.sigmoid(logits)
         terms = F.binary_cross_entropy_with_logits(logits, finding, reduction="none")
         weight = torch.where(finding > 0, 1 - p, p).detach() ** _GAMMA * known
         cells = (terms * weight).sum() / finding.sum().clamp_min(1.0)
-        image = F.binary_cross_entropy_with_logits(logits.flatten(1).amax(1), label)
-        return cells + image
+        image = F.binary_cross_entropy_with_logits(logits.flatten(2).amax(2), label, reduction="none")
+        return cells + (image * labelled).sum() / labelled.sum().clamp_min(1.0)
 
     def score(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        """``auc`` of the images' most probable cells against their labels."""
-        _, _, label = _cell_targets(targets, outputs.shape[-2:])
-        return {"auc": roc_auc(label.cpu().numpy(), self._image_scores(outputs))}
+        """``auc`` (one finding) or ``macro_auc`` (several) of the images' most probable cells
+        against their labels."""
+        if targets.ndim == 3:
+            targets = targets[:, None]
+        _, _, label, labelled = _cell_targets(targets, outputs.shape[-2:])
+        label, labelled, scores = label.cpu().numpy(), labelled.cpu().numpy() > 0, self._image_scores(outputs)
+        aucs = [roc_auc(label[known, k], scores[known, k]) if known.any() else float("nan")
+                for k, known in enumerate(labelled.T)]  # fmt: skip
+        if self.settings.findings is None:
+            return {"auc": aucs[0]}
+        finite = [a for a in aucs if not math.isnan(a)]
+        return {"macro_auc": float(np.mean(finite)) if finite else float("nan")}
 
     def metric_names(self) -> tuple[str, ...]:
-        return ("auc",)
+        return ("auc",) if self.settings.findings is None else ("macro_auc",)
 
     @staticmethod
     def _image_scores(outputs: torch.Tensor) -> np.ndarray:
-        return torch.sigmoid(outputs.float().flatten(1).amax(1)).detach().cpu().numpy()
+        """``(B, K)``: each finding's most probable cell."""
+        return torch.sigmoid(outputs.float().flatten(2).amax(2)).detach().cpu().numpy()
 
     # --- predictions ------------------------------------------------------------------------
     def scores(self, outputs: torch.Tensor) -> pd.DataFrame:
-        """``prob``: the most probable cell of each image."""
-        return pd.DataFrame({"prob": self._image_scores(outputs)})
+        """``prob`` (one finding) or ``prob_<finding>``: each finding's most probable cell."""
+        p = self._image_scores(outputs)
+        if self.settings.findings is None:
+            return pd.DataFrame({"prob": p[:, 0]})
+        return pd.DataFrame({f"prob_{name}": p[:, k] for k, name in enumerate(self.settings.findings)})
 
     def _with_detections(self, outputs: torch.Tensor, shapes: Sequence[tuple[int, int]], size: int) -> pd.DataFrame:
+        """Scores and ``detections``: per image a JSON list of boxes in its own pixels with their
+        score (and, for several findings, the ``finding`` each shows; ``max_detections`` per finding)."""
+        s = self.settings
         table = self.scores(outputs)
-        probability = torch.sigmoid(outputs.float()[:, 0]).cpu().numpy()
+        probability = torch.sigmoid(outputs.float()).cpu().numpy()
         found = []
-        for p, shape in zip(probability, shapes, strict=True):
-            marks = cell_boxes(p, threshold=self.settings.threshold, max_detections=self.settings.max_detections)
-            corners = boxes_from_prepared(marks[:, :4], shape, size)
-            rows = [dict(zip(("x0", "y0", "x1", "y1"), np.round(box, 1).tolist(), strict=True)) | {"score": round(q, 4)}
-                    for box, q in zip(corners, marks[:, 4].tolist(), strict=True)]  # fmt: skip
+        for maps, shape in zip(probability, shapes, strict=True):
+            rows = []
+            for k, p in enumerate(maps):
+                marks = cell_boxes(p, threshold=s.threshold, max_detections=s.max_detections)
+                corners = boxes_from_prepared(marks[:, :4], shape, size)
+                named = {} if s.findings is None else {"finding": s.findings[k]}
+                rows += [dict(zip(("x0", "y0", "x1", "y1"), np.round(box, 1).tolist(), strict=True))
+                         | {"score": round(q, 4)} | named
+                         for box, q in zip(corners, marks[:, 4].tolist(), strict=True)]  # fmt: skip
             found.append(json.dumps(rows))
         table["detections"] = found
         return table
@@ -423,45 +599,84 @@ class Detection2DTask(Task):
     def evaluate(
         self, val: Prediction, test: Prediction, *, split: str, operating_points: Sequence[str], bootstrap: int
     ) -> tuple[dict[str, Estimate], dict[str, Any], list[str]]:
-        """The image (and fused breast and exam) figures of a binary classifier, and how well the
-        detections find the finding boxes: average precision at ``iou`` and sensitivity at
-        0.125-2 false positives per image, both with CIs over patients."""
+        """The image (and fused breast and exam) figures of a classifier (binary, or multi-label for
+        several findings), and how well the detections find the finding boxes: average precision at
+        ``iou`` (its mean over findings), sensitivity at 0.125-2 false positives per image, and the
+        share of boxes that the image's most probable detection of their finding overlaps at ``iou``
+        (what a classifier's class activation map box is scored by), all with CIs over patients."""
         figures, details, warnings = report.evaluate(self.classifier, val.table(), test.table(), split=split,
                                                      points=operating_points, n=bootstrap)  # fmt: skip
         local, detail = self._localisation(test.table(), bootstrap)
         details["localisation"] = detail
         return {**figures, **local}, details, warnings
 
+    def _boxes_and_marks(self, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The finding boxes of positive images and the detections of a prediction table, each row
+        with its ``image`` (case), ``finding`` index and corners (detections: and ``score``)."""
+        names = list(self.settings.channels)
+        positive = self.labels(table) == 1
+        truths, marks = [], []
+        for i, (case, boxes, cell) in enumerate(zip(table["case_id"].astype(str), table["boxes"], table["detections"],
+                                                    strict=True)):  # fmt: skip
+            coded = self.coded_boxes(boxes, case, positive[i])
+            truths += [(case, int(k), *corners) for *corners, k in coded[coded[:, 4] >= 0].tolist()]
+            for mark in json.loads(cell) if isinstance(cell, str) and cell else []:
+                name = mark.get("finding", names[0] if self.settings.findings is None else None)
+                if name not in names:
+                    raise InputError(f"case {case}: a detection of {name!r}, which is not among the findings {names}; "
+                                     "were these predictions made by another recipe?")  # fmt: skip
+                marks.append((case, names.index(name), mark["x0"], mark["y0"], mark["x1"], mark["y1"], mark["score"]))
+        columns = ["image", "finding", "x0", "y0", "x1", "y1"]
+        return pd.DataFrame(truths, columns=columns), pd.DataFrame(marks, columns=[*columns, "score"])
+
     def _localisation(self, table: pd.DataFrame, n: int) -> tuple[dict[str, Estimate], dict[str, Any]]:
         if "detections" not in table.columns or "boxes" not in table.columns:
             return {}, {"undefined": "the predictions carry no detections or the cases no boxes"}
-        truths, marks = [], []
-        for _, row in table.iterrows():
-            case = str(row["case_id"])
-            coded = self.coded_boxes(row["boxes"], case, row.get(self.settings.target) == 1)
-            truths += [(case, *corners) for corners in coded[coded[:, 4] == FINDING, :4].tolist()]
-            cell = row["detections"]
-            for mark in json.loads(cell) if isinstance(cell, str) and cell else []:
-                marks.append((case, mark["x0"], mark["y0"], mark["x1"], mark["y1"], mark["score"]))
-        columns = ["image", "x0", "y0", "x1", "y1"]
-        truth = pd.DataFrame(truths, columns=columns)
-        found = pd.DataFrame(marks, columns=[*columns, "score"])
-        iou = self.settings.iou
+        truth, found = self._boxes_and_marks(table)
         if truth.empty:
             return {}, {"undefined": "no finding box in this split"}
+        s, iou = self.settings, self.settings.iou
         images = table["case_id"].astype(str).tolist()
         patient_of = dict(zip(images, table["patient_id"].astype(str), strict=True))
-        entries = match_boxes(found, truth, iou=iou, images=images)
-        entries = replace(entries, scan=np.array([patient_of[s] for s in entries.scan], dtype=object))
-        froc = froc_summary(entries, rates=_FROC_RATES, bootstrap=n)
-        rows = box_matches(found, truth, iou=iou, max_detections=self.settings.max_detections)
-        ap = bootstrap_ci(average_precision_of, rows["score"].to_numpy(), rows["hit"].to_numpy(),
-                          rows["truths"].to_numpy(), groups=rows["image"].map(patient_of).to_numpy(),
-                          n_resamples=n)  # fmt: skip
-        figures = {f"lesion AP@{iou:g}": Estimate.of(ap),
-                   "lesion sensitivity @ 1 FP/image": Estimate.of(froc["sensitivity"]["1"])}  # fmt: skip
-        return figures, {"iou": iou, "average_precision": ap, "froc": froc, "findings": len(truth),
-                         "detections": len(found)}  # fmt: skip
+        per: dict[str, dict[str, Any]] = {}
+        matched, top = [], []
+        for k, name in enumerate(s.channels):
+            theirs = truth[truth["finding"] == k].drop(columns="finding")
+            mine = found[found["finding"] == k].drop(columns="finding")
+            if theirs.empty:
+                per[name] = {"findings": 0, "detections": len(mine), "undefined": "no box of it in this split"}
+                continue
+            entries = match_boxes(mine, theirs, iou=iou, images=images)
+            entries = replace(entries, scan=np.array([patient_of[i] for i in entries.scan], dtype=object))
+            rows = box_matches(mine, theirs, iou=iou, max_detections=s.max_detections).assign(finding=k)
+            hits = top_box_hits(mine, theirs, iou=iou)
+            arrays = (rows["score"].to_numpy(), rows["hit"].to_numpy(), rows["truths"].to_numpy())
+            groups = rows["image"].map(patient_of).to_numpy()
+            per[name] = {
+                "average_precision": bootstrap_ci(average_precision_of, *arrays, groups=groups, n_resamples=n),
+                "froc": froc_summary(entries, rates=_FROC_RATES, bootstrap=n),
+                "top_box_hit": bootstrap_ci(np.mean, hits["hit"].to_numpy(float),
+                                            groups=hits["image"].map(patient_of).to_numpy(), n_resamples=n),
+                "findings": len(theirs), "detections": len(mine),
+            }  # fmt: skip
+            matched.append(rows)
+            top.append(hits)
+        if s.findings is None:
+            only = per[s.channels[0]]
+            figures = {f"lesion AP@{iou:g}": Estimate.of(only["average_precision"]),
+                       "lesion sensitivity @ 1 FP/image": Estimate.of(only["froc"]["sensitivity"]["1"])}  # fmt: skip
+            return figures, {"iou": iou, **only}
+        rows, hits = pd.concat(matched, ignore_index=True), pd.concat(top, ignore_index=True)
+        mean_ap = bootstrap_ci(mean_average_precision, rows["score"].to_numpy(), rows["hit"].to_numpy(),
+                               rows["truths"].to_numpy(), rows["finding"].to_numpy(),
+                               groups=rows["image"].map(patient_of).to_numpy(), n_resamples=n)  # fmt: skip
+        top_hit = bootstrap_ci(np.mean, hits["hit"].to_numpy(float), groups=hits["image"].map(patient_of).to_numpy(),
+                               n_resamples=n)  # fmt: skip
+        figures = {f"lesion mAP@{iou:g}": Estimate.of(mean_ap), f"top box hit @ IoU {iou:g}": Estimate.of(top_hit)}
+        figures |= {f"lesion AP@{iou:g} {name}": Estimate.of(block["average_precision"])
+                    for name, block in per.items() if "average_precision" in block}  # fmt: skip
+        return figures, {"iou": iou, "mean_average_precision": mean_ap, "top_box_hit": top_hit,
+                         "findings": len(truth), "detections": len(found), "per_finding": per}  # fmt: skip
 
     def save_fitted(self, details: Mapping[str, Any], run_dir: Path) -> None:
         report.save_fusion(dict(details), run_dir)
@@ -476,17 +691,21 @@ class Detection2DTask(Task):
         return report.paired_scores(self.classifier, table)
 
 
-def _cell_targets(maps: torch.Tensor, cells: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per cell, whether a finding covers any of it and whether it is known; per image, its label
-    (a finding anywhere, or unknown findings of a positive image)."""
+def _cell_targets(
+    maps: torch.Tensor, cells: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per cell and finding, whether a finding covers any of it and whether it is known; per image
+    and finding, its label (a finding anywhere, or unknown findings of a positive image) and whether
+    it is labelled at all. ``maps``: ``(B, K, H, W)`` codes."""
     maps = maps.to(torch.uint8)
-    finding = (maps == FINDING).float()[:, None]
-    unknown = (maps == UNKNOWN).float()[:, None]
+    finding = (maps == FINDING).float()
+    unknown = (maps == UNKNOWN).float()
+    unlabelled = (maps == UNLABELLED).float()
     h, w = maps.shape[-2:]
     pad = (0, cells[1] * CELL - w, 0, cells[0] * CELL - h)
     if pad[1] < 0 or pad[3] < 0:
         raise InputError(f"{tuple(cells)} cells cannot cover maps of {h}x{w} pixels")
-    finding_cells = F.max_pool2d(F.pad(finding, pad), CELL)[:, 0]
-    unknown_cells = F.max_pool2d(F.pad(unknown, pad), CELL)[:, 0]
-    label = torch.maximum(finding.flatten(1).amax(1), unknown.flatten(1).amax(1))
-    return finding_cells, 1.0 - unknown_cells, label
+    finding_cells = F.max_pool2d(F.pad(finding, pad), CELL)
+    hidden_cells = F.max_pool2d(F.pad(torch.maximum(unknown, unlabelled), pad), CELL)
+    label = torch.maximum(finding.flatten(2).amax(2), unknown.flatten(2).amax(2))
+    return finding_cells, 1.0 - hidden_cells, label, 1.0 - unlabelled.flatten(2).amax(2)
