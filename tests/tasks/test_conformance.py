@@ -164,6 +164,34 @@ def _detection2d(root: Path) -> tuple[dict, Path]:
     return {"name": "conformance-detection2d", "task": task, **FAST}, manifest
 
 
+def _detection2d_findings(root: Path) -> tuple[dict, Path]:
+    """Noise images holding a bright square (a mass) and/or a bright bar (an effusion), each given as
+    a box on some images only; one image's effusion label unknown. Trained on whole images."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(36):
+        pixels = rng.normal(60, 15, size=(48, 40))
+        mass, effusion = i % 2 == 1, i % 3 == 0
+        boxes = []
+        if mass:
+            x, y = 4 + i % 20, 6 + i % 25
+            pixels[y : y + 10, x : x + 12] += 120
+            boxes += [{"label": "Mass", "x": x, "y": y, "w": 12, "h": 10}] if i % 4 != 3 else []
+        if effusion:
+            pixels[36:44, 4:36] += 100
+            boxes.append({"label": "Effusion", "x": 4, "y": 36, "w": 32, "h": 8})
+        name = f"img{i:03d}.png"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / name)
+        split = "train" if i < 20 else "val" if i < 28 else "test"
+        rows.append({"case_id": f"c{i}", "patient_id": f"p{i // 2}", "image": name, "target_mass": int(mass),
+                     "target_effusion": np.nan if i == 4 else int(effusion), "boxes": json.dumps(boxes),
+                     "split": split})  # fmt: skip
+    manifest = root / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    task = {"kind": "detection2d", "findings": ["mass", "effusion"], "patch": 32, "patches_per_epoch": 16}
+    return {"name": "conformance-detection2d-findings", "task": task, **FAST}, manifest
+
+
 CASES: dict[str, Callable[[Path], tuple[dict, Path]]] = {
     "binary": _classification("binary", ["negative", "positive"]),
     "multiclass": _classification("multiclass", ["a", "b", "c"]),
@@ -172,19 +200,21 @@ CASES: dict[str, Callable[[Path], tuple[dict, Path]]] = {
     "segmentation": _segmentation,
     "detection": _detection,
     "detection2d": _detection2d,
+    "detection2d findings": _detection2d_findings,  # the same task kind, several findings at once
 }
 
 
 def test_every_task_has_a_case():
-    assert set(registered_tasks()) == set(CASES), "add a conformance case for each registered task kind"
+    assert set(registered_tasks()) == {k.split()[0] for k in CASES}, "add a conformance case for each task kind"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", sorted(CASES))
-def test_fit_predict_evaluate_through_the_seam(tmp_path, kind):
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fit_predict_evaluate_through_the_seam(tmp_path, case):
+    kind = case.split()[0]
     data = tmp_path / "data"
     data.mkdir()
-    spec, manifest = CASES[kind](data)
+    spec, manifest = CASES[case](data)
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(spec))
     recipe = load_recipe(tmp_path / "recipe.yaml")
     run = tmp_path / "run"
@@ -210,7 +240,7 @@ def test_fit_predict_evaluate_through_the_seam(tmp_path, kind):
     predicted = predictor.predict_files(files, masks=tmp_path / "masks")
     assert isinstance(predicted, Prediction) and len(predicted) == len(files) and len(predicted.scores.columns)
     assert predicted.table()["input"].tolist() == [str(f) for f in files]
-    CHECKS.get(kind, _classification_check)(predictor, predicted, saved, files)
+    CHECKS.get(case, _classification_check)(predictor, predicted, saved, files)
 
 
 def evaluation_cases(run: Path) -> pd.DataFrame:
@@ -264,7 +294,24 @@ def _detection2d_check(predictor, predicted, saved, files) -> None:
     assert predicted.scores["detections"].tolist() == saved["detections"].tolist()
 
 
-CHECKS = {"segmentation": _segmentation_check, "detection": _detection_check, "detection2d": _detection2d_check}
+def _detection2d_findings_check(predictor, predicted, saved, files) -> None:
+    """A score per finding and detections named by finding, alike through files and through the cache;
+    the evaluation scored the boxes of each finding."""
+    columns = ["prob_mass", "prob_effusion"]
+    assert list(predicted.scores.columns) == [*columns, "detections"]
+    np.testing.assert_allclose(predicted.scores[columns].to_numpy(), saved[columns].to_numpy(), atol=1e-5)
+    for cell, source in zip(predicted.scores["detections"], files, strict=True):
+        height, width = np.asarray(Image.open(source)).shape
+        for mark in json.loads(cell):
+            assert mark["finding"] in ("mass", "effusion") and 0 < mark["score"] <= 1
+            assert 0 <= mark["x0"] < mark["x1"] <= width and 0 <= mark["y0"] < mark["y1"] <= height
+    assert predicted.scores["detections"].tolist() == saved["detections"].tolist()
+    local = json.loads((predictor.run_dir / "metrics_test.json").read_text())["localisation"]
+    assert set(local["per_finding"]) == {"mass", "effusion"} and local["findings"] == 4  # test boxes
+
+
+CHECKS = {"segmentation": _segmentation_check, "detection": _detection_check, "detection2d": _detection2d_check,
+          "detection2d findings": _detection2d_findings_check}  # fmt: skip
 
 
 @pytest.mark.slow
