@@ -42,9 +42,20 @@ def test_grading_train_evaluate_predict_compare(tmp_path):
     invoke("predict", tmp_path / "a", *images, "--out", tmp_path / "p.csv")
     predictions = pd.read_csv(tmp_path / "p.csv")
     assert len(predictions) == 3 and predictions.filter(like="prob_").sum(axis=1).round(4).eq(1.0).all()
-    result = invoke("compare", tmp_path / "a", tmp_path / "b", "--json")
-    tests = json.loads(result.output)["tests"]
-    assert 0.0 <= tests["referable_auc"]["p_value"] <= 1.0
+    result = invoke("compare", tmp_path / "a", tmp_path / "b", "--json", "--bootstrap", 200)
+    compared = json.loads(result.output)
+    test = compared["tests"]["referable_auc"]
+    assert 0.0 <= test["p_value"] <= 1.0
+    # the test clusters by patient (Obuchowski where a patient has both eyes in the split, else DeLong);
+    # the difference's CI resamples patients
+    scored = pd.read_csv(tmp_path / "a" / "predictions_test.csv")
+    assert compared["patients"] == scored["patient_id"].nunique() and compared["cases"] == len(scored)
+    expected = "Obuchowski" if compared["patients"] < compared["cases"] else "DeLong"
+    assert test["method"] == expected and test["clusters"] == compared["patients"]
+    ci = test["difference_ci"]
+    assert ci["low"] <= test["difference"] <= ci["high"] and ci["estimate"] == pytest.approx(test["difference"])
+    table = invoke("compare", tmp_path / "a", tmp_path / "b", "--bootstrap", 50).output
+    assert f"{compared['patients']} patients" in table and expected in table
 
 
 @pytest.mark.slow

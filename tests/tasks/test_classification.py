@@ -217,3 +217,33 @@ def test_metric_names_are_what_score_returns(kind, classes, grade):
         targets = torch.from_numpy(rng.integers(0, 2 if kind == "binary" else len(classes), size=40).astype(np.float32))
     scored = task.score(logits, targets)
     assert tuple(scored) == task.metric_names()
+
+
+def test_breast_and_exam_intervals_resample_patients_not_exams():
+    """A woman screened in several rounds has several exams: the exam and breast AUC intervals
+    resample women, as the bootstrap by patient computed here does (and not exams)."""
+    from medsight.metrics import bootstrap_ci, roc_auc
+    from medsight.tasks import classification_report as report
+
+    rng = np.random.default_rng(4)
+    rows = []
+    for woman in range(24):
+        level, rounds = rng.normal(0, 1), 3  # a woman's exams share her breasts: correlated scores
+        for visit in range(rounds):
+            cancer = int(woman % 4 == 0 and visit == rounds - 1)
+            for side in ("L", "R"):
+                sick = cancer if side == "L" else 0
+                for view in ("CC", "MLO"):
+                    logit = level + 1.5 * sick + rng.normal(0, 0.5)
+                    rows.append({"case_id": f"w{woman}v{visit}{side}{view}", "patient_id": f"w{woman}",
+                                 "study_id": f"w{woman}v{visit}", "laterality": side, "view": view, "target": sick,
+                                 "prob": 1 / (1 + np.exp(-logit))})  # fmt: skip
+    table = pd.DataFrame(rows)
+    task = ClassificationTask("binary", ("negative", "positive"), fusion="max")
+    _, details, _ = report.evaluate(task, table, table, split="test", points=["youden"], n=200)
+    _, exams = fuse_views(table, "prob", target="target")
+    by_woman = bootstrap_ci(roc_auc, exams["target"].to_numpy(int), exams["prob"].to_numpy(),
+                            groups=exams["study_id"].str.split("v").str[0].to_numpy(), n_resamples=200)  # fmt: skip
+    assert details["fused"]["exam"]["auc"] == by_woman
+    by_exam = bootstrap_ci(roc_auc, exams["target"].to_numpy(int), exams["prob"].to_numpy(), n_resamples=200)
+    assert details["fused"]["exam"]["auc"] != by_exam

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -201,21 +202,27 @@ def compare_command(
     run_b: Annotated[Path, typer.Argument(help="Second run folder.")],
     split: Annotated[str, typer.Option("--split", help="Split both runs were evaluated on.")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", min=0, help="Patient resamples for the difference's CI.")
+    ] = 1000,
 ) -> None:
-    """DeLong's test between two runs on the same cases."""
+    """Compare two runs' AUCs on the same cases: DeLong's test clustered by patient (Obuchowski where a
+    patient has several cases) and a patient-level paired bootstrap CI of the difference."""
+    from medsight.tasks.results import json_ready
     from medsight.validation import compare_runs
 
-    result = compare_runs(run_a, run_b, split=split)
+    result = compare_runs(run_a, run_b, split=split, bootstrap=bootstrap)
     if as_json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(json_ready(result), indent=2))
         return
-    table = Table(
-        "score", "AUC A", "AUC B", "difference", "p (DeLong)", title=f"{run_a} vs {run_b}: {result['cases']} cases"
-    )
+    title = f"{run_a} vs {run_b}: {result['cases']} cases, {result['patients']} patients"
+    table = Table("score", "AUC A", "AUC B", "difference [95 % CI]", "p", "test", title=title)
     for name, test in result["tests"].items():
-        table.add_row(
-            name, f"{test['auc_a']:.3f}", f"{test['auc_b']:.3f}", f"{test['difference']:+.3f}", f"{test['p_value']:.3g}"
-        )
+        ci = test["difference_ci"]
+        known = ci["low"] is not None and not math.isnan(ci["low"])
+        interval = f" [{ci['low']:+.3f}, {ci['high']:+.3f}]" if known else ""
+        table.add_row(name, f"{test['auc_a']:.3f}", f"{test['auc_b']:.3f}", f"{test['difference']:+.3f}{interval}",
+                      f"{test['p_value']:.3g}", test["method"])  # fmt: skip
     out.print(table)
 
 

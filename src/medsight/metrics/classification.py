@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -239,11 +240,20 @@ def delong_test(
     y_true: Sequence[float] | np.ndarray,
     score_a: Sequence[float] | np.ndarray,
     score_b: Sequence[float] | np.ndarray,
-) -> dict[str, float]:
-    """DeLong's test for two correlated ROC AUCs on the same cases.
+    *,
+    clusters: Sequence[object] | np.ndarray | None = None,
+) -> dict[str, Any]:
+    """DeLong's test for two correlated ROC AUCs on the same cases, clustered by patient.
 
-    Returns both AUCs, their difference, its standard error, the z statistic and the
-    two-sided p-value (DeLong, DeLong & Clarke-Pearson 1988; fast midrank algorithm).
+    Returns both AUCs and their standard errors, their difference, its standard error, the z
+    statistic and the two-sided p-value. Without ``clusters``, or when no cluster holds more
+    than one case, this is DeLong, DeLong & Clarke-Pearson (1988) (fast midrank algorithm, Sun &
+    Xu 2014). When cases are nested in ``clusters`` (patients: views, breasts, eyes, follow-up
+    images), the cases of a patient are correlated and DeLong's variance is too small; the
+    structural components are then summed per patient and their (co)variances taken over
+    patients, as Obuchowski (1997, Biometrics 53:567) does for clustered ROC data, which equals
+    DeLong's with one case per patient. ``method`` says which was used, ``clusters`` how many
+    patients there were.
     """
     y, a = _binary(y_true, score_a)
     _, b = _binary(y_true, score_b)
@@ -253,14 +263,24 @@ def delong_test(
             f"DeLong's test needs at least two cases of each class; got {n_pos} positive and "
             f"{len(y) - n_pos} negative case(s): its variance is undefined with fewer"
         )
-    components = []
-    for s in (a, b):
-        components.append(_placements(s[y == 1], s[y == 0]))
-    aucs = np.array([c[0].mean() for c in components])
-    v10 = np.stack([c[0] for c in components])
-    v01 = np.stack([c[1] for c in components])
+    if clusters is None:
+        cluster = np.arange(len(y))
+    else:
+        labels = np.asarray(clusters, dtype=object)
+        if labels.shape != y.shape:
+            raise InputError(f"clusters must give one patient per case; got {labels.shape[0]} for {len(y)} cases")
+        cluster = np.unique(labels.astype(str), return_inverse=True)[1].reshape(-1)
+    count = int(cluster.max()) + 1
+    v10 = np.stack([_placements(s[y == 1], s[y == 0])[0] for s in (a, b)])  # (2, positives)
+    v01 = np.stack([_placements(s[y == 1], s[y == 0])[1] for s in (a, b)])  # (2, negatives)
+    aucs = v10.mean(axis=1)
     m, n = v10.shape[1], v01.shape[1]
-    covariance = np.cov(v10) / m + np.cov(v01) / n
+    if count == len(y):  # one case per patient: DeLong
+        method = "DeLong"
+        covariance = np.cov(v10) / m + np.cov(v01) / n
+    else:
+        method = "Obuchowski"
+        covariance = _clustered_covariance(v10, v01, cluster[y == 1], cluster[y == 0], count, aucs)
     variance = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
     difference = float(aucs[0] - aucs[1])
     if variance <= 0:
@@ -271,8 +291,30 @@ def delong_test(
     return {
         "auc_a": float(aucs[0]),
         "auc_b": float(aucs[1]),
+        "se_a": float(math.sqrt(max(covariance[0, 0], 0.0))),
+        "se_b": float(math.sqrt(max(covariance[1, 1], 0.0))),
         "difference": difference,
         "se": float(math.sqrt(max(variance, 0.0))),
         "z": float(z),
         "p_value": p,
+        "method": method,
+        "clusters": count,
     }
+
+
+def _clustered_covariance(
+    v10: np.ndarray, v01: np.ndarray, positive_of: np.ndarray, negative_of: np.ndarray, count: int, aucs: np.ndarray
+) -> np.ndarray:
+    """Obuchowski's (1997) covariance of AUCs ``(R, R)`` from per-case structural components
+    (``v10`` ``(R, positives)``, ``v01`` ``(R, negatives)``) and each case's cluster index."""
+    m, n = v10.shape[1], v01.shape[1]
+    per_pos = np.bincount(positive_of, minlength=count)  # positives per cluster
+    per_neg = np.bincount(negative_of, minlength=count)
+    # per cluster: its components' sum minus what its number of cases would give at the AUC
+    x = np.stack([np.bincount(positive_of, row, count) for row in v10]) - aucs[:, None] * per_pos
+    z = np.stack([np.bincount(negative_of, row, count) for row in v01]) - aucs[:, None] * per_neg
+    with_pos, with_neg = int((per_pos > 0).sum()), int((per_neg > 0).sum())
+    s10 = with_pos / ((with_pos - 1) * m) * (x @ x.T) if with_pos > 1 else np.zeros((len(x), len(x)))
+    s01 = with_neg / ((with_neg - 1) * n) * (z @ z.T) if with_neg > 1 else np.zeros((len(z), len(z)))
+    s11 = count / (count - 1) * (x @ z.T)
+    return s10 / m + s01 / n + (s11 + s11.T) / (m * n)

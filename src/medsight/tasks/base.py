@@ -239,7 +239,8 @@ class Task(ABC):
         return {}
 
     def paired_scores(self, table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Binary (labels, scores) per headline score, for DeLong's test between two runs."""
+        """Binary (labels, scores) per headline score, one per row of ``table`` (labels NaN where
+        unknown), for the comparison of two runs (DeLong's test clustered by patient)."""
         raise ConfigError(f"{type(self).__name__} has no binary scores to compare with DeLong's test")
 
 

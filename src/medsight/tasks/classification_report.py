@@ -149,7 +149,8 @@ def fuse(task: ClassificationTask, table: pd.DataFrame, fitted: dict[str, Any]) 
 
 
 def paired_scores(task: ClassificationTask, table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The binary scores DeLong compares: the score, the referable score, or each finding."""
+    """The binary scores DeLong compares, row for row with ``table``: the score, the referable
+    score, or each finding (labels NaN where unknown)."""
     target = task.target
     if task.kind == "binary":
         return {"auc": (table[target].to_numpy(int), table["prob"].to_numpy())}
@@ -157,15 +158,9 @@ def paired_scores(task: ClassificationTask, table: pd.DataFrame) -> dict[str, tu
         g = task.referable_grade
         probs = table[[f"prob_{c}" for c in task.classes]].to_numpy()
         return {"referable_auc": ((table[target].to_numpy(int) >= g).astype(int), probs[:, g:].sum(1))}
-    if task.kind == "multilabel":
-        out = {}
-        for name in task.classes:
-            known = table[f"target_{name}"].notna()
-            out[f"auc_{name}"] = (
-                table.loc[known, f"target_{name}"].to_numpy(int),
-                table.loc[known, f"prob_{name}"].to_numpy(),
-            )
-        return out
+    if task.kind == "multilabel":  # unknown labels stay NaN, row for row: the caller leaves them out
+        return {f"auc_{name}": (table[f"target_{name}"].to_numpy(float), table[f"prob_{name}"].to_numpy())
+                for name in task.classes}  # fmt: skip
     raise ConfigError(f"DeLong compares binary scores; a {task.kind} task without a referable grade has none")
 
 
@@ -351,9 +346,11 @@ def _fused(
     if method == "attention":  # the temperature is chosen on the validation split, never on test
         fitted["temperature"] = fit_attention_temperature(val, "prob", target)
     breasts, exams = fuse_views(test, "prob", method=method, target=target, **fitted)  # type: ignore[arg-type]
-    breast_auc = bootstrap_ci(
-        roc_auc, breasts[target].to_numpy(int), breasts["prob"].to_numpy(), groups=breasts["study_id"], n_resamples=n
-    )
-    exam_auc = bootstrap_ci(roc_auc, exams[target].to_numpy(int), exams["prob"].to_numpy(), n_resamples=n)
+    # CIs resample patients: a woman's exams (screening rounds) and breasts are correlated
+    patient_of = test.groupby("study_id")["patient_id"].first()
+    breast_auc = bootstrap_ci(roc_auc, breasts[target].to_numpy(int), breasts["prob"].to_numpy(),
+                              groups=breasts["study_id"].map(patient_of).to_numpy(), n_resamples=n)  # fmt: skip
+    exam_auc = bootstrap_ci(roc_auc, exams[target].to_numpy(int), exams["prob"].to_numpy(),
+                            groups=exams["study_id"].map(patient_of).to_numpy(), n_resamples=n)  # fmt: skip
     fused = {"breast": {"auc": breast_auc, "count": len(breasts)}, "exam": {"auc": exam_auc, "count": len(exams)}}
     return fused, {"method": method, **fitted}

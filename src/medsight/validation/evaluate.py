@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from medsight.core.errors import InputError
@@ -20,7 +21,7 @@ from medsight.core.progress import Progress
 from medsight.data.manifest import Manifest
 from medsight.inference import Predictor
 from medsight.io.atomic import atomic_file, check_writable
-from medsight.metrics import delong_test
+from medsight.metrics import bootstrap_ci, delong_test, roc_auc
 from medsight.tasks import Evaluation, ModelPackage, task_for
 from medsight.tasks.results import json_ready
 
@@ -120,9 +121,15 @@ def evaluate_run(
 
 
 def compare_runs(
-    run_a: str | os.PathLike[str], run_b: str | os.PathLike[str], *, split: str = "test"
+    run_a: str | os.PathLike[str], run_b: str | os.PathLike[str], *, split: str = "test", bootstrap: int = 1000
 ) -> dict[str, Any]:
-    """DeLong's test between two runs on the same cases (their ``predictions_<split>.csv``)."""
+    """Compare two runs' AUCs on the same cases (their ``predictions_<split>.csv``), by patient.
+
+    Per headline score: DeLong's test, clustered by patient as Obuchowski (1997) does where a
+    patient has several cases (views, breasts, eyes, visits; plain DeLong where each has one), and
+    the difference's 95 % CI from a paired bootstrap that resamples patients (both runs' scores of a
+    drawn patient go together). Cases whose label is unknown for a score are left out of it.
+    """
     tables = []
     for run in (Path(run_a), Path(run_b)):
         file = run / f"predictions_{split}.csv"
@@ -146,8 +153,17 @@ def compare_runs(
         raise InputError("the two runs predict different tasks; DeLong compares the same scores on the same cases")
     task = task_for(task_a)
     scores_a, scores_b = task.paired_scores(a), task.paired_scores(b)
-    return {
-        "cases": len(common),
-        "split": split,
-        "tests": {name: delong_test(y, scores_a[name][1], scores_b[name][1]) for name, (y, _) in scores_a.items()},
-    }
+    patients = (a["patient_id"] if "patient_id" in a.columns else a["case_id"]).astype(str).to_numpy()
+    tests = {}
+    for name, (labels, score_a) in scores_a.items():
+        known = ~np.isnan(np.asarray(labels, float))
+        y, first, second = np.asarray(labels, float)[known].astype(int), score_a[known], scores_b[name][1][known]
+        test = delong_test(y, first, second, clusters=patients[known])
+        test["difference_ci"] = bootstrap_ci(_auc_difference, y, first, second, groups=patients[known],
+                                             n_resamples=bootstrap)  # fmt: skip
+        tests[name] = test
+    return {"cases": len(common), "patients": len(set(patients)), "split": split, "tests": tests}
+
+
+def _auc_difference(labels: np.ndarray, first: np.ndarray, second: np.ndarray) -> float:
+    return roc_auc(labels, first) - roc_auc(labels, second)
