@@ -247,3 +247,25 @@ def test_breast_and_exam_intervals_resample_patients_not_exams():
     assert details["fused"]["exam"]["auc"] == by_woman
     by_exam = bootstrap_ci(roc_auc, exams["target"].to_numpy(int), exams["prob"].to_numpy(), n_resamples=200)
     assert details["fused"]["exam"]["auc"] != by_exam
+
+
+def test_reports_carry_calibration_for_each_probability():
+    from medsight.metrics.calibration import calibration_figures
+    from medsight.tasks import classification_report as report
+
+    rng = np.random.default_rng(2)
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(60)], "patient_id": [f"p{i // 2}" for i in range(60)],
+                          "target_a": rng.integers(0, 2, 60).astype(float),
+                          "target_b": rng.integers(0, 2, 60)})  # fmt: skip
+    table["prob_a"] = (0.3 * table["target_a"] + 0.7 * rng.random(60)).clip(0, 1)
+    table["prob_b"] = rng.random(60)
+    table.loc[0, "target_a"] = np.nan
+    task = ClassificationTask("multilabel", ("a", "b"))
+    _, details, _ = report.evaluate(task, table, table, split="test", points=["youden"], n=50)
+    known = table["target_a"].notna()
+    calibration = details["findings"]["a"]["calibration"]
+    ece, slope, intercept = calibration_figures(table.loc[known, "target_a"], table.loc[known, "prob_a"])
+    assert (calibration["ece"]["estimate"], calibration["slope"]["estimate"]) == pytest.approx((ece, slope))
+    assert calibration["intercept"]["estimate"] == pytest.approx(intercept)
+    assert calibration["ece"]["low"] <= ece <= calibration["ece"]["high"]
+    assert sum(calibration["bins"]["cases"]) == known.sum()

@@ -30,6 +30,8 @@ from medsight.metrics import (
     threshold_for_specificity,
     threshold_youden,
 )
+from medsight.metrics.bootstrap import bootstrap_cis
+from medsight.metrics.calibration import calibration_figures, reliability_bins
 from medsight.metrics.detection import box_iou
 from medsight.tasks.fusion import fit_attention_temperature, fuse_views
 from medsight.tasks.results import Estimate
@@ -191,7 +193,8 @@ def _binary_report(
     points: Sequence[str],
     n: int,
 ) -> dict[str, Any]:
-    """AUC, AP and operating points (chosen on ``val``) on ``test``, each with a patient-level CI."""
+    """AUC, AP, operating points (chosen on ``val``) and calibration (ECE, slope, intercept; the
+    reliability diagram's bins) on ``test``, each with a patient-level CI."""
     y, s = test
     report: dict[str, Any] = {
         "auc": bootstrap_ci(roc_auc, y, s, groups=groups, n_resamples=n),
@@ -199,6 +202,10 @@ def _binary_report(
         "prevalence": float(np.mean(y)),
         "operating_points": {},
     }
+    if len(s) and np.all((s >= 0) & (s <= 1)):  # calibration is a property of probabilities
+        ece, slope, intercept = bootstrap_cis(calibration_figures, y, s, names=["ece", "slope", "intercept"],
+                                              groups=groups, n_resamples=n)  # fmt: skip
+        report["calibration"] = {"ece": ece, "slope": slope, "intercept": intercept, "bins": reliability_bins(y, s)}
     for spec in points:
         try:
             threshold = _threshold(spec, *val)
