@@ -21,7 +21,8 @@ from medsight.engine.fit import fit
 from medsight.engine.recipe import load_recipe
 from medsight.inference import Predictor
 from medsight.tasks import PACKAGE_FILE, Estimate, Evaluation, ModelPackage, Prediction, registered_tasks, task_for
-from medsight.validation import evaluate_run
+from medsight.validation import evaluate_run, write_report
+from tests.validation.test_report import check_page
 
 FAST = {"preprocess": {"size": 32, "channels": 1},
         "model": {"name": "resnet10"},
@@ -241,6 +242,7 @@ def test_fit_predict_evaluate_through_the_seam(tmp_path, case):
     assert isinstance(predicted, Prediction) and len(predicted) == len(files) and len(predicted.scores.columns)
     assert predicted.table()["input"].tolist() == [str(f) for f in files]
     CHECKS.get(case, _classification_check)(predictor, predicted, saved, files)
+    check_page(write_report(run))  # the validation report of every task
 
 
 def evaluation_cases(run: Path) -> pd.DataFrame:

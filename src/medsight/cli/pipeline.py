@@ -160,6 +160,20 @@ def evaluate_command(
     out.print(f"wrote {output or Path(run) / f'metrics_{split}.json'}")
 
 
+def report_command(
+    run: Annotated[Path, typer.Argument(help="Run folder, evaluated with `medsight evaluate`.")],
+    split: Annotated[str, typer.Option("--split", help="The split the run was evaluated on.")] = "test",
+    output: Annotated[
+        Path | None, typer.Option("--out", "-o", help="HTML page to write (default RUN/report.html).")
+    ] = None,
+) -> None:
+    """Validation report: one self-contained HTML page (and report.json) of an evaluated run."""
+    from medsight.validation import write_report
+
+    page = write_report(run, split=split, out=output)
+    out.print(f"wrote {page} and {page.with_suffix('.json')}")
+
+
 def predict_command(
     run: Annotated[Path, typer.Argument(help="Run folder of `medsight train`.")],
     inputs: Annotated[list[Path], typer.Argument(help="Image or DICOM files, or folders of them (one row per file).")],
@@ -270,6 +284,7 @@ def register(app: typer.Typer) -> None:
     app.command("evaluate")(friendly(evaluate_command))
     app.command("predict")(friendly(predict_command))
     app.command("compare")(friendly(compare_command))
+    app.command("report")(friendly(report_command))
     app.command("demo")(friendly(demo_command))
 
 

@@ -110,6 +110,10 @@ def evaluate_run(
         "patients": evaluation.patients,
         "bootstrap_resamples": n,
         "precision": predictor.precision,
+        "figures": {
+            name: {"estimate": e.estimate, "low": e.low, "high": e.high, "undefined": e.undefined}
+            for name, e in figures.items()
+        },  # the headline figures, as `medsight evaluate` prints them
         **details,
         "warnings": warnings,
     }

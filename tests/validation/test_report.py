@@ -1,0 +1,139 @@
+"""The validation report: a self-contained page from what `medsight evaluate` wrote, for any task.
+Every task's page is also built in the conformance test (tests/tasks/test_conformance.py)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medsight.core.errors import InputError
+from medsight.models.registry import ModelChoice
+from medsight.tasks import ModelPackage, task_for
+from medsight.tasks import classification_report as report
+from medsight.tasks.results import json_ready
+from medsight.validation import build_report, write_report
+
+HEADINGS = ("Headline figures", "Data evaluated", "Warnings", "Model card", "Provenance")
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.headings: list[str] = []
+        self.images: list[str] = []
+        self.links: list[str] = []
+        self._in_heading = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        self._in_heading = tag in ("h1", "h2")
+        if tag == "img":
+            self.images.append(values.get("src") or "")
+        for name in ("href", "src"):
+            if values.get(name) and not str(values[name]).startswith("data:"):
+                self.links.append(str(values[name]))
+
+    def handle_data(self, data: str) -> None:
+        if self._in_heading and data.strip():
+            self.headings.append(data.strip())
+            self._in_heading = False
+
+
+def check_page(page: Path, *, plots: int | None = None) -> _Page:
+    """The page holds the expected headings, only embedded PNGs that decode, nothing it must fetch;
+    report.json beside it; and, where Chromium is installed, it renders (a non-blank screenshot,
+    the headings in the rendered DOM)."""
+    parsed = _Page()
+    parsed.feed(page.read_text(encoding="utf-8"))
+    assert set(HEADINGS) <= set(parsed.headings), parsed.headings
+    assert not parsed.links, f"the page must need no other file or network: {parsed.links}"
+    for src in parsed.images:
+        assert src.startswith("data:image/png;base64,")
+        image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        assert image.format == "PNG" and min(image.size) > 100
+    if plots is not None:
+        assert len(parsed.images) == plots
+    summary = json.loads(page.with_suffix(".json").read_text())
+    assert len(summary["plots"]) == len(parsed.images) and summary["figures"]
+    _render(page)
+    return parsed
+
+
+def _render(page: Path) -> None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        return  # .ci/run installs Debian's chromium; a user's machine may lack it
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1100,1800"]
+    shot = page.with_name("screenshot.png")
+    subprocess.run([browser, *flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120,
+                   check=True)  # fmt: skip
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape == (1800, 1100) and pixels.std() > 10  # drawn, not blank
+    dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120, check=True).stdout  # fmt: skip
+    assert all(re.search(f"<h2>{heading}</h2>", dom) for heading in HEADINGS)
+
+
+def _run(folder: Path, rng: np.random.Generator) -> Path:
+    """A binary run's package, evaluation and predictions (women with four views, one without a site)."""
+    folder.mkdir()
+    task = task_for({"kind": "binary", "classes": ["negative", "positive"]})
+    ModelPackage(recipe="toy", task=task.spec, model=ModelChoice(name="resnet10"), in_channels=1,
+                 preprocess={"size": 32, "channels": 1}).save(folder)  # fmt: skip
+    n = 80
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "patient_id": [f"p{i // 4}" for i in range(n)],
+                          "target": rng.integers(0, 2, n), "site": ["A", "B", None, "A"] * (n // 4),
+                          "sex": ["F"] * n})  # fmt: skip
+    table["prob"] = (0.4 * table["target"] + 0.6 * rng.random(n)).clip(0, 1)
+    figures, details, _ = report.evaluate(task, table, table, split="test", points=["youden"], n=50)
+    shown = {k: {"estimate": v.estimate, "low": v.low, "high": v.high, "undefined": v.undefined}
+             for k, v in figures.items()}  # fmt: skip
+    metrics = {"cases": n, "patients": n // 4, "bootstrap_resamples": 50, "precision": "fp32", "figures": shown,
+               **details, "warnings": ["<script>alert(1)</script>"]}  # fmt: skip
+    (folder / "metrics_test.json").write_text(json.dumps(json_ready(metrics), allow_nan=False))
+    table.to_csv(folder / "predictions_test.csv", index=False)
+    return folder
+
+
+def test_a_binary_runs_report_shows_its_figures_plots_and_subgroups(tmp_path):
+    run = _run(tmp_path / "run", np.random.default_rng(0))
+    page = write_report(run)
+    assert page == run / "report.html"
+    parsed = check_page(page, plots=2)  # ROC and reliability
+    assert "Calibration" in parsed.headings and "Plots" in parsed.headings
+    html = page.read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>" not in html  # text is escaped
+    content = build_report(run)
+    names = [row["name"] for row in content["figures"]]
+    assert names[:2] == ["auc", "average precision"]
+    assert content["data"]["subgroups"]["site"] == "A: 40, B: 20, unknown: 20"
+    assert content["data"]["labels"]["target"].count(":") == 2 and content["calibration"][0]["name"] == "score"
+    with pytest.raises(InputError, match="does not exist; create it first"):
+        write_report(run, out=tmp_path / "elsewhere" / "r.html")
+    (tmp_path / "elsewhere").mkdir()
+    other = write_report(run, out=tmp_path / "elsewhere" / "r.html")
+    assert other.is_file() and other.with_suffix(".json").is_file()
+
+
+def test_a_run_not_evaluated_is_refused_with_the_way_out(tmp_path):
+    run = _run(tmp_path / "run", np.random.default_rng(1))
+    (run / "metrics_test.json").unlink()
+    with pytest.raises(InputError, match=r"medsight evaluate .* --split test"):
+        write_report(run)
+    with pytest.raises(InputError, match="--split val"):
+        write_report(run, split="val")
+    (run / "metrics_val.json").write_text("{not json")
+    (run / "predictions_val.csv").write_text("case_id\nc0\n")
+    with pytest.raises(InputError, match="cannot read the evaluation"):
+        write_report(run, split="val")
