@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medsight.cli.main import app
+from tests.validation.test_report import check_page
 
 
 @pytest.mark.slow
@@ -23,6 +24,11 @@ def test_quick_demo_runs_every_recipe(tmp_path):
     ef = next(r for r in summary if r["recipe"] == "cardiac-function")
     assert ef["label"] == "cardiac LV EF MAE (points)" and ef["lower_is_better"] and ef["target"] == 5.0
     assert "medsight demo" in result.output and "done in" in result.output
+    index = (tmp_path / "demo" / "index.html").read_text()
+    for recipe in ("dr-grading", "cxr-findings", "mammo-screening", "brain-tumor-seg", "cardiac-function"):
+        assert f'href="runs/{recipe}/report.html"' in index
+        check_page(tmp_path / "demo" / "runs" / recipe / "report.html")
+    assert "validation reports:" in result.output
 
 
 def test_phantom_data_is_reused_only_when_it_matches(tmp_path):
@@ -301,6 +307,8 @@ def test_the_demo_loop_follows_a_new_plan(monkeypatch, tmp_path):
     figure = SimpleNamespace(estimate=0.9, low=0.8, high=1.0)
     monkeypatch.setattr(demo, "fit", fake_fit)
     monkeypatch.setattr(demo, "evaluate_run", lambda run, progress=None: SimpleNamespace(figure=lambda n: figure))
+    monkeypatch.setattr(demo, "write_report", lambda run: run / "report.html")
+    monkeypatch.setattr(demo, "write_index", lambda page, pages, title: page)
     told = []
     rows = demo.run_demo(tmp_path, plan=plan, on_replan=lambda p, m: told.append((p.profile, m)))
     assert trained[0] == ("resnet18", 14) and trained[1] == ("resnet10", 14)  # CXR trained lean after the slow DR

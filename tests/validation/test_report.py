@@ -111,7 +111,7 @@ def test_a_binary_runs_report_shows_its_figures_plots_and_subgroups(tmp_path):
     page = write_report(run)
     assert page == run / "report.html"
     parsed = check_page(page, plots=2)  # ROC and reliability
-    assert "Calibration" in parsed.headings and "Plots" in parsed.headings
+    assert {"Calibration", "Plots", "Subgroups"} <= set(parsed.headings)
     html = page.read_text()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>" not in html  # text is escaped
     content = build_report(run)
@@ -137,3 +137,27 @@ def test_a_run_not_evaluated_is_refused_with_the_way_out(tmp_path):
     (run / "predictions_val.csv").write_text("case_id\nc0\n")
     with pytest.raises(InputError, match="cannot read the evaluation"):
         write_report(run, split="val")
+
+
+def test_subgroups_are_scored_against_the_rest_and_a_weak_site_is_flagged():
+    from sklearn.metrics import roc_auc_score
+
+    from medsight.validation.report import subgroup_rows
+
+    rng = np.random.default_rng(5)
+    n = 240
+    site = np.array(["A"] * 120 + ["B"] * 112 + ["C"] * 8)
+    target = rng.integers(0, 2, n)
+    signal = np.where(site == "B", 0.0, 2.5)  # the model knows nothing at site B
+    prob = 1 / (1 + np.exp(-(signal * (target - 0.5) + rng.normal(0, 1, n))))
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)],
+                          "target": target, "prob": prob, "site": site, "age": rng.integers(30, 90, n)})  # fmt: skip
+    rows = {(r["attribute"], r["group"]): r for r in subgroup_rows(table, bootstrap=300)}
+    weak, strong = rows[("site", "B")], rows[("site", "A")]
+    assert weak["below"] and not strong["below"]
+    assert weak["auc"]["estimate"] == pytest.approx(roc_auc_score(target[site == "B"], prob[site == "B"]))
+    assert weak["rest_auc"]["estimate"] == pytest.approx(roc_auc_score(target[site != "B"], prob[site != "B"]))
+    assert weak["difference"]["high"] < 0 and weak["cases"] == 112
+    assert "fewer than 10" in rows[("site", "C")]["undefined"]
+    bands = {group for attribute, group in rows if attribute == "age_band"}
+    assert bands <= {"<40", "40-49", "50-59", "60-69", "70-79", "80+"} and "<40" in bands

@@ -358,3 +358,5 @@ def demo_command(
     if plan.left_out:
         out.print(f"[yellow]{plan.left_out_note()}[/]")
     out.print(f"done in {time.perf_counter() - started:.0f} s; runs, metrics and predictions are in {output}/")
+    if (output / "index.html").is_file():
+        out.print(f"validation reports: {output / 'index.html'} (one page per recipe)")

@@ -20,6 +20,7 @@ from medsight.data.splits import assign_splits
 from medsight.engine.fit import fit
 from medsight.engine.recipe import load_recipe
 from medsight.validation.evaluate import evaluate_run
+from medsight.validation.report import write_index, write_report
 
 __all__ = ["DEMO", "LEAN", "LONG", "DemoPlan", "DemoRow", "Headline", "phantom_data", "plan_demo", "replan", "run_demo"]
 
@@ -485,7 +486,8 @@ def run_demo(
     images and more epochs (:data:`LONG`).
     After each recipe the rest is re-planned when the demo runs slower than estimated
     (:func:`replan`); ``on_replan`` is told the new plan and why.
-    Timings per stage go to ``out/timings.json``.
+    Timings per stage go to ``out/timings.json``; each run's validation report to
+    ``out/runs/<recipe>/report.html``, linked from ``out/index.html``.
     """
     begun = time.perf_counter()
     plan = plan or plan_demo(profile)
@@ -500,6 +502,7 @@ def run_demo(
                      options=dict(step.phantom_options))  # fmt: skip
         timings[step.recipe] = {"phantoms_s": round(time.perf_counter() - started, 1)}
     rows: list[DemoRow] = []
+    pages: list[Path] = []
     actual: list[float] = []
     replanned: list[str] = []
     while len(actual) < len(plan.steps):
@@ -519,6 +522,7 @@ def run_demo(
         fit(_recipe(step, extra, seed), manifest_path, run, progress=progress)
         trained = time.perf_counter()
         report = evaluate_run(run, progress=progress)
+        pages.append(write_report(run))
         evaluated = time.perf_counter()
         timings[step.recipe].update(train_s=round(trained - started, 1), evaluate_s=round(evaluated - trained, 1))
         seconds = time.perf_counter() - started + timings[step.recipe]["phantoms_s"]
@@ -542,4 +546,6 @@ def run_demo(
     timings["total_s"] = round(time.perf_counter() - begun, 1)
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
     (out / "summary.json").write_text(json.dumps([r.__dict__ for r in rows], indent=2))
+    if pages:
+        write_index(out / "index.html", pages, title="medsight demo: validation reports (phantom test sets)")
     return rows

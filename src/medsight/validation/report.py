@@ -9,7 +9,10 @@
 - plots, where the task's outputs allow them: ROC curves and reliability diagrams for every
   probability with a label (binary, per finding, the image scores of detection), the FROC curves
   that detection reports, per-case Dice box plots for segmentation;
-- calibration (ECE, slope, intercept with CIs) and the evaluation's warnings.
+- calibration (ECE, slope, intercept with CIs);
+- subgroups: per value of each attribute (and age band), the AUC of its cases against the
+  rest's, with patient CIs, flagged when the group falls significantly below the rest;
+- the evaluation's warnings.
 
 Plots are drawn with matplotlib (Agg) and embedded as PNG data: the page needs no other file and
 no network.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import logging
 import math
@@ -32,11 +36,13 @@ import pandas as pd
 
 from medsight.core.errors import InputError
 from medsight.io.atomic import atomic_file, check_writable
+from medsight.metrics.bootstrap import bootstrap_cis
 from medsight.metrics.calibration import reliability_bins
+from medsight.metrics.classification import roc_auc
 from medsight.tasks import ModelPackage
 from medsight.tasks.results import json_ready
 
-__all__ = ["SUBGROUP_COLUMNS", "build_report", "write_report"]
+__all__ = ["SUBGROUP_COLUMNS", "build_report", "subgroup_rows", "write_index", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +206,69 @@ def _data_summary(metrics: Mapping[str, Any], table: pd.DataFrame) -> dict[str, 
             "labels": labels, "subgroups": subgroups}  # fmt: skip
 
 
+_AGE_BANDS = (0, 40, 50, 60, 70, 80, 200)  # years: <40, 40-49, ..., 80+
+_MIN_GROUP = 10  # cases a subgroup needs to be scored
+_MIN_CLASS = 5  # positive and negative cases it (and the rest) need: fewer leave the AUC undefined in many resamples
+
+
+def _attributes(table: pd.DataFrame) -> dict[str, pd.Series]:
+    """The subgroup attributes present: the manifest's columns, and age bands from an ``age`` column."""
+    found = {c: table[c].astype("string") for c in SUBGROUP_COLUMNS if c in table.columns and table[c].notna().any()}
+    if "age_band" not in found and "age" in table.columns:
+        age = pd.to_numeric(table["age"], errors="coerce")
+        if age.notna().any():
+            labels = [f"{a}-{b - 1}" for a, b in itertools.pairwise(_AGE_BANDS)]
+            labels[0], labels[-1] = f"<{_AGE_BANDS[1]}", f"{_AGE_BANDS[-2]}+"
+            found["age_band"] = pd.cut(age, _AGE_BANDS, right=False, labels=labels).astype("string")
+    return found
+
+
+def _group_vs_rest(inside: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> list[float]:
+    """AUC within the group, AUC of the rest, and their difference."""
+    group = roc_auc(labels[inside], scores[inside]) if inside.any() else float("nan")
+    rest = roc_auc(labels[~inside], scores[~inside]) if (~inside).any() else float("nan")
+    return [group, rest, group - rest]
+
+
+def subgroup_rows(table: pd.DataFrame, *, bootstrap: int = 1000) -> list[dict[str, Any]]:
+    """Per subgroup attribute value and labelled probability: its cases, its AUC and the AUC of the
+    other cases, with 95 % CIs that resample patients, and ``below`` when the group's AUC falls
+    short of the rest's with the difference's whole interval below 0."""
+    attributes = _attributes(table)
+    patients = (table["patient_id"] if "patient_id" in table.columns else table.index.to_series()).astype(str)
+    rows = []
+    for name, labels, scores in _labelled_scores(table):
+        column = "prob" if name == "score" else f"prob_{name}"
+        target = "target" if name == "score" else f"target_{name}"
+        known = (pd.to_numeric(table[target], errors="coerce").notna() & table[column].notna()).to_numpy()
+        for attribute, values in attributes.items():
+            values = values[known].fillna("unknown").to_numpy()
+            for value in sorted(set(values.tolist()), key=lambda v: (not v.startswith("<"), v)):  # "<40" first
+                inside = values == value
+                row = {"probability": name, "attribute": attribute, "group": value, "cases": int(inside.sum())}
+                if inside.sum() < _MIN_GROUP or (~inside).sum() < _MIN_GROUP:
+                    rows.append(row | {"undefined": f"fewer than {_MIN_GROUP} cases in the group or the rest"})
+                    continue
+                counts = [int(np.sum(labels[part] == k)) for part in (inside, ~inside) for k in (0, 1)]
+                if min(counts) < _MIN_CLASS:
+                    rows.append(
+                        row
+                        | {
+                            "undefined": f"under {_MIN_CLASS} cases of a class (positive / negative: group "
+                            f"{counts[1]} / {counts[0]}, rest {counts[3]} / {counts[2]})"
+                        }
+                    )
+                    continue
+                group, rest, difference = bootstrap_cis(
+                    lambda i, y, p: _group_vs_rest(i.astype(bool), y, p), inside.astype(float), labels, scores,
+                    names=["group", "rest", "difference"], groups=patients[known].to_numpy(), n_resamples=bootstrap,
+                )  # fmt: skip
+                high = difference["high"]
+                below = high is not None and not math.isnan(high) and high < 0
+                rows.append(row | {"auc": group, "rest_auc": rest, "difference": difference, "below": below})
+    return rows
+
+
 def build_report(run_dir: str | os.PathLike[str], *, split: str = "test") -> dict[str, Any]:
     """Everything the page shows, as data (plots as PNG data URLs).
 
@@ -232,6 +301,7 @@ def build_report(run_dir: str | os.PathLike[str], *, split: str = "test") -> dic
         "figures": _figure_rows(metrics),
         "bootstrap": metrics.get("bootstrap_resamples"),
         "calibration": _calibration_rows(metrics),
+        "subgroups": subgroup_rows(table, bootstrap=int(metrics.get("bootstrap_resamples") or 1000)),
         "warnings": list(metrics.get("warnings") or []),
         "plots": _plots(metrics, table),
     }
@@ -268,6 +338,15 @@ patients ({{ r.bootstrap }} resamples).</p>
 <p>ECE: mean gap between observed and predicted rates over ten bins (0 ideal). Slope: 1 ideal,
 below 1 the predictions are too extreme. Intercept (slope held at 1): 0 ideal, above 0 the model
 predicts too low on average.</p>{% endif %}
+{% if r.subgroups %}<h2>Subgroups</h2>
+<table><tr><th>probability</th><th>attribute</th><th>group</th><th>cases</th><th>AUC [95 % CI]</th>
+<th>AUC of the rest</th><th>difference [95 % CI]</th><th></th></tr>
+{% for g in r.subgroups %}<tr><td>{{ g.probability }}</td><td>{{ g.attribute }}</td><td>{{ g.group }}</td>
+<td>{{ g.cases }}</td>{% if g.get('undefined') %}<td colspan="4">{{ g.undefined }}</td>{% else %}
+<td>{{ fmt(g.auc) }}</td><td>{{ fmt(g.rest_auc) }}</td><td>{{ fmt(g.difference) }}</td>
+<td class="warn">{{ "below the rest" if g.below else "" }}</td>{% endif %}</tr>{% endfor %}</table>
+<p>A group is marked when its AUC falls below that of the other cases with the difference's whole
+95 % interval (patients resampled) below 0.</p>{% endif %}
 <h2>Warnings</h2>
 {% if r.warnings %}<ul>{% for w in r.warnings %}<li class="warn">{{ w }}</li>{% endfor %}</ul>
 {% else %}<p>None raised by the evaluation.</p>{% endif %}
@@ -294,11 +373,45 @@ def write_report(
     page = Path(out) if out else Path(run_dir) / "report.html"
     check_writable(page, option="--out")
     content = build_report(run_dir, split=split)
-    html = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(_PAGE).render(r=content)
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    html = environment.from_string(_PAGE).render(r=content, fmt=lambda block: " ".join(_with_interval(block)))
     with atomic_file(page) as tmp:
         tmp.write_text(html, encoding="utf-8")
     data = {k: v for k, v in content.items() if k != "plots"} | {"plots": [p["title"] for p in content["plots"]]}
     with atomic_file(page.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(json_ready(data), indent=2, allow_nan=False))
     log.info("wrote %s (%d plots)", page, len(content["plots"]))
+    return page
+
+
+_INDEX = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 64rem; color: #222 }
+table { border-collapse: collapse } td, th { border-bottom: 1px solid #ddd; padding: 0.25rem 0.8rem; text-align: left }
+th { background: #f4f4f4 }
+</style></head><body>
+<h1>{{ title }}</h1>
+<table><tr><th>report</th><th>headline figures [95 % CI]</th></tr>
+{% for e in entries %}<tr><td><a href="{{ e.href }}">{{ e.title }}</a></td><td>{% for f in e.figures %}{{ f.name }}
+{{ f.estimate }} {{ f.interval }}<br>{% endfor %}</td></tr>{% endfor %}</table>
+</body></html>
+"""
+
+
+def write_index(page: str | os.PathLike[str], reports: list[Path], *, title: str, figures: int = 3) -> Path:
+    """An index page linking report pages (relative links), each with its first ``figures`` headline
+    figures (read from the ``report.json`` beside it)."""
+    import jinja2
+
+    page = Path(page)
+    check_writable(page, option="the index page")
+    entries = []
+    for report in reports:
+        summary = json.loads(Path(report).with_suffix(".json").read_text())
+        href = Path(os.path.relpath(report, page.parent)).as_posix()
+        entries.append({"href": href, "title": summary["title"], "figures": summary["figures"][:figures]})
+    html = jinja2.Environment(autoescape=True).from_string(_INDEX).render(title=title, entries=entries)
+    with atomic_file(page) as tmp:
+        tmp.write_text(html, encoding="utf-8")
     return page
