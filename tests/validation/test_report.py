@@ -110,7 +110,7 @@ def test_a_binary_runs_report_shows_its_figures_plots_and_subgroups(tmp_path):
     run = _run(tmp_path / "run", np.random.default_rng(0))
     page = write_report(run)
     assert page == run / "report.html"
-    parsed = check_page(page, plots=2)  # ROC and reliability
+    parsed = check_page(page, plots=3)  # ROC, reliability, decision curves
     assert {"Calibration", "Plots", "Subgroups"} <= set(parsed.headings)
     html = page.read_text()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>" not in html  # text is escaped
@@ -161,3 +161,17 @@ def test_subgroups_are_scored_against_the_rest_and_a_weak_site_is_flagged():
     assert "fewer than 10" in rows[("site", "C")]["undefined"]
     bands = {group for attribute, group in rows if attribute == "age_band"}
     assert bands <= {"<40", "40-49", "50-59", "60-69", "70-79", "80+"} and "<40" in bands
+
+
+def test_measurements_with_a_reference_are_paired_for_bland_altman():
+    from medsight.validation.report import _agreement_pairs
+
+    table = pd.DataFrame({"volume_ml_LV": [100.0, 120.0, np.nan], "reference_volume_ml_LV": [90.0, 125.0, 80.0],
+                          "reference_only": [1.0, 2.0, 3.0]})  # fmt: skip
+    metrics = {"function": {"cases": [{"lv_ef": 55.0, "reference_lv_ef": 60.0, "lv_mass_g": 100.0},
+                                      {"lv_ef": 40.0, "reference_lv_ef": 38.0, "lv_mass_g": 90.0}],
+                            "lv_ef": {"mae": {"estimate": 3.5}}}}  # fmt: skip
+    pairs = _agreement_pairs(metrics, table)
+    assert [name for name, _, _ in pairs] == ["lv_ef", "volume_ml_LV"]  # EF first; no reference, no pair
+    assert pairs[0][1].tolist() == [55.0, 40.0] and pairs[0][2].tolist() == [60.0, 38.0]
+    assert _agreement_pairs({}, table.iloc[1:]) == []  # one known pair is not enough for limits

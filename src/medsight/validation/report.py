@@ -36,9 +36,11 @@ import pandas as pd
 
 from medsight.core.errors import InputError
 from medsight.io.atomic import atomic_file, check_writable
+from medsight.metrics.agreement import bland_altman
 from medsight.metrics.bootstrap import bootstrap_cis
 from medsight.metrics.calibration import reliability_bins
 from medsight.metrics.classification import roc_auc
+from medsight.metrics.decision import DEFAULT_THRESHOLDS, net_benefit, net_benefit_all
 from medsight.tasks import ModelPackage
 from medsight.tasks.results import json_ready
 
@@ -50,6 +52,7 @@ SUBGROUP_COLUMNS = ("site", "vendor", "manufacturer", "sex", "age_band", "view",
 """Manifest columns counted per value in the data summary (the subgroups a reader asks about)."""
 _MAX_PLOTTED = 12  # curves per plot
 _MAX_LEVELS = 20  # values listed per subgroup attribute
+_PANELS = 6  # small panels per figure (decision curves, agreement)
 _PLUMBING = {"localisation", "per_finding", "froc", "findings", "metrics", "details"}  # keys, not names
 
 
@@ -136,6 +139,11 @@ def _plots(metrics: Mapping[str, Any], table: pd.DataFrame) -> list[dict[str, st
         axis.legend(fontsize=8, loc="upper left")
         plots.append({"title": "Reliability diagram", "caption": "Cases in ten equal-width probability bins; the "
                       "diagonal is perfect calibration.", "src": _png(figure)})  # fmt: skip
+    if pairs:
+        plots.append(_decision_curves(pairs[:_PANELS]))
+    agreement = _agreement_pairs(metrics, table)[:_PANELS]
+    if agreement:
+        plots.append(_bland_altman(agreement))
     frocs = [(path, block["curve"]) for path, block in _walk(metrics) if isinstance(block.get("curve"), Mapping)
              and {"fps", "sensitivity"} <= set(block["curve"])][:_MAX_PLOTTED]  # fmt: skip
     if frocs:
@@ -169,6 +177,72 @@ def _with_interval(block: Mapping[str, Any]) -> tuple[str, str]:
     """``(estimate, "[low, high]")`` as text; an undefined figure has no interval."""
     estimate = _number(block.get("estimate"))
     return estimate, (f"[{_number(block.get('low'))}, {_number(block.get('high'))}]" if estimate != "—" else "")
+
+
+def _panels(count: int) -> tuple[Any, list[Any]]:
+    import matplotlib.pyplot as plt
+
+    columns = min(count, 3)
+    rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.2 * rows), squeeze=False)
+    for axis in axes.ravel()[count:]:
+        axis.set_visible(False)
+    return figure, list(axes.ravel()[:count])
+
+
+def _decision_curves(pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, str]:
+    figure, axes = _panels(len(pairs))
+    thresholds = DEFAULT_THRESHOLDS
+    for axis, (name, labels, scores) in zip(axes, pairs, strict=True):
+        model, everyone = net_benefit(labels, scores, thresholds), net_benefit_all(labels, thresholds)
+        axis.plot(thresholds, model, label="model", linewidth=1.4)
+        axis.plot(thresholds, everyone, label="act on all", color="0.5", linewidth=1.0)
+        axis.axhline(0.0, color="0.2", linewidth=0.8, label="act on none")
+        top = max(float(labels.mean()), 0.01)
+        axis.set(title=name, xlabel="threshold probability", ylabel="net benefit", xlim=(0, 1),
+                 ylim=(-0.25 * top, 1.1 * top))  # fmt: skip
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    return {"title": "Decision curves", "caption": "Net benefit of acting on the cases at or above each threshold "
+            "probability (Vickers & Elkin 2006); the model helps where its curve lies above both others.",
+            "src": _png(figure)}  # fmt: skip
+
+
+def _agreement_pairs(metrics: Mapping[str, Any], table: pd.DataFrame) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(name, measured, reference)`` for every measurement that has a reference: the per-case
+    ``X`` / ``reference_X`` columns of the predictions (volumes) and of the per-patient lists in
+    the evaluation (cardiac function: EF, volumes, mass)."""
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    sources = [table, *(pd.DataFrame(v) for _, block in _walk(metrics) for v in block.values()
+                        if isinstance(v, list) and v and all(isinstance(x, Mapping) for x in v))]  # fmt: skip
+    for frame in sources:
+        for column in frame.columns:
+            measured = str(column).removeprefix("reference_")
+            if column == measured or measured not in frame.columns or measured in found:
+                continue
+            pair = (pd.to_numeric(frame[measured], errors="coerce").to_numpy(float),
+                    pd.to_numeric(frame[column], errors="coerce").to_numpy(float))  # fmt: skip
+            if np.sum(np.isfinite(pair[0]) & np.isfinite(pair[1])) >= 2:
+                found[measured] = pair
+    ejection = sorted(name for name in found if name.endswith("_ef"))  # EF first: the headline of cardiac function
+    return [(name, *found[name]) for name in [*ejection, *sorted(set(found) - set(ejection))]]
+
+
+def _bland_altman(pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, str]:
+    figure, axes = _panels(len(pairs))
+    for axis, (name, measured, reference) in zip(axes, pairs, strict=True):
+        known = np.isfinite(measured) & np.isfinite(reference)
+        mean, difference = (measured[known] + reference[known]) / 2, measured[known] - reference[known]
+        agreement = bland_altman(measured, reference)
+        axis.scatter(mean, difference, s=12)
+        for value, style in ((agreement.bias, "-"), (agreement.lower, "--"), (agreement.upper, "--")):
+            if not math.isnan(value):
+                axis.axhline(value, color="0.3", linestyle=style, linewidth=0.9)
+        axis.set(title=f"{name} (bias {agreement.bias:.2f})", xlabel="mean of measured and reference",
+                 ylabel="measured - reference")  # fmt: skip
+    figure.tight_layout()
+    return {"title": "Bland-Altman agreement", "caption": "Per case or patient: the difference against the mean, "
+            "with the bias and the 95 % limits of agreement (Bland & Altman 1986).", "src": _png(figure)}  # fmt: skip
 
 
 def _figure_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -321,9 +395,10 @@ figure { display: inline-block; margin: 0 1.5rem 1.5rem 0; max-width: 30rem } im
 a regulatory clearance. Every interval is a 95 % percentile bootstrap interval resampling
 patients ({{ r.bootstrap }} resamples).</p>
 <h2>Headline figures</h2>
-<table><tr><th>figure</th><th>estimate</th><th>95 % CI</th><th></th></tr>
+{% if r.figures %}<table><tr><th>figure</th><th>estimate</th><th>95 % CI</th><th></th></tr>
 {% for f in r.figures %}<tr><td>{{ f.name }}</td><td>{{ f.estimate }}</td><td>{{ f.interval }}</td>
-<td>{{ f.note }}</td></tr>{% endfor %}</table>
+<td>{{ f.note }}</td></tr>{% endfor %}</table>{% else %}<p class="warn">This evaluation was written before
+evaluations listed their headline figures: run <code>medsight evaluate</code> on the run again.</p>{% endif %}
 <h2>Data evaluated</h2>
 <table><tr><th>cases</th><td>{{ r.data.cases }}</td></tr><tr><th>patients</th><td>{{ r.data.patients }}</td></tr>
 {% for k, v in r.data.labels.items() %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}
