@@ -65,7 +65,7 @@ def check_page(page: Path, *, plots: int | None = None) -> _Page:
     if plots is not None:
         assert len(parsed.images) == plots
     summary = json.loads(page.with_suffix(".json").read_text())
-    assert len(summary["plots"]) == len(parsed.images) and summary["figures"]
+    assert len(summary["plots"]) + len(summary["gallery"]) == len(parsed.images) and summary["figures"]
     _render(page)
     return parsed
 
@@ -96,6 +96,12 @@ def _run(folder: Path, rng: np.random.Generator) -> Path:
                           "target": rng.integers(0, 2, n), "site": ["A", "B", None, "A"] * (n // 4),
                           "sex": ["F"] * n})  # fmt: skip
     table["prob"] = (0.4 * table["target"] + 0.6 * rng.random(n)).clip(0, 1)
+    table["image"] = ""
+    worst = (int(table["prob"].where(table["target"] == 0).idxmax()),
+             int(table["prob"].where(table["target"] == 1).idxmin()))  # fmt: skip
+    for i in worst:  # images of the worst negative and the worst positive only
+        Image.fromarray(rng.integers(0, 255, (40, 48), dtype=np.uint8)).save(folder / f"c{i}.png")
+        table.loc[i, "image"] = str(folder / f"c{i}.png")
     figures, details, _ = report.evaluate(task, table, table, split="test", points=["youden"], n=50)
     shown = {k: {"estimate": v.estimate, "low": v.low, "high": v.high, "undefined": v.undefined}
              for k, v in figures.items()}  # fmt: skip
@@ -110,8 +116,9 @@ def test_a_binary_runs_report_shows_its_figures_plots_and_subgroups(tmp_path):
     run = _run(tmp_path / "run", np.random.default_rng(0))
     page = write_report(run)
     assert page == run / "report.html"
-    parsed = check_page(page, plots=3)  # ROC, reliability, decision curves
-    assert {"Calibration", "Plots", "Subgroups"} <= set(parsed.headings)
+    parsed = check_page(page, plots=4)  # ROC, reliability, decision curves; the gallery
+    assert {"Calibration", "Plots", "Subgroups", "Failure gallery"} <= set(parsed.headings)
+    assert build_report(run)["gallery"][0]["title"] == "Worst errors: score"
     html = page.read_text()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>" not in html  # text is escaped
     content = build_report(run)

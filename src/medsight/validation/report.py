@@ -9,6 +9,8 @@
 - plots, where the task's outputs allow them: ROC curves and reliability diagrams for every
   probability with a label (binary, per finding, the image scores of detection), the FROC curves
   that detection reports, per-case Dice box plots for segmentation;
+- a failure gallery: per probability, the negatives scored highest and the positives scored
+  lowest, with their images (2D detection: its detections and the true boxes drawn);
 - calibration (ECE, slope, intercept with CIs);
 - subgroups: per value of each attribute (and age band), the AUC of its cases against the
   rest's, with patient CIs, flagged when the group falls significantly below the rest;
@@ -34,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medsight.core.errors import InputError
+from medsight.core.errors import InputError, MedsightError
 from medsight.io.atomic import atomic_file, check_writable
 from medsight.metrics.agreement import bland_altman
 from medsight.metrics.bootstrap import bootstrap_cis
@@ -245,6 +247,87 @@ def _bland_altman(pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, 
             "with the bias and the 95 % limits of agreement (Bland & Altman 1986).", "src": _png(figure)}  # fmt: skip
 
 
+_GALLERY = 3  # worst false positives and worst false negatives shown per probability
+_GALLERY_PROBABILITIES = 3
+
+
+def _source(path: Any, folder: Path | None) -> Path | None:
+    if not isinstance(path, str) or not path:
+        return None
+    candidate = Path(path)
+    if not candidate.is_absolute() and folder is not None:
+        candidate = folder / candidate
+    return candidate if candidate.is_file() else None
+
+
+def _thumbnail(path: Path) -> np.ndarray | None:
+    """A 2D view of an image file (the middle slice of a volume), scaled to [0, 1]; None if unreadable."""
+    from medsight.io import read
+
+    try:
+        array = np.asarray(read(path).array, dtype=float)
+    except (MedsightError, OSError, ValueError) as exc:  # an image that cannot be read is left out, not fatal
+        log.info("failure gallery: %s left out (%s)", path, exc)
+        return None
+    image = array[0]
+    while image.ndim > 2:
+        image = image[image.shape[0] // 2]
+    low, high = np.nanpercentile(image, [1, 99]) if image.size else (0.0, 1.0)
+    return np.clip((image - low) / max(high - low, 1e-6), 0, 1)
+
+
+def _gallery(table: pd.DataFrame, folder: Path | None) -> list[dict[str, str]]:
+    """Per probability (the first few), the negatives scored highest and the positives scored lowest,
+    with their images (and, for 2D detection, the detections of that finding in red and the true
+    boxes in green)."""
+    if "image" not in table.columns:
+        return []
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    out = []
+    for name, _, _ in _labelled_scores(table)[:_GALLERY_PROBABILITIES]:
+        column, target = ("prob", "target") if name == "score" else (f"prob_{name}", f"target_{name}")
+        labels = pd.to_numeric(table[target], errors="coerce")
+        negatives = table[labels == 0].sort_values(column, ascending=False).head(_GALLERY)
+        positives = table[labels == 1].sort_values(column, ascending=True).head(_GALLERY)
+        chosen = [("negative", row) for _, row in negatives.iterrows()]
+        chosen += [("positive", row) for _, row in positives.iterrows()]
+        shown = [(kind, row, _thumbnail(p)) for kind, row in chosen if (p := _source(row["image"], folder))]
+        shown = [(kind, row, image) for kind, row, image in shown if image is not None]
+        if not shown:
+            continue
+        figure, axes = _panels(len(shown))
+        for axis, (kind, row, image) in zip(axes, shown, strict=True):
+            axis.imshow(image, cmap="gray", interpolation="lanczos")
+            _boxes(axis, row, name, Rectangle)
+            axis.set_title(f"{kind}: {row['case_id']}\np = {float(row[column]):.3f}", fontsize=8)
+            axis.axis("off")
+        figure.tight_layout()
+        caption = ("The negatives scored highest and the positives scored lowest on the evaluated split "
+                   "(detections red, true boxes green).")  # fmt: skip
+        out.append({"title": f"Worst errors: {name}", "caption": caption, "src": _png(figure)})
+        plt.close("all")
+    return out
+
+
+def _boxes(axis: Any, row: pd.Series, name: str, rectangle: Any) -> None:
+    """Draw a 2D detection task's detections of ``name`` and the true boxes naming it on ``axis``."""
+    try:
+        marks = json.loads(row["detections"]) if isinstance(row.get("detections"), str) else []
+        truths = json.loads(row["boxes"]) if isinstance(row.get("boxes"), str) and row["boxes"] else []
+    except ValueError:
+        return
+    for mark in marks:
+        if mark.get("finding", name) in (name, "score") or name == "score":
+            axis.add_patch(rectangle((mark["x0"], mark["y0"]), mark["x1"] - mark["x0"], mark["y1"] - mark["y0"],
+                                     fill=False, edgecolor="red", linewidth=1))  # fmt: skip
+    for box in truths:
+        if name == "score" or str(box.get("label", "")).strip().lower() == name.lower():
+            axis.add_patch(rectangle((box["x"], box["y"]), box["w"], box["h"], fill=False, edgecolor="lime",
+                                     linewidth=1))  # fmt: skip
+
+
 def _figure_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
     rows = []
     for name, block in (metrics.get("figures") or {}).items():
@@ -378,6 +461,7 @@ def build_report(run_dir: str | os.PathLike[str], *, split: str = "test") -> dic
         "subgroups": subgroup_rows(table, bootstrap=int(metrics.get("bootstrap_resamples") or 1000)),
         "warnings": list(metrics.get("warnings") or []),
         "plots": _plots(metrics, table),
+        "gallery": _gallery(table, Path(provenance.manifest).parent if provenance.manifest else None),
     }
 
 
@@ -405,6 +489,9 @@ evaluations listed their headline figures: run <code>medsight evaluate</code> on
 {% for k, v in r.data.subgroups.items() %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>
 {% if r.plots %}<h2>Plots</h2>
 {% for p in r.plots %}<figure><img src="{{ p.src }}" alt="{{ p.title }}"><figcaption><b>{{ p.title }}.</b>
+{{ p.caption }}</figcaption></figure>{% endfor %}{% endif %}
+{% if r.gallery %}<h2>Failure gallery</h2>
+{% for p in r.gallery %}<figure><img src="{{ p.src }}" alt="{{ p.title }}"><figcaption><b>{{ p.title }}.</b>
 {{ p.caption }}</figcaption></figure>{% endfor %}{% endif %}
 {% if r.calibration %}<h2>Calibration</h2>
 <table><tr><th>probability</th><th>ECE</th><th>slope</th><th>intercept</th></tr>
@@ -452,7 +539,8 @@ def write_report(
     html = environment.from_string(_PAGE).render(r=content, fmt=lambda block: " ".join(_with_interval(block)))
     with atomic_file(page) as tmp:
         tmp.write_text(html, encoding="utf-8")
-    data = {k: v for k, v in content.items() if k != "plots"} | {"plots": [p["title"] for p in content["plots"]]}
+    data = {k: v for k, v in content.items() if k not in ("plots", "gallery")}
+    data |= {"plots": [p["title"] for p in content["plots"]], "gallery": [p["title"] for p in content["gallery"]]}
     with atomic_file(page.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(json_ready(data), indent=2, allow_nan=False))
     log.info("wrote %s (%d plots)", page, len(content["plots"]))
