@@ -182,3 +182,25 @@ def test_measurements_with_a_reference_are_paired_for_bland_altman():
     assert [name for name, _, _ in pairs] == ["lv_ef", "volume_ml_LV"]  # EF first; no reference, no pair
     assert pairs[0][1].tolist() == [55.0, 40.0] and pairs[0][2].tolist() == [60.0, 38.0]
     assert _agreement_pairs({}, table.iloc[1:]) == []  # one known pair is not enough for limits
+
+
+def test_the_checklist_checks_the_partition_by_patient(tmp_path):
+    run = _run(tmp_path / "run", np.random.default_rng(2))
+    checklist = {c["item"]: c for c in build_report(run)["checklist"]}
+    partition = "Partition into training, validation and test sets, by patient"
+    assert checklist[partition]["status"] == "not known"  # no splits.csv
+    assert checklist["Reference standard and how it was established"]["status"] == "not known"
+    assert checklist["Calibration"]["status"] == checklist["Performance in subgroups"]["status"] == "reported"
+    splits = pd.DataFrame({"case_id": ["a", "b", "c", "d"], "patient_id": ["p1", "p1", "p2", "p3"],
+                           "split": ["train", "test", "train", "val"]})  # fmt: skip
+    splits.to_csv(run / "splits.csv", index=False)
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    content = build_report(run)
+    leaked = {c["item"]: c for c in content["checklist"]}[partition]
+    assert leaked["status"] == "failed" and "1 patient(s) in more than one split" in leaked["where"]
+    assert content["training"]["splits"]["train"] == {"cases": 2, "patients": 2}
+    assert content["training"]["epochs_run"] == 2
+    splits.assign(patient_id=["p1", "p4", "p2", "p3"]).to_csv(run / "splits.csv", index=False)
+    kept = {c["item"]: c for c in build_report(run)["checklist"]}[partition]
+    assert kept["status"] == "checked" and "test 1 cases / 1 patients" in kept["where"]
+    assert "Reporting checklist" in check_page(write_report(run)).headings

@@ -14,7 +14,8 @@
 - calibration (ECE, slope, intercept with CIs);
 - subgroups: per value of each attribute (and age band), the AUC of its cases against the
   rest's, with patient CIs, flagged when the group falls significantly below the rest;
-- the evaluation's warnings.
+- the evaluation's warnings; how the run was trained (splits by patient, checked for patients in
+  two splits; settings); a reporting checklist in the style of CLAIM and TRIPOD+AI.
 
 Plots are drawn with matplotlib (Agg) and embedded as PNG data: the page needs no other file and
 no network.
@@ -426,6 +427,73 @@ def subgroup_rows(table: pd.DataFrame, *, bootstrap: int = 1000) -> list[dict[st
     return rows
 
 
+def _training(run_dir: Path) -> dict[str, Any]:
+    """How the run was trained: cases and patients per split (``splits.csv``), patients found in more
+    than one split, epochs run (``metrics.jsonl``) and the training settings (``config.json``)."""
+    out: dict[str, Any] = {"splits": {}, "patients_in_several_splits": None, "settings": {}, "epochs_run": None}
+    splits = run_dir / "splits.csv"
+    if splits.is_file():
+        table = pd.read_csv(splits, dtype=str)
+        if {"split", "patient_id"} <= set(table.columns):
+            out["splits"] = {split: {"cases": len(group), "patients": int(group["patient_id"].nunique())}
+                             for split, group in table.groupby("split")}  # fmt: skip
+            out["patients_in_several_splits"] = int((table.groupby("patient_id")["split"].nunique() > 1).sum())
+    log_file = run_dir / "metrics.jsonl"
+    if log_file.is_file():
+        out["epochs_run"] = sum(1 for line in log_file.read_text().splitlines() if line.strip())
+    config = run_dir / "config.json"
+    if config.is_file():
+        try:
+            settings = json.loads(config.read_text())
+        except ValueError:
+            settings = {}
+        keys = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "precision", "seed")
+        out["settings"] = {k: settings[k] for k in keys if k in settings}
+        augment = (settings.get("recipe") or {}).get("augment")
+        if augment:
+            out["settings"]["augmentation"] = augment
+    return out
+
+
+_UNKNOWN = "not known to medsight: the author must state it"
+
+
+def _checklist(content: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Reporting items in the style of CLAIM (2024) and TRIPOD+AI, each with what this report says
+    about it: ``reported`` / ``checked`` / ``failed`` / ``not applicable`` / not known."""
+    training, provenance = content["training"], content["provenance"]
+    several = training["patients_in_several_splits"]
+    if several is None:
+        partition = ("not known", "the run keeps no splits.csv with patients")
+    elif several:
+        partition = ("failed", f"{several} patient(s) in more than one split: the test figures are optimistic")
+    else:
+        sizes = "; ".join(f"{k} {v['cases']} cases / {v['patients']} patients" for k, v in training["splits"].items())
+        partition = ("checked", f"no patient in two splits ({sizes})")
+    subgroups = [g for g in content["subgroups"] if "auc" in g]
+    items = [
+        ("Intended use, clinical setting and users", "not known", _UNKNOWN),
+        ("Data source and its version", "reported" if provenance.get("training data hash") else "not known",
+         f"training manifest {provenance.get('training manifest')}, hash {provenance.get('training data hash')}"),
+        ("Reference standard and how it was established", "not known", _UNKNOWN),
+        ("Partition into training, validation and test sets, by patient", *partition),
+        ("Model: architecture and preprocessing", "reported", "model card below"),
+        ("Training: optimiser, schedule, epochs, augmentation, seed",
+         "reported" if training["settings"] else "not known", f"{training['epochs_run']} epochs run"),
+        ("Performance with 95 % confidence intervals (patients resampled)",
+         "reported" if content["figures"] else "not known", f"{len(content['figures'])} headline figures"),
+        ("Calibration", "reported" if content["calibration"] else "not applicable",
+         "ECE, slope, intercept" if content["calibration"] else "no probability with a label"),
+        ("Clinical utility (decision curves)", "reported" if content["calibration"] else "not applicable", ""),
+        ("Performance in subgroups", "reported" if subgroups else "not known",
+         f"{len(subgroups)} subgroup(s) scored" if subgroups else "no subgroup attribute with enough cases"),
+        ("Failure analysis", "reported" if content["gallery"] else "not applicable",
+         "failure gallery" if content["gallery"] else "no images with labelled probabilities"),
+        ("Software and versions", "reported", "provenance below"),
+    ]  # fmt: skip
+    return [{"item": item, "status": status, "where": where} for item, status, where in items]
+
+
 def build_report(run_dir: str | os.PathLike[str], *, split: str = "test") -> dict[str, Any]:
     """Everything the page shows, as data (plots as PNG data URLs).
 
@@ -435,7 +503,7 @@ def build_report(run_dir: str | os.PathLike[str], *, split: str = "test") -> dic
     run_dir = Path(run_dir)
     metrics, table, package = _load(run_dir, split)
     provenance = package.provenance
-    return {
+    content = {
         "title": f"{package.recipe}: validation on the {split} split",
         "split": split,
         "model": {
@@ -462,7 +530,10 @@ def build_report(run_dir: str | os.PathLike[str], *, split: str = "test") -> dic
         "warnings": list(metrics.get("warnings") or []),
         "plots": _plots(metrics, table),
         "gallery": _gallery(table, Path(provenance.manifest).parent if provenance.manifest else None),
+        "training": _training(run_dir),
     }
+    content["checklist"] = _checklist(content)
+    return content
 
 
 _PAGE = """<!doctype html>
@@ -512,6 +583,15 @@ predicts too low on average.</p>{% endif %}
 <h2>Warnings</h2>
 {% if r.warnings %}<ul>{% for w in r.warnings %}<li class="warn">{{ w }}</li>{% endfor %}</ul>
 {% else %}<p>None raised by the evaluation.</p>{% endif %}
+<h2>Training</h2>
+<table>{% for k, v in r.training.splits.items() %}<tr><th>{{ k }} split</th><td>{{ v.cases }} cases, {{ v.patients }}
+patients</td></tr>{% endfor %}<tr><th>epochs run</th><td>{{ r.training.epochs_run }}</td></tr>
+{% for k, v in r.training.settings.items() %}<tr><th>{{ k }}</th><td><code>{{ v }}</code></td></tr>{% endfor %}</table>
+<h2>Reporting checklist</h2>
+<p>Items in the style of CLAIM (2024) and TRIPOD+AI, with what this run can say about each.</p>
+<table><tr><th>item</th><th>status</th><th>where / why</th></tr>
+{% for c in r.checklist %}<tr><td>{{ c.item }}</td><td{% if c.status in ("failed", "not known") %}
+class="warn"{% endif %}>{{ c.status }}</td><td>{{ c.where }}</td></tr>{% endfor %}</table>
 <h2>Model card</h2>
 <table>{% for k, v in r.model.items() %}<tr><th>{{ k }}</th><td><code>{{ v }}</code></td></tr>{% endfor %}</table>
 <h2>Provenance</h2>
