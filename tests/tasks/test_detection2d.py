@@ -474,3 +474,6 @@ def test_several_findings_settings_are_checked(tmp_path):
     with pytest.raises(InputError, match="'cardiomegaly', which is not among the findings"):
         task._boxes_and_marks(prediction)
     assert data.inputs.unknown[1].tolist() == [False, True]
+    typo = task_for({**MULTI, "findings": ["efusion", "nodule"], "aliases": {}})
+    with pytest.raises(ConfigError, match=r"no \['target_efusion'\] column.*set task\.findings to match"):
+        typo.prepare(_manifest(tmp_path, rows), Preprocess2D(size=32, channels=1), tmp_path / "c", progress=None)

@@ -50,7 +50,7 @@ from skimage.segmentation import watershed
 from torch import nn
 from torch.utils.data import Dataset
 
-from medsight.core.errors import InputError
+from medsight.core.errors import ConfigError, InputError
 from medsight.core.progress import Progress
 from medsight.core.volume import Volume
 from medsight.data.cache import ImageCache, build_image_cache
@@ -450,7 +450,10 @@ class Detection2DTask(Task):
             raise InputError("the manifest has no boxes column: 2D detection learns from boxes (the vindr-mammo, "
                              "nih-cxr14 and rsna-pneumonia adapters write them). For images labelled without boxes "
                              "train an image classifier, e.g. --recipe mammo-screening-classifier")  # fmt: skip
-        targets = self.classifier.targets(manifest)  # checks the label columns
+        try:
+            targets = self.classifier.targets(manifest)  # checks the label columns
+        except ConfigError as exc:  # the classifier's advice names its own key
+            raise ConfigError(str(exc).replace("task.classes", "task.findings")) from None
         labels = targets.reshape(len(manifest), -1).astype(float)
         cache = build_image_cache(manifest, spec, folder, progress=progress)
         boxes, unknown = [], np.zeros(labels.shape, bool)
