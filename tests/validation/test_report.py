@@ -138,6 +138,8 @@ def test_a_run_not_evaluated_is_refused_with_the_way_out(tmp_path):
     (run / "metrics_test.json").unlink()
     with pytest.raises(InputError, match=r"medsight evaluate .* --split test"):
         write_report(run)
+    with pytest.raises(InputError, match="is not a run folder"):
+        write_report(tmp_path / "nowhere")
     with pytest.raises(InputError, match="--split val"):
         write_report(run, split="val")
     (run / "metrics_val.json").write_text("{not json")

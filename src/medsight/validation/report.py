@@ -612,6 +612,8 @@ def write_report(
     """
     import jinja2
 
+    if not Path(run_dir).is_dir():
+        raise InputError(f"{run_dir} is not a run folder (it does not exist); give the folder `medsight train` wrote")
     page = Path(out) if out else Path(run_dir) / "report.html"
     check_writable(page, option="--out")
     content = build_report(run_dir, split=split)
