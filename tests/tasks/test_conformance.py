@@ -141,6 +141,14 @@ def _detection(root: Path) -> tuple[dict, Path]:
     return recipe, manifest
 
 
+def _film(root: Path, i: int, pixels: np.ndarray) -> dict:
+    """Save image ``i`` of a 36-image 2D case; its manifest row (two images per patient, 20/8/8 split)."""
+    name = f"img{i:03d}.png"
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / name)
+    split = "train" if i < 20 else "val" if i < 28 else "test"
+    return {"case_id": f"c{i}", "patient_id": f"p{i // 2}", "image": name, "split": split}
+
+
 def _detection2d(root: Path) -> tuple[dict, Path]:
     """Noise images (not square: 48x40) where positive images hold a bright square given as a box with
     BI-RADS 5, some negative ones a dimmer square with BI-RADS 2 (another box, a trained negative)."""
@@ -154,11 +162,7 @@ def _detection2d(root: Path) -> tuple[dict, Path]:
             x, y = 4 + i % 20, 6 + i % 25
             pixels[y : y + 10, x : x + 12] += 120 if positive else 60
             boxes.append({"label": "['Mass']", "birads": 5 if positive else 2, "x": x, "y": y, "w": 12, "h": 10})
-        name = f"img{i:03d}.png"
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / name)
-        split = "train" if i < 20 else "val" if i < 28 else "test"
-        rows.append({"case_id": f"c{i}", "patient_id": f"p{i // 2}", "image": name, "target": int(positive),
-                     "boxes": json.dumps(boxes) if boxes else "", "split": split})  # fmt: skip
+        rows.append(_film(root, i, pixels) | {"target": int(positive), "boxes": json.dumps(boxes) if boxes else ""})
     manifest = root / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     task = {"kind": "detection2d", "min_birads": 4, "patch": 16, "patches_per_epoch": 16}
@@ -181,12 +185,8 @@ def _detection2d_findings(root: Path) -> tuple[dict, Path]:
         if effusion:
             pixels[36:44, 4:36] += 100
             boxes.append({"label": "Effusion", "x": 4, "y": 36, "w": 32, "h": 8})
-        name = f"img{i:03d}.png"
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / name)
-        split = "train" if i < 20 else "val" if i < 28 else "test"
-        rows.append({"case_id": f"c{i}", "patient_id": f"p{i // 2}", "image": name, "target_mass": int(mass),
-                     "target_effusion": np.nan if i == 4 else int(effusion), "boxes": json.dumps(boxes),
-                     "split": split})  # fmt: skip
+        rows.append(_film(root, i, pixels) | {"target_mass": int(mass), "boxes": json.dumps(boxes),
+                                              "target_effusion": np.nan if i == 4 else int(effusion)})  # fmt: skip
     manifest = root / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     task = {"kind": "detection2d", "findings": ["mass", "effusion"], "patch": 32, "patches_per_epoch": 16}

@@ -32,7 +32,7 @@ import math
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -72,9 +72,20 @@ def _load(run_dir: Path, split: str) -> tuple[dict[str, Any], pd.DataFrame, Mode
     return metrics, predictions, ModelPackage.load(run_dir)
 
 
-def _labelled_scores(table: pd.DataFrame) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """``(name, labels, probabilities)`` for every probability column with a 0/1 label column:
-    ``prob`` with ``target``, ``prob_<name>`` with ``target_<name>``; unknown labels dropped."""
+class _Labelled(NamedTuple):
+    """A probability column with its 0/1 label column, over the rows where both are known."""
+
+    name: str  # the finding, or "score" for a binary task's ``prob``
+    column: str
+    target: str
+    known: np.ndarray  # rows of the table used
+    labels: np.ndarray
+    scores: np.ndarray
+
+
+def _labelled_scores(table: pd.DataFrame) -> list[_Labelled]:
+    """Every probability column with a 0/1 label column: ``prob`` with ``target``, ``prob_<name>``
+    with ``target_<name>``; unknown labels dropped."""
     pairs = []
     for column in table.columns:
         if column == "prob":
@@ -91,7 +102,7 @@ def _labelled_scores(table: pd.DataFrame) -> list[tuple[str, np.ndarray, np.ndar
         known = np.isfinite(labels) & np.isfinite(scores)
         labels, scores = labels[known], scores[known]
         if len(labels) and set(np.unique(labels).tolist()) == {0.0, 1.0} and scores.min() >= 0 and scores.max() <= 1:
-            pairs.append((name, labels.astype(int), scores))
+            pairs.append(_Labelled(name, column, target, known, labels.astype(int), scores))
     return pairs
 
 
@@ -111,7 +122,7 @@ def _png(figure: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _plots(metrics: Mapping[str, Any], table: pd.DataFrame) -> list[dict[str, str]]:
+def _plots(metrics: Mapping[str, Any], table: pd.DataFrame, labelled: list[_Labelled]) -> list[dict[str, str]]:
     """The report's figures as ``{title, caption, src}`` (PNG data URLs)."""
     import matplotlib
 
@@ -120,7 +131,7 @@ def _plots(metrics: Mapping[str, Any], table: pd.DataFrame) -> list[dict[str, st
     from sklearn.metrics import roc_curve
 
     plots = []
-    pairs = _labelled_scores(table)[:_MAX_PLOTTED]
+    pairs = [(p.name, p.labels, p.scores) for p in labelled[:_MAX_PLOTTED]]
     if pairs:
         figure, axis = plt.subplots(figsize=(5.2, 4.6))
         for name, labels, scores in pairs:
@@ -277,7 +288,7 @@ def _thumbnail(path: Path) -> np.ndarray | None:
     return np.clip((image - low) / max(high - low, 1e-6), 0, 1)
 
 
-def _gallery(table: pd.DataFrame, folder: Path | None) -> list[dict[str, str]]:
+def _gallery(table: pd.DataFrame, labelled: list[_Labelled], folder: Path | None) -> list[dict[str, str]]:
     """Per probability (the first few), the negatives scored highest and the positives scored lowest,
     with their images (and, for 2D detection, the detections of that finding in red and the true
     boxes in green)."""
@@ -287,8 +298,7 @@ def _gallery(table: pd.DataFrame, folder: Path | None) -> list[dict[str, str]]:
     from matplotlib.patches import Rectangle
 
     out = []
-    for name, _, _ in _labelled_scores(table)[:_GALLERY_PROBABILITIES]:
-        column, target = ("prob", "target") if name == "score" else (f"prob_{name}", f"target_{name}")
+    for name, column, target, *_ in labelled[:_GALLERY_PROBABILITIES]:
         labels = pd.to_numeric(table[target], errors="coerce")
         negatives = table[labels == 0].sort_values(column, ascending=False).head(_GALLERY)
         positives = table[labels == 1].sort_values(column, ascending=True).head(_GALLERY)
@@ -398,10 +408,7 @@ def subgroup_rows(table: pd.DataFrame, *, bootstrap: int = 1000) -> list[dict[st
     attributes = _attributes(table)
     patients = (table["patient_id"] if "patient_id" in table.columns else table.index.to_series()).astype(str)
     rows = []
-    for name, labels, scores in _labelled_scores(table):
-        column = "prob" if name == "score" else f"prob_{name}"
-        target = "target" if name == "score" else f"target_{name}"
-        known = (pd.to_numeric(table[target], errors="coerce").notna() & table[column].notna()).to_numpy()
+    for name, _, _, known, labels, scores in _labelled_scores(table):
         for attribute, values in attributes.items():
             values = values[known].fillna("unknown").to_numpy()
             for value in sorted(set(values.tolist()), key=lambda v: (not v.startswith("<"), v)):  # "<40" first
@@ -509,6 +516,7 @@ def build_report(run_dir: str | os.PathLike[str], *, split: str = "test") -> dic
     metrics, table, package = _load(run_dir, split)
     provenance = package.provenance
     resamples = min(int(metrics.get("bootstrap_resamples") or 1000), _SUBGROUP_RESAMPLES)
+    labelled = _labelled_scores(table)
     content = {
         "title": f"{package.recipe}: validation on the {split} split",
         "split": split,
@@ -534,8 +542,8 @@ def build_report(run_dir: str | os.PathLike[str], *, split: str = "test") -> dic
         "calibration": _calibration_rows(metrics),
         "subgroups": subgroup_rows(table, bootstrap=resamples),
         "warnings": list(metrics.get("warnings") or []),
-        "plots": _plots(metrics, table),
-        "gallery": _gallery(table, Path(provenance.manifest).parent if provenance.manifest else None),
+        "plots": _plots(metrics, table, labelled),
+        "gallery": _gallery(table, labelled, Path(provenance.manifest).parent if provenance.manifest else None),
         "training": _training(run_dir),
         "subgroup_resamples": resamples,
     }
