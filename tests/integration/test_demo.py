@@ -27,7 +27,10 @@ def test_quick_demo_runs_every_recipe(tmp_path):
     index = (tmp_path / "demo" / "index.html").read_text()
     for recipe in ("dr-grading", "cxr-findings", "mammo-screening", "brain-tumor-seg", "cardiac-function"):
         assert f'href="runs/{recipe}/report.html"' in index
-        check_page(tmp_path / "demo" / "runs" / recipe / "report.html")
+        page = check_page(tmp_path / "demo" / "runs" / recipe / "report.html")
+        explained = (tmp_path / "demo" / "runs" / recipe / "explain" / "explanations.json").is_file()
+        assert explained == (recipe in ("dr-grading", "cxr-findings", "mammo-screening"))  # the 2D runs
+        assert ("Explanations" in page.headings) == explained
     assert "validation reports:" in result.output
 
 
@@ -325,7 +328,7 @@ def test_the_command_prints_a_new_plan_and_what_it_left_out(monkeypatch, tmp_pat
     monkeypatch.setattr(demo, "plan_demo", lambda *a, **k: plan)
     row = demo.DemoRow("dr-grading", "referable-DR AUC", 0.95, 0.9, 1.0, 0.9, 1.0)
 
-    def run(out, *, seed, progress, plan, on_replan):
+    def run(out, *, seed, progress, plan, on_replan, explain):
         changed, message = demo.replan(plan, [20 * plan.seconds(plan.steps[0])], 20 * plan.seconds(plan.steps[0]))
         on_replan(changed, message)
         return [row]

@@ -243,6 +243,32 @@ def test_fit_predict_evaluate_through_the_seam(tmp_path, case):
     assert predicted.table()["input"].tolist() == [str(f) for f in files]
     CHECKS.get(case, _classification_check)(predictor, predicted, saved, files)
     check_page(write_report(run))  # the validation report of every task
+    _explain_check(predictor, files[:2], tmp_path / "explain")
+
+
+def _explain_check(predictor, files, out: Path) -> None:
+    """Every task is explained through the seam: a map per method on each input's grid (3D: on one
+    window, and written as NIfTI on the input's own grid), overlays that decode, the checks in
+    explanations.json."""
+    from medsight.explain import explain_files, write_explanations
+    from medsight.io import read
+
+    result = explain_files(predictor, files, methods=["gradcam", "occlusion"])
+    written = json.loads(write_explanations(result, out).read_text())
+    assert [i["input"] for i in written["images"]] == [str(f) for f in files]
+    for item, record in zip(result.images, written["images"], strict=True):
+        assert item.target in predictor.task.explain_targets() and 0 <= item.probability <= 1
+        for method in ("gradcam", "occlusion"):
+            assert item.maps[method].shape == item.image.shape[1:] and np.all(np.isfinite(item.maps[method]))
+            width, height = Image.open(out / record["overlays"][method]).size
+            scale = height // item.image.shape[-2]  # small inputs are drawn larger, by a whole factor
+            assert scale >= 1 and (width, height) == (2 * scale * item.image.shape[-1], scale * item.image.shape[-2])
+            if predictor.task.spatial_dims == 3:
+                source, found = read(item.name), read(out / record["maps"][method])
+                assert found.spatial_shape == source.spatial_shape and found.geometry.isclose(source.geometry)
+                assert np.all(np.isfinite(found.array)) and found.array.dtype == np.float32
+    assert set(written["methods"]) == {"gradcam", "occlusion"}
+    assert {"faithfulness", "randomisation", "deletion_auc"} <= set(written["methods"]["gradcam"])
 
 
 def evaluation_cases(run: Path) -> pd.DataFrame:

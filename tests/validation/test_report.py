@@ -65,7 +65,8 @@ def check_page(page: Path, *, plots: int | None = None) -> _Page:
     if plots is not None:
         assert len(parsed.images) == plots
     summary = json.loads(page.with_suffix(".json").read_text())
-    assert len(summary["plots"]) + len(summary["gallery"]) == len(parsed.images) and summary["figures"]
+    shown = len((summary.get("explanations") or {}).get("overlays", []))
+    assert len(summary["plots"]) + len(summary["gallery"]) + shown == len(parsed.images) and summary["figures"]
     _render(page)
     return parsed
 

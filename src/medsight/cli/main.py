@@ -14,6 +14,7 @@ from rich.table import Table
 
 from medsight import __version__
 from medsight.cli import data as data_commands
+from medsight.cli import explain as explain_commands
 from medsight.cli import pipeline as pipeline_commands
 from medsight.cli.common import err, friendly, out, plain, progress_bar, state
 from medsight.core.errors import ConfigError, InputError
@@ -43,6 +44,7 @@ def _version(value: bool) -> None:
 
 app.add_typer(data_commands.app, name="data")
 pipeline_commands.register(app)
+explain_commands.register(app)
 
 
 @app.callback()

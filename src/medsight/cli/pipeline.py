@@ -336,6 +336,7 @@ def demo_command(
     """
     import time
 
+    from medsight.explain import explain_run
     from medsight.validation.demo import plan_demo, run_demo
 
     if quick and long:
@@ -351,7 +352,8 @@ def demo_command(
         out.print(f"[yellow]{message}[/]")
 
     with progress_bar() as progress:
-        rows = run_demo(output, seed=seed, progress=progress, plan=plan, on_replan=replanned)
+        rows = run_demo(output, seed=seed, progress=progress, plan=plan, on_replan=replanned,
+                        explain=explain_run)  # fmt: skip
     out.print(demo_table(rows))
     if quick:
         out.print("[yellow]quick mode: one epoch on a handful of tiny images, so these figures mean nothing[/]")
@@ -359,4 +361,6 @@ def demo_command(
         out.print(f"[yellow]{plan.left_out_note()}[/]")
     out.print(f"done in {time.perf_counter() - started:.0f} s; runs, metrics and predictions are in {output}/")
     if (output / "index.html").is_file():
-        out.print(f"validation reports: {output / 'index.html'} (one page per recipe)")
+        out.print(
+            f"validation reports: {output / 'index.html'} (one page per recipe; 2D models explained in RUN/explain/)"
+        )

@@ -33,7 +33,7 @@ from medsight.io.formats import files_under
 from medsight.models import load_checkpoint
 from medsight.tasks import ModelPackage, Prediction, Task, TaskData
 
-__all__ = ["Predictor", "expand_inputs", "image_facts"]
+__all__ = ["Predictor", "expand_inputs", "image_facts", "read_input"]
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _read(path: str | os.PathLike[str]) -> Volume:
     return read(path, invert_monochrome1=True) if detect_format(path) in ("dicom", "dicom-series") else read(path)
 
 
-def _read_channels(name: Path, files: Sequence[Path]) -> Volume:
+def read_input(name: Path, files: Sequence[Path]) -> Volume:
     """One input: a file, or the channel files of a case stacked in order (they must share a grid)."""
     volumes = []
     for path in files:
@@ -267,12 +267,12 @@ class Predictor:
         maps the task makes (segmentation) are written to ``masks`` (a folder, made if needed), one
         per input on its exact grid, named in an ``output`` column. Each file is read once; a file
         that cannot be read or prepared is named in the error."""
-        groups = self._groups(inputs)
+        groups = self.input_files(inputs)
         paths = list(groups)
         cases, scores = [], []
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            volumes = [_read_channels(path, groups[path]) for path in chunk]
+            volumes = [read_input(path, groups[path]) for path in chunk]
             try:
                 chunk_scores, maps = self.predict_volumes(volumes, slice_index=slice_index)
             except MedsightError as exc:
@@ -287,7 +287,7 @@ class Predictor:
                 progress("predicting", min(start + batch_size, len(paths)), len(paths))
         return Prediction(pd.DataFrame(cases), pd.concat(scores, ignore_index=True), self.provenance)
 
-    def _groups(self, inputs: Sequence[str | os.PathLike[str]]) -> dict[Path, list[Path]]:
+    def input_files(self, inputs: Sequence[str | os.PathLike[str]]) -> dict[Path, list[Path]]:
         """Each input to predict on, with the files it is read from: a case folder holding the
         model's channels (``*_t1.nii.gz``, ``*_flair.nii.gz``...) is one input of those files; other
         folders are expanded (:func:`expand_inputs`)."""

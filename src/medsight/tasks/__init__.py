@@ -1,7 +1,16 @@
 """Tasks: the seam every layer above dispatches through (what a network predicts, its loss, data,
 predictions and their evaluation), and how predictions combine (views -> exams)."""
 
-from medsight.tasks.base import Task, TaskData, Training, register_task, registered_tasks, task_for, task_spec_types
+from medsight.tasks.base import (
+    Task,
+    TaskData,
+    Training,
+    VolumeView,
+    register_task,
+    registered_tasks,
+    task_for,
+    task_spec_types,
+)
 from medsight.tasks.classification import ClassificationSpec, ClassificationTask, corn_class_probabilities, corn_loss
 from medsight.tasks.detection import DetectionSpec, DetectionTask
 from medsight.tasks.detection2d import Detection2DSpec, Detection2DTask
@@ -29,6 +38,7 @@ __all__ = [
     "Task",
     "TaskData",
     "Training",
+    "VolumeView",
     "attention_pool",
     "corn_class_probabilities",
     "corn_loss",

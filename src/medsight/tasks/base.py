@@ -23,10 +23,10 @@ from pydantic import BaseModel
 from torch import nn
 from torch.utils.data import Dataset
 
-from medsight.core.errors import ConfigError
+from medsight.core.errors import ConfigError, InputError
 from medsight.core.progress import Progress
 from medsight.core.volume import Volume
-from medsight.data.manifest import Manifest
+from medsight.data.manifest import Manifest, parse_boxes
 from medsight.models.predict import run_model
 from medsight.models.registry import ModelChoice
 from medsight.tasks.results import Estimate, Prediction
@@ -35,6 +35,7 @@ __all__ = [
     "Task",
     "TaskData",
     "Training",
+    "VolumeView",
     "as_model",
     "register_task",
     "registered_tasks",
@@ -87,6 +88,24 @@ class Training:
     augment_batch: Callable[..., Any] | None = None
     batch_size: int | None = None
     epochs: int | None = None
+
+
+@dataclass(frozen=True)
+class VolumeView:
+    """A whole volume as a 3D task's network sees it, for explanations.
+
+    Attributes:
+        image: ``(C, Z, Y, X)`` the preprocessed volume (the plan's grid).
+        evidence: ``(K, Z, Y, X)`` per explanation target, where the whole-volume prediction finds it
+            (a probability per voxel) on the same grid.
+        patch: The network's patch size (what one explanation covers).
+        to_source: A map ``(Z, Y, X)`` on that grid -> the same map on the input's own grid.
+    """
+
+    image: np.ndarray
+    evidence: np.ndarray
+    patch: tuple[int, ...]
+    to_source: Callable[[np.ndarray], np.ndarray]
 
 
 class Task(ABC):
@@ -242,6 +261,57 @@ class Task(ABC):
         """Binary (labels, scores) per headline score, one per row of ``table`` (labels NaN where
         unknown), for the comparison of two runs (DeLong's test clustered by patient)."""
         raise ConfigError(f"{type(self).__name__} has no binary scores to compare with DeLong's test")
+
+    # --- explanations -----------------------------------------------------------------------
+    def explain_targets(self) -> tuple[str, ...]:
+        """What an explanation can be asked about: one score per name (:meth:`explain_logits`).
+
+        Raises:
+            ConfigError: the task has no scores to explain (the default).
+        """
+        raise ConfigError(f"{type(self).__name__} cannot be explained yet (no explanation targets)")
+
+    def explain_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` differentiable logits of :meth:`explain_targets` from the network's outputs
+        (what attribution methods take the gradient of, or perturb the input against)."""
+        raise ConfigError(f"{type(self).__name__} cannot be explained yet (no explanation targets)")
+
+    def explain_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` probabilities of :meth:`explain_logits` (independent sigmoids by default)."""
+        return torch.sigmoid(logits.float())
+
+    def explain_default(self, probabilities: np.ndarray) -> int:
+        """The target explained when none is named, from its ``(K,)`` probabilities: the most probable."""
+        return int(np.argmax(probabilities))
+
+    def explain_volume(self, model: nn.Module, volume: Volume, preprocess: BaseModel) -> VolumeView:
+        """For tasks that predict whole volumes: the volume on the network's grid, where each target
+        is found in it, and the way back to the input's grid (what a 3D explanation is placed by).
+
+        Raises:
+            ConfigError: the task explains prepared images instead (2D; the default).
+        """
+        raise ConfigError(f"{type(self).__name__} explains prepared images (input_array), not whole volumes")
+
+    def explain_boxes(self, cell: Any, case: str, target: int) -> np.ndarray:
+        """``(n, 4)`` boxes ``x0, y0, x1, y1`` (source pixels) that show target ``target`` in a
+        manifest's ``boxes`` cell: those labelled with its name (case-insensitive), or every box
+        when the task explains one target only.
+
+        Raises:
+            InputError: the cell is not a list of ``x, y, w, h`` boxes (naming ``case``).
+        """
+        names = self.explain_targets()
+        rows = []
+        for n, box in enumerate(parse_boxes(cell, case)):
+            try:
+                x, y, w, h = (float(box[k]) for k in ("x", "y", "w", "h"))
+            except (KeyError, TypeError, ValueError):
+                raise InputError(f"case {case}: box {n + 1} is {box!r}; a 2D box needs x, y, w, h in pixels") from None
+            if len(names) > 1 and str(box.get("label", "")).strip().lower() != names[target].lower():
+                continue
+            rows.append((x, y, x + max(w, 0.0), y + max(h, 0.0)))
+        return np.array(rows, float).reshape(-1, 4)
 
 
 M = TypeVar("M", bound=BaseModel)

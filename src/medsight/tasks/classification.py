@@ -458,6 +458,40 @@ class ClassificationTask(Task):
     def paired_scores(self, table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return report.paired_scores(self, table)
 
+    # --- explanations -----------------------------------------------------------------------
+    def explain_targets(self) -> tuple[str, ...]:
+        """binary: the positive class; multi-class and multi-label: every class or finding;
+        ordinal: ``<grade>+`` (this grade or worse) for every grade above the first."""
+        if self.kind == "binary":
+            return (self.classes[-1],)
+        if self.kind == "ordinal":
+            return tuple(f"{name}+" for name in self.classes[1:])
+        return tuple(self.classes)
+
+    def explain_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The network's logits; for ordinal grades the log-odds of each grade or worse (from the
+        CORN logits: log P(grade >= k) is the sum of the first k conditional log-sigmoids)."""
+        logits = outputs.float()
+        if self.kind == "binary":
+            return logits.reshape(-1, 1)
+        if self.kind != "ordinal":
+            return logits
+        log_at_least = torch.cumsum(F.logsigmoid(logits), dim=1)  # log P(grade >= k), k = 1..K-1
+        return log_at_least - torch.log(-torch.expm1(log_at_least.clamp_max(-1e-7)))
+
+    def explain_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits.float(), dim=1) if self.kind == "multiclass" else torch.sigmoid(logits.float())
+
+    def explain_default(self, probabilities: np.ndarray) -> int:
+        """The most probable class or finding; for ordinal grades the referable grade when the recipe
+        names one, else the worst grade at least as likely as not."""
+        if self.kind != "ordinal":
+            return int(np.argmax(probabilities))
+        if self.referable_grade is not None:
+            return self.referable_grade - 1
+        likely = np.flatnonzero(probabilities >= 0.5)
+        return int(likely[-1]) if len(likely) else 0
+
     @staticmethod
     def at_least(probabilities: torch.Tensor, grade: int) -> torch.Tensor:
         """For ordinal tasks: P(grade >= ``grade``), e.g. referable DR = P(ICDR grade >= 2).

@@ -56,7 +56,7 @@ from medsight.io.atomic import atomic_dir
 from medsight.metrics.detection import EXCLUDED_DIAMETER_MM, LUNA16_RATES, froc_summary, match_nodules
 from medsight.models.registry import ModelChoice
 from medsight.planning import Plan
-from medsight.tasks.base import Task, TaskData, Training, as_model, register_task
+from medsight.tasks.base import Task, TaskData, Training, VolumeView, as_model, register_task
 from medsight.tasks.results import Estimate, Prediction
 from medsight.tasks.segmentation import (
     PlanRequest,
@@ -448,6 +448,18 @@ class DetectionTask(Task):
                                       study_uid=volume.metadata.study_uid)  # fmt: skip
             overlays.append(Volume(drawn[None], volume.geometry, metadata))
         return pd.DataFrame(rows), overlays
+
+    # --- explanations -----------------------------------------------------------------------
+    def explain_targets(self) -> tuple[str, ...]:
+        return (self.spec.finding,)
+
+    def explain_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The finding's most probable voxel, as log-odds (two-class softmax)."""
+        logit = outputs[:, 1].float() - outputs[:, 0].float()
+        return logit.flatten(1).amax(1, keepdim=True)
+
+    def explain_volume(self, model: nn.Module, volume: Volume, preprocess: BaseModel) -> VolumeView:
+        return self.backbone.explain_volume(model, volume, preprocess)
 
     def grouped(self, table: pd.DataFrame, fitted: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
         """The candidates of every scan as LUNA16 rows (``seriesuid``: the case id, else the input

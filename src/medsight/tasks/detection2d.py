@@ -693,6 +693,20 @@ class Detection2DTask(Task):
     def paired_scores(self, table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return report.paired_scores(self.classifier, table)
 
+    # --- explanations -----------------------------------------------------------------------
+    def explain_targets(self) -> tuple[str, ...]:
+        """Each finding scored per cell."""
+        return tuple(self.settings.channels)
+
+    def explain_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Each finding's most probable cell (the image score the task reports), as a logit."""
+        return outputs.float().flatten(2).amax(2)
+
+    def explain_boxes(self, cell: Any, case: str, target: int) -> np.ndarray:
+        """The boxes showing finding ``target`` as training drew them (labels, aliases, BI-RADS)."""
+        coded = self.coded_boxes(cell, case, np.ones(len(self.settings.channels), bool))
+        return coded[coded[:, 4] == target, :4]
+
 
 def _cell_targets(
     maps: torch.Tensor, cells: Sequence[int]

@@ -37,7 +37,7 @@ from medsight.metrics.bootstrap import bootstrap_ci
 from medsight.metrics.segmentation import dice, lesion_wise, surface_scores
 from medsight.models.registry import ModelChoice
 from medsight.planning import Plan, make_plan, read_plan
-from medsight.tasks.base import Task, TaskData, Training, as_model, register_task
+from medsight.tasks.base import Task, TaskData, Training, VolumeView, as_model, register_task
 from medsight.tasks.results import Estimate, Prediction
 from medsight.transforms.batch3d import BatchAugmenter3D
 from medsight.transforms.volume3d import restore
@@ -618,6 +618,36 @@ class SegmentationTask(Task):
                                       study_uid=volume.metadata.study_uid)  # fmt: skip
             maps.append(Volume(np.stack(labels), volume.geometry, metadata))
         return pd.DataFrame(rows), maps
+
+    # --- explanations -----------------------------------------------------------------------
+    def explain_targets(self) -> tuple[str, ...]:
+        """Each structure (label, or region where the recipe names regions)."""
+        return tuple(self.structures)
+
+    def explain_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Per structure, the log-odds of the share of the patch the network gives it (the mean of
+        its voxels' probabilities): what grows with every voxel of evidence for it."""
+        logits = outputs.float()
+        probs = torch.sigmoid(logits) if self.regions else torch.softmax(logits, dim=1)[:, 1:]
+        share = probs.flatten(2).mean(2).clamp(1e-6, 1 - 1e-6)
+        return torch.log(share) - torch.log1p(-share)
+
+    def explain_volume(self, model: nn.Module, volume: Volume, preprocess: BaseModel) -> VolumeView:
+        """The volume on the plan's grid, each structure's probability there (sliding windows), and
+        the plan's way back to the input's grid."""
+        plan = preprocess if isinstance(preprocess, Plan) else None
+        if plan is None:
+            raise ConfigError("the model package holds no plan; train it again")
+        if volume.is_2d:
+            raise InputError("the model reads 3D volumes; this input is a single slice")
+        if volume.channels != plan.in_channels:
+            raise InputError(f"the model reads {plan.in_channels} channel(s) per case; this input has "
+                             f"{volume.channels} (a cine: explain one frame, saved as its own file)")  # fmt: skip
+        case = preprocess_for_plan(np.asarray(volume.array), volume.geometry.spacing, plan)
+        logits = sliding_window(model, case.image, plan, overlap=self.spec.overlap)
+        evidence = torch.sigmoid(logits) if self.regions else torch.softmax(logits, dim=0)[1:]
+        return VolumeView(case.image, evidence.numpy(), tuple(plan.patch_size),
+                          lambda found: restore(found[None].astype(np.float32), case)[0])  # fmt: skip
 
     def case_files(self, folder: Path, preprocess: BaseModel) -> list[Path] | None:
         """For a model of several channels: the folder's file for each channel, found by its name

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
 
-from medsight.core.errors import ConfigError
+from medsight.core.errors import ConfigError, MedsightError
 from medsight.core.progress import Progress
 from medsight.data.phantoms import make_phantom, phantoms
 from medsight.data.registry import build_manifest
@@ -476,6 +476,7 @@ def run_demo(
     progress: Progress | None = None,
     plan: DemoPlan | None = None,
     on_replan: Callable[[DemoPlan, str], None] | None = None,
+    explain: Callable[[Path, Path], object] | None = None,
 ) -> list[DemoRow]:
     """Make, train and evaluate every recipe on phantoms under ``out``; return the headline rows.
 
@@ -485,7 +486,9 @@ def run_demo(
     whole chain runs; its figures mean nothing. ``long`` gives chest X-rays more cases, larger
     images and more epochs (:data:`LONG`).
     After each recipe the rest is re-planned when the demo runs slower than estimated
-    (:func:`replan`); ``on_replan`` is told the new plan and why.
+    (:func:`replan`); ``on_replan`` is told the new plan and why. ``explain(run, manifest)``, when
+    given, explains each evaluated run before its report is written (the report shows what it wrote
+    into ``RUN/explain``); a failure there is logged, not fatal.
     Timings per stage go to ``out/timings.json``; each run's validation report to
     ``out/runs/<recipe>/report.html``, linked from ``out/index.html``.
     """
@@ -522,9 +525,16 @@ def run_demo(
         fit(_recipe(step, extra, seed), manifest_path, run, progress=progress)
         trained = time.perf_counter()
         report = evaluate_run(run, progress=progress)
-        pages.append(write_report(run))
         evaluated = time.perf_counter()
-        timings[step.recipe].update(train_s=round(trained - started, 1), evaluate_s=round(evaluated - trained, 1))
+        if explain is not None:
+            try:
+                explain(run, manifest_path)
+            except MedsightError as exc:
+                log.warning("%s: explanations left out (%s)", step.recipe, exc)
+        pages.append(write_report(run))
+        reported = time.perf_counter()
+        timings[step.recipe].update(train_s=round(trained - started, 1), evaluate_s=round(evaluated - trained, 1),
+                                    explain_report_s=round(reported - evaluated, 1))  # fmt: skip
         seconds = time.perf_counter() - started + timings[step.recipe]["phantoms_s"]
         for line in step.headlines:
             value = report.figure(line.figure)

@@ -46,6 +46,7 @@ from medsight.metrics.classification import roc_auc
 from medsight.metrics.decision import DEFAULT_THRESHOLDS, net_benefit, net_benefit_all
 from medsight.tasks import ModelPackage
 from medsight.tasks.results import json_ready
+from medsight.validation.explanations import explanation_section
 
 __all__ = ["SUBGROUP_COLUMNS", "build_report", "subgroup_rows", "write_index", "write_report"]
 
@@ -501,6 +502,9 @@ def _checklist(content: Mapping[str, Any]) -> list[dict[str, str]]:
          f"{len(subgroups)} subgroup(s) scored" if subgroups else "no subgroup attribute with enough cases"),
         ("Failure analysis", "reported" if content["gallery"] else "not applicable",
          "failure gallery" if content["gallery"] else "no images with labelled probabilities"),
+        ("Explainability: attribution maps checked for faithfulness and against randomised weights",
+         "reported" if content["explanations"] else "not known",
+         "explanations section" if content["explanations"] else "run `medsight explain RUN --data MANIFEST`"),
         ("Software and versions", "reported", "provenance below"),
     ]  # fmt: skip
     return [{"item": item, "status": status, "where": where} for item, status, where in items]
@@ -546,6 +550,7 @@ def build_report(run_dir: str | os.PathLike[str], *, split: str = "test") -> dic
         "gallery": _gallery(table, labelled, Path(provenance.manifest).parent if provenance.manifest else None),
         "training": _training(run_dir),
         "subgroup_resamples": resamples,
+        "explanations": explanation_section(run_dir),
     }
     content["checklist"] = _checklist(content)
     return content
@@ -579,6 +584,21 @@ evaluations listed their headline figures: run <code>medsight evaluate</code> on
 {% if r.gallery %}<h2>Failure gallery</h2>
 {% for p in r.gallery %}<figure><img src="{{ p.src }}" alt="{{ p.title }}"><figcaption><b>{{ p.title }}.</b>
 {{ p.caption }}</figcaption></figure>{% endfor %}{% endif %}
+{% if r.explanations %}<h2>Explanations</h2>
+<p>From <code>{{ r.explanations.source }}</code> (<code>medsight explain</code>). Faithfulness: the area
+between the insertion and deletion curves in the map's pixel order less the same in a random order
+(above 0: the map ranks pixels better than chance). Energy in box: the share of the map's positive
+mass inside the true boxes, against the share of the image they cover. Randomised weights: the rank
+correlation of each map with the map of a network whose weights were drawn again (Adebayo et al.
+2018); a map that does not change shows the image, not what the model learned.</p>
+<table><tr><th>method</th><th>images</th><th>faithfulness [95 % CI]</th><th>deletion / insertion AUC</th>
+<th>energy in box</th><th>pointing game</th><th>randomised weights</th></tr>
+{% for m in r.explanations.rows %}<tr><td>{{ m.method }}</td><td>{{ m.images }}</td><td>{{ m.faithfulness }}</td>
+<td>{{ m["deletion / insertion"] }}</td><td>{{ m["energy in box"] }}</td><td>{{ m["pointing game"] }}</td>
+<td{% if "NOT" in m["randomised weights"] %} class="warn"{% endif %}>{{ m["randomised weights"] }}</td></tr>
+{% endfor %}</table>
+{% for p in r.explanations.overlays %}<figure><img src="{{ p.src }}" alt="{{ p.title }}"><figcaption>
+{{ p.title }} (true boxes green, the map's peak cyan)</figcaption></figure>{% endfor %}{% endif %}
 {% if r.calibration %}<h2>Calibration</h2>
 <table><tr><th>probability</th><th>ECE</th><th>slope</th><th>intercept</th></tr>
 {% for c in r.calibration %}<tr><td>{{ c.name }}</td><td>{{ c.ece }}</td><td>{{ c.slope }}</td>
@@ -636,8 +656,12 @@ def write_report(
     html = environment.from_string(_PAGE).render(r=content, fmt=lambda block: " ".join(_with_interval(block)))
     with atomic_file(page) as tmp:
         tmp.write_text(html, encoding="utf-8")
-    data = {k: v for k, v in content.items() if k not in ("plots", "gallery")}
+    data = {k: v for k, v in content.items() if k not in ("plots", "gallery", "explanations")}
     data |= {"plots": [p["title"] for p in content["plots"]], "gallery": [p["title"] for p in content["gallery"]]}
+    if content["explanations"]:
+        shown = content["explanations"]
+        data["explanations"] = {"source": shown["source"], "rows": shown["rows"],
+                                "overlays": [p["title"] for p in shown["overlays"]]}  # fmt: skip
     with atomic_file(page.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(json_ready(data), indent=2, allow_nan=False))
     log.info("wrote %s (%d plots)", page, len(content["plots"]))

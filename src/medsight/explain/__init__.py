@@ -1,0 +1,29 @@
+"""Explanations: attribution maps of any task's network, with checks of their faithfulness."""
+
+from medsight.explain.attribution import METHODS, ExplainedNetwork, attribute, feature_layer, randomised
+from medsight.explain.explainer import (
+    ExplainResult,
+    explain,
+    explain_files,
+    explain_run,
+    explain_split,
+    write_explanations,
+)
+from medsight.explain.faithfulness import box_energy, deletion_insertion, rank_correlation
+
+__all__ = [
+    "METHODS",
+    "ExplainResult",
+    "ExplainedNetwork",
+    "attribute",
+    "box_energy",
+    "deletion_insertion",
+    "explain",
+    "explain_files",
+    "explain_run",
+    "explain_split",
+    "feature_layer",
+    "randomised",
+    "rank_correlation",
+    "write_explanations",
+]
