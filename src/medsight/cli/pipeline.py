@@ -8,7 +8,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -21,6 +21,27 @@ if TYPE_CHECKING:
     from medsight.validation.demo import DemoPlan, DemoRow
 
 # torch, MONAI, pandas and the engine are imported inside each command: `--help` stays instant
+
+
+UncertaintyOption = Annotated[
+    str | None,
+    typer.Option("--uncertainty", help="tta, mc-dropout or ensemble: each score the mean of several predictions, "
+                 "with its spread as sd_<column> (evaluate adds referral curves)."),
+]  # fmt: skip
+SamplesOption = Annotated[int, typer.Option("--samples", min=2, help="Predictions per case for tta / mc-dropout.")]
+EnsembleOption = Annotated[
+    list[Path] | None,
+    typer.Option("--ensemble", help="Another run of the ensemble, repeatable (implies --uncertainty ensemble)."),
+]
+
+
+def _uncertainty(method: str | None, samples: int, ensemble: list[Path] | None) -> Any:
+    """The :class:`~medsight.inference.Uncertainty` the options ask for, or None."""
+    if method is None and not ensemble:
+        return None
+    from medsight.inference import Uncertainty
+
+    return Uncertainty(method or "ensemble", samples=samples, members=tuple(ensemble or ()))
 
 
 def _manifest_for(data: Path, run: Path) -> Path:
@@ -140,13 +161,17 @@ def evaluate_command(
     precision: Annotated[
         str, typer.Option("--precision", help="auto (bf16 for 3D models where the CPU runs it natively), fp32, bf16.")
     ] = "auto",
+    uncertainty: UncertaintyOption = None,
+    samples: SamplesOption = 8,
+    ensemble: EnsembleOption = None,
 ) -> None:
     """Metrics with 95 % CIs (bootstrap by patient); operating points chosen on the validation split."""
     from medsight.validation import evaluate_run
 
+    repeated = _uncertainty(uncertainty, samples, ensemble)
     with progress_bar() as progress:
         report = evaluate_run(run, manifest_path=data, split=split, bootstrap=bootstrap, out=output,
-                              precision=precision, progress=progress)  # fmt: skip
+                              precision=precision, progress=progress, uncertainty=repeated)  # fmt: skip
     table = Table(
         "figure",
         "estimate [95 % CI]",
@@ -184,6 +209,9 @@ def predict_command(
     precision: Annotated[
         str, typer.Option("--precision", help="auto (bf16 for 3D models where the CPU runs it natively), fp32, bf16.")
     ] = "auto",
+    uncertainty: UncertaintyOption = None,
+    samples: SamplesOption = 8,
+    ensemble: EnsembleOption = None,
 ) -> None:
     """Predict on image files or DICOM; one row per image. Mammography runs also write breast-
     and exam-level scores (``<out>_breasts.csv``, ``<out>_exams.csv``) fused as in evaluation;
@@ -192,10 +220,12 @@ def predict_command(
     from medsight.io.atomic import check_writable
 
     check_writable(output, option="--out")  # before any work: a bad --out must not waste the predictions
+    repeated = _uncertainty(uncertainty, samples, ensemble)
     predictor = Predictor.from_run(run, precision=precision)
     masks = output.with_name(f"{output.stem}_masks")  # label maps, for models that make them
     with progress_bar() as progress:
-        table = predictor.predict_files(inputs, slice_index=slice_index, masks=masks, progress=progress).table()
+        table = predictor.predict_files(inputs, slice_index=slice_index, masks=masks, progress=progress,
+                                        uncertainty=repeated).table()  # fmt: skip
     table.to_csv(output, index=False)
     out.print(f"wrote {len(table)} prediction(s) to {output}")
     if "output" in table:

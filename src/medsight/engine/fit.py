@@ -208,5 +208,7 @@ def package_of(recipe: Recipe, data: TaskData, manifest_path: str | os.PathLike[
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         seed=recipe.train.seed,
     )
+    augment = recipe.augment.model_dump(mode="json") if task_for(recipe.task).spatial_dims == 2 else None
     return ModelPackage(recipe=recipe.name, task=recipe.task, model=recipe.model, in_channels=data.in_channels,
-                        preprocess=data.preprocess.model_dump(mode="json"), provenance=provenance)  # fmt: skip
+                        preprocess=data.preprocess.model_dump(mode="json"), augment=augment,
+                        provenance=provenance)  # fmt: skip

@@ -1,5 +1,6 @@
 """Inference: trained models rebuilt from their package spec, predicting on new data."""
 
 from medsight.inference.predictor import Predictor, expand_inputs, image_facts
+from medsight.inference.uncertainty import Uncertainty
 
-__all__ = ["Predictor", "expand_inputs", "image_facts"]
+__all__ = ["Predictor", "Uncertainty", "expand_inputs", "image_facts"]

@@ -27,6 +27,7 @@ from medsight.core.volume import Volume
 from medsight.data.cache import default_cache_dir
 from medsight.data.cases import stack_channels
 from medsight.data.manifest import Manifest
+from medsight.inference.uncertainty import Uncertainty, combine, sampled_models, training_augmentation
 from medsight.io import detect_format, read, write
 from medsight.io.atomic import full_suffix
 from medsight.io.formats import files_under
@@ -236,22 +237,66 @@ class Predictor:
         folder = default_cache_dir(manifest, self.package.recipe, preprocess)
         return self.task.prepare(manifest, preprocess, folder, progress=progress)
 
-    def predict_split(self, data: TaskData, split: str, *, batch_size: int = 64) -> Prediction:
-        """The model's scores for one split of prepared data, beside the split's cases."""
+    def models(self, uncertainty: Uncertainty | None = None) -> list[nn.Module]:
+        """The networks whose predictions are combined: this one alone, or as ``uncertainty`` asks
+        (augmented copies, dropout draws, or this run and the ensemble's other runs).
+
+        Raises:
+            ConfigError: what the method needs is missing (see :func:`sampled_models`), or an
+                ensemble member predicts another task or prepares its inputs otherwise.
+        """
+        if uncertainty is None:
+            return [self.model]
+        members = []
+        for folder in uncertainty.members:
+            member = Predictor.from_run(folder, precision=self.precision)  # type: ignore[arg-type]
+            same = (member.package.task == self.package.task and member.package.in_channels == self.package.in_channels
+                    and member.package.preprocess == self.package.preprocess)  # fmt: skip
+            if not same:
+                raise ConfigError(
+                    f"{folder} is not a member of this ensemble: its task, input channels or preprocessing differ "
+                    f"from {self.run_dir}'s (train the members from one recipe)"
+                )
+            members.append(member.model)
+        augment = None
+        if uncertainty.method == "tta":
+            augment = training_augmentation(self.run_dir, self.package.augment)
+        return sampled_models(self.model, uncertainty, spatial_dims=self.task.spatial_dims, augment=augment,
+                              members=members)  # fmt: skip
+
+    def predict_split(
+        self, data: TaskData, split: str, *, batch_size: int = 64, uncertainty: Uncertainty | None = None
+    ) -> Prediction:
+        """The model's scores for one split of prepared data, beside the split's cases (with
+        ``uncertainty``: the mean of several predictions and their spread, ``sd_<column>``)."""
         indices = data.indices(split)
         if len(indices) == 0:
             raise InputError(f"the manifest has no {split!r} cases")
-        cases, scores = self.task.predict_split(self.model, data, indices, batch_size=batch_size)
-        return Prediction(cases, scores, self.provenance)
+        tables = []
+        for model in self.models(uncertainty):
+            cases, scores = self.task.predict_split(model, data, indices, batch_size=batch_size)
+            tables.append(scores)
+        return Prediction(cases, combine(tables) if len(tables) > 1 else tables[0], self.provenance)
 
     def predict_volumes(
-        self, volumes: Sequence[Volume], *, slice_index: int | None = None
+        self, volumes: Sequence[Volume], *, slice_index: int | None = None, uncertainty: Uncertainty | None = None
     ) -> tuple[pd.DataFrame, list[Volume] | None]:
         """Scores for images already read, preprocessed as in training (``slice_index``: which
-        slice of a 3D volume for a 2D model), and the label maps the task makes, if any."""
+        slice of a 3D volume for a 2D model), and the label maps the task makes, if any (with
+        ``uncertainty``: the scores' mean and spread; the first prediction's maps)."""
         if not volumes:
             raise InputError("no images to predict on")
-        return self.task.predict_volumes(self.model, volumes, self.preprocess, slice_index=slice_index)
+        return self._predict_volumes(self.models(uncertainty), volumes, slice_index)
+
+    def _predict_volumes(
+        self, models: Sequence[nn.Module], volumes: Sequence[Volume], slice_index: int | None
+    ) -> tuple[pd.DataFrame, list[Volume] | None]:
+        tables, maps = [], None
+        for i, model in enumerate(models):
+            scores, made = self.task.predict_volumes(model, volumes, self.preprocess, slice_index=slice_index)
+            tables.append(scores)
+            maps = made if i == 0 else maps
+        return (combine(tables) if len(models) > 1 else tables[0]), maps
 
     def predict_files(
         self,
@@ -261,20 +306,23 @@ class Predictor:
         slice_index: int | None = None,
         masks: str | os.PathLike[str] | None = None,
         progress: Progress | None = None,
+        uncertainty: Uncertainty | None = None,
     ) -> Prediction:
         """One row per image file (folders expanded; a DICOM series folder is one image): ``input``,
         DICOM facts (patient, study, laterality, view) when present, and the task's scores. Label
         maps the task makes (segmentation) are written to ``masks`` (a folder, made if needed), one
         per input on its exact grid, named in an ``output`` column. Each file is read once; a file
-        that cannot be read or prepared is named in the error."""
+        that cannot be read or prepared is named in the error. With ``uncertainty``, each score is
+        the mean of several predictions, with its spread as ``sd_<column>``."""
         groups = self.input_files(inputs)
         paths = list(groups)
+        models = self.models(uncertainty)
         cases, scores = [], []
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
             volumes = [read_input(path, groups[path]) for path in chunk]
             try:
-                chunk_scores, maps = self.predict_volumes(volumes, slice_index=slice_index)
+                chunk_scores, maps = self._predict_volumes(models, volumes, slice_index)
             except MedsightError as exc:
                 raise type(exc)(f"{', '.join(p.name for p in chunk)}: {exc}") from exc
             for i, (path, volume) in enumerate(zip(chunk, volumes, strict=True)):

@@ -70,6 +70,7 @@ class ModelChoice(BaseModel):
     pretrained: str | None = None  # a checkpoint file the user has
     freeze_epochs: int = Field(0, ge=0)
     pooling: Pooling = "avg"  # global pooling before the head (max/lse: small findings)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # before a classifier's head; MC dropout samples it at prediction
 
 
 class GlobalPool(nn.Module):
@@ -100,7 +101,13 @@ class GlobalPool(nn.Module):
 
 
 def build_model(
-    name: str, *, spatial_dims: int = 2, in_channels: int = 3, num_outputs: int = 1, pooling: Pooling = "avg"
+    name: str,
+    *,
+    spatial_dims: int = 2,
+    in_channels: int = 3,
+    num_outputs: int = 1,
+    pooling: Pooling = "avg",
+    dropout: float = 0.0,
 ) -> nn.Module:
     """Build a registered network with fresh weights.
 
@@ -111,6 +118,8 @@ def build_model(
         num_outputs: Size of the output layer (classes, findings, or ordinal thresholds).
         pooling: Global pooling before the head: ``avg`` (the network's own), ``max`` or
             ``lse`` (:class:`GlobalPool`); for small findings in large images.
+        dropout: When above 0, a dropout layer before the last linear layer (the head), which
+            Monte Carlo dropout samples at prediction.
     """
     models = registered_models()
     if name not in models:
@@ -132,4 +141,14 @@ def build_model(
         parent_path, _, attribute = spec.pool.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
         setattr(parent, attribute, GlobalPool(pooling))
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must lie in [0, 1), got {dropout}")
+    if dropout > 0:
+        heads = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        if not heads:
+            raise ConfigError(f"model {name!r} has no linear head to put dropout before; use dropout: 0")
+        path, head = heads[-1]
+        parent_path, _, attribute = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        setattr(parent, attribute, nn.Sequential(nn.Dropout(dropout), head))
     return model

@@ -323,7 +323,7 @@ class ClassificationTask(Task):
             raise ConfigError(f"{model.name} outputs a map per image (segmentation); a classifier needs a network "
                               "with one output vector, e.g. resnet18")  # fmt: skip
         return build_model(model.name, spatial_dims=2, in_channels=in_channels, num_outputs=self.num_outputs,
-                           pooling=model.pooling)  # fmt: skip
+                           pooling=model.pooling, dropout=model.dropout)  # fmt: skip
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean loss of a batch; unknown (``nan``) multi-label targets are left out."""

@@ -509,6 +509,9 @@ class Detection2DTask(Task):
     # --- network ----------------------------------------------------------------------------
     def network(self, model: ModelChoice, in_channels: int, preprocess: BaseModel | None = None) -> nn.Module:
         """The recipe's ResNet as a cell scorer (:class:`~medsight.models.cellmap.ResNetCells`), a map per finding."""
+        if model.dropout:
+            raise ConfigError("model.dropout applies to classifiers; the 2D detector has none (for uncertainty use "
+                              "--uncertainty tta or an ensemble)")  # fmt: skip
         return ResNetCells(model.name, in_channels, prior=_PRIOR, outputs=len(self.settings.channels))
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

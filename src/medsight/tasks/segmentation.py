@@ -317,7 +317,8 @@ class SegmentationTask(Task):
         up to four; it halves every axis at each level, so the patch must allow that). With the
         plan's ``network.deep_supervision`` (DynUNet only) it also outputs, while training, the
         logits of up to three coarser decoder levels (upsampled), which :meth:`loss` weighs in;
-        prediction reads the full-resolution output alone."""
+        prediction reads the full-resolution output alone. ``model.dropout`` puts dropout in every
+        block (what MC dropout samples)."""
         if not isinstance(preprocess, Plan):
             raise ConfigError("the segmentation network is shaped by a plan; none was made")
         net = preprocess.network
@@ -332,7 +333,8 @@ class SegmentationTask(Task):
             from monai.networks.nets import UNet
 
             return UNet(spatial_dims=3, in_channels=in_channels, out_channels=self.out_channels,
-                        channels=net.filters, strides=strides[1:], num_res_units=2, norm="instance")  # fmt: skip
+                        channels=net.filters, strides=strides[1:], num_res_units=2, norm="instance",
+                        dropout=model.dropout)  # fmt: skip
         if model.name == "segresnet":
             from monai.networks.nets import SegResNet
 
@@ -346,14 +348,16 @@ class SegmentationTask(Task):
                 )
             return SegResNet(spatial_dims=3, init_filters=net.filters[0], in_channels=in_channels,
                              out_channels=self.out_channels, blocks_down=(1, 2, 2, 4)[:levels],
-                             blocks_up=(1,) * (levels - 1), norm="instance")  # fmt: skip
+                             blocks_up=(1,) * (levels - 1), norm="instance",
+                             dropout_prob=model.dropout or None)  # fmt: skip
         from monai.networks.nets import DynUNet
 
         heads = min(3, len(strides) - 2) if net.deep_supervision else 0
         if net.deep_supervision and heads < 1:
             raise ConfigError(f"deep supervision needs a U-Net of at least 3 levels; the plan's has {len(strides)}")
         return DynUNet(3, in_channels, self.out_channels, kernels, strides, strides[1:], filters=net.filters,
-                       norm_name="instance", deep_supervision=heads > 0, deep_supr_num=max(heads, 1))  # fmt: skip
+                       norm_name="instance", deep_supervision=heads > 0, deep_supr_num=max(heads, 1),
+                       dropout=model.dropout or None)  # fmt: skip
 
     def _targets(self, targets: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Class indices ``(N, Z, Y, X)`` -> one channel per output (one-hot, or region masks); an

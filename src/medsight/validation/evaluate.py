@@ -19,11 +19,14 @@ import pandas as pd
 from medsight.core.errors import InputError
 from medsight.core.progress import Progress
 from medsight.data.manifest import Manifest
-from medsight.inference import Predictor
+from medsight.inference import Predictor, Uncertainty
+from medsight.inference.uncertainty import SD_PREFIX
 from medsight.io.atomic import atomic_file, check_writable
 from medsight.metrics import bootstrap_ci, delong_test, roc_auc
-from medsight.tasks import Evaluation, ModelPackage, task_for
+from medsight.metrics.referral import DEFAULT_RATES, ambiguity, referral_curve_ci
+from medsight.tasks import Estimate, Evaluation, ModelPackage, task_for
 from medsight.tasks.results import json_ready
+from medsight.validation.report import labelled_scores
 
 __all__ = ["compare_runs", "evaluate_run"]
 
@@ -68,12 +71,16 @@ def evaluate_run(
     out: str | os.PathLike[str] | None = None,
     precision: str = "auto",
     progress: Progress | None = None,
+    uncertainty: Uncertainty | None = None,
 ) -> Evaluation:
     """Figures of a run on a split, with CIs.
 
     Writes ``out`` (default ``RUN/metrics_<split>.json``, atomically; undefined figures as
     null) and ``RUN/predictions_<split>.csv``; what the task fits on the validation split (a
-    fusion temperature) is kept in the run for prediction.
+    fusion temperature) is kept in the run for prediction. With ``uncertainty``, every score is the
+    mean of several predictions (its spread beside it as ``sd_<column>``), and the evaluation adds
+    referral curves: the AUC of each labelled probability on the cases kept when the most uncertain
+    are referred, by the spread and by the probability's closeness to 0.5.
     """
     run_dir = Path(run_dir)
     predictor = Predictor.from_run(run_dir, precision=precision)  # type: ignore[arg-type]
@@ -87,10 +94,16 @@ def evaluate_run(
     n = settings.get("bootstrap", 1000) if bootstrap is None else bootstrap
     points = settings.get("operating_points", ["youden"])
     data = predictor.prepare(manifest, progress=progress)
-    test = predictor.predict_split(data, split)
+    test = predictor.predict_split(data, split, uncertainty=uncertainty)
     fits = split != "val" and predictor.task.fits_on_validation
-    val = predictor.predict_split(data, "val") if fits else test
+    val = predictor.predict_split(data, "val", uncertainty=uncertainty) if fits else test
     figures, details, warnings = predictor.task.evaluate(val, test, split=split, operating_points=points, bootstrap=n)
+    if uncertainty is not None:
+        details["referral"], referred = _referral(test.table(), uncertainty, n)
+        figures = {**figures, **referred}
+        if not details["referral"]["probabilities"]:
+            warnings = [*warnings, "no labelled probability to draw referral curves of (the spreads are in "
+                        "the predictions)"]  # fmt: skip
     predictor.task.save_fitted(details, run_dir)  # prediction on new cases reuses it
     evaluation = Evaluation(
         recipe=package.recipe,
@@ -122,6 +135,38 @@ def evaluate_run(
     with atomic_file(run_dir / f"predictions_{split}.csv") as tmp:
         test.table().to_csv(tmp, index=False)
     return evaluation
+
+
+_REFERRAL_FIGURE = 0.2  # the share referred whose AUC is a headline figure
+_REFERRAL_RESAMPLES = 400
+_REFERRAL_FIGURES = 3  # probabilities given a headline figure
+
+
+def _referral(table: pd.DataFrame, uncertainty: Uncertainty, n: int) -> tuple[dict[str, Any], dict[str, Estimate]]:
+    """Referral curves of every labelled probability that has a spread, with patient CIs, and the
+    AUC with the most uncertain 20 % referred as headline figures."""
+    patients = (table["patient_id"] if "patient_id" in table.columns else table["case_id"]).astype(str).to_numpy()
+    out: dict[str, Any] = {"method": uncertainty.method, "samples": uncertainty.samples if uncertainty.method !=
+                           "ensemble" else 1 + len(uncertainty.members), "rates": list(DEFAULT_RATES),
+                           "probabilities": {}}  # fmt: skip
+    figures: dict[str, Estimate] = {}
+    resamples = min(n, _REFERRAL_RESAMPLES)
+    for item in labelled_scores(table):
+        spread_column = f"{SD_PREFIX}{item.column}"
+        if spread_column not in table.columns:
+            continue
+        spread = pd.to_numeric(table[spread_column], errors="coerce").to_numpy(float)[item.known]
+        groups = patients[item.known]
+        curves = {
+            "spread": referral_curve_ci(item.labels, item.scores, spread, groups=groups, n_resamples=resamples),
+            "ambiguity": referral_curve_ci(item.labels, item.scores, ambiguity(item.scores), groups=groups,
+                                           n_resamples=resamples),
+        }  # fmt: skip
+        out["probabilities"][item.name] = curves
+        if len(figures) < _REFERRAL_FIGURES:
+            at = next(p for p in curves["spread"] if abs(p["rate"] - _REFERRAL_FIGURE) < 1e-9)
+            figures[f"{item.name} AUC, {_REFERRAL_FIGURE:.0%} most uncertain referred"] = Estimate.of(at)
+    return out, figures
 
 
 def compare_runs(

@@ -48,7 +48,7 @@ from medsight.tasks import ModelPackage
 from medsight.tasks.results import json_ready
 from medsight.validation.explanations import explanation_section
 
-__all__ = ["SUBGROUP_COLUMNS", "build_report", "subgroup_rows", "write_index", "write_report"]
+__all__ = ["SUBGROUP_COLUMNS", "build_report", "labelled_scores", "subgroup_rows", "write_index", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class _Labelled(NamedTuple):
     scores: np.ndarray
 
 
-def _labelled_scores(table: pd.DataFrame) -> list[_Labelled]:
+def labelled_scores(table: pd.DataFrame) -> list[_Labelled]:
     """Every probability column with a 0/1 label column: ``prob`` with ``target``, ``prob_<name>``
     with ``target_<name>``; unknown labels dropped."""
     pairs = []
@@ -156,6 +156,9 @@ def _plots(metrics: Mapping[str, Any], table: pd.DataFrame, labelled: list[_Labe
                       "diagonal is perfect calibration.", "src": _png(figure)})  # fmt: skip
     if pairs:
         plots.append(_decision_curves(pairs[:_PANELS]))
+    referral = (metrics.get("referral") or {}).get("probabilities") or {}
+    if referral:
+        plots.append(_referral_curves(referral, metrics["referral"]))
     agreement = _agreement_pairs(metrics, table)[:_PANELS]
     if agreement:
         plots.append(_bland_altman(agreement))
@@ -182,6 +185,28 @@ def _plots(metrics: Mapping[str, Any], table: pd.DataFrame, labelled: list[_Labe
         plots.append({"title": "Dice per case", "caption": "Per region, over the evaluated cases.",
                       "src": _png(figure)})  # fmt: skip
     return plots
+
+
+def _referral_curves(curves: Mapping[str, Any], about: Mapping[str, Any]) -> dict[str, str]:
+    """Per probability, its AUC on the kept cases against the share referred: most uncertain first
+    by the predictions' spread, and by the probability's own closeness to 0.5."""
+    figure, axes = _panels(min(len(curves), _PANELS))
+    for axis, (name, pair) in zip(axes, list(curves.items())[:_PANELS], strict=False):
+        for key, style, label in (("spread", "-", "by spread"), ("ambiguity", "--", "by closeness to 0.5")):
+            points = pair[key]
+            rates = [100 * p["rate"] for p in points]
+            estimate = [np.nan if p.get("estimate") is None else p["estimate"] for p in points]
+            axis.plot(rates, estimate, style, marker="o", markersize=3, label=label, linewidth=1.3)
+            low = [np.nan if p.get("low") is None else p["low"] for p in points]
+            high = [np.nan if p.get("high") is None else p["high"] for p in points]
+            axis.fill_between(rates, low, high, alpha=0.12)
+        axis.set(title=name, xlabel="% of cases referred", ylabel="AUC on the cases kept")
+        axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    caption = (f"The most uncertain cases referred to a reader first: by the spread of {about.get('samples')} "
+               f"predictions ({about.get('method')}), and by how close the probability itself is to 0.5 (what one "
+               "prediction already says). Bands: 95 % CIs resampling patients.")  # fmt: skip
+    return {"title": "Referral curves", "caption": caption, "src": _png(figure)}
 
 
 def _number(value: Any) -> str:
@@ -409,7 +434,7 @@ def subgroup_rows(table: pd.DataFrame, *, bootstrap: int = 1000) -> list[dict[st
     attributes = _attributes(table)
     patients = (table["patient_id"] if "patient_id" in table.columns else table.index.to_series()).astype(str)
     rows = []
-    for name, _, _, known, labels, scores in _labelled_scores(table):
+    for name, _, _, known, labels, scores in labelled_scores(table):
         for attribute, values in attributes.items():
             values = values[known].fillna("unknown").to_numpy()
             for value in sorted(set(values.tolist()), key=lambda v: (not v.startswith("<"), v)):  # "<40" first
@@ -520,7 +545,7 @@ def build_report(run_dir: str | os.PathLike[str], *, split: str = "test") -> dic
     metrics, table, package = _load(run_dir, split)
     provenance = package.provenance
     resamples = min(int(metrics.get("bootstrap_resamples") or 1000), _SUBGROUP_RESAMPLES)
-    labelled = _labelled_scores(table)
+    labelled = labelled_scores(table)
     content = {
         "title": f"{package.recipe}: validation on the {split} split",
         "split": split,

@@ -1,0 +1,192 @@
+"""Predictive uncertainty: several predictions of each case, combined into their mean and spread.
+
+Three ways to get the predictions, all through the same task code (the network is wrapped, the
+task never knows):
+
+- ``tta``: test-time augmentation (Wang et al. 2019) drawn from the augmentations the model was
+  trained with (its package's ``augment``), so the network sees nothing it was not taught to be
+  invariant to; the first prediction is the plain one. 2D models.
+- ``mc-dropout``: Monte Carlo dropout (Gal and Ghahramani 2016): the network's dropout stays on at
+  prediction. Only for networks trained with dropout (``model.dropout`` in the recipe, or
+  EfficientNet's own).
+- ``ensemble``: one prediction per run of a deep ensemble (Lakshminarayanan et al. 2017): runs of
+  the same recipe trained with other seeds.
+
+Every numeric score column becomes the mean over the predictions, with its standard deviation
+beside it as ``sd_<column>``; other columns (detections, CAM boxes) are the first prediction's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from medsight.core.errors import ConfigError, InputError
+
+__all__ = ["METHODS", "Uncertainty", "UncertaintyMethod", "combine", "sampled_models"]
+
+log = logging.getLogger(__name__)
+
+UncertaintyMethod = Literal["tta", "mc-dropout", "ensemble"]
+METHODS: tuple[str, ...] = get_args(UncertaintyMethod)
+SD_PREFIX = "sd_"
+
+
+@dataclass(frozen=True)
+class Uncertainty:
+    """How predictions are repeated.
+
+    Attributes:
+        method: ``tta``, ``mc-dropout`` or ``ensemble``.
+        samples: Predictions per case (``tta``, ``mc-dropout``; an ensemble has one per run).
+        members: The ensemble's other runs (their folders); the predictor's own run is the first.
+        seed: Seed of the augmentations and dropout masks (results are reproducible).
+    """
+
+    method: str
+    samples: int = 8
+    members: tuple[Path, ...] = field(default_factory=tuple)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown uncertainty method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.method != "ensemble" and self.samples < 2:
+            raise ConfigError(
+                f"--samples must be at least 2 for {self.method} (the spread needs two), got {self.samples}"
+            )
+        if self.method == "ensemble" and not self.members:
+            raise ConfigError("an ensemble needs the other runs: --ensemble RUN2 --ensemble RUN3 ...")
+        if self.method != "ensemble" and self.members:
+            raise ConfigError(f"--ensemble runs are used with --uncertainty ensemble, not {self.method}")
+
+
+class _Seeded(nn.Module):
+    """A network whose randomness (augmentation, dropout) is drawn from its own seed, call after call."""
+
+    def __init__(self, model: nn.Module, seed: int) -> None:
+        super().__init__()
+        self.model, self.seed, self.calls = model, seed, 0
+
+    def draw(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 100_003 + self.calls)
+            return self.draw(inputs)
+
+
+class _Augmented(_Seeded):
+    """The network on randomly augmented inputs (the training augmentation, drawn per image)."""
+
+    def __init__(self, model: nn.Module, augmenter: Any, seed: int) -> None:
+        super().__init__(model, seed)
+        self.augmenter = augmenter
+
+    def draw(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(self.augmenter(inputs.float()))
+
+
+class _Dropping(_Seeded):
+    """The network with its dropout layers on (the rest, e.g. batch norm, stays in evaluation mode)."""
+
+    def draw(self, inputs: torch.Tensor) -> torch.Tensor:
+        layers = [m for m in self.model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+        for layer in layers:
+            layer.train()
+        try:
+            return self.model(inputs)
+        finally:
+            for layer in layers:
+                layer.eval()
+
+
+def _dropout_layers(model: nn.Module) -> int:
+    return sum(
+        1 for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and float(getattr(m, "p", 0)) > 0
+    )
+
+
+def training_augmentation(run_dir: Path, package_augment: dict[str, Any] | None) -> dict[str, Any]:
+    """The 2D augmentation a run was trained with: its package's, else its ``config.json`` recipe's.
+
+    Raises:
+        ConfigError: neither says (a package made before packages kept it).
+    """
+    if package_augment:
+        return dict(package_augment)
+    config = run_dir / "config.json"
+    try:
+        augment = (json.loads(config.read_text()).get("recipe") or {}).get("augment") if config.is_file() else None
+    except (OSError, ValueError):
+        augment = None
+    if not augment:
+        raise ConfigError(f"{run_dir} does not say which augmentations it was trained with; test-time augmentation "
+                          "draws from them: train the model again, or use --uncertainty ensemble")  # fmt: skip
+    return dict(augment)
+
+
+def sampled_models(
+    model: nn.Module,
+    uncertainty: Uncertainty,
+    *,
+    spatial_dims: int,
+    augment: dict[str, Any] | None = None,
+    members: Sequence[nn.Module] = (),
+) -> list[nn.Module]:
+    """The networks whose predictions are combined: augmented copies (``tta``; the plain network
+    first), dropout draws (``mc-dropout``) or the ensemble's members (``ensemble``: ``model`` first).
+
+    Raises:
+        ConfigError: TTA of a 3D network, MC dropout of a network without dropout.
+    """
+    if uncertainty.method == "ensemble":
+        return [model, *members]
+    if uncertainty.method == "mc-dropout":
+        if not _dropout_layers(model):
+            raise ConfigError(
+                "this network has no dropout to sample: train it with `--set model.dropout=0.2` (MC dropout "
+                "draws the dropout a network was trained with), or use --uncertainty tta"
+            )
+        return [_Dropping(model, uncertainty.seed + i) for i in range(uncertainty.samples)]
+    if spatial_dims != 2:
+        raise ConfigError("test-time augmentation is for 2D models; a 3D model's sliding window already averages its "
+                          "mirror images (task.mirror): use --uncertainty ensemble or mc-dropout")  # fmt: skip
+    from medsight.transforms.batch2d import BatchAugmenter
+    from medsight.transforms.image2d import Augment2D
+
+    augmenter = BatchAugmenter(Augment2D.model_validate(augment or {}))
+    return [model, *(_Augmented(model, augmenter, uncertainty.seed + i) for i in range(1, uncertainty.samples))]
+
+
+def combine(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Score tables of the same rows from several predictions: numeric columns averaged, with their
+    standard deviation as ``sd_<column>`` after them; other columns as the first table has them.
+
+    Raises:
+        InputError: the tables disagree on rows or columns.
+    """
+    if not tables:
+        raise InputError("no predictions to combine")
+    first = tables[0]
+    for other in tables[1:]:
+        if list(other.columns) != list(first.columns) or len(other) != len(first):
+            raise InputError("the predictions to combine differ in their rows or columns (models of another task?)")
+    out = first.copy()
+    numeric = [c for c in first.columns if pd.api.types.is_numeric_dtype(first[c]) and not c.startswith(SD_PREFIX)]
+    for column in numeric:
+        stack = np.stack([t[column].to_numpy(dtype=np.float64) for t in tables])
+        out[column] = stack.mean(axis=0)
+        out[f"{SD_PREFIX}{column}"] = stack.std(axis=0)
+    return out

@@ -1,0 +1,76 @@
+"""Evaluation and prediction with repeated predictions: spreads beside the scores, referral curves
+in the metrics and the report, for TTA, MC dropout and ensembles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from medsight.cli.main import app
+from medsight.core.errors import ConfigError
+from medsight.inference import Uncertainty
+from medsight.validation import evaluate_run, write_report
+from tests.validation.test_report import check_page
+
+
+def _fit(root: Path, case: str, **changes) -> tuple[Path, Path]:
+    from medsight.engine.fit import fit
+    from medsight.engine.recipe import load_recipe
+    from tests.tasks.test_conformance import CASES
+
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    spec, manifest = CASES[case](data)
+    for section, values in changes.items():
+        spec[section] = {**spec.get(section, {}), **values}
+    (root / "recipe.yaml").write_text(yaml.safe_dump(spec))
+    fit(load_recipe(root / "recipe.yaml"), manifest, root / "run")
+    return root / "run", manifest
+
+
+@pytest.mark.slow
+def test_tta_adds_spreads_and_referral_curves_to_the_evaluation_and_the_report(tmp_path):
+    run, _ = _fit(tmp_path, "multilabel")
+    evaluation = evaluate_run(run, bootstrap=20, uncertainty=Uncertainty("tta", samples=3))
+    predictions = pd.read_csv(run / "predictions_test.csv")
+    assert {"sd_prob_effusion", "sd_prob_nodule"} <= set(predictions.columns)
+    assert (predictions["sd_prob_effusion"] >= 0).all() and predictions["sd_prob_effusion"].max() > 0
+    metrics = json.loads((run / "metrics_test.json").read_text())
+    assert metrics["referral"]["method"] == "tta" and metrics["referral"]["samples"] == 3
+    assert set(metrics["referral"]["probabilities"]) == {"effusion", "nodule"}
+    assert "effusion AUC, 20% most uncertain referred" in evaluation.figures
+    check_page(write_report(run))
+    assert "Referral curves" in json.loads((run / "report.json").read_text())["plots"]
+
+
+@pytest.mark.slow
+def test_an_ensemble_and_mc_dropout_through_the_cli(tmp_path):
+    first, manifest = _fit(tmp_path / "a", "binary", model={"dropout": 0.3})
+    second, _ = _fit(tmp_path / "b", "binary", model={"dropout": 0.3}, train={"seed": 7})
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", str(first), "--ensemble", str(second), "--bootstrap", "20"])
+    assert result.exit_code == 0, result.output
+    assert "most uncertain referred" in result.output
+    images = sorted(str(p) for p in manifest.parent.glob("img03*.png"))
+    out = tmp_path / "p.csv"
+    result = runner.invoke(app, ["predict", str(first), *images, "--uncertainty", "mc-dropout", "--samples", "4",
+                                 "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    assert list(table.columns[-2:]) == ["prob", "sd_prob"] and len(table) == len(images)
+    assert (table["sd_prob"] > 0).all()
+
+
+@pytest.mark.slow
+def test_ensemble_members_must_predict_the_same_task(tmp_path):
+    binary, _ = _fit(tmp_path / "a", "binary")
+    other, _ = _fit(tmp_path / "b", "multilabel")
+    with pytest.raises(ConfigError, match="not a member of this ensemble"):
+        evaluate_run(binary, bootstrap=20, uncertainty=Uncertainty("ensemble", members=(other,)))
+    result = CliRunner().invoke(app, ["evaluate", str(binary), "--uncertainty", "mc-dropout"])
+    assert result.exit_code == 1 and "model.dropout" in result.output
