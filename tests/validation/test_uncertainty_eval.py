@@ -45,7 +45,10 @@ def test_tta_adds_spreads_and_referral_curves_to_the_evaluation_and_the_report(t
     assert set(metrics["referral"]["probabilities"]) == {"effusion", "nodule"}
     assert "effusion AUC, 20% most uncertain referred" in evaluation.figures
     check_page(write_report(run))
-    assert "Referral curves" in json.loads((run / "report.json").read_text())["plots"]
+    summary = json.loads((run / "report.json").read_text())
+    assert "Referral curves" in summary["plots"]
+    item = next(c for c in summary["checklist"] if c["item"].startswith("Uncertainty"))
+    assert item["status"] == "reported" and "tta" in item["where"]
 
 
 @pytest.mark.slow

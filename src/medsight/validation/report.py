@@ -530,6 +530,10 @@ def _checklist(content: Mapping[str, Any]) -> list[dict[str, str]]:
         ("Explainability: attribution maps checked for faithfulness and against randomised weights",
          "reported" if content["explanations"] else "not known",
          "explanations section" if content["explanations"] else "run `medsight explain RUN --data MANIFEST`"),
+        ("Uncertainty of single predictions (referral of the most uncertain)",
+         "reported" if content["referral"] else "not known",
+         f"referral curves ({content['referral']})" if content["referral"]
+         else "run `medsight evaluate RUN --uncertainty tta` (or mc-dropout, ensemble)"),
         ("Software and versions", "reported", "provenance below"),
     ]  # fmt: skip
     return [{"item": item, "status": status, "where": where} for item, status, where in items]
@@ -576,6 +580,7 @@ def build_report(run_dir: str | os.PathLike[str], *, split: str = "test") -> dic
         "training": _training(run_dir),
         "subgroup_resamples": resamples,
         "explanations": explanation_section(run_dir),
+        "referral": (metrics.get("referral") or {}).get("method"),
     }
     content["checklist"] = _checklist(content)
     return content
