@@ -77,3 +77,20 @@ def test_ensemble_members_must_predict_the_same_task(tmp_path):
         evaluate_run(binary, bootstrap=20, uncertainty=Uncertainty("ensemble", members=(other,)))
     result = CliRunner().invoke(app, ["evaluate", str(binary), "--uncertainty", "mc-dropout"])
     assert result.exit_code == 1 and "model.dropout" in result.output
+
+
+@pytest.mark.slow
+def test_a_derived_score_gets_its_own_spread(tmp_path):
+    """Referable DR is P(grade >= g), a sum of grade probabilities: its spread over the predictions is
+    computed from each prediction's sum, not from the grades' spreads."""
+    run, _ = _fit(tmp_path, "ordinal", task={"referable_grade": 1})
+    evaluate_run(run, bootstrap=20, uncertainty=Uncertainty("tta", samples=3))
+    table = pd.read_csv(run / "predictions_test.csv")
+    assert {"sd_prob_0", "sd_prob_1", "sd_prob_2", "spread_referable"} <= set(table.columns)
+    assert (table["spread_referable"] >= 0).all() and table["spread_referable"].max() > 0
+    metrics = json.loads((run / "metrics_test.json").read_text())
+    assert set(metrics["referral"]["probabilities"]) == {"referable"}
+    plain, _ = _fit(tmp_path / "plain", "ordinal")  # no referable grade: no binary score to refer by
+    evaluate_run(plain, bootstrap=20, uncertainty=Uncertainty("tta", samples=2))
+    warnings = json.loads((plain / "metrics_test.json").read_text())["warnings"]
+    assert any("referral curves" in w for w in warnings)

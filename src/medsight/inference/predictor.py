@@ -27,7 +27,7 @@ from medsight.core.volume import Volume
 from medsight.data.cache import default_cache_dir
 from medsight.data.cases import stack_channels
 from medsight.data.manifest import Manifest
-from medsight.inference.uncertainty import Uncertainty, combine, sampled_models, training_augmentation
+from medsight.inference.uncertainty import Uncertainty, combine, sampled_models, spreads, training_augmentation
 from medsight.io import detect_format, read, write
 from medsight.io.atomic import full_suffix
 from medsight.io.formats import files_under
@@ -276,7 +276,10 @@ class Predictor:
         for model in self.models(uncertainty):
             cases, scores = self.task.predict_split(model, data, indices, batch_size=batch_size)
             tables.append(scores)
-        return Prediction(cases, combine(tables) if len(tables) > 1 else tables[0], self.provenance)
+        if len(tables) == 1:
+            return Prediction(cases, tables[0], self.provenance)
+        combined = pd.concat([combine(tables), spreads(self.task, cases, tables)], axis=1)
+        return Prediction(cases, combined, self.provenance)
 
     def predict_volumes(
         self, volumes: Sequence[Volume], *, slice_index: int | None = None, uncertainty: Uncertainty | None = None

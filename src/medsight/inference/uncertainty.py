@@ -14,6 +14,9 @@ task never knows):
 
 Every numeric score column becomes the mean over the predictions, with its standard deviation
 beside it as ``sd_<column>``; other columns (detections, CAM boxes) are the first prediction's.
+Where the cases carry their labels, each of the task's binary scores (the ones it is compared by,
+some derived: referable DR is the sum of the grades from 2 up) also gets its spread over the
+predictions, ``spread_<score>``, which referral curves rank cases by.
 """
 
 from __future__ import annotations
@@ -32,13 +35,31 @@ from torch import nn
 
 from medsight.core.errors import ConfigError, InputError
 
-__all__ = ["METHODS", "Uncertainty", "UncertaintyMethod", "combine", "sampled_models"]
+__all__ = [
+    "METHODS",
+    "SPREAD_PREFIX",
+    "Uncertainty",
+    "UncertaintyMethod",
+    "combine",
+    "sampled_models",
+    "spread_column",
+    "spreads",
+]
 
 log = logging.getLogger(__name__)
 
 UncertaintyMethod = Literal["tta", "mc-dropout", "ensemble"]
 METHODS: tuple[str, ...] = get_args(UncertaintyMethod)
 SD_PREFIX = "sd_"
+SPREAD_PREFIX = "spread_"
+
+
+def spread_column(score: str) -> str:
+    """The column holding the spread of one of a task's binary scores (its ``paired_scores`` key:
+    ``auc`` -> ``spread_score``, ``referable_auc`` -> ``spread_referable``, ``auc_<finding>`` ->
+    ``spread_<finding>``)."""
+    name = score.removeprefix("auc_").removesuffix("_auc")
+    return f"{SPREAD_PREFIX}{'score' if name == 'auc' else name}"
 
 
 @dataclass(frozen=True)
@@ -190,3 +211,17 @@ def combine(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
         out[column] = stack.mean(axis=0)
         out[f"{SD_PREFIX}{column}"] = stack.std(axis=0)
     return out
+
+
+def spreads(task: Any, cases: pd.DataFrame, tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Per row, the standard deviation over the predictions of each of the task's binary scores
+    (:meth:`~medsight.tasks.base.Task.paired_scores`), as ``spread_<score>`` columns; none where the
+    task has no binary score or the cases carry no labels."""
+    try:
+        per = [task.paired_scores(pd.concat([cases.reset_index(drop=True), t.reset_index(drop=True)], axis=1))
+               for t in tables]  # fmt: skip
+    except (ConfigError, KeyError) as exc:
+        log.debug("no spreads of binary scores: %s", exc)
+        return pd.DataFrame(index=range(len(cases)))
+    return pd.DataFrame({spread_column(key): np.stack([np.asarray(p[key][1], np.float64) for p in per]).std(axis=0)
+                         for key in per[0]})  # fmt: skip

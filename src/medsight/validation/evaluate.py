@@ -16,17 +16,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medsight.core.errors import InputError
+from medsight.core.errors import ConfigError, InputError
 from medsight.core.progress import Progress
 from medsight.data.manifest import Manifest
 from medsight.inference import Predictor, Uncertainty
-from medsight.inference.uncertainty import SD_PREFIX
+from medsight.inference.uncertainty import SPREAD_PREFIX, spread_column
 from medsight.io.atomic import atomic_file, check_writable
 from medsight.metrics import bootstrap_ci, delong_test, roc_auc
 from medsight.metrics.referral import DEFAULT_RATES, ambiguity, referral_curve_ci
-from medsight.tasks import Estimate, Evaluation, ModelPackage, task_for
+from medsight.tasks import Estimate, Evaluation, ModelPackage, Task, task_for
 from medsight.tasks.results import json_ready
-from medsight.validation.report import labelled_scores
 
 __all__ = ["compare_runs", "evaluate_run"]
 
@@ -99,7 +98,7 @@ def evaluate_run(
     val = predictor.predict_split(data, "val", uncertainty=uncertainty) if fits else test
     figures, details, warnings = predictor.task.evaluate(val, test, split=split, operating_points=points, bootstrap=n)
     if uncertainty is not None:
-        details["referral"], referred = _referral(test.table(), uncertainty, n)
+        details["referral"], referred = _referral(predictor.task, test.table(), uncertainty, n)
         figures = {**figures, **referred}
         if not details["referral"]["probabilities"]:
             warnings = [*warnings, "no labelled probability to draw referral curves of (the spreads are in "
@@ -142,30 +141,40 @@ _REFERRAL_RESAMPLES = 400
 _REFERRAL_FIGURES = 3  # probabilities given a headline figure
 
 
-def _referral(table: pd.DataFrame, uncertainty: Uncertainty, n: int) -> tuple[dict[str, Any], dict[str, Estimate]]:
-    """Referral curves of every labelled probability that has a spread, with patient CIs, and the
-    AUC with the most uncertain 20 % referred as headline figures."""
+def _referral(
+    task: Task, table: pd.DataFrame, uncertainty: Uncertainty, n: int
+) -> tuple[dict[str, Any], dict[str, Estimate]]:
+    """Referral curves of every binary score the task is compared by (``paired_scores``) that has a
+    spread, with patient CIs, and the AUC with the most uncertain 20 % referred as headline figures."""
     patients = (table["patient_id"] if "patient_id" in table.columns else table["case_id"]).astype(str).to_numpy()
     out: dict[str, Any] = {"method": uncertainty.method, "samples": uncertainty.samples if uncertainty.method !=
                            "ensemble" else 1 + len(uncertainty.members), "rates": list(DEFAULT_RATES),
                            "probabilities": {}}  # fmt: skip
     figures: dict[str, Estimate] = {}
     resamples = min(n, _REFERRAL_RESAMPLES)
-    for item in labelled_scores(table):
-        spread_column = f"{SD_PREFIX}{item.column}"
-        if spread_column not in table.columns:
+    try:
+        pairs = task.paired_scores(table)
+    except ConfigError:
+        return out, figures
+    for key, (labels, scores) in pairs.items():
+        column = spread_column(key)
+        if column not in table.columns:
             continue
-        spread = pd.to_numeric(table[spread_column], errors="coerce").to_numpy(float)[item.known]
-        groups = patients[item.known]
+        name = column.removeprefix(SPREAD_PREFIX)
+        labels, scores = np.asarray(labels, float), np.asarray(scores, float)
+        spread = pd.to_numeric(table[column], errors="coerce").to_numpy(float)
+        known = np.isfinite(labels) & np.isfinite(scores) & np.isfinite(spread)
+        y, p, u, groups = labels[known].astype(int), scores[known], spread[known], patients[known]
+        if len(np.unique(y)) < 2:
+            continue
         curves = {
-            "spread": referral_curve_ci(item.labels, item.scores, spread, groups=groups, n_resamples=resamples),
-            "ambiguity": referral_curve_ci(item.labels, item.scores, ambiguity(item.scores), groups=groups,
-                                           n_resamples=resamples),
-        }  # fmt: skip
-        out["probabilities"][item.name] = curves
+            "spread": referral_curve_ci(y, p, u, groups=groups, n_resamples=resamples),
+            "ambiguity": referral_curve_ci(y, p, ambiguity(p), groups=groups, n_resamples=resamples),
+        }
+        out["probabilities"][name] = curves
         if len(figures) < _REFERRAL_FIGURES:
-            at = next(p for p in curves["spread"] if abs(p["rate"] - _REFERRAL_FIGURE) < 1e-9)
-            figures[f"{item.name} AUC, {_REFERRAL_FIGURE:.0%} most uncertain referred"] = Estimate.of(at)
+            at = next(point for point in curves["spread"] if abs(point["rate"] - _REFERRAL_FIGURE) < 1e-9)
+            figures[f"{name} AUC, {_REFERRAL_FIGURE:.0%} most uncertain referred"] = Estimate.of(at)
     return out, figures
 
 
