@@ -243,6 +243,8 @@ def test_fit_predict_evaluate_through_the_seam(tmp_path, case):
     assert predicted.table()["input"].tolist() == [str(f) for f in files]
     CHECKS.get(case, _classification_check)(predictor, predicted, saved, files)
     check_page(write_report(run))  # the validation report of every task
+    plots = json.loads((run / "report.json").read_text())["plots"]
+    assert ("Confusion matrix" in plots) == (case in ("multiclass", "ordinal"))  # classes and grades
     _explain_check(predictor, files[:2], tmp_path / "explain")
 
 

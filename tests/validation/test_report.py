@@ -117,7 +117,8 @@ def test_a_binary_runs_report_shows_its_figures_plots_and_subgroups(tmp_path):
     run = _run(tmp_path / "run", np.random.default_rng(0))
     page = write_report(run)
     assert page == run / "report.html"
-    parsed = check_page(page, plots=4)  # ROC, reliability, decision curves; the gallery
+    parsed = check_page(page, plots=5)  # ROC, precision-recall, reliability, decision curves; the gallery
+    assert json.loads(page.with_suffix(".json").read_text())["plots"][:2] == ["ROC curves", "Precision-recall curves"]
     assert {"Calibration", "Plots", "Subgroups", "Failure gallery"} <= set(parsed.headings)
     assert build_report(run)["gallery"][0]["title"] == "Worst errors: score"
     html = page.read_text()

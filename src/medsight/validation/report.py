@@ -46,6 +46,7 @@ from medsight.metrics.classification import roc_auc
 from medsight.metrics.decision import DEFAULT_THRESHOLDS, net_benefit, net_benefit_all
 from medsight.tasks import ModelPackage
 from medsight.tasks.results import json_ready
+from medsight.validation.curves import GRID, confusion_matrix, pr_band, pr_on_grid, roc_band, roc_on_grid
 from medsight.validation.explanations import explanation_section
 
 __all__ = ["SUBGROUP_COLUMNS", "build_report", "labelled_scores", "subgroup_rows", "write_index", "write_report"]
@@ -129,22 +130,11 @@ def _plots(metrics: Mapping[str, Any], table: pd.DataFrame, labelled: list[_Labe
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
 
     plots = []
     pairs = [(p.name, p.labels, p.scores) for p in labelled[:_MAX_PLOTTED]]
     if pairs:
-        figure, axis = plt.subplots(figsize=(5.2, 4.6))
-        for name, labels, scores in pairs:
-            if labels.min() == labels.max():
-                continue
-            fpr, tpr, _ = roc_curve(labels, scores)
-            axis.plot(fpr, tpr, label=name, linewidth=1.4)
-        axis.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=0.8)
-        axis.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
-        axis.legend(fontsize=8, loc="lower right")
-        plots.append({"title": "ROC curves", "caption": "Per probability and its label on the evaluated split "
-                      "(AUCs with patient-level CIs in the figures above).", "src": _png(figure)})  # fmt: skip
+        plots += _curves_with_bands(table, labelled[:_MAX_PLOTTED])
         figure, axis = plt.subplots(figsize=(5.2, 4.6))
         for name, labels, scores in pairs:
             bins = reliability_bins(labels, scores)
@@ -176,6 +166,9 @@ def _plots(metrics: Mapping[str, Any], table: pd.DataFrame, labelled: list[_Labe
         axis.legend(fontsize=8, loc="lower right")
         plots.append({"title": "FROC", "caption": "Sensitivity against false positives per image (2D) or scan "
                       "(CT).", "src": _png(figure)})  # fmt: skip
+    matrix = _confusion(table)
+    if matrix is not None:
+        plots.append(matrix)
     dice = [c for c in table.columns if c.startswith("dice_")]
     if dice:
         figure, axis = plt.subplots(figsize=(max(4.0, 1.1 * len(dice)), 4.2))
@@ -185,6 +178,73 @@ def _plots(metrics: Mapping[str, Any], table: pd.DataFrame, labelled: list[_Labe
         plots.append({"title": "Dice per case", "caption": "Per region, over the evaluated cases.",
                       "src": _png(figure)})  # fmt: skip
     return plots
+
+
+_BANDED = 6  # curves drawn with their band (the rest as lines)
+_BAND_RESAMPLES = 200
+
+
+def _curves_with_bands(table: pd.DataFrame, labelled: list[_Labelled]) -> list[dict[str, str]]:
+    """ROC and precision-recall curves per probability, the first few with their 95 % bands
+    (patients resampled)."""
+    import matplotlib.pyplot as plt
+
+    patients = (table["patient_id"] if "patient_id" in table.columns else table.index).astype(str).to_numpy()
+    out = []
+    for title, band, curve, labels_xy, reference in (
+        ("ROC curves", roc_band, roc_on_grid, ("1 - specificity", "sensitivity"), "chance"),
+        ("Precision-recall curves", pr_band, pr_on_grid, ("recall (sensitivity)", "precision (PPV)"), "prevalence"),
+    ):
+        figure, axis = plt.subplots(figsize=(5.2, 4.6))
+        for k, item in enumerate(labelled):
+            if item.labels.min() == item.labels.max():
+                continue
+            if k < _BANDED:
+                estimate, low, high = band(item.labels, item.scores, groups=patients[item.known], n=_BAND_RESAMPLES)
+            else:
+                estimate = np.asarray(curve(item.labels, item.scores))
+            (line,) = axis.plot(GRID, estimate, label=item.name, linewidth=1.4)
+            if k < _BANDED:
+                axis.fill_between(GRID, low, high, color=line.get_color(), alpha=0.12, linewidth=0)
+            if reference == "prevalence":
+                axis.axhline(item.labels.mean(), color=line.get_color(), linestyle=":", linewidth=0.8)
+        if reference == "chance":
+            axis.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=0.8)
+        axis.set(xlabel=labels_xy[0], ylabel=labels_xy[1], xlim=(0, 1), ylim=(0, 1.01))
+        axis.legend(fontsize=8, loc="lower right" if reference == "chance" else "lower left")
+        caption = ("Per probability and its label on the evaluated split; bands: 95 % intervals resampling "
+                   f"patients ({_BAND_RESAMPLES} times; the first {_BANDED} curves)"
+                   + (". Dotted: each finding's prevalence, a useless model's precision." if reference ==
+                      "prevalence" else "."))  # fmt: skip
+        out.append({"title": title, "caption": caption, "src": _png(figure)})
+    return out
+
+
+def _confusion(table: pd.DataFrame) -> dict[str, str] | None:
+    """Classes or grades (one ``prob_<class>`` per class, an integer ``target``): the confusion
+    matrix of the most probable class against the truth."""
+    columns = [c for c in table.columns if c.startswith("prob_")]
+    if "target" not in table.columns or len(columns) < 3 or any(f"target_{c[5:]}" in table.columns for c in columns):
+        return None
+    truth = pd.to_numeric(table["target"], errors="coerce")
+    known = truth.notna() & (truth >= 0) & (truth < len(columns)) & (truth == truth.round())
+    if not known.any():
+        return None
+    import matplotlib.pyplot as plt
+
+    predicted = table.loc[known, columns].to_numpy(float).argmax(axis=1)
+    counts = confusion_matrix(truth[known].to_numpy(int), predicted, len(columns))
+    names = [c.removeprefix("prob_") for c in columns]
+    figure, axis = plt.subplots(figsize=(1.0 * len(names) + 2.4, 0.9 * len(names) + 1.8))
+    axis.imshow(counts, cmap="Blues")
+    for (row, column), value in np.ndenumerate(counts):
+        axis.text(column, row, str(value), ha="center", va="center", fontsize=8,
+                  color="white" if value > counts.max() / 2 else "black")  # fmt: skip
+    axis.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    axis.set_yticks(range(len(names)), names, fontsize=8)
+    axis.set(xlabel="most probable class", ylabel="true class")
+    return {"title": "Confusion matrix", "caption": f"{int(known.sum())} cases: the true class (rows) against the most "
+            "probable one (columns).", "src": _png(figure)}  # fmt: skip
 
 
 def _referral_curves(curves: Mapping[str, Any], about: Mapping[str, Any]) -> dict[str, str]:
