@@ -87,3 +87,52 @@ def test_edge_cases_are_undefined_or_refused():
         calibration_slope([0, 2], [0.1, 0.3])
     with pytest.raises(InputError, match="empty"):
         reliability_bins([], [])
+
+
+def _nll_sigmoid(y, p, t):
+    z = np.log(np.clip(p, 1e-6, 1 - 1e-6) / (1 - np.clip(p, 1e-6, 1 - 1e-6))) / t
+    return np.mean(np.logaddexp(0, z) - y * z)
+
+
+def test_temperature_scaling_recovers_an_overconfident_models_temperature():
+    from medsight.metrics.calibration import apply_temperature, fit_temperature
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 1.5, 20000)
+    y = (rng.random(z.size) < 1 / (1 + np.exp(-z))).astype(int)
+    overconfident = 1 / (1 + np.exp(-2 * z))  # logits twice too large
+    fitted = fit_temperature(y, overconfident)
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 4001))  # brute-force reference
+    best = grid[np.argmin([_nll_sigmoid(y, overconfident, t) for t in grid])]
+    assert fitted == pytest.approx(best, rel=2e-3) and fitted == pytest.approx(2.0, rel=0.08)
+    scaled = apply_temperature(overconfident, fitted)
+    assert np.argsort(scaled, kind="stable").tolist() == np.argsort(overconfident, kind="stable").tolist()
+    np.testing.assert_allclose(scaled, 1 / (1 + np.exp(-2 * z / fitted)), atol=1e-6)
+    np.testing.assert_allclose(apply_temperature(np.array([0.2, 0.7]), 1.0), [0.2, 0.7])
+
+
+def test_softmax_temperature_keeps_the_most_probable_class():
+    from medsight.metrics.calibration import apply_temperature, fit_temperature
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 1.2, (6000, 3))
+    truth = np.array([rng.choice(3, p=np.exp(r) / np.exp(r).sum()) for r in logits])
+    sharp = np.exp(3 * logits) / np.exp(3 * logits).sum(1, keepdims=True)
+    fitted = fit_temperature(truth, sharp, softmax=True)
+    assert fitted == pytest.approx(3.0, rel=0.1)
+    scaled = apply_temperature(sharp, fitted, softmax=True)
+    np.testing.assert_allclose(scaled.sum(1), 1.0)
+    assert (scaled.argmax(1) == sharp.argmax(1)).all()
+
+
+def test_temperature_refuses_what_it_cannot_fit():
+    from medsight.metrics.calibration import apply_temperature, fit_temperature
+
+    with pytest.raises(InputError, match="both outcomes"):
+        fit_temperature(np.zeros(5), np.linspace(0.1, 0.9, 5))
+    with pytest.raises(InputError, match="0 or 1"):
+        fit_temperature(np.array([0, 2, 1]), np.array([0.1, 0.5, 0.9]))
+    with pytest.raises(InputError, match="positive"):
+        apply_temperature(np.array([0.5]), 0.0)
+    with pytest.raises(InputError, match="labels for"):
+        fit_temperature(np.array([0, 1]), np.array([0.5]))

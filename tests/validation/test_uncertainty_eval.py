@@ -94,3 +94,33 @@ def test_a_derived_score_gets_its_own_spread(tmp_path):
     evaluate_run(plain, bootstrap=20, uncertainty=Uncertainty("tta", samples=2))
     warnings = json.loads((plain / "metrics_test.json").read_text())["warnings"]
     assert any("referral curves" in w for w in warnings)
+
+
+@pytest.mark.slow
+def test_temperature_scaling_is_fitted_on_val_kept_for_predict_and_removed_without_it(tmp_path):
+    from medsight.inference import Predictor
+    from medsight.inference.calibration import TEMPERATURE_FILE, apply_temperatures
+    from medsight.metrics.calibration import apply_temperature
+
+    run, manifest = _fit(tmp_path, "multilabel")
+    evaluate_run(run, bootstrap=20)
+    raw = pd.read_csv(run / "predictions_test.csv")
+    evaluate_run(run, bootstrap=20, temperature=True)
+    kept = json.loads((run / TEMPERATURE_FILE).read_text())["temperatures"]
+    assert set(kept) == {"effusion", "nodule"} and all(v["temperature"] > 0 for v in kept.values())
+    scaled = pd.read_csv(run / "predictions_test.csv")
+    expected = apply_temperature(raw["prob_effusion"].to_numpy(), kept["effusion"]["temperature"])
+    assert scaled["prob_effusion"].to_numpy() == pytest.approx(expected, abs=1e-6)
+    metrics = json.loads((run / "metrics_test.json").read_text())
+    assert metrics["temperature_scaling"]["nodule"]["temperature"] == kept["nodule"]["temperature"]
+    images = [manifest.parent / name for name in raw["image"]]
+    predicted = Predictor.from_run(run).predict_files(images).table()
+    assert predicted["prob_effusion"].to_numpy() == pytest.approx(scaled["prob_effusion"].to_numpy(), abs=1e-5)
+    assert apply_temperatures(raw[["prob_nodule"]], {}).equals(raw[["prob_nodule"]])
+    evaluate_run(run, bootstrap=20)  # evaluated without scaling: prediction must match it again
+    assert not (run / TEMPERATURE_FILE).exists()
+    with pytest.raises(ConfigError, match="validation split"):
+        evaluate_run(run, split="val", bootstrap=20, temperature=True)
+    ordinal, _ = _fit(tmp_path / "ordinal", "ordinal")
+    with pytest.raises(ConfigError, match="nothing to temperature-scale"):
+        evaluate_run(ordinal, bootstrap=20, temperature=True)

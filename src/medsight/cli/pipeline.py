@@ -164,6 +164,14 @@ def evaluate_command(
     uncertainty: UncertaintyOption = None,
     samples: SamplesOption = 8,
     ensemble: EnsembleOption = None,
+    temperature: Annotated[
+        bool,
+        typer.Option(
+            "--temperature",
+            help="Fit a temperature per probability on the validation split, scale "
+            "before every figure, and keep it in the run for predict.",
+        ),
+    ] = False,
 ) -> None:
     """Metrics with 95 % CIs (bootstrap by patient); operating points chosen on the validation split."""
     from medsight.validation import evaluate_run
@@ -171,7 +179,8 @@ def evaluate_command(
     repeated = _uncertainty(uncertainty, samples, ensemble)
     with progress_bar() as progress:
         report = evaluate_run(run, manifest_path=data, split=split, bootstrap=bootstrap, out=output,
-                              precision=precision, progress=progress, uncertainty=repeated)  # fmt: skip
+                              precision=precision, progress=progress, uncertainty=repeated,
+                              temperature=temperature)  # fmt: skip
     table = Table(
         "figure",
         "estimate [95 % CI]",

@@ -27,6 +27,7 @@ from medsight.core.volume import Volume
 from medsight.data.cache import default_cache_dir
 from medsight.data.cases import stack_channels
 from medsight.data.manifest import Manifest
+from medsight.inference.calibration import apply_temperatures, load_temperatures
 from medsight.inference.uncertainty import Uncertainty, combine, sampled_models, spreads, training_augmentation
 from medsight.io import detect_format, read, write
 from medsight.io.atomic import full_suffix
@@ -316,7 +317,8 @@ class Predictor:
         maps the task makes (segmentation) are written to ``masks`` (a folder, made if needed), one
         per input on its exact grid, named in an ``output`` column. Each file is read once; a file
         that cannot be read or prepared is named in the error. With ``uncertainty``, each score is
-        the mean of several predictions, with its spread as ``sd_<column>``."""
+        the mean of several predictions, with its spread as ``sd_<column>``. Probabilities are
+        temperature-scaled where ``medsight evaluate --temperature`` kept temperatures in the run."""
         groups = self.input_files(inputs)
         paths = list(groups)
         models = self.models(uncertainty)
@@ -336,7 +338,11 @@ class Predictor:
             scores.append(chunk_scores)
             if progress is not None:
                 progress("predicting", min(start + batch_size, len(paths)), len(paths))
-        return Prediction(pd.DataFrame(cases), pd.concat(scores, ignore_index=True), self.provenance)
+        table = pd.concat(scores, ignore_index=True)
+        temperatures = load_temperatures(self.run_dir)
+        if temperatures:  # fitted by `medsight evaluate --temperature`: new images get what the evaluation scored
+            table = apply_temperatures(table, temperatures)
+        return Prediction(pd.DataFrame(cases), table, self.provenance)
 
     def input_files(self, inputs: Sequence[str | os.PathLike[str]]) -> dict[Path, list[Path]]:
         """Each input to predict on, with the files it is read from: a case folder holding the

@@ -27,8 +27,8 @@ from scipy import special
 
 from medsight.core.errors import InputError
 
-__all__ = ["calibration_figures", "calibration_intercept", "calibration_slope", "expected_calibration_error",
-           "reliability_bins"]  # fmt: skip
+__all__ = ["apply_temperature", "calibration_figures", "calibration_intercept", "calibration_slope",
+           "expected_calibration_error", "fit_temperature", "reliability_bins"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -130,3 +130,60 @@ def calibration_figures(y_true: Sequence[float] | np.ndarray, prob: Sequence[flo
     """``[ECE, slope, intercept]`` at once (what a bootstrap resamples together)."""
     return [expected_calibration_error(y_true, prob), calibration_slope(y_true, prob),
             calibration_intercept(y_true, prob)]  # fmt: skip
+
+
+_T_BOUNDS = (0.05, 20.0)  # temperatures searched (log-uniformly)
+
+
+def _scaled_logits(probabilities: np.ndarray, softmax: bool) -> np.ndarray:
+    p = np.clip(np.asarray(probabilities, np.float64), _EPS, 1 - _EPS)
+    return np.log(p) if softmax else _logit(p)
+
+
+def apply_temperature(probabilities: np.ndarray, temperature: float, *, softmax: bool = False) -> np.ndarray:
+    """Probabilities with their logits divided by ``temperature`` (Guo et al. 2017): for independent
+    sigmoids (``(N,)`` or ``(N, K)``, each column on its own), or a softmax over the classes (``(N, K)``,
+    the log-probabilities scaled, which is the same up to a constant per row). T > 1 softens, T < 1
+    sharpens; the order of the cases (AUC) and the most probable class never change."""
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise InputError(f"a temperature must be a positive number, got {temperature}")
+    z = _scaled_logits(probabilities, softmax) / temperature
+    return special.softmax(z, axis=1) if softmax else special.expit(z)
+
+
+def fit_temperature(labels: np.ndarray, probabilities: np.ndarray, *, softmax: bool = False) -> float:
+    """The temperature minimising the negative log-likelihood of ``labels`` (0/1 for a sigmoid, class
+    indices for a softmax) under :func:`apply_temperature`, searched in [0.05, 20].
+
+    Raises:
+        InputError: lengths differ, a label is not usable, or the labels hold one class only (any
+            temperature would do).
+    """
+    from scipy.optimize import minimize_scalar
+
+    y = np.asarray(labels)
+    p = np.asarray(probabilities, np.float64)
+    if len(y) != len(p) or len(y) == 0:
+        raise InputError(f"{len(y)} labels for {len(p)} predictions")
+    if len(np.unique(y)) < 2:
+        raise InputError("temperature scaling needs both outcomes (or several classes) among the labels")
+    z = _scaled_logits(p, softmax)
+    if softmax:
+        index = y.astype(int)
+        if p.ndim != 2 or index.min() < 0 or index.max() >= p.shape[1]:
+            raise InputError(f"class indices 0..{p.shape[1] - 1 if p.ndim == 2 else '?'} expected for a softmax")
+
+        def loss(log_t: float) -> float:
+            scaled = z / np.exp(log_t)
+            return float(np.mean(special.logsumexp(scaled, axis=1) - scaled[np.arange(len(index)), index]))
+    else:
+        if not set(np.unique(y).tolist()) <= {0, 1}:
+            raise InputError("labels for a sigmoid must be 0 or 1")
+
+        def loss(log_t: float) -> float:
+            scaled = z / np.exp(log_t)
+            return float(np.mean(np.logaddexp(0.0, scaled) - y * scaled))
+
+    low, high = np.log(_T_BOUNDS[0]), np.log(_T_BOUNDS[1])
+    found = minimize_scalar(loss, bounds=(low, high), method="bounded", options={"xatol": 1e-6})
+    return float(np.exp(found.x))

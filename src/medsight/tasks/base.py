@@ -262,6 +262,12 @@ class Task(ABC):
         unknown), for the comparison of two runs (DeLong's test clustered by patient)."""
         raise ConfigError(f"{type(self).__name__} has no binary scores to compare with DeLong's test")
 
+    def calibration_groups(self, table: pd.DataFrame) -> list[tuple[str, list[str], bool, np.ndarray]]:
+        """What temperature scaling can fit on a prediction table (scores beside the cases' labels):
+        per group ``(name, score columns, softmax, labels)`` — one sigmoid column with 0/1 labels, or
+        a softmax over several columns with class indices; labels NaN where unknown. None by default."""
+        return []
+
     # --- explanations -----------------------------------------------------------------------
     def explain_targets(self) -> tuple[str, ...]:
         """What an explanation can be asked about: one score per name (:meth:`explain_logits`).

@@ -458,6 +458,20 @@ class ClassificationTask(Task):
     def paired_scores(self, table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return report.paired_scores(self, table)
 
+    def calibration_groups(self, table: pd.DataFrame) -> list[tuple[str, list[str], bool, np.ndarray]]:
+        """binary: ``prob``; multi-label: each ``prob_<finding>``; multi-class: the softmax over the
+        classes; none for ordinal grades (CORN's probabilities are no softmax to scale)."""
+        if self.kind == "binary":
+            return [("score", ["prob"], False, pd.to_numeric(table[self.target], errors="coerce").to_numpy(float))]
+        if self.kind == "multilabel":
+            return [(name, [f"prob_{name}"], False,
+                     pd.to_numeric(table[f"target_{name}"], errors="coerce").to_numpy(float))
+                    for name in self.classes]  # fmt: skip
+        if self.kind == "multiclass":
+            columns = [f"prob_{name}" for name in self.classes]
+            return [("classes", columns, True, pd.to_numeric(table[self.target], errors="coerce").to_numpy(float))]
+        return []
+
     # --- explanations -----------------------------------------------------------------------
     def explain_targets(self) -> tuple[str, ...]:
         """binary: the positive class; multi-class and multi-label: every class or finding;

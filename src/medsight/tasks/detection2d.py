@@ -696,6 +696,14 @@ class Detection2DTask(Task):
     def paired_scores(self, table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return report.paired_scores(self.classifier, table)
 
+    def calibration_groups(self, table: pd.DataFrame) -> list[tuple[str, list[str], bool, np.ndarray]]:
+        """The image scores, as the classifier they are reported as (labels of each finding)."""
+        labels = self.labels(table)
+        names = ["score"] if self.settings.findings is None else list(self.settings.findings)
+        columns = ["prob"] if self.settings.findings is None else [f"prob_{n}" for n in names]
+        return [(name, [column], False, labels[:, k]) for k, (name, column) in enumerate(zip(names, columns,
+                                                                                             strict=True))]  # fmt: skip
+
     # --- explanations -----------------------------------------------------------------------
     def explain_targets(self) -> tuple[str, ...]:
         """Each finding scored per cell."""

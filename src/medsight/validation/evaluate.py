@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,13 @@ from medsight.core.errors import ConfigError, InputError
 from medsight.core.progress import Progress
 from medsight.data.manifest import Manifest
 from medsight.inference import Predictor, Uncertainty
+from medsight.inference.calibration import apply_temperatures, save_temperatures
 from medsight.inference.uncertainty import SPREAD_PREFIX, spread_column
 from medsight.io.atomic import atomic_file, check_writable
 from medsight.metrics import bootstrap_ci, delong_test, roc_auc
+from medsight.metrics.calibration import fit_temperature
 from medsight.metrics.referral import DEFAULT_RATES, ambiguity, referral_curve_ci
-from medsight.tasks import Estimate, Evaluation, ModelPackage, Task, task_for
+from medsight.tasks import Estimate, Evaluation, ModelPackage, Prediction, Task, task_for
 from medsight.tasks.results import json_ready
 
 __all__ = ["compare_runs", "evaluate_run"]
@@ -71,6 +74,7 @@ def evaluate_run(
     precision: str = "auto",
     progress: Progress | None = None,
     uncertainty: Uncertainty | None = None,
+    temperature: bool = False,
 ) -> Evaluation:
     """Figures of a run on a split, with CIs.
 
@@ -79,7 +83,13 @@ def evaluate_run(
     fusion temperature) is kept in the run for prediction. With ``uncertainty``, every score is the
     mean of several predictions (its spread beside it as ``sd_<column>``), and the evaluation adds
     referral curves: the AUC of each labelled probability on the cases kept when the most uncertain
-    are referred, by the spread and by the probability's closeness to 0.5.
+    are referred, by the spread and by the probability's closeness to 0.5. With ``temperature``, a
+    temperature per probability is fitted on the validation split, applied to both splits before
+    any figure, and kept in the run (``temperatures.json``) for prediction; without it, any kept
+    temperature is removed so that prediction matches this evaluation.
+
+    Raises:
+        ConfigError: ``temperature`` on the validation split itself, or for a task with nothing to scale.
     """
     run_dir = Path(run_dir)
     predictor = Predictor.from_run(run_dir, precision=precision)  # type: ignore[arg-type]
@@ -96,7 +106,14 @@ def evaluate_run(
     test = predictor.predict_split(data, split, uncertainty=uncertainty)
     fits = split != "val" and predictor.task.fits_on_validation
     val = predictor.predict_split(data, "val", uncertainty=uncertainty) if fits else test
+    scaling = _fit_temperatures(predictor.task, val, split) if temperature else None
+    if scaling:
+        val = replace(val, scores=apply_temperatures(val.scores, scaling))
+        test = replace(test, scores=apply_temperatures(test.scores, scaling))
     figures, details, warnings = predictor.task.evaluate(val, test, split=split, operating_points=points, bootstrap=n)
+    save_temperatures(run_dir, scaling)
+    if scaling:
+        details["temperature_scaling"] = scaling
     if uncertainty is not None:
         details["referral"], referred = _referral(predictor.task, test.table(), uncertainty, n)
         figures = {**figures, **referred}
@@ -134,6 +151,28 @@ def evaluate_run(
     with atomic_file(run_dir / f"predictions_{split}.csv") as tmp:
         test.table().to_csv(tmp, index=False)
     return evaluation
+
+
+def _fit_temperatures(task: Task, val: Prediction, split: str) -> dict[str, dict[str, Any]]:
+    """A temperature per probability (group) of the task, fitted on the validation predictions."""
+    if split == "val":
+        raise ConfigError("temperature scaling is fitted on the validation split: evaluate the test split with it")
+    table = val.table()
+    fitted: dict[str, dict[str, Any]] = {}
+    for name, columns, softmax, labels in task.calibration_groups(table):
+        known = np.isfinite(labels)
+        probabilities = table.loc[known, columns].to_numpy(float)
+        try:
+            value = fit_temperature(labels[known], probabilities if softmax else probabilities[:, 0], softmax=softmax)
+        except InputError as exc:
+            log.warning("no temperature for %s: %s", name, exc)
+            continue
+        fitted[name] = {"columns": columns, "softmax": softmax, "temperature": value}
+        log.info("temperature of %s: %.3f (fitted on %d validation cases)", name, value, int(known.sum()))
+    if not fitted:
+        raise ConfigError(f"nothing to temperature-scale: a {task.spec.kind} task has no probabilities of that "  # type: ignore[attr-defined]
+                          "kind with labels on the validation split (ordinal grades are not scaled)")  # fmt: skip
+    return fitted
 
 
 _REFERRAL_FIGURE = 0.2  # the share referred whose AUC is a headline figure

@@ -620,6 +620,11 @@ def build_report(run_dir: str | os.PathLike[str], *, split: str = "test") -> dic
             "input channels": package.in_channels,
             "preprocessing": json_ready(package.preprocess),
             "numeric precision in evaluation": metrics.get("precision"),
+            "temperature scaling (fitted on validation)": {
+                name: round(float(group["temperature"]), 3)
+                for name, group in (metrics.get("temperature_scaling") or {}).items()
+            }
+            or "none",
         },
         "provenance": {
             "created": provenance.created,
