@@ -58,6 +58,12 @@ def test_files_are_explained_for_the_target_asked(trained, tmp_path):
     written = json.loads((tmp_path / "y" / "explanations.json").read_text())
     assert written["images"][0]["target"] == "effusion" and written["images"][0]["checks"]["gradcampp"] == {}
     assert (tmp_path / "y" / "img030_gradcampp_effusion.png").is_file()
+    deeper = _run(run, image, "--layer", "model.layer3", "-m", "gradcam", "-m", "ig", "--out", tmp_path / "z")
+    assert deeper.exit_code == 0, deeper.output
+    summary = json.loads((tmp_path / "z" / "explanations.json").read_text())["methods"]
+    assert summary["gradcam"]["layer"] == "model.layer3" and "layer" not in summary["ig"]
+    wrong = _run(run, image, "--layer", "model.layer9", "--out", tmp_path / "w")
+    assert wrong.exit_code == 1 and "no layer 'model.layer9'" in wrong.output
 
 
 @pytest.mark.slow

@@ -38,6 +38,12 @@ def explain_command(
     checks: Annotated[
         bool, typer.Option("--checks/--no-checks", help="Deletion/insertion curves and the weight-randomisation test.")
     ] = True,
+    layer: Annotated[
+        str | None,
+        typer.Option(
+            "--layer", help="Layer Grad-CAM reads, e.g. model.layer3 (default: the last spatial feature map)."
+        ),
+    ] = None,
 ) -> None:
     """Explain a run's predictions: attribution maps (Grad-CAM, Grad-CAM++, occlusion, integrated
     gradients) as PNG overlays, each scored for faithfulness (deletion/insertion), checked against
@@ -56,7 +62,8 @@ def explain_command(
         raise InputError(f"--out {folder} is a file; give a folder for the overlays")
     check_writable(folder, option="--out", file=False)  # before any work: its parent must exist
     predictor = Predictor.from_run(run, precision="fp32")
-    options = {"methods": method or ["gradcam"], "target": target, "faithfulness": checks, "sanity": checks}
+    options = {"methods": method or ["gradcam"], "target": target, "faithfulness": checks, "sanity": checks,
+               "layer": layer}  # fmt: skip
     with progress_bar() as progress:
         if data is not None:
             result = explain_split(predictor, data, split=split, cases=cases, progress=progress, **options)

@@ -128,6 +128,7 @@ def explain(
     placements: Sequence[Placement | None] | None = None,
     faithfulness: bool = True,
     sanity: bool = True,
+    layer: str | None = None,
     progress: Progress | None = None,
 ) -> ExplainResult:
     """Explain prepared inputs ``images``: each ``(C, H, W)`` as :meth:`Task.input_array` makes it,
@@ -139,6 +140,8 @@ def explain(
         boxes: Per image, the true boxes (input pixels) of each target index, for energy in the box.
         faithfulness: Compute deletion and insertion curves (4 x 21 forward passes per map).
         sanity: Run the model randomisation test on the first few images.
+        layer: The layer Grad-CAM and Grad-CAM++ read (e.g. ``model.layer3``), by default the last
+            spatial feature map (:func:`~medsight.explain.attribution.feature_layer`).
 
     Raises:
         ConfigError: an unknown method or target, or a task that cannot be explained.
@@ -162,7 +165,7 @@ def explain(
         item.placement = None if placements is None else placements[i]
         for method in chosen:
             start = time.perf_counter()
-            found = attribute(network, image[None], k, method)[0]
+            found = attribute(network, image[None], k, method, layer=_layer_for(method, layer))[0]
             seconds[method] += time.perf_counter() - start
             item.maps[method] = found
             check: dict[str, Any] = {}
@@ -180,19 +183,31 @@ def explain(
     summary = {m: _summary(results, m, seconds[m]) for m in chosen}
     if sanity and results:
         for method in chosen:
-            summary[method]["randomisation"] = _randomisation(network, results[:SANITY_IMAGES], method)
+            summary[method]["randomisation"] = _randomisation(network, results[:SANITY_IMAGES], method,
+                                                              _layer_for(method, layer))  # fmt: skip
+        if layer is not None:
+            for method in chosen:
+                if _layer_for(method, layer):
+                    summary[method]["layer"] = layer
     return ExplainResult(results, summary, {"run": str(predictor.run_dir), "recipe": predictor.package.recipe,
                                             "network": predictor.package.model.name})  # fmt: skip
 
 
-def _randomisation(network: ExplainedNetwork, items: Sequence[ExplainedImage], method: str) -> dict[str, Any]:
+def _layer_for(method: str, layer: str | None) -> str | None:
+    """The layer a method reads: Grad-CAM's and Grad-CAM++'s; occlusion and IG read the input."""
+    return layer if method in ("gradcam", "gradcampp") else None
+
+
+def _randomisation(
+    network: ExplainedNetwork, items: Sequence[ExplainedImage], method: str, layer: str | None = None
+) -> dict[str, Any]:
     """The model randomisation test on ``items``: rank correlation of each map with the map under
     re-drawn weights (a map that vanishes under random weights counts as changed)."""
     shuffled = randomised(network)
     rhos = []
     for item in items:
         k = network.targets.index(item.target)
-        again = attribute(shuffled, torch.from_numpy(item.image)[None], k, method)[0]
+        again = attribute(shuffled, torch.from_numpy(item.image)[None], k, method, layer=layer)[0]
         rhos.append(rank_correlation(item.maps[method], again))
     finite = [r for r in rhos if np.isfinite(r)]
     mean = float(np.mean(finite)) if finite else float("nan")
