@@ -48,15 +48,20 @@ def _risk(risk: Sequence[float], n: int) -> np.ndarray:
     return r
 
 
-def kaplan_meier(time: Sequence[float], event: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
-    """The Kaplan-Meier estimate of survival: the distinct times and S(t) just after each."""
+def _counts(time: Sequence[float], event: Sequence[object]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per distinct time: the time, the events there, the subjects leaving there, and those at risk."""
     t, e = _survival_data(time, event)
     if len(t) == 0:
         raise InputError("no subjects to estimate survival from")
     times, index = np.unique(t, return_inverse=True)
     deaths = np.bincount(index, weights=e.astype(np.float64), minlength=len(times))
     exits = np.bincount(index, minlength=len(times)).astype(np.float64)
-    at_risk = exits[::-1].cumsum()[::-1]
+    return times, deaths, exits, exits[::-1].cumsum()[::-1]
+
+
+def kaplan_meier(time: Sequence[float], event: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
+    """The Kaplan-Meier estimate of survival: the distinct times and S(t) just after each."""
+    times, deaths, _, at_risk = _counts(time, event)
     return times, np.cumprod(1.0 - deaths / at_risk)
 
 
@@ -64,14 +69,9 @@ def censoring_survival(time: Sequence[float], event: Sequence[object]) -> Callab
     """G(t), the probability of being still uncensored at t, by Kaplan-Meier on the censorings (the
     subjects with an event at a time leave the risk set before those censored then); a step
     function, 1 before the first time."""
-    t, e = _survival_data(time, event)
-    if len(t) == 0:
-        raise InputError("no subjects to estimate the censoring distribution from")
-    times, index = np.unique(t, return_inverse=True)
-    deaths = np.bincount(index, weights=e.astype(np.float64), minlength=len(times))
-    exits = np.bincount(index, minlength=len(times)).astype(np.float64)
+    times, deaths, exits, at_risk = _counts(time, event)
     censored = exits - deaths
-    at_risk = exits[::-1].cumsum()[::-1] - deaths
+    at_risk = at_risk - deaths  # the events at a time leave before the censorings then
     ratio = np.divide(censored, at_risk, out=np.zeros_like(censored), where=censored > 0)
     values = np.cumprod(1.0 - ratio)
 
