@@ -75,3 +75,32 @@ def test_make_phantom_then_manifest(tmp_path):
     assert result.exit_code == 1 and "not empty" in result.output
     result = invoke("data", "make-phantom", "fundus", "--out", tmp_path / "x")
     assert result.exit_code == 1 and "no phantom for recipe 'fundus'" in result.output
+
+
+def test_join_adds_columns_in_place_or_to_out_and_names_mistakes(tmp_path):
+    import pandas as pd
+
+    table = pd.DataFrame({"case_id": ["a", "b", "c"], "patient_id": ["P1", "P2", "P3"],
+                          "image": ["a.png", "b.png", "c.png"]})  # fmt: skip
+    table.to_csv(tmp_path / "m.csv", index=False)
+    pd.DataFrame({"patient_id": ["P1", "P2", "P9"], "age": [61, 72, 50], "event": [1, 0, 1]}).to_csv(
+        tmp_path / "clinical.csv", index=False
+    )
+    result = invoke("data", "join", tmp_path / "m.csv", tmp_path / "clinical.csv", "--out", tmp_path / "j.csv")
+    assert result.exit_code == 0, result.output
+    assert "joined 2 column(s) on patient_id (age, event): 2 of 3 case(s) matched" in result.output
+    assert (
+        "1 case(s) found no row (e.g. c)" in result.output and "1 row(s) of the table matched no case" in result.output
+    )
+    joined = Manifest.load(tmp_path / "j.csv").table
+    assert joined["age"].tolist()[:2] == [61, 72] and "age" not in Manifest.load(tmp_path / "m.csv").table
+    again = invoke("data", "join", tmp_path / "j.csv", tmp_path / "clinical.csv", "--columns", "age")
+    assert again.exit_code == 1 and "already has column(s) ['age']: give --replace" in again.output
+    for args, message in (
+        (["--on", "site"], "--on takes auto, case_id or patient_id"),
+        (["--columns", "agee"], "the table has no column(s) ['agee']"),
+    ):
+        result = invoke("data", "join", tmp_path / "m.csv", tmp_path / "clinical.csv", *args)
+        assert result.exit_code == 1 and message in result.output, result.output
+    result = invoke("data", "join", tmp_path / "m.csv", tmp_path / "missing.csv")
+    assert result.exit_code == 1 and "no such file" in result.output

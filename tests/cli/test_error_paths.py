@@ -84,3 +84,12 @@ def test_usage_errors_are_one_line_with_status_2(args, expected):
     assert result.returncode == 2
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(expected), lines
+
+
+def test_predict_takes_files_or_a_manifest_not_both_nor_neither(tmp_path):
+    runner = CliRunner()
+    for args in ([], ["x.png", "--data", "m.csv"]):
+        result = runner.invoke(app, ["predict", str(tmp_path), *args])
+        assert result.exit_code != 0 and "give input files or --data MANIFEST" in result.output, result.output
+    result = runner.invoke(app, ["predict", str(tmp_path), "--data", "m.csv", "--split", "tset"])
+    assert result.exit_code != 0 and "--split must be all, train, val or test" in result.output

@@ -12,7 +12,7 @@ def test_every_builtin_recipe_validates(name):
     recipe = load_recipe(name)
     assert recipe.name == name
     assert recipe.train.epochs >= 1
-    what = {"segmentation": "labels", "detection": "finding"}.get(recipe.task.kind, "classes")
+    what = {"segmentation": "labels", "detection": "finding", "risk": "features"}.get(recipe.task.kind, "classes")
     assert getattr(recipe.task, what)
     assert isinstance(recipe.preprocess, type(task_for(recipe.task)).preprocess_type)
 

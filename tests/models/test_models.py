@@ -8,7 +8,8 @@ import torch
 from medsight.core import ConfigError, InputError
 from medsight.models import build_model, freeze_backbone, load_pretrained, registered_models, unfreeze
 
-MODELS = sorted(registered_models())
+MODELS = sorted(name for name, spec in registered_models().items() if not spec.tabular)
+TABULAR = sorted(name for name, spec in registered_models().items() if spec.tabular)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -22,6 +23,22 @@ def test_every_model_builds_and_runs(name, in_channels):
     keys = model.state_dict()
     assert spec.first_conv in keys and keys[spec.first_conv].shape[1] == in_channels
     assert any(k.startswith(spec.head) for k in keys)
+
+
+@pytest.mark.parametrize("name", TABULAR)
+def test_tabular_models_take_feature_vectors_only(name):
+    model = build_model(name, in_channels=7, num_outputs=3, tabular=True).eval()
+    spec = registered_models()[name]
+    with torch.no_grad():
+        out = model(torch.randn(5, 7))
+    assert out.shape == (5, 3) and torch.isfinite(out).all()
+    keys = model.state_dict()
+    assert spec.first_conv in keys and keys[spec.first_conv].shape[1] == 7
+    assert any(k.startswith(spec.head) for k in keys)
+    with pytest.raises(ConfigError, match="takes a feature vector per case, but this task gives it images"):
+        build_model(name, in_channels=1)
+    with pytest.raises(ConfigError, match="takes images, but this task gives it feature vectors; use one of: linear"):
+        build_model("resnet18", in_channels=7, tabular=True)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "densenet121"])

@@ -114,3 +114,14 @@ def test_a_cine_is_segmented_frame_by_frame_and_measured(tmp_path):
     assert {"lv_ef", "lv_edv_ml", "rv_ef", "lv_mass_g"} <= set(result.scores.columns)
     labels = read(result.cases["output"][0])
     assert labels.array.shape == source.array.shape and labels.geometry.isclose(source.geometry)
+    # a manifest's cases predicted as a whole: one function row per case, beside the reference's
+    predictor = Predictor.from_run(tmp_path / "run")
+    data = predictor.prepare(build_manifest(root))
+    table = predictor.predict_split(data, "all").table()
+    assert len(table) == 12  # ED and ES of each of the six cases
+    function = predictor.grouped(table)["function"]
+    assert sorted(function["case_id"]) == sorted(data.manifest.table["case_id"])
+    assert {"lv_ef", "lv_mass_g", "reference_lv_ef", "rv_edv_ml"} <= set(function.columns)
+    truth = pd.read_csv(root / "phantom_truth.csv").set_index("patient")
+    np.testing.assert_allclose(function.set_index("case_id")["reference_lv_ef"],
+                               100 * truth.loc[function["case_id"], "ef_masks"], atol=0.01)  # fmt: skip

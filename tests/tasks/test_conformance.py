@@ -193,6 +193,30 @@ def _detection2d_findings(root: Path) -> tuple[dict, Path]:
     return {"name": "conformance-detection2d-findings", "task": task, **FAST}, manifest
 
 
+def _risk(root: Path) -> tuple[dict, Path]:
+    """Patients with an age, a measurement and a category, followed up for an event whose hazard rises
+    with age; images that are never read (the features came from them)."""
+    rng = np.random.default_rng(0)
+    n = 60
+    age = rng.uniform(40, 80, n)
+    event_time, censor = rng.exponential(1 / (0.1 * np.exp(0.06 * (age - 60)))), rng.uniform(1, 8, n)
+    table = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "patient_id": [f"p{i}" for i in range(n)],
+                          "image": [f"img{i}.png" for i in range(n)], "age": age, "lv_ef": rng.uniform(20, 70, n),
+                          "site": rng.choice(["a", "b"], n), "years": np.minimum(event_time, censor),
+                          "event": (event_time <= censor).astype(int),
+                          "split": np.array(["train"] * 36 + ["val"] * 12 + ["test"] * 12)})  # fmt: skip
+    manifest = root / "manifest.csv"
+    table.to_csv(manifest, index=False)
+    recipe = {
+        "name": "conformance-risk",
+        "task": {"kind": "risk", "time": "years", "event": "event", "features": ["age", "lv_ef", "site"]},
+        "model": {"name": "linear"},
+        "train": {"epochs": 1, "batch_size": 64, "precision": "fp32", "channels_last": "off"},
+        "evaluation": {"bootstrap": 20},
+    }  # fmt: skip
+    return recipe, manifest
+
+
 CASES: dict[str, Callable[[Path], tuple[dict, Path]]] = {
     "binary": _classification("binary", ["negative", "positive"]),
     "multiclass": _classification("multiclass", ["a", "b", "c"]),
@@ -202,6 +226,7 @@ CASES: dict[str, Callable[[Path], tuple[dict, Path]]] = {
     "detection": _detection,
     "detection2d": _detection2d,
     "detection2d findings": _detection2d_findings,  # the same task kind, several findings at once
+    "risk": _risk,
 }
 
 
@@ -237,15 +262,21 @@ def test_fit_predict_evaluate_through_the_seam(tmp_path, case):
 
     saved = pd.read_csv(run / "predictions_test.csv", dtype={"case_id": str})
     assert len(saved) == len(evaluation_cases(run))
-    files = [data / name for name in saved["image"]]
+    tabular = predictor.task.spatial_dims == 0  # a model of features predicts from tables of cases
+    files = [manifest] if tabular else [data / name for name in saved["image"]]
     predicted = predictor.predict_files(files, masks=tmp_path / "masks")
-    assert isinstance(predicted, Prediction) and len(predicted) == len(files) and len(predicted.scores.columns)
-    assert predicted.table()["input"].tolist() == [str(f) for f in files]
+    assert isinstance(predicted, Prediction) and len(predicted.scores.columns)
+    if not tabular:
+        assert len(predicted) == len(files) and predicted.table()["input"].tolist() == [str(f) for f in files]
     CHECKS.get(case, _classification_check)(predictor, predicted, saved, files)
     check_page(write_report(run))  # the validation report of every task
     plots = json.loads((run / "report.json").read_text())["plots"]
     assert ("Confusion matrix" in plots) == (case in ("multiclass", "ordinal"))  # classes and grades
-    _explain_check(predictor, files[:2], tmp_path / "explain")
+    if tabular:
+        with pytest.raises(ConfigError, match="cannot be explained yet"):
+            predictor.task.explain_targets()
+    else:
+        _explain_check(predictor, files[:2], tmp_path / "explain")
 
 
 def _explain_check(predictor, files, out: Path) -> None:
@@ -340,8 +371,16 @@ def _detection2d_findings_check(predictor, predicted, saved, files) -> None:
     assert set(local["per_finding"]) == {"mass", "effusion"} and local["findings"] == 4  # test boxes
 
 
-CHECKS = {"segmentation": _segmentation_check, "detection": _detection_check, "detection2d": _detection2d_check,
-          "detection2d findings": _detection2d_findings_check}  # fmt: skip
+def _risk_check(predictor, predicted, saved, files) -> None:
+    """Every case of the table predicted, the test cases alike through the table and through the cache."""
+    assert list(predicted.scores.columns) == ["risk", *[c for c in saved.columns if c.startswith("prob_event_")]]
+    table = predicted.table().set_index("case_id").loc[saved["case_id"]]
+    columns = list(predicted.scores.columns)
+    np.testing.assert_allclose(table[columns].to_numpy(float), saved[columns].to_numpy(float), rtol=1e-5, atol=1e-7)
+
+
+CHECKS = {"segmentation": _segmentation_check, "risk": _risk_check, "detection": _detection_check,
+          "detection2d": _detection2d_check, "detection2d findings": _detection2d_findings_check}  # fmt: skip
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from medsight.cli.common import err, friendly, out, progress_bar
-from medsight.core.errors import ConfigError
+from medsight.core.errors import ConfigError, MedsightError
 from medsight.data.phantoms import BUILTIN_PHANTOMS
 
 # pandas, the adapters and the phantom generators are imported inside each command (instant --help)
@@ -109,6 +109,50 @@ def split(
     out.print(table)
     if folds:
         out.print(f"{folds} folds in column 'fold' (test cases have fold -1)")
+    out.print(f"wrote {target}")
+
+
+@app.command("join")
+@friendly
+def join(
+    manifest_path: Annotated[Path, typer.Argument(help="Manifest to add columns to (.csv or .parquet).")],
+    table_path: Annotated[
+        Path, typer.Argument(help="Table with a case_id or patient_id column (clinical data, another model's outputs).")
+    ],
+    on: Annotated[
+        str, typer.Option("--on", help="auto (case_id if the table has it), case_id or patient_id.")
+    ] = "auto",
+    columns: Annotated[
+        str | None, typer.Option("--columns", help="Comma-separated columns to join (default: all but the keys).")
+    ] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Overwrite columns the manifest already has.")] = False,
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of updating in place.")] = None,
+) -> None:
+    """Add columns of a table to a manifest's cases: clinical covariates and outcomes per patient, or a
+    model's per-case outputs (e.g. `medsight predict CARDIAC_RUN --data M` writes EF and LV mass per case)."""
+    from medsight.data import Manifest
+    from medsight.data.join import join_table
+    from medsight.inference.predictor import read_table
+
+    if on not in ("auto", "case_id", "patient_id"):
+        raise ConfigError(f"--on takes auto, case_id or patient_id, got {on!r}")
+    source = Manifest.load(manifest_path)
+    try:
+        table = read_table(table_path)
+    except MedsightError as exc:
+        raise type(exc)(str(exc).replace("a risk model predicts from", "join reads")) from exc
+    chosen = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    result = join_table(source, table.astype({k: str for k in ("case_id", "patient_id") if k in table.columns}),
+                        on=on, columns=chosen, replace=replace)  # type: ignore[arg-type]  # fmt: skip
+    target = output or manifest_path
+    result.manifest.save(target, overwrite=True)
+    out.print(f"joined {len(result.columns)} column(s) on {result.on} ({', '.join(result.columns)}): "
+              f"{result.matched} of {len(source)} case(s) matched")  # fmt: skip
+    if result.unmatched_cases:
+        err.print(f"[yellow]warning:[/] {len(result.unmatched_cases)} case(s) found no row (e.g. "
+                  f"{', '.join(result.unmatched_cases[:3])}); their new cells are empty")  # fmt: skip
+    if result.unused_rows:
+        out.print(f"{result.unused_rows} row(s) of the table matched no case")
     out.print(f"wrote {target}")
 
 

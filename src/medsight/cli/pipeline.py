@@ -210,8 +210,18 @@ def report_command(
 
 def predict_command(
     run: Annotated[Path, typer.Argument(help="Run folder of `medsight train`.")],
-    inputs: Annotated[list[Path], typer.Argument(help="Image or DICOM files, or folders of them (one row per file).")],
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Image or DICOM files, or folders of them (one row per file); a risk model: tables (.csv)."
+        ),
+    ] = None,
     output: Annotated[Path, typer.Option("--out", "-o", help="CSV of predictions.")] = Path("predictions.csv"),
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", "-d", help="Predict a manifest's cases instead of files (prepared as in training)."),
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="With --data: all, train, val or test.")] = "all",
     slice_index: Annotated[
         int | None, typer.Option("--slice", help="3D inputs: which slice (0-based) the 2D model classifies.")
     ] = None,
@@ -224,17 +234,28 @@ def predict_command(
 ) -> None:
     """Predict on image files or DICOM; one row per image. Mammography runs also write breast-
     and exam-level scores (``<out>_breasts.csv``, ``<out>_exams.csv``) fused as in evaluation;
-    segmentation runs write a label map per input (a DICOM folder is one volume) into ``<out>_masks/``."""
+    segmentation runs write a label map per input (a DICOM folder is one volume) into ``<out>_masks/``.
+    With ``--data``, a manifest's cases are predicted instead (cardiac models add ``<out>_function.csv``:
+    volumes, EF and LV mass per case, to join to the manifest as features of a risk model)."""
+    from medsight.data.manifest import Manifest
     from medsight.inference import Predictor
     from medsight.io.atomic import check_writable
 
+    if bool(inputs) == (data is not None):
+        raise typer.BadParameter("give input files or --data MANIFEST (one of the two)")
+    if split not in ("all", "train", "val", "test"):
+        raise typer.BadParameter(f"--split must be all, train, val or test, got {split!r}")
     check_writable(output, option="--out")  # before any work: a bad --out must not waste the predictions
     repeated = _uncertainty(uncertainty, samples, ensemble)
     predictor = Predictor.from_run(run, precision=precision)
     masks = output.with_name(f"{output.stem}_masks")  # label maps, for models that make them
     with progress_bar() as progress:
-        table = predictor.predict_files(inputs, slice_index=slice_index, masks=masks, progress=progress,
-                                        uncertainty=repeated).table()  # fmt: skip
+        if data is not None:
+            prepared = predictor.prepare(Manifest.load(data), progress=progress)
+            table = predictor.predict_split(prepared, split, uncertainty=repeated).table()
+        else:
+            table = predictor.predict_files(inputs or [], slice_index=slice_index, masks=masks, progress=progress,
+                                            uncertainty=repeated).table()  # fmt: skip
     table.to_csv(output, index=False)
     out.print(f"wrote {len(table)} prediction(s) to {output}")
     if "output" in table:

@@ -94,25 +94,35 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 def _fields_at(model: type[BaseModel], location: Sequence[str | int]) -> list[str]:
     """Field names of the sub-model at ``location`` (for 'did you mean' suggestions)."""
-    current: Any = model
+    current: list[Any] = [model]  # the models a union (the task sections) may be
     for part in location[:-1]:
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
+        fields = [f for m in current if (f := getattr(m, "model_fields", {}).get(part)) is not None]
+        if not fields:
             return []
-        current = field.annotation
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            args = [a for a in getattr(current, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
-            if not args:
-                return []
-            current = args[0]
-    return list(getattr(current, "model_fields", {}))
+        current = []
+        for field in fields:
+            kind = field.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                current.append(kind)
+            else:
+                current += [
+                    a for a in getattr(kind, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)
+                ]
+        if not current:
+            return []
+    return list(dict.fromkeys(name for m in current for name in getattr(m, "model_fields", {})))
 
 
 def explain(error: ValidationError, model: type[BaseModel]) -> str:
     """A validation error of ``model`` as one line: each problem with its dotted key, unknown keys
     with the closest known one."""
     problems = []
+    kinds = set(registered_tasks())
     for item in error.errors():
+        location = list(item["loc"])
+        if len(location) > 2 and location[0] == "task" and location[1] in kinds:  # the union's tag, not a key
+            del location[1]
+        item = {**item, "loc": tuple(location)}
         where = ".".join(str(p) for p in item["loc"])
         if item["type"] == "extra_forbidden":
             close = difflib.get_close_matches(str(item["loc"][-1]), _fields_at(model, item["loc"]), n=1)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ValidationError
@@ -118,6 +119,26 @@ def read_input(name: Path, files: Sequence[Path]) -> Volume:
 
 
 _MAP_SUFFIXES = {".nii": ".nii.gz", ".nii.gz": ".nii.gz", ".nrrd": ".nrrd", ".mha": ".mha", ".mhd": ".mha"}
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A table of cases (.csv or .parquet) to predict on with a model of features.
+
+    Raises:
+        InputError: a missing, unreadable or empty file, or one that is not a table.
+    """
+    if path.is_dir() or path.suffix.lower() not in (".csv", ".parquet"):
+        raise InputError(f"{path}: a risk model predicts from a table of cases (.csv or .parquet, one row per case "
+                         "with the model's feature columns), not from images or folders")  # fmt: skip
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        table = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path} is not a readable table: {exc}") from exc
+    if table.empty:
+        raise InputError(f"{path} holds no cases")
+    return table
 
 
 def _write_map(label: Volume, source: Path, volume: Volume, masks: str | os.PathLike[str] | None) -> Path:
@@ -268,9 +289,9 @@ class Predictor:
     def predict_split(
         self, data: TaskData, split: str, *, batch_size: int = 64, uncertainty: Uncertainty | None = None
     ) -> Prediction:
-        """The model's scores for one split of prepared data, beside the split's cases (with
-        ``uncertainty``: the mean of several predictions and their spread, ``sd_<column>``)."""
-        indices = data.indices(split)
+        """The model's scores for one split of prepared data (``all``: every case), beside the split's
+        cases (with ``uncertainty``: the mean of several predictions and their spread, ``sd_<column>``)."""
+        indices = np.arange(len(data.manifest)) if split == "all" else data.indices(split)
         if len(indices) == 0:
             raise InputError(f"the manifest has no {split!r} cases")
         tables = []
@@ -319,9 +340,11 @@ class Predictor:
         that cannot be read or prepared is named in the error. With ``uncertainty``, each score is
         the mean of several predictions, with its spread as ``sd_<column>``. Probabilities are
         temperature-scaled where ``medsight evaluate --temperature`` kept temperatures in the run."""
+        models = self.models(uncertainty)
+        if self.task.spatial_dims == 0:
+            return self._predict_tables(models, inputs)
         groups = self.input_files(inputs)
         paths = list(groups)
-        models = self.models(uncertainty)
         cases, scores = [], []
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
@@ -343,6 +366,21 @@ class Predictor:
         if temperatures:  # fitted by `medsight evaluate --temperature`: new images get what the evaluation scored
             table = apply_temperatures(table, temperatures)
         return Prediction(pd.DataFrame(cases), table, self.provenance)
+
+    def _predict_tables(self, models: Sequence[nn.Module], inputs: Sequence[str | os.PathLike[str]]) -> Prediction:
+        """A model of features (a risk model): one row per case of each input table (.csv or .parquet),
+        its columns kept beside the scores."""
+        cases, scores = [], []
+        for item in inputs:
+            path = Path(item)
+            table = read_table(path)
+            try:
+                tables = [self.task.predict_table(model, table, self.preprocess) for model in models]
+            except MedsightError as exc:
+                raise type(exc)(f"{path.name}: {exc}") from exc
+            scores.append(combine(tables) if len(tables) > 1 else tables[0])
+            cases.append(table.assign(input=str(path)))
+        return Prediction(pd.concat(cases, ignore_index=True), pd.concat(scores, ignore_index=True), self.provenance)
 
     def input_files(self, inputs: Sequence[str | os.PathLike[str]]) -> dict[Path, list[Path]]:
         """Each input to predict on, with the files it is read from: a case folder holding the

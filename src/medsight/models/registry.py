@@ -30,6 +30,8 @@ class ModelSpec:
         pool: Attribute path of the global pooling before the head (replaced by ``pooling``).
         dense: True for networks whose output is a map (one value per pixel or voxel, e.g. a
             U-Net), False for those that output one vector per image (classifiers).
+        tabular: True for networks of a feature vector per case (``(B, F)``: clinical covariates,
+            image-derived measurements), not of images; ``in_channels`` is then the number of features.
     """
 
     name: str
@@ -39,6 +41,7 @@ class ModelSpec:
     description: str
     pool: str = ""
     dense: bool = False
+    tabular: bool = False
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -108,6 +111,7 @@ def build_model(
     num_outputs: int = 1,
     pooling: Pooling = "avg",
     dropout: float = 0.0,
+    tabular: bool = False,
 ) -> nn.Module:
     """Build a registered network with fresh weights.
 
@@ -120,6 +124,10 @@ def build_model(
             ``lse`` (:class:`GlobalPool`); for small findings in large images.
         dropout: When above 0, a dropout layer before the last linear layer (the head), which
             Monte Carlo dropout samples at prediction.
+        tabular: The caller feeds feature vectors ``(B, in_channels)`` rather than images.
+
+    Raises:
+        ConfigError: an unknown name, a network of images for features or the reverse, or bad sizes.
     """
     models = registered_models()
     if name not in models:
@@ -134,6 +142,12 @@ def build_model(
     if pooling not in ("avg", "max", "lse"):
         raise ConfigError(f"pooling must be 'avg', 'max' or 'lse', got {pooling!r}")
     spec = models[name]
+    if spec.tabular != tabular:
+        kind = [n for n, m in models.items() if m.tabular == tabular]
+        raise ConfigError(
+            f"model {name!r} takes {'a feature vector per case' if spec.tabular else 'images'}, but this task gives "
+            f"it {'feature vectors' if tabular else 'images'}; use one of: {', '.join(kind)}"
+        )
     model = spec.build(spatial_dims, in_channels, num_outputs)
     if pooling != "avg":
         if not spec.pool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from monai.networks.nets import DenseNet121, EfficientNetBN, resnet10, resnet18, resnet34, resnet50
+from monai.networks.nets import DenseNet121, EfficientNetBN, FullyConnectedNet, resnet10, resnet18, resnet34, resnet50
 from torch import nn
 
 from medsight.models.registry import ModelSpec, register_model
@@ -119,5 +119,29 @@ register_model(
         head="model.2.",
         description="residual U-Net (MONAI UNet); segmentation recipes take its levels and strides from the plan",
         dense=True,
+    )
+)
+
+
+# networks of a feature vector per case (risk models on measurements and clinical covariates)
+register_model(
+    ModelSpec(
+        name="linear",
+        build=lambda dims, cin, n: nn.Sequential(nn.Linear(cin, n)),
+        first_conv="0.weight",
+        head="0.",
+        description="one linear layer of tabular features (with a Cox loss: the proportional-hazards model)",
+        tabular=True,
+    )
+)
+
+register_model(
+    ModelSpec(
+        name="mlp",
+        build=lambda dims, cin, n: FullyConnectedNet(cin, n, hidden_channels=(32, 32), dropout=0.1, act="RELU"),
+        first_conv="hidden_0.0.weight",
+        head="output.",
+        description="two hidden layers of 32 over tabular features (DeepSurv-style with a survival loss)",
+        tabular=True,
     )
 )

@@ -17,6 +17,7 @@ from medsight.tasks.detection2d import Detection2DSpec, Detection2DTask
 from medsight.tasks.fusion import attention_pool, fit_attention_temperature, fuse_views
 from medsight.tasks.package import PACKAGE_FILE, ModelPackage, Provenance
 from medsight.tasks.results import Estimate, Evaluation, Prediction
+from medsight.tasks.risk import RiskSpec, RiskTask
 from medsight.tasks.segmentation import PlanRequest, SegmentationSpec, SegmentationTask
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "PlanRequest",
     "Prediction",
     "Provenance",
+    "RiskSpec",
+    "RiskTask",
     "SegmentationSpec",
     "SegmentationTask",
     "Task",

@@ -176,7 +176,7 @@ class Task(ABC):
     @property
     @abstractmethod
     def spatial_dims(self) -> int:
-        """2 or 3: the network's convolutions."""
+        """2 or 3: the network's convolutions; 0 for a network of a feature vector per case (a table)."""
 
     @abstractmethod
     def network(self, model: ModelChoice, in_channels: int, preprocess: BaseModel) -> nn.Module:
@@ -218,6 +218,15 @@ class Task(ABC):
         with torch.no_grad():
             outputs = model(torch.from_numpy(np.stack(arrays)))
         return self.scores(outputs), None
+
+    def predict_table(self, model: nn.Module, table: pd.DataFrame, preprocess: BaseModel) -> pd.DataFrame:
+        """Scores for the cases of a table (one row per case holding the columns the model reads), for
+        tasks whose inputs are features rather than images (``spatial_dims`` 0).
+
+        Raises:
+            ConfigError: the task predicts on images (the default).
+        """
+        raise ConfigError(f"{type(self).__name__} predicts on images, not on a table of features")
 
     def case_files(self, folder: Path, preprocess: BaseModel) -> list[Path] | None:
         """The files of ``folder`` that together make one input (a case's channels, in the model's

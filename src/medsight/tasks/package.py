@@ -15,6 +15,7 @@ from typing import Annotated, Any, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import medsight.tasks.classification
+import medsight.tasks.risk
 import medsight.tasks.segmentation  # noqa: F401 - the task modules register themselves before the union is built
 from medsight.core.errors import InputError
 from medsight.io.atomic import atomic_file

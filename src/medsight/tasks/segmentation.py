@@ -623,6 +623,20 @@ class SegmentationTask(Task):
             maps.append(Volume(np.stack(labels), volume.geometry, metadata))
         return pd.DataFrame(rows), maps
 
+    def grouped(self, table: pd.DataFrame, fitted: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
+        """Cardiac models predicting a manifest's ED and ES images: one ``function`` row per case (EDV, ESV,
+        SV, EF of both ventricles and LV mass; with the reference's where the manifest has label maps),
+        e.g. to join to the manifest as a risk model's features. Nothing otherwise."""
+        if self.spec.cardiac is None or not {"label_column", "case_id", "patient_id"} <= set(table.columns):
+            return {}
+        structures = [f"volume_ml_{n}" for n in (self.spec.cardiac.lv, self.spec.cardiac.rv, self.spec.cardiac.myo)]
+        if not set(structures) <= set(table.columns):
+            return {}
+        warnings, rows = cardiac_function(table, table[[]], self.spec.cardiac)
+        for message in warnings:
+            log.warning(message)
+        return {"function": rows}
+
     # --- explanations -----------------------------------------------------------------------
     def explain_targets(self) -> tuple[str, ...]:
         """Each structure (label, or region where the recipe names regions)."""
@@ -753,7 +767,8 @@ def cardiac_function(cases: pd.DataFrame, scores: pd.DataFrame, spec: CardiacSpe
             continue
         ed, es = phases[spec.ed], phases[spec.es]
         row: dict[str, Any] = {"case_id": case, "patient_id": ed["patient_id"]}
-        for prefix in ("", "reference_"):
+        referenced = all(f"reference_volume_ml_{n}" in table.columns for n in (spec.lv, spec.rv, spec.myo))
+        for prefix in ("", "reference_") if referenced else ("",):
 
             def volumes(image: pd.Series, prefix: str = prefix) -> dict[str, float]:
                 return {n: float(image[f"{prefix}volume_ml_{n}"]) for n in (spec.lv, spec.rv, spec.myo)}

@@ -65,3 +65,16 @@ def test_outcome_hazard_rises_as_ef_falls(made):
                 comparable += 1
                 concordant += 1.0 if risk[i] > risk[j] else 0.5 if risk[i] == risk[j] else 0.0
     assert comparable > 0 and concordant / comparable > 0.6
+
+
+def test_the_clinical_table_joins_the_manifest_by_patient(made):
+    from medsight.data.join import join_table
+
+    clinical = pd.read_csv(made / "clinical.csv", dtype={"patient_id": str})
+    truth = pd.read_csv(made / "phantom_truth.csv").set_index("patient")
+    assert list(clinical.columns) == ["patient_id", "age", "sex", "hypertension", "diabetes", "years", "event"]
+    joined = join_table(build_manifest(made), clinical)
+    assert joined.on == "patient_id" and joined.matched == 30 and not joined.unmatched_cases
+    table = joined.manifest.table.set_index("case_id")
+    for column in ("age", "years", "event", "sex"):
+        assert table.loc[truth.index, column].tolist() == truth[column].tolist()

@@ -11,7 +11,8 @@ equals the case's intended EF. Images are bSSFP-like (bright blood, dark myocard
 bright fat, dark lungs) with coil shading and Rician noise. ``phantom_truth.csv`` holds the
 intended and measured EF, volumes, mass, clinical covariates (age, sex, height, weight,
 hypertension, diabetes) and a simulated outcome (years to event, event flag) whose hazard
-rises as EF falls and with age and comorbidity.
+rises as EF falls and with age and comorbidity; ``clinical.csv`` the covariates and outcome
+alone, keyed by ``patient_id`` (what ``medsight data join`` adds to a manifest).
 """
 
 from __future__ import annotations
@@ -207,6 +208,10 @@ def write_cardiac(out: Path, cases: int, seed: int, progress: Progress | None) -
     """``training/patientNNN/`` folders (Info.cfg, 4D cine, ED/ES frames and masks) and the truth table."""
     make = partial(_case, out, seed)
     rows = list(run_cases(make, cases, workers=default_workers(), progress=progress, stage="making cardiac cines"))
+    # what a hospital's clinical export would hold: covariates and follow-up per patient, keyed as the manifest
+    # (height and weight are in each Info.cfg, as in ACDC)
+    clinical = ["patient_id", "age", "sex", "hypertension", "diabetes", "years", "event"]
+    write_table(out / "clinical.csv", clinical, [[row[0], row[7], row[8], *row[11:]] for row in rows])
     write_table(
         out / "phantom_truth.csv",
         [
