@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -18,14 +19,19 @@ def test_quick_demo_runs_every_recipe(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert [r["recipe"] for r in summary] == ["dr-grading", "dr-grading", "cxr-findings", "mammo-screening",
-                                              "brain-tumor-seg", "brain-tumor-seg", "cardiac-function"]  # fmt: skip
-    for recipe in ("dr-grading", "cxr-findings", "mammo-screening", "brain-tumor-seg", "cardiac-function"):
+                                              "brain-tumor-seg", "brain-tumor-seg", "cardiac-function",
+                                              "cardiac-risk"]  # fmt: skip
+    recipes = ("dr-grading", "cxr-findings", "mammo-screening", "brain-tumor-seg", "cardiac-function", "cardiac-risk")
+    for recipe in recipes:
         assert (tmp_path / "demo" / "runs" / recipe / "metrics_test.json").is_file()
+    # the risk cohort was measured by the cardiac model and joined with its clinical table
+    risk = pd.read_csv(tmp_path / "demo" / "cardiac-risk.csv")
+    assert {"lv_ef", "lv_mass_g", "age", "sex", "years", "event"} <= set(risk.columns)
     ef = next(r for r in summary if r["recipe"] == "cardiac-function")
     assert ef["label"] == "cardiac LV EF MAE (points)" and ef["lower_is_better"] and ef["target"] == 5.0
     assert "medsight demo" in result.output and "done in" in result.output
     index = (tmp_path / "demo" / "index.html").read_text()
-    for recipe in ("dr-grading", "cxr-findings", "mammo-screening", "brain-tumor-seg", "cardiac-function"):
+    for recipe in recipes:
         assert f'href="runs/{recipe}/report.html"' in index
         page = check_page(tmp_path / "demo" / "runs" / recipe / "report.html")
         explained = (tmp_path / "demo" / "runs" / recipe / "explain" / "explanations.json").is_file()
@@ -113,17 +119,17 @@ def test_the_plan_fits_the_budget_on_a_slow_cpu_without_lowering_targets(monkeyp
     fast = demo.plan_demo("standard")
     assert fast.profile == "standard" and fast.estimated_seconds < 15 * 60 and fast.reason == ""
     assert "~90 training images/s (fp32, channels-last)" in fast.describe()
-    monkeypatch.setattr(demo, "_probe", lambda step, extra: _measured(58.0))
+    monkeypatch.setattr(demo, "_probe", lambda step, extra: _measured(66.0))
     slow = demo.plan_demo("standard")
     assert slow.profile == "lean" and "over the 15 min budget" in slow.reason and slow.left_out == ()
-    standard_there = demo._estimate(demo._steps("standard"), 58.0, 52.2, bf16=False)
+    standard_there = demo._estimate(demo._steps("standard"), 66.0, 59.4, bf16=False)
     assert slow.estimated_seconds < standard_there and f"~{standard_there / 60:.0f} min" in slow.reason
     assert [s.headlines for s, _, _ in slow.steps] == [s.headlines for s in demo.DEMO]  # same targets
     assert demo.plan_demo("standard", budget_minutes=600).profile == "standard"  # a generous budget keeps it
     assert demo.plan_demo("long").profile == "long"  # asked for explicitly: never shrunk
     quick = demo.plan_demo("quick")
     assert quick.estimated_seconds is None and [c for _, c, _ in quick.steps] == [
-        max(12, s.cases // 25) for s in demo.DEMO
+        s.quick_cases or max(12, s.cases // 25) for s in demo.DEMO
     ]
     with pytest.raises(ConfigError, match="positive number of minutes"):
         demo.plan_demo("standard", budget_minutes=0)
@@ -146,22 +152,39 @@ def test_a_cpu_too_slow_for_the_lean_demo_runs_the_recipes_that_fit_and_names_th
     assert "left out to fit the budget" in text and f"--recipes {','.join(left)}" in text
     assert all(s.headlines == next(d for d in demo.DEMO if d.recipe == s.recipe).headlines for s, _, _ in plan.steps)
     named = demo.plan_demo("standard", recipes=left)  # recipes the user names all run, over the budget or not
-    assert [s.recipe for s, _, _ in named.steps] == left and named.left_out == ()
+    needed = [s.recipe for s in demo.DEMO if s.recipe in left or any(d.features_from == s.recipe for d in demo.DEMO
+                                                                     if d.recipe in left)]  # fmt: skip
+    assert [s.recipe for s, _, _ in named.steps] == needed and named.left_out == ()
     assert demo.plan_demo("standard", budget_minutes=600).left_out == ()
+
+
+def test_a_risk_step_runs_with_the_step_that_measures_its_cases(monkeypatch):
+    from medsight.validation import demo
+
+    monkeypatch.setattr(demo, "_probe", lambda step, extra: _measured(90.0))
+    plan = demo.plan_demo("standard", recipes=["cardiac-risk"])  # its features come from the cardiac model
+    assert [s.recipe for s, _, _ in plan.steps] == ["cardiac-function", "cardiac-risk"]
+    for speed in (12.0, 25.0, 40.0, 58.0):  # a budget that leaves steps out never keeps risk without its measures
+        monkeypatch.setattr(demo, "_probe", lambda step, extra, speed=speed: _measured(speed))
+        kept = [s.recipe for s, _, _ in demo.plan_demo("standard").steps]
+        assert "cardiac-risk" not in kept or "cardiac-function" in kept
 
 
 def test_fit_keeps_the_most_steps_and_at_least_one():
     from medsight.validation import demo
 
     steps = demo._steps("lean")
-    costs = dict(zip([s.recipe for s, _, _ in steps], [500.0, 300.0, 200.0, 350.0, 100.0], strict=True))
-    kept, left = demo._fit(steps, 700, lambda s: costs[s[0].recipe])
+    costs = dict(zip([s.recipe for s, _, _ in steps], [500.0, 300.0, 200.0, 350.0, 100.0, 80.0], strict=True))
+    kept, left = demo._fit(steps, 600, lambda s: costs[s[0].recipe])
     assert [s.recipe for s, _, _ in kept] == ["cxr-findings", "mammo-screening", "cardiac-function"]  # 3 fit, earliest
-    assert left == (("dr-grading", 500.0), ("brain-tumor-seg", 350.0))
+    assert left == (("dr-grading", 500.0), ("brain-tumor-seg", 350.0), ("cardiac-risk", 80.0))
     kept, left = demo._fit(steps, 50, lambda s: costs[s[0].recipe])
-    assert [s.recipe for s, _, _ in kept] == ["cardiac-function"] and len(left) == 4  # the quickest, at least
-    kept, left = demo._fit(steps, 1450, lambda s: costs[s[0].recipe])
-    assert len(kept) == 5 and left == ()
+    # the quickest that can run alone (the risk step needs the cardiac model's measures)
+    assert [s.recipe for s, _, _ in kept] == ["cardiac-function"] and len(left) == 5
+    kept, left = demo._fit(steps, 180, lambda s: costs[s[0].recipe])
+    assert [s.recipe for s, _, _ in kept] == ["cardiac-function", "cardiac-risk"]
+    kept, left = demo._fit(steps, 1530, lambda s: costs[s[0].recipe])
+    assert len(kept) == 6 and left == ()
 
 
 def test_the_probe_measures_the_model_training_will_use(tmp_path, monkeypatch):
@@ -236,7 +259,7 @@ def test_a_demo_running_slow_turns_lean_for_the_rest_with_the_same_targets(monke
     plan = _plan(monkeypatch)
     assert plan.profile == "standard" and plan.estimated_seconds < 15 * 60
     first = plan.seconds(plan.steps[0])
-    slow = 1.6 * first  # the machine got busier than the probe saw
+    slow = 1.4 * first  # the machine got busier than the probe saw
     spent = {"cxr-findings": 30.0, "brain-tumor-seg": 20.0}  # their phantoms, made before the first step
     changed, message = demo.replan(plan, [slow], slow + 50.0, prepaid=spent)
     assert changed.profile == "lean" and changed.left_out == ()
@@ -245,8 +268,8 @@ def test_a_demo_running_slow_turns_lean_for_the_rest_with_the_same_targets(monke
     assert changed.steps[1:] == tuple(lean[s.recipe] for s, _, _ in plan.steps[1:])
     assert [s.headlines for s, _, _ in changed.steps] == [s.headlines for s in demo.DEMO]  # same targets
     rest = sum(changed.seconds(step) for step in changed.steps[1:])
-    assert changed.estimated_seconds == pytest.approx(slow + 50.0 + 1.6 * rest - 50.0)  # spent once, not twice
-    assert "1.60x slower than estimated" in message and "lean settings" in message
+    assert changed.estimated_seconds == pytest.approx(slow + 50.0 + 1.4 * rest - 50.0)  # spent once, not twice
+    assert "1.40x slower than estimated" in message and "lean settings" in message
     assert f"~{round(changed.estimated_seconds / 60)} min" in message and changed.reason == message
 
 
@@ -271,15 +294,16 @@ def test_a_demo_running_far_too_slow_leaves_out_what_no_longer_fits(monkeypatch)
         step = next(s for s in demo._steps("lean") if s[0].recipe == recipe)
         assert seconds == pytest.approx(4 * paid.seconds(step) - 25.0)
     gone = demo.replan(plan, [20 * first], 20 * first)[0]  # the budget is spent: nothing more runs
-    assert [s.recipe for s, _, _ in gone.steps] == ["dr-grading"] and len(gone.left_out) == 4
+    assert [s.recipe for s, _, _ in gone.steps] == ["dr-grading"] and len(gone.left_out) == 5
     named = _plan(monkeypatch, recipes=["dr-grading", "brain-tumor-seg"])  # named recipes all run, lean if need be
     changed, _ = demo.replan(named, [20 * first], 20 * first)
     assert [s.recipe for s, _, _ in changed.steps] == ["dr-grading", "brain-tumor-seg"] and changed.left_out == ()
     assert demo.replan(changed, [20 * first], 20 * first) is None  # lean already: nothing more to do
-    everything_but_cardiac = [plan.seconds(step) * 1.5 for step in plan.steps[:-1]]
+    everything_but_cardiac = [plan.seconds(step) * 1.5 for step in plan.steps[:-2]]
     last = demo.replan(plan, everything_but_cardiac, 15 * 60 - 30.0)[0]  # half a minute left: no lean cardiac
-    assert last.left_out == (("cardiac-function", pytest.approx(1.5 * plan.seconds(plan.steps[-1]))),)
-    assert "lean settings" not in last.reason and "cardiac-function left out" in last.reason
+    assert last.left_out == (("cardiac-function", pytest.approx(1.5 * plan.seconds(plan.steps[-2]))),
+                             ("cardiac-risk", pytest.approx(1.5 * plan.seconds(plan.steps[-1]))))  # fmt: skip
+    assert "lean settings" not in last.reason and "cardiac-function, cardiac-risk left out" in last.reason
     tight = _plan(monkeypatch, speed=14.0)  # a slow CPU: lean from the start, some recipes left out already
     assert tight.profile == "lean" and tight.left_out
     gone = demo.replan(tight, [4 * tight.seconds(tight.steps[0])], 4 * tight.seconds(tight.steps[0]))[0]

@@ -272,6 +272,7 @@ def test_fit_predict_evaluate_through_the_seam(tmp_path, case):
     check_page(write_report(run))  # the validation report of every task
     plots = json.loads((run / "report.json").read_text())["plots"]
     assert ("Confusion matrix" in plots) == (case in ("multiclass", "ordinal"))  # classes and grades
+    assert ("Survival by predicted risk" in plots) == ("Calibration at each horizon" in plots) == (case == "risk")
     if tabular:
         with pytest.raises(ConfigError, match="cannot be explained yet"):
             predictor.task.explain_targets()

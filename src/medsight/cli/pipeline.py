@@ -386,8 +386,8 @@ def demo_command(
         typer.Option("--recipes", help="Run some recipes only, comma-separated (e.g. dr-grading,brain-tumor-seg)."),
     ] = None,
 ) -> None:
-    """Make phantoms for DR grading, chest X-ray findings, mammography, brain tumour segmentation and
-    cardiac function; train, evaluate and summarise each.
+    """Make phantoms for DR grading, chest X-ray findings, mammography, brain tumour segmentation,
+    cardiac function and cardiac risk; train, evaluate and summarise each.
 
     It first times a few training steps (seconds) to pick the numeric mode and estimate how long
     it will take on this CPU; a standard demo that would overrun ``--budget`` runs lean settings,

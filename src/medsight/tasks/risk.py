@@ -479,6 +479,7 @@ class RiskTask(Task):
         details: dict[str, Any] = {
             "cases": len(table), "events": events, "horizons": horizons, "time_unit": spec.time_unit,
             "median_follow_up": float(np.median(time)) if len(time) else None, "head": spec.head,
+            "time_column": spec.time, "event_column": spec.event,
         }  # fmt: skip
         if events < FEW_EVENTS:
             warnings.append(f"the {split} split has {events} event(s): every C-index and AUC is very uncertain "

@@ -633,8 +633,13 @@ class SegmentationTask(Task):
         if not set(structures) <= set(table.columns):
             return {}
         warnings, rows = cardiac_function(table, table[[]], self.spec.cardiac)
-        for message in warnings:
-            log.warning(message)
+        if len(warnings) > 3:  # one line for a cohort, not one per case
+            log.warning("%d case(s) have a ventricle predicted empty in an ED or ES image, or lack one of them "
+                        "(their function counts it as empty or is not measured), e.g. %s", len(warnings),
+                        "; ".join(warnings[:2]))  # fmt: skip
+        else:
+            for message in warnings:
+                log.warning(message)
         return {"function": rows}
 
     # --- explanations -----------------------------------------------------------------------

@@ -44,6 +44,7 @@ from medsight.metrics.bootstrap import bootstrap_cis
 from medsight.metrics.calibration import reliability_bins
 from medsight.metrics.classification import roc_auc
 from medsight.metrics.decision import DEFAULT_THRESHOLDS, net_benefit, net_benefit_all
+from medsight.metrics.survival import kaplan_meier
 from medsight.tasks import ModelPackage
 from medsight.tasks.results import json_ready
 from medsight.validation.curves import GRID, confusion_matrix, pr_band, pr_on_grid, roc_band, roc_on_grid
@@ -166,6 +167,8 @@ def _plots(metrics: Mapping[str, Any], table: pd.DataFrame, labelled: list[_Labe
         axis.legend(fontsize=8, loc="lower right")
         plots.append({"title": "FROC", "caption": "Sensitivity against false positives per image (2D) or scan "
                       "(CT).", "src": _png(figure)})  # fmt: skip
+    if metrics.get("time_column") in table.columns and "risk" in table.columns:
+        plots += _survival_plots(metrics, table)
     matrix = _confusion(table)
     if matrix is not None:
         plots.append(matrix)
@@ -177,6 +180,54 @@ def _plots(metrics: Mapping[str, Any], table: pd.DataFrame, labelled: list[_Labe
         axis.set(ylabel="Dice per case", ylim=(0, 1.01))
         plots.append({"title": "Dice per case", "caption": "Per region, over the evaluated cases.",
                       "src": _png(figure)})  # fmt: skip
+    return plots
+
+
+def _survival_plots(metrics: Mapping[str, Any], table: pd.DataFrame) -> list[dict[str, str]]:
+    """A risk model's figures: Kaplan-Meier curves of the thirds of predicted risk, and its predicted
+    probability of the event by each horizon against the Kaplan-Meier one per quarter of risk."""
+    import matplotlib.pyplot as plt
+
+    time = pd.to_numeric(table[metrics["time_column"]], errors="coerce").to_numpy(float)
+    event = pd.to_numeric(table[metrics.get("event_column", "event")], errors="coerce").to_numpy(float)
+    risk = pd.to_numeric(table["risk"], errors="coerce").to_numpy(float)
+    known = np.isfinite(time) & np.isfinite(event) & np.isfinite(risk)
+    time, event, risk = time[known], event[known] == 1, risk[known]
+    unit = metrics.get("time_unit") or "time"
+    plots = []
+    if len(time) >= 6:
+        figure, axis = plt.subplots(figsize=(5.6, 4.4))
+        thirds = np.searchsorted(np.quantile(risk, [1 / 3, 2 / 3]), risk, side="right")
+        for k, name in enumerate(("lowest", "middle", "highest")):
+            inside = thirds == k
+            if inside.any():
+                times, survival = kaplan_meier(time[inside], event[inside])
+                axis.step(
+                    np.r_[0.0, times],
+                    np.r_[1.0, survival],
+                    where="post",
+                    linewidth=1.5,
+                    label=f"{name} third of risk ({int(inside.sum())} cases, {int(event[inside].sum())} events)",
+                )
+        axis.set(xlabel=unit, ylabel="event-free (Kaplan-Meier)", ylim=(0, 1.02))
+        axis.legend(fontsize=8, loc="best")
+        plots.append({"title": "Survival by predicted risk", "caption": "Kaplan-Meier curves of the cases in each "
+                      "third of the model's risk score: the wider apart, the better it separates early from late "
+                      "events.", "src": _png(figure)})  # fmt: skip
+    calibration = {h: rows for h, rows in (metrics.get("calibration") or {}).items() if isinstance(rows, list) and rows}
+    if calibration:
+        figure, axis = plt.subplots(figsize=(5.2, 4.6))
+        for horizon, rows in calibration.items():
+            shown = [r for r in rows if r.get("observed") is not None]
+            axis.plot([r["predicted"] for r in shown], [r["observed"] for r in shown], marker="o", markersize=4,
+                      linewidth=1.2, label=f"by {horizon} {unit}")  # fmt: skip
+        axis.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=0.8)
+        axis.set(xlabel="mean predicted probability of the event", ylabel="observed (Kaplan-Meier)", xlim=(0, 1),
+                 ylim=(0, 1.01))  # fmt: skip
+        axis.legend(fontsize=8, loc="upper left")
+        plots.append({"title": "Calibration at each horizon", "caption": "Per quarter of predicted probability: "
+                      "its mean against the Kaplan-Meier share with the event by then; the diagonal is perfect "
+                      "calibration.", "src": _png(figure)})  # fmt: skip
     return plots
 
 
