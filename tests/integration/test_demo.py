@@ -20,13 +20,17 @@ def test_quick_demo_runs_every_recipe(tmp_path):
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert [r["recipe"] for r in summary] == ["dr-grading", "dr-grading", "cxr-findings", "mammo-screening",
                                               "brain-tumor-seg", "brain-tumor-seg", "cardiac-function",
-                                              "cardiac-risk"]  # fmt: skip
-    recipes = ("dr-grading", "cxr-findings", "mammo-screening", "brain-tumor-seg", "cardiac-function", "cardiac-risk")
+                                              "cardiac-risk", "mammo-risk"]  # fmt: skip
+    recipes = ("dr-grading", "cxr-findings", "mammo-screening", "brain-tumor-seg", "cardiac-function", "cardiac-risk",
+               "mammo-risk")  # fmt: skip
     for recipe in recipes:
         assert (tmp_path / "demo" / "runs" / recipe / "metrics_test.json").is_file()
     # the risk cohort was measured by the cardiac model and joined with its clinical table
     risk = pd.read_csv(tmp_path / "demo" / "cardiac-risk.csv")
     assert {"lv_ef", "lv_mass_g", "age", "sex", "years", "event"} <= set(risk.columns)
+    mammo = pd.read_csv(tmp_path / "demo" / "mammo-risk.csv")  # the mammography exams again, with their follow-up
+    assert {"age", "family_history", "years", "event", "image"} <= set(mammo.columns) and len(mammo) == 4 * 24
+    assert not (tmp_path / "demo" / "data" / "mammo-risk").exists()  # no second phantom
     ef = next(r for r in summary if r["recipe"] == "cardiac-function")
     assert ef["label"] == "cardiac LV EF MAE (points)" and ef["lower_is_better"] and ef["target"] == 5.0
     assert "medsight demo" in result.output and "done in" in result.output
@@ -174,17 +178,17 @@ def test_fit_keeps_the_most_steps_and_at_least_one():
     from medsight.validation import demo
 
     steps = demo._steps("lean")
-    costs = dict(zip([s.recipe for s, _, _ in steps], [500.0, 300.0, 200.0, 350.0, 100.0, 80.0], strict=True))
+    costs = dict(zip([s.recipe for s, _, _ in steps], [500.0, 300.0, 200.0, 350.0, 100.0, 80.0, 900.0], strict=True))
     kept, left = demo._fit(steps, 600, lambda s: costs[s[0].recipe])
     assert [s.recipe for s, _, _ in kept] == ["cxr-findings", "mammo-screening", "cardiac-function"]  # 3 fit, earliest
-    assert left == (("dr-grading", 500.0), ("brain-tumor-seg", 350.0), ("cardiac-risk", 80.0))
+    assert left == (("dr-grading", 500.0), ("brain-tumor-seg", 350.0), ("cardiac-risk", 80.0), ("mammo-risk", 900.0))
     kept, left = demo._fit(steps, 50, lambda s: costs[s[0].recipe])
     # the quickest that can run alone (the risk step needs the cardiac model's measures)
-    assert [s.recipe for s, _, _ in kept] == ["cardiac-function"] and len(left) == 5
+    assert [s.recipe for s, _, _ in kept] == ["cardiac-function"] and len(left) == 6
     kept, left = demo._fit(steps, 180, lambda s: costs[s[0].recipe])
     assert [s.recipe for s, _, _ in kept] == ["cardiac-function", "cardiac-risk"]
-    kept, left = demo._fit(steps, 1530, lambda s: costs[s[0].recipe])
-    assert len(kept) == 6 and left == ()
+    kept, left = demo._fit(steps, 2430, lambda s: costs[s[0].recipe])
+    assert len(kept) == 7 and left == ()
 
 
 def test_the_probe_measures_the_model_training_will_use(tmp_path, monkeypatch):
@@ -259,7 +263,7 @@ def test_a_demo_running_slow_turns_lean_for_the_rest_with_the_same_targets(monke
     plan = _plan(monkeypatch)
     assert plan.profile == "standard" and plan.estimated_seconds < 15 * 60
     first = plan.seconds(plan.steps[0])
-    slow = 1.4 * first  # the machine got busier than the probe saw
+    slow = 1.25 * first  # the machine got busier than the probe saw
     spent = {"cxr-findings": 30.0, "brain-tumor-seg": 20.0}  # their phantoms, made before the first step
     changed, message = demo.replan(plan, [slow], slow + 50.0, prepaid=spent)
     assert changed.profile == "lean" and changed.left_out == ()
@@ -268,8 +272,8 @@ def test_a_demo_running_slow_turns_lean_for_the_rest_with_the_same_targets(monke
     assert changed.steps[1:] == tuple(lean[s.recipe] for s, _, _ in plan.steps[1:])
     assert [s.headlines for s, _, _ in changed.steps] == [s.headlines for s in demo.DEMO]  # same targets
     rest = sum(changed.seconds(step) for step in changed.steps[1:])
-    assert changed.estimated_seconds == pytest.approx(slow + 50.0 + 1.4 * rest - 50.0)  # spent once, not twice
-    assert "1.40x slower than estimated" in message and "lean settings" in message
+    assert changed.estimated_seconds == pytest.approx(slow + 50.0 + 1.25 * rest - 50.0)  # spent once, not twice
+    assert "1.25x slower than estimated" in message and "lean settings" in message
     assert f"~{round(changed.estimated_seconds / 60)} min" in message and changed.reason == message
 
 
@@ -294,16 +298,17 @@ def test_a_demo_running_far_too_slow_leaves_out_what_no_longer_fits(monkeypatch)
         step = next(s for s in demo._steps("lean") if s[0].recipe == recipe)
         assert seconds == pytest.approx(4 * paid.seconds(step) - 25.0)
     gone = demo.replan(plan, [20 * first], 20 * first)[0]  # the budget is spent: nothing more runs
-    assert [s.recipe for s, _, _ in gone.steps] == ["dr-grading"] and len(gone.left_out) == 5
+    assert [s.recipe for s, _, _ in gone.steps] == ["dr-grading"] and len(gone.left_out) == 6
     named = _plan(monkeypatch, recipes=["dr-grading", "brain-tumor-seg"])  # named recipes all run, lean if need be
     changed, _ = demo.replan(named, [20 * first], 20 * first)
     assert [s.recipe for s, _, _ in changed.steps] == ["dr-grading", "brain-tumor-seg"] and changed.left_out == ()
     assert demo.replan(changed, [20 * first], 20 * first) is None  # lean already: nothing more to do
-    everything_but_cardiac = [plan.seconds(step) * 1.5 for step in plan.steps[:-2]]
+    done = [s.recipe for s in demo.DEMO].index("cardiac-function")
+    everything_but_cardiac = [plan.seconds(step) * 1.5 for step in plan.steps[:done]]
     last = demo.replan(plan, everything_but_cardiac, 15 * 60 - 30.0)[0]  # half a minute left: no lean cardiac
-    assert last.left_out == (("cardiac-function", pytest.approx(1.5 * plan.seconds(plan.steps[-2]))),
-                             ("cardiac-risk", pytest.approx(1.5 * plan.seconds(plan.steps[-1]))))  # fmt: skip
-    assert "lean settings" not in last.reason and "cardiac-function, cardiac-risk left out" in last.reason
+    rest = plan.steps[done:]
+    assert last.left_out == tuple((s.recipe, pytest.approx(1.5 * plan.seconds((s, c, e)))) for s, c, e in rest)
+    assert "lean settings" not in last.reason and "cardiac-function, cardiac-risk, mammo-risk left out" in last.reason
     tight = _plan(monkeypatch, speed=14.0)  # a slow CPU: lean from the start, some recipes left out already
     assert tight.profile == "lean" and tight.left_out
     gone = demo.replan(tight, [4 * tight.seconds(tight.steps[0])], 4 * tight.seconds(tight.steps[0]))[0]

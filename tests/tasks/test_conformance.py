@@ -217,6 +217,17 @@ def _risk(root: Path) -> tuple[dict, Path]:
     return recipe, manifest
 
 
+def _risk_image(root: Path) -> tuple[dict, Path]:
+    """The risk case with images read beside the table (fusion): brighter images, earlier events."""
+    recipe, manifest = _risk(root)
+    table = pd.read_csv(manifest)
+    table["image"] = _images(root, (table["years"].max() - table["years"]).to_numpy() / 3, seed=2)
+    table.to_csv(manifest, index=False)
+    recipe = {**recipe, "name": "conformance-risk-image", "task": {**recipe["task"], "image": "image"},
+              "model": {"name": "resnet10"}, "preprocess": {"image": {"size": 32, "channels": 1}}}  # fmt: skip
+    return recipe, manifest
+
+
 CASES: dict[str, Callable[[Path], tuple[dict, Path]]] = {
     "binary": _classification("binary", ["negative", "positive"]),
     "multiclass": _classification("multiclass", ["a", "b", "c"]),
@@ -227,6 +238,7 @@ CASES: dict[str, Callable[[Path], tuple[dict, Path]]] = {
     "detection2d": _detection2d,
     "detection2d findings": _detection2d_findings,  # the same task kind, several findings at once
     "risk": _risk,
+    "risk image": _risk_image,  # the same task kind, reading an image beside the features
 }
 
 
@@ -272,7 +284,7 @@ def test_fit_predict_evaluate_through_the_seam(tmp_path, case):
     check_page(write_report(run))  # the validation report of every task
     plots = json.loads((run / "report.json").read_text())["plots"]
     assert ("Confusion matrix" in plots) == (case in ("multiclass", "ordinal"))  # classes and grades
-    assert ("Survival by predicted risk" in plots) == ("Calibration at each horizon" in plots) == (case == "risk")
+    assert ("Survival by predicted risk" in plots) == ("Calibration at each horizon" in plots) == (kind == "risk")
     if tabular:
         with pytest.raises(ConfigError, match="cannot be explained yet"):
             predictor.task.explain_targets()
@@ -380,8 +392,9 @@ def _risk_check(predictor, predicted, saved, files) -> None:
     np.testing.assert_allclose(table[columns].to_numpy(float), saved[columns].to_numpy(float), rtol=1e-5, atol=1e-7)
 
 
-CHECKS = {"segmentation": _segmentation_check, "risk": _risk_check, "detection": _detection_check,
-          "detection2d": _detection2d_check, "detection2d findings": _detection2d_findings_check}  # fmt: skip
+CHECKS = {"segmentation": _segmentation_check, "risk": _risk_check, "risk image": _risk_check,
+          "detection": _detection_check, "detection2d": _detection2d_check,
+          "detection2d findings": _detection2d_findings_check}  # fmt: skip
 
 
 @pytest.mark.slow

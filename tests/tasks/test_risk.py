@@ -270,3 +270,30 @@ def test_a_risk_model_learns_a_known_hazard_and_is_scored_by_patient(tmp_path, h
         predictor.predict_files([tmp_path / "recipe.yaml"])
     plan = RiskPlan.model_validate(json.loads((run / "package.json").read_text())["preprocess"])
     assert bool(plan.baseline_times) == (head == "cox") and bool(plan.edges) == (head == "discrete")
+
+
+def test_fusion_reads_features_then_pixels_and_names_a_wrong_input():
+    from medsight.models import build_model
+    from medsight.models.fusion import FusionNet
+
+    encoder = build_model("resnet10", in_channels=1, num_outputs=8)
+    net = FusionNet(encoder, 3, (1, 16, 16), 8, 2).eval()
+    features, image = torch.randn(4, 3), torch.rand(4, 1, 16, 16)
+    with torch.no_grad():
+        out = net(torch.cat([features, image.flatten(1)], dim=1))
+        expected = net.head(torch.cat([encoder(image), features], dim=1))
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(InputError, match=r"fusion input must be \(B, 3 \+ 256\)"):
+        net(torch.randn(4, 3 + 255))
+
+
+def test_an_image_risk_model_names_its_missing_image_column_and_cells():
+    table = cohort(40, seed=7)
+    with pytest.raises(ConfigError, match=r"task.image: the manifest has no column 'photo'"):
+        _task(image="photo").prepare(_manifest(table), RiskPreprocess(), ".", progress=None)
+    plan = RiskPlan(features=[], horizons=[1.0], image={"size": 16, "channels": 1})
+    task = _task(image="image")
+    with pytest.raises(InputError, match="case c0: no image in column 'image'"):
+        task._table_images(table.head(1).assign(image=""), plan)
+    with pytest.raises(InputError, match=r"case c1: .*img1.png"):
+        task._table_images(table.iloc[1:2], plan)

@@ -374,6 +374,7 @@ class Predictor:
         for item in inputs:
             path = Path(item)
             table = read_table(path)
+            table.attrs["root"] = str(path.parent)  # where relative paths in it (a fused model's images) start
             try:
                 tables = [self.task.predict_table(model, table, self.preprocess) for model in models]
             except MedsightError as exc:

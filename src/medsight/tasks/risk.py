@@ -28,6 +28,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -38,15 +39,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from medsight.core.errors import ConfigError, InputError
+from medsight.core.errors import ConfigError, InputError, MedsightError
 from medsight.core.progress import Progress
 from medsight.core.volume import Volume
+from medsight.data.cache import ImageCache, build_image_cache
+from medsight.data.dataset import ImageDataset
 from medsight.data.manifest import Manifest
 from medsight.metrics.bootstrap import bootstrap_cis
 from medsight.metrics.survival import cumulative_dynamic_auc, harrell_c, kaplan_meier, uno_c
+from medsight.models.fusion import FusionNet
 from medsight.models.registry import ModelChoice, build_model
 from medsight.tasks.base import Task, TaskData, Training, as_model, register_task
 from medsight.tasks.results import Estimate, Prediction
+from medsight.transforms.image2d import Augment2D, Preprocess2D, build_augmentation, prepare_image
 
 __all__ = [
     "Feature",
@@ -79,6 +84,9 @@ class RiskSpec(BaseModel):
         horizons: Times at which the probability of the event is predicted and the time-dependent AUC
             reported; by default the quartiles of the training event times.
         time_unit: How ``time`` is counted (for display).
+        image: A manifest image column read beside the features (multimodal fusion): a 2D network
+            (``model.name``, e.g. resnet10) embeds the image, a linear head reads the embedding and
+            the features together. None: the features alone (``linear`` or ``mlp``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -90,6 +98,7 @@ class RiskSpec(BaseModel):
     intervals: int = Field(10, ge=2, le=100)
     horizons: list[float] = []
     time_unit: str = "years"
+    image: str | None = None
 
     @field_validator("horizons")
     @classmethod
@@ -113,10 +122,12 @@ class RiskPreprocess(BaseModel):
     Attributes:
         impute: ``none`` refuses cases with a missing feature (naming them); ``median`` fills a missing
             number with the training median and a missing category with its most common training level.
+        image: With ``task.image``: the image's preparation (size, channels, window), as a classifier's.
     """
 
     model_config = ConfigDict(extra="forbid")
     impute: Literal["none", "median"] = "none"
+    image: Preprocess2D = Preprocess2D(size=128, channels=1)  # with task.image: how each image is prepared
 
 
 class Feature(BaseModel):
@@ -142,6 +153,7 @@ class RiskPlan(BaseModel):
         edges: ``discrete``: the interval edges (``edges[0] = 0``).
         baseline_times, baseline_hazard: ``cox``: Breslow's cumulative baseline hazard at each distinct
             training event time (set once training ends).
+        image: The image's preparation, for a model that reads one beside the features.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -151,10 +163,15 @@ class RiskPlan(BaseModel):
     edges: list[float] = []
     baseline_times: list[float] = []
     baseline_hazard: list[float] = []
+    image: Preprocess2D | None = None  # the image read beside the features, if any
 
     @property
     def in_channels(self) -> int:
         return len(self.features)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        return None if self.image is None else (self.image.channels, self.image.size, self.image.size)
 
 
 # --- losses and estimators -------------------------------------------------------------------
@@ -269,7 +286,11 @@ class RiskTask(Task):
             plan = preprocess
         else:
             plan = self.fit_plan(table, time, event, as_model(preprocess, RiskPreprocess))
-        inputs = encode_features(table, plan)
+        inputs: Any = encode_features(table, plan)
+        if plan.image is not None:
+            column = self.risk_spec.image or "image"
+            cache = build_image_cache(manifest, plan.image, Path(folder) / "images", column=column, progress=progress)
+            inputs = FusedInputs(inputs, cache)
         interval = np.full(len(table), np.nan)
         if plan.edges:
             known = np.isfinite(time)
@@ -280,7 +301,9 @@ class RiskTask(Task):
 
     def _require_columns(self, table: pd.DataFrame) -> None:
         spec = self.risk_spec
-        for role, columns in (("features", spec.features), ("time", [spec.time]), ("event", [spec.event])):
+        roles = (("features", spec.features), ("time", [spec.time]), ("event", [spec.event]),
+                 ("image", [spec.image] if spec.image else []))  # fmt: skip
+        for role, columns in roles:
             missing = [c for c in columns if c not in table.columns]
             if missing:
                 hints = [f"{c!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
@@ -332,7 +355,8 @@ class RiskTask(Task):
             inner = np.unique(np.quantile(times, np.linspace(0, 1, self.risk_spec.intervals + 1)[1:-1]))
             edges = [0.0, *[float(x) for x in inner if x > 0], float(np.max(time[known]))]
             edges = sorted(set(edges))
-        return RiskPlan(impute=preprocess.impute, features=features, horizons=horizons, edges=edges)
+        image = preprocess.image if self.risk_spec.image else None
+        return RiskPlan(impute=preprocess.impute, features=features, horizons=horizons, edges=edges, image=image)
 
     def check(self, data: TaskData, splits: Mapping[str, np.ndarray]) -> None:
         for split, rows in splits.items():
@@ -349,12 +373,17 @@ class RiskTask(Task):
                 raise InputError(f"the {split} split has no event: a C-index needs at least one")
 
     def dataset(self, data: TaskData, indices: np.ndarray) -> Dataset:
+        if isinstance(data.inputs, FusedInputs):
+            return _FusedDataset(data.inputs, data.targets, indices, None)
         return TensorDataset(torch.from_numpy(np.asarray(data.inputs[indices], np.float32)),
                              torch.from_numpy(data.targets[indices]))  # fmt: skip
 
     def training(self, data: TaskData, indices: np.ndarray, *, balance: str, augment: BaseModel, seed: int) -> Training:
         if balance != "none":
             raise ConfigError(f"balance: {balance} re-weights classes; a risk model has none (use balance: none)")
+        if isinstance(data.inputs, FusedInputs):  # images are augmented per item, as the recipe's augment says
+            flips = build_augmentation(as_model(augment, Augment2D), seed=seed)
+            return Training(loss=self.loss, train_set=_FusedDataset(data.inputs, data.targets, indices, flips))
         return Training(loss=self.loss, train_set=self.dataset(data, indices))
 
     def input_array(self, volume: Volume, preprocess: BaseModel, *, slice_index: int | None = None) -> np.ndarray:
@@ -368,8 +397,14 @@ class RiskTask(Task):
         """The recipe's tabular network (``linear`` or ``mlp``), one output (cox) or one per interval."""
         plan = as_model(preprocess, RiskPlan) if not isinstance(preprocess, RiskPlan) else preprocess
         outputs = 1 if self.risk_spec.head == "cox" else len(plan.edges) - 1
-        return build_model(model.name, in_channels=in_channels, num_outputs=outputs, dropout=model.dropout,
-                           tabular=True)  # fmt: skip
+        if plan.image_shape is None:
+            return build_model(model.name, in_channels=in_channels, num_outputs=outputs, dropout=model.dropout,
+                               tabular=True)  # fmt: skip
+        if model.pretrained:
+            raise ConfigError("model.pretrained is not read into a risk model of images and features yet; leave it out")
+        encoder = build_model(model.name, spatial_dims=2, in_channels=plan.image_shape[0], num_outputs=EMBEDDING,
+                              pooling=model.pooling, dropout=model.dropout)  # fmt: skip
+        return FusionNet(encoder, in_channels, plan.image_shape, EMBEDDING, outputs)
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.risk_spec.head == "cox":
@@ -434,9 +469,33 @@ class RiskTask(Task):
         """``risk`` and ``prob_event_<h>`` for each row of a table of new cases (the model's feature columns)."""
         plan = as_model(preprocess, RiskPlan)
         inputs = torch.from_numpy(encode_features(table, plan))
+        if plan.image is not None:
+            inputs = torch.cat([inputs, torch.from_numpy(self._table_images(table, plan)).flatten(1)], dim=1)
         with torch.no_grad():
             outputs = model.eval()(inputs).float()
         return pd.concat([self.scores(outputs, plan), self.event_probabilities(outputs, plan)], axis=1)
+
+    def _table_images(self, table: pd.DataFrame, plan: RiskPlan) -> np.ndarray:
+        """The images a table's rows name (paths relative to the table's folder, ``table.attrs['root']``),
+        prepared as in training, as floats in [0, 1]."""
+        from medsight.io import read
+
+        column = self.risk_spec.image or "image"
+        if column not in table.columns:
+            raise ConfigError(f"the model reads an image from column {column!r}, which this table lacks")
+        root = Path(table.attrs.get("root", "."))
+        out = []
+        names = table["case_id"].astype(str) if "case_id" in table.columns else pd.Series(range(1, len(table) + 1))
+        for case, cell in zip(names.astype(str), table[column], strict=True):
+            if not isinstance(cell, str) or not cell.strip():
+                raise InputError(f"case {case}: no image in column {column!r}")
+            path = Path(cell) if Path(cell).is_absolute() else root / cell
+            try:
+                volume = read(path)
+            except MedsightError as exc:
+                raise type(exc)(f"case {case}: {exc}") from exc
+            out.append(prepare_image(volume, plan.image).astype(np.float32) / 255.0)  # type: ignore[arg-type]
+        return np.stack(out)
 
     def settle(
         self, model: nn.Module, data: TaskData, indices: np.ndarray, *, progress: Progress | None = None
@@ -509,6 +568,33 @@ class RiskTask(Task):
         for message in warnings:
             log.warning(message)
         return figures, details, warnings
+
+
+EMBEDDING = 32  # width of an image's embedding beside the features
+
+
+@dataclass(frozen=True)
+class FusedInputs:
+    """A risk model's inputs when it reads an image beside the features."""
+
+    features: np.ndarray  # (N, F) coded features
+    images: ImageCache  # (N, C, S, S) prepared images
+
+
+class _FusedDataset(Dataset):
+    """Items ``(features then pixels as one flat float vector, target)`` (:class:`FusionNet`'s input)."""
+
+    def __init__(self, inputs: FusedInputs, targets: np.ndarray, indices: np.ndarray, augment: Any) -> None:
+        self.images = ImageDataset(inputs.images, targets, indices, augment)
+        self.features = torch.from_numpy(np.asarray(inputs.features, np.float32))
+        self.indices = np.asarray(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, target = self.images[item]
+        return torch.cat([self.features[int(self.indices[item])], image.reshape(-1).float()]), target
 
 
 def _safe(metric: Any, *args: Any, **kwargs: Any) -> float:

@@ -1,5 +1,5 @@
-"""``medsight demo``: phantoms for six recipes (three 2D, two 3D, and a risk model of the cardiac model's
-measurements), trained, evaluated and summarised."""
+"""``medsight demo``: phantoms for seven recipes (three 2D, two 3D, and two risk models: one of the cardiac
+model's measurements, one reading mammograms beside the table), trained, evaluated and summarised."""
 
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ class Step:
     features_from: str | None = None  # an earlier step whose run measures each case (joined as features)
     test_fraction: float = 0.15
     quick_cases: int | None = None
+    data_from: str | None = None  # an earlier step whose phantom it reads too (the same cases and seed)
 
 
 _COMMON = ("train.batch_size=32", "train.precision=auto", "evaluation.bootstrap=1000")
@@ -91,6 +92,7 @@ DEMO = (
         (Headline("mammography exam AUC", "exam auc", 0.85),),
         images_per_case=4,
         quick=("task.patches_per_epoch=128",),
+        quick_cases=24,  # the mammography risk step reads these exams too, and splits them three ways
     ),
     Step(
         "brain-tumor-seg",
@@ -143,9 +145,25 @@ DEMO = (
         quick_cases=40,
         quick=("preprocess.impute=median",),
     ),
+    Step(
+        # the mammography step's exams again, with each woman's age, family history and follow-up: a
+        # ResNet-10 embedding of each view (where density shows) fused with the two covariates
+        "mammo-risk",
+        200,
+        ("evaluation.bootstrap=1000",),
+        (Headline("mammography risk C-index (Harrell)", "harrell c", 0.65),),
+        stratify="event",
+        images_per_case=4,
+        clinical="clinical.csv",
+        data_from="mammo-screening",
+        phantom="mammo-screening",
+        test_fraction=0.3,
+        quick_cases=24,
+        quick=("preprocess.image.size=48",),
+    ),
 )
 _QUICK = ("preprocess.size=48", "train.epochs=1", "evaluation.bootstrap=50", "train.precision=fp32")
-_QUICK_RISK = ("evaluation.bootstrap=50", "train.epochs=20")
+_QUICK_RISK = ("evaluation.bootstrap=50", "train.epochs=2", "train.precision=fp32")
 _QUICK_3D = ("train.epochs=1", "evaluation.bootstrap=50", "train.precision=fp32", "preprocess.base_filters=4",
              "preprocess.overrides.iterations_per_epoch=2", "preprocess.overrides.batch_size=2")  # fmt: skip
 # the long profile: more cases, larger images and epochs where the standard 10 minutes fall short
@@ -178,7 +196,8 @@ _VAL_FRACTION = _TEST_FRACTION = 0.15  # the demo's split
 # the CPU's fp32 speed against the reference's.
 _REFERENCE_FP32 = 47.3  # img/s, fp32 contiguous training of the DR probe (ResNet-18, 128 px) there
 _REFERENCE_SPEED = 82.8  # img/s, the same in the mode chosen there (bf16, channels-last); scales 3D training
-_OVERHEAD_PER_CASE = {"dr-grading": 0.095, "cxr-findings": 0.04, "mammo-screening": 0.15}  # s, reference
+_OVERHEAD_PER_CASE = {"dr-grading": 0.095, "cxr-findings": 0.04, "mammo-screening": 0.15,
+                      "mammo-risk": 0.15}  # s per case, reference  # fmt: skip
 _MODEL_SPEED = {"resnet10": 1.85}  # training speed against the probe's ResNet-18 (measured, AVX2 kernels)
 _PATCH_EFFICIENCY = 0.84  # 64-pixel patches train at this share of the image rate (AVX2 kernels, ResNet-10)
 # 3D training in fp32 is slower against the 2D probe than in bf16: a brain epoch took 1.97x and a
@@ -192,7 +211,7 @@ _VAL_SHARE = (1 - _TEST_FRACTION) * _VAL_FRACTION
 # with its checks), in seconds at the reference's fp32 speed: measured on an AMX Xeon (fp32 probe
 # 42.9 img/s; 4.3, 8.9, 15.8, 0.4 and 0.6 s there) and scaled to the reference
 _REPORTING_S = {"dr-grading": 3.9, "cxr-findings": 8.1, "mammo-screening": 14.3, "brain-tumor-seg": 0.4,
-                "cardiac-function": 0.5, "cardiac-risk": 0.5}  # fmt: skip
+                "cardiac-function": 0.5, "cardiac-risk": 0.5, "mammo-risk": 1.0}  # fmt: skip
 _REPORTING_DEFAULT_S = 10.0
 
 
@@ -291,7 +310,8 @@ def _steps(profile: Profile, recipes: Sequence[str] | None = None) -> tuple[tupl
         cases, extra = extras.get(step.recipe, (step.cases, ()))
         if profile == "quick":
             cases = step.quick_cases or max(12, cases // 25)
-            shared = _QUICK_RISK if step.features_from else _QUICK_3D if step.volumetric else _QUICK
+            risk = step.features_from or step.data_from
+            shared = _QUICK_RISK if risk else _QUICK_3D if step.volumetric else _QUICK
             extra = (*shared, *step.quick)
         steps.append((step, cases, extra))
     return tuple(steps)
@@ -353,7 +373,8 @@ def _estimate(
             total += (epoch * recipe.train.epochs + cost.fixed_s) * _REFERENCE_SPEED / speed * (1 if bf16 else _FP32_3D)
             continue
         images = cases * step.images_per_case
-        pixels = (recipe.preprocess.size / 128) ** 2
+        size = getattr(recipe.preprocess, "size", None) or recipe.preprocess.image.size  # a risk step's images
+        pixels = (size / 128) ** 2
         epochs = recipe.train.epochs
         rate = speed * _MODEL_SPEED.get(recipe.model.name, 1.0) * _TRAINING_EFFICIENCY / pixels
         training = images * _TRAIN_SHARE * epochs / rate
@@ -579,8 +600,8 @@ def run_demo(
     timings: dict[str, Any] = {}
     for step, cases, _ in plan.steps:
         started = time.perf_counter()
-        phantom_data(step.phantom or step.recipe, out / "data" / step.recipe, cases=cases, seed=seed + step.seed_offset,
-                     progress=progress, options=dict(step.phantom_options))  # fmt: skip
+        phantom_data(step.phantom or step.recipe, out / "data" / (step.data_from or step.recipe), cases=cases,
+                     seed=seed + step.seed_offset, progress=progress, options=dict(step.phantom_options))  # fmt: skip
         timings[step.recipe] = {"phantoms_s": round(time.perf_counter() - started, 1)}
     rows: list[DemoRow] = []
     pages: list[Path] = []
@@ -589,7 +610,7 @@ def run_demo(
     while len(actual) < len(plan.steps):
         step, cases, extra = plan.steps[len(actual)]
         started = time.perf_counter()
-        data = out / "data" / step.recipe
+        data = out / "data" / (step.data_from or step.recipe)
         # a re-planned step whose phantom differs from the one made first (none of today's do)
         phantom_data(step.phantom or step.recipe, data, cases=cases, seed=seed + step.seed_offset, progress=progress,
                      options=dict(step.phantom_options))  # fmt: skip

@@ -74,3 +74,32 @@ def test_deterministic(tmp_path):
     pa = read(a / "images" / row["study_id"] / f"{row['image_id']}.dicom").array
     pb = read(b / "images" / row["study_id"] / f"{row['image_id']}.dicom").array
     assert np.array_equal(pa, pb)
+
+
+def test_the_clinical_table_has_one_follow_up_per_exam_driven_by_density(made):
+    from medsight.data import build_manifest
+    from medsight.data.join import join_table
+    from medsight.data.phantoms.mammo_screening import DENSITIES, RISK, _clinical
+    from medsight.metrics.survival import harrell_c
+
+    clinical = pd.read_csv(made / "clinical.csv", dtype={"patient_id": str})
+    assert list(clinical.columns) == ["patient_id", "age", "family_history", "years", "event"]
+    joined = join_table(build_manifest(made), clinical)
+    assert joined.matched == 4 * 24 and not joined.unmatched_cases  # each exam's four views
+    table = joined.manifest.table
+    assert (table.groupby("patient_id")["years"].nunique() == 1).all()
+    # the simulated hazard, written out: density (images only), age and family history
+    exams = table.drop_duplicates("patient_id")
+    hazard = (RISK["density"] * exams["density"].map(DENSITIES.index) + RISK["age"] * (exams["age"] - 55)
+              + RISK["family"] * exams["family_history"])  # fmt: skip
+    assert harrell_c(exams["years"], exams["event"], hazard) > 0.6
+    # drawn from a stream of its own (exam index and seed), so that the images of a seed stay as they were
+    first = clinical.iloc[0]
+    density = table.loc[table["patient_id"] == first["patient_id"], "density"].iloc[0]
+    assert _clinical(first["patient_id"], density, 5, 0) == [
+        first["patient_id"],
+        first["age"],
+        first["family_history"],
+        first["years"],
+        first["event"],
+    ]

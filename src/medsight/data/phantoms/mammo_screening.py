@@ -10,7 +10,11 @@ calcification clusters (benign: few coarse, scattered; malignant: many fine, ple
 tightly clustered). Breast BI-RADS follows the finding (1 normal, 2-3 benign, 4-5
 malignant). Exposure, contrast, noise, photometric interpretation (30 % MONOCHROME1),
 density and breast size are drawn independently of malignancy. ``phantom_truth.csv`` has
-the lesion kind, pathology and centre in every view.
+the lesion kind, pathology and centre in every view. ``clinical.csv`` has, per exam (the
+patient unit, keyed ``patient_id`` as the manifest is), the woman's age, a family history of
+breast cancer and a simulated follow-up (years to a later cancer, event flag) whose hazard rises
+with breast density (seen only in the images), age and family history: what a risk model that
+reads the images beside the table can learn and one of the table alone cannot.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ DENSITIES = ("A", "B", "C", "D")
 DENSITY_SHARE = (0.1, 0.4, 0.4, 0.1)
 GLAND_FRACTION = {"A": 0.12, "B": 0.35, "C": 0.6, "D": 0.82}
 # finding per breast: kind, pathology, probability
+# later cancer: log hazard per density category above A, per year of age above 55, and with a family history
+RISK = {"density": 1.2, "age": 0.03, "family": 0.7, "base": 0.02}
 FINDINGS = (
     ("none", "normal", 0.7),
     ("mass", "benign", 0.08),
@@ -175,9 +181,22 @@ _COMMON = ["study_id", "series_id", "image_id", "laterality", "view_position", "
            "breast_birads", "breast_density"]  # fmt: skip
 
 
-def _exam_of(out: Path, seed: int, index: int) -> tuple[list, list, list]:
-    """Exam ``index`` from its own random stream (in a worker process)."""
-    return _exam(out, case_rng(seed, index), seed, index)
+def _exam_of(out: Path, seed: int, index: int) -> tuple[list, list, list, list]:
+    """Exam ``index`` from its own random stream (in a worker process), and its clinical row."""
+    breasts, findings, truth = _exam(out, case_rng(seed, index), seed, index)
+    return breasts, findings, truth, _clinical(str(breasts[0][0]), str(breasts[0][8]).split()[-1], seed, index)
+
+
+def _clinical(study: str, density: str, seed: int, index: int) -> list:
+    """Age, family history and a simulated follow-up for a later cancer (a stream of its own, so that the
+    images stay those of the same seed without it)."""
+    rng = np.random.default_rng([seed, index, 0x5EED])
+    age, family = rng.uniform(40, 75), rng.random() < 0.15
+    log_hazard = (RISK["density"] * DENSITIES.index(density) + RISK["age"] * (age - 55)
+                  + RISK["family"] * family)  # fmt: skip
+    event_time = rng.exponential(1.0 / (RISK["base"] * math.exp(log_hazard)))
+    censor_time = rng.uniform(2.0, 10.0)
+    return [study, round(age, 1), int(family), round(min(event_time, censor_time), 3), int(event_time <= censor_time)]
 
 
 def _exam(out: Path, rng: np.random.Generator, seed: int, index: int) -> tuple[list, list, list]:
@@ -234,13 +253,15 @@ def _exam(out: Path, rng: np.random.Generator, seed: int, index: int) -> tuple[l
 )
 def write_mammo(out: Path, cases: int, seed: int, progress: Progress | None) -> None:
     """``cases`` exams: ``images/<study>/<image>.dicom`` and the two VinDr annotation CSVs."""
-    breasts, findings, truth = [], [], []
+    breasts, findings, truth, clinical = [], [], [], []
     exams = run_cases(partial(_exam_of, out, seed), cases, workers=default_workers(), progress=progress,
                       stage="making mammography exams")  # fmt: skip
     for rows in exams:
         breasts += rows[0]
         findings += rows[1]
         truth += rows[2]
+        clinical.append(rows[3])
+    write_table(out / "clinical.csv", ["patient_id", "age", "family_history", "years", "event"], clinical)
     box_columns = ["finding_categories", "finding_birads", "xmin", "ymin", "xmax", "ymax", "split"]
     write_table(out / "breast-level_annotations.csv", [*_COMMON, "split"], breasts)
     write_table(out / "finding_annotations.csv", [*_COMMON, *box_columns], findings)
