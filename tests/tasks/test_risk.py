@@ -195,6 +195,8 @@ def test_recipe_mistakes_are_named():
         load_recipe("cardiac-risk", ["task.horizons=[5, 1]"])
     with pytest.raises(ConfigError, match=r"features are listed twice: \['age'\]"):
         load_recipe("cardiac-risk", ["task.features=[age, age]"])
+    with pytest.raises(ConfigError, match=r"features include the outcome column\(s\) \['years'\]"):
+        load_recipe("cardiac-risk", ["task.features=[age, years]"])
     with pytest.raises(ConfigError, match=r"unknown key 'task.hed' \(did you mean 'head'\?\)"):
         load_recipe("cardiac-risk", ["task.hed=cox"])
     with pytest.raises(ConfigError, match=r"preprocess: unknown key 'imputee' \(did you mean 'impute'\?\)"):
@@ -297,3 +299,20 @@ def test_an_image_risk_model_names_its_missing_image_column_and_cells():
         task._table_images(table.head(1).assign(image=""), plan)
     with pytest.raises(InputError, match=r"case c1: .*img1.png"):
         task._table_images(table.iloc[1:2], plan)
+
+
+def test_uncertainty_of_a_model_of_features_is_sampled_by_dropout_not_augmentation():
+    from medsight.inference.uncertainty import Uncertainty, sampled_models
+    from medsight.models import build_model
+
+    linear = build_model("linear", in_channels=3, num_outputs=1, tabular=True)
+    with pytest.raises(ConfigError, match="a model of a table of features has none: use --uncertainty ensemble"):
+        sampled_models(linear, Uncertainty("tta"), spatial_dims=0)
+    with pytest.raises(ConfigError, match="no dropout to sample.*or use --uncertainty ensemble"):
+        sampled_models(linear, Uncertainty("mc-dropout"), spatial_dims=0)
+    mlp = build_model("mlp", in_channels=3, num_outputs=1, tabular=True)  # DeepSurv's dropout is sampled
+    draws = sampled_models(mlp, Uncertainty("mc-dropout", samples=3), spatial_dims=0)
+    x = torch.randn(5, 3)
+    with torch.no_grad():
+        outputs = [m(x) for m in draws]
+    assert len(outputs) == 3 and not torch.allclose(outputs[0], outputs[1])

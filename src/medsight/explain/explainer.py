@@ -309,6 +309,7 @@ def explain_split(
     Raises:
         InputError: the manifest has no such split, or a case cannot be read.
     """
+    predictor.task.explain_targets()  # a task with nothing to explain says so first
     if predictor.task.spatial_dims != 2:
         raise ConfigError("a 3D run is explained on its files, one window each: medsight explain RUN scan.nii.gz "
                           "(or a case folder of channels)")  # fmt: skip

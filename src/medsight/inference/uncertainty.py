@@ -178,9 +178,13 @@ def sampled_models(
         if not _dropout_layers(model):
             raise ConfigError(
                 "this network has no dropout to sample: train it with `--set model.dropout=0.2` (MC dropout "
-                "draws the dropout a network was trained with), or use --uncertainty tta"
+                "draws the dropout a network was trained with), or use --uncertainty "
+                + ("tta" if spatial_dims == 2 else "ensemble")
             )
         return [_Dropping(model, uncertainty.seed + i) for i in range(uncertainty.samples)]
+    if spatial_dims == 0:
+        raise ConfigError("test-time augmentation augments images; a model of a table of features has none: use "
+                          "--uncertainty ensemble or mc-dropout")  # fmt: skip
     if spatial_dims != 2:
         raise ConfigError("test-time augmentation is for 2D models; a 3D model's sliding window already averages its "
                           "mirror images (task.mirror): use --uncertainty ensemble or mc-dropout")  # fmt: skip

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
@@ -114,6 +114,14 @@ class RiskSpec(BaseModel):
         if repeated:
             raise ValueError(f"features are listed twice: {repeated}")
         return value
+
+    @model_validator(mode="after")
+    def _outcome_is_not_a_feature(self) -> RiskSpec:
+        leaked = [c for c in (self.time, self.event) if c in self.features]
+        if leaked:
+            raise ValueError(f"features include the outcome column(s) {leaked}: a model given the follow-up it is "
+                             "scored on learns nothing usable; remove them from task.features")  # fmt: skip
+        return self
 
 
 class RiskPreprocess(BaseModel):
