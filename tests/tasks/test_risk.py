@@ -308,7 +308,7 @@ def test_uncertainty_of_a_model_of_features_is_sampled_by_dropout_not_augmentati
     linear = build_model("linear", in_channels=3, num_outputs=1, tabular=True)
     with pytest.raises(ConfigError, match="a model of a table of features has none: use --uncertainty ensemble"):
         sampled_models(linear, Uncertainty("tta"), spatial_dims=0)
-    with pytest.raises(ConfigError, match="no dropout to sample.*or use --uncertainty ensemble"):
+    with pytest.raises(ConfigError, match=r"no dropout to sample.*or use --uncertainty ensemble"):
         sampled_models(linear, Uncertainty("mc-dropout"), spatial_dims=0)
     mlp = build_model("mlp", in_channels=3, num_outputs=1, tabular=True)  # DeepSurv's dropout is sampled
     draws = sampled_models(mlp, Uncertainty("mc-dropout", samples=3), spatial_dims=0)
