@@ -208,3 +208,32 @@ def test_the_checklist_checks_the_partition_by_patient(tmp_path):
     kept = {c["item"]: c for c in build_report(run)["checklist"]}[partition]
     assert kept["status"] == "checked" and "test 1 cases / 1 patients" in kept["where"]
     assert "Reporting checklist" in check_page(write_report(run)).headings
+
+
+def test_a_risk_models_subgroups_are_scored_by_their_c_index():
+    import numpy as np
+    import pandas as pd
+
+    from medsight.metrics.survival import harrell_c
+    from medsight.validation.report import survival_subgroup_rows
+
+    rng = np.random.default_rng(0)
+    n = 80
+    risk = rng.normal(size=n)
+    sex = np.where(np.arange(n) % 2 == 0, "F", "M")
+    time = rng.exponential(np.exp(-np.where(sex == "F", risk, 0.0)))  # risk only informs the women's outcome
+    table = pd.DataFrame({"patient_id": [f"p{i}" for i in range(n)], "sex": sex, "years": time,
+                          "event": (rng.random(n) < 0.8).astype(int), "risk": risk})  # fmt: skip
+    table.loc[:2, "site"] = "small"  # a group too small to score
+    table["site"] = table["site"].fillna("big")
+    metrics = {"time_column": "years", "event_column": "event"}
+    rows = {(r["attribute"], r["group"]): r for r in survival_subgroup_rows(table, metrics, bootstrap=50)}
+    women = table["sex"] == "F"
+    expected = harrell_c(table.years[women], table.event[women], table.risk[women])
+    assert rows[("sex", "F")]["auc"]["estimate"] == pytest.approx(expected)
+    assert rows[("sex", "F")]["rest_auc"]["estimate"] == pytest.approx(
+        harrell_c(table.years[~women], table.event[~women], table.risk[~women])
+    )
+    assert rows[("sex", "M")]["below"] and not rows[("sex", "F")]["below"]
+    assert "fewer than 10 cases" in rows[("site", "small")]["undefined"]
+    assert survival_subgroup_rows(table.drop(columns="risk"), metrics) == []

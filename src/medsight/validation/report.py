@@ -44,13 +44,21 @@ from medsight.metrics.bootstrap import bootstrap_cis
 from medsight.metrics.calibration import reliability_bins
 from medsight.metrics.classification import roc_auc
 from medsight.metrics.decision import DEFAULT_THRESHOLDS, net_benefit, net_benefit_all
-from medsight.metrics.survival import kaplan_meier
+from medsight.metrics.survival import harrell_c, kaplan_meier
 from medsight.tasks import ModelPackage
 from medsight.tasks.results import json_ready
 from medsight.validation.curves import GRID, confusion_matrix, pr_band, pr_on_grid, roc_band, roc_on_grid
 from medsight.validation.explanations import explanation_section
 
-__all__ = ["SUBGROUP_COLUMNS", "build_report", "labelled_scores", "subgroup_rows", "write_index", "write_report"]
+__all__ = [
+    "SUBGROUP_COLUMNS",
+    "build_report",
+    "labelled_scores",
+    "subgroup_rows",
+    "survival_subgroup_rows",
+    "write_index",
+    "write_report",
+]
 
 log = logging.getLogger(__name__)
 
@@ -538,6 +546,61 @@ def _group_vs_rest(inside: np.ndarray, labels: np.ndarray, scores: np.ndarray) -
     return [group, rest, group - rest]
 
 
+_MIN_EVENTS = 3  # events a subgroup (and the rest) needs for its C-index
+
+
+def _concordance_vs_rest(inside: np.ndarray, time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> list[float]:
+    """Harrell's C within the group, of the rest, and their difference (NaN where no pair compares)."""
+
+    def c_index(part: np.ndarray) -> float:
+        return harrell_c(time[part], event[part], risk[part]) if part.any() else float("nan")
+
+    group, rest = c_index(inside), c_index(~inside)
+    return [group, rest, group - rest]
+
+
+def survival_subgroup_rows(
+    table: pd.DataFrame, metrics: Mapping[str, Any], *, bootstrap: int = 1000
+) -> list[dict[str, Any]]:
+    """A risk model's subgroups: per attribute value, Harrell's C-index of its cases and of the rest, with
+    patient-resampled CIs, and ``below`` when the difference's whole interval lies under 0."""
+    time_column, event_column = metrics.get("time_column"), metrics.get("event_column")
+    if time_column not in table.columns or event_column not in table.columns or "risk" not in table.columns:
+        return []
+    time = pd.to_numeric(table[time_column], errors="coerce").to_numpy(float)
+    event = pd.to_numeric(table[event_column], errors="coerce").to_numpy(float)
+    risk = pd.to_numeric(table["risk"], errors="coerce").to_numpy(float)
+    known = np.isfinite(time) & np.isfinite(event) & np.isfinite(risk)
+    time, event, risk = time[known], event[known], risk[known]
+    patients = (table["patient_id"] if "patient_id" in table.columns else table.index.to_series()).astype(str)
+    rows = []
+    for attribute, values in _attributes(table).items():
+        values = values[known].fillna("unknown").to_numpy()
+        for value in sorted(set(values.tolist()), key=lambda v: (not v.startswith("<"), v)):
+            inside = values == value
+            row = {
+                "probability": "risk (Harrell C)",
+                "attribute": attribute,
+                "group": value,
+                "cases": int(inside.sum()),
+            }
+            events = (int(event[inside].sum()), int(event[~inside].sum()))
+            if inside.sum() < _MIN_GROUP or (~inside).sum() < _MIN_GROUP or min(events) < _MIN_EVENTS:
+                rows.append(row | {"undefined": f"fewer than {_MIN_GROUP} cases or {_MIN_EVENTS} events in the group "
+                                   f"or the rest (events: group {events[0]}, rest {events[1]})"})  # fmt: skip
+                continue
+            group, rest, difference = bootstrap_cis(
+                lambda i, t, e, r: _concordance_vs_rest(i.astype(bool), t, e, r), inside.astype(float), time, event,
+                risk, names=[f"C in {attribute} {value}", f"C outside {attribute} {value}",
+                             f"C difference for {attribute} {value}"],
+                groups=patients[known].to_numpy(), n_resamples=bootstrap,
+            )  # fmt: skip
+            high = difference["high"]
+            below = high is not None and not math.isnan(high) and high < 0
+            rows.append(row | {"auc": group, "rest_auc": rest, "difference": difference, "below": below})
+    return rows
+
+
 def subgroup_rows(table: pd.DataFrame, *, bootstrap: int = 1000) -> list[dict[str, Any]]:
     """Per subgroup attribute value and labelled probability: its cases, its AUC and the AUC of the
     other cases, with 95 % CIs that resample patients, and ``below`` when the group's AUC falls
@@ -620,6 +683,8 @@ def _checklist(content: Mapping[str, Any]) -> list[dict[str, str]]:
         sizes = "; ".join(f"{k} {v['cases']} cases / {v['patients']} patients" for k, v in training["splits"].items())
         partition = ("checked", f"no patient in two splits ({sizes})")
     subgroups = [g for g in content["subgroups"] if "auc" in g]
+    survival = any(p.get("title") == "Calibration at each horizon" for p in content.get("plots") or [])
+    tabular = content["model"]["task"].get("kind") == "risk"
     items = [
         ("Intended use, clinical setting and users", "not known", _UNKNOWN),
         ("Data source and its version", "reported" if provenance.get("training data hash") else "not known",
@@ -631,8 +696,9 @@ def _checklist(content: Mapping[str, Any]) -> list[dict[str, str]]:
          "reported" if training["settings"] else "not known", f"{training['epochs_run']} epochs run"),
         ("Performance with 95 % confidence intervals (patients resampled)",
          "reported" if content["figures"] else "not known", f"{len(content['figures'])} headline figures"),
-        ("Calibration", "reported" if content["calibration"] else "not applicable",
-         "ECE, slope, intercept" if content["calibration"] else "no probability with a label"),
+        ("Calibration", "reported" if content["calibration"] or survival else "not applicable",
+         "ECE, slope, intercept" if content["calibration"] else "predicted against Kaplan-Meier at each horizon"
+         if survival else "no probability with a label"),
         ("Clinical utility (decision curves)", "reported" if content["calibration"] else "not applicable", ""),
         ("Performance in subgroups", "reported" if subgroups else "not known",
          f"{len(subgroups)} subgroup(s) scored" if subgroups else "no subgroup attribute with enough cases"),
@@ -640,7 +706,8 @@ def _checklist(content: Mapping[str, Any]) -> list[dict[str, str]]:
          "failure gallery" if content["gallery"] else "no images with labelled probabilities"),
         ("Explainability: attribution maps checked for faithfulness and against randomised weights",
          "reported" if content["explanations"] else "not known",
-         "explanations section" if content["explanations"] else "run `medsight explain RUN --data MANIFEST`"),
+         "explanations section" if content["explanations"] else "not available for risk models yet" if tabular
+         else "run `medsight explain RUN --data MANIFEST`"),
         ("Uncertainty of single predictions (referral of the most uncertain)",
          "reported" if content["referral"] else "not known",
          f"referral curves ({content['referral']})" if content["referral"]
@@ -689,7 +756,8 @@ def build_report(run_dir: str | os.PathLike[str], *, split: str = "test") -> dic
         "figures": _figure_rows(metrics),
         "bootstrap": metrics.get("bootstrap_resamples"),
         "calibration": _calibration_rows(metrics),
-        "subgroups": subgroup_rows(table, bootstrap=resamples),
+        "subgroups": subgroup_rows(table, bootstrap=resamples)
+        + survival_subgroup_rows(table, metrics, bootstrap=resamples),
         "warnings": list(metrics.get("warnings") or []),
         "plots": _plots(metrics, table, labelled),
         "gallery": _gallery(table, labelled, Path(provenance.manifest).parent if provenance.manifest else None),
@@ -753,14 +821,14 @@ correlation of each map with the map of a network whose weights were drawn again
 below 1 the predictions are too extreme. Intercept (slope held at 1): 0 ideal, above 0 the model
 predicts too low on average.</p>{% endif %}
 {% if r.subgroups %}<h2>Subgroups</h2>
-<table><tr><th>probability</th><th>attribute</th><th>group</th><th>cases</th><th>AUC [95 % CI]</th>
-<th>AUC of the rest</th><th>difference [95 % CI]</th><th></th></tr>
+<table><tr><th>score</th><th>attribute</th><th>group</th><th>cases</th><th>AUC or C-index [95 % CI]</th>
+<th>the same of the rest</th><th>difference [95 % CI]</th><th></th></tr>
 {% for g in r.subgroups %}<tr><td>{{ g.probability }}</td><td>{{ g.attribute }}</td><td>{{ g.group }}</td>
 <td>{{ g.cases }}</td>{% if g.get('undefined') %}<td colspan="4">{{ g.undefined }}</td>{% else %}
 <td>{{ fmt(g.auc) }}</td><td>{{ fmt(g.rest_auc) }}</td><td>{{ fmt(g.difference) }}</td>
 <td class="warn">{{ "below the rest" if g.below else "" }}</td>{% endif %}</tr>{% endfor %}</table>
-<p>A group is marked when its AUC falls below that of the other cases with the difference's whole
-95 % interval (patients resampled, {{ r.subgroup_resamples }} times) below 0.</p>{% endif %}
+<p>A group is marked when its AUC (a risk model's: its C-index) falls below that of the other cases
+with the difference's whole 95 % interval (patients resampled, {{ r.subgroup_resamples }} times) below 0.</p>{% endif %}
 <h2>Warnings</h2>
 {% if r.warnings %}<ul>{% for w in r.warnings %}<li class="warn">{{ w }}</li>{% endfor %}</ul>
 {% else %}<p>None raised by the evaluation.</p>{% endif %}
