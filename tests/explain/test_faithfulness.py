@@ -96,3 +96,21 @@ def test_rank_correlation_is_spearmans_and_undefined_for_a_flat_map():
     assert np.isnan(rank_correlation(a, np.zeros((8, 8))))
     with pytest.raises(InputError, match="cannot be compared"):
         rank_correlation(a, np.zeros((4, 4)))
+
+
+def test_mask_energy_in_3d_by_hand_and_within_a_region():
+    from medsight.explain.faithfulness import mask_energy
+
+    found = np.zeros((4, 5, 6))
+    found[1, 2, 3], found[2, 2, 3], found[0, 0, 0] = 3.0, 1.0, 2.0  # 4 of 6 in the lesion; peak in it
+    found[3, 4, 5] = -5.0  # negative evidence is not mass
+    mask = np.zeros((4, 5, 6), bool)
+    mask[1:3, 2, 3] = True
+    energy = mask_energy(found, mask)
+    assert energy.energy == pytest.approx(4 / 6) and energy.chance == pytest.approx(2 / 120) and energy.hit
+    region = np.zeros_like(mask)
+    region[:2] = True  # the window: the first two slices
+    inside = mask_energy(found, mask, region)
+    assert inside.energy == pytest.approx(3 / 5) and inside.chance == pytest.approx(1 / 60) and inside.hit
+    with pytest.raises(InputError, match="must be one shape"):
+        mask_energy(found, mask[:2])

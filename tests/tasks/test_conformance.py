@@ -290,6 +290,8 @@ def test_fit_predict_evaluate_through_the_seam(tmp_path, case):
             predictor.task.explain_targets()
     else:
         _explain_check(predictor, files[:2], tmp_path / "explain")
+    if kind == "segmentation":
+        _explain_against_masks(predictor, manifest)
 
 
 def _explain_check(predictor, files, out: Path) -> None:
@@ -315,6 +317,28 @@ def _explain_check(predictor, files, out: Path) -> None:
                 assert np.all(np.isfinite(found.array)) and found.array.dtype == np.float32
     assert set(written["methods"]) == {"gradcam", "occlusion"}
     assert {"faithfulness", "randomisation", "deletion_auc"} <= set(written["methods"]["gradcam"])
+
+
+def _explain_against_masks(predictor, manifest: Path) -> None:
+    """A 3D run's test cases explained from the manifest, each map scored against the case's label map on
+    the input's grid: the share of its mass in the structure and its peak, checked here by hand."""
+    from medsight.explain import explain_split
+    from medsight.io import read
+
+    result = explain_split(predictor, manifest, cases=2, methods=["gradcam"], faithfulness=False, sanity=False)
+    table = pd.read_csv(manifest).set_index("case_id")
+    assert len(result.images) == 2
+    for item in result.images:
+        labels = read(manifest.parent / table.loc[item.name, "label"]).array[0]
+        truth = predictor.task.structure_masks(labels)[item.target]
+        found = item.placement.on_source(item.maps["gradcam"])
+        region = item.placement.on_source(np.ones(item.image.shape[1:], np.float32)) > 0.5
+        positive = np.where(region, np.clip(found, 0, None), 0)
+        check = item.checks["gradcam"]
+        if positive.sum() > 0:
+            assert check["energy_in_box"] == pytest.approx(positive[truth].sum() / positive.sum())
+        assert check["box_share"] == pytest.approx(truth[region].mean())
+    assert result.summary["gradcam"]["boxed_images"] == 2 and "pointing_game" in result.summary["gradcam"]
 
 
 def evaluation_cases(run: Path) -> pd.DataFrame:

@@ -28,7 +28,10 @@ def explain_command(
     ] = None,
     output: Annotated[Path | None, typer.Option("--out", "-o", help="Folder (default RUN/explain).")] = None,
     data: Annotated[
-        Path | None, typer.Option("--data", "-d", help="Manifest: explain cases of --split (boxes scored).")
+        Path | None,
+        typer.Option(
+            "--data", "-d", help="Manifest: explain cases of --split (scored against their boxes or 3D label maps)."
+        ),
     ] = None,
     split: Annotated[str, typer.Option("--split", help="With --data: the split whose cases are explained.")] = "test",
     cases: Annotated[int, typer.Option("--cases", min=1, help="With --data: how many cases.")] = 16,

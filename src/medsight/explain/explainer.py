@@ -26,7 +26,7 @@ from medsight.core.volume import Volume
 from medsight.data.manifest import Manifest
 from medsight.data.reading import read_case_image
 from medsight.explain.attribution import METHODS, ExplainedNetwork, attribute, randomised
-from medsight.explain.faithfulness import box_energy, deletion_insertion, rank_correlation
+from medsight.explain.faithfulness import box_energy, deletion_insertion, mask_energy, rank_correlation
 from medsight.inference import Predictor
 from medsight.inference.predictor import read_input
 from medsight.io import write
@@ -310,9 +310,6 @@ def explain_split(
         InputError: the manifest has no such split, or a case cannot be read.
     """
     predictor.task.explain_targets()  # a task with nothing to explain says so first
-    if predictor.task.spatial_dims != 2:
-        raise ConfigError("a 3D run is explained on its files, one window each: medsight explain RUN scan.nii.gz "
-                          "(or a case folder of channels)")  # fmt: skip
     table = Manifest.load(manifest)
     rows = table.table[table.table["split"].astype(str) == split]
     if rows.empty:
@@ -320,6 +317,10 @@ def explain_split(
                          f"{sorted(set(table.table['split'].astype(str)) - {''})})")  # fmt: skip
     if cases < 1:
         raise ConfigError(f"--cases must be at least 1, got {cases}")
+    if predictor.task.spatial_dims == 3:
+        return _explain_volumes(predictor, table, rows, cases=cases, seed=seed, target=target, **options)
+    if predictor.task.spatial_dims != 2:
+        raise ConfigError(f"{type(predictor.task).__name__} explains images; this run's inputs are not images")
     task = predictor.task
     names = task.explain_targets()
     fixed = None if target is None else ExplainedNetwork(predictor.model, task).target_index(target)
@@ -350,6 +351,68 @@ def explain_split(
     return explain(predictor, arrays, [str(r["case_id"]) for r in items], target=target, targets=wanted,
                    boxes=prepared, patients=[str(r.get("patient_id", r["case_id"])) for r in items],
                    **options)  # fmt: skip
+
+
+def _explain_volumes(
+    predictor: Predictor,
+    table: Manifest,
+    rows: pd.DataFrame,
+    *,
+    cases: int,
+    seed: int,
+    target: str | None,
+    **options: Any,
+) -> ExplainResult:
+    """3D cases of a manifest split, each explained on one window as :func:`explain_files` does, and
+    where the case has a reference label map, scored against it on the input's own grid: the share of
+    the map's mass in the target's voxels (against the share of the window they fill) and whether its
+    peak lies in them."""
+    from medsight.data.cases import pairings, read_case
+
+    task = predictor.task
+    network = ExplainedNetwork(predictor.model, task)
+    fixed = None if target is None else network.target_index(target)
+    try:
+        pairing = pairings(table)[0]
+    except MedsightError:
+        pairing = None  # no label maps: explained, not scored
+    picked = rows.iloc[np.random.default_rng(seed).permutation(len(rows))[:cases]]
+    arrays, targets, placements, truths = [], [], [], []
+    for _, row in picked.iterrows():
+        case = str(row["case_id"])
+        if pairing is None:
+            raise ConfigError("the manifest has no label map column to read the cases' images with; explain the "
+                              "files instead: medsight explain RUN scan.nii.gz")  # fmt: skip
+        images = read_case(table, row, pairing)
+        try:
+            view = task.explain_volume(predictor.model, images.image, predictor.preprocess)
+        except MedsightError as exc:
+            raise type(exc)(f"case {case}: {exc}") from exc
+        k = fixed if fixed is not None else task.explain_default(view.evidence.reshape(len(view.evidence), -1).max(1))
+        window, offset = _window(view.image, view.evidence[k], view.patch)
+        arrays.append(window)
+        targets.append(k)
+        placements.append(Placement(offset, tuple(view.image.shape[1:]), view.to_source, images.image.geometry))
+        labels = None if images.label is None else np.asarray(images.label.array[0])
+        truths.append(None if labels is None else task.explain_mask(labels, k))
+    result = explain(predictor, arrays, [str(r["case_id"]) for _, r in picked.iterrows()], target=target,
+                     targets=targets, placements=placements,
+                     patients=[str(r.get("patient_id", r["case_id"])) for _, r in picked.iterrows()],
+                     **options)  # fmt: skip
+    scored = False
+    for item, truth in zip(result.images, truths, strict=True):
+        if truth is None or item.placement is None:
+            continue
+        region = item.placement.on_source(np.ones(item.image.shape[1:], np.float32)) > 0.5
+        for method, found in item.maps.items():
+            energy = mask_energy(item.placement.on_source(found), truth, region)
+            item.checks[method] |= {"energy_in_box": energy.energy, "box_share": energy.chance,
+                                    "pointing_hit": energy.hit}  # fmt: skip
+            scored = True
+    if scored:  # the summaries again, now with the energy in the reference (what was there stays)
+        result.summary = {m: {**block, **_summary(result.images, m, block["seconds_per_image"] * len(result.images))}
+                          for m, block in result.summary.items()}  # fmt: skip
+    return result
 
 
 def explain_run(
@@ -448,7 +511,7 @@ def summary_table(result: ExplainResult) -> pd.DataFrame:
         rows.append({
             "method": method,
             "faithfulness": value(s.get("faithfulness"), 3),
-            "in box (chance)": (f"{value(s['energy_in_box'])} ({s['box_share']:.2f})" if "energy_in_box" in s
+            "in truth (chance)": (f"{value(s['energy_in_box'])} ({s['box_share']:.2f})" if "energy_in_box" in s
                                 else "-"),
             "pointing": value(s.get("pointing_game")),
             "random-weights ρ": "-" if not random else f"{rho:.2f}" if np.isfinite(rho) else "void",

@@ -24,7 +24,7 @@ from scipy import ndimage, stats
 
 from medsight.core.errors import InputError
 
-__all__ = ["BoxEnergy", "Curves", "box_energy", "deletion_insertion", "rank_correlation"]
+__all__ = ["BoxEnergy", "Curves", "box_energy", "deletion_insertion", "mask_energy", "rank_correlation"]
 
 _STEPS = 20  # points along each curve after the start
 
@@ -187,8 +187,24 @@ def box_energy(attribution: np.ndarray, boxes: np.ndarray) -> BoxEnergy:
         c0, c1 = int(np.clip(np.floor(x0), 0, w)), int(np.clip(np.ceil(x1), 0, w))
         r0, r1 = int(np.clip(np.floor(y0), 0, h)), int(np.clip(np.ceil(y1), 0, h))
         inside[r0:r1, c0:c1] = True
-    positive = np.clip(attribution.astype(np.float64), 0, None)
+    return mask_energy(attribution, inside)
+
+
+def mask_energy(attribution: np.ndarray, mask: np.ndarray, region: np.ndarray | None = None) -> BoxEnergy:
+    """:func:`box_energy` for a true mask of any shape (a 3D lesion's voxels): the map's positive mass in
+    the mask, the share of ``region`` (where the map could be; default everywhere) the mask covers, and
+    whether the map's maximum lies in the mask.
+
+    Raises:
+        InputError: the map, the mask and the region differ in shape.
+    """
+    mask = np.asarray(mask, bool)
+    region = np.ones(mask.shape, bool) if region is None else np.asarray(region, bool)
+    if attribution.shape != mask.shape or region.shape != mask.shape:
+        raise InputError(f"map {attribution.shape}, mask {mask.shape} and region {region.shape} must be one shape")
+    positive = np.where(region, np.clip(attribution.astype(np.float64), 0, None), 0.0)
     total = positive.sum()
-    energy = float(positive[inside].sum() / total) if total > 0 else float("nan")
-    peak = np.unravel_index(int(np.argmax(attribution)), attribution.shape)
-    return BoxEnergy(energy=energy, chance=float(inside.mean()), hit=bool(inside[peak]))
+    energy = float(positive[mask].sum() / total) if total > 0 else float("nan")
+    peak = np.unravel_index(int(np.argmax(np.where(region, attribution, -np.inf))), attribution.shape)
+    chance = float(mask[region].mean()) if region.any() else float("nan")
+    return BoxEnergy(energy=energy, chance=chance, hit=bool(mask[peak]))

@@ -308,6 +308,11 @@ class Task(ABC):
         """
         raise ConfigError(f"{type(self).__name__} explains prepared images (input_array), not whole volumes")
 
+    def explain_mask(self, labels: np.ndarray, target: int) -> np.ndarray | None:
+        """Where target ``target`` truly is in a label map of codes (a 3D explanation is scored against
+        it), or None for a task whose truth is not a label map (the default)."""
+        return None
+
     def explain_boxes(self, cell: Any, case: str, target: int) -> np.ndarray:
         """``(n, 4)`` boxes ``x0, y0, x1, y1`` (source pixels) that show target ``target`` in a
         manifest's ``boxes`` cell: those labelled with its name (case-insensitive), or every box

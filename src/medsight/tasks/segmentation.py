@@ -647,6 +647,10 @@ class SegmentationTask(Task):
         """Each structure (label, or region where the recipe names regions)."""
         return tuple(self.structures)
 
+    def explain_mask(self, labels: np.ndarray, target: int) -> np.ndarray | None:
+        """The structure's voxels in a reference label map."""
+        return self.structure_masks(np.asarray(labels))[self.structures[target]]
+
     def explain_logits(self, outputs: torch.Tensor) -> torch.Tensor:
         """Per structure, the log-odds of the share of the patch the network gives it (the mean of
         its voxels' probabilities): what grows with every voxel of evidence for it."""
