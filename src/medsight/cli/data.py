@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from medsight.cli.common import err, friendly, out, progress_bar
-from medsight.core.errors import ConfigError, MedsightError
+from medsight.core.errors import ConfigError
 from medsight.data.phantoms import BUILTIN_PHANTOMS
 
 # pandas, the adapters and the phantom generators are imported inside each command (instant --help)
@@ -131,19 +131,14 @@ def join(
     """Add columns of a table to a manifest's cases: clinical covariates and outcomes per patient, or a
     model's per-case outputs (e.g. `medsight predict CARDIAC_RUN --data M` writes EF and LV mass per case)."""
     from medsight.data import Manifest
-    from medsight.data.join import join_table
-    from medsight.inference.predictor import read_table
+    from medsight.data.join import join_table, read_table
 
     if on not in ("auto", "case_id", "patient_id"):
         raise ConfigError(f"--on takes auto, case_id or patient_id, got {on!r}")
     source = Manifest.load(manifest_path)
-    try:
-        table = read_table(table_path)
-    except MedsightError as exc:
-        raise type(exc)(str(exc).replace("a risk model predicts from", "join reads")) from exc
+    table = read_table(table_path, needs="join reads a table (.csv or .parquet)")
     chosen = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
-    result = join_table(source, table.astype({k: str for k in ("case_id", "patient_id") if k in table.columns}),
-                        on=on, columns=chosen, replace=replace)  # type: ignore[arg-type]  # fmt: skip
+    result = join_table(source, table, on=on, columns=chosen, replace=replace)  # type: ignore[arg-type]
     target = output or manifest_path
     result.manifest.save(target, overwrite=True)
     out.print(f"joined {len(result.columns)} column(s) on {result.on} ({', '.join(result.columns)}): "

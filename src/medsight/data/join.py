@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import pandas as pd
@@ -13,7 +14,7 @@ import pandas as pd
 from medsight.core.errors import ConfigError, InputError
 from medsight.data.manifest import RESERVED_COLUMNS, Manifest
 
-__all__ = ["JoinResult", "join_table"]
+__all__ = ["JoinResult", "join_table", "read_table"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,28 @@ class JoinResult:
     matched: int
     unmatched_cases: tuple[str, ...]
     unused_rows: int
+
+
+def read_table(path: Path, *, needs: str = "a table of cases (.csv or .parquet)") -> pd.DataFrame:
+    """A table of cases (.csv or .parquet), its ``case_id`` and ``patient_id`` read as text (``001`` stays
+    ``001``, as in the manifest).
+
+    Raises:
+        InputError: a missing, unreadable or empty file, or one that is not a table (``needs`` says what is).
+    """
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() not in (".csv", ".parquet"):
+        raise InputError(f"{path}: {needs}, not from images or folders")
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    keys = {"case_id": str, "patient_id": str}
+    try:
+        table = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path, dtype=keys)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path} is not a readable table: {exc}") from exc
+    if table.empty:
+        raise InputError(f"{path} holds no cases")
+    return table.astype({k: str for k in keys if k in table.columns})
 
 
 def _keys(values: pd.Series) -> pd.Series:

@@ -375,14 +375,12 @@ def _explain_volumes(
     try:
         pairing = pairings(table)[0]
     except MedsightError:
-        pairing = None  # no label maps: explained, not scored
+        raise ConfigError("the manifest has no label map column to read the cases' images with; explain the "
+                          "files instead: medsight explain RUN scan.nii.gz") from None  # fmt: skip
     picked = rows.iloc[np.random.default_rng(seed).permutation(len(rows))[:cases]]
     arrays, targets, placements, truths = [], [], [], []
     for _, row in picked.iterrows():
         case = str(row["case_id"])
-        if pairing is None:
-            raise ConfigError("the manifest has no label map column to read the cases' images with; explain the "
-                              "files instead: medsight explain RUN scan.nii.gz")  # fmt: skip
         images = read_case(table, row, pairing)
         try:
             view = task.explain_volume(predictor.model, images.image, predictor.preprocess)

@@ -27,6 +27,7 @@ from medsight.core.progress import Progress
 from medsight.core.volume import Volume
 from medsight.data.cache import default_cache_dir
 from medsight.data.cases import stack_channels
+from medsight.data.join import read_table
 from medsight.data.manifest import Manifest
 from medsight.inference.calibration import apply_temperatures, load_temperatures
 from medsight.inference.uncertainty import Uncertainty, combine, sampled_models, spreads, training_augmentation
@@ -119,26 +120,6 @@ def read_input(name: Path, files: Sequence[Path]) -> Volume:
 
 
 _MAP_SUFFIXES = {".nii": ".nii.gz", ".nii.gz": ".nii.gz", ".nrrd": ".nrrd", ".mha": ".mha", ".mhd": ".mha"}
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """A table of cases (.csv or .parquet) to predict on with a model of features.
-
-    Raises:
-        InputError: a missing, unreadable or empty file, or one that is not a table.
-    """
-    if path.is_dir() or path.suffix.lower() not in (".csv", ".parquet"):
-        raise InputError(f"{path}: a risk model predicts from a table of cases (.csv or .parquet, one row per case "
-                         "with the model's feature columns), not from images or folders")  # fmt: skip
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        table = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path} is not a readable table: {exc}") from exc
-    if table.empty:
-        raise InputError(f"{path} holds no cases")
-    return table
 
 
 def _write_map(label: Volume, source: Path, volume: Volume, masks: str | os.PathLike[str] | None) -> Path:
@@ -373,7 +354,11 @@ class Predictor:
         cases, scores = [], []
         for item in inputs:
             path = Path(item)
-            table = read_table(path)
+            table = read_table(
+                path,
+                needs="a risk model predicts from a table of cases (.csv or .parquet, one row "
+                "per case with the model's feature columns)",
+            )
             table.attrs["root"] = str(path.parent)  # where relative paths in it (a fused model's images) start
             try:
                 tables = [self.task.predict_table(model, table, self.preprocess) for model in models]

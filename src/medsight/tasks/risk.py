@@ -403,7 +403,7 @@ class RiskTask(Task):
     # --- network ----------------------------------------------------------------------------
     def network(self, model: ModelChoice, in_channels: int, preprocess: BaseModel) -> nn.Module:
         """The recipe's tabular network (``linear`` or ``mlp``), one output (cox) or one per interval."""
-        plan = as_model(preprocess, RiskPlan) if not isinstance(preprocess, RiskPlan) else preprocess
+        plan = as_model(preprocess, RiskPlan)
         outputs = 1 if self.risk_spec.head == "cox" else len(plan.edges) - 1
         if plan.image_shape is None:
             return build_model(model.name, in_channels=in_channels, num_outputs=outputs, dropout=model.dropout,
@@ -462,6 +462,18 @@ class RiskTask(Task):
                 columns[f"{PROB_PREFIX}{h:g}"] = 1.0 - survival[:, k]
         return pd.DataFrame(columns)
 
+    def predictions(self, outputs: torch.Tensor, preprocess: BaseModel) -> pd.DataFrame:
+        """``risk`` and ``prob_event_<h>`` of network outputs (a discrete model's survival curves are
+        computed once: its risk is read off the last horizon's probability)."""
+        plan = as_model(preprocess, RiskPlan)
+        probabilities = self.event_probabilities(outputs, plan)
+        if self.risk_spec.head == "discrete" and plan.edges and plan.horizons:
+            survival = 1.0 - probabilities[f"{PROB_PREFIX}{plan.horizons[-1]:g}"].to_numpy()
+            risk = pd.DataFrame({"risk": -np.log(np.clip(survival, 1e-300, 1.0))})
+        else:
+            risk = self.scores(outputs, plan)
+        return pd.concat([risk, probabilities], axis=1)
+
     def predict_split(
         self, model: nn.Module, data: TaskData, indices: np.ndarray, *, batch_size: int = 64
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -469,9 +481,7 @@ class RiskTask(Task):
         from medsight.models.predict import run_model
 
         outputs = run_model(model, self.dataset(data, indices), batch_size=max(batch_size, 256))
-        plan = as_model(data.preprocess, RiskPlan)
-        scores = pd.concat([self.scores(outputs, plan), self.event_probabilities(outputs, plan)], axis=1)
-        return data.manifest.table.iloc[indices].reset_index(drop=True), scores
+        return data.manifest.table.iloc[indices].reset_index(drop=True), self.predictions(outputs, data.preprocess)
 
     def predict_table(self, model: nn.Module, table: pd.DataFrame, preprocess: BaseModel) -> pd.DataFrame:
         """``risk`` and ``prob_event_<h>`` for each row of a table of new cases (the model's feature columns)."""
@@ -481,7 +491,7 @@ class RiskTask(Task):
             inputs = torch.cat([inputs, torch.from_numpy(self._table_images(table, plan)).flatten(1)], dim=1)
         with torch.no_grad():
             outputs = model.eval()(inputs).float()
-        return pd.concat([self.scores(outputs, plan), self.event_probabilities(outputs, plan)], axis=1)
+        return self.predictions(outputs, plan)
 
     def _table_images(self, table: pd.DataFrame, plan: RiskPlan) -> np.ndarray:
         """The images a table's rows name (paths relative to the table's folder, ``table.attrs['root']``),

@@ -543,13 +543,12 @@ def replan(
 def _step_manifest(step: Step, data: Path, out: Path, recipe: Any, seed: int, progress: Progress | None) -> Any:
     """The step's manifest: its phantom read, its clinical table joined by patient, split by patient, and
     (a risk step) each case measured by an earlier step's run, those measures joined as features."""
-    from medsight.data.join import join_table
+    from medsight.data.join import join_table, read_table
     from medsight.inference import Predictor
-    from medsight.inference.predictor import read_table
 
     manifest = build_manifest(data, format=phantoms()[step.phantom or step.recipe].layout)
     if step.clinical:
-        manifest = join_table(manifest, read_table(data / step.clinical).astype({"patient_id": str})).manifest
+        manifest = join_table(manifest, read_table(data / step.clinical)).manifest
     split = assign_splits(manifest, stratify=step.stratify, seed=seed, respect_official=False,
                           val_fraction=_VAL_FRACTION, test_fraction=step.test_fraction)  # fmt: skip
     if step.features_from is None:
@@ -564,7 +563,7 @@ def _step_manifest(step: Step, data: Path, out: Path, recipe: Any, seed: int, pr
     if measured is None:
         raise ConfigError(f"the {step.features_from} run measures nothing per case to join")
     wanted = [c for c in recipe.task.features if c in measured.columns and c not in split.table.columns]
-    return join_table(split, measured.astype({"case_id": str}), on="case_id", columns=wanted).manifest
+    return join_table(split, measured, on="case_id", columns=wanted).manifest
 
 
 def run_demo(

@@ -572,32 +572,55 @@ def survival_subgroup_rows(
     risk = pd.to_numeric(table["risk"], errors="coerce").to_numpy(float)
     known = np.isfinite(time) & np.isfinite(event) & np.isfinite(risk)
     time, event, risk = time[known], event[known], risk[known]
-    patients = (table["patient_id"] if "patient_id" in table.columns else table.index.to_series()).astype(str)
+
+    def too_few(inside: np.ndarray) -> str | None:
+        events = (int(event[inside].sum()), int(event[~inside].sum()))
+        if inside.sum() < _MIN_GROUP or (~inside).sum() < _MIN_GROUP or min(events) < _MIN_EVENTS:
+            return (f"fewer than {_MIN_GROUP} cases or {_MIN_EVENTS} events in the group or the rest (events: "
+                    f"group {events[0]}, rest {events[1]})")  # fmt: skip
+        return None
+
+    return [row for attribute, values in _attributes(table).items()
+            for row in _group_rows("risk (Harrell C)", "C", attribute, values[known], _patients(table)[known],
+                                   (time, event, risk), _concordance_vs_rest, too_few, bootstrap)]  # fmt: skip
+
+
+def _patients(table: pd.DataFrame) -> pd.Series:
+    return (table["patient_id"] if "patient_id" in table.columns else table.index.to_series()).astype(str)
+
+
+def _group_rows(
+    score: str,
+    figure: str,
+    attribute: str,
+    values: pd.Series,
+    patients: pd.Series,
+    arrays: tuple[np.ndarray, ...],
+    vs_rest: Any,
+    too_few: Any,
+    bootstrap: int,
+) -> list[dict[str, Any]]:
+    """Per value of one attribute: its cases, ``figure`` within the group and in the rest
+    (``vs_rest(inside, *arrays)``) and their difference, with patient-resampled CIs; ``undefined`` where
+    ``too_few(inside)`` says why it cannot be scored, ``below`` when the difference lies wholly under 0."""
+    values = values.fillna("unknown").to_numpy()
     rows = []
-    for attribute, values in _attributes(table).items():
-        values = values[known].fillna("unknown").to_numpy()
-        for value in sorted(set(values.tolist()), key=lambda v: (not v.startswith("<"), v)):
-            inside = values == value
-            row = {
-                "probability": "risk (Harrell C)",
-                "attribute": attribute,
-                "group": value,
-                "cases": int(inside.sum()),
-            }
-            events = (int(event[inside].sum()), int(event[~inside].sum()))
-            if inside.sum() < _MIN_GROUP or (~inside).sum() < _MIN_GROUP or min(events) < _MIN_EVENTS:
-                rows.append(row | {"undefined": f"fewer than {_MIN_GROUP} cases or {_MIN_EVENTS} events in the group "
-                                   f"or the rest (events: group {events[0]}, rest {events[1]})"})  # fmt: skip
-                continue
-            group, rest, difference = bootstrap_cis(
-                lambda i, t, e, r: _concordance_vs_rest(i.astype(bool), t, e, r), inside.astype(float), time, event,
-                risk, names=[f"C in {attribute} {value}", f"C outside {attribute} {value}",
-                             f"C difference for {attribute} {value}"],
-                groups=patients[known].to_numpy(), n_resamples=bootstrap,
-            )  # fmt: skip
-            high = difference["high"]
-            below = high is not None and not math.isnan(high) and high < 0
-            rows.append(row | {"auc": group, "rest_auc": rest, "difference": difference, "below": below})
+    for value in sorted(set(values.tolist()), key=lambda v: (not v.startswith("<"), v)):  # "<40" first
+        inside = values == value
+        row = {"probability": score, "attribute": attribute, "group": value, "cases": int(inside.sum())}
+        reason = too_few(inside)
+        if reason:
+            rows.append(row | {"undefined": reason})
+            continue
+        group, rest, difference = bootstrap_cis(
+            lambda i, *a: vs_rest(i.astype(bool), *a), inside.astype(float), *arrays,
+            names=[f"{figure} in {attribute} {value}", f"{figure} outside {attribute} {value}",
+                   f"{figure} difference for {attribute} {value}"],
+            groups=patients.to_numpy(), n_resamples=bootstrap,
+        )  # fmt: skip
+        high = difference["high"]
+        below = high is not None and not math.isnan(high) and high < 0
+        rows.append(row | {"auc": group, "rest_auc": rest, "difference": difference, "below": below})
     return rows
 
 
@@ -606,36 +629,21 @@ def subgroup_rows(table: pd.DataFrame, *, bootstrap: int = 1000) -> list[dict[st
     other cases, with 95 % CIs that resample patients, and ``below`` when the group's AUC falls
     short of the rest's with the difference's whole interval below 0."""
     attributes = _attributes(table)
-    patients = (table["patient_id"] if "patient_id" in table.columns else table.index.to_series()).astype(str)
     rows = []
     for name, _, _, known, labels, scores in labelled_scores(table):
+
+        def too_few(inside: np.ndarray, labels: np.ndarray = labels) -> str | None:
+            if inside.sum() < _MIN_GROUP or (~inside).sum() < _MIN_GROUP:
+                return f"fewer than {_MIN_GROUP} cases in the group or the rest"
+            counts = [int(np.sum(labels[part] == k)) for part in (inside, ~inside) for k in (0, 1)]
+            if min(counts) < _MIN_CLASS:
+                return (f"under {_MIN_CLASS} cases of a class (positive / negative: group {counts[1]} / {counts[0]}, "
+                        f"rest {counts[3]} / {counts[2]})")  # fmt: skip
+            return None
+
         for attribute, values in attributes.items():
-            values = values[known].fillna("unknown").to_numpy()
-            for value in sorted(set(values.tolist()), key=lambda v: (not v.startswith("<"), v)):  # "<40" first
-                inside = values == value
-                row = {"probability": name, "attribute": attribute, "group": value, "cases": int(inside.sum())}
-                if inside.sum() < _MIN_GROUP or (~inside).sum() < _MIN_GROUP:
-                    rows.append(row | {"undefined": f"fewer than {_MIN_GROUP} cases in the group or the rest"})
-                    continue
-                counts = [int(np.sum(labels[part] == k)) for part in (inside, ~inside) for k in (0, 1)]
-                if min(counts) < _MIN_CLASS:
-                    rows.append(
-                        row
-                        | {
-                            "undefined": f"under {_MIN_CLASS} cases of a class (positive / negative: group "
-                            f"{counts[1]} / {counts[0]}, rest {counts[3]} / {counts[2]})"
-                        }
-                    )
-                    continue
-                group, rest, difference = bootstrap_cis(
-                    lambda i, y, p: _group_vs_rest(i.astype(bool), y, p), inside.astype(float), labels, scores,
-                    names=[f"{name} AUC in {attribute} {value}", f"{name} AUC outside {attribute} {value}",
-                           f"{name} AUC difference for {attribute} {value}"],
-                    groups=patients[known].to_numpy(), n_resamples=bootstrap,
-                )  # fmt: skip
-                high = difference["high"]
-                below = high is not None and not math.isnan(high) and high < 0
-                rows.append(row | {"auc": group, "rest_auc": rest, "difference": difference, "below": below})
+            rows += _group_rows(name, f"{name} AUC", attribute, values[known], _patients(table)[known],
+                                (labels, scores), _group_vs_rest, too_few, bootstrap)  # fmt: skip
     return rows
 
 
