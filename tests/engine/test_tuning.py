@@ -34,9 +34,10 @@ def test_bf16_is_a_candidate_only_where_the_cpu_runs_it_natively(monkeypatch):
     monkeypatch.setattr(tuning, "native_bf16", lambda: True)
     assert _labels(tuning._candidates("auto", "auto", CPU, 4)) == [
         "fp32, contiguous", "fp32, channels-last", "bf16, contiguous", "bf16, channels-last"]  # fmt: skip
-    # what the recipe fixes is taken as given; volumes (5D) stay contiguous
+    # what the recipe fixes is taken as given; volumes (5D) are timed in both layouts on a CPU
     assert _labels(tuning._candidates("bf16", "off", CPU, 4)) == ["bf16, contiguous"]
-    assert _labels(tuning._candidates("fp32", "auto", CPU, 5)) == ["fp32, contiguous"]
+    assert _labels(tuning._candidates("fp32", "auto", CPU, 5)) == ["fp32, contiguous", "fp32, channels-last"]
+    assert _labels(tuning._candidates("fp32", "auto", CPU, 3)) == ["fp32, contiguous"]
     with pytest.raises(ConfigError, match="fp16 autocast is for CUDA"):
         tuning._candidates("fp16", "auto", CPU, 4)
 
@@ -193,3 +194,62 @@ def test_bf16_convolutions_on_two_slices_are_guarded_into_fp32():
     twin = copy.deepcopy(net)  # an EMA copy keeps the guard on its own modules
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert twin[0](shallow).dtype == torch.float32
+
+
+def _unet3d():
+    from monai.networks.nets import DynUNet
+
+    torch.manual_seed(0)
+    strides = [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
+    return DynUNet(3, 2, 3, [[3, 3, 3]] * 3, strides, strides[1:], filters=[4, 8, 16], norm_name="instance")
+
+
+def test_a_3d_network_in_channels_last_normalises_alike_and_keeps_its_parameters():
+    """Instance norms become group norms of one group per channel: same outputs and gradients, the
+    same parameter tensors (an optimiser made before still updates them) and state-dict keys."""
+    import copy
+
+    from medsight.engine.tuning import channels_last, instance_norms_as_group_norms
+
+    reference = _unet3d()
+    affine = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.InstanceNorm3d(4, affine=True))
+    with torch.no_grad():
+        affine[1].weight.uniform_(0.5, 2.0)
+        affine[1].bias.uniform_(-1.0, 1.0)
+    inputs = torch.randn(2, 2, 8, 8, 8)
+    for net in (reference, affine):
+        twin = copy.deepcopy(net)
+        before = dict(twin.named_parameters())
+        expected = net(inputs)
+        weights = torch.randn(expected.shape)  # (a sum of squares of a norm's output has no gradient)
+        (expected * weights).sum().backward()
+        converted = channels_last(twin)
+        assert not any(isinstance(m, nn.InstanceNorm3d) for m in converted.modules())
+        assert dict(converted.named_parameters()).keys() == before.keys()
+        assert all(converted.get_parameter(k) is v for k, v in before.items())
+        assert converted.state_dict().keys() == net.state_dict().keys()
+        out = converted(channels_last(inputs))
+        (out * weights).sum().backward()
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+        for name, parameter in net.named_parameters():
+            torch.testing.assert_close(converted.get_parameter(name).grad, parameter.grad, rtol=1e-3, atol=1e-4)
+    assert instance_norms_as_group_norms(nn.InstanceNorm3d(4, track_running_stats=True)) == 0  # has statistics
+    assert instance_norms_as_group_norms(nn.Sequential(nn.InstanceNorm3d(4, track_running_stats=True))) == 0
+
+
+def test_a_3d_network_trained_in_channels_last_loads_into_the_plain_network(tmp_path):
+    """What a run trained channels-last saves is what the predictor's plain network reads."""
+    from medsight.engine import train
+
+    data = torch.utils.data.TensorDataset(torch.randn(8, 2, 8, 8, 8), torch.randint(0, 3, (8, 8, 8, 8)))
+    net = _unet3d()
+    train(net, nn.functional.cross_entropy, data, config=_config(epochs=1, batch_size=4), run_dir=tmp_path / "run",
+          mode=NumericMode(None, True, "test"))  # fmt: skip
+    state = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    plain = _unet3d()
+    plain.load_state_dict(state["model"])
+    net.eval(), plain.eval()
+    probe = torch.randn(1, 2, 8, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(probe), net(probe.contiguous(memory_format=torch.channels_last_3d)),
+                                   rtol=1e-4, atol=1e-4)  # fmt: skip

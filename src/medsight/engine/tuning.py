@@ -7,7 +7,10 @@ contiguous. ``precision: auto`` / ``channels_last: auto`` therefore time a few t
 of the actual model on a real batch in each candidate mode and keep the fastest. The choice is
 cached per machine, torch version, model and batch shape (``~/.cache/medsight/numeric-modes.json``,
 or ``$MEDSIGHT_CACHE_DIR``), so it is measured once, and it is logged with the figures behind it.
-bf16 is a candidate only where the CPU runs it natively.
+bf16 is a candidate only where the CPU runs it natively. 3D networks are timed in the
+channels-last-3d layout too (on the AVX2 EPYC a 3D U-Net's training step took 0.64 s there against
+0.84 s contiguous, for another plan's U-Net it was no faster), their instance norms run as the
+equal group norms, one group per channel, whose CPU kernels keep that layout.
 """
 
 from __future__ import annotations
@@ -31,7 +34,16 @@ from torch import nn
 from medsight.core.errors import ConfigError, InputError
 from medsight.core.hardware import cpu_class, cpu_model, native_bf16
 
-__all__ = ["NumericMode", "cache_dir", "channels_last", "choose_mode", "cpu_class", "guard_bf16_conv3d", "native_bf16"]
+__all__ = [
+    "NumericMode",
+    "cache_dir",
+    "channels_last",
+    "choose_mode",
+    "cpu_class",
+    "guard_bf16_conv3d",
+    "instance_norms_as_group_norms",
+    "native_bf16",
+]
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +110,12 @@ def _candidates(precision: str, channels_last: str, device: torch.device, ndim: 
     else:
         dtypes = [None, torch.bfloat16] if native_bf16() else [None]  # emulated bf16 is never faster
     layouts = {"on": [True], "off": [False]}.get(channels_last)
-    if ndim != 4:  # channels-last is a 2D (NCHW) layout here; 3D volumes stay contiguous
+    if ndim not in (4, 5):  # channels-last is a layout of images (NCHW) and volumes (NCDHW)
         layouts = [False]
     if layouts is None:
-        # on GPUs channels-last pays with mixed precision (tensor cores); there is no measuring there
-        layouts = [dtypes[0] is not None] if device.type == "cuda" else [False, True]
+        # on GPUs channels-last pays with mixed precision (tensor cores) for images; there is no
+        # measuring there, and volumes stay contiguous
+        layouts = [dtypes[0] is not None and ndim == 4] if device.type == "cuda" else [False, True]
     return [NumericMode(d, cl) for d in dtypes for cl in layouts]
 
 
@@ -133,7 +146,8 @@ def _write_cache(path: Path, key: str, entry: dict[str, Any]) -> None:
 def channels_last(item: nn.Module | torch.Tensor) -> nn.Module | torch.Tensor:
     """``item`` in the channels-last layout of its rank: ``torch.channels_last`` for 4D tensors and
     2D networks, ``torch.channels_last_3d`` for 5D tensors and 3D networks (the 2D format on a
-    Conv3d raises "required rank 4 tensor"); anything else unchanged."""
+    Conv3d raises "required rank 4 tensor"; a 3D network's instance norms become group norms, see
+    :func:`instance_norms_as_group_norms`); anything else unchanged."""
     if isinstance(item, torch.Tensor):
         layout = {4: torch.channels_last, 5: torch.channels_last_3d}.get(item.ndim)
         return item.contiguous(memory_format=layout) if layout is not None else item
@@ -141,8 +155,29 @@ def channels_last(item: nn.Module | torch.Tensor) -> nn.Module | torch.Tensor:
     if ranks == {4}:
         return item.to(memory_format=torch.channels_last)
     if ranks == {5}:
+        instance_norms_as_group_norms(item)
         return item.to(memory_format=torch.channels_last_3d)
     return item  # no convolutions, or 2D and 3D ones mixed: left as it is
+
+
+def instance_norms_as_group_norms(model: nn.Module) -> int:
+    """Replace, in place, every instance norm of ``model`` that keeps no running statistics by a
+    group norm of one group per channel: the same normalisation (per sample and channel) with the
+    same parameters (the very tensors, so an optimiser made before still updates them, and the
+    same state-dict keys), but a CPU kernel that reads channels-last volumes where the instance
+    norm's copies every one back to contiguous (a fifth of a 3D U-Net's training step). Returns
+    how many were replaced."""
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, nn.modules.instancenorm._InstanceNorm) or child.track_running_stats:
+                continue
+            group = nn.GroupNorm(child.num_features, child.num_features, eps=child.eps, affine=child.affine)
+            if child.affine:
+                group.weight, group.bias = child.weight, child.bias
+            setattr(parent, name, group)
+            replaced += 1
+    return replaced
 
 
 def _shallow_to_fp32(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
