@@ -285,6 +285,12 @@ def test_fit_predict_evaluate_through_the_seam(tmp_path, case):
     plots = json.loads((run / "report.json").read_text())["plots"]
     assert ("Confusion matrix" in plots) == (case in ("multiclass", "ordinal"))  # classes and grades
     assert ("Survival by predicted risk" in plots) == ("Calibration at each horizon" in plots) == (kind == "risk")
+    gallery = json.loads((run / "report.json").read_text())["gallery"]
+    if kind == "segmentation":  # the worst images segmented again from the evaluated manifest
+        assert gallery == ["Worst segmentations"]
+        moved = manifest.rename(manifest.with_suffix(".moved"))
+        assert json.loads((run / write_report(run).with_suffix(".json").name).read_text())["gallery"] == []
+        moved.rename(manifest)
     if tabular:
         with pytest.raises(ConfigError, match="cannot be explained yet"):
             predictor.task.explain_targets()

@@ -237,3 +237,26 @@ def test_a_risk_models_subgroups_are_scored_by_their_c_index():
     assert rows[("sex", "M")]["below"] and not rows[("sex", "F")]["below"]
     assert "fewer than 10 cases" in rows[("site", "small")]["undefined"]
     assert survival_subgroup_rows(table.drop(columns="risk"), metrics) == []
+
+
+def test_the_worst_segmented_images_are_those_of_lowest_mean_dice():
+    from medsight.validation.gallery3d import _slice_index, worst_segmented
+
+    table = pd.DataFrame({"case_id": ["a", "b", "c", "d", "e"],
+                          "dice_WT": [0.9, 0.2, np.nan, 0.5, np.nan],
+                          "dice_ET": [0.8, np.nan, 0.1, 0.5, np.nan],  # e: nothing defined, left out
+                          "hd95_WT": [1.0, 2.0, 3.0, 4.0, 5.0]})  # fmt: skip
+    worst = worst_segmented(table, 3)
+    assert worst["case_id"].tolist() == ["c", "b", "d"]
+    np.testing.assert_allclose(worst["mean_dice"], [0.1, 0.2, 0.5])
+    assert worst_segmented(table, 10)["case_id"].tolist() == ["c", "b", "d", "a"]
+    assert worst_segmented(table.drop(columns=["dice_WT", "dice_ET"]), 3).empty
+    assert worst_segmented(table.iloc[:0], 3).empty
+    reference = np.zeros((5, 4, 4), np.uint8)
+    reference[1, :2] = 1
+    reference[3, :3] = 2
+    predicted = np.zeros_like(reference)
+    predicted[4] = 1
+    assert _slice_index(reference, predicted) == 3  # the most reference voxels of any structure
+    assert _slice_index(np.zeros_like(reference), predicted) == 4  # an empty reference: the prediction's
+    assert _slice_index(np.zeros_like(reference), np.zeros_like(reference)) == 2

@@ -134,6 +134,7 @@ def evaluate_run(
     report: dict[str, Any] = {
         "run": str(run_dir),
         "recipe": package.recipe,
+        "manifest": str(path.resolve()),  # the report reads cases again from it (a 3D failure gallery)
         "split": split,
         "cases": evaluation.cases,
         "patients": evaluation.patients,

@@ -49,6 +49,7 @@ from medsight.tasks import ModelPackage
 from medsight.tasks.results import json_ready
 from medsight.validation.curves import GRID, confusion_matrix, pr_band, pr_on_grid, roc_band, roc_on_grid
 from medsight.validation.explanations import explanation_section
+from medsight.validation.gallery3d import segmentation_gallery
 
 __all__ = [
     "SUBGROUP_COLUMNS",
@@ -711,7 +712,7 @@ def _checklist(content: Mapping[str, Any]) -> list[dict[str, str]]:
         ("Performance in subgroups", "reported" if subgroups else "not known",
          f"{len(subgroups)} subgroup(s) scored" if subgroups else "no subgroup attribute with enough cases"),
         ("Failure analysis", "reported" if content["gallery"] else "not applicable",
-         "failure gallery" if content["gallery"] else "no images with labelled probabilities"),
+         "failure gallery" if content["gallery"] else "no images with labelled probabilities or label maps"),
         ("Explainability: attribution maps checked for faithfulness and against randomised weights",
          "reported" if content["explanations"] else "not known",
          "explanations section" if content["explanations"] else "not available for risk models yet" if tabular
@@ -768,7 +769,8 @@ def build_report(run_dir: str | os.PathLike[str], *, split: str = "test") -> dic
         + survival_subgroup_rows(table, metrics, bootstrap=resamples),
         "warnings": list(metrics.get("warnings") or []),
         "plots": _plots(metrics, table, labelled),
-        "gallery": _gallery(table, labelled, Path(provenance.manifest).parent if provenance.manifest else None),
+        "gallery": _gallery(table, labelled, Path(provenance.manifest).parent if provenance.manifest else None)
+        or segmentation_gallery(run_dir, table, metrics.get("manifest") or provenance.manifest),
         "training": _training(run_dir),
         "subgroup_resamples": resamples,
         "explanations": explanation_section(run_dir),
