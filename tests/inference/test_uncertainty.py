@@ -39,8 +39,50 @@ def test_tta_draws_the_training_augmentation_reproducibly_and_starts_with_the_pl
         again = sampled_models(model, Uncertainty("tta", samples=4), spatial_dims=2, augment={"flip": 1.0})
         torch.testing.assert_close(again[2](images), outputs[2])  # the same seed, the same draw
         assert not torch.allclose(outputs[1], outputs[0])
-    with pytest.raises(ConfigError, match="2D models"):
-        sampled_models(model, Uncertainty("tta"), spatial_dims=3, augment={})
+
+
+class _Voxelwise(nn.Module):
+    """A 'network' scoring each voxel by its own value: on a mirrored input its output is the plain
+    one only where the mirroring is undone on the output."""
+
+    def forward(self, x):
+        return torch.cat([2 * x + 1, x.square()], dim=1)
+
+
+def _plan(**augmentation):
+    from medsight.planning.plan import Augmentation3D
+
+    class Plan:  # the fields test-time augmentation reads
+        spacing, anisotropic_axis = (3.0, 1.0, 1.0), 0
+
+    plan = Plan()
+    plan.augmentation = Augmentation3D(**augmentation)
+    return plan
+
+
+def test_3d_tta_mirrors_only_what_it_can_undo_and_draws_reproducibly():
+    volume = torch.rand(2, 1, 4, 6, 5)
+    network = _Voxelwise()
+    # mirroring alone (no intensity change): every prediction equals the plain one, voxel for voxel
+    plan = _plan(flip_p=1.0, gamma_p=0.0, noise_p=0.0, blur_p=0.0, bias_field_p=0.0)
+    models = sampled_models(network, Uncertainty("tta", samples=3), spatial_dims=3, plan=plan)
+    assert len(models) == 3 and models[0] is network
+    assert all(m.dims == (3, 4) for m in models[1:])  # both in-plane axes; never the thick one (axis 0)
+    for model in models:
+        torch.testing.assert_close(model(volume), network(volume))
+    assert not torch.allclose(network(volume.flip((3, 4))), network(volume))  # (what an undone flip would give)
+    # intensity changes: the predictions differ, reproducibly for a seed, and keep the input's shape
+    plan = _plan(flip_p=0.5, gamma_p=1.0, noise_p=1.0)
+    models = sampled_models(network, Uncertainty("tta", samples=4, seed=1), spatial_dims=3, plan=plan)
+    again = sampled_models(network, Uncertainty("tta", samples=4, seed=1), spatial_dims=3, plan=plan)
+    outputs = [m(volume) for m in models]
+    assert all(o.shape == (2, 2, 4, 6, 5) for o in outputs) and not torch.allclose(outputs[1], outputs[0])
+    torch.testing.assert_close(again[2](volume), outputs[2])
+    with pytest.raises(ConfigError, match="without flips or intensity"):
+        sampled_models(network, Uncertainty("tta"), spatial_dims=3,
+                       plan=_plan(flip_p=0.0, gamma_p=0.0, noise_p=0.0, blur_p=0.0, bias_field_p=0.0))  # fmt: skip
+    with pytest.raises(ConfigError, match="no plan"):
+        sampled_models(network, Uncertainty("tta"), spatial_dims=3)
 
 
 def test_mc_dropout_needs_dropout_and_leaves_the_rest_in_evaluation_mode():

@@ -262,10 +262,10 @@ class Predictor:
                 )
             members.append(member.model)
         augment = None
-        if uncertainty.method == "tta":
+        if uncertainty.method == "tta" and self.task.spatial_dims == 2:
             augment = training_augmentation(self.run_dir, self.package.augment)
         return sampled_models(self.model, uncertainty, spatial_dims=self.task.spatial_dims, augment=augment,
-                              members=members)  # fmt: skip
+                              members=members, plan=self.preprocess)  # fmt: skip
 
     def predict_split(
         self, data: TaskData, split: str, *, batch_size: int = 64, uncertainty: Uncertainty | None = None

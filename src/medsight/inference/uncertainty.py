@@ -4,8 +4,11 @@ Three ways to get the predictions, all through the same task code (the network i
 task never knows):
 
 - ``tta``: test-time augmentation (Wang et al. 2019) drawn from the augmentations the model was
-  trained with (its package's ``augment``), so the network sees nothing it was not taught to be
-  invariant to; the first prediction is the plain one. 2D models.
+  trained with (a 2D package's ``augment``, a 3D plan's ``augmentation``), so the network sees
+  nothing it was not taught to be invariant to; the first prediction is the plain one. A 3D
+  network's outputs are maps of its input's voxels, so only what can be undone on them is drawn:
+  one mirroring per prediction (along the axes training flipped, undone on the output) and the
+  intensity changes (blur, bias field, brightness, gamma, noise), drawn per window.
 - ``mc-dropout``: Monte Carlo dropout (Gal and Ghahramani 2016): the network's dropout stays on at
   prediction. Only for networks trained with dropout (``model.dropout`` in the recipe, or
   EfficientNet's own).
@@ -119,6 +122,50 @@ class _Augmented(_Seeded):
         return self.model(self.augmenter(inputs.float()))
 
 
+class _Augmented3D(_Seeded):
+    """A 3D network on one mirroring of its input, undone on its output (each voxel's prediction stays
+    where it belongs), after the training's intensity augmentations (drawn per window)."""
+
+    def __init__(self, model: nn.Module, augmenter: Any, axes: tuple[int, ...], seed: int) -> None:
+        super().__init__(model, seed)
+        self.augmenter, self.dims = augmenter, tuple(axis + 2 for axis in axes)
+
+    def draw(self, inputs: torch.Tensor) -> torch.Tensor:
+        images = inputs.float().flip(self.dims) if self.dims else inputs.float()
+        images, _ = self.augmenter(images, torch.zeros(images.shape[:1] + images.shape[2:], dtype=torch.uint8))
+        outputs = self.model(images)
+        return outputs.flip(self.dims) if self.dims else outputs
+
+
+def _volume_samples(model: nn.Module, plan: Any, uncertainty: Uncertainty) -> list[nn.Module]:
+    """The plain 3D network, then ``samples - 1`` augmented ones (:class:`_Augmented3D`) drawn from the
+    plan's training augmentation.
+
+    Raises:
+        ConfigError: no plan, or a plan whose training drew neither flips nor intensity changes.
+    """
+    spec = getattr(plan, "augmentation", None)
+    if spec is None:
+        raise ConfigError("the model package holds no plan to draw test-time augmentations from; train it again")
+    from medsight.transforms.batch3d import BatchAugmenter3D
+
+    allowed = tuple(a for a in range(3) if a != plan.anisotropic_axis)
+    changes = (spec.blur_p, spec.bias_field_p, spec.gamma_p, spec.noise_p)
+    if spec.flip_p <= 0 and not any(p > 0 for p in changes):
+        raise ConfigError("this model was trained without flips or intensity augmentation, which test-time "
+                          "augmentation of a 3D model draws from: use --uncertainty ensemble or "
+                          "mc-dropout")  # fmt: skip
+    augmenter = BatchAugmenter3D(spacing=plan.spacing, thick_axis=plan.anisotropic_axis, rotation_p=0.0, scale_p=0.0,
+                                 elastic_p=0.0, flip_p=0.0, blur_p=spec.blur_p, bias_field_p=spec.bias_field_p,
+                                 gamma_p=spec.gamma_p, noise_p=spec.noise_p)  # fmt: skip
+    out: list[nn.Module] = [model]
+    for i in range(1, uncertainty.samples):
+        draws = np.random.default_rng([uncertainty.seed, i]).random(len(allowed))
+        axes = tuple(a for a, d in zip(allowed, draws, strict=True) if d < spec.flip_p)
+        out.append(_Augmented3D(model, augmenter, axes, uncertainty.seed + i))
+    return out
+
+
 class _Dropping(_Seeded):
     """The network with its dropout layers on (the rest, e.g. batch norm, stays in evaluation mode)."""
 
@@ -165,12 +212,15 @@ def sampled_models(
     spatial_dims: int,
     augment: dict[str, Any] | None = None,
     members: Sequence[nn.Module] = (),
+    plan: Any = None,
 ) -> list[nn.Module]:
-    """The networks whose predictions are combined: augmented copies (``tta``; the plain network
-    first), dropout draws (``mc-dropout``) or the ensemble's members (``ensemble``: ``model`` first).
+    """The networks whose predictions are combined: augmented copies (``tta``, from a 2D run's
+    ``augment`` or a 3D run's ``plan``; the plain network first), dropout draws (``mc-dropout``) or
+    the ensemble's members (``ensemble``: ``model`` first).
 
     Raises:
-        ConfigError: TTA of a 3D network, MC dropout of a network without dropout.
+        ConfigError: TTA of a model of features or of one trained without augmentation, MC dropout
+            of a network without dropout.
     """
     if uncertainty.method == "ensemble":
         return [model, *members]
@@ -185,9 +235,8 @@ def sampled_models(
     if spatial_dims == 0:
         raise ConfigError("test-time augmentation augments images; a model of a table of features has none: use "
                           "--uncertainty ensemble or mc-dropout")  # fmt: skip
-    if spatial_dims != 2:
-        raise ConfigError("test-time augmentation is for 2D models; a 3D model's sliding window already averages its "
-                          "mirror images (task.mirror): use --uncertainty ensemble or mc-dropout")  # fmt: skip
+    if spatial_dims == 3:
+        return _volume_samples(model, plan, uncertainty)
     from medsight.transforms.batch2d import BatchAugmenter
     from medsight.transforms.image2d import Augment2D
 
