@@ -296,7 +296,7 @@ def test_fit_predict_evaluate_through_the_seam(tmp_path, case):
             predictor.task.explain_targets()
     else:
         _explain_check(predictor, files[:2], tmp_path / "explain")
-    if kind == "segmentation":
+    if kind in ("segmentation", "detection"):
         _explain_against_masks(predictor, manifest)
 
 
@@ -326,17 +326,27 @@ def _explain_check(predictor, files, out: Path) -> None:
 
 
 def _explain_against_masks(predictor, manifest: Path) -> None:
-    """A 3D run's test cases explained from the manifest, each map scored against the case's label map on
-    the input's grid: the share of its mass in the structure and its peak, checked here by hand."""
+    """A 3D run's test cases explained from the manifest, each map scored against the case's reference on
+    the input's grid (a label map; a detection's nodules, every voxel within a radius of a centre that is
+    not excluded): the share of its mass in the structure and its peak, checked here by hand."""
     from medsight.explain import explain_split
     from medsight.io import read
 
     result = explain_split(predictor, manifest, cases=2, methods=["gradcam"], faithfulness=False, sanity=False)
-    table = pd.read_csv(manifest).set_index("case_id")
+    table = pd.read_csv(manifest, dtype={"case_id": str}).set_index("case_id")
     assert len(result.images) == 2
     for item in result.images:
-        labels = read(manifest.parent / table.loc[item.name, "label"]).array[0]
-        truth = predictor.task.structure_masks(labels)[item.target]
+        if "label" in table.columns:
+            labels = read(manifest.parent / table.loc[item.name, "label"]).array[0]
+            truth = predictor.task.structure_masks(labels)[item.target]
+        else:
+            scan = read(manifest.parent / table.loc[item.name, "image"])
+            grid = np.stack(np.meshgrid(*[np.arange(n) for n in scan.spatial_shape], indexing="ij"), -1)
+            world = scan.geometry.index_to_world(grid)
+            truth = np.zeros(scan.spatial_shape, bool)
+            for box in json.loads(table.loc[item.name, "boxes"]):
+                if not box.get("excluded"):
+                    truth |= np.linalg.norm(world - np.asarray(box["center"]), axis=-1) < box["diameter_mm"] / 2
         found = item.placement.on_source(item.maps["gradcam"])
         region = item.placement.on_source(np.ones(item.image.shape[1:], np.float32)) > 0.5
         positive = np.where(region, np.clip(found, 0, None), 0)

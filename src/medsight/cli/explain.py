@@ -30,7 +30,9 @@ def explain_command(
     data: Annotated[
         Path | None,
         typer.Option(
-            "--data", "-d", help="Manifest: explain cases of --split (scored against their boxes or 3D label maps)."
+            "--data",
+            "-d",
+            help="Manifest: explain cases of --split (scored against their boxes, 3D label maps or nodules).",
         ),
     ] = None,
     split: Annotated[str, typer.Option("--split", help="With --data: the split whose cases are explained.")] = "test",

@@ -422,5 +422,5 @@ def demo_command(
     out.print(f"done in {time.perf_counter() - started:.0f} s; runs, metrics and predictions are in {output}/")
     if (output / "index.html").is_file():
         out.print(
-            f"validation reports: {output / 'index.html'} (one page per recipe; 2D models explained in RUN/explain/)"
+            f"validation reports: {output / 'index.html'} (one page per recipe; image models explained in RUN/explain/)"
         )

@@ -313,6 +313,17 @@ class Task(ABC):
         it), or None for a task whose truth is not a label map (the default)."""
         return None
 
+    def explain_case(self, manifest: Manifest, row: pd.Series) -> tuple[Volume, np.ndarray | None]:
+        """A 3D case of a manifest as its explanation reads it: the image, and the case's reference as a
+        label map on the image's grid (what :meth:`explain_mask` reads; None where the case has none).
+
+        Raises:
+            ConfigError: the task does not read its cases' references from a manifest (the default).
+            InputError: the case cannot be read.
+        """
+        raise ConfigError(f"{type(self).__name__} does not explain the cases of a manifest; explain the files "
+                          "instead: medsight explain RUN scan.nii.gz")  # fmt: skip
+
     def explain_boxes(self, cell: Any, case: str, target: int) -> np.ndarray:
         """``(n, 4)`` boxes ``x0, y0, x1, y1`` (source pixels) that show target ``target`` in a
         manifest's ``boxes`` cell: those labelled with its name (case-insensitive), or every box

@@ -453,6 +453,20 @@ class DetectionTask(Task):
     def explain_targets(self) -> tuple[str, ...]:
         return (self.spec.finding,)
 
+    def explain_case(self, manifest: Manifest, row: pd.Series) -> tuple[Volume, np.ndarray | None]:
+        """The scan, and its findings drawn as balls of their diameter on its grid (the excluded ones
+        left out); no reference where the manifest has no boxes column."""
+        case = str(row.get("case_id", "?"))
+        image = read_case_image(manifest, row, "image")
+        if "boxes" not in manifest.table.columns:
+            return image, None
+        centres, diameters, excluded = _findings(parse_boxes(row["boxes"], case), case)
+        return image, draw_balls(image.geometry, image.spatial_shape, centres[~excluded], diameters[~excluded])
+
+    def explain_mask(self, labels: np.ndarray, target: int) -> np.ndarray | None:
+        """The voxels of the case's findings (:meth:`explain_case`)."""
+        return np.asarray(labels) == 1
+
     def explain_logits(self, outputs: torch.Tensor) -> torch.Tensor:
         """The finding's most probable voxel, as log-odds (two-class softmax)."""
         logit = outputs[:, 1].float() - outputs[:, 0].float()

@@ -651,6 +651,18 @@ class SegmentationTask(Task):
         """The structure's voxels in a reference label map."""
         return self.structure_masks(np.asarray(labels))[self.structures[target]]
 
+    def explain_case(self, manifest: Manifest, row: pd.Series) -> tuple[Volume, np.ndarray | None]:
+        """The case's channels and its label map (the manifest's first image/label pairing)."""
+        from medsight.data.cases import read_case
+
+        try:
+            pairing = pairings(manifest)[0]
+        except InputError:
+            raise ConfigError("the manifest has no label map column to read the cases' images with; explain the "
+                              "files instead: medsight explain RUN scan.nii.gz") from None  # fmt: skip
+        images = read_case(manifest, row, pairing)
+        return images.image, None if images.label is None else np.asarray(images.label.array[0])
+
     def explain_logits(self, outputs: torch.Tensor) -> torch.Tensor:
         """Per structure, the log-odds of the share of the patch the network gives it (the mean of
         its voxels' probabilities): what grows with every voxel of evidence for it."""
