@@ -414,8 +414,8 @@ def explain_run(
     methods: Sequence[str] = ("gradcam",),
     out: str | os.PathLike[str] | None = None,
 ) -> Path | None:
-    """Explain ``cases`` cases of a run's ``split`` (by default 6 images, or 3 volumes: each takes a
-    sliding-window pass and its checks run on a whole window, ~5-8 s on two AVX2 cores) into ``out``
+    """Explain ``cases`` cases of a run's ``split`` (by default 6 images, or 2 volumes: each takes a
+    sliding-window pass and its checks run on a whole window, ~8-11 s on two AVX2 cores) into ``out``
     (default ``RUN/explain``, where the validation report finds them); returns the
     ``explanations.json`` written, or None for a model whose inputs are not images (a risk model of
     features)."""
@@ -424,7 +424,7 @@ def explain_run(
         log.info("%s: a model of features has no images to explain", run_dir)
         return None
     if cases is None:
-        cases = 6 if predictor.task.spatial_dims == 2 else 3
+        cases = 6 if predictor.task.spatial_dims == 2 else 2
     result = explain_split(predictor, manifest, split=split, cases=cases, methods=methods)
     return write_explanations(result, Path(run_dir) / "explain" if out is None else out)
 
