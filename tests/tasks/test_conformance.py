@@ -286,8 +286,15 @@ def test_fit_predict_evaluate_through_the_seam(tmp_path, case):
     assert ("Confusion matrix" in plots) == (case in ("multiclass", "ordinal"))  # classes and grades
     assert ("Survival by predicted risk" in plots) == ("Calibration at each horizon" in plots) == (kind == "risk")
     gallery = json.loads((run / "report.json").read_text())["gallery"]
+    if kind in ("binary", "multilabel", "detection2d"):  # the worst errors beside the model's maps of them
+        from medsight.explain import GalleryMaps
+        from medsight.validation.report import build_report
+
+        shown = build_report(run, explainer=GalleryMaps)["gallery"]
+        assert shown and all("Grad-CAM" in g["caption"] for g in shown)
+        assert all("Grad-CAM" not in g["caption"] for g in build_report(run)["gallery"])
     if kind == "segmentation":  # the worst images segmented again from the evaluated manifest
-        assert gallery == ["Worst segmentations"]
+        assert gallery == ["Worst segmentations"] and {"Dice per case", "HD95 per case"} <= set(plots)
         moved = manifest.rename(manifest.with_suffix(".moved"))
         assert json.loads((run / write_report(run).with_suffix(".json").name).read_text())["gallery"] == []
         moved.rename(manifest)

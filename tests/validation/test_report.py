@@ -260,3 +260,15 @@ def test_the_worst_segmented_images_are_those_of_lowest_mean_dice():
     assert _slice_index(reference, predicted) == 3  # the most reference voxels of any structure
     assert _slice_index(np.zeros_like(reference), predicted) == 4  # an empty reference: the prediction's
     assert _slice_index(np.zeros_like(reference), np.zeros_like(reference)) == 2
+
+
+def test_gallery_maps_of_a_run_that_cannot_be_loaded_are_left_out(tmp_path, caplog):
+    from medsight.explain import GalleryMaps
+
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    maps = GalleryMaps(tmp_path / "no-run")
+    with caplog.at_level("INFO", logger="medsight.explain.gallery"):
+        assert maps([image], "score") is None
+    assert "without explanations" in caplog.text and maps.failed
+    assert maps([image], "score") is None and maps([], "score") is None  # not tried again

@@ -202,9 +202,10 @@ def report_command(
     ] = None,
 ) -> None:
     """Validation report: one self-contained HTML page (and report.json) of an evaluated run."""
+    from medsight.explain import GalleryMaps
     from medsight.validation import write_report
 
-    page = write_report(run, split=split, out=output)
+    page = write_report(run, split=split, out=output, explainer=GalleryMaps)
     out.print(f"wrote {page} and {page.with_suffix('.json')}")
 
 
@@ -396,7 +397,7 @@ def demo_command(
     """
     import time
 
-    from medsight.explain import explain_run
+    from medsight.explain import GalleryMaps, explain_run
     from medsight.validation.demo import plan_demo, run_demo
 
     if quick and long:
@@ -413,7 +414,7 @@ def demo_command(
 
     with progress_bar() as progress:
         rows = run_demo(output, seed=seed, progress=progress, plan=plan, on_replan=replanned,
-                        explain=explain_run)  # fmt: skip
+                        explain=explain_run, explainer=GalleryMaps)  # fmt: skip
     out.print(demo_table(rows))
     if quick:
         out.print("[yellow]quick mode: one epoch on a handful of tiny images, so these figures mean nothing[/]")

@@ -10,11 +10,13 @@ from medsight.explain.explainer import (
     write_explanations,
 )
 from medsight.explain.faithfulness import box_energy, deletion_insertion, rank_correlation
+from medsight.explain.gallery import GalleryMaps
 
 __all__ = [
     "METHODS",
     "ExplainResult",
     "ExplainedNetwork",
+    "GalleryMaps",
     "attribute",
     "box_energy",
     "deletion_insertion",

@@ -578,6 +578,7 @@ def run_demo(
     plan: DemoPlan | None = None,
     on_replan: Callable[[DemoPlan, str], None] | None = None,
     explain: Callable[[Path, Path], object] | None = None,
+    explainer: Callable[[Path], Any] | None = None,
 ) -> list[DemoRow]:
     """Make, train and evaluate every recipe on phantoms under ``out``; return the headline rows.
 
@@ -589,7 +590,8 @@ def run_demo(
     After each recipe the rest is re-planned when the demo runs slower than estimated
     (:func:`replan`); ``on_replan`` is told the new plan and why. ``explain(run, manifest)``, when
     given, explains each evaluated run before its report is written (the report shows what it wrote
-    into ``RUN/explain``); a failure there is logged, not fatal.
+    into ``RUN/explain``); a failure there is logged, not fatal. ``explainer`` gives the reports'
+    failure galleries their maps (:func:`~medsight.validation.report.write_report`).
     Timings per stage go to ``out/timings.json``; each run's validation report to
     ``out/runs/<recipe>/report.html``, linked from ``out/index.html``.
     """
@@ -636,7 +638,7 @@ def run_demo(
                 explain(run, manifest_path)
             except MedsightError as exc:
                 log.warning("%s: explanations left out (%s)", step.recipe, exc)
-        pages.append(write_report(run))
+        pages.append(write_report(run, explainer=explainer))
         reported = time.perf_counter()
         timings[step.recipe].update(train_s=round(trained - started, 1), evaluate_s=round(evaluated - trained, 1),
                                     explain_report_s=round(reported - evaluated, 1))  # fmt: skip

@@ -8,9 +8,10 @@
 - every headline figure with its 95 % CI (resampled by patient);
 - plots, where the task's outputs allow them: ROC curves and reliability diagrams for every
   probability with a label (binary, per finding, the image scores of detection), the FROC curves
-  that detection reports, per-case Dice box plots for segmentation;
+  that detection reports, per-case Dice and HD95 box plots for segmentation;
 - a failure gallery: per probability, the negatives scored highest and the positives scored
-  lowest, with their images (2D detection: its detections and the true boxes drawn);
+  lowest, with their images (2D detection: its detections and the true boxes drawn); for 3D
+  segmentation the images of lowest mean Dice, segmented again (:mod:`.gallery3d`);
 - calibration (ECE, slope, intercept with CIs);
 - subgroups: per value of each attribute (and age band), the AUC of its cases against the
   rest's, with patient CIs, flagged when the group falls significantly below the rest;
@@ -30,7 +31,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -188,6 +189,16 @@ def _plots(metrics: Mapping[str, Any], table: pd.DataFrame, labelled: list[_Labe
         axis.boxplot(values, tick_labels=[c.removeprefix("dice_") for c in dice])
         axis.set(ylabel="Dice per case", ylim=(0, 1.01))
         plots.append({"title": "Dice per case", "caption": "Per region, over the evaluated cases.",
+                      "src": _png(figure)})  # fmt: skip
+    hd95 = [c for c in table.columns if c.startswith("hd95_")]
+    distances = [pd.to_numeric(table[c], errors="coerce").to_numpy(float) for c in hd95]
+    distances = [v[np.isfinite(v)] for v in distances]
+    if hd95 and any(len(v) for v in distances):
+        figure, axis = plt.subplots(figsize=(max(4.0, 1.1 * len(hd95)), 4.2))
+        axis.boxplot(distances, tick_labels=[c.removeprefix("hd95_") for c in hd95])
+        axis.set(ylabel="HD95 per case (mm)")
+        plots.append({"title": "HD95 per case", "caption": "95th-percentile Hausdorff distance per region, over "
+                      "the evaluated cases where both prediction and reference hold the region.",
                       "src": _png(figure)})  # fmt: skip
     return plots
 
@@ -434,10 +445,18 @@ def _thumbnail(path: Path) -> np.ndarray | None:
     return np.clip((image - low) / max(high - low, 1e-6), 0, 1)
 
 
-def _gallery(table: pd.DataFrame, labelled: list[_Labelled], folder: Path | None) -> list[dict[str, str]]:
+# ``maps(paths, name)``: per image, the network's input and an RGBA map of probability ``name`` over
+# it, with the target explained (the command line gives ``medsight.explain.GalleryMaps(run)``)
+GalleryMaps = Callable[[Sequence[Path], str], "tuple[str, list[tuple[np.ndarray, np.ndarray]]] | None"]
+
+
+def _gallery(
+    table: pd.DataFrame, labelled: list[_Labelled], folder: Path | None, maps_of: GalleryMaps | None = None
+) -> list[dict[str, str]]:
     """Per probability (the first few), the negatives scored highest and the positives scored lowest,
     with their images (and, for 2D detection, the detections of that finding in red and the true
-    boxes in green)."""
+    boxes in green); beside each, with ``maps_of``, the model's map of that probability on the image
+    it read."""
     if "image" not in table.columns:
         return []
     import matplotlib.pyplot as plt
@@ -450,19 +469,34 @@ def _gallery(table: pd.DataFrame, labelled: list[_Labelled], folder: Path | None
         positives = table[labels == 1].sort_values(column, ascending=True).head(_GALLERY)
         chosen = [("negative", row) for _, row in negatives.iterrows()]
         chosen += [("positive", row) for _, row in positives.iterrows()]
-        shown = [(kind, row, _thumbnail(p)) for kind, row in chosen if (p := _source(row["image"], folder))]
-        shown = [(kind, row, image) for kind, row, image in shown if image is not None]
+        found = [(kind, row, p) for kind, row in chosen if (p := _source(row["image"], folder))]
+        shown = [(kind, row, image, p) for kind, row, p in found if (image := _thumbnail(p)) is not None]
         if not shown:
             continue
-        figure, axes = _panels(len(shown))
-        for axis, (kind, row, image) in zip(axes, shown, strict=True):
+        explained = maps_of([p for *_, p in shown], name) if maps_of is not None else None
+        maps = explained[1] if explained is not None and len(explained[1]) == len(shown) else None
+        pairs = maps is not None
+        columns = 4 if pairs else min(len(shown), 3)
+        rows = math.ceil(len(shown) * (2 if pairs else 1) / columns)
+        figure, grid = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.1 * rows), squeeze=False)
+        axes = list(grid.ravel())
+        for axis in axes:
+            axis.axis("off")
+        for j, (kind, row, image, _) in enumerate(shown):
+            axis = axes[2 * j if pairs else j]
             axis.imshow(image, cmap="gray", interpolation="lanczos")
             _boxes(axis, row, name, Rectangle)
             axis.set_title(f"{kind}: {row['case_id']}\np = {float(row[column]):.3f}", fontsize=8)
-            axis.axis("off")
+            if maps is not None and explained is not None:
+                picture, heat = maps[j]
+                axes[2 * j + 1].imshow(picture, cmap="gray", interpolation="lanczos")
+                axes[2 * j + 1].imshow(heat, interpolation="bilinear")
+                axes[2 * j + 1].set_title(f"Grad-CAM: {explained[0]}", fontsize=8)
         figure.tight_layout()
         caption = ("The negatives scored highest and the positives scored lowest on the evaluated split "
-                   "(detections red, true boxes green).")  # fmt: skip
+                   "(detections red, true boxes green)")  # fmt: skip
+        caption += (", each beside the model's Grad-CAM map of the probability on the image it read."
+                    if pairs else ".")  # fmt: skip
         out.append({"title": f"Worst errors: {name}", "caption": caption, "src": _png(figure)})
         plt.close("all")
     return out
@@ -726,14 +760,18 @@ def _checklist(content: Mapping[str, Any]) -> list[dict[str, str]]:
     return [{"item": item, "status": status, "where": where} for item, status, where in items]
 
 
-def build_report(run_dir: str | os.PathLike[str], *, split: str = "test") -> dict[str, Any]:
-    """Everything the page shows, as data (plots as PNG data URLs).
+def build_report(
+    run_dir: str | os.PathLike[str], *, split: str = "test", explainer: Callable[[Path], GalleryMaps] | None = None
+) -> dict[str, Any]:
+    """Everything the page shows, as data (plots as PNG data URLs); ``explainer(run_dir)`` gives the
+    failure gallery's maps (``medsight.explain.GalleryMaps``).
 
     Raises:
         InputError: the run was not evaluated on ``split`` (``medsight evaluate`` writes what is read).
     """
     run_dir = Path(run_dir)
     metrics, table, package = _load(run_dir, split)
+    maps_of = explainer(run_dir) if explainer is not None else None
     provenance = package.provenance
     resamples = min(int(metrics.get("bootstrap_resamples") or 1000), _SUBGROUP_RESAMPLES)
     labelled = labelled_scores(table)
@@ -769,7 +807,7 @@ def build_report(run_dir: str | os.PathLike[str], *, split: str = "test") -> dic
         + survival_subgroup_rows(table, metrics, bootstrap=resamples),
         "warnings": list(metrics.get("warnings") or []),
         "plots": _plots(metrics, table, labelled),
-        "gallery": _gallery(table, labelled, Path(provenance.manifest).parent if provenance.manifest else None)
+        "gallery": _gallery(table, labelled, Path(provenance.manifest).parent if provenance.manifest else None, maps_of)
         or segmentation_gallery(run_dir, table, metrics.get("manifest") or provenance.manifest),
         "training": _training(run_dir),
         "subgroup_resamples": resamples,
@@ -861,10 +899,14 @@ class="warn"{% endif %}>{{ c.status }}</td><td>{{ c.where }}</td></tr>{% endfor 
 
 
 def write_report(
-    run_dir: str | os.PathLike[str], *, split: str = "test", out: str | os.PathLike[str] | None = None
+    run_dir: str | os.PathLike[str],
+    *,
+    split: str = "test",
+    out: str | os.PathLike[str] | None = None,
+    explainer: Callable[[Path], GalleryMaps] | None = None,
 ) -> Path:
     """Write the report page (default ``RUN/report.html``) and ``report.json`` beside it (the same
-    content without the plots); returns the page's path.
+    content without the plots); returns the page's path. ``explainer``: see :func:`build_report`.
 
     Raises:
         InputError: the run was not evaluated on ``split``, or ``out`` cannot be written.
@@ -875,7 +917,7 @@ def write_report(
         raise InputError(f"{run_dir} is not a run folder (it does not exist); give the folder `medsight train` wrote")
     page = Path(out) if out else Path(run_dir) / "report.html"
     check_writable(page, option="--out")
-    content = build_report(run_dir, split=split)
+    content = build_report(run_dir, split=split, explainer=explainer)
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     html = environment.from_string(_PAGE).render(r=content, fmt=lambda block: " ".join(_with_interval(block)))
     with atomic_file(page) as tmp:
