@@ -342,7 +342,7 @@ def test_the_demo_loop_follows_a_new_plan(monkeypatch, tmp_path):
     figure = SimpleNamespace(estimate=0.9, low=0.8, high=1.0)
     monkeypatch.setattr(demo, "fit", fake_fit)
     monkeypatch.setattr(demo, "evaluate_run", lambda run, progress=None: SimpleNamespace(figure=lambda n: figure))
-    monkeypatch.setattr(demo, "write_report", lambda run: run / "report.html")
+    monkeypatch.setattr(demo, "write_report", lambda run, explainer=None: run / "report.html")
     monkeypatch.setattr(demo, "write_index", lambda page, pages, title: page)
     told = []
     rows = demo.run_demo(tmp_path, plan=plan, on_replan=lambda p, m: told.append((p.profile, m)))
@@ -360,7 +360,7 @@ def test_the_command_prints_a_new_plan_and_what_it_left_out(monkeypatch, tmp_pat
     monkeypatch.setattr(demo, "plan_demo", lambda *a, **k: plan)
     row = demo.DemoRow("dr-grading", "referable-DR AUC", 0.95, 0.9, 1.0, 0.9, 1.0)
 
-    def run(out, *, seed, progress, plan, on_replan, explain):
+    def run(out, *, seed, progress, plan, on_replan, explain, explainer):
         changed, message = demo.replan(plan, [20 * plan.seconds(plan.steps[0])], 20 * plan.seconds(plan.steps[0]))
         on_replan(changed, message)
         return [row]
