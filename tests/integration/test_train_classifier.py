@@ -14,8 +14,8 @@ from medsight.engine.recipe import load_recipe
 FAST = ["preprocess.size=48", "train.batch_size=8", "train.epochs=2", "train.precision=fp32", "model.name=resnet18"]
 
 
-def _last(run):
-    return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+def _epochs(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 # (recipe, cases, image size, epochs, figure on the validation split, by how much it must beat the
@@ -36,7 +36,10 @@ EXTRA = {"mammo-screening": ["task.patches_per_epoch=192", "task.patch=32", "tra
     ("recipe", "cases", "size", "epochs", "figure", "gain"), LEARNING, ids=[r[0] for r in LEARNING]
 )
 def test_recipe_learns_on_its_phantom(tmp_path, recipe, cases, size, epochs, figure, gain):
-    """The trained model beats the same network untrained on the held-out (validation) cases."""
+    """The trained model beats the same network untrained on the held-out (validation) cases at its
+    best epoch (the one early stopping keeps: on the AVX2 EPYC the mammography detector's validation
+    loss fell from 5.2 to 2.3 by epoch 4, then rose to 7.8 by epoch 8 as it overfitted 16 training
+    exams), and its training loss falls."""
     root = make_phantom(recipe, tmp_path / "data", cases=cases, seed=0)
     build_manifest(root).save(tmp_path / "manifest.csv")
     settings = [*FAST, f"preprocess.size={size}", "train.early_stopping=null", *EXTRA.get(recipe, [])]
@@ -47,11 +50,13 @@ def test_recipe_learns_on_its_phantom(tmp_path, recipe, cases, size, epochs, fig
     trained = load_recipe(recipe, [*settings, f"train.epochs={epochs}"])
     result = fit(trained, tmp_path / "manifest.csv", tmp_path / "run")
     assert result.epochs_run == epochs
-    before, after = _last(tmp_path / "untrained"), _last(tmp_path / "run")
+    before, epochs_run = _epochs(tmp_path / "untrained")[-1], _epochs(tmp_path / "run")
+    values = [e[figure] for e in epochs_run]
     if gain > 0:  # a figure that must rise
-        assert after[figure] > before[figure] + gain, (before[figure], after[figure])
+        assert max(values) > before[figure] + gain, (before[figure], values)
     else:  # a loss that must fall
-        assert after[figure] < before[figure] + gain, (before[figure], after[figure])
+        assert min(values) < before[figure] + gain, (before[figure], values)
+    assert epochs_run[-1]["train_loss"] < epochs_run[0]["train_loss"], [e["train_loss"] for e in epochs_run]
     assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "splits.csv").is_file()
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["recipe"]["name"] == recipe
