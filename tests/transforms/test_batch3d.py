@@ -77,3 +77,18 @@ def test_intensity_changes_leave_labels_alone_and_runs_repeat():
     torch.manual_seed(3)
     second_images, _ = BatchAugmenter3D(**intensity)(images, labels)
     assert torch.equal(first_images, second_images)
+
+
+def test_intensity_alone_changes_a_copy_reproducibly():
+    images = torch.rand(3, 2, 12, 16, 16) + 0.1
+    before = images.clone()
+    changes = {"blur_p": 1, "bias_field_p": 1, "brightness_p": 1, "gamma_p": 1, "noise_p": 1}
+    augment = BatchAugmenter3D(**{**OFF, **changes})
+    torch.manual_seed(4)
+    first = augment.intensity(images)
+    torch.manual_seed(4)
+    again = augment.intensity(images)
+    assert torch.equal(images, before)  # the caller's tensor is untouched
+    assert torch.equal(first, again) and first.shape == images.shape
+    assert all(not torch.allclose(first[i], images[i]) for i in range(3))  # every sample changed
+    assert torch.equal(BatchAugmenter3D(**OFF).intensity(images), images)

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from medsight.core.errors import InputError
+from medsight.core.volume import Volume
 from medsight.models.registry import ModelChoice
 from medsight.tasks import ModelPackage, task_for
 from medsight.tasks import classification_report as report
@@ -265,10 +266,22 @@ def test_the_worst_segmented_images_are_those_of_lowest_mean_dice():
 def test_gallery_maps_of_a_run_that_cannot_be_loaded_are_left_out(tmp_path, caplog):
     from medsight.explain import GalleryMaps
 
-    image = tmp_path / "a.png"
-    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    image = Volume(np.zeros((1, 1, 8, 8), np.uint8))
     maps = GalleryMaps(tmp_path / "no-run")
     with caplog.at_level("INFO", logger="medsight.explain.gallery"):
         assert maps([image], "score") is None
     assert "without explanations" in caplog.text and maps.failed
     assert maps([image], "score") is None and maps([], "score") is None  # not tried again
+
+
+def test_gallery_thumbnail_shows_monochrome1_as_a_viewer_does(testdata):
+    from medsight.io import read
+    from medsight.validation.report import _thumbnail
+
+    path = Path(testdata("RG1_UNCI.dcm"))
+    volume, picture = _thumbnail(path)
+    assert volume.metadata.monochrome1_inverted  # the very image the Grad-CAM maps are computed on
+    raw = read(path).array[0, 0].astype(float)
+    assert np.corrcoef(picture.ravel(), raw.ravel())[0, 1] < -0.9  # white is high, unlike the stored pixels
+    assert picture.min() >= 0 and picture.max() <= 1
+    assert _thumbnail(path.with_name("missing.dcm")) is None

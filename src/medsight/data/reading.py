@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,14 @@ from medsight.core.volume import Volume
 from medsight.data.manifest import Manifest
 from medsight.io import detect_format, read
 
-__all__ = ["read_case_image"]
+__all__ = ["read_case_image", "read_image_file"]
+
+
+def read_image_file(path: str | os.PathLike[str]) -> Volume:
+    """An image file or DICOM folder as a viewer shows it: DICOM MONOCHROME1 (white is low) is
+    inverted, so every image reaches a network, a thumbnail or a QC check the same way round."""
+    dicom = detect_format(path) in ("dicom", "dicom-series")
+    return read(path, invert_monochrome1=True) if dicom else read(path)
 
 
 def read_case_image(
@@ -32,8 +40,7 @@ def read_case_image(
     path = manifest.resolve(cell)
     key = row.get("array_key")
     if not (isinstance(key, str) and key):
-        dicom = detect_format(path) in ("dicom", "dicom-series")
-        return read(path, invert_monochrome1=True) if dicom else read(path)
+        return read_image_file(path)
     cache = {} if npz_cache is None else npz_cache
     if path not in cache:
         cache[path] = np.load(path)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from medsight.core.errors import MedsightError
+from medsight.core.volume import Volume
 
 __all__ = ["GalleryMaps"]
 
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class GalleryMaps:
-    """``maps(paths, name)``: per image file, the network's input as a picture (grey ``(H, W)`` or
+    """``maps(images, name)``: per image (as read for the gallery), the network's input as a picture (grey ``(H, W)`` or
     RGB ``(H, W, 3)`` in [0, 1]) and the run's Grad-CAM map of probability ``name`` over it as RGBA
     (:func:`~medsight.explain.overlay.heat_rgba`), with the target explained; None where the run's
     model cannot be loaded, reads no 2D images, or has no such target (logged: the gallery stands
@@ -27,13 +28,12 @@ class GalleryMaps:
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
         self.run_dir, self.predictor, self.failed = Path(run_dir), None, False
 
-    def __call__(self, paths: Sequence[Path], name: str) -> tuple[str, list[tuple[np.ndarray, np.ndarray]]] | None:
-        if self.failed or not paths:
+    def __call__(self, images: Sequence[Volume], name: str) -> tuple[str, list[tuple[np.ndarray, np.ndarray]]] | None:
+        if self.failed or not images:
             return None
         from medsight.explain.explainer import explain
         from medsight.explain.overlay import heat_rgba
         from medsight.inference import Predictor
-        from medsight.io import detect_format, read
 
         try:
             if self.predictor is None:
@@ -42,12 +42,9 @@ class GalleryMaps:
             if predictor.task.spatial_dims != 2:
                 self.failed = True
                 return None
-            arrays = []
-            for path in paths:
-                dicom = detect_format(path) in ("dicom", "dicom-series")
-                volume = read(path, invert_monochrome1=True) if dicom else read(path)
-                arrays.append(predictor.task.input_array(volume, predictor.preprocess))
-            result = explain(predictor, arrays, [p.name for p in paths], target=None if name == "score" else name,
+            arrays = [predictor.task.input_array(volume, predictor.preprocess) for volume in images]
+            names = [f"image {i + 1}" for i in range(len(images))]
+            result = explain(predictor, arrays, names, target=None if name == "score" else name,
                              methods=["gradcam"], faithfulness=False, sanity=False)  # fmt: skip
         except (MedsightError, OSError, ValueError, RuntimeError) as exc:
             log.info("failure gallery without explanations of %s: %s", name, exc)

@@ -132,7 +132,7 @@ class _Augmented3D(_Seeded):
 
     def draw(self, inputs: torch.Tensor) -> torch.Tensor:
         images = inputs.float().flip(self.dims) if self.dims else inputs.float()
-        images, _ = self.augmenter(images, torch.zeros(images.shape[:1] + images.shape[2:], dtype=torch.uint8))
+        images = self.augmenter.intensity(images)
         outputs = self.model(images)
         return outputs.flip(self.dims) if self.dims else outputs
 

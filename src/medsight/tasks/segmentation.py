@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from medsight.core.errors import ConfigError, InputError
 from medsight.core.progress import Progress
 from medsight.core.volume import Volume, VolumeMetadata
-from medsight.data.cases import fingerprint_manifest, pairings
+from medsight.data.cases import fingerprint_manifest, pairings, read_case
 from medsight.data.manifest import Manifest
 from medsight.data.patches import PatchDataset, ValidationPatches
 from medsight.data.reading import read_case_image
@@ -653,7 +653,6 @@ class SegmentationTask(Task):
 
     def explain_case(self, manifest: Manifest, row: pd.Series) -> tuple[Volume, np.ndarray | None]:
         """The case's channels and its label map (the manifest's first image/label pairing)."""
-        from medsight.data.cases import read_case
 
         try:
             pairing = pairings(manifest)[0]

@@ -147,15 +147,14 @@ class BatchAugmenter3D:
             images[i : i + 1] = sample
         return images
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def intensity(self, images: torch.Tensor) -> torch.Tensor:
+        """Only the intensity changes (blur, bias field, brightness, gamma, noise) of ``images``
+        ``(N, C, Z, Y, X)``, on a copy: what test-time augmentation draws, no label map needed."""
+        return self._intensity(images.clone())
+
+    def _intensity(self, images: torch.Tensor) -> torch.Tensor:
+        """The intensity changes, in place on ``images`` (the caller's own copy)."""
         n = images.shape[0]
-        images, labels = self._spatial(images, labels)
-        images, labels = images.clone(), labels.clone()
-        for axis in self.flip_axes:
-            chosen = fires(self.flip_p, n).to(images.device)
-            if chosen.any():
-                images[chosen] = images[chosen].flip(axis + 2)
-                labels[chosen] = labels[chosen].flip(axis + 1)
         images = self._blur(images)
         chosen = fires(self.bias_field_p, n).to(images.device)
         if chosen.any():
@@ -175,4 +174,15 @@ class BatchAugmenter3D:
         if chosen.any():
             stds = self.noise_std * torch.rand(int(chosen.sum())).to(images.device).view(-1, 1, 1, 1, 1)
             images[chosen] = images[chosen] + stds * torch.randn_like(images[chosen])
-        return images, labels
+        return images
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = images.shape[0]
+        images, labels = self._spatial(images, labels)
+        images, labels = images.clone(), labels.clone()
+        for axis in self.flip_axes:
+            chosen = fires(self.flip_p, n).to(images.device)
+            if chosen.any():
+                images[chosen] = images[chosen].flip(axis + 2)
+                labels[chosen] = labels[chosen].flip(axis + 1)
+        return self._intensity(images), labels

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from medsight.core.errors import MedsightError
+from medsight.validation.figures import panels, png
 
 __all__ = ["segmentation_gallery", "worst_segmented"]
 
@@ -72,7 +73,6 @@ def _figure(run_dir: Path, worst: pd.DataFrame, manifest_path: Path) -> list[dic
     from medsight.data.cases import pairings, read_case
     from medsight.data.manifest import Manifest
     from medsight.inference import Predictor
-    from medsight.validation.report import _panels, _png
 
     manifest = Manifest.load(manifest_path)
     by_case = manifest.table.set_index(manifest.table["case_id"].astype(str))
@@ -97,7 +97,7 @@ def _figure(run_dir: Path, worst: pd.DataFrame, manifest_path: Path) -> list[dic
         shown.append((row, column, images.image, truth, predicted))
     if not shown:
         return []
-    figure, axes = _panels(len(shown))
+    figure, axes = panels(len(shown))
     names = list(task.structures)
     for axis, (row, column, image, truth, predicted) in zip(axes, shown, strict=True):
         z = _slice_index(truth, predicted)
@@ -119,6 +119,6 @@ def _figure(run_dir: Path, worst: pd.DataFrame, manifest_path: Path) -> list[dic
     caption = (f"The images of the evaluated split segmented worst (lowest mean Dice over the structures), "
                f"segmented again by the run's model: the slice where the reference has most voxels, each "
                f"structure's reference outlined solid and the prediction dashed ({key}).")  # fmt: skip
-    source = _png(figure)
+    source = png(figure)
     plt.close("all")
     return [{"title": "Worst segmentations", "caption": caption, "src": source}]

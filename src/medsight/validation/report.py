@@ -24,8 +24,6 @@ no network.
 
 from __future__ import annotations
 
-import base64
-import io
 import itertools
 import json
 import logging
@@ -39,6 +37,8 @@ import numpy as np
 import pandas as pd
 
 from medsight.core.errors import InputError, MedsightError
+from medsight.core.volume import Volume
+from medsight.data.reading import read_image_file
 from medsight.io.atomic import atomic_file, check_writable
 from medsight.metrics.agreement import bland_altman
 from medsight.metrics.bootstrap import bootstrap_cis
@@ -50,6 +50,7 @@ from medsight.tasks import ModelPackage
 from medsight.tasks.results import json_ready
 from medsight.validation.curves import GRID, confusion_matrix, pr_band, pr_on_grid, roc_band, roc_on_grid
 from medsight.validation.explanations import explanation_section
+from medsight.validation.figures import panels, png
 from medsight.validation.gallery3d import segmentation_gallery
 
 __all__ = [
@@ -126,15 +127,6 @@ def _walk(value: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, .
             yield from _walk(item, (*path, str(key)))
 
 
-def _png(figure: Any) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=96, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _plots(metrics: Mapping[str, Any], table: pd.DataFrame, labelled: list[_Labelled]) -> list[dict[str, str]]:
     """The report's figures as ``{title, caption, src}`` (PNG data URLs)."""
     import matplotlib
@@ -154,7 +146,7 @@ def _plots(metrics: Mapping[str, Any], table: pd.DataFrame, labelled: list[_Labe
         axis.set(xlabel="mean predicted probability", ylabel="observed share positive", xlim=(0, 1), ylim=(0, 1.01))
         axis.legend(fontsize=8, loc="upper left")
         plots.append({"title": "Reliability diagram", "caption": "Cases in ten equal-width probability bins; the "
-                      "diagonal is perfect calibration.", "src": _png(figure)})  # fmt: skip
+                      "diagonal is perfect calibration.", "src": png(figure)})  # fmt: skip
     if pairs:
         plots.append(_decision_curves(pairs[:_PANELS]))
     referral = (metrics.get("referral") or {}).get("probabilities") or {}
@@ -176,7 +168,7 @@ def _plots(metrics: Mapping[str, Any], table: pd.DataFrame, labelled: list[_Labe
         axis.set(xlabel="false positives per image or scan", ylabel="sensitivity", ylim=(0, 1.01))
         axis.legend(fontsize=8, loc="lower right")
         plots.append({"title": "FROC", "caption": "Sensitivity against false positives per image (2D) or scan "
-                      "(CT).", "src": _png(figure)})  # fmt: skip
+                      "(CT).", "src": png(figure)})  # fmt: skip
     if metrics.get("time_column") in table.columns and "risk" in table.columns:
         plots += _survival_plots(metrics, table)
     matrix = _confusion(table)
@@ -189,7 +181,7 @@ def _plots(metrics: Mapping[str, Any], table: pd.DataFrame, labelled: list[_Labe
         axis.boxplot(values, tick_labels=[c.removeprefix("dice_") for c in dice])
         axis.set(ylabel="Dice per case", ylim=(0, 1.01))
         plots.append({"title": "Dice per case", "caption": "Per region, over the evaluated cases.",
-                      "src": _png(figure)})  # fmt: skip
+                      "src": png(figure)})  # fmt: skip
     hd95 = [c for c in table.columns if c.startswith("hd95_")]
     distances = [pd.to_numeric(table[c], errors="coerce").to_numpy(float) for c in hd95]
     distances = [v[np.isfinite(v)] for v in distances]
@@ -199,7 +191,7 @@ def _plots(metrics: Mapping[str, Any], table: pd.DataFrame, labelled: list[_Labe
         axis.set(ylabel="HD95 per case (mm)")
         plots.append({"title": "HD95 per case", "caption": "95th-percentile Hausdorff distance per region, over "
                       "the evaluated cases where both prediction and reference hold the region.",
-                      "src": _png(figure)})  # fmt: skip
+                      "src": png(figure)})  # fmt: skip
     return plots
 
 
@@ -233,7 +225,7 @@ def _survival_plots(metrics: Mapping[str, Any], table: pd.DataFrame) -> list[dic
         axis.legend(fontsize=8, loc="best")
         plots.append({"title": "Survival by predicted risk", "caption": "Kaplan-Meier curves of the cases in each "
                       "third of the model's risk score: the wider apart, the better it separates early from late "
-                      "events.", "src": _png(figure)})  # fmt: skip
+                      "events.", "src": png(figure)})  # fmt: skip
     calibration = {h: rows for h, rows in (metrics.get("calibration") or {}).items() if isinstance(rows, list) and rows}
     if calibration:
         figure, axis = plt.subplots(figsize=(5.2, 4.6))
@@ -247,7 +239,7 @@ def _survival_plots(metrics: Mapping[str, Any], table: pd.DataFrame) -> list[dic
         axis.legend(fontsize=8, loc="upper left")
         plots.append({"title": "Calibration at each horizon", "caption": "Per quarter of predicted probability: "
                       "its mean against the Kaplan-Meier share with the event by then; the diagonal is perfect "
-                      "calibration.", "src": _png(figure)})  # fmt: skip
+                      "calibration.", "src": png(figure)})  # fmt: skip
     return plots
 
 
@@ -287,7 +279,7 @@ def _curves_with_bands(table: pd.DataFrame, labelled: list[_Labelled]) -> list[d
                    f"patients ({_BAND_RESAMPLES} times; the first {_BANDED} curves)"
                    + (". Dotted: each finding's prevalence, a useless model's precision." if reference ==
                       "prevalence" else "."))  # fmt: skip
-        out.append({"title": title, "caption": caption, "src": _png(figure)})
+        out.append({"title": title, "caption": caption, "src": png(figure)})
     return out
 
 
@@ -315,13 +307,13 @@ def _confusion(table: pd.DataFrame) -> dict[str, str] | None:
     axis.set_yticks(range(len(names)), names, fontsize=8)
     axis.set(xlabel="most probable class", ylabel="true class")
     return {"title": "Confusion matrix", "caption": f"{int(known.sum())} cases: the true class (rows) against the most "
-            "probable one (columns).", "src": _png(figure)}  # fmt: skip
+            "probable one (columns).", "src": png(figure)}  # fmt: skip
 
 
 def _referral_curves(curves: Mapping[str, Any], about: Mapping[str, Any]) -> dict[str, str]:
     """Per probability, its AUC on the kept cases against the share referred: most uncertain first
     by the predictions' spread, and by the probability's own closeness to 0.5."""
-    figure, axes = _panels(min(len(curves), _PANELS))
+    figure, axes = panels(min(len(curves), _PANELS))
     for axis, (name, pair) in zip(axes, list(curves.items())[:_PANELS], strict=False):
         for key, style, label in (("spread", "-", "by spread"), ("ambiguity", "--", "by closeness to 0.5")):
             points = pair[key]
@@ -337,7 +329,7 @@ def _referral_curves(curves: Mapping[str, Any], about: Mapping[str, Any]) -> dic
     caption = (f"The most uncertain cases referred to a reader first: by the spread of {about.get('samples')} "
                f"predictions ({about.get('method')}), and by how close the probability itself is to 0.5 (what one "
                "prediction already says). Bands: 95 % CIs resampling patients.")  # fmt: skip
-    return {"title": "Referral curves", "caption": caption, "src": _png(figure)}
+    return {"title": "Referral curves", "caption": caption, "src": png(figure)}
 
 
 def _number(value: Any) -> str:
@@ -350,19 +342,8 @@ def _with_interval(block: Mapping[str, Any]) -> tuple[str, str]:
     return estimate, (f"[{_number(block.get('low'))}, {_number(block.get('high'))}]" if estimate != "—" else "")
 
 
-def _panels(count: int) -> tuple[Any, list[Any]]:
-    import matplotlib.pyplot as plt
-
-    columns = min(count, 3)
-    rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.2 * rows), squeeze=False)
-    for axis in axes.ravel()[count:]:
-        axis.set_visible(False)
-    return figure, list(axes.ravel()[:count])
-
-
 def _decision_curves(pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, str]:
-    figure, axes = _panels(len(pairs))
+    figure, axes = panels(len(pairs))
     thresholds = DEFAULT_THRESHOLDS
     for axis, (name, labels, scores) in zip(axes, pairs, strict=True):
         model, everyone = net_benefit(labels, scores, thresholds), net_benefit_all(labels, thresholds)
@@ -376,7 +357,7 @@ def _decision_curves(pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[st
     figure.tight_layout()
     return {"title": "Decision curves", "caption": "Net benefit of acting on the cases at or above each threshold "
             "probability (Vickers & Elkin 2006); the model helps where its curve lies above both others.",
-            "src": _png(figure)}  # fmt: skip
+            "src": png(figure)}  # fmt: skip
 
 
 def _agreement_pairs(metrics: Mapping[str, Any], table: pd.DataFrame) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -400,7 +381,7 @@ def _agreement_pairs(metrics: Mapping[str, Any], table: pd.DataFrame) -> list[tu
 
 
 def _bland_altman(pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, str]:
-    figure, axes = _panels(len(pairs))
+    figure, axes = panels(len(pairs))
     for axis, (name, measured, reference) in zip(axes, pairs, strict=True):
         known = np.isfinite(measured) & np.isfinite(reference)
         mean, difference = (measured[known] + reference[known]) / 2, measured[known] - reference[known]
@@ -413,7 +394,7 @@ def _bland_altman(pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, 
                  ylabel="measured - reference")  # fmt: skip
     figure.tight_layout()
     return {"title": "Bland-Altman agreement", "caption": "Per case or patient: the difference against the mean, "
-            "with the bias and the 95 % limits of agreement (Bland & Altman 1986).", "src": _png(figure)}  # fmt: skip
+            "with the bias and the 95 % limits of agreement (Bland & Altman 1986).", "src": png(figure)}  # fmt: skip
 
 
 _GALLERY = 3  # worst false positives and worst false negatives shown per probability
@@ -429,12 +410,12 @@ def _source(path: Any, folder: Path | None) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def _thumbnail(path: Path) -> np.ndarray | None:
-    """A 2D view of an image file (the middle slice of a volume), scaled to [0, 1]; None if unreadable."""
-    from medsight.io import read
-
+def _thumbnail(path: Path) -> tuple[Volume, np.ndarray] | None:
+    """An image file as read (DICOM MONOCHROME1 inverted) and a 2D view of it (the middle slice of a
+    volume) scaled to [0, 1]; None if unreadable."""
     try:
-        array = np.asarray(read(path).array, dtype=float)
+        volume = read_image_file(path)
+        array = np.asarray(volume.array, dtype=float)
     except (MedsightError, OSError, ValueError) as exc:  # an image that cannot be read is left out, not fatal
         log.info("failure gallery: %s left out (%s)", path, exc)
         return None
@@ -442,12 +423,12 @@ def _thumbnail(path: Path) -> np.ndarray | None:
     while image.ndim > 2:
         image = image[image.shape[0] // 2]
     low, high = np.nanpercentile(image, [1, 99]) if image.size else (0.0, 1.0)
-    return np.clip((image - low) / max(high - low, 1e-6), 0, 1)
+    return volume, np.clip((image - low) / max(high - low, 1e-6), 0, 1)
 
 
-# ``maps(paths, name)``: per image, the network's input and an RGBA map of probability ``name`` over
-# it, with the target explained (the command line gives ``medsight.explain.GalleryMaps(run)``)
-GalleryMaps = Callable[[Sequence[Path], str], "tuple[str, list[tuple[np.ndarray, np.ndarray]]] | None"]
+# ``maps(images, name)``: per image read for the gallery, the network's input and an RGBA map of
+# probability ``name`` over it, with the target explained (the command line gives ``medsight.explain.GalleryMaps(run)``)
+GalleryMaps = Callable[[Sequence[Volume], str], "tuple[str, list[tuple[np.ndarray, np.ndarray]]] | None"]
 
 
 def _gallery(
@@ -470,10 +451,10 @@ def _gallery(
         chosen = [("negative", row) for _, row in negatives.iterrows()]
         chosen += [("positive", row) for _, row in positives.iterrows()]
         found = [(kind, row, p) for kind, row in chosen if (p := _source(row["image"], folder))]
-        shown = [(kind, row, image, p) for kind, row, p in found if (image := _thumbnail(p)) is not None]
+        shown = [(kind, row, read[1], read[0]) for kind, row, p in found if (read := _thumbnail(p)) is not None]
         if not shown:
             continue
-        explained = maps_of([p for *_, p in shown], name) if maps_of is not None else None
+        explained = maps_of([volume for *_, volume in shown], name) if maps_of is not None else None
         maps = explained[1] if explained is not None and len(explained[1]) == len(shown) else None
         pairs = maps is not None
         columns = 4 if pairs else min(len(shown), 3)
@@ -497,7 +478,7 @@ def _gallery(
                    "(detections red, true boxes green)")  # fmt: skip
         caption += (", each beside the model's Grad-CAM map of the probability on the image it read."
                     if pairs else ".")  # fmt: skip
-        out.append({"title": f"Worst errors: {name}", "caption": caption, "src": _png(figure)})
+        out.append({"title": f"Worst errors: {name}", "caption": caption, "src": png(figure)})
         plt.close("all")
     return out
 
