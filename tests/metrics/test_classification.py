@@ -351,8 +351,14 @@ def test_bootstrap_reports_and_warns_about_undefined_resamples(caplog):
     s = np.linspace(0, 1, 20)
     with caplog.at_level("WARNING"):
         ci = bootstrap_ci(roc_auc, y, s, n_resamples=200, seed=4)
-    assert ci["n_undefined"] == 200 - ci["n_valid"] > 0.02 * 200
+    assert ci["n_undefined"] == 200 - ci["n_valid"] > 0.10 * 200
     assert "gave no defined value" in caplog.text
+    caplog.clear()
+    y = np.array([1] * 3 + [0] * 37)  # no positive in ~4.6 % of resamples: noted at info, no warning
+    with caplog.at_level("INFO", logger="medsight.metrics.bootstrap"):
+        few = bootstrap_ci(roc_auc, y, np.linspace(0, 1, 40), n_resamples=400, seed=1)
+    assert 0.02 * 400 < few["n_undefined"] <= 0.10 * 400
+    assert [r.levelname for r in caplog.records if "gave no defined value" in r.message] == ["INFO"]
     caplog.clear()
     with caplog.at_level("WARNING"):
         fine = bootstrap_ci(roc_auc, *_data(n=200), n_resamples=100)

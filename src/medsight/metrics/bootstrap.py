@@ -14,7 +14,8 @@ __all__ = ["bootstrap_ci", "bootstrap_cis"]
 
 log = logging.getLogger(__name__)
 
-UNDEFINED_WARNING = 0.02
+UNDEFINED_WARNING = 0.10
+UNDEFINED_NOTE = 0.02
 """Share of undefined resamples above which a warning is logged."""
 
 
@@ -32,7 +33,9 @@ def bootstrap_ci(
     views): resampling cases would make intervals too narrow, so whole groups are drawn.
     Resamples where the metric is undefined (``nan``, e.g. AUC with one class) are skipped
     and counted (``n_undefined``); skipping them conditions the interval on the metric being
-    defined, so a warning is logged when more than ``UNDEFINED_WARNING`` of them were.
+    defined, so it is logged when more than ``UNDEFINED_NOTE`` of them were (a warning above
+    ``UNDEFINED_WARNING``: small subgroups lose a few resamples routinely, and ``n_undefined``
+    keeps the count either way).
 
     Args:
         metric: Function of the arrays returning a float (e.g. :func:`roc_auc`).
@@ -112,9 +115,9 @@ def _values(metrics: Callable[..., Sequence[float]], data: list[np.ndarray], cou
 def _interval(name: str, estimate: float, draws: np.ndarray, confidence: float) -> dict[str, float]:
     values = draws[~np.isnan(draws)]
     undefined = len(draws) - len(values)
-    if undefined > UNDEFINED_WARNING * len(draws):
+    if undefined > UNDEFINED_NOTE * len(draws):
         # undefined everywhere (e.g. PPV when nothing is called positive) is reported as nan, not warned
-        level = logging.WARNING if len(values) else logging.INFO
+        level = logging.WARNING if len(values) and undefined > UNDEFINED_WARNING * len(draws) else logging.INFO
         log.log(level, "%s: %d of %d bootstrap resamples gave no defined value; the interval is over the other "
                 "%d only", name, undefined, len(draws), len(values))  # fmt: skip
     if not len(values):
