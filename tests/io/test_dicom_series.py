@@ -224,3 +224,36 @@ def test_progress_is_reported_for_headers_and_pixels(make_series):
     read(folder, progress=lambda stage, done, total: seen.append((stage, done, total)))
     assert ("reading headers", 6, 6) in seen and ("reading pixels", 6, 6) in seen
     assert [d for s, d, _ in seen if s == "reading headers"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_slices_of_mixed_stored_types_read_as_pydicom_reads_each(make_series):
+    """Slices read straight into the stack must not take the first slice's type for granted: one slice
+    stored unsigned (and one in big-endian explicit VR, which pydicom decodes) among signed ones."""
+    import pydicom
+    from pydicom.uid import ExplicitVRBigEndian
+
+    folder, _ = make_series(shape=(5, 12, 10))
+    files = sorted(folder.iterdir())
+    unsigned = pydicom.dcmread(files[2])
+    unsigned.PixelRepresentation = 0
+    unsigned.PixelData = (unsigned.pixel_array.astype(np.int32) + 32000).astype(np.uint16).tobytes()
+    unsigned.save_as(files[2])
+    big = pydicom.dcmread(files[3])
+    stored = big.pixel_array
+    big.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    big.PixelData = stored.astype(">i2").tobytes()
+    pydicom.dcmwrite(files[3], big, implicit_vr=False, little_endian=False, force_encoding=True)
+
+    def expected(path):
+        ds = pydicom.dcmread(path)
+        return ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+
+    from medsight.io.dicom_header import raw_pixel_dtype, read_header
+
+    kinds = [raw_pixel_dtype(read_header(f)) for f in files]
+    assert kinds[2] == np.uint16 and kinds[3] is None and kinds[0] == np.int16  # three ways to read a slice
+    volume = read(folder)
+    want = np.stack(
+        [expected(f) for f in sorted(files, key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))]
+    )
+    np.testing.assert_array_equal(volume.array[0], want)

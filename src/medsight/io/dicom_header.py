@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import sys
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -267,27 +268,57 @@ def _raw_pixel_dtype(ds: Dataset) -> np.dtype | None:
     return np.dtype(f"<{kind}{bits // 8}")
 
 
+def raw_pixel_dtype(header: DicomHeader) -> np.dtype | None:
+    """The native-order dtype of a file whose stored pixels can be read straight from disk (raw
+    little-endian, one sample of whole bytes); None when pydicom must decode them."""
+    ds = header.dataset
+    if header.pixel_offset is None or "Rows" not in ds:
+        return None
+    dtype = _raw_pixel_dtype(ds)
+    return None if dtype is None else dtype.newbyteorder("=")
+
+
+def read_raw_into(header: DicomHeader, out: np.ndarray) -> None:
+    """Fill ``out`` (C-contiguous ``(..., rows, cols, 1)`` of the file's :func:`raw_pixel_dtype`)
+    with a raw file's stored pixels, read straight from disk into it.
+
+    Raises:
+        InputError: the file holds fewer pixel bytes than ``out`` needs (a truncated copy).
+    """
+    need, offset = out.nbytes, int(header.pixel_offset or 0)
+    declared = int(header.pixel_length or 0)
+    got = 0
+    if declared >= need:
+        view = memoryview(out.reshape(-1)).cast("B")
+        with open(header.path, "rb", buffering=0) as fp:
+            fp.seek(offset)
+            while got < need and (count := fp.readinto(view[got:])):
+                got += count
+    if got < need:
+        available = got if declared >= need else min(declared, header.path.stat().st_size - offset)
+        rows, cols = out.shape[-3:-1]
+        raise InputError(
+            f"{header.path} is truncated: pixel data holds {max(available, 0)} bytes, {need} expected for "
+            f"{out.size // max(rows * cols, 1)} frame(s) of {rows}x{cols}"
+        )
+    if sys.byteorder == "big":  # DICOM raw data is little-endian
+        out.byteswap(inplace=True)
+
+
 def read_frames(header: DicomHeader) -> np.ndarray:
     """Stored pixels of a file as ``(frames, rows, cols, samples)``; raw files are read directly."""
     ds = header.dataset
-    dtype = _raw_pixel_dtype(ds) if header.pixel_offset is not None else None
-    if dtype is None or "Rows" not in ds:
+    dtype = raw_pixel_dtype(header)
+    if dtype is None:
         if "Rows" in ds:  # refuse an absurd declared size before reading the whole file
             pixel_layout(ds, str(header.path))
         full = load_dataset(header.path)
         require_image(full, str(header.path))
         return decode_frames(full, str(header.path))
     layout = pixel_layout(ds, str(header.path))
-    rows, cols, frames = layout.rows, layout.cols, layout.frames
-    count = rows * cols * frames
-    available = min(int(header.pixel_length or 0), header.path.stat().st_size - int(header.pixel_offset or 0))
-    if available < count * dtype.itemsize:
-        raise InputError(
-            f"{header.path} is truncated: pixel data holds {max(available, 0)} bytes, "
-            f"{count * dtype.itemsize} expected for {frames} frame(s) of {rows}x{cols}"
-        )
-    arr = np.fromfile(header.path, dtype=dtype, count=count, offset=int(header.pixel_offset or 0))
-    return arr.astype(dtype.newbyteorder("="), copy=False).reshape(frames, rows, cols, 1)
+    frames = np.empty((layout.frames, layout.rows, layout.cols, 1), dtype=dtype)
+    read_raw_into(header, frames)
+    return frames
 
 
 def is_dicomdir(ds: Dataset) -> bool:

@@ -32,8 +32,10 @@ from medsight.io.dicom_header import (
     orientation,
     pixel_layout,
     pixel_spacing,
+    raw_pixel_dtype,
     read_frames,
     read_header,
+    read_raw_into,
 )
 from medsight.io.formats import files_under
 from medsight.io.stack import plan_stack, resample_stack, stack_geometry
@@ -85,6 +87,7 @@ class _Slice:
     spacing: tuple[float, float] | None
     slope: float
     intercept: float
+    raw_dtype: np.dtype | None  # pixels readable straight from disk, in this dtype
 
     @classmethod
     def of(cls, header: DicomHeader) -> _Slice:
@@ -100,6 +103,7 @@ class _Slice:
             spacing=pixel_spacing(ds),
             slope=first_float(ds.get("RescaleSlope")) or 1.0,
             intercept=first_float(ds.get("RescaleIntercept")) or 0.0,
+            raw_dtype=raw_pixel_dtype(header),
         )
 
 
@@ -279,7 +283,7 @@ def _read_series(
         positions, np.cross(row, col), labels=[m.header.path.name for m in members], what=what, allow_gaps=allow_gaps
     )
     ordered = [members[i] for i in plan.order]
-    stored = _load_pixels([m.header for m in ordered], progress)
+    stored = _load_pixels(ordered, progress)
     first = ordered[0].header.dataset
     slopes = np.array([m.slope for m in ordered])
     intercepts = np.array([m.intercept for m in ordered])
@@ -342,15 +346,19 @@ def _check_stack(members: list[_Slice], what: str) -> tuple[np.ndarray, np.ndarr
     return row, col, np.array([m.position for m in members])
 
 
-def _load_pixels(ordered: list[DicomHeader], progress: Progress | None = None) -> np.ndarray:
-    """Stored pixels of single-frame files, stacked: ``(Z, Y, X, S)``."""
-    first = read_frames(ordered[0])
+def _load_pixels(ordered: list[_Slice], progress: Progress | None = None) -> np.ndarray:
+    """Stored pixels of single-frame files, stacked: ``(Z, Y, X, S)``. Raw slices of the first one's
+    dtype are read from disk straight into the stack."""
+    first = read_frames(ordered[0].header)
     stored = np.empty((len(ordered), *first.shape[1:]), dtype=first.dtype)
     stored[0] = first[0]
-    for k, header in enumerate(ordered[1:], start=1):
+    for k, member in enumerate(ordered[1:], start=1):
         if progress is not None:
             progress("reading pixels", k + 1, len(ordered))
-        pixels = read_frames(header)
+        if member.raw_dtype == stored.dtype and member.size == stored.shape[1:3] and stored.shape[3] == 1:
+            read_raw_into(member.header, stored[k])
+            continue
+        pixels = read_frames(member.header)
         if pixels.dtype != stored.dtype:
             stored = stored.astype(np.result_type(stored.dtype, pixels.dtype))
         stored[k] = pixels[0]
