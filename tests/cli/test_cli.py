@@ -127,3 +127,18 @@ def test_progress_bar_keeps_one_row_per_stage(monkeypatch):
         update("training | epoch 2/2 · loss 0.200 · val auc 0.810 (epoch 1)", 1, 3)
         update("preprocessing images", 1, 5)
     assert rows == ["training | epoch 1/2 · loss 1.000", "preprocessing images"]
+
+
+def test_help_paragraphs_wrap_at_the_terminal_not_at_the_source():
+    result = CliRunner().invoke(app, ["demo", "--help"], env={"COLUMNS": "200"}, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    lines = [line.strip() for line in result.output.splitlines()]
+    assert any("estimate how long it will take on this CPU" in line for line in lines)  # not split after "long"
+
+    def helps(typer_app):
+        for info in typer_app.registered_commands:
+            yield info.help or ""
+        for group in typer_app.registered_groups:
+            yield from helps(group.typer_instance)
+
+    assert all("\n" not in p for text in helps(app) for p in text.split("\n\n") if not p.startswith("\b"))

@@ -32,6 +32,22 @@ def plain(message: str) -> str:
     return _NUMPY_REPR.sub(r"\1", message)
 
 
+def reflow_help(app: typer.Typer) -> None:
+    """Join the lines of each paragraph of every command's help (its docstring), in ``app`` and its
+    groups: typer keeps a docstring's line breaks after the first paragraph, so the text would break
+    at the source's width inside the terminal's. A paragraph starting with ``\\b`` is kept as written."""
+    import inspect
+
+    for info in app.registered_commands:
+        text = info.help or (inspect.getdoc(info.callback) if info.callback is not None else None)
+        if text:
+            paragraphs = text.split("\n\n")
+            info.help = "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            reflow_help(group.typer_instance)
+
+
 def friendly(fn: F) -> F:
     """Turn library errors into one red line and exit status 1 (traceback with --debug)."""
 

@@ -16,7 +16,7 @@ from medsight import __version__
 from medsight.cli import data as data_commands
 from medsight.cli import explain as explain_commands
 from medsight.cli import pipeline as pipeline_commands
-from medsight.cli.common import err, friendly, out, plain, progress_bar, state
+from medsight.cli.common import err, friendly, out, plain, progress_bar, reflow_help, state
 from medsight.core.errors import ConfigError, InputError
 from medsight.io.api import read, write
 from medsight.io.formats import detect_format, output_format
@@ -362,6 +362,8 @@ def main() -> None:
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
+
+reflow_help(app)  # after every command is registered
 
 if __name__ == "__main__":  # pragma: no cover
     main()

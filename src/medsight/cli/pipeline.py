@@ -391,7 +391,7 @@ def demo_command(
     cardiac function, cardiac risk and mammography risk; train, evaluate and summarise each.
 
     It first times a few training steps (seconds) to pick the numeric mode and estimate how long
-    it will take on this CPU; a standard demo that would overrun ``--budget`` runs lean settings,
+    it will take on this CPU; a standard demo that would overrun --budget runs lean settings,
     and where even those would, as many recipes as fit run and the others are named with the
     command that runs them.
     """
