@@ -226,7 +226,7 @@ def test_a_3d_step_is_timed_by_the_patches_it_draws():
     half = (step, cases, (*extra, "preprocess.overrides.batch_size=2"))
     full, halved = demo._estimate((standard,), 82.8, 47.3), demo._estimate((half,), 82.8, 47.3)
     cost = step.volumetric
-    epochs = 16
+    epochs = demo._recipe(step, extra, 0).train.epochs
     assert full - halved == pytest.approx(cost.epoch_s * epochs / 2)  # half the patches, half the training
     fixed = cases * cost.phantom_s_per_case + demo._reporting(step.recipe, 47.3)  # not training: fp32 speed
     slower = demo._estimate((standard,), 82.8 / 2, 47.3)
