@@ -285,11 +285,13 @@ def read_raw_into(header: DicomHeader, out: np.ndarray) -> None:
     Raises:
         InputError: the file holds fewer pixel bytes than ``out`` needs (a truncated copy).
     """
+    if not out.flags.c_contiguous:
+        raise ValueError("read_raw_into needs a C-contiguous array to read into")
     need, offset = out.nbytes, int(header.pixel_offset or 0)
     declared = int(header.pixel_length or 0)
     got = 0
     if declared >= need:
-        view = memoryview(out.reshape(-1)).cast("B")
+        view = memoryview(out).cast("B")
         with open(header.path, "rb", buffering=0) as fp:
             fp.seek(offset)
             while got < need and (count := fp.readinto(view[got:])):

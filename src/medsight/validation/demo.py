@@ -264,7 +264,8 @@ class DemoPlan:
             return ""
         names = ", ".join(f"{recipe} (~{max(1, round(seconds / 60))} min)" for recipe, seconds in self.left_out)
         return (
-            f"left out to fit the budget: {names}; run them with `medsight demo --recipes "
+            f"left out to fit the budget: {names}; run {'it' if len(self.left_out) == 1 else 'them'} with "
+            "`medsight demo --recipes "
             f"{','.join(recipe for recipe, _ in self.left_out)}`, or all with a larger --budget"
         )
 
