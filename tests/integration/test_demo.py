@@ -371,3 +371,73 @@ def test_the_command_prints_a_new_plan_and_what_it_left_out(monkeypatch, tmp_pat
     text = " ".join(result.output.split())
     assert "slower than estimated" in text and "left out to fit the budget: cxr-findings" in text
     assert "--recipes cxr-findings,mammo-screening,brain-tumor-seg,cardiac-function" in text
+
+
+def test_a_demo_running_fast_takes_back_what_the_start_left_out(monkeypatch):
+    """A probe on a busy machine (or cached from one) leaves recipes out; the time the first steps
+    save brings them back, at their full estimates, last and in the demo's order."""
+    from medsight.validation import demo
+
+    plan = _plan(monkeypatch, speed=25.0)
+    assert plan.profile == "lean" and plan.left_out
+    order = [s.recipe for s in demo.DEMO]
+    first = plan.seconds(plan.steps[0])
+    assert demo.take_back(plan, [first], first) is None  # as estimated
+    assert demo.take_back(plan, [2 * first], 2 * first) is None  # slower: replan's business
+    saved = [0.5 * plan.seconds(step) for step in plan.steps]  # every step so far took half its estimate
+    elapsed = sum(saved)
+    changed, message = demo.take_back(plan, saved, elapsed)
+    back = changed.steps[len(plan.steps) :]
+    names = [s.recipe for s, _, _ in back]
+    assert names and changed.steps[: len(plan.steps)] == plan.steps and names == sorted(names, key=order.index)
+    lean = {s.recipe: (s, c, e) for s, c, e in demo._steps("lean")}
+    assert list(back) == [lean[name] for name in names]  # the lean settings, same targets
+    assert sorted(names + [r for r, _ in changed.left_out]) == sorted(r for r, _ in plan.left_out)
+    ran = [s.recipe for s, _, _ in changed.steps]
+    assert all(s.features_from is None or s.features_from in ran[:i] for i, (s, _, _) in enumerate(changed.steps))
+    rest = sum(plan.seconds(step) for step in back)
+    assert changed.estimated_seconds == pytest.approx(elapsed + rest) and changed.estimated_seconds <= 15 * 60
+    assert "0.50x its estimate" in message and "budget after all" in message and changed.reason == message
+    assert demo.take_back(changed, saved, elapsed) is None  # what is back runs once; nothing more fits
+    assert demo.take_back(plan, saved, 15 * 60 - 1) is None  # the budget is spent: nothing comes back
+    one = demo.take_back(plan, [0.5 * first], 0.5 * first)  # one quick step saves too little for much
+    assert one is None or len(one[0].steps) - len(plan.steps) < len(names)
+    for profile in ("quick", "long"):
+        assert demo.take_back(replace(plan, profile=profile), saved, elapsed) is None
+    assert demo.take_back(replace(plan, named=True), saved, elapsed) is None
+    assert demo.take_back(replace(plan, left_out=()), saved, elapsed) is None
+
+
+def test_the_demo_loop_runs_what_it_takes_back(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from medsight.validation import demo
+
+    plan = _plan(monkeypatch, speed=25.0)
+    assert plan.left_out
+    now = [0.0]
+    monkeypatch.setattr(demo.time, "perf_counter", lambda: now[0])
+    made = []
+    monkeypatch.setattr(demo, "phantom_data", lambda name, folder, **k: made.append(folder.name) or False)
+    monkeypatch.setattr(demo, "_step_manifest", lambda *a, **k: SimpleNamespace(save=lambda path: None))
+    trained = []
+
+    def fake_fit(recipe, manifest, run, progress=None):  # every step in a tenth of its estimate
+        step = next(s for s in plan.steps + demo._steps("lean") if s[0].recipe == recipe.name)
+        trained.append(recipe.name)
+        now[0] += 0.1 * plan.seconds(step)
+
+    figure = SimpleNamespace(estimate=0.9, low=0.8, high=1.0)
+    monkeypatch.setattr(demo, "fit", fake_fit)
+    monkeypatch.setattr(demo, "evaluate_run", lambda run, progress=None: SimpleNamespace(figure=lambda n: figure))
+    monkeypatch.setattr(demo, "write_report", lambda run, explainer=None: run / "report.html")
+    monkeypatch.setattr(demo, "write_index", lambda page, pages, title: page)
+    told = []
+    demo.run_demo(tmp_path, plan=plan, on_replan=lambda p, m: told.append(m))
+    first = [s.recipe for s, _, _ in plan.steps]
+    assert trained[: len(first)] == first and sorted(trained[len(first) :]) == sorted(r for r, _ in plan.left_out)
+    assert told and all("budget after all" in m for m in told)
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    for recipe, _ in plan.left_out:  # their phantoms made when they started, counted in their step
+        assert timings[recipe]["phantoms_s"] == 0.0 and "train_s" in timings[recipe]
+    assert timings["plan"]["left_out"] == [] and timings["plan"]["replanned"] == told

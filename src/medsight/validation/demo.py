@@ -550,6 +550,57 @@ def replan(
     return changed, message
 
 
+def take_back(
+    plan: DemoPlan, actual: Sequence[float], elapsed: float, prepaid: Mapping[str, float] | None = None
+) -> tuple[DemoPlan, str] | None:
+    """The plan with recipes the budget left out at the start run after all, once the first
+    ``len(actual)`` steps ran enough faster than estimated that those recipes fit in the time left
+    (the probe ran on a busier machine than the demo, or its figures came from the cache of such a
+    run); None to go on as planned.
+
+    The steps still to run, and those taken back, keep their full estimates (only the time the
+    steps so far saved is counted, so one quick step does not bring back everything); taken-back
+    steps run last, in the demo's order, and a step
+    measured by another only with it (their phantoms are made when they start, in one process if
+    training threads are running). ``elapsed`` and ``prepaid`` are as for :func:`replan`. Quick
+    and long demos, and demos of recipes the user named, are never changed.
+    """
+    done, remaining = plan.steps[: len(actual)], plan.steps[len(actual) :]
+    if plan.profile not in ("standard", "lean") or not plan.left_out or plan.budget_seconds is None or plan.named:
+        return None
+    expected = sum(plan.seconds(step) for step in done)
+    if expected <= 0 or sum(actual) * _SLACK >= expected:
+        return None
+    ratio = sum(actual) / expected
+    spent = dict(prepaid or {})
+
+    def cost(step: tuple[Step, int, tuple[str, ...]]) -> float:  # at its full estimate: only time saved counts
+        return max(0.0, plan.seconds(step) - spent.get(step[0].recipe, 0.0))
+
+    left = plan.budget_seconds - elapsed - sum(map(cost, remaining))
+    planned = {step.recipe for step, _, _ in plan.steps}
+    candidates = _steps(plan.profile, [recipe for recipe, _ in plan.left_out])
+    wanted = {step.recipe for step, _, _ in candidates}
+    candidates = tuple(c for c in candidates if c[0].features_from in (None, *planned, *wanted))
+    back, still_out = _fit(candidates, left, cost, at_least_one=False)
+    if not back:
+        return None
+    steps = (*plan.steps, *back)
+    estimate = elapsed + sum(map(cost, (*remaining, *back)))
+    tried = {step.recipe for step, _, _ in candidates}
+    left_out = tuple(sorted((*(item for item in plan.left_out if item[0] not in tried), *still_out), key=_order))
+    message = (
+        f"the demo runs {ratio:.2f}x its estimate ({sum(actual):.0f} s for "
+        f"{', '.join(step.recipe for step, _, _ in done)}, estimated {expected:.0f} s), so "
+        f"{', '.join(step.recipe for step, _, _ in back)} {'fits' if len(back) == 1 else 'fit'} the "
+        f"{plan.budget_seconds / 60:g} min budget after all and run{'s' if len(back) == 1 else ''} last; "
+        f"expected to end after ~{max(1, round(estimate / 60))} min"
+    )
+    changed = replace(plan, steps=steps, estimated_seconds=estimate, left_out=left_out, reason=message)
+    log.info("%s", message)  # the CLI prints it (on_replan)
+    return changed, message
+
+
 def _step_manifest(step: Step, data: Path, out: Path, recipe: Any, seed: int, progress: Progress | None) -> Any:
     """The step's manifest: its phantom read, its clinical table joined by patient, split by patient, and
     (a risk step) each case measured by an earlier step's run, those measures joined as features."""
@@ -621,6 +672,7 @@ def run_demo(
     while len(actual) < len(plan.steps):
         step, cases, extra = plan.steps[len(actual)]
         started = time.perf_counter()
+        timings.setdefault(step.recipe, {"phantoms_s": 0.0})  # a step taken back makes its phantoms now
         data = out / "data" / (step.data_from or step.recipe)
         # a re-planned step whose phantom differs from the one made first (none of today's do)
         phantom_data(step.phantom or step.recipe, data, cases=cases, seed=seed + step.seed_offset, progress=progress,
@@ -656,8 +708,9 @@ def run_demo(
                                 line.lower_is_better))  # fmt: skip
         log.info("%s done in %.0f s (%s)", step.recipe, seconds, timings[step.recipe])
         actual.append(seconds)
-        prepaid = {s.recipe: timings[s.recipe]["phantoms_s"] for s, _, _ in plan.steps[len(actual) :]}
-        changed = replan(plan, actual, time.perf_counter() - begun, prepaid)
+        prepaid = {s.recipe: timings.get(s.recipe, {}).get("phantoms_s", 0.0) for s, _, _ in plan.steps[len(actual) :]}
+        elapsed = time.perf_counter() - begun
+        changed = replan(plan, actual, elapsed, prepaid) or take_back(plan, actual, elapsed, prepaid)
         if changed is not None:
             plan, message = changed
             replanned.append(message)
