@@ -319,6 +319,17 @@ def test_a_demo_running_far_too_slow_leaves_out_what_no_longer_fits(monkeypatch)
     assert set(left) == set(order[1:]) and left == order[1:]  # every one named once, in the demo's order
 
 
+def _fake_training(monkeypatch, demo, fit):
+    """The demo loop with ``fit`` for training and evaluation, report and index faked."""
+    from types import SimpleNamespace
+
+    figure = SimpleNamespace(estimate=0.9, low=0.8, high=1.0)
+    monkeypatch.setattr(demo, "fit", fit)
+    monkeypatch.setattr(demo, "evaluate_run", lambda run, progress=None: SimpleNamespace(figure=lambda n: figure))
+    monkeypatch.setattr(demo, "write_report", lambda run, explainer=None: run / "report.html")
+    monkeypatch.setattr(demo, "write_index", lambda page, pages, title: page)
+
+
 def test_the_demo_loop_follows_a_new_plan(monkeypatch, tmp_path):
     """After a step that ran slow, the next steps train with the re-planned settings and the
     command learns why."""
@@ -339,11 +350,7 @@ def test_the_demo_loop_follows_a_new_plan(monkeypatch, tmp_path):
         trained.append((recipe.model.name, recipe.train.epochs))
         now[0] += slow if len(trained) == 1 else 10.0
 
-    figure = SimpleNamespace(estimate=0.9, low=0.8, high=1.0)
-    monkeypatch.setattr(demo, "fit", fake_fit)
-    monkeypatch.setattr(demo, "evaluate_run", lambda run, progress=None: SimpleNamespace(figure=lambda n: figure))
-    monkeypatch.setattr(demo, "write_report", lambda run, explainer=None: run / "report.html")
-    monkeypatch.setattr(demo, "write_index", lambda page, pages, title: page)
+    _fake_training(monkeypatch, demo, fake_fit)
     told = []
     rows = demo.run_demo(tmp_path, plan=plan, on_replan=lambda p, m: told.append((p.profile, m)))
     assert trained[0] == ("resnet18", 14) and trained[1] == ("resnet10", 14)  # CXR trained lean after the slow DR
@@ -427,11 +434,7 @@ def test_the_demo_loop_runs_what_it_takes_back(monkeypatch, tmp_path):
         trained.append(recipe.name)
         now[0] += 0.1 * plan.seconds(step)
 
-    figure = SimpleNamespace(estimate=0.9, low=0.8, high=1.0)
-    monkeypatch.setattr(demo, "fit", fake_fit)
-    monkeypatch.setattr(demo, "evaluate_run", lambda run, progress=None: SimpleNamespace(figure=lambda n: figure))
-    monkeypatch.setattr(demo, "write_report", lambda run, explainer=None: run / "report.html")
-    monkeypatch.setattr(demo, "write_index", lambda page, pages, title: page)
+    _fake_training(monkeypatch, demo, fake_fit)
     told = []
     demo.run_demo(tmp_path, plan=plan, on_replan=lambda p, m: told.append(m))
     first = [s.recipe for s, _, _ in plan.steps]
