@@ -1,11 +1,12 @@
 """Preprocess each labelled image of a segmentation data set once, as its plan says, into a cache.
 
 A cache folder holds per item (one image with its label map: a BraTS case, or one cardiac
-frame) ``image_<n>.npy`` (``C x Z x Y x X`` float32, normalised, at the plan's spacing) and
-``label_<n>.npy`` (class indices, uint8), and ``index.json``: the plan's preprocessing key, each
-item's case, spacing, crop box and a sample of its foreground voxels per class (for patch
-sampling). A cache whose key matches (plan, classes, and every file's path, size and time) is
-reused; anything else rebuilds it, atomically.
+frame) ``image_<n>.npy`` (``C x Z x Y x X`` float32, normalised, at the plan's spacing),
+``label_<n>.npy`` (class indices, uint8), ``locations_<n>.npy`` (a sample of its foreground
+voxels, class after class, to centre training patches on), and ``index.json``: the plan's
+preprocessing key, each item's case, spacing, crop box and how many of its sampled voxels
+belong to each class. A cache whose key matches (plan, classes, and every file's path, size
+and time) is reused; anything else rebuilds it, atomically.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_VERSION = 1
+_VERSION = 2  # 2: foreground samples in locations_<n>.npy (in index.json they took seconds to parse)
 _LOCATIONS_PER_CLASS = 2000  # foreground voxels kept per class and item, to centre patches on
 
 
@@ -55,7 +56,7 @@ class CachedItem:
     shape: tuple[int, int, int]
     source_shape: tuple[int, int, int]
     box: tuple[tuple[int, int], ...]
-    locations: dict[int, np.ndarray]  # class index -> (n, 3) voxel coordinates
+    locations: dict[int, np.ndarray]  # class index -> (n, 3) voxel coordinates (memory-mapped)
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,13 @@ def _indices(label: np.ndarray, codes: Sequence[int], case: str, ignore: int | N
     return out
 
 
+def _locations(folder: Path, n: int, counts: dict[str, int]) -> dict[int, np.ndarray]:
+    """Item ``n``'s sampled foreground voxels per class: slices of its memory-mapped samples."""
+    samples = np.load(folder / f"locations_{n}.npy", mmap_mode="r")
+    ends = np.cumsum([0, *counts.values()])
+    return {int(k): samples[ends[i] : ends[i + 1]] for i, k in enumerate(counts)}
+
+
 def _open(folder: Path) -> VolumeCache:
     index = json.loads((folder / "index.json").read_text())
     items = tuple(
@@ -146,9 +154,9 @@ def _open(folder: Path) -> VolumeCache:
             shape=tuple(entry["shape"]),
             source_shape=tuple(entry["source_shape"]),
             box=tuple(tuple(b) for b in entry["box"]),
-            locations={int(k): np.asarray(v, dtype=np.int64).reshape(-1, 3) for k, v in entry["locations"].items()},
+            locations=_locations(folder, n, entry["locations"]),
         )
-        for entry in index["items"]
+        for n, entry in enumerate(index["items"])
     )
     return VolumeCache(folder, items).map_all()  # type: ignore[arg-type]
 
@@ -203,12 +211,14 @@ def build_volume_cache(
                 ) from exc
             np.save(tmp / f"image_{n}.npy", done.image)
             np.save(tmp / f"label_{n}.npy", done.label)
-            locations = {}
+            samples = []
             for index in range(1, len(codes) + 1):
                 where = np.argwhere(done.label == index)
                 if len(where) > _LOCATIONS_PER_CLASS:
                     where = where[rng.choice(len(where), _LOCATIONS_PER_CLASS, replace=False)]
-                locations[str(index)] = where.tolist()
+                samples.append(where.astype(np.int32))
+            np.save(tmp / f"locations_{n}.npy", np.concatenate(samples).reshape(-1, 3))
+            locations = {str(index): len(where) for index, where in enumerate(samples, start=1)}
             entries.append({"row": position, "case_id": case, "label_column": pairing.label,
                             "spacing": list(done.spacing), "shape": list(done.image.shape[1:]),
                             "source_shape": list(done.source_shape), "box": [list(b) for b in done.box],
