@@ -78,3 +78,18 @@ def test_the_clinical_table_joins_the_manifest_by_patient(made):
     table = joined.manifest.table.set_index("case_id")
     for column in ("age", "years", "event", "sex"):
         assert table.loc[truth.index, column].tolist() == truth[column].tolist()
+
+
+def test_masks_do_not_depend_on_what_was_drawn_before():
+    """_Heart keeps each slice's geometry after the first drawing: any contraction drawn after others
+    equals it drawn first, on a heart made from the same random stream (a scarred one included)."""
+    from medsight.data.phantoms.base import case_rng
+    from medsight.data.phantoms.cardiac_function import _Heart
+
+    for group in ("NOR", "MINF"):
+        fresh, used = _Heart(case_rng(2, 7), group, 10), _Heart(case_rng(2, 7), group, 10)
+        for c in (1.0, 0.0, 0.55):
+            used.masks(c)
+        for c in (0.3, 1.0):
+            np.testing.assert_array_equal(used.masks(c), _Heart(case_rng(2, 7), group, 10).masks(c))
+        assert (fresh.masks(0.0) == 3).sum() > (fresh.masks(1.0) == 3).sum() > 0  # the cavity empties

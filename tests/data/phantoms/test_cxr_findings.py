@@ -68,3 +68,26 @@ def test_deterministic(tmp_path):
         np.frombuffer((a / "images_001" / "images" / name).read_bytes(), np.uint8),
         np.frombuffer((b / "images_001" / "images" / name).read_bytes(), np.uint8),
     )
+
+
+@pytest.mark.parametrize("blur", [0, 0.6, 2, 6, 25])
+def test_a_layer_blurred_on_its_box_equals_the_whole_film_blurred(blur):
+    """_layer blurs only the drawing's box and a margin: the pixels equal blurring the whole film,
+    for shapes in the middle, at an edge and in a corner."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    from medsight.data.phantoms.cxr_findings import SIZE, _layer
+
+    shapes = [
+        lambda d: d.ellipse((200, 220, 260, 300), fill=255),
+        lambda d: d.polygon([(0, 100), (40, 90), (30, 200)], fill=255),
+        lambda d: d.line([(SIZE - 5, SIZE - 60), (SIZE - 1, SIZE - 1)], fill=200, width=3),
+        lambda d: d.rectangle((0, 0, SIZE - 1, 10), fill=255),
+    ]
+    for draw in shapes:
+        whole = Image.new("L", (SIZE, SIZE), 0)
+        draw(ImageDraw.Draw(whole))
+        if blur:
+            whole = whole.filter(ImageFilter.GaussianBlur(blur))
+        np.testing.assert_array_equal(_layer(draw, blur), np.asarray(whole, np.float32) / 255.0)
+    assert not _layer(lambda d: None, blur).any()  # nothing drawn

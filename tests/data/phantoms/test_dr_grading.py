@@ -89,3 +89,20 @@ def test_unknown_recipe_and_bad_counts(tmp_path):
     with pytest.raises(ConfigError, match="at least 1"):
         make_phantom("dr-grading", tmp_path / "x", cases=0)
     assert not (tmp_path / "x").exists()
+
+
+def test_blending_on_the_mask_box_equals_blending_the_whole_photo():
+    """_blend computes only the rows and columns its mask touches: the same pixels as the whole photo."""
+    from medsight.data.phantoms.dr_grading import SIZE, _blend
+
+    rng = np.random.default_rng(5)
+    photo = rng.random((SIZE, SIZE, 3), dtype=np.float32)
+    blob = np.zeros((SIZE, SIZE), np.float32)
+    blob[40:90, 300:301] = rng.random((50, 1), dtype=np.float32)
+    blob[88, 420] = 0.7
+    for mask in (blob, np.zeros((SIZE, SIZE), np.float32), rng.random((SIZE, SIZE), dtype=np.float32)):
+        mine = photo.copy()
+        _blend(mine, mask, (0.4, 0.05, 0.03), 0.9)
+        a = np.clip(mask * 0.9, 0.0, 1.0)[..., None]  # the blend over every pixel
+        expected = photo * (1.0 - a) + a * np.asarray((0.4, 0.05, 0.03), np.float32)
+        np.testing.assert_array_equal(mine, expected)

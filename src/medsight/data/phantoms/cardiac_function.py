@@ -70,11 +70,28 @@ class _Heart:
         self.y = (yy - (SIZE - 1) / 2) * PIXEL_MM
         self.es_scale = math.sqrt(1.0 - self.ef_target)  # refined by solve()
         self.rv_es_scale = math.sqrt(1.0 - self.rv_ef)
+        self._slices: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def _profile(self, k: int) -> float:
         """Cavity radius factor from base (k = 0) to apex."""
         u = k / max(self.slices - 1, 1)
         return math.sqrt(max(1.0 - (0.95 * u) ** 2, 0.0))
+
+    def _slice(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Slice ``k``'s distance from the LV axis, wall thickness and scar (the same at every
+        contraction: computed once, as ``masks`` is drawn ~40 times per case)."""
+        if k not in self._slices:
+            cx, cy = self.centre + self.drift[k]
+            dx, dy = self.x - cx, self.y - cy
+            r = np.hypot(dx, dy)
+            wall = np.full_like(r, self.wall)
+            scar = np.zeros_like(r, bool)
+            if self.scar is not None:
+                delta = np.angle(np.exp(1j * (np.arctan2(dy, dx) - self.scar[0])))
+                scar = np.abs(delta) < self.scar[1] / 2
+                wall = np.where(scar, self.wall * 0.5, wall)
+            self._slices[k] = r, wall, scar
+        return self._slices[k]
 
     def masks(self, c: float) -> np.ndarray:
         """Label map (slices, y, x): 1 RV cavity, 2 myocardium, 3 LV cavity."""
@@ -83,16 +100,8 @@ class _Heart:
         rv_scale = 1.0 - c * (1.0 - self.rv_es_scale)
         for k in range(self.slices):
             cx, cy = self.centre + self.drift[k]
-            dx, dy = self.x - cx, self.y - cy
-            r = np.hypot(dx, dy)
-            theta = np.arctan2(dy, dx)
+            r, wall, scar = self._slice(k)
             r_ed = self.radius * self._profile(k)
-            wall = np.full_like(r, self.wall)
-            scar = np.zeros_like(r, bool)
-            if self.scar is not None:
-                delta = np.angle(np.exp(1j * (theta - self.scar[0])))
-                scar = np.abs(delta) < self.scar[1] / 2
-                wall = np.where(scar, self.wall * 0.5, wall)
             cavity_r = r_ed * np.where(scar, 1.0 - c * 0.05, scale)  # the scar barely moves
             outer = np.sqrt(cavity_r**2 + (r_ed + wall) ** 2 - r_ed**2)  # myocardial area is kept
             out[k][r < outer] = 2

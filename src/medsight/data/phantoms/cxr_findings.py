@@ -50,11 +50,22 @@ class _Frame:
 
 
 def _layer(draw: Draw, blur: float) -> np.ndarray:
+    """One drawn structure (0-1), blurred; the blur runs on the drawing's box and a margin wider than
+    the blur reaches (beyond it everything stays exactly 0: the same pixels as blurring the film)."""
     img = Image.new("L", (SIZE, SIZE), 0)
     draw(ImageDraw.Draw(img))
+    box = img.getbbox()
+    if box is None:
+        return np.zeros((SIZE, SIZE), np.float32)
     if blur > 0:
-        img = img.filter(ImageFilter.GaussianBlur(blur))
-    return np.asarray(img, np.float32) / 255.0
+        reach = int(4 * blur) + 4  # PIL's three box passes reach ~3 x (blur + 1) pixels
+        box = (max(0, box[0] - reach), max(0, box[1] - reach), min(SIZE, box[2] + reach), min(SIZE, box[3] + reach))
+    out = np.zeros((SIZE, SIZE), np.float32)
+    part = img.crop(box)
+    if blur > 0:
+        part = part.filter(ImageFilter.GaussianBlur(blur))
+    out[box[1] : box[3], box[0] : box[2]] = np.asarray(part, np.float32) / 255.0
+    return out
 
 
 def _ellipse(frame: _Frame, cx: float, cy: float, rx: float, ry: float, n: int = 40) -> list[Point]:

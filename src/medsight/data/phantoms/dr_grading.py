@@ -56,9 +56,14 @@ def _real_retina() -> np.ndarray:
     return np.asarray(Image.fromarray(data.retina()).resize((SIZE, SIZE), Image.Resampling.LANCZOS))
 
 
+@lru_cache(maxsize=1)
 def _grid() -> tuple[np.ndarray, np.ndarray]:
+    """Pixel centres in [-0.5, 0.5] (read-only: shared by every photo a process draws)."""
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
-    return (xx + 0.5) / SIZE - 0.5, (yy + 0.5) / SIZE - 0.5
+    grid = (xx + 0.5) / SIZE - 0.5, (yy + 0.5) / SIZE - 0.5
+    for axis in grid:
+        axis.flags.writeable = False
+    return grid
 
 
 def _smooth_noise(rng: np.random.Generator, sigma: float) -> np.ndarray:
@@ -68,9 +73,16 @@ def _smooth_noise(rng: np.random.Generator, sigma: float) -> np.ndarray:
 
 
 def _blend(img: np.ndarray, mask: np.ndarray, colour: tuple[float, float, float], strength: float) -> None:
-    a = np.clip(mask * strength, 0.0, 1.0)[..., None]
-    img *= 1.0 - a
-    img += a * np.asarray(colour, np.float32)
+    """Paint ``colour`` over ``img`` in place with opacity ``mask * strength``; only the rows and
+    columns the mask touches are computed (elsewhere the opacity is exactly 0: same pixels)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    a = np.clip(mask[box] * strength, 0.0, 1.0)[..., None]
+    part = img[box]
+    part *= 1.0 - a
+    part += a * np.asarray(colour, np.float32)
 
 
 def _mask(draw_fn: Callable[[ImageDraw.ImageDraw], None], blur: float) -> np.ndarray:
