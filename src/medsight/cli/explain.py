@@ -66,7 +66,7 @@ def explain_command(
     if folder.exists() and not folder.is_dir():
         raise InputError(f"--out {folder} is a file; give a folder for the overlays")
     check_writable(folder, option="--out", file=False)  # before any work: its parent must exist
-    predictor = Predictor.from_run(run, precision="fp32")
+    predictor = Predictor.from_run(run, precision="fp32", backend="torch")
     options = {"methods": method or ["gradcam"], "target": target, "faithfulness": checks, "sanity": checks,
                "layer": layer}  # fmt: skip
     with progress_bar() as progress:

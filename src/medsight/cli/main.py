@@ -15,6 +15,7 @@ from rich.table import Table
 from medsight import __version__
 from medsight.cli import data as data_commands
 from medsight.cli import explain as explain_commands
+from medsight.cli import export as export_commands
 from medsight.cli import pipeline as pipeline_commands
 from medsight.cli.common import err, friendly, out, plain, progress_bar, reflow_help, state
 from medsight.core.errors import ConfigError, InputError
@@ -45,6 +46,7 @@ def _version(value: bool) -> None:
 app.add_typer(data_commands.app, name="data")
 pipeline_commands.register(app)
 explain_commands.register(app)
+export_commands.register(app)
 
 
 @app.callback()

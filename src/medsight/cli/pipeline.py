@@ -210,7 +210,7 @@ def report_command(
 
 
 def predict_command(
-    run: Annotated[Path, typer.Argument(help="Run folder of `medsight train`.")],
+    run: Annotated[Path, typer.Argument(help="Run folder of `medsight train`, or a package of `medsight export`.")],
     inputs: Annotated[
         list[Path] | None,
         typer.Argument(
@@ -232,6 +232,12 @@ def predict_command(
     uncertainty: UncertaintyOption = None,
     samples: SamplesOption = 8,
     ensemble: EnsembleOption = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend", help="auto (onnxruntime for a package's 2D or table ONNX network, else PyTorch), torch, onnx."
+        ),
+    ] = "auto",
 ) -> None:
     """Predict on image files or DICOM; one row per image. Mammography runs also write breast-
     and exam-level scores (``<out>_breasts.csv``, ``<out>_exams.csv``) fused as in evaluation;
@@ -248,7 +254,7 @@ def predict_command(
         raise typer.BadParameter(f"--split must be all, train, val or test, got {split!r}")
     check_writable(output, option="--out")  # before any work: a bad --out must not waste the predictions
     repeated = _uncertainty(uncertainty, samples, ensemble)
-    predictor = Predictor.from_run(run, precision=precision)
+    predictor = Predictor.from_run(run, precision=precision, backend=backend)  # type: ignore[arg-type]
     masks = output.with_name(f"{output.stem}_masks")  # label maps, for models that make them
     with progress_bar() as progress:
         if data is not None:

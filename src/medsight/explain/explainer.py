@@ -419,7 +419,7 @@ def explain_run(
     (default ``RUN/explain``, where the validation report finds them); returns the
     ``explanations.json`` written, or None for a model whose inputs are not images (a risk model of
     features)."""
-    predictor = Predictor.from_run(run_dir, precision="fp32")
+    predictor = Predictor.from_run(run_dir, precision="fp32", backend="torch")
     if predictor.task.spatial_dims not in (2, 3):
         log.info("%s: a model of features has no images to explain", run_dir)
         return None

@@ -37,7 +37,7 @@ class GalleryMaps:
 
         try:
             if self.predictor is None:
-                self.predictor = Predictor.from_run(self.run_dir, precision="fp32")
+                self.predictor = Predictor.from_run(self.run_dir, precision="fp32", backend="torch")
             predictor = self.predictor
             if predictor.task.spatial_dims != 2:
                 self.failed = True

@@ -183,6 +183,16 @@ class Task(ABC):
         """The untrained network, with the outputs this task reads (``preprocess``: the resolved
         preprocessing, e.g. a plan that shapes the network)."""
 
+    def example_input(self, preprocess: BaseModel, in_channels: int) -> torch.Tensor:
+        """One input of the shape the network reads in prediction (batch of 1, zeros): what an
+        export traces it with (an image at the prepared size, a sliding window of the plan's patch,
+        a row of features).
+
+        Raises:
+            ConfigError: the task's networks cannot be exported (none of today's).
+        """
+        raise ConfigError(f"{type(self).__name__} does not say what its network reads, so it cannot be exported")
+
     @abstractmethod
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean loss of a batch."""

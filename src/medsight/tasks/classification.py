@@ -316,6 +316,10 @@ class ClassificationTask(Task):
         )
 
     # --- network ----------------------------------------------------------------------------
+    def example_input(self, preprocess: BaseModel, in_channels: int) -> torch.Tensor:
+        size = as_model(preprocess, Preprocess2D).size
+        return torch.zeros(1, in_channels, size, size)
+
     def network(self, model: ModelChoice, in_channels: int, preprocess: BaseModel | None = None) -> nn.Module:
         """The recipe's 2D network, untrained, with one output per logit."""
         spec = registered_models().get(model.name)

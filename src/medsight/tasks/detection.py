@@ -339,6 +339,9 @@ class DetectionTask(Task):
                  len(findings.items))  # fmt: skip
         return replace(training, loss=self.loss, train_set=findings)
 
+    def example_input(self, preprocess: BaseModel, in_channels: int) -> torch.Tensor:
+        return self.backbone.example_input(preprocess, in_channels)
+
     def network(self, model: ModelChoice, in_channels: int, preprocess: BaseModel) -> nn.Module:
         """The backbone's U-Net, its output layers starting at a finding probability of 1 % (as
         RetinaNet starts its classifier: otherwise the background's loss swamps the findings' at

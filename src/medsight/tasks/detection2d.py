@@ -507,6 +507,9 @@ class Detection2DTask(Task):
         return self.classifier.input_array(volume, preprocess, slice_index=slice_index)
 
     # --- network ----------------------------------------------------------------------------
+    def example_input(self, preprocess: BaseModel, in_channels: int) -> torch.Tensor:
+        return self.classifier.example_input(preprocess, in_channels)
+
     def network(self, model: ModelChoice, in_channels: int, preprocess: BaseModel | None = None) -> nn.Module:
         """The recipe's ResNet as a cell scorer (:class:`~medsight.models.cellmap.ResNetCells`), a map per finding."""
         if model.dropout:

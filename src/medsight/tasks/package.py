@@ -65,6 +65,8 @@ class ModelPackage(BaseModel):
         in_channels: The network's input channels.
         preprocess: How an input is made ready (the task's preprocessing spec, as saved).
         weights: The weights file beside ``package.json``.
+        onnx: The network as ONNX beside it (``medsight export --format onnx``), which the predictor
+            can run on onnxruntime instead; None when there is none.
         augment: The 2D augmentation the model was trained with, which test-time augmentation draws
             from (None for 3D models, and packages made before it was kept).
         provenance: Versions, git commit, data hash, seed.
@@ -78,6 +80,7 @@ class ModelPackage(BaseModel):
     in_channels: int = Field(ge=1)
     preprocess: dict[str, Any]
     weights: str = "best.pt"
+    onnx: str | None = None
     augment: dict[str, Any] | None = None  # the 2D augmentation it was trained with (test-time augmentation draws it)
     provenance: Provenance = Provenance()
 

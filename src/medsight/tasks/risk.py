@@ -401,6 +401,11 @@ class RiskTask(Task):
         )
 
     # --- network ----------------------------------------------------------------------------
+    def example_input(self, preprocess: BaseModel, in_channels: int) -> torch.Tensor:
+        """A row of the features (and, for a model that reads an image too, its pixels after them)."""
+        shape = as_model(preprocess, RiskPlan).image_shape
+        return torch.zeros(1, in_channels + (int(np.prod(shape)) if shape is not None else 0))
+
     def network(self, model: ModelChoice, in_channels: int, preprocess: BaseModel) -> nn.Module:
         """The recipe's tabular network (``linear`` or ``mlp``), one output (cox) or one per interval."""
         plan = as_model(preprocess, RiskPlan)

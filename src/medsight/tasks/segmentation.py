@@ -310,6 +310,12 @@ class SegmentationTask(Task):
                         epochs=plan.epochs)  # fmt: skip
 
     # --- network ----------------------------------------------------------------------------
+    def example_input(self, preprocess: BaseModel, in_channels: int) -> torch.Tensor:
+        """A sliding window of the plan's patch (every window is that size; smaller images are padded)."""
+        if not isinstance(preprocess, Plan):
+            raise ConfigError("the segmentation network is shaped by a plan; none was made")
+        return torch.zeros(1, in_channels, *preprocess.patch_size)
+
     def network(self, model: ModelChoice, in_channels: int, preprocess: BaseModel) -> nn.Module:
         """The network the plan shapes (``model.name``): ``dynunet`` (MONAI DynUNet, nnU-Net's U-Net,
         instance norm; the default), ``unet`` (MONAI's residual U-Net with the plan's filters and
