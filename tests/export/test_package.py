@@ -11,30 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from medsight.core.errors import ConfigError, InputError, MedsightError
 from medsight.data.manifest import Manifest
-from medsight.engine.fit import fit
-from medsight.engine.recipe import load_recipe
 from medsight.export import export_package
 from medsight.inference import Predictor, Uncertainty
 from medsight.models import load_checkpoint
 from medsight.tasks import ModelPackage
-from tests.tasks.test_conformance import CASES
+from tests.export.runs import trained
 
 pytest.importorskip("onnxruntime", reason="the export extra is not installed (pip install 'medsight[export]')")
-
-
-def _trained(root: Path, case: str) -> tuple[Path, Path, Path]:
-    """A one-epoch run of a conformance case; returns (run, data folder, manifest)."""
-    data = root / "data"
-    data.mkdir()
-    spec, manifest = CASES[case](data)
-    (root / "recipe.yaml").write_text(yaml.safe_dump(spec))
-    run = root / "run"
-    fit(load_recipe(root / "recipe.yaml"), manifest, run)
-    return run, data, manifest
 
 
 def _inputs(run: Path, data: Path, manifest: Path) -> list[Path]:
@@ -71,7 +57,7 @@ def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
     "case", ["binary", "ordinal", "segmentation", "detection", "detection2d findings", "risk image"]
 )
 def test_a_package_predicts_what_its_run_predicts(tmp_path, case):
-    run, data, manifest = _trained(tmp_path, case)
+    run, data, manifest = trained(tmp_path, case)
     done = export_package(run, tmp_path / "package")
     package = tmp_path / "package"
     assert done.folder == package and done.max_difference is not None and done.max_difference < 1e-3
@@ -109,7 +95,7 @@ def test_a_package_predicts_what_its_run_predicts(tmp_path, case):
 
 @pytest.mark.slow
 def test_a_package_predicts_a_real_dicom_image_as_its_run_does(tmp_path, testdata):
-    run, _, _ = _trained(tmp_path, "binary")
+    run, _, _ = trained(tmp_path, "binary")
     export_package(run, tmp_path / "package")
     real = [Path(testdata("CT_small.dcm")), Path(testdata("MR_small.dcm"))]
     expected = Predictor.from_run(run, precision="fp32", backend="torch").predict_files(real).table()
@@ -122,7 +108,7 @@ def test_a_package_predicts_a_real_dicom_image_as_its_run_does(tmp_path, testdat
 def test_the_model_card_carries_the_validation_figures_and_the_package_no_patient_data(tmp_path):
     from medsight.validation import evaluate_run
 
-    run, _, _ = _trained(tmp_path, "binary")
+    run, _, _ = trained(tmp_path, "binary")
     card = export_package(run, tmp_path / "before", format="torch")
     assert card.max_difference is None and "model.onnx" not in card.files
     assert "was not evaluated" in (tmp_path / "before" / "MODEL_CARD.md").read_text()
@@ -149,7 +135,7 @@ def test_bad_exports_and_backends_are_refused_with_the_fix(tmp_path, monkeypatch
     import medsight.export.package as package_module
     import medsight.inference.onnx as onnx_module
 
-    run, _, _ = _trained(tmp_path, "binary")
+    run, _, _ = trained(tmp_path, "binary")
     with pytest.raises(InputError, match="run folder"):
         export_package(run, run, overwrite=True)
     with pytest.raises(InputError, match="run folder"):
@@ -202,14 +188,15 @@ def test_export_and_predict_from_the_command_line(tmp_path):
     from medsight.cli.main import app
 
     runner = CliRunner()
-    run, data, manifest = _trained(tmp_path, "binary")
+    run, data, manifest = trained(tmp_path, "binary")
     files = _inputs(run, data, manifest)
     package = tmp_path / "package"
     done = runner.invoke(app, ["export", str(run), "--out", str(package)])
     assert done.exit_code == 0, done.output
     assert "wrote the onnx package" in done.output and "within" in done.output
     for backend in ("auto", "torch"):
-        result = runner.invoke(app, ["predict", str(package), *map(str, files), "--out", str(tmp_path / f"{backend}.csv"),
+        target = tmp_path / f"{backend}.csv"
+        result = runner.invoke(app, ["predict", str(package), *map(str, files), "--out", str(target),
                                      "--backend", backend])  # fmt: skip
         assert result.exit_code == 0, result.output
     expected = Predictor.from_run(run, precision="fp32", backend="torch").predict_files(files).table()

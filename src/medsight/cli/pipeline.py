@@ -238,6 +238,14 @@ def predict_command(
             "--backend", help="auto (onnxruntime for a package's 2D or table ONNX network, else PyTorch), torch, onnx."
         ),
     ] = "auto",
+    dicom_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--dicom-out",
+            help="Also write each DICOM input's label map as a DICOM SEG into this folder "
+            "(segmentation and detection models; needs the export extra).",
+        ),
+    ] = None,
 ) -> None:
     """Predict on image files or DICOM; one row per image. Mammography runs also write breast-
     and exam-level scores (``<out>_breasts.csv``, ``<out>_exams.csv``) fused as in evaluation;
@@ -255,6 +263,13 @@ def predict_command(
     check_writable(output, option="--out")  # before any work: a bad --out must not waste the predictions
     repeated = _uncertainty(uncertainty, samples, ensemble)
     predictor = Predictor.from_run(run, precision=precision, backend=backend)  # type: ignore[arg-type]
+    if dicom_out is not None and not predictor.task.label_classes():
+        raise ConfigError(f"the {predictor.package.recipe} model makes no label maps; --dicom-out writes DICOM SEG "
+                          "for segmentation and detection models")  # fmt: skip
+    if dicom_out is not None and data is not None:
+        raise typer.BadParameter("--dicom-out writes a SEG per DICOM input file or folder; give files, not --data")
+    if dicom_out is not None:
+        check_writable(dicom_out, option="--dicom-out", file=False)
     masks = output.with_name(f"{output.stem}_masks")  # label maps, for models that make them
     with progress_bar() as progress:
         if data is not None:
@@ -267,6 +282,13 @@ def predict_command(
     out.print(f"wrote {len(table)} prediction(s) to {output}")
     if "output" in table:
         out.print(f"wrote {len(table)} label map(s) on the inputs' grids to {masks}/")
+    if dicom_out is not None:
+        from medsight.export.dicom_seg import write_segmentations
+
+        written = write_segmentations(predictor, table, dicom_out)
+        out.print(f"wrote {sum(w.path is not None for w in written)} DICOM SEG object(s) to {dicom_out}/")
+        for skipped in (w for w in written if w.path is None):
+            err.print(f"no DICOM SEG for {skipped.input}: {skipped.reason}", highlight=False)
     try:
         grouped = predictor.grouped(table)
     except MedsightError as exc:

@@ -183,6 +183,11 @@ class Task(ABC):
         """The untrained network, with the outputs this task reads (``preprocess``: the resolved
         preprocessing, e.g. a plan that shapes the network)."""
 
+    def label_classes(self) -> tuple[tuple[int, str], ...]:
+        """The codes and names of the classes in the label maps :meth:`predict_volumes` makes (none
+        for tasks that make none): what a DICOM segmentation of them lists as segments."""
+        return ()
+
     def example_input(self, preprocess: BaseModel, in_channels: int) -> torch.Tensor:
         """One input of the shape the network reads in prediction (batch of 1, zeros): what an
         export traces it with (an image at the prepared size, a sliding window of the plan's patch,

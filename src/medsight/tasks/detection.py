@@ -339,6 +339,9 @@ class DetectionTask(Task):
                  len(findings.items))  # fmt: skip
         return replace(training, loss=self.loss, train_set=findings)
 
+    def label_classes(self) -> tuple[tuple[int, str], ...]:
+        return ((1, self.spec.finding),)  # the overlay's balls
+
     def example_input(self, preprocess: BaseModel, in_channels: int) -> torch.Tensor:
         return self.backbone.example_input(preprocess, in_channels)
 

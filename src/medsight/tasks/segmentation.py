@@ -310,6 +310,9 @@ class SegmentationTask(Task):
                         epochs=plan.epochs)  # fmt: skip
 
     # --- network ----------------------------------------------------------------------------
+    def label_classes(self) -> tuple[tuple[int, str], ...]:
+        return tuple((code, name) for name, code in self.spec.labels.items())
+
     def example_input(self, preprocess: BaseModel, in_channels: int) -> torch.Tensor:
         """A sliding window of the plan's patch (every window is that size; smaller images are padded)."""
         if not isinstance(preprocess, Plan):

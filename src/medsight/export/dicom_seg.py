@@ -1,0 +1,243 @@
+"""DICOM Segmentation objects (SEG) of predicted label maps, written with highdicom.
+
+A SEG refers to the images it segments: the label map must lie on the grid of a DICOM input
+(``medsight predict`` resamples its maps back to each input's grid), and the source files are
+found by the SOP Instance UIDs the reader recorded. Each class of the task becomes a segment
+(binary, empty frames omitted) with coded concepts (SNOMED CT where the class name is a known
+one, else a local code), marked as made by an automatic, AI algorithm; every object carries the
+model as contributing equipment with a device UID that changes with the model's weights (IHE AI
+Results). A prediction with no structure at all writes no SEG: the result is reported without one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medsight import __version__
+from medsight.core.errors import ConfigError, InputError
+from medsight.core.volume import Volume
+from medsight.io.atomic import atomic_file
+from medsight.io.formats import files_under
+
+__all__ = ["Algorithm", "SegWritten", "segment_concepts", "write_segmentation", "write_segmentations"]
+
+log = logging.getLogger(__name__)
+
+_INSTALL = "pip install 'medsight[export]'"
+# lower-case class names -> (category, type) as pydicom's SNOMED CT names (looked up, never typed in)
+_KNOWN = {
+    "ncr": ("MorphologicallyAbnormalStructure", "Necrosis"),
+    "necrosis": ("MorphologicallyAbnormalStructure", "Necrosis"),
+    "ed": ("MorphologicallyAbnormalStructure", "Edema"),
+    "edema": ("MorphologicallyAbnormalStructure", "Edema"),
+    "oedema": ("MorphologicallyAbnormalStructure", "Edema"),
+    "et": ("MorphologicallyAbnormalStructure", "Neoplasm"),
+    "tumour": ("MorphologicallyAbnormalStructure", "Neoplasm"),
+    "tumor": ("MorphologicallyAbnormalStructure", "Neoplasm"),
+    "neoplasm": ("MorphologicallyAbnormalStructure", "Neoplasm"),
+    "lesion": ("MorphologicallyAbnormalStructure", "Lesion"),
+    "nodule": ("MorphologicallyAbnormalStructure", "Nodule"),
+    "mass": ("MorphologicallyAbnormalStructure", "Mass"),
+    "lv": ("AnatomicalStructure", "LeftVentricle"),
+    "rv": ("AnatomicalStructure", "RightVentricle"),
+    "myo": ("AnatomicalStructure", "LeftVentricleMyocardium"),
+    "myocardium": ("AnatomicalStructure", "LeftVentricleMyocardium"),
+}
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """The model that made a result, as every DICOM object it writes names it.
+
+    Attributes:
+        name: The model's name (its recipe).
+        version: The model's version (a prefix of its weights' SHA-256).
+        device_uid: A UID derived from the weights: another model version, another device.
+    """
+
+    name: str
+    version: str
+    device_uid: str
+
+    @classmethod
+    def of_weights(cls, name: str, weights: str | os.PathLike[str]) -> Algorithm:
+        """The algorithm whose weights are the file ``weights`` (hashed: its version and device UID)."""
+        from pydicom.uid import generate_uid
+
+        digest = hashlib.sha256()
+        with open(weights, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        sha = digest.hexdigest()
+        return cls(name=name, version=sha[:12], device_uid=str(generate_uid(entropy_srcs=["medsight", name, sha])))
+
+
+def _highdicom() -> Any:
+    try:
+        import highdicom
+    except ImportError as exc:
+        raise ConfigError(f"writing DICOM SEG needs highdicom: {_INSTALL}") from exc
+    return highdicom
+
+
+def segment_concepts(name: str) -> tuple[Any, Any]:
+    """The (category, type) coded concepts of a class named ``name``: SNOMED CT for the names of
+    medsight's recipes (BraTS NCR/ED/ET, ACDC LV/RV/MYO, nodule...), else category Tissue and a
+    local code (scheme ``99MEDSIGHT``) holding the name."""
+    from pydicom.sr.codedict import codes
+
+    hd = _highdicom()
+    known = _KNOWN.get(name.strip().lower())
+    if known is not None:
+        category, kind = (getattr(codes.SCT, n) for n in known)
+        return category, kind
+    local = hd.sr.CodedConcept(value=name[:16] or "class", scheme_designator="99MEDSIGHT", meaning=name[:64] or "class")
+    return codes.SCT.Tissue, local
+
+
+def _sources(source: Path, sop_uids: Sequence[str]) -> list[Any]:
+    """The headers of the files under ``source`` that the image was read from, in its slice order."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    wanted = set(sop_uids)
+    found: dict[str, Any] = {}
+    for path in [source] if source.is_file() else files_under(source):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError):
+            continue
+        uid = str(ds.get("SOPInstanceUID", ""))
+        if uid in wanted:
+            found[uid] = ds
+    missing = [uid for uid in sop_uids if uid not in found]
+    if missing:
+        raise InputError(f"{source}: {len(missing)} of the {len(sop_uids)} images the prediction was made on are no "
+                         "longer there (moved or deleted?); a DICOM SEG must refer to them: predict again")  # fmt: skip
+    return [found[uid] for uid in sop_uids]
+
+
+def write_segmentation(
+    image: Volume,
+    labels: np.ndarray,
+    source: str | os.PathLike[str],
+    classes: Sequence[tuple[int, str]],
+    out: str | os.PathLike[str],
+    *,
+    algorithm: Algorithm,
+    series_number: int = 900,
+) -> Path | None:
+    """Write ``labels`` (class codes on ``image``'s grid, ``(Z, Y, X)``) as a binary DICOM SEG of the
+    DICOM images under ``source`` that ``image`` was read from; ``classes``: ``(code, name)`` of each
+    segment. Returns the file written, or None when no class has a voxel (nothing is written).
+
+    Raises:
+        InputError: ``image`` was not read from DICOM, the label map is not on its grid, holds codes
+            that are not ``classes``', or the source images are gone.
+        ConfigError: highdicom is not installed.
+    """
+    hd = _highdicom()
+    from pydicom.sr.codedict import codes
+
+    source, out = Path(source), Path(out)
+    sop_uids = image.metadata.sop_uids
+    if image.metadata.source_format not in ("dicom", "dicom-series") or not sop_uids:
+        raise InputError(f"{source} was not read from DICOM images; a DICOM SEG refers to DICOM images (write the "
+                         "label map as NIfTI instead)")  # fmt: skip
+    labels = np.asarray(labels)
+    if labels.shape != tuple(image.spatial_shape):
+        raise InputError(f"the label map {list(labels.shape)} is not on the grid of {source} "
+                         f"{list(image.spatial_shape)}")  # fmt: skip
+    if len(sop_uids) != labels.shape[0]:
+        raise InputError(f"{source}: {len(sop_uids)} images for {labels.shape[0]} slices; a SEG of multi-frame "
+                         "sources is not written yet")  # fmt: skip
+    codes_known = {int(code) for code, _ in classes}
+    unknown = sorted(set(np.unique(labels).tolist()) - codes_known - {0})
+    if unknown:
+        raise InputError(f"the label map holds codes {unknown[:5]} that are no class's ({sorted(codes_known)})")
+    present = [(code, name) for code, name in classes if (labels == code).any()]
+    if not present:
+        log.info("%s: no structure predicted; no DICOM SEG written", source)
+        return None
+    numbered = np.zeros(labels.shape, np.uint8)  # segments are numbered 1..K in the order of the classes present
+    for number, (code, _) in enumerate(present, start=1):
+        numbered[labels == code] = number
+    identification = hd.AlgorithmIdentificationSequence(name=algorithm.name[:64], version=algorithm.version,
+                                                        family=codes.cid7162.ArtificialIntelligence)  # fmt: skip
+    descriptions = []
+    for number, (_, name) in enumerate(present, start=1):
+        category, kind = segment_concepts(name)
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=name[:64], segmented_property_category=category,
+            segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=identification))  # fmt: skip
+    equipment = hd.ContributingEquipment(manufacturer="medsight", purpose_of_reference=codes.DCM.ProcessingEquipment,
+                                         manufacturer_model_name=algorithm.name[:64],
+                                         software_versions=(__version__, algorithm.version),
+                                         contribution_description="segmentation by a deep learning model")  # fmt: skip
+    equipment.DeviceUID = algorithm.device_uid
+    seg = hd.seg.Segmentation(
+        source_images=_sources(source, sop_uids), pixel_array=numbered,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer="medsight", manufacturer_model_name=algorithm.name[:64], software_versions=__version__,
+        device_serial_number=algorithm.version, series_description=f"{algorithm.name} segmentation"[:64],
+        content_label="MEDSIGHT", content_description=f"{algorithm.name} {algorithm.version}"[:64],
+        omit_empty_frames=True, contributing_equipment=[equipment],
+    )  # fmt: skip
+    with atomic_file(out) as tmp:
+        seg.save_as(tmp, enforce_file_format=True)
+    log.info("%s: DICOM SEG of %d segment(s) written to %s", source, len(present), out)
+    return out
+
+
+@dataclass(frozen=True)
+class SegWritten:
+    """What :func:`write_segmentations` did for one input."""
+
+    input: str
+    path: Path | None  # the SEG written (None: none was)
+    reason: str = ""  # why none was: no structure predicted, or the input is not DICOM
+
+
+def write_segmentations(predictor: Any, table: Any, folder: str | os.PathLike[str]) -> list[SegWritten]:
+    """A DICOM SEG per DICOM input of a prediction table (``input`` and ``output``: the label map
+    :meth:`~medsight.inference.Predictor.predict_files` wrote on its grid) into ``folder``, named
+    after the label map; inputs that are not DICOM, or where nothing was found, get none (said in
+    the result and the log).
+
+    Raises:
+        ConfigError: the model makes no label maps (its task lists no classes).
+    """
+    from medsight.io import read
+
+    classes = predictor.task.label_classes()
+    if not classes or "output" not in table:
+        raise ConfigError(f"the {predictor.package.recipe} model makes no label maps; DICOM SEG is written for "
+                          "segmentation and detection models")  # fmt: skip
+    package = predictor.package
+    weights = predictor.run_dir / package.weights
+    hashed = weights if weights.is_file() else predictor.run_dir / str(package.onnx)
+    algorithm = Algorithm.of_weights(package.recipe, hashed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    done = []
+    for source, output in zip(table["input"], table["output"], strict=True):
+        image = read(source)
+        if image.metadata.source_format not in ("dicom", "dicom-series"):
+            log.warning("%s is not DICOM: no DICOM SEG (its label map is %s)", source, output)
+            done.append(SegWritten(str(source), None, "not a DICOM input"))
+            continue
+        name = Path(str(output)).name.split(".")[0]
+        written = write_segmentation(image, np.asarray(read(output).array[0]), source, classes,
+                                     folder / f"{name}.dcm", algorithm=algorithm)  # fmt: skip
+        done.append(SegWritten(str(source), written, "" if written else "no structure predicted"))
+    return done

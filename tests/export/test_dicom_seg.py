@@ -1,0 +1,150 @@
+"""DICOM SEG of predicted label maps: read back equal (pixels per source image, coded segments,
+references, the model as contributing equipment), valid for dciodvfy, none for an empty prediction,
+and every bad request refused with the fix."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medsight.core.errors import InputError
+from medsight.io import read, write, write_dicom_series
+from tests.conftest import oblique_direction
+
+hd = pytest.importorskip("highdicom", reason="the export extra is not installed (pip install 'medsight[export]')")
+from medsight.export.dicom_seg import Algorithm, segment_concepts, write_segmentation  # noqa: E402
+
+BRATS = [(1, "NCR"), (2, "ED"), (4, "ET")]
+
+
+@pytest.fixture
+def algorithm(tmp_path) -> Algorithm:
+    (tmp_path / "weights.pt").write_bytes(b"some weights")
+    return Algorithm.of_weights("brain-tumor-seg", tmp_path / "weights.pt")
+
+
+def _labels(shape: tuple[int, int, int]) -> np.ndarray:
+    labels = np.zeros(shape, np.uint8)
+    labels[1:4, 3:9, 4:10] = 1
+    labels[2, 5:7, 5:8] = 4  # ET inside NCR; no ED anywhere
+    return labels
+
+
+def _read_back(path: Path, sop_uids) -> tuple[object, np.ndarray]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = hd.seg.segread(path)
+        pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=list(sop_uids), combine_segments=True)
+    return seg, pixels
+
+
+def _dciodvfy(path: Path) -> list[str]:
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (Debian dicom3tools) is not installed")
+    found = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (found.stdout + found.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.mark.parametrize("oblique", [False, True])
+def test_a_seg_reads_back_as_the_label_map_it_was_written_from(make_series, tmp_path, algorithm, oblique):
+    folder, _ = make_series(shape=(6, 16, 14), direction=oblique_direction(25.0) if oblique else None)
+    image = read(folder)
+    labels = _labels(image.spatial_shape)
+    path = write_segmentation(image, labels, folder, BRATS, tmp_path / "seg.dcm", algorithm=algorithm)
+    seg, pixels = _read_back(path, image.metadata.sop_uids)
+    # segments are the classes present, numbered in order: NCR 1, ET 2 (ED has no voxel)
+    np.testing.assert_array_equal(pixels, np.select([labels == 1, labels == 4], [1, 2], 0))
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["NCR", "ET"]
+    types = [s.SegmentedPropertyTypeCodeSequence[0] for s in seg.SegmentSequence]
+    assert [(t.CodeValue, t.CodingSchemeDesignator) for t in types] == [("6574001", "SCT"), ("108369006", "SCT")]
+    assert all(s.SegmentAlgorithmType == "AUTOMATIC" for s in seg.SegmentSequence)
+    source = __import__("pydicom").dcmread(next(p for p in folder.iterdir()), stop_before_pixels=True)
+    assert seg.StudyInstanceUID == source.StudyInstanceUID and seg.SeriesInstanceUID != source.SeriesInstanceUID
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID and seg.PatientID == source.PatientID
+    ours = [e for e in seg.ContributingEquipmentSequence if e.get("ManufacturerModelName") == "brain-tumor-seg"]
+    assert len(ours) == 1 and ours[0].DeviceUID == algorithm.device_uid
+    frames = sum(int((labels == code).any(axis=(1, 2)).sum()) for code in (1, 4))  # empty frames left out
+    assert int(seg.NumberOfFrames) == frames == 4
+    assert _dciodvfy(path) == []
+
+
+def test_nothing_predicted_writes_no_seg(make_series, tmp_path, algorithm):
+    folder, _ = make_series(shape=(4, 8, 8))
+    image = read(folder)
+    empty = np.zeros(image.spatial_shape, np.uint8)
+    assert write_segmentation(image, empty, folder, BRATS, tmp_path / "seg.dcm", algorithm=algorithm) is None
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_bad_requests_are_refused_with_the_fix(make_series, tmp_path, algorithm):
+    folder, volume = make_series(shape=(4, 8, 8))
+    image = read(folder)
+    labels = np.zeros(image.spatial_shape, np.uint8)
+    labels[1, 2:4, 2:4] = 1
+    nifti = write(volume, tmp_path / "ct.nii.gz")
+    with pytest.raises(InputError, match="not read from DICOM"):
+        write_segmentation(read(nifti), labels, nifti, BRATS, tmp_path / "a.dcm", algorithm=algorithm)
+    with pytest.raises(InputError, match="not on the grid"):
+        write_segmentation(image, labels[:, :4], folder, BRATS, tmp_path / "a.dcm", algorithm=algorithm)
+    odd = labels.copy()
+    odd[0, 0, 0] = 9
+    with pytest.raises(InputError, match=r"codes \[9\]"):
+        write_segmentation(image, odd, folder, BRATS, tmp_path / "a.dcm", algorithm=algorithm)
+    moved = folder.rename(tmp_path / "moved")
+    with pytest.raises(InputError, match="no longer there"):
+        write_segmentation(image, labels, folder if folder.exists() else moved / "nothing", BRATS, tmp_path / "a.dcm",
+                           algorithm=algorithm)  # fmt: skip
+    assert not (tmp_path / "a.dcm").exists()
+
+
+def test_the_device_uid_follows_the_weights_and_unknown_classes_get_a_local_code(tmp_path):
+    for name, content in (("a.pt", b"one"), ("b.pt", b"one"), ("c.pt", b"two")):
+        (tmp_path / name).write_bytes(content)
+    a, b, c = (Algorithm.of_weights("model", tmp_path / n) for n in ("a.pt", "b.pt", "c.pt"))
+    assert a == b and a.device_uid != c.device_uid and a.version != c.version
+    assert Algorithm.of_weights("other", tmp_path / "a.pt").device_uid != a.device_uid
+    category, kind = segment_concepts("Left atrial appendage")
+    assert category.value == "85756007" and kind.scheme_designator == "99MEDSIGHT"
+    assert kind.meaning == "Left atrial appendage"
+    assert segment_concepts("lv")[1].value == "87878005" and segment_concepts("Nodule")[1].value == "27925004"
+
+
+@pytest.mark.slow
+def test_predict_writes_a_seg_per_dicom_input_from_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from medsight.cli.main import app
+    from medsight.tasks import ModelPackage
+    from tests.export.runs import trained
+
+    run, data, manifest = trained(tmp_path, "segmentation")
+    nifti = data / "case8.nii.gz"
+    series = tmp_path / "case8_dicom"
+    write_dicom_series(read(nifti), series)
+    runner = CliRunner()
+    result = runner.invoke(app, ["predict", str(run), str(series), str(nifti), "--out", str(tmp_path / "p.csv"),
+                                 "--dicom-out", str(tmp_path / "seg")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "DICOM SEG object(s)" in result.output and f"no DICOM SEG for {nifti}: not a DICOM input" in result.output
+    label_map = read(tmp_path / "p_masks" / "case8_dicom_seg.nii.gz")
+    segs = list((tmp_path / "seg").glob("*.dcm"))
+    labels = ModelPackage.load(run).task.labels  # in the run's order: the segments'
+    codes = {code: name for name, code in labels.items()}
+    if not label_map.array.any():  # a one-epoch model may find nothing: then no SEG, and it says so
+        assert segs == [] and "no structure predicted" in result.output
+        return
+    (path,) = segs
+    seg, pixels = _read_back(path, read(series).metadata.sop_uids)
+    present = [c for c in codes if (np.asarray(label_map.array[0]) == c).any()]
+    expected = np.zeros(label_map.spatial_shape, np.uint8)
+    for number, code in enumerate(present, start=1):
+        expected[np.asarray(label_map.array[0]) == code] = number
+    np.testing.assert_array_equal(pixels, expected)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == [codes[c] for c in present]
+    classifier = runner.invoke(app, ["predict", str(run), str(series), "--data", str(manifest), "--dicom-out", "x"])
+    assert classifier.exit_code != 0
