@@ -115,7 +115,7 @@ def test_the_device_uid_follows_the_weights_and_unknown_classes_get_a_local_code
 
 
 @pytest.mark.slow
-def test_predict_writes_a_seg_per_dicom_input_from_the_command_line(tmp_path):
+def test_predict_writes_a_seg_per_dicom_input_from_the_command_line(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from medsight.cli.main import app
@@ -146,5 +146,17 @@ def test_predict_writes_a_seg_per_dicom_input_from_the_command_line(tmp_path):
         expected[np.asarray(label_map.array[0]) == code] = number
     np.testing.assert_array_equal(pixels, expected)
     assert [s.SegmentLabel for s in seg.SegmentSequence] == [codes[c] for c in present]
-    classifier = runner.invoke(app, ["predict", str(run), str(series), "--data", str(manifest), "--dicom-out", "x"])
-    assert classifier.exit_code != 0
+    both = runner.invoke(app, ["predict", str(run), str(series), "--data", str(manifest), "--dicom-out", "x"])
+    assert both.exit_code != 0
+
+    import medsight.export.dicom_seg as module
+
+    def refuse(*args, **kwargs):
+        raise InputError("a SEG of multi-frame sources is not written yet")
+
+    monkeypatch.setattr(module, "write_segmentation", refuse)  # one input that cannot have a SEG: the others go on
+    again = runner.invoke(app, ["predict", str(run), str(series), "--out", str(tmp_path / "q.csv"),
+                                "--dicom-out", str(tmp_path / "seg2")])  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert "0 DICOM SEG object(s)" in again.output and "multi-frame sources is not written yet" in again.output
+    assert (tmp_path / "q.csv").is_file()

@@ -212,7 +212,7 @@ def write_segmentations(predictor: Any, table: Any, folder: str | os.PathLike[st
     """A DICOM SEG per DICOM input of a prediction table (``input`` and ``output``: the label map
     :meth:`~medsight.inference.Predictor.predict_files` wrote on its grid) into ``folder``, named
     after the label map; inputs that are not DICOM, or where nothing was found, get none (said in
-    the result and the log).
+    the result and the log), nor do inputs a SEG cannot be written for (the reason is kept).
 
     Raises:
         ConfigError: the model makes no label maps (its task lists no classes).
@@ -237,7 +237,12 @@ def write_segmentations(predictor: Any, table: Any, folder: str | os.PathLike[st
             done.append(SegWritten(str(source), None, "not a DICOM input"))
             continue
         name = Path(str(output)).name.split(".")[0]
-        written = write_segmentation(image, np.asarray(read(output).array[0]), source, classes,
-                                     folder / f"{name}.dcm", algorithm=algorithm)  # fmt: skip
+        try:
+            written = write_segmentation(image, np.asarray(read(output).array[0]), source, classes,
+                                         folder / f"{name}.dcm", algorithm=algorithm)  # fmt: skip
+        except InputError as exc:  # this input cannot have one (e.g. multi-frame); the others still do
+            log.warning("no DICOM SEG for %s: %s", source, exc)
+            done.append(SegWritten(str(source), None, str(exc)))
+            continue
         done.append(SegWritten(str(source), written, "" if written else "no structure predicted"))
     return done
