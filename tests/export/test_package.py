@@ -173,7 +173,17 @@ def test_bad_exports_and_backends_are_refused_with_the_fix(tmp_path, monkeypatch
         Predictor.from_run(tmp_path / "package", backend="onnx")
     monkeypatch.undo()
 
+    weights = tmp_path / "package" / "weights.pt"
+    stored = bytearray(weights.read_bytes())
+    stored[len(stored) // 2] ^= 0xFF  # one byte changed after export
+    weights.write_bytes(bytes(stored))
+    with pytest.raises(InputError, match=r"weights\.pt does not match the checksum"):
+        Predictor.from_run(tmp_path / "package", backend="torch")
     (tmp_path / "package" / "model.onnx").write_bytes(b"not an onnx file")
+    with pytest.raises(InputError, match=r"model\.onnx does not match the checksum"):
+        Predictor.from_run(tmp_path / "package", backend="onnx")
+    facts = json.loads((tmp_path / "package" / "export.json").read_text())
+    (tmp_path / "package" / "export.json").write_text(json.dumps({**facts, "files": {}}))  # nothing recorded
     with pytest.raises(InputError, match="not an ONNX network"):
         Predictor.from_run(tmp_path / "package", backend="onnx")
     (tmp_path / "package" / "model.onnx").unlink()

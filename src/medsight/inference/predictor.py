@@ -172,6 +172,30 @@ def _precision(precision: str, task: Task, run_dir: Path) -> torch.dtype | None:
     return torch.bfloat16 if str(trained).startswith("bf16") else None
 
 
+def check_recorded(folder: Path, name: str) -> None:
+    """Refuse a file of an exported package that no longer matches the SHA-256 its ``export.json``
+    recorded (damaged, or changed after export); files of a run, which records none, pass.
+
+    Raises:
+        InputError: the checksum differs (the file is named, with the fix).
+    """
+    import hashlib
+
+    try:
+        recorded = json.loads((folder / "export.json").read_text()).get("files", {}).get(name)
+    except (OSError, ValueError, AttributeError):
+        return
+    if not recorded or not (folder / name).is_file():
+        return
+    digest = hashlib.sha256()
+    with open(folder / name, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != recorded:
+        raise InputError(f"{folder / name} does not match the checksum its package recorded at export (damaged or "
+                         "changed since): export the run again, or copy the package anew")  # fmt: skip
+
+
 def _use_onnx(backend: str, package: ModelPackage, run_dir: Path, *, weights: str | None, precision: str) -> bool:
     """Whether :meth:`Predictor.from_run` runs the package's ONNX network (see its ``backend``)."""
     from medsight.inference.onnx import onnxruntime_available
@@ -253,6 +277,7 @@ class Predictor:
         except ValidationError as exc:
             raise InputError(f"{run_dir / 'package.json'}: its preprocessing is invalid: {exc}") from exc
         model = task.network(package.model, package.in_channels, preprocess)
+        check_recorded(run_dir, checkpoint.name)
         state = load_checkpoint(checkpoint)  # weights-only: a model file never runs code
         try:
             model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
@@ -274,6 +299,7 @@ class Predictor:
             preprocess = package.preprocessing()
         except ValidationError as exc:
             raise InputError(f"{run_dir / 'package.json'}: its preprocessing is invalid: {exc}") from exc
+        check_recorded(run_dir, str(package.onnx))
         network = OnnxNetwork(run_dir / str(package.onnx))
         return cls(network, task, package, run_dir, preprocess, "fp32", "onnx")
 
