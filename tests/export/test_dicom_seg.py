@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from medsight.core.errors import InputError
-from medsight.io import read, write, write_dicom_series
+from medsight.io import read, write
 from tests.conftest import oblique_direction
 
 hd = pytest.importorskip("highdicom", reason="the export extra is not installed (pip install 'medsight[export]')")
@@ -112,51 +112,3 @@ def test_the_device_uid_follows_the_weights_and_unknown_classes_get_a_local_code
     assert category.value == "85756007" and kind.scheme_designator == "99MEDSIGHT"
     assert kind.meaning == "Left atrial appendage"
     assert segment_concepts("lv")[1].value == "87878005" and segment_concepts("Nodule")[1].value == "27925004"
-
-
-@pytest.mark.slow
-def test_predict_writes_a_seg_per_dicom_input_from_the_command_line(tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    from medsight.cli.main import app
-    from medsight.tasks import ModelPackage
-    from tests.export.runs import trained
-
-    run, data, manifest = trained(tmp_path, "segmentation")
-    nifti = data / "case8.nii.gz"
-    series = tmp_path / "case8_dicom"
-    write_dicom_series(read(nifti), series)
-    runner = CliRunner()
-    result = runner.invoke(app, ["predict", str(run), str(series), str(nifti), "--out", str(tmp_path / "p.csv"),
-                                 "--dicom-out", str(tmp_path / "seg")])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert "DICOM SEG object(s)" in result.output and f"no DICOM SEG for {nifti}: not a DICOM input" in result.output
-    label_map = read(tmp_path / "p_masks" / "case8_dicom_seg.nii.gz")
-    segs = list((tmp_path / "seg").glob("*.dcm"))
-    labels = ModelPackage.load(run).task.labels  # in the run's order: the segments'
-    codes = {code: name for name, code in labels.items()}
-    if not label_map.array.any():  # a one-epoch model may find nothing: then no SEG, and it says so
-        assert segs == [] and "no structure predicted" in result.output
-        return
-    (path,) = segs
-    seg, pixels = _read_back(path, read(series).metadata.sop_uids)
-    present = [c for c in codes if (np.asarray(label_map.array[0]) == c).any()]
-    expected = np.zeros(label_map.spatial_shape, np.uint8)
-    for number, code in enumerate(present, start=1):
-        expected[np.asarray(label_map.array[0]) == code] = number
-    np.testing.assert_array_equal(pixels, expected)
-    assert [s.SegmentLabel for s in seg.SegmentSequence] == [codes[c] for c in present]
-    both = runner.invoke(app, ["predict", str(run), str(series), "--data", str(manifest), "--dicom-out", "x"])
-    assert both.exit_code != 0
-
-    import medsight.export.dicom_seg as module
-
-    def refuse(*args, **kwargs):
-        raise InputError("a SEG of multi-frame sources is not written yet")
-
-    monkeypatch.setattr(module, "write_segmentation", refuse)  # one input that cannot have a SEG: the others go on
-    again = runner.invoke(app, ["predict", str(run), str(series), "--out", str(tmp_path / "q.csv"),
-                                "--dicom-out", str(tmp_path / "seg2")])  # fmt: skip
-    assert again.exit_code == 0, again.output
-    assert "0 DICOM SEG object(s)" in again.output and "multi-frame sources is not written yet" in again.output
-    assert (tmp_path / "q.csv").is_file()

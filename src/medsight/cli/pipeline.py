@@ -242,8 +242,8 @@ def predict_command(
         Path | None,
         typer.Option(
             "--dicom-out",
-            help="Also write each DICOM input's label map as a DICOM SEG into this folder "
-            "(segmentation and detection models; needs the export extra).",
+            help="Also write each DICOM input's results as DICOM into this folder: a measurement report "
+            "(TID 1500 SR), and a SEG of its label map where the model makes one (needs the export extra).",
         ),
     ] = None,
 ) -> None:
@@ -263,11 +263,11 @@ def predict_command(
     check_writable(output, option="--out")  # before any work: a bad --out must not waste the predictions
     repeated = _uncertainty(uncertainty, samples, ensemble)
     predictor = Predictor.from_run(run, precision=precision, backend=backend)  # type: ignore[arg-type]
-    if dicom_out is not None and not predictor.task.label_classes():
-        raise ConfigError(f"the {predictor.package.recipe} model makes no label maps; --dicom-out writes DICOM SEG "
-                          "for segmentation and detection models")  # fmt: skip
+    if dicom_out is not None and predictor.task.spatial_dims == 0:
+        raise ConfigError(f"the {predictor.package.recipe} model reads tables, not images; --dicom-out writes DICOM "
+                          "results that refer to images")  # fmt: skip
     if dicom_out is not None and data is not None:
-        raise typer.BadParameter("--dicom-out writes a SEG per DICOM input file or folder; give files, not --data")
+        raise typer.BadParameter("--dicom-out writes DICOM results per input file or folder; give files, not --data")
     if dicom_out is not None:
         check_writable(dicom_out, option="--dicom-out", file=False)
     masks = output.with_name(f"{output.stem}_masks")  # label maps, for models that make them
@@ -283,12 +283,13 @@ def predict_command(
     if "output" in table:
         out.print(f"wrote {len(table)} label map(s) on the inputs' grids to {masks}/")
     if dicom_out is not None:
-        from medsight.export.dicom_seg import write_segmentations
+        from medsight.export.dicom_results import write_dicom_results
 
-        written = write_segmentations(predictor, table, dicom_out)
-        out.print(f"wrote {sum(w.path is not None for w in written)} DICOM SEG object(s) to {dicom_out}/")
-        for skipped in (w for w in written if w.path is None):
-            err.print(f"no DICOM SEG for {skipped.input}: {skipped.reason}", highlight=False)
+        written = write_dicom_results(predictor, table, dicom_out)
+        segs, reports = sum(w.seg is not None for w in written), sum(w.sr is not None for w in written)
+        out.print(f"wrote {reports} DICOM measurement report(s) and {segs} DICOM SEG object(s) to {dicom_out}/")
+        for note in (w for w in written if w.reason):
+            err.print(f"{note.input}: {note.reason}", highlight=False)
     try:
         grouped = predictor.grouped(table)
     except MedsightError as exc:

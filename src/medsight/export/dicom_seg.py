@@ -27,7 +27,14 @@ from medsight.core.volume import Volume
 from medsight.io.atomic import atomic_file
 from medsight.io.formats import files_under
 
-__all__ = ["Algorithm", "SegWritten", "segment_concepts", "write_segmentation", "write_segmentations"]
+__all__ = [
+    "Algorithm",
+    "contributing_equipment",
+    "highdicom",
+    "segment_concepts",
+    "source_headers",
+    "write_segmentation",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +87,8 @@ class Algorithm:
         return cls(name=name, version=sha[:12], device_uid=str(generate_uid(entropy_srcs=["medsight", name, sha])))
 
 
-def _highdicom() -> Any:
+def highdicom() -> Any:
+    """The highdicom module (ConfigError with the install command where it is missing)."""
     try:
         import highdicom
     except ImportError as exc:
@@ -94,7 +102,7 @@ def segment_concepts(name: str) -> tuple[Any, Any]:
     local code (scheme ``99MEDSIGHT``) holding the name."""
     from pydicom.sr.codedict import codes
 
-    hd = _highdicom()
+    hd = highdicom()
     known = _KNOWN.get(name.strip().lower())
     if known is not None:
         category, kind = (getattr(codes.SCT, n) for n in known)
@@ -103,14 +111,24 @@ def segment_concepts(name: str) -> tuple[Any, Any]:
     return codes.SCT.Tissue, local
 
 
-def _sources(source: Path, sop_uids: Sequence[str]) -> list[Any]:
-    """The headers of the files under ``source`` that the image was read from, in its slice order."""
+def source_headers(image: Volume, source: str | os.PathLike[str]) -> list[Any]:
+    """The headers of the DICOM files under ``source`` that ``image`` was read from, in its slice
+    order (what a SEG or SR refers to).
+
+    Raises:
+        InputError: ``image`` was not read from DICOM, or some of its files are gone.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    source = Path(source)
+    sop_uids = image.metadata.sop_uids
+    if image.metadata.source_format not in ("dicom", "dicom-series") or not sop_uids:
+        raise InputError(f"{source} was not read from DICOM images; DICOM SEG and SR refer to DICOM images (its "
+                         "results stay in the CSV and the label map)")  # fmt: skip
     wanted = set(sop_uids)
     found: dict[str, Any] = {}
-    for path in [source] if source.is_file() else files_under(source):
+    for path in [source] if source.is_file() else files_under(source) if source.is_dir() else []:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, ValueError):
@@ -120,9 +138,23 @@ def _sources(source: Path, sop_uids: Sequence[str]) -> list[Any]:
             found[uid] = ds
     missing = [uid for uid in sop_uids if uid not in found]
     if missing:
-        raise InputError(f"{source}: {len(missing)} of the {len(sop_uids)} images the prediction was made on are no "
-                         "longer there (moved or deleted?); a DICOM SEG must refer to them: predict again")  # fmt: skip
+        raise InputError(
+            f"{source}: {len(missing)} of the {len(sop_uids)} images the prediction was made on are no longer "
+            "there (moved or deleted?); DICOM results must refer to them: predict again"
+        )
     return [found[uid] for uid in sop_uids]
+
+
+def contributing_equipment(algorithm: Algorithm) -> Any:
+    """The model as contributing (processing) equipment, with its device UID (IHE AI Results)."""
+    from pydicom.sr.codedict import codes
+
+    equipment = highdicom().ContributingEquipment(
+        manufacturer="medsight", purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=algorithm.name[:64], software_versions=(__version__, algorithm.version),
+        contribution_description="results of a deep learning model")  # fmt: skip
+    equipment.DeviceUID = algorithm.device_uid
+    return equipment
 
 
 def write_segmentation(
@@ -144,14 +176,14 @@ def write_segmentation(
             that are not ``classes``', or the source images are gone.
         ConfigError: highdicom is not installed.
     """
-    hd = _highdicom()
+    hd = highdicom()
     from pydicom.sr.codedict import codes
 
     source, out = Path(source), Path(out)
     sop_uids = image.metadata.sop_uids
     if image.metadata.source_format not in ("dicom", "dicom-series") or not sop_uids:
-        raise InputError(f"{source} was not read from DICOM images; a DICOM SEG refers to DICOM images (write the "
-                         "label map as NIfTI instead)")  # fmt: skip
+        raise InputError(f"{source} was not read from DICOM images; a DICOM SEG refers to DICOM images (the label "
+                         "map stays as written)")  # fmt: skip
     labels = np.asarray(labels)
     if labels.shape != tuple(image.spatial_shape):
         raise InputError(f"the label map {list(labels.shape)} is not on the grid of {source} "
@@ -179,70 +211,16 @@ def write_segmentation(
             segment_number=number, segment_label=name[:64], segmented_property_category=category,
             segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=identification))  # fmt: skip
-    equipment = hd.ContributingEquipment(manufacturer="medsight", purpose_of_reference=codes.DCM.ProcessingEquipment,
-                                         manufacturer_model_name=algorithm.name[:64],
-                                         software_versions=(__version__, algorithm.version),
-                                         contribution_description="segmentation by a deep learning model")  # fmt: skip
-    equipment.DeviceUID = algorithm.device_uid
     seg = hd.seg.Segmentation(
-        source_images=_sources(source, sop_uids), pixel_array=numbered,
+        source_images=source_headers(image, source), pixel_array=numbered,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
         series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer="medsight", manufacturer_model_name=algorithm.name[:64], software_versions=__version__,
         device_serial_number=algorithm.version, series_description=f"{algorithm.name} segmentation"[:64],
         content_label="MEDSIGHT", content_description=f"{algorithm.name} {algorithm.version}"[:64],
-        omit_empty_frames=True, contributing_equipment=[equipment],
+        omit_empty_frames=True, contributing_equipment=[contributing_equipment(algorithm)],
     )  # fmt: skip
     with atomic_file(out) as tmp:
         seg.save_as(tmp, enforce_file_format=True)
     log.info("%s: DICOM SEG of %d segment(s) written to %s", source, len(present), out)
     return out
-
-
-@dataclass(frozen=True)
-class SegWritten:
-    """What :func:`write_segmentations` did for one input."""
-
-    input: str
-    path: Path | None  # the SEG written (None: none was)
-    reason: str = ""  # why none was: no structure predicted, or the input is not DICOM
-
-
-def write_segmentations(predictor: Any, table: Any, folder: str | os.PathLike[str]) -> list[SegWritten]:
-    """A DICOM SEG per DICOM input of a prediction table (``input`` and ``output``: the label map
-    :meth:`~medsight.inference.Predictor.predict_files` wrote on its grid) into ``folder``, named
-    after the label map; inputs that are not DICOM, or where nothing was found, get none (said in
-    the result and the log), nor do inputs a SEG cannot be written for (the reason is kept).
-
-    Raises:
-        ConfigError: the model makes no label maps (its task lists no classes).
-    """
-    from medsight.io import read
-
-    classes = predictor.task.label_classes()
-    if not classes or "output" not in table:
-        raise ConfigError(f"the {predictor.package.recipe} model makes no label maps; DICOM SEG is written for "
-                          "segmentation and detection models")  # fmt: skip
-    package = predictor.package
-    weights = predictor.run_dir / package.weights
-    hashed = weights if weights.is_file() else predictor.run_dir / str(package.onnx)
-    algorithm = Algorithm.of_weights(package.recipe, hashed)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    done = []
-    for source, output in zip(table["input"], table["output"], strict=True):
-        image = read(source)
-        if image.metadata.source_format not in ("dicom", "dicom-series"):
-            log.warning("%s is not DICOM: no DICOM SEG (its label map is %s)", source, output)
-            done.append(SegWritten(str(source), None, "not a DICOM input"))
-            continue
-        name = Path(str(output)).name.split(".")[0]
-        try:
-            written = write_segmentation(image, np.asarray(read(output).array[0]), source, classes,
-                                         folder / f"{name}.dcm", algorithm=algorithm)  # fmt: skip
-        except InputError as exc:  # this input cannot have one (e.g. multi-frame); the others still do
-            log.warning("no DICOM SEG for %s: %s", source, exc)
-            done.append(SegWritten(str(source), None, str(exc)))
-            continue
-        done.append(SegWritten(str(source), written, "" if written else "no structure predicted"))
-    return done

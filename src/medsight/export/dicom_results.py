@@ -1,0 +1,80 @@
+"""A prediction's results as DICOM objects beside each DICOM input: a SEG of its label map (for
+models that make one, when something was found) and a TID 1500 measurement report (always; it
+refers to the SEG when there is one). What ``medsight predict --dicom-out`` writes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medsight.core.errors import InputError
+from medsight.export.dicom_seg import Algorithm, write_segmentation
+from medsight.export.dicom_sr import write_measurement_report
+
+__all__ = ["DicomResults", "algorithm_of", "write_dicom_results"]
+
+log = logging.getLogger(__name__)
+
+_NOT_FIGURES = ("input", "output", "case_id", "patient_id")
+
+
+@dataclass(frozen=True)
+class DicomResults:
+    """What :func:`write_dicom_results` wrote for one input."""
+
+    input: str
+    seg: Path | None  # None: no label map, nothing found, or not writable (``reason``)
+    sr: Path | None  # None: the input is not DICOM, or its images are gone (``reason``)
+    reason: str = ""
+
+
+def algorithm_of(predictor: Any) -> Algorithm:
+    """The predictor's model as the DICOM objects name it: its recipe, and its weights' hash (the
+    ONNX network's where a package has no weights)."""
+    package = predictor.package
+    weights = predictor.run_dir / package.weights
+    hashed = weights if weights.is_file() else predictor.run_dir / str(package.onnx)
+    return Algorithm.of_weights(package.recipe, hashed)
+
+
+def write_dicom_results(predictor: Any, table: Any, folder: str | os.PathLike[str]) -> list[DicomResults]:
+    """Write ``<name>_seg.dcm`` and ``<name>_sr.dcm`` per DICOM input of a prediction table (the rows
+    :meth:`~medsight.inference.Predictor.predict_files` returns: ``input``, the label map ``output``
+    for models that make one, and the figures) into ``folder``. An input that is not DICOM, or whose
+    objects cannot be written, is skipped with the reason (in the result and the log); the others
+    go on."""
+    from medsight.io import read
+
+    classes = predictor.task.label_classes()
+    algorithm = algorithm_of(predictor)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    done = []
+    for index, row in table.reset_index(drop=True).iterrows():
+        source = str(row["input"])
+        image = read(source)
+        if image.metadata.source_format not in ("dicom", "dicom-series"):
+            log.warning("%s is not DICOM: no DICOM results (they are in the CSV)", source)
+            done.append(DicomResults(source, None, None, "not a DICOM input"))
+            continue
+        name = f"{index:04d}_{Path(source).name.split('.')[0] or 'input'}"
+        figures = {k: v for k, v in row.items() if k not in _NOT_FIGURES and isinstance(v, int | float | np.number)}
+        seg, reason = None, ""
+        try:
+            if classes and isinstance(row.get("output"), str):
+                seg = write_segmentation(image, np.asarray(read(row["output"]).array[0]), source, classes,
+                                         folder / f"{name}_seg.dcm", algorithm=algorithm)  # fmt: skip
+                reason = "" if seg else "nothing found: a report without a SEG"
+            sr = write_measurement_report(image, source, folder / f"{name}_sr.dcm", algorithm=algorithm,
+                                          figures=figures, segmentation=seg)  # fmt: skip
+        except InputError as exc:  # this input cannot have them (e.g. multi-frame, sources gone); others go on
+            log.warning("no DICOM results for %s: %s", source, exc)
+            done.append(DicomResults(source, seg, None, str(exc)))
+            continue
+        done.append(DicomResults(source, seg, sr, reason))
+    return done

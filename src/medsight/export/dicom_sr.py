@@ -1,0 +1,135 @@
+"""DICOM Comprehensive 3D SR (TID 1500 measurement report) of a prediction, written with highdicom.
+
+One report per DICOM input: the model as the observing device (its device UID, name and
+manufacturer), and
+
+- per segment of the input's DICOM SEG (when the model made one): a volumetric ROI group that
+  refers to the segment, typed by its coded concept, with its volume in cm3 counted from the SEG;
+- one group for the whole image with every figure of the prediction (probabilities, volumes per
+  structure, candidates...), each a measurement coded by its column name (local scheme
+  ``99MEDSIGHT``) with its unit (cm3 for ``*_ml``, no units otherwise).
+
+A negative study (nothing segmented) gets its report without a SEG: the figures say what was
+measured. Reports are COMPLETE and UNVERIFIED (an algorithm's result, no one signed it).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medsight.core.errors import InputError
+from medsight.core.volume import Volume
+from medsight.export.dicom_seg import Algorithm, contributing_equipment, highdicom, source_headers
+from medsight.io.atomic import atomic_file
+
+__all__ = ["write_measurement_report"]
+
+log = logging.getLogger(__name__)
+
+
+def _code(name: str) -> Any:
+    return highdicom().sr.CodedConcept(value=name[:16], scheme_designator="99MEDSIGHT", meaning=name[:64])
+
+
+def _unit(name: str) -> Any:
+    from pydicom.sr.codedict import codes
+
+    return codes.UCUM.CubicCentimeter if name.endswith("_ml") or "_ml_" in name else codes.UCUM.NoUnits
+
+
+def _segment_volumes(seg: Any, sop_uids: tuple[str, ...], voxel_ml: float) -> dict[int, float]:
+    """Each segment's volume (cm3) counted from the SEG's own pixels on the source images' grid."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # highdicom's notes on the source's person names
+        pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=list(sop_uids), combine_segments=False)
+    numbers = [int(s.SegmentNumber) for s in seg.SegmentSequence]
+    return {n: float(pixels[..., k].astype(bool).sum()) * voxel_ml for k, n in enumerate(numbers)}
+
+
+def write_measurement_report(
+    image: Volume,
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    algorithm: Algorithm,
+    figures: Mapping[str, float],
+    segmentation: str | os.PathLike[str] | None = None,
+    series_number: int = 901,
+) -> Path:
+    """Write the TID 1500 report of one DICOM input (``image``, read from ``source``) to ``out``:
+    ``figures`` (name -> value; non-finite values are left out) for the whole image, and a group per
+    segment of ``segmentation`` (the input's DICOM SEG, if one was written). Returns ``out``.
+
+    Raises:
+        InputError: ``image`` was not read from DICOM, its source images are gone, or
+            ``segmentation`` is not a SEG of them.
+        ConfigError: highdicom is not installed.
+    """
+    hd = highdicom()
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    source, out = Path(source), Path(out)
+    sources = source_headers(image, source)
+    identification = hd.sr.AlgorithmIdentification(name=algorithm.name[:64], version=algorithm.version)
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=algorithm.device_uid, name=algorithm.name[:64], manufacturer_name="medsight",
+            model_name=algorithm.name[:64]),
+    )  # fmt: skip
+    groups: list[Any] = []
+    evidence = list(sources)
+    if segmentation is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            seg = hd.seg.segread(segmentation)
+        referenced = {str(r.ReferencedSOPInstanceUID) for item in seg.ReferencedSeriesSequence
+                      for r in item.ReferencedInstanceSequence}  # fmt: skip
+        if not referenced <= set(image.metadata.sop_uids):
+            raise InputError(f"{segmentation} is not a DICOM SEG of the images under {source}")
+        spacing = image.geometry.spacing
+        volumes = _segment_volumes(seg, image.metadata.sop_uids, float(np.prod(spacing)) / 1000.0)
+        for item in seg.SegmentSequence:
+            number = int(item.SegmentNumber)
+            referenced_segment = hd.sr.ReferencedSegment(
+                sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
+                source_series=hd.sr.SourceSeriesForSegmentation(str(sources[0].SeriesInstanceUID)))  # fmt: skip
+            volume = hd.sr.Measurement(name=codes.SCT.Volume, value=round(volumes[number], 4),
+                                       unit=codes.UCUM.CubicCentimeter, algorithm_id=identification)  # fmt: skip
+            groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=str(item.SegmentLabel)),
+                referenced_segment=referenced_segment,
+                finding_type=hd.sr.CodedConcept.from_dataset(item.SegmentedPropertyTypeCodeSequence[0]),
+                algorithm_id=identification, measurements=[volume]))  # fmt: skip
+        evidence.append(pydicom.dcmread(segmentation, stop_before_pixels=True))
+    measured = [
+        hd.sr.Measurement(name=_code(name), value=float(value), unit=_unit(name), algorithm_id=identification)
+        for name, value in figures.items()
+        if isinstance(value, int | float | np.number) and math.isfinite(float(value))
+    ]
+    if measured or not groups:
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="whole image"),
+            algorithm_id=identification, measurements=measured or None))  # fmt: skip
+    modality = str(sources[0].get("Modality", ""))
+    procedure = codes.LN.CTUnspecifiedBodyRegion if modality == "CT" else codes.SCT.ImagingProcedure
+    report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_device_context=device),
+                                     procedure_reported=procedure, imaging_measurements=groups)  # fmt: skip
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence, content=report, series_instance_uid=hd.UID(), series_number=series_number,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="medsight", is_complete=True,
+        series_description=f"{algorithm.name} results"[:64], contributing_equipment=[contributing_equipment(algorithm)],
+    )  # fmt: skip
+    with atomic_file(out) as tmp:
+        sr.save_as(tmp, enforce_file_format=True)
+    log.info("%s: measurement report (%d group(s)) written to %s", source, len(groups), out)
+    return out

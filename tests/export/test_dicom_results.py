@@ -1,0 +1,182 @@
+"""TID 1500 measurement reports and the DICOM results of `medsight predict --dicom-out`: the report
+refers to the SEG's segments with their volumes counted from it, carries the prediction's figures
+and the model as observing device, validates with dciodvfy; a negative study gets a report alone;
+a classifier's DICOM input gets a report of its probabilities; bad inputs are named and skipped."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medsight.core.errors import InputError
+from medsight.io import read, write_dicom_series
+from tests.export.test_dicom_seg import BRATS, _dciodvfy, _labels
+
+hd = pytest.importorskip("highdicom", reason="the export extra is not installed (pip install 'medsight[export]')")
+from medsight.export.dicom_seg import Algorithm, write_segmentation  # noqa: E402
+from medsight.export.dicom_sr import write_measurement_report  # noqa: E402
+
+
+@pytest.fixture
+def algorithm(tmp_path) -> Algorithm:
+    (tmp_path / "weights.pt").write_bytes(b"some weights")
+    return Algorithm.of_weights("brain-tumor-seg", tmp_path / "weights.pt")
+
+
+def _report(path: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return hd.sr.srread(path)
+
+
+def _figures(sr) -> dict[str, float]:
+    (whole,) = sr.content.get_image_measurement_groups()
+    return {m.name.meaning: m.value for m in whole.get_measurements()}
+
+
+def test_a_report_refers_to_each_segment_with_its_volume(make_series, tmp_path, algorithm):
+    folder, _ = make_series(shape=(6, 16, 14), spacing=(2.0, 0.5, 0.25))
+    image = read(folder)
+    labels = _labels(image.spatial_shape)
+    seg_path = write_segmentation(image, labels, folder, BRATS, tmp_path / "seg.dcm", algorithm=algorithm)
+    figures = {"volume_ml_WT": 0.123, "prob_tumour": 0.8, "broken": float("nan")}
+    path = write_measurement_report(image, folder, tmp_path / "sr.dcm", algorithm=algorithm, figures=figures,
+                                    segmentation=seg_path)  # fmt: skip
+    sr = _report(path)
+    seg = hd.seg.segread(seg_path)
+    voxel_ml = 2.0 * 0.5 * 0.25 / 1000
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert [str(g.tracking_identifier) for g in groups] == ["NCR", "ET"]
+    for number, (group, code) in enumerate(zip(groups, (1, 4), strict=True), start=1):
+        (reference,) = group.referenced_segment[0].ReferencedSOPSequence
+        assert reference.ReferencedSOPInstanceUID == seg.SOPInstanceUID and reference.ReferencedSegmentNumber == number
+        (volume,) = group.get_measurements()
+        assert volume.name.value == "118565006" and volume.unit.value == "cm3"
+        assert volume.value == pytest.approx((labels == code).sum() * voxel_ml, abs=1e-4)  # counted from the SEG
+    assert group.finding_type.value == "108369006"  # ET: neoplasm
+    assert _figures(sr) == pytest.approx({"volume_ml_WT": 0.123, "prob_tumour": 0.8})  # NaN left out
+    (observer,) = sr.content.get_observer_contexts()
+    assert observer.observer_type.value == "121007"  # a device
+    uids = [str(item.value) for item in observer.observer_identifying_attributes if item.name.value == "121012"]
+    assert uids == [algorithm.device_uid]
+    assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
+    source = read(folder).metadata
+    assert sr.StudyInstanceUID == source.study_uid and sr.SeriesInstanceUID not in (
+        source.series_uid,
+        seg.SeriesInstanceUID,
+    )
+    evidence = {r.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in s.ReferencedSeriesSequence for r in series.ReferencedSOPSequence}  # fmt: skip
+    assert evidence == {*source.sop_uids, seg.SOPInstanceUID}
+    assert _dciodvfy(path) == []
+
+
+def test_a_negative_study_gets_a_report_without_a_seg(make_series, tmp_path, algorithm):
+    folder, _ = make_series(shape=(4, 8, 8))
+    image = read(folder)
+    path = write_measurement_report(image, folder, tmp_path / "sr.dcm", algorithm=algorithm,
+                                    figures={"volume_ml_WT": 0.0})  # fmt: skip
+    sr = _report(path)
+    assert sr.content.get_volumetric_roi_measurement_groups() == [] and _figures(sr) == {"volume_ml_WT": 0.0}
+    assert _dciodvfy(path) == []
+    other, _ = make_series("other", shape=(4, 8, 8), seed=3)
+    labels = np.zeros(read(other).spatial_shape, np.uint8)
+    labels[1, 2:4, 2:4] = 1
+    seg = write_segmentation(read(other), labels, other, BRATS, tmp_path / "other.dcm", algorithm=algorithm)
+    with pytest.raises(InputError, match="not a DICOM SEG of the images"):
+        write_measurement_report(image, folder, tmp_path / "bad.dcm", algorithm=algorithm, figures={}, segmentation=seg)
+    assert not (tmp_path / "bad.dcm").exists()
+
+
+@pytest.mark.slow
+def test_predict_writes_dicom_results_per_dicom_input_from_the_command_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from medsight.cli.main import app
+    from medsight.tasks import ModelPackage
+    from tests.export.runs import trained
+
+    run, data, manifest = trained(tmp_path, "segmentation")
+    nifti = data / "case8.nii.gz"
+    series = tmp_path / "case8_dicom"
+    write_dicom_series(read(nifti), series)
+    runner = CliRunner()
+    out = tmp_path / "dicom"
+    result = runner.invoke(app, ["predict", str(run), str(series), str(nifti), "--out", str(tmp_path / "p.csv"),
+                                 "--dicom-out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "DICOM measurement report(s)" in result.output and f"{nifti}: not a DICOM input" in result.output
+    label_map = np.asarray(read(tmp_path / "p_masks" / "case8_dicom_seg.nii.gz").array[0])
+    (report,) = out.glob("*_sr.dcm")
+    predicted = pd.read_csv(tmp_path / "p.csv").iloc[0]
+    assert _figures(_report(report)) == pytest.approx(
+        {k: predicted[k] for k in predicted.index if k.startswith("volume")}
+    )
+    segs = list(out.glob("*_seg.dcm"))
+    labels = ModelPackage.load(run).task.labels  # in the run's order: the segments'
+    present = [code for code in labels.values() if (label_map == code).any()]
+    if not present:  # a one-epoch model may find nothing: a report alone, and it says so
+        assert segs == [] and "a report without a SEG" in result.output
+    else:
+        (seg_path,) = segs
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            seg = hd.seg.segread(seg_path)
+            pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=list(read(series).metadata.sop_uids),
+                                                       combine_segments=True)  # fmt: skip
+        expected = np.zeros(label_map.shape, np.uint8)
+        for number, code in enumerate(present, start=1):
+            expected[label_map == code] = number
+        np.testing.assert_array_equal(pixels, expected)
+        names = {code: name for name, code in labels.items()}
+        assert [s.SegmentLabel for s in seg.SegmentSequence] == [names[c] for c in present]
+    both = runner.invoke(app, ["predict", str(run), str(series), "--data", str(manifest), "--dicom-out", "x"])
+    assert both.exit_code != 0
+
+    import medsight.export.dicom_results as module
+
+    def refuse(*args, **kwargs):
+        raise InputError("a SEG of multi-frame sources is not written yet")
+
+    monkeypatch.setattr(module, "write_segmentation", refuse)  # one input that cannot have them: the others go on
+    again = runner.invoke(app, ["predict", str(run), str(series), str(series), "--out", str(tmp_path / "q.csv"),
+                                "--dicom-out", str(tmp_path / "again")])  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert "multi-frame sources is not written yet" in again.output and (tmp_path / "q.csv").is_file()
+
+
+@pytest.mark.slow
+def test_a_classifier_reports_its_probabilities_for_a_dicom_image(tmp_path, testdata):
+    from typer.testing import CliRunner
+
+    from medsight.cli.main import app
+    from tests.export.runs import trained
+
+    run, _, _ = trained(tmp_path, "binary")
+    ct = testdata("CT_small.dcm")
+    result = CliRunner().invoke(app, ["predict", str(run), ct, "--out", str(tmp_path / "p.csv"),
+                                      "--dicom-out", str(tmp_path / "dicom")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "1 DICOM measurement report(s) and 0 DICOM SEG" in result.output
+    (report,) = (tmp_path / "dicom").glob("*_sr.dcm")
+    predicted = pd.read_csv(tmp_path / "p.csv").iloc[0]
+    probabilities = {k: predicted[k] for k in predicted.index if k.startswith("prob")}
+    assert probabilities and _figures(_report(report)) == pytest.approx(probabilities)
+    assert _dciodvfy(report) == []
+
+
+@pytest.mark.slow
+def test_a_model_of_tables_is_refused_dicom_results(tmp_path):
+    from typer.testing import CliRunner
+
+    from medsight.cli.main import app
+    from tests.export.runs import trained
+
+    run, _, manifest = trained(tmp_path, "risk")
+    result = CliRunner().invoke(app, ["predict", str(run), str(manifest), "--dicom-out", str(tmp_path / "dicom")])
+    assert result.exit_code == 1 and "reads tables, not images" in result.output
+    assert not (tmp_path / "dicom").exists()
