@@ -218,6 +218,7 @@ def test_export_and_predict_from_the_command_line(tmp_path):
     assert wrong.exit_code == 1 and "--format must be onnx or torch" in wrong.output
     typo = runner.invoke(app, ["predict", str(package), str(files[0]), "--backend", "onx"])
     assert typo.exit_code == 1 and "backend must be auto, torch or onnx" in typo.output
-    dicom = runner.invoke(app, ["predict", str(package), str(files[0]), "--dicom-out", str(tmp_path / "dicom")])
+    dicom = runner.invoke(app, ["predict", str(package), str(files[0]), "--out", str(tmp_path / "d.csv"),
+                                "--dicom-out", str(tmp_path / "dicom")])  # fmt: skip
     assert dicom.exit_code == 0 and f"{files[0]}: not a DICOM input" in dicom.output  # a PNG: the CSV only
     assert list((tmp_path / "dicom").iterdir()) == []
