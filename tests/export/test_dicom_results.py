@@ -136,6 +136,11 @@ def test_predict_writes_dicom_results_per_dicom_input_from_the_command_line(tmp_
         assert [s.SegmentLabel for s in seg.SegmentSequence] == [names[c] for c in present]
     both = runner.invoke(app, ["predict", str(run), str(series), "--data", str(manifest), "--dicom-out", "x"])
     assert both.exit_code != 0
+    (tmp_path / "a_file").write_text("")
+    onto_a_file = runner.invoke(app, ["predict", str(run), str(series), "--out", str(tmp_path / "f.csv"),
+                                      "--dicom-out", str(tmp_path / "a_file")])  # fmt: skip
+    assert onto_a_file.exit_code == 1 and "is a file; give a folder" in onto_a_file.output
+    assert not (tmp_path / "f.csv").exists()  # refused before predicting
 
     import medsight.export.dicom_results as module
 

@@ -269,6 +269,8 @@ def predict_command(
     if dicom_out is not None and data is not None:
         raise typer.BadParameter("--dicom-out writes DICOM results per input file or folder; give files, not --data")
     if dicom_out is not None:
+        if dicom_out.exists() and not dicom_out.is_dir():
+            raise InputError(f"--dicom-out {dicom_out} is a file; give a folder for the DICOM results")
         check_writable(dicom_out, option="--dicom-out", file=False)
     masks = output.with_name(f"{output.stem}_masks")  # label maps, for models that make them
     with progress_bar() as progress:

@@ -53,7 +53,12 @@ def write_dicom_results(predictor: Any, table: Any, folder: str | os.PathLike[st
     classes = predictor.task.label_classes()
     algorithm = algorithm_of(predictor)
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"cannot make the folder {folder} for the DICOM results ({exc.strerror}); give another"
+        ) from exc
     done = []
     for index, row in table.reset_index(drop=True).iterrows():
         source = str(row["input"])
