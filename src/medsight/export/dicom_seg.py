@@ -11,10 +11,10 @@ Results). A prediction with no structure at all writes no SEG: the result is rep
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,12 @@ import numpy as np
 from medsight import __version__
 from medsight.core.errors import ConfigError, InputError
 from medsight.core.volume import Volume
-from medsight.io.atomic import atomic_file
+from medsight.io.atomic import atomic_file, file_sha256
 from medsight.io.formats import files_under
 
 __all__ = [
     "Algorithm",
+    "built_from",
     "contributing_equipment",
     "highdicom",
     "segment_concepts",
@@ -79,11 +80,7 @@ class Algorithm:
         """The algorithm whose weights are the file ``weights`` (hashed: its version and device UID)."""
         from pydicom.uid import generate_uid
 
-        digest = hashlib.sha256()
-        with open(weights, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        sha = digest.hexdigest()
+        sha = file_sha256(weights)
         return cls(name=name, version=sha[:12], device_uid=str(generate_uid(entropy_srcs=["medsight", name, sha])))
 
 
@@ -126,6 +123,9 @@ def source_headers(image: Volume, source: str | os.PathLike[str]) -> list[Any]:
     if image.metadata.source_format not in ("dicom", "dicom-series") or not sop_uids:
         raise InputError(f"{source} was not read from DICOM images; DICOM SEG and SR refer to DICOM images (its "
                          "results stay in the CSV and the label map)")  # fmt: skip
+    if image.metadata.frame_times_ms:
+        raise InputError(f"{source} is a multi-frame cine; DICOM results referring to its frames are not written "
+                         "yet (its results stay in the CSV)")  # fmt: skip
     wanted = set(sop_uids)
     found: dict[str, Any] = {}
     for path in [source] if source.is_file() else files_under(source) if source.is_dir() else []:
@@ -143,6 +143,19 @@ def source_headers(image: Volume, source: str | os.PathLike[str]) -> list[Any]:
             "there (moved or deleted?); DICOM results must refer to them: predict again"
         )
     return [found[uid] for uid in sop_uids]
+
+
+@contextmanager
+def built_from(source: Path, what: str) -> Iterator[None]:
+    """Turn highdicom's refusal of a source's headers (a missing patient or study attribute, an
+    inconsistent series) into an InputError naming the source; our own bugs still surface."""
+    try:
+        yield
+    except (AttributeError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f"cannot write a DICOM {what} for {source}: its headers do not allow it "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})"
+        ) from exc
 
 
 def contributing_equipment(algorithm: Algorithm) -> Any:
@@ -211,15 +224,17 @@ def write_segmentation(
             segment_number=number, segment_label=name[:64], segmented_property_category=category,
             segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=identification))  # fmt: skip
-    seg = hd.seg.Segmentation(
-        source_images=source_headers(image, source), pixel_array=numbered,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1,
-        manufacturer="medsight", manufacturer_model_name=algorithm.name[:64], software_versions=__version__,
-        device_serial_number=algorithm.version, series_description=f"{algorithm.name} segmentation"[:64],
-        content_label="MEDSIGHT", content_description=f"{algorithm.name} {algorithm.version}"[:64],
-        omit_empty_frames=True, contributing_equipment=[contributing_equipment(algorithm)],
-    )  # fmt: skip
+    sources = source_headers(image, source)
+    with built_from(source, "SEG"):
+        seg = hd.seg.Segmentation(
+            source_images=sources, pixel_array=numbered,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1,
+            manufacturer="medsight", manufacturer_model_name=algorithm.name[:64], software_versions=__version__,
+            device_serial_number=algorithm.version, series_description=f"{algorithm.name} segmentation"[:64],
+            content_label="MEDSIGHT", content_description=f"{algorithm.name} {algorithm.version}"[:64],
+            omit_empty_frames=True, contributing_equipment=[contributing_equipment(algorithm)],
+        )  # fmt: skip
     with atomic_file(out) as tmp:
         seg.save_as(tmp, enforce_file_format=True)
     log.info("%s: DICOM SEG of %d segment(s) written to %s", source, len(present), out)

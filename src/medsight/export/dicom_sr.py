@@ -27,7 +27,7 @@ import numpy as np
 
 from medsight.core.errors import InputError
 from medsight.core.volume import Volume
-from medsight.export.dicom_seg import Algorithm, contributing_equipment, highdicom, source_headers
+from medsight.export.dicom_seg import Algorithm, built_from, contributing_equipment, highdicom, source_headers
 from medsight.io.atomic import atomic_file
 
 __all__ = ["write_measurement_report"]
@@ -124,11 +124,13 @@ def write_measurement_report(
     procedure = codes.LN.CTUnspecifiedBodyRegion if modality == "CT" else codes.SCT.ImagingProcedure
     report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_device_context=device),
                                      procedure_reported=procedure, imaging_measurements=groups)  # fmt: skip
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=evidence, content=report, series_instance_uid=hd.UID(), series_number=series_number,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="medsight", is_complete=True,
-        series_description=f"{algorithm.name} results"[:64], contributing_equipment=[contributing_equipment(algorithm)],
-    )  # fmt: skip
+    with built_from(source, "SR"):
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=evidence, content=report, series_instance_uid=hd.UID(), series_number=series_number,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="medsight", is_complete=True,
+            series_description=f"{algorithm.name} results"[:64],
+            contributing_equipment=[contributing_equipment(algorithm)],
+        )  # fmt: skip
     with atomic_file(out) as tmp:
         sr.save_as(tmp, enforce_file_format=True)
     log.info("%s: measurement report (%d group(s)) written to %s", source, len(groups), out)

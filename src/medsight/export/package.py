@@ -12,7 +12,6 @@ and its report page (which shows test images) stay in the run: a package carries
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ from torch import nn
 from medsight import __version__
 from medsight.core.errors import ConfigError, InputError, MedsightError
 from medsight.inference import Predictor
-from medsight.io.atomic import atomic_dir
+from medsight.io.atomic import atomic_dir, file_sha256
 from medsight.tasks import ModelPackage
 
 __all__ = ["ExportedPackage", "export_network", "export_package"]
@@ -112,14 +111,6 @@ def _parity(model: nn.Module, onnx_path: Path, example: torch.Tensor) -> float:
         raise MedsightError(f"the ONNX network's outputs differ from PyTorch's by {difference:.2g} (relative; "
                             f"allowed {_TOLERANCE:g}); export it with --format torch")  # fmt: skip
     return difference
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str | None]:
@@ -247,7 +238,7 @@ def export_package(
         package.model_copy(update={"weights": WEIGHTS_FILE, "onnx": ONNX_FILE if example is not None else None}).save(
             tmp
         )
-        files = {name: _sha256(tmp / name) for name in (WEIGHTS_FILE, ONNX_FILE) if (tmp / name).is_file()}
+        files = {name: file_sha256(tmp / name) for name in (WEIGHTS_FILE, ONNX_FILE) if (tmp / name).is_file()}
         facts: dict[str, Any] = {
             "format": format, "exported_from": str(run.resolve()), "weights": weights or "best",
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),

@@ -32,7 +32,7 @@ from medsight.data.manifest import Manifest
 from medsight.inference.calibration import apply_temperatures, load_temperatures
 from medsight.inference.uncertainty import Uncertainty, combine, sampled_models, spreads, training_augmentation
 from medsight.io import detect_format, read, write
-from medsight.io.atomic import full_suffix
+from medsight.io.atomic import file_sha256, full_suffix
 from medsight.io.formats import files_under
 from medsight.models import load_checkpoint
 from medsight.tasks import ModelPackage, Prediction, Task, TaskData
@@ -179,21 +179,22 @@ def check_recorded(folder: Path, name: str) -> None:
     Raises:
         InputError: the checksum differs (the file is named, with the fix).
     """
-    import hashlib
-
     try:
         recorded = json.loads((folder / "export.json").read_text()).get("files", {}).get(name)
     except (OSError, ValueError, AttributeError):
         return
     if not recorded or not (folder / name).is_file():
         return
-    digest = hashlib.sha256()
-    with open(folder / name, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != recorded:
+    if file_sha256(folder / name) != recorded:
         raise InputError(f"{folder / name} does not match the checksum its package recorded at export (damaged or "
                          "changed since): export the run again, or copy the package anew")  # fmt: skip
+
+
+def _preprocessing(package: ModelPackage, run_dir: Path) -> BaseModel:
+    try:
+        return package.preprocessing()
+    except ValidationError as exc:
+        raise InputError(f"{run_dir / 'package.json'}: its preprocessing is invalid: {exc}") from exc
 
 
 def _use_onnx(backend: str, package: ModelPackage, run_dir: Path, *, weights: str | None, precision: str) -> bool:
@@ -271,11 +272,7 @@ class Predictor:
         checkpoint = run_dir / (f"{weights}.pt" if weights else package.weights)
         if not checkpoint.is_file():
             raise InputError(f"{checkpoint} does not exist (training did not finish an epoch?)")
-        task = package.task_object()
-        try:
-            preprocess = package.preprocessing()
-        except ValidationError as exc:
-            raise InputError(f"{run_dir / 'package.json'}: its preprocessing is invalid: {exc}") from exc
+        task, preprocess = package.task_object(), _preprocessing(package, run_dir)
         model = task.network(package.model, package.in_channels, preprocess)
         check_recorded(run_dir, checkpoint.name)
         state = load_checkpoint(checkpoint)  # weights-only: a model file never runs code
@@ -294,11 +291,7 @@ class Predictor:
     def _from_onnx(cls, run_dir: Path, package: ModelPackage) -> Predictor:
         from medsight.inference.onnx import OnnxNetwork
 
-        task = package.task_object()
-        try:
-            preprocess = package.preprocessing()
-        except ValidationError as exc:
-            raise InputError(f"{run_dir / 'package.json'}: its preprocessing is invalid: {exc}") from exc
+        task, preprocess = package.task_object(), _preprocessing(package, run_dir)
         check_recorded(run_dir, str(package.onnx))
         network = OnnxNetwork(run_dir / str(package.onnx))
         return cls(network, task, package, run_dir, preprocess, "fp32", "onnx")

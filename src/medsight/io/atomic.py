@@ -10,6 +10,7 @@ the umask gives, like every other tool (``mkdtemp`` alone would make them 0700).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from medsight.core.errors import InputError
 
-__all__ = ["atomic_dir", "atomic_file", "check_writable", "full_suffix", "remove_stale_temporaries"]
+__all__ = ["atomic_dir", "atomic_file", "check_writable", "file_sha256", "full_suffix", "remove_stale_temporaries"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,15 @@ def _sweep_once(folder: Path) -> None:
     if key not in _swept:
         _swept.add(key)
         remove_stale_temporaries(folder)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def full_suffix(path: str | os.PathLike[str]) -> str:
