@@ -107,7 +107,7 @@ def test_predict_writes_dicom_results_per_dicom_input_from_the_command_line(tmp_
     runner = CliRunner()
     out = tmp_path / "dicom"
     result = runner.invoke(app, ["predict", str(run), str(series), str(nifti), "--out", str(tmp_path / "p.csv"),
-                                 "--dicom-out", str(out)])  # fmt: skip
+                                 "--dicom-out", str(out), "--dicom-overlay"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "DICOM measurement report(s)" in result.output and f"{nifti}: not a DICOM input" in result.output
     label_map = np.asarray(read(tmp_path / "p_masks" / "case8_dicom_seg.nii.gz").array[0])
@@ -119,9 +119,11 @@ def test_predict_writes_dicom_results_per_dicom_input_from_the_command_line(tmp_
     segs = list(out.glob("*_seg.dcm"))
     labels = ModelPackage.load(run).task.labels  # in the run's order: the segments'
     present = [code for code in labels.values() if (label_map == code).any()]
+    overlays = list(out.glob("*_overlay.dcm"))
     if not present:  # a one-epoch model may find nothing: a report alone, and it says so
-        assert segs == [] and "a report without a SEG" in result.output
+        assert segs == [] == overlays and "a report without a SEG" in result.output
     else:
+        assert len(overlays) == 1 and "1 overlay(s)" in result.output
         (seg_path,) = segs
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -136,6 +138,8 @@ def test_predict_writes_dicom_results_per_dicom_input_from_the_command_line(tmp_
         assert [s.SegmentLabel for s in seg.SegmentSequence] == [names[c] for c in present]
     both = runner.invoke(app, ["predict", str(run), str(series), "--data", str(manifest), "--dicom-out", "x"])
     assert both.exit_code != 0
+    alone = runner.invoke(app, ["predict", str(run), str(series), "--out", str(tmp_path / "o.csv"), "--dicom-overlay"])
+    assert alone.exit_code != 0 and "--dicom-out" in alone.output and not (tmp_path / "o.csv").exists()
     (tmp_path / "a_file").write_text("")
     onto_a_file = runner.invoke(app, ["predict", str(run), str(series), "--out", str(tmp_path / "f.csv"),
                                       "--dicom-out", str(tmp_path / "a_file")])  # fmt: skip
@@ -166,7 +170,7 @@ def test_a_classifier_reports_its_probabilities_for_a_dicom_image(tmp_path, test
     result = CliRunner().invoke(app, ["predict", str(run), ct, "--out", str(tmp_path / "p.csv"),
                                       "--dicom-out", str(tmp_path / "dicom")])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "1 DICOM measurement report(s) and 0 DICOM SEG" in result.output
+    assert "1 DICOM measurement report(s), 0 DICOM SEG" in result.output
     (report,) = (tmp_path / "dicom").glob("*_sr.dcm")
     predicted = pd.read_csv(tmp_path / "p.csv").iloc[0]
     probabilities = {k: predicted[k] for k in predicted.index if k.startswith("prob")}

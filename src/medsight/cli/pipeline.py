@@ -246,6 +246,14 @@ def predict_command(
             "(TID 1500 SR), and a SEG of its label map where the model makes one (needs the export extra).",
         ),
     ] = None,
+    dicom_overlay: Annotated[
+        bool,
+        typer.Option(
+            "--dicom-overlay",
+            help="With --dicom-out: also a secondary-capture image of the label map "
+            "over the slice where it has most voxels, for viewers that do not show SEG.",
+        ),
+    ] = False,
 ) -> None:
     """Predict on image files or DICOM; one row per image. Mammography runs also write breast-
     and exam-level scores (``<out>_breasts.csv``, ``<out>_exams.csv``) fused as in evaluation;
@@ -266,6 +274,8 @@ def predict_command(
     if dicom_out is not None and predictor.task.spatial_dims == 0:
         raise ConfigError(f"the {predictor.package.recipe} model reads tables, not images; --dicom-out writes DICOM "
                           "results that refer to images")  # fmt: skip
+    if dicom_overlay and dicom_out is None:
+        raise typer.BadParameter("--dicom-overlay writes into the --dicom-out folder: give --dicom-out too")
     if dicom_out is not None and data is not None:
         raise typer.BadParameter("--dicom-out writes DICOM results per input file or folder; give files, not --data")
     if dicom_out is not None:
@@ -287,9 +297,10 @@ def predict_command(
     if dicom_out is not None:
         from medsight.export.dicom_results import write_dicom_results
 
-        written = write_dicom_results(predictor, table, dicom_out)
+        written = write_dicom_results(predictor, table, dicom_out, overlay=dicom_overlay)
         segs, reports = sum(w.seg is not None for w in written), sum(w.sr is not None for w in written)
-        out.print(f"wrote {reports} DICOM measurement report(s) and {segs} DICOM SEG object(s) to {dicom_out}/")
+        overlays = f" and {sum(w.overlay is not None for w in written)} overlay(s)" if dicom_overlay else ""
+        out.print(f"wrote {reports} DICOM measurement report(s), {segs} DICOM SEG object(s){overlays} to {dicom_out}/")
         for note in (w for w in written if w.reason):
             err.print(f"{note.input}: {note.reason}", highlight=False)
     try:

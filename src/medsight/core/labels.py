@@ -11,13 +11,18 @@ import numpy as np
 
 from medsight.core.errors import ConfigError, InputError
 
-__all__ = ["CodedConcept", "LabelClass", "LabelSchema"]
+__all__ = ["CodedConcept", "LabelClass", "LabelSchema", "class_color"]
 
 # A qualitative palette that stays distinct when overlaid on grey images.
 _PALETTE = (
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
     (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
 )  # fmt: skip
+
+
+def class_color(index: int) -> tuple[int, int, int]:
+    """The default colour (RGB) of the ``index``-th class (0-based) of a label map."""
+    return _PALETTE[index % len(_PALETTE)]
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,7 @@ class LabelSchema:
         for i, name in enumerate(names):
             if code == background:
                 code += 1
-            classes.append(LabelClass(code, name, _PALETTE[i % len(_PALETTE)]))
+            classes.append(LabelClass(code, name, class_color(i)))
             code += 1
         return cls(classes=tuple(classes), background=background)
 

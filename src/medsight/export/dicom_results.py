@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from medsight.core.errors import InputError
+from medsight.export.dicom_sc import write_overlay
 from medsight.export.dicom_seg import Algorithm, write_segmentation
 from medsight.export.dicom_sr import write_measurement_report
 
@@ -31,6 +32,7 @@ class DicomResults:
     seg: Path | None  # None: no label map, nothing found, or not writable (``reason``)
     sr: Path | None  # None: the input is not DICOM, or its images are gone (``reason``)
     reason: str = ""
+    overlay: Path | None = None  # the secondary capture, when asked for and something was found
 
 
 def algorithm_of(predictor: Any) -> Algorithm:
@@ -42,10 +44,14 @@ def algorithm_of(predictor: Any) -> Algorithm:
     return Algorithm.of_weights(package.recipe, hashed)
 
 
-def write_dicom_results(predictor: Any, table: Any, folder: str | os.PathLike[str]) -> list[DicomResults]:
+def write_dicom_results(
+    predictor: Any, table: Any, folder: str | os.PathLike[str], *, overlay: bool = False
+) -> list[DicomResults]:
     """Write ``<name>_seg.dcm`` and ``<name>_sr.dcm`` per DICOM input of a prediction table (the rows
     :meth:`~medsight.inference.Predictor.predict_files` returns: ``input``, the label map ``output``
-    for models that make one, and the figures) into ``folder``. An input that is not DICOM, or whose
+    for models that make one, and the figures) into ``folder``; with ``overlay``, also
+    ``<name>_overlay.dcm``, a secondary capture of the label map over the slice where it has most
+    voxels (:func:`~medsight.export.dicom_sc.write_overlay`). An input that is not DICOM, or whose
     objects cannot be written, is skipped with the reason (in the result and the log); the others
     go on."""
     from medsight.io import read
@@ -69,17 +75,21 @@ def write_dicom_results(predictor: Any, table: Any, folder: str | os.PathLike[st
             continue
         name = f"{index:04d}_{Path(source).name.split('.')[0] or 'input'}"
         figures = {k: v for k, v in row.items() if k not in _NOT_FIGURES and isinstance(v, int | float | np.number)}
-        seg, reason = None, ""
+        seg, sc, reason = None, None, ""
         try:
             if classes and isinstance(row.get("output"), str):
-                seg = write_segmentation(image, np.asarray(read(row["output"]).array[0]), source, classes,
-                                         folder / f"{name}_seg.dcm", algorithm=algorithm)  # fmt: skip
+                labels = np.asarray(read(row["output"]).array[0])
+                seg = write_segmentation(image, labels, source, classes, folder / f"{name}_seg.dcm",
+                                         algorithm=algorithm)  # fmt: skip
                 reason = "" if seg else "nothing found: a report without a SEG"
+                if overlay and seg is not None:
+                    sc = write_overlay(image, labels, source, classes, folder / f"{name}_overlay.dcm",
+                                       algorithm=algorithm)  # fmt: skip
             sr = write_measurement_report(image, source, folder / f"{name}_sr.dcm", algorithm=algorithm,
                                           figures=figures, segmentation=seg)  # fmt: skip
         except InputError as exc:  # this input cannot have them (e.g. multi-frame, sources gone); others go on
             log.warning("no DICOM results for %s: %s", source, exc)
             done.append(DicomResults(source, seg, None, str(exc)))
             continue
-        done.append(DicomResults(source, seg, sr, reason))
+        done.append(DicomResults(source, seg, sr, reason, sc))
     return done

@@ -32,6 +32,7 @@ __all__ = [
     "built_from",
     "contributing_equipment",
     "highdicom",
+    "on_grid",
     "segment_concepts",
     "source_headers",
     "write_segmentation",
@@ -145,6 +146,15 @@ def source_headers(image: Volume, source: str | os.PathLike[str]) -> list[Any]:
     return [found[uid] for uid in sop_uids]
 
 
+def on_grid(labels: np.ndarray, image: Volume, source: Path) -> np.ndarray:
+    """``labels`` as an array, refused unless it has ``image``'s spatial shape (its grid)."""
+    labels = np.asarray(labels)
+    if labels.shape != tuple(image.spatial_shape):
+        raise InputError(f"the label map {list(labels.shape)} is not on the grid of {source} "
+                         f"{list(image.spatial_shape)}")  # fmt: skip
+    return labels
+
+
 @contextmanager
 def built_from(source: Path, what: str) -> Iterator[None]:
     """Turn highdicom's refusal of a source's headers (a missing patient or study attribute, an
@@ -197,10 +207,7 @@ def write_segmentation(
     if image.metadata.source_format not in ("dicom", "dicom-series") or not sop_uids:
         raise InputError(f"{source} was not read from DICOM images; a DICOM SEG refers to DICOM images (the label "
                          "map stays as written)")  # fmt: skip
-    labels = np.asarray(labels)
-    if labels.shape != tuple(image.spatial_shape):
-        raise InputError(f"the label map {list(labels.shape)} is not on the grid of {source} "
-                         f"{list(image.spatial_shape)}")  # fmt: skip
+    labels = on_grid(labels, image, source)
     if len(sop_uids) != labels.shape[0]:
         raise InputError(f"{source}: {len(sop_uids)} images for {labels.shape[0]} slices; a SEG of multi-frame "
                          "sources is not written yet")  # fmt: skip
