@@ -227,3 +227,40 @@ def test_real_dicom_gets_valid_objects_and_a_cine_or_a_headless_series_is_refuse
     with pytest.raises(InputError, match="headers do not allow it"):
         write_measurement_report(read(series), series, tmp_path / "headless.dcm", algorithm=algorithm, figures={})
     assert not (tmp_path / "headless.dcm").exists()
+
+
+def test_each_input_gets_its_results_or_its_reason(make_series, tmp_path):
+    """write_dicom_results per row: a DICOM series with findings gets SEG, SR and overlay; one with an
+    empty map the SR alone; a NIfTI input and an input gone since the prediction are named; the
+    others go on."""
+    from types import SimpleNamespace
+
+    from medsight.core import Volume
+    from medsight.export.dicom_results import write_dicom_results
+    from medsight.io import write
+
+    (tmp_path / "w.pt").write_bytes(b"w")
+    package = SimpleNamespace(recipe="model", weights="w.pt", onnx=None)
+    predictor = SimpleNamespace(task=SimpleNamespace(label_classes=lambda: ((1, "lesion"),)), package=package,
+                                run_dir=tmp_path)  # fmt: skip
+    found, volume = make_series("found", shape=(4, 10, 10))
+    empty, _ = make_series("empty", shape=(4, 10, 10), seed=1)
+    labels = np.zeros((1, 4, 10, 10), np.uint8)
+    labels[0, 2, 3:6, 3:6] = 1
+    maps = {}
+    for name, array in (("found", labels), ("empty", np.zeros_like(labels))):
+        image = read(tmp_path / name)
+        maps[name] = write(Volume(array, image.geometry), tmp_path / f"{name}_seg.nii.gz")
+    nifti = write(volume, tmp_path / "ct.nii.gz")
+    table = pd.DataFrame({
+        "input": [str(found), str(empty), str(nifti), str(tmp_path / "gone")],
+        "output": [str(maps["found"]), str(maps["empty"]), str(maps["found"]), str(maps["found"])],
+        "volume_ml_lesion": [0.1, 0.0, 0.1, 0.1],
+    })  # fmt: skip
+    done = write_dicom_results(predictor, table, tmp_path / "out", overlay=True)
+    assert [(d.seg is not None, d.sr is not None, d.overlay is not None) for d in done] == [
+        (True, True, True), (False, True, False), (False, False, False), (False, False, False)]  # fmt: skip
+    assert done[1].reason.startswith("nothing found") and done[2].reason == "not a DICOM input"
+    assert done[3].reason.startswith("cannot read it again")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "0000_found_overlay.dcm", "0000_found_seg.dcm", "0000_found_sr.dcm", "0001_empty_sr.dcm"]  # fmt: skip

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from medsight.core.errors import InputError
+from medsight.core.errors import InputError, MedsightError
 from medsight.export.dicom_sc import write_overlay
 from medsight.export.dicom_seg import Algorithm, write_segmentation
 from medsight.export.dicom_sr import write_measurement_report
@@ -68,7 +68,12 @@ def write_dicom_results(
     done = []
     for index, row in table.reset_index(drop=True).iterrows():
         source = str(row["input"])
-        image = read(source)
+        try:
+            image = read(source)
+        except MedsightError as exc:  # moved or changed since the prediction: the others go on
+            log.warning("no DICOM results for %s: %s", source, exc)
+            done.append(DicomResults(source, None, None, f"cannot read it again: {exc}"))
+            continue
         if image.metadata.source_format not in ("dicom", "dicom-series"):
             log.warning("%s is not DICOM: no DICOM results (they are in the CSV)", source)
             done.append(DicomResults(source, None, None, "not a DICOM input"))
