@@ -63,6 +63,12 @@ def test_a_seg_reads_back_as_the_label_map_it_was_written_from(make_series, tmp_
     types = [s.SegmentedPropertyTypeCodeSequence[0] for s in seg.SegmentSequence]
     assert [(t.CodeValue, t.CodingSchemeDesignator) for t in types] == [("6574001", "SCT"), ("108369006", "SCT")]
     assert all(s.SegmentAlgorithmType == "AUTOMATIC" for s in seg.SegmentSequence)
+    from medsight.core.labels import class_color
+
+    shown = [
+        hd.color.CIELabColor.from_dicom_value(s.RecommendedDisplayCIELabValue).to_rgb() for s in seg.SegmentSequence
+    ]
+    assert shown == [class_color(0), class_color(2)]  # NCR and ET: the colours of their classes (and overlays)
     source = __import__("pydicom").dcmread(next(p for p in folder.iterdir()), stop_before_pixels=True)
     assert seg.StudyInstanceUID == source.StudyInstanceUID and seg.SeriesInstanceUID != source.SeriesInstanceUID
     assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID and seg.PatientID == source.PatientID

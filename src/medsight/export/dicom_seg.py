@@ -23,6 +23,7 @@ import numpy as np
 
 from medsight import __version__
 from medsight.core.errors import ConfigError, InputError
+from medsight.core.labels import class_color
 from medsight.core.volume import Volume
 from medsight.io.atomic import atomic_file, file_sha256
 from medsight.io.formats import files_under
@@ -225,12 +226,14 @@ def write_segmentation(
     identification = hd.AlgorithmIdentificationSequence(name=algorithm.name[:64], version=algorithm.version,
                                                         family=codes.cid7162.ArtificialIntelligence)  # fmt: skip
     descriptions = []
-    for number, (_, name) in enumerate(present, start=1):
+    colours = {code: class_color(k) for k, (code, _) in enumerate(classes)}  # the overlay's colours too
+    for number, (code, name) in enumerate(present, start=1):
         category, kind = segment_concepts(name)
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number, segment_label=name[:64], segmented_property_category=category,
             segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=identification))  # fmt: skip
+            algorithm_identification=identification,
+            display_color=hd.color.CIELabColor.from_rgb(*colours[code])))  # fmt: skip
     sources = source_headers(image, source)
     with built_from(source, "SEG"):
         seg = hd.seg.Segmentation(
