@@ -14,7 +14,7 @@ import numpy as np
 
 from medsight.core.errors import InputError, MedsightError
 from medsight.export.dicom_sc import write_overlay
-from medsight.export.dicom_seg import Algorithm, write_segmentation
+from medsight.export.dicom_seg import Algorithm, source_headers, write_segmentation
 from medsight.export.dicom_sr import write_measurement_report
 
 __all__ = ["DicomResults", "algorithm_of", "write_dicom_results"]
@@ -82,16 +82,17 @@ def write_dicom_results(
         figures = {k: v for k, v in row.items() if k not in _NOT_FIGURES and isinstance(v, int | float | np.number)}
         seg, sc, reason = None, None, ""
         try:
+            headers = source_headers(image, source)  # parsed once for the SEG, the overlay and the SR
             if classes and isinstance(row.get("output"), str):
                 labels = np.asarray(read(row["output"]).array[0])
                 seg = write_segmentation(image, labels, source, classes, folder / f"{name}_seg.dcm",
-                                         algorithm=algorithm)  # fmt: skip
+                                         algorithm=algorithm, headers=headers)  # fmt: skip
                 reason = "" if seg else "nothing found: a report without a SEG"
                 if overlay and seg is not None:
                     sc = write_overlay(image, labels, source, classes, folder / f"{name}_overlay.dcm",
-                                       algorithm=algorithm)  # fmt: skip
+                                       algorithm=algorithm, headers=headers)  # fmt: skip
             sr = write_measurement_report(image, source, folder / f"{name}_sr.dcm", algorithm=algorithm,
-                                          figures=figures, segmentation=seg)  # fmt: skip
+                                          figures=figures, segmentation=seg, headers=headers)  # fmt: skip
         except InputError as exc:  # this input cannot have them (e.g. multi-frame, sources gone); others go on
             log.warning("no DICOM results for %s: %s", source, exc)
             done.append(DicomResults(source, seg, None, str(exc)))

@@ -86,10 +86,13 @@ def write_overlay(
     *,
     algorithm: Algorithm,
     series_number: int = 902,
+    headers: Sequence[Any] | None = None,
 ) -> Path | None:
     """Write the overlay of ``labels`` (class codes on ``image``'s grid, ``(Z, Y, X)``) on the slice
     where they have most voxels as a DICOM secondary capture; None (nothing written) when they are
     empty.
+
+    ``headers``: the source files' headers (:func:`source_headers`) when the caller has them.
 
     Raises:
         InputError: ``image`` is not from DICOM, the map is not on its grid, or its files are gone.
@@ -102,7 +105,7 @@ def write_overlay(
     if not areas.any():
         return None
     z = int(np.argmax(areas))
-    reference = source_headers(image, source)[z]
+    reference = (headers or source_headers(image, source))[z]
     rgb = overlay_rgb(np.asarray(image.array[0, z]), labels[z], classes, image.metadata.window)
     spacing = reference.get("PixelSpacing")
     with built_from(source, "secondary capture"):

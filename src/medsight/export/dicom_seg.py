@@ -190,10 +190,13 @@ def write_segmentation(
     *,
     algorithm: Algorithm,
     series_number: int = 900,
+    headers: Sequence[Any] | None = None,
 ) -> Path | None:
     """Write ``labels`` (class codes on ``image``'s grid, ``(Z, Y, X)``) as a binary DICOM SEG of the
     DICOM images under ``source`` that ``image`` was read from; ``classes``: ``(code, name)`` of each
     segment. Returns the file written, or None when no class has a voxel (nothing is written).
+
+    ``headers``: the source files' headers (:func:`source_headers`) when the caller has them.
 
     Raises:
         InputError: ``image`` was not read from DICOM, the label map is not on its grid, holds codes
@@ -234,7 +237,7 @@ def write_segmentation(
             segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=identification,
             display_color=hd.color.CIELabColor.from_rgb(*colours[code])))  # fmt: skip
-    sources = source_headers(image, source)
+    sources = list(headers or source_headers(image, source))
     with built_from(source, "SEG"):
         seg = hd.seg.Segmentation(
             source_images=sources, pixel_array=numbered,

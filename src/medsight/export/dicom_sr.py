@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +63,13 @@ def write_measurement_report(
     figures: Mapping[str, float],
     segmentation: str | os.PathLike[str] | None = None,
     series_number: int = 901,
+    headers: Sequence[Any] | None = None,
 ) -> Path:
     """Write the TID 1500 report of one DICOM input (``image``, read from ``source``) to ``out``:
     ``figures`` (name -> value; non-finite values are left out) for the whole image, and a group per
     segment of ``segmentation`` (the input's DICOM SEG, if one was written). Returns ``out``.
+
+    ``headers``: the source files' headers (:func:`source_headers`) when the caller has them.
 
     Raises:
         InputError: ``image`` was not read from DICOM, its source images are gone, or
@@ -78,7 +81,7 @@ def write_measurement_report(
     from pydicom.sr.codedict import codes
 
     source, out = Path(source), Path(out)
-    sources = source_headers(image, source)
+    sources = list(headers or source_headers(image, source))
     identification = hd.sr.AlgorithmIdentification(name=algorithm.name[:64], version=algorithm.version)
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
