@@ -199,7 +199,7 @@ def write_dicom_series(
     *,
     modality: str | None = None,
     patient_id: str | None = None,
-    patient_name: str = "Anonymous",
+    patient_name: str = "Anonymous^",  # family name only: a one-component name is ambiguous in DICOM
     study_uid: str | None = None,
     series_uid: str | None = None,
     series_description: str = "medsight",
@@ -309,7 +309,7 @@ def write_dicom_image(
     laterality: str | None = None,
     view: str | None = None,
     patient_id: str | None = None,
-    patient_name: str = "Anonymous",
+    patient_name: str = "Anonymous^",  # family name only: a one-component name is ambiguous in DICOM
     study_uid: str | None = None,
     series_uid: str | None = None,
     series_description: str = "medsight",
