@@ -92,25 +92,32 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
+def _models_in(annotation: Any) -> list[Any]:
+    """The sub-models a field's annotation holds: a model, a union's models, or a list or mapping of
+    them (returned as ``("items", models)``: the next key of a location is an index or a name)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    args = getattr(annotation, "__args__", ())
+    if getattr(annotation, "__origin__", None) in (list, tuple, set, frozenset, dict):
+        inner = [m for a in args[-1:] for m in _models_in(a)]  # a mapping's values, a sequence's items
+        return [("items", inner)] if inner else []
+    return [m for a in args for m in _models_in(a)]
+
+
 def _fields_at(model: type[BaseModel], location: Sequence[str | int]) -> list[str]:
     """Field names of the sub-model at ``location`` (for 'did you mean' suggestions)."""
     current: list[Any] = [model]  # the models a union (the task sections) may be
     for part in location[:-1]:
-        fields = [f for m in current if (f := getattr(m, "model_fields", {}).get(part)) is not None]
-        if not fields:
+        found: list[Any] = []
+        for m in current:
+            if isinstance(m, tuple):  # a list's index or a mapping's key: step into its items
+                found += m[1]
+            elif (field := m.model_fields.get(part)) is not None:
+                found += _models_in(field.annotation)
+        if not found:
             return []
-        current = []
-        for field in fields:
-            kind = field.annotation
-            if isinstance(kind, type) and issubclass(kind, BaseModel):
-                current.append(kind)
-            else:
-                current += [
-                    a for a in getattr(kind, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)
-                ]
-        if not current:
-            return []
-    return list(dict.fromkeys(name for m in current for name in getattr(m, "model_fields", {})))
+        current = found
+    return list(dict.fromkeys(name for m in current if not isinstance(m, tuple) for name in m.model_fields))
 
 
 def explain(error: ValidationError, model: type[BaseModel]) -> str:
