@@ -17,6 +17,7 @@ from medsight.cli import data as data_commands
 from medsight.cli import explain as explain_commands
 from medsight.cli import export as export_commands
 from medsight.cli import pipeline as pipeline_commands
+from medsight.cli import serve as serve_commands
 from medsight.cli.common import err, friendly, out, plain, progress_bar, reflow_help, state
 from medsight.core.errors import ConfigError, InputError
 from medsight.io.api import read, write
@@ -47,6 +48,7 @@ app.add_typer(data_commands.app, name="data")
 pipeline_commands.register(app)
 explain_commands.register(app)
 export_commands.register(app)
+serve_commands.register(app)
 
 
 @app.callback()

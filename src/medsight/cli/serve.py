@@ -1,0 +1,56 @@
+"""``medsight serve``: the clinical service (HTTP API; worker writing DICOM results)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medsight.cli.common import friendly, out
+
+# FastAPI, uvicorn, SQLAlchemy and the models are imported inside the command: `--help` stays instant
+
+
+def serve_command(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The service's serve.yaml (see docs/service.md).")],
+    host: Annotated[str | None, typer.Option("--host", help="Listen address (default: http.host).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Listen port (default: http.port).")] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Load the configuration, tokens and models, say what would run, and exit.")
+    ] = False,
+) -> None:
+    """Run the service: studies submitted over HTTP are spooled, routed to a model by serve.yaml's
+    routes, predicted, and answered with DICOM results (SEG, TID 1500 SR, optional overlay); a triage
+    worklist, the models' cards, an append-only audit log and Prometheus metrics are served beside
+    them. Every endpoint but /health needs an API token."""
+    from medsight.core.errors import ConfigError
+    from medsight.service import load_serve_config
+
+    settings = load_serve_config(config)
+    try:
+        import uvicorn
+
+        from medsight.service.app import create_app
+    except ImportError as exc:
+        raise ConfigError(f"medsight serve needs the serve extra ({exc.name} is missing): "
+                          "pip install 'medsight[serve]'") from exc  # fmt: skip
+    app = create_app(settings, worker=not check)
+    node = app.state.node
+    for name, model in node.models.items():
+        summary = model.summary()
+        out.print(f"model {name}: {summary['recipe']} ({summary['task']}, version {summary['version']}, "
+                  f"{summary['backend']})")  # fmt: skip
+    for route in settings.routes:
+        out.print(f"route {route.name} -> {route.model}" + (f" (flag {route.score} >= {route.threshold})"
+                                                            if route.threshold is not None else ""))  # fmt: skip
+    out.print(f"storage {settings.storage}; database {node.store.engine.url.render_as_string(hide_password=True)}")
+    if check:
+        out.print("the configuration is valid")
+        return
+    uvicorn.run(app, host=host or settings.http.host, port=port or settings.http.port, log_level="info")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command to the main app."""
+    app.command("serve")(friendly(serve_command))

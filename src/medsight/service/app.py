@@ -1,0 +1,250 @@
+"""The HTTP API (FastAPI): submit DICOM studies, follow their jobs, fetch results, read the triage
+worklist, the models and their cards, the audit log, Prometheus metrics. Every endpoint but
+``/health`` needs an API token (``Authorization: Bearer <token>`` or ``X-API-Key: <token>``); a
+request body larger than ``http.max_upload_mb`` is refused before it is read whole."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import PurePosixPath
+from typing import Any
+
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, PlainTextResponse, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from starlette.concurrency import run_in_threadpool
+
+from medsight import __version__
+from medsight.core.errors import InputError, UnsupportedFormatError
+from medsight.service.config import ServeConfig
+from medsight.service.node import RESULT, Node
+
+__all__ = ["Metrics", "create_app"]
+
+log = logging.getLogger(__name__)
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._instances = Counter("medsight_instances_received", "DICOM instances received and spooled",
+                                  registry=self.registry)  # fmt: skip
+        self._jobs = Counter("medsight_jobs_finished", "Studies processed, by outcome", ["status"],
+                             registry=self.registry)  # fmt: skip
+        buckets = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900)
+        self._seconds = Histogram("medsight_job_seconds", "Time to process one study (route, predict, write)",
+                                  buckets=buckets, registry=self.registry)  # fmt: skip
+        self.node: Node | None = None
+        self.registry.register(self)  # type: ignore[arg-type]  # collect() below: jobs by status now
+
+    def instances(self, count: int) -> None:
+        """Count received instances."""
+        self._instances.inc(count)
+
+    def job(self, status: str, seconds: float) -> None:
+        """Count a finished job and its time."""
+        self._jobs.labels(status=status).inc()
+        self._seconds.observe(seconds)
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        """The jobs in each status now (read from the database at scrape time)."""
+        family = GaugeMetricFamily("medsight_jobs", "Jobs in each status", labels=["status"])
+        if self.node is not None:
+            for status, count in self.node.store.counts().items():
+                family.add_metric([status], count)
+        return [family]
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        """What collect() yields (without reading the database)."""
+        return [GaugeMetricFamily("medsight_jobs", "Jobs in each status", labels=["status"])]
+
+
+class _BodyLimit:
+    """ASGI middleware: answer 413 to a request whose body exceeds ``limit`` bytes, by its
+    Content-Length before reading, or while reading when it has none."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def _refuse(self, send: Callable[[dict], Awaitable[None]]) -> None:
+        body = json.dumps({"detail": f"the request is larger than the service accepts ({self.limit / 2**20:g} MiB): "
+                           "raise http.max_upload_mb in serve.yaml to take larger studies"}).encode()  # fmt: skip
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await self._refuse(send)
+            return
+        seen, over, answered = 0, False, False
+
+        async def counted() -> dict:
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    over = True
+                    return {"type": "http.disconnect"}  # the app stops reading; its answer is replaced below
+            return message
+
+        async def guarded(message: dict) -> None:
+            nonlocal answered
+            if over:
+                if not answered:
+                    answered = True
+                    await self._refuse(send)
+                return
+            await send(message)
+
+        await self.app(scope, counted, guarded)
+        if over and not answered:
+            await self._refuse(send)
+
+
+def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = True) -> FastAPI:
+    """The service's FastAPI application. ``node`` (default: made from ``config``, loading its
+    models) does the work; ``worker`` starts its processing thread with the application.
+
+    Raises:
+        ConfigError: no API token configured, a model cannot be loaded, the storage or database refused.
+    """
+    tokens = config.auth.tokens()
+    metrics = Metrics()
+    node = node if node is not None else Node(config, metrics=metrics)
+    node.metrics = metrics
+    metrics.node = node
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if worker:
+            node.start()
+        yield
+        node.stop()
+
+    def caller(request: Request) -> str:
+        given = request.headers.get("x-api-key") or ""
+        authorization = request.headers.get("authorization") or ""
+        if not given and authorization.lower().startswith("bearer "):
+            given = authorization[7:].strip()
+        for token, name in tokens.items():
+            if given and hmac.compare_digest(given.encode(), token.encode()):
+                return name
+        raise HTTPException(401, "an API token is needed: Authorization: Bearer <token> or X-API-Key: <token>",
+                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    app = FastAPI(title="medsight", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None, description=__doc__)  # fmt: skip
+    app.add_middleware(_BodyLimit, limit=int(config.http.max_upload_mb * 2**20))  # type: ignore[arg-type]
+    app.state.node = node
+
+    @app.get("/health", tags=["service"])
+    def health() -> dict[str, Any]:
+        """Whether the service is up (no token needed): its version, models and queue."""
+        counts = node.store.counts()
+        return {"status": "ok", "version": __version__, "models": sorted(node.models), "queued": counts["queued"],
+                "running": counts["running"]}  # fmt: skip
+
+    @app.get("/openapi.json", tags=["service"], include_in_schema=False)
+    def openapi(_: str = Depends(caller)) -> dict[str, Any]:
+        """The API's OpenAPI description."""
+        return app.openapi()
+
+    @app.post("/studies", status_code=202, tags=["studies"])
+    async def submit(files: list[UploadFile] = File(...), actor: str = Depends(caller)) -> dict[str, Any]:  # noqa: B008
+        """Submit DICOM files (multipart form fields named ``files``); they are grouped into studies,
+        spooled and queued before this answers. A file that is not DICOM refuses the request (415)."""
+        sent = [(f.filename or f"file {i + 1}", await f.read()) for i, f in enumerate(files)]
+        try:
+            jobs = await run_in_threadpool(node.receive, sent, actor=actor, source="http")
+        except UnsupportedFormatError as exc:
+            raise HTTPException(415, str(exc)) from exc
+        except InputError as exc:
+            raise HTTPException(400, str(exc)) from exc
+        return {"jobs": [{"id": j.id, "study_uid": j.study_uid, "instances": j.instances, "status": j.status,
+                          "url": f"/jobs/{j.id}"} for j in jobs], "received": len(sent)}  # fmt: skip
+
+    def job_or_404(job_id: str) -> Any:
+        job = node.store.job(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id!r}; GET /jobs lists them")
+        return job
+
+    @app.get("/jobs", tags=["studies"])
+    def jobs(status: list[str] = Query(default=[]), limit: int = Query(200, ge=1, le=10_000),  # noqa: B008
+             offset: int = Query(0, ge=0), _: str = Depends(caller)) -> list[dict[str, Any]]:  # fmt: skip
+        """Jobs, newest first (optionally of some statuses: queued, running, done, no_route, failed);
+        page with ``offset``."""
+        return [j.as_dict() for j in node.store.jobs(status, limit, offset)]
+
+    @app.get("/jobs/{job_id}", tags=["studies"])
+    def job(job_id: str, actor: str = Depends(caller)) -> dict[str, Any]:
+        """One job: its status and, once done, its predictions and result files."""
+        found = job_or_404(job_id).as_dict()
+        folder = node.results_folder(job_id)
+        if folder is not None:
+            result = json.loads((folder / RESULT).read_text())
+            found.update(predictions=result["predictions"], files=[*result["files"], "predictions.csv"])
+            node.store.audit(actor, "viewed", job_or_404(job_id))
+        return found
+
+    @app.get("/jobs/{job_id}/files/{name:path}", tags=["studies"])
+    def result_file(job_id: str, name: str, actor: str = Depends(caller)) -> FileResponse:
+        """One result file of a done job (a DICOM object, or predictions.csv)."""
+        found = job_or_404(job_id)
+        folder = node.results_folder(job_id)
+        listed = set(json.loads((folder / RESULT).read_text())["files"]) | {"predictions.csv"} if folder else set()
+        if folder is None or name not in listed or ".." in PurePosixPath(name).parts:
+            raise HTTPException(404, f"job {job_id} has no result file {name!r}; GET /jobs/{job_id} lists them")
+        node.store.audit(actor, "downloaded", found, file=name)
+        kind = "application/dicom" if name.endswith(".dcm") else "text/csv"
+        return FileResponse(folder / name, media_type=kind, filename=PurePosixPath(name).name)
+
+    @app.get("/worklist", tags=["triage"])
+    def worklist(limit: int = Query(500, ge=1, le=10_000), offset: int = Query(0, ge=0),
+                 _: str = Depends(caller)) -> list[dict[str, Any]]:  # fmt: skip
+        """Every study, flagged ones first (highest score first), then the rest in the order they
+        arrived: a flag only moves a study up, it never hides one. Page with ``offset``."""
+        return [j.as_dict() for j in node.store.worklist(limit, offset)]
+
+    @app.get("/models", tags=["models"])
+    def models(_: str = Depends(caller)) -> list[dict[str, Any]]:
+        """The models the service runs, with their versions and the routes that use them."""
+        return [{**m.summary(), "routes": [r.name for r in config.routes if r.model == name]}
+                for name, m in node.models.items()]  # fmt: skip
+
+    @app.get("/models/{name}/card", tags=["models"], response_class=PlainTextResponse)
+    def card(name: str, _: str = Depends(caller)) -> Response:
+        """A model's card (Markdown)."""
+        if name not in node.models:
+            raise HTTPException(404, f"no model {name!r}; the models are {', '.join(sorted(node.models))}")
+        text = node.models[name].card()
+        if not text:
+            raise HTTPException(404, f"model {name!r} is a run folder, not a package: it has no card "
+                                "(medsight export makes one)")  # fmt: skip
+        return PlainTextResponse(text, media_type="text/markdown")
+
+    @app.get("/audit", tags=["service"])
+    def audit(job: str | None = None, limit: int = Query(500, ge=1, le=100_000),
+              _: str = Depends(caller)) -> list[dict[str, Any]]:  # fmt: skip
+        """The audit log, newest first (of one job with ``job=``)."""
+        return [e.as_dict() for e in node.store.events(job, limit)]
+
+    @app.get("/metrics", tags=["service"], response_class=PlainTextResponse)
+    def prometheus(_: str = Depends(caller)) -> Response:
+        """Prometheus metrics: instances received, jobs by status, processing time."""
+        return Response(generate_latest(metrics.registry), media_type="text/plain; version=0.0.4")
+
+    return app

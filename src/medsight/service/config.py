@@ -1,0 +1,176 @@
+"""``serve.yaml``: what the service keeps where, who may call it, which models it runs and which
+studies go to which model (routes), validated with the key named on every mistake."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medsight.core.errors import ConfigError
+from medsight.engine.recipe import explain
+
+__all__ = ["Auth", "Http", "Match", "ModelEntry", "Route", "ServeConfig", "load_serve_config"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Http(_Strict):
+    """Where the HTTP API listens, and how large one request may be."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8042, ge=1, le=65535)
+    max_upload_mb: float = Field(512.0, gt=0)
+
+
+class Auth(_Strict):
+    """Where the API tokens are: an environment variable holding ``name=token`` pairs (or bare tokens)
+    separated by commas, and/or a file of one ``name token`` (or bare token) per line. Tokens never
+    sit in serve.yaml itself; every endpoint but ``/health`` needs one."""
+
+    tokens_env: str | None = "MEDSIGHT_API_TOKENS"
+    tokens_file: Path | None = None
+
+    def tokens(self) -> dict[str, str]:
+        """``{token: name}`` from the environment variable and the file.
+
+        Raises:
+            ConfigError: the file is missing, or neither gives a token.
+        """
+        found: dict[str, str] = {}
+        entries: list[str] = []
+        if self.tokens_env and os.environ.get(self.tokens_env):
+            entries += [e.replace("=", " ", 1) for e in os.environ[self.tokens_env].split(",")]
+        if self.tokens_file is not None:
+            if not self.tokens_file.is_file():
+                raise ConfigError(f"auth.tokens_file {self.tokens_file} does not exist; make it (one 'name token' "
+                                  "per line) or remove the key")  # fmt: skip
+            entries += [line for line in self.tokens_file.read_text().splitlines() if not line.startswith("#")]
+        for entry in (e.split() for e in entries):
+            if not entry:
+                continue
+            name, token = (entry[0], entry[1]) if len(entry) > 1 else (f"token-{len(found) + 1}", entry[0])
+            if len(token) < 16:
+                raise ConfigError(f"the API token of {name!r} is shorter than 16 characters; make a longer one "
+                                  "(e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")  # fmt: skip
+            found[token] = name
+        if not found:
+            where = " or ".join(
+                w
+                for w in (
+                    self.tokens_env and f"the environment variable {self.tokens_env}",
+                    self.tokens_file and f"the file {self.tokens_file}",
+                )
+                if w
+            )
+            raise ConfigError(f"the service needs at least one API token and found none in {where or 'nothing'}: "
+                              f"e.g. export {self.tokens_env or 'MEDSIGHT_API_TOKENS'}=me=$(python -c "
+                              "'import secrets; print(secrets.token_urlsafe())')")  # fmt: skip
+        return found
+
+
+class ModelEntry(_Strict):
+    """A model the service runs: a package of ``medsight export`` (or a run folder)."""
+
+    package: Path
+    backend: Literal["auto", "torch", "onnx"] = "auto"
+    dicom_overlay: bool = False  # also a secondary-capture picture of the label map, for viewers without SEG
+
+
+class Match(_Strict):
+    """Which series a route takes: each given key must match (values compared without case); a
+    series matching none of the study's routes is left alone."""
+
+    modality: list[str] = Field(default_factory=list)
+    body_part: list[str] = Field(default_factory=list)  # BodyPartExamined
+    series_description: str | None = None  # a regular expression searched in SeriesDescription, any case
+    sop_class: list[str] = Field(default_factory=list)  # SOP Class UIDs
+
+    @field_validator("series_description")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+        return value
+
+
+class Route(_Strict):
+    """Studies whose series match go to ``model``; ``score`` (a column of the model's predictions, its
+    largest value over the study's inputs) at or above ``threshold`` puts the study at the top of the
+    worklist (notify only: no study is ever hidden)."""
+
+    name: str
+    model: str
+    match: Match = Field(default_factory=Match)
+    score: str | None = None
+    threshold: float | None = None
+
+    @model_validator(mode="after")
+    def _threshold_needs_score(self) -> Route:
+        if self.threshold is not None and self.score is None:
+            raise ValueError(f"route {self.name!r}: a threshold needs the score column it applies to (score: ...)")
+        return self
+
+
+class ServeConfig(_Strict):
+    """The whole serve.yaml."""
+
+    storage: Path = Path("medsight-service")  # spool, results and (by default) the SQLite database
+    database: str | None = None  # SQLAlchemy URL; default sqlite:///<storage>/service.db
+    http: Http = Field(default_factory=Http)
+    auth: Auth = Field(default_factory=Auth)
+    models: dict[str, ModelEntry]
+    routes: list[Route] = Field(min_length=1)
+    poll_s: float = Field(1.0, gt=0)  # how often the worker looks for queued studies when not woken
+
+    @model_validator(mode="after")
+    def _routes_name_models(self) -> ServeConfig:
+        for route in self.routes:
+            if route.model not in self.models:
+                raise ValueError(f"route {route.name!r} names the model {route.model!r}, which is not under models "
+                                 f"({', '.join(self.models) or 'none'})")  # fmt: skip
+        names = [r.name for r in self.routes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"route names must differ: {names}")
+        return self
+
+    @property
+    def database_url(self) -> str:
+        """The database's SQLAlchemy URL."""
+        return self.database or f"sqlite:///{(self.storage / 'service.db').resolve()}"
+
+
+def load_serve_config(path: str | os.PathLike[str]) -> ServeConfig:
+    """Read and validate a serve.yaml; relative paths in it are taken from its folder.
+
+    Raises:
+        ConfigError: missing file, not YAML, or a key or value wrong (named, with the closest key).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: give the service's configuration (see docs/service.md)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping (storage, models, routes...), got {type(data).__name__}")
+    try:
+        config = ServeConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {path.name}: {explain(exc, ServeConfig)}") from None
+    base = path.resolve().parent
+    resolved = {n: m.model_copy(update={"package": base / m.package}) for n, m in config.models.items()}
+    auth = config.auth
+    if auth.tokens_file is not None:
+        auth = auth.model_copy(update={"tokens_file": base / auth.tokens_file})
+    return config.model_copy(update={"storage": base / config.storage, "models": resolved, "auth": auth})

@@ -1,0 +1,308 @@
+"""The service's core, whatever receives the studies: spool a received study and queue it (one
+transaction with its audit line), and a worker thread that routes each queued study to its model,
+predicts, writes the DICOM results (SEG, TID 1500 SR, optional overlay) and records the outcome.
+
+Crash safety: a study is acknowledged only once spooled and queued; a job's results are written to
+a hidden folder and renamed into place before the job is marked done, so after a kill at any point
+a restart finishes each received study exactly once (a job found running with its results in place
+is marked done from them; one without is queued again)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import uid
+
+from medsight.core.errors import ConfigError, InputError, MedsightError
+from medsight.service.config import ModelEntry, Route, ServeConfig
+from medsight.service.intake import parse_instance, spool, studies
+from medsight.service.routing import Series, describe, route_study
+from medsight.service.store import Job, Store, utcnow
+
+__all__ = ["LoadedModel", "Node"]
+
+log = logging.getLogger(__name__)
+
+# What the results writers make (SEG, Comprehensive 3D SR, secondary captures): with manufacturer medsight,
+# such an object is a result coming back, never a study to process (the loop guard; images medsight
+# wrote, e.g. a converted NIfTI, are studies like any other)
+_OUR_CLASSES = frozenset(
+    map(
+        str,
+        (
+            uid.SegmentationStorage,
+            uid.Comprehensive3DSRStorage,
+            uid.SecondaryCaptureImageStorage,
+            uid.MultiFrameTrueColorSecondaryCaptureImageStorage,
+        ),
+    )
+)
+RESULT = "result.json"  # written last into a job's results: its presence means the results are whole
+
+
+@dataclass
+class LoadedModel:
+    """A model of serve.yaml, loaded: its predictor, version and card."""
+
+    name: str
+    entry: ModelEntry
+    predictor: Any
+    version: str
+    device_uid: str
+
+    def card(self) -> str:
+        """The package's MODEL_CARD.md ('' for a run folder, which has none)."""
+        path = Path(self.predictor.run_dir) / "MODEL_CARD.md"
+        return path.read_text() if path.is_file() else ""
+
+    def summary(self) -> dict[str, Any]:
+        """What ``GET /models`` says of it."""
+        package = self.predictor.package
+        return {"name": self.name, "recipe": package.recipe, "task": self.predictor.package.task.kind,
+                "version": self.version, "device_uid": self.device_uid, "backend": self.predictor.backend,
+                "package": str(self.entry.package), "card": bool(self.card())}  # fmt: skip
+
+
+def load_models(config: ServeConfig) -> dict[str, LoadedModel]:
+    """Every model of the configuration, loaded (a missing or broken package is named with its key).
+
+    Raises:
+        ConfigError: a package cannot be loaded, or it reads tables (the service receives images).
+    """
+    from medsight.export.dicom_results import algorithm_of
+    from medsight.inference import Predictor
+
+    loaded = {}
+    for name, entry in config.models.items():
+        try:
+            predictor = Predictor.from_run(entry.package, backend=entry.backend)
+        except MedsightError as exc:
+            raise ConfigError(f"models.{name}: {exc}") from exc
+        if predictor.task.spatial_dims == 0:
+            raise ConfigError(f"models.{name}: {entry.package} is a model of tables; the service predicts images")
+        algorithm = algorithm_of(predictor)
+        loaded[name] = LoadedModel(name, entry, predictor, algorithm.version, algorithm.device_uid)
+        log.info("model %s: %s (%s, version %s, %s)", name, predictor.package.recipe, predictor.package.task.kind,
+                 algorithm.version, predictor.backend)  # fmt: skip
+    return loaded
+
+
+class Node:
+    """The service without its front doors: receive, queue, process, record.
+
+    Args:
+        config: The validated serve.yaml.
+        models: The loaded models (default: loaded from the configuration).
+        metrics: Callbacks the HTTP layer counts with (``instances``, ``job``), or None.
+    """
+
+    def __init__(self, config: ServeConfig, models: dict[str, LoadedModel] | None = None,
+                 metrics: Any | None = None) -> None:  # fmt: skip
+        self.config = config
+        try:
+            for sub in ("spool", "results"):
+                (config.storage / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot make the service storage {config.storage} ({exc.strerror}); "
+                              "give another storage in serve.yaml") from exc  # fmt: skip
+        self.store = Store(config.database_url)
+        self.models = models if models is not None else load_models(config)
+        self.metrics = metrics
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.recover()
+
+    # -- receiving ------------------------------------------------------------------------------
+    def receive(self, files: Sequence[tuple[str, bytes]], *, actor: str, source: str = "http") -> list[Job]:
+        """Check, spool and queue the studies the files make (all or none: one bad file refuses them
+        all, naming it). Instances this service wrote itself are recognised and not queued again.
+
+        Raises:
+            InputError: a file is not DICOM or lacks valid UIDs; nothing usable was sent; the disk refused.
+        """
+        if not files:
+            raise InputError("no files were sent; send DICOM files as multipart form fields named 'files'")
+        instances = [parse_instance(data, name) for name, data in files]
+        ours = self.store.our_outputs()
+        own = {i.sop_uid for i in instances
+               if i.sop_uid in ours or (i.manufacturer == "medsight" and i.sop_class in _OUR_CLASSES)}  # fmt: skip
+        if own:
+            log.info("ignored %d instance(s) this service wrote (loop guard)", len(own))
+            self.store.audit(actor, "ignored_own_output", None, instances=sorted(own))
+        jobs = []
+        for study_uid, items in studies(i for i in instances if i.sop_uid not in own).items():
+            job_id = uuid.uuid4().hex
+            spool(self.config.storage / "spool" / job_id, items)
+            first = items[0]
+            job = Job(
+                id=job_id, study_uid=study_uid, accession=first.accession,
+                modalities=",".join(sorted({i.modality for i in items if i.modality}))[:64],
+                description=first.study_description, study_time=first.study_time, source=source,
+                submitted_by=actor[:64], instances=len(items), status="queued", received_at=utcnow(), flagged=False,
+            )  # fmt: skip
+            self.store.add_job(job, actor=actor, detail={"source": source, "instances": len(items),
+                               "series": len({i.series_uid for i in items})})  # fmt: skip
+            jobs.append(job)
+        if self.metrics is not None:
+            self.metrics.instances(len(instances) - len(own))
+        self._wake.set()
+        return jobs
+
+    # -- the worker -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker thread (idempotent)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="medsight-worker", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Let the worker finish the study in hand, then stop it."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if not self.process_next():
+                self._wake.wait(self.config.poll_s)
+                self._wake.clear()
+
+    def process_next(self) -> bool:
+        """Process the oldest queued study, if any; whether there was one."""
+        job = self.store.claim()
+        if job is None:
+            return False
+        started = time.perf_counter()
+        try:
+            self._process(job)
+        except Exception as exc:  # one study's failure must not stop the others; it is recorded
+            known = isinstance(exc, MedsightError)
+            if not known:
+                log.exception("study %s (job %s) failed", job.study_uid, job.id)
+            note = str(exc) if known else f"internal error ({type(exc).__name__}: {exc}); see the service log"
+            self.store.finish(job.id, action="failed", status="failed", note=note[:2000])
+        if self.metrics is not None:
+            done = self.store.job(job.id)
+            self.metrics.job(done.status if done else "failed", time.perf_counter() - started)
+        return True
+
+    def _series(self, folder: Path) -> list[Series]:
+        found = []
+        for series in sorted(p for p in folder.iterdir() if p.is_dir()):
+            files = sorted(series.glob("*.dcm"))
+            if files:
+                first = parse_instance(files[0].read_bytes(), files[0].name)
+                found.append(Series.of([first] * len(files)))
+        return found
+
+    def _process(self, job: Job) -> None:
+        folder = self.config.storage / "spool" / job.id
+        if not folder.is_dir():
+            raise InputError(f"the spooled study {folder} is gone (removed by hand?); send the study again")
+        series = self._series(folder)
+        chosen = route_study(self.config.routes, series)
+        if chosen is None:
+            self.store.finish(job.id, action="no_route", status="no_route",
+                              note=f"no route takes this study: {describe(series)}")  # fmt: skip
+            return
+        route, taken = chosen
+        model = self.models[route.model]
+        self._record_route(job.id, route, model)
+        final = self.config.storage / "results" / job.id
+        work = final.with_name(f".{job.id}.partial")
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        result = self._predict(job, route, model, [folder / s.uid for s in taken], work)
+        os.replace(work, final)
+        self._finish_from(job.id, result)
+
+    def _record_route(self, job_id: str, route: Route, model: LoadedModel) -> None:
+        with self.store.session() as s:
+            job = s.get(Job, job_id)
+            if job is not None:
+                job.route, job.model, job.model_version = route.name, model.name, model.version
+
+    def _predict(self, job: Job, route: Route, model: LoadedModel, inputs: list[Path], work: Path) -> dict:
+        from medsight.export.dicom_results import write_dicom_results
+        from medsight.tasks.results import json_ready
+
+        predictor = model.predictor
+        table = predictor.predict_files(inputs, masks=work / "masks").table()
+        written = write_dicom_results(predictor, table, work / "dicom", overlay=model.entry.dicom_overlay)
+        files = sorted(p.relative_to(work).as_posix() for p in (work / "dicom").glob("*.dcm"))
+        outputs = [_sop_uid(work / f) for f in files]
+        table["input"] = [Path(str(p)).name for p in table["input"]]  # the series UID, not a spool path
+        if "output" in table:
+            table["output"] = [f"masks/{Path(str(p)).name}" for p in table["output"]]
+        table.to_csv(work / "predictions.csv", index=False)
+        score, note = _score(route, table)
+        notes = [f"{w.input and Path(w.input).name}: {w.reason}" for w in written if w.reason]
+        result = {
+            "job": job.id, "study_uid": job.study_uid, "route": route.name, "model": model.name,
+            "model_version": model.version, "device_uid": model.device_uid, "score": score,
+            "flagged": bool(score is not None and route.threshold is not None and score >= route.threshold),
+            "note": "; ".join([note, *notes]).strip("; "), "files": files, "outputs": outputs,
+            "predictions": json_ready(table.to_dict(orient="records")),
+        }  # fmt: skip
+        (work / RESULT).write_text(json.dumps(result, indent=1))  # last: its presence means whole
+        return result
+
+    def _finish_from(self, job_id: str, result: dict, *, recovered: bool = False) -> None:
+        self.store.finish(job_id, action="processed", status="done", route=result["route"], model=result["model"],
+                          model_version=result["model_version"], score=result["score"], flagged=result["flagged"],
+                          note=result["note"] + (" (completed after a restart)" if recovered else ""),
+                          outputs=json.dumps(result["outputs"]))  # fmt: skip
+
+    def recover(self) -> None:
+        """After a stop or crash: finish each job left running whose results are whole, queue the
+        others again; name spooled folders that no job owns (never acknowledged; left for the admin)."""
+        for job in self.store.jobs(statuses=("running",), limit=100_000):
+            result = self.config.storage / "results" / job.id / RESULT
+            if result.is_file():
+                self._finish_from(job.id, json.loads(result.read_text()), recovered=True)
+                log.info("job %s: results were whole; marked done after the restart", job.id)
+            else:
+                self.store.requeue(job.id)
+                self.store.audit("medsight", "requeued", job, reason="the service stopped while processing it")
+                log.info("job %s: queued again (the service stopped while processing it)", job.id)
+        known = {j.id for j in self.store.jobs(limit=10_000_000)}
+        orphans = [p.name for p in (self.config.storage / "spool").iterdir() if p.name not in known]
+        if orphans:
+            log.warning("%d spooled folder(s) belong to no job (a receipt cut off before it was acknowledged; "
+                        "the sender will send again): %s", len(orphans), ", ".join(orphans[:5]))  # fmt: skip
+
+    def results_folder(self, job_id: str) -> Path | None:
+        """The job's results folder, when it is whole."""
+        folder = self.config.storage / "results" / job_id
+        return folder if (folder / RESULT).is_file() else None
+
+
+def _sop_uid(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+
+
+def _score(route: Route, table: Any) -> tuple[float | None, str]:
+    """The route's score of a study (its column's largest value over the inputs) and a note where it has none."""
+    if route.score is None:
+        return None, ""
+    if route.score not in table:
+        columns = ", ".join(c for c in table.columns if c not in ("input", "output"))
+        return None, f"the route's score {route.score!r} is not a column of the predictions ({columns})"
+    values = [float(v) for v in table[route.score] if v is not None and not math.isnan(float(v))]
+    return (max(values), "") if values else (None, f"the score {route.score!r} is undefined for this study")

@@ -1,0 +1,256 @@
+"""The service's database: one row per received study (its job: status, route, model, score, where
+its results are) and an append-only audit log (who did what to which study, when, with which
+model version). A SQLite file by default, any SQLAlchemy URL (PostgreSQL) otherwise."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    DDL,
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Text,
+    case,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from medsight.core.errors import ConfigError
+
+__all__ = ["AuditEvent", "Job", "Store", "utcnow"]
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("queued", "running", "done", "no_route", "failed")
+
+
+def utcnow() -> datetime:
+    """Now, in UTC (what every time in the database is)."""
+    return datetime.now(timezone.utc)
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class Job(_Base):
+    """One received study and what became of it."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    accession: Mapped[str] = mapped_column(String(64), default="")
+    modalities: Mapped[str] = mapped_column(String(64), default="")
+    description: Mapped[str] = mapped_column(String(128), default="")
+    study_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    source: Mapped[str] = mapped_column(String(16))  # http or dicom
+    submitted_by: Mapped[str] = mapped_column(String(64))
+    instances: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    route: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    flagged: Mapped[bool] = mapped_column(Boolean, default=False)
+    note: Mapped[str] = mapped_column(Text, default="")
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    outputs: Mapped[str] = mapped_column(Text, default="[]")  # JSON: the SOP Instance UIDs we wrote
+
+    def as_dict(self) -> dict[str, Any]:
+        """The job as the API returns it."""
+        times = ("study_time", "received_at", "started_at", "finished_at")
+        row = {c.name: getattr(self, c.name) for c in self.__table__.columns if c.name != "outputs"}
+        row.update({t: _iso(row[t]) for t in times})
+        row["outputs"] = json.loads(self.outputs or "[]")
+        return row
+
+
+class AuditEvent(_Base):
+    """One line of the audit log. Rows are only ever added (the database refuses changes where it can)."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    study_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="{}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The event as the API returns it."""
+        row = {c.name: getattr(self, c.name) for c in self.__table__.columns}
+        row["at"] = _iso(self.at)
+        row["detail"] = json.loads(self.detail or "{}")
+        return row
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite hands back naive datetimes; they were stored in UTC
+        value = value.replace(tzinfo=timezone.utc)
+    return value.isoformat()
+
+
+# The audit log is append-only in the database itself, not only in this code.
+for _verb in ("UPDATE", "DELETE"):
+    event.listen(
+        AuditEvent.__table__,
+        "after_create",
+        DDL(
+            f"CREATE TRIGGER audit_no_{_verb.lower()} BEFORE {_verb} ON audit "
+            "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
+        ).execute_if(dialect="sqlite"),
+    )
+event.listen(
+    AuditEvent.__table__,
+    "after_create",
+    DDL(
+        "CREATE FUNCTION audit_append_only() RETURNS trigger AS $$ BEGIN "
+        "RAISE EXCEPTION 'the audit log is append-only'; END; $$ LANGUAGE plpgsql; "
+        "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit "
+        "FOR EACH ROW EXECUTE FUNCTION audit_append_only()"
+    ).execute_if(dialect="postgresql"),
+)
+
+
+class Store:
+    """The jobs and the audit log in one database (tables made on first use)."""
+
+    def __init__(self, url: str) -> None:
+        options: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            options["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        try:
+            self.engine = create_engine(url, **options)
+            _Base.metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise ConfigError(f"cannot open the service database {url}: {str(exc).splitlines()[0]}; "
+                              "check database (a SQLAlchemy URL) and storage in serve.yaml") from exc  # fmt: skip
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed on success, rolled back on error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def add_job(self, job: Job, *, actor: str, detail: dict[str, Any]) -> None:
+        """Record a received study as queued, with its audit line, in one transaction."""
+        with self.session() as s:
+            s.add(job)
+            s.add(_event(actor, "received", job, detail))
+
+    def audit(self, actor: str, action: str, job: Job | None = None, **detail: Any) -> None:
+        """Append one line to the audit log."""
+        with self.session() as s:
+            s.add(_event(actor, action, job, detail))
+
+    def job(self, job_id: str) -> Job | None:
+        """The job ``job_id``, or None."""
+        with self.session() as s:
+            return s.get(Job, job_id)
+
+    def jobs(self, statuses: Sequence[str] = (), limit: int = 200, offset: int = 0) -> list[Job]:
+        """Jobs newest first (of the given statuses), ``limit`` of them from ``offset``."""
+        query = select(Job).order_by(Job.received_at.desc()).offset(offset).limit(limit)
+        if statuses:
+            query = query.where(Job.status.in_(statuses))
+        with self.session() as s:
+            return list(s.scalars(query))
+
+    def worklist(self, limit: int = 500, offset: int = 0) -> list[Job]:
+        """Every study: flagged ones first, highest score first; then the others in the order they arrived."""
+        flagged_score = case((Job.flagged.is_(True), Job.score), else_=None)  # the others' scores do not reorder them
+        query = (
+            select(Job)
+            .order_by(Job.flagged.desc(), flagged_score.desc().nulls_last(), Job.received_at.asc())
+            .offset(offset)
+            .limit(limit)
+        )
+        with self.session() as s:
+            return list(s.scalars(query))
+
+    def claim(self) -> Job | None:
+        """The oldest queued job, now marked running (None when there is none)."""
+        with self.session() as s:
+            for job_id in s.scalars(select(Job.id).where(Job.status == "queued").order_by(Job.received_at).limit(5)):
+                claimed = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
+                                    .values(status="running", started_at=utcnow()))  # fmt: skip
+                if claimed.rowcount == 1:  # type: ignore[attr-defined]
+                    return s.get(Job, job_id)
+        return None
+
+    def finish(self, job_id: str, *, action: str, **values: Any) -> Job:
+        """Set a job's final fields and add its audit line in one transaction."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise KeyError(job_id)
+            for key, value in values.items():
+                setattr(job, key, value)
+            job.finished_at = utcnow()
+            detail = {"status": job.status, "note": job.note, "outputs": json.loads(job.outputs or "[]")}
+            if job.started_at is not None:  # SQLite hands back naive datetimes (stored in UTC)
+                started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=timezone.utc)
+                detail["seconds"] = round((job.finished_at - started).total_seconds(), 3)
+            s.add(_event("medsight", action, job, detail))
+            return job
+
+    def requeue(self, job_id: str) -> None:
+        """Put a job that a stopped service left running back in the queue."""
+        with self.session() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(status="queued", started_at=None))
+
+    def our_outputs(self) -> set[str]:
+        """The SOP Instance UIDs of every object the service wrote (the loop guard)."""
+        with self.session() as s:
+            return {uid for outputs in s.scalars(select(Job.outputs)) for uid in json.loads(outputs or "[]")}
+
+    def events(self, job_id: str | None = None, limit: int = 500) -> list[AuditEvent]:
+        """The audit log, newest first (of one job)."""
+        query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+        if job_id is not None:
+            query = query.where(AuditEvent.job_id == job_id)
+        with self.session() as s:
+            return list(s.scalars(query))
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs are in each status."""
+        with self.session() as s:
+            found = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        return {status: int(found.get(status, 0)) for status in STATUSES}
+
+
+def _event(actor: str, action: str, job: Job | None, detail: dict[str, Any]) -> AuditEvent:
+    return AuditEvent(
+        at=utcnow(),
+        actor=actor,
+        action=action,
+        job_id=job.id if job else None,
+        study_uid=job.study_uid if job else None,
+        model=job.model if job else None,
+        model_version=job.model_version if job else None,
+        detail=json.dumps(detail, default=str),
+    )
