@@ -11,76 +11,24 @@ import sqlite3
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
-import yaml
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'medsight[serve]')")
 pytest.importorskip("highdicom", reason="the serve extra is not installed (pip install 'medsight[serve]')")
 
 from fastapi.testclient import TestClient
 
-from medsight.core import Volume, VolumeMetadata
 from medsight.core.errors import ConfigError
-from medsight.export import export_package
 from medsight.inference import Predictor
-from medsight.io import read, write_dicom_series
 from medsight.service import load_serve_config
 from medsight.service.app import create_app
 from medsight.service.node import Node
 from medsight.service.store import Job, Store, utcnow
-from tests.export.runs import trained
-
-TOKEN = "alice-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def made(tmp_path_factory) -> dict[str, Path]:
-    """A segmentation package, and two of its test cases as DICOM series: an MR one and a CT one."""
-    root = tmp_path_factory.mktemp("service")
-    run, data, _ = trained(root, "segmentation")
-    export_package(run, root / "package", format="onnx")
-    series = {}
-    for modality, case in (("MR", 8), ("CT", 9)):
-        image = read(data / f"case{case}.nii.gz")
-        volume = Volume(image.array.astype(np.int16), image.geometry, VolumeMetadata(modality=modality))
-        write_dicom_series(volume, root / modality)
-        series[modality] = root / modality
-    return {"package": root / "package", **series}
-
-
-def _config(root: Path, package: Path, **changes) -> Path:
-    spec = {
-        "storage": "store",
-        "models": {"seg": {"package": str(package), "dicom_overlay": True}},
-        "routes": [
-            {
-                "name": "mr-lesions",
-                "model": "seg",
-                "match": {"modality": ["MR"]},
-                "score": "volume_ml_lesion",
-                "threshold": 0.0,
-            }
-        ],
-        **changes,
-    }
-    path = root / "serve.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-@pytest.fixture
-def tokens(monkeypatch):
-    monkeypatch.setenv("MEDSIGHT_API_TOKENS", f"alice={TOKEN},bob=bob-token-0123456789")
-
-
-def _files(folder: Path) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [("files", (p.name, p.read_bytes(), "application/dicom")) for p in sorted(folder.iterdir())]
+from tests.service.common import AUTH, TOKEN, config_file, files, free_port, serve_process
 
 
 def _app(tmp_path: Path, made, **changes):
-    config = load_serve_config(_config(tmp_path, made["package"], **changes))
+    config = load_serve_config(config_file(tmp_path, made["package"], **changes))
     return config, create_app(config, worker=False)
 
 
@@ -90,7 +38,7 @@ def test_a_study_comes_back_as_the_packages_dicom_results(tmp_path, made, tokens
     config, app = _app(tmp_path, made)
     node: Node = app.state.node
     with TestClient(app) as client:
-        sent = client.post("/studies", files=_files(made["MR"]), headers=AUTH)
+        sent = client.post("/studies", files=files(made["MR"]), headers=AUTH)
         assert sent.status_code == 202, sent.text
         (job,) = sent.json()["jobs"]
         assert job["instances"] == len(list(made["MR"].iterdir())) and job["status"] == "queued"
@@ -138,9 +86,9 @@ def test_a_study_comes_back_as_the_packages_dicom_results(tmp_path, made, tokens
 
 
 def test_the_worker_thread_processes_what_arrives(tmp_path, made, tokens):
-    config = load_serve_config(_config(tmp_path, made["package"], poll_s=0.2))
+    config = load_serve_config(config_file(tmp_path, made["package"], poll_s=0.2))
     with TestClient(create_app(config)) as client:
-        (job,) = client.post("/studies", files=_files(made["MR"]), headers=AUTH).json()["jobs"]
+        (job,) = client.post("/studies", files=files(made["MR"]), headers=AUTH).json()["jobs"]
         import time
 
         for _ in range(200):
@@ -175,7 +123,7 @@ def test_hostile_uploads_are_refused_and_nothing_is_spooled(tmp_path, made, toke
     bad_uid.SOPInstanceUID = "../../../etc/passwd"
     bad_uid.save_as(tmp_path / "bad.dcm")
     with TestClient(app) as client:
-        answer = client.post("/studies", headers=AUTH, files=[*_files(made["MR"])[:2],
+        answer = client.post("/studies", headers=AUTH, files=[*files(made["MR"])[:2],
                              ("files", ("notes.txt", b"not an image", "text/plain"))])  # fmt: skip
         assert answer.status_code == 415 and "notes.txt is not a DICOM file" in answer.json()["detail"]
         answer = client.post(
@@ -205,8 +153,8 @@ def test_routes_triage_and_the_worklist_order(tmp_path, made, tokens):
     _, app = _app(tmp_path, made, routes=routes)
     node: Node = app.state.node
     with TestClient(app) as client:
-        mr = client.post("/studies", files=_files(made["MR"]), headers=AUTH).json()["jobs"][0]
-        ct = client.post("/studies", files=_files(made["CT"]), headers=AUTH).json()["jobs"][0]
+        mr = client.post("/studies", files=files(made["MR"]), headers=AUTH).json()["jobs"][0]
+        ct = client.post("/studies", files=files(made["CT"]), headers=AUTH).json()["jobs"][0]
         while node.process_next():
             pass
         jobs = {j["id"]: j for j in client.get("/jobs", headers=AUTH).json()}
@@ -271,10 +219,10 @@ def test_our_own_results_sent_back_are_not_processed(tmp_path, made, tokens):
     config, app = _app(tmp_path, made)
     node: Node = app.state.node
     with TestClient(app) as client:
-        (job,) = client.post("/studies", files=_files(made["MR"]), headers=AUTH).json()["jobs"]
+        (job,) = client.post("/studies", files=files(made["MR"]), headers=AUTH).json()["jobs"]
         node.process_next()
         results = config.storage / "results" / job["id"] / "dicom"
-        back = client.post("/studies", files=_files(results), headers=AUTH)
+        back = client.post("/studies", files=files(results), headers=AUTH)
         assert back.status_code == 202 and back.json()["jobs"] == []
         assert client.get("/audit", headers=AUTH).json()[0]["action"] == "ignored_own_output"
 
@@ -297,66 +245,32 @@ def test_a_study_that_fails_is_recorded_and_the_next_goes_on(tmp_path, made, tok
 def test_bad_configurations_are_named_with_the_fix(tmp_path, made, monkeypatch):
     monkeypatch.delenv("MEDSIGHT_API_TOKENS", raising=False)
     with pytest.raises(ConfigError, match="needs at least one API token"):
-        create_app(load_serve_config(_config(tmp_path, made["package"])), worker=False)
+        create_app(load_serve_config(config_file(tmp_path, made["package"])), worker=False)
     monkeypatch.setenv("MEDSIGHT_API_TOKENS", "short")
     with pytest.raises(ConfigError, match="shorter than 16"):
-        create_app(load_serve_config(_config(tmp_path, made["package"])), worker=False)
+        create_app(load_serve_config(config_file(tmp_path, made["package"])), worker=False)
     monkeypatch.setenv("MEDSIGHT_API_TOKENS", TOKEN)
     with pytest.raises(ConfigError, match="unknown key 'routs' \\(did you mean 'routes'"):
-        load_serve_config(_config(tmp_path, made["package"], routs=[]))
+        load_serve_config(config_file(tmp_path, made["package"], routs=[]))
     nested = [{"name": "r", "model": "seg", "match": {"modaltiy": ["MR"]}, "treshold": 1}]
     with pytest.raises(ConfigError, match=r"'routes\.0\.match\.modaltiy' \(did you mean 'modality'.*'threshold'"):
-        load_serve_config(_config(tmp_path, made["package"], routes=nested))
+        load_serve_config(config_file(tmp_path, made["package"], routes=nested))
     bad_model = [{"name": "r", "model": "sge"}]
     with pytest.raises(ConfigError, match="names the model 'sge'"):
-        load_serve_config(_config(tmp_path, made["package"], routes=bad_model))
+        load_serve_config(config_file(tmp_path, made["package"], routes=bad_model))
     bad_regex = [{"name": "r", "model": "seg", "match": {"series_description": "(flair"}}]
     with pytest.raises(ConfigError, match="not a regular expression"):
-        load_serve_config(_config(tmp_path, made["package"], routes=bad_regex))
+        load_serve_config(config_file(tmp_path, made["package"], routes=bad_regex))
     with pytest.raises(ConfigError, match=r"models\.seg: .*(does not exist|package)"):
-        create_app(load_serve_config(_config(tmp_path, tmp_path / "no-package")), worker=False)
+        create_app(load_serve_config(config_file(tmp_path, tmp_path / "no-package")), worker=False)
     with pytest.raises(ConfigError, match="does not exist"):
         load_serve_config(tmp_path / "missing.yaml")
     tokens = tmp_path / "tokens.txt"
     tokens.write_text(f"# who may call\ncarol {TOKEN}x\n")
-    config = load_serve_config(_config(tmp_path, made["package"], auth={"tokens_file": "tokens.txt",
+    config = load_serve_config(config_file(tmp_path, made["package"], auth={"tokens_file": "tokens.txt",
                                                                         "tokens_env": None}))  # fmt: skip
     assert config.auth.tokens() == {f"{TOKEN}x": "carol"}
     assert json.loads(config.model_dump_json())["storage"] == str(tmp_path / "store")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(config: Path, port: int, log: Path):
-    """`medsight serve` in a process of its own, once its /health answers."""
-    import os
-    import subprocess
-    import sys
-    import time
-
-    import httpx2 as httpx
-
-    env = {**os.environ, "MEDSIGHT_API_TOKENS": f"alice={TOKEN}"}
-    with log.open("ab") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "medsight", "serve", "--config", str(config), "--host",
-                                    "127.0.0.1", "--port", str(port)], env=env, stdout=sink, stderr=sink)  # fmt: skip
-    for _ in range(600):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None:
-            break
-        time.sleep(0.1)
-    process.kill()
-    pytest.fail(f"medsight serve did not start:\n{log.read_text()[-3000:]}")
 
 
 def test_kill_9_then_restart_processes_every_acknowledged_study_once(tmp_path, made):
@@ -367,14 +281,14 @@ def test_kill_9_then_restart_processes_every_acknowledged_study_once(tmp_path, m
 
     import httpx2 as httpx
 
-    config = _config(tmp_path, made["package"], poll_s=0.1)
-    port, log = _free_port(), tmp_path / "serve.log"
-    process = _serve(config, port, log)
+    config = config_file(tmp_path, made["package"], poll_s=0.1)
+    port, log = free_port(), tmp_path / "serve.log"
+    process = serve_process(config, port, log)
     base = f"http://127.0.0.1:{port}"
     try:
         acknowledged = []
         for _ in range(4):
-            answer = httpx.post(f"{base}/studies", files=_files(made["MR"]), headers=AUTH, timeout=60)
+            answer = httpx.post(f"{base}/studies", files=files(made["MR"]), headers=AUTH, timeout=60)
             assert answer.status_code == 202, answer.text
             acknowledged += [job["id"] for job in answer.json()["jobs"]]
         process.send_signal(signal.SIGKILL)  # mid-work: the worker has had at most a moment
@@ -382,7 +296,7 @@ def test_kill_9_then_restart_processes_every_acknowledged_study_once(tmp_path, m
         with sqlite3.connect(tmp_path / "store" / "service.db") as db:
             left = dict(db.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
         assert left.get("queued", 0) + left.get("running", 0) > 0, left  # the restart has work to recover
-        process = _serve(config, port, log)
+        process = serve_process(config, port, log)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             jobs = {j["id"]: j for j in httpx.get(f"{base}/jobs", headers=AUTH, timeout=10).json()}

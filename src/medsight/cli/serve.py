@@ -44,6 +44,11 @@ def serve_command(
     for route in settings.routes:
         out.print(f"route {route.name} -> {route.model}" + (f" (flag {route.score} >= {route.threshold})"
                                                             if route.threshold is not None else ""))  # fmt: skip
+    if settings.dicom is not None:
+        d = settings.dicom
+        callers = ", ".join(d.allowed_callers) or "any caller"
+        out.print(f"DICOM listener {d.ae_title} on {d.host}:{d.port} ({callers}; a study is complete {d.idle_s:g} s "
+                  "after its last instance)")  # fmt: skip
     out.print(f"storage {settings.storage}; database {node.store.engine.url.render_as_string(hide_password=True)}")
     if check:
         out.print("the configuration is valid")

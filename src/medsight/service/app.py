@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from medsight import __version__
 from medsight.core.errors import InputError, UnsupportedFormatError
 from medsight.service.config import ServeConfig
+from medsight.service.dimse import DicomListener
 from medsight.service.node import RESULT, Node
 
 __all__ = ["Metrics", "create_app"]
@@ -114,24 +115,31 @@ class _BodyLimit:
             await self._refuse(send)
 
 
-def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = True) -> FastAPI:
+def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = True, listen: bool = True) -> FastAPI:
     """The service's FastAPI application. ``node`` (default: made from ``config``, loading its
-    models) does the work; ``worker`` starts its processing thread with the application.
+    models) does the work; ``worker`` starts its processing thread with the application, ``listen``
+    the DICOM listener where serve.yaml has a ``dicom`` section.
 
     Raises:
-        ConfigError: no API token configured, a model cannot be loaded, the storage or database refused.
+        ConfigError: no API token configured, a model cannot be loaded, the storage or database refused,
+            the DICOM port cannot be bound.
     """
     tokens = config.auth.tokens()
     metrics = Metrics()
     node = node if node is not None else Node(config, metrics=metrics)
     node.metrics = metrics
     metrics.node = node
+    listener = DicomListener(node, config.dicom) if config.dicom is not None and listen else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if listener is not None:
+            listener.start()
         if worker:
             node.start()
         yield
+        if listener is not None:
+            listener.stop()
         node.stop()
 
     def caller(request: Request) -> str:
@@ -149,13 +157,15 @@ def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = 
                   openapi_url=None, description=__doc__)  # fmt: skip
     app.add_middleware(_BodyLimit, limit=int(config.http.max_upload_mb * 2**20))  # type: ignore[arg-type]
     app.state.node = node
+    app.state.listener = listener
 
     @app.get("/health", tags=["service"])
     def health() -> dict[str, Any]:
         """Whether the service is up (no token needed): its version, models and queue."""
         counts = node.store.counts()
+        port = listener.port if listener is not None else None
         return {"status": "ok", "version": __version__, "models": sorted(node.models), "queued": counts["queued"],
-                "running": counts["running"]}  # fmt: skip
+                "running": counts["running"], "dicom_port": port}  # fmt: skip
 
     @app.get("/openapi.json", tags=["service"], include_in_schema=False)
     def openapi(_: str = Depends(caller)) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medsight.core.errors import ConfigError
 from medsight.engine.recipe import explain
 
-__all__ = ["Auth", "Http", "Match", "ModelEntry", "Route", "ServeConfig", "load_serve_config"]
+__all__ = ["Auth", "Dicom", "Http", "Match", "ModelEntry", "Route", "ServeConfig", "load_serve_config"]
 
 
 class _Strict(BaseModel):
@@ -27,6 +27,24 @@ class Http(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8042, ge=1, le=65535)
     max_upload_mb: float = Field(512.0, gt=0)
+
+
+class Dicom(_Strict):
+    """The DICOM listener (a C-STORE SCP): PACS and modalities send studies to ``ae_title`` at
+    ``host:port``; a study is complete once no instance of it arrived for ``idle_s`` seconds."""
+
+    ae_title: str = Field("MEDSIGHT", min_length=1, max_length=16)
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=0, le=65535)  # 0: any free port (tests)
+    idle_s: float = Field(10.0, gt=0)
+    allowed_callers: list[str] = Field(default_factory=list)  # calling AE titles accepted; empty: any
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        if not value.strip() or "\\" in value or any(ord(c) < 32 or ord(c) > 126 for c in value):
+            raise ValueError(f"{value!r} is not an AE title (1-16 printable ASCII characters, no backslash)")
+        return value.strip()
 
 
 class Auth(_Strict):
@@ -127,6 +145,7 @@ class ServeConfig(_Strict):
     storage: Path = Path("medsight-service")  # spool, results and (by default) the SQLite database
     database: str | None = None  # SQLAlchemy URL; default sqlite:///<storage>/service.db
     http: Http = Field(default_factory=Http)
+    dicom: Dicom | None = None  # the DICOM listener; off unless given
     auth: Auth = Field(default_factory=Auth)
     models: dict[str, ModelEntry]
     routes: list[Route] = Field(min_length=1)

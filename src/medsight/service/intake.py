@@ -15,7 +15,7 @@ from pathlib import Path
 
 from medsight.core.errors import InputError, UnsupportedFormatError
 
-__all__ = ["Instance", "parse_instance", "spool", "studies"]
+__all__ = ["Instance", "parse_instance", "spool", "studies", "sync_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,9 @@ def _study_time(ds: object) -> datetime | None:
         return None
 
 
-def parse_instance(data: bytes, name: str) -> Instance:
-    """The facts of one DICOM Part 10 file given as bytes.
+def parse_instance(data: bytes | Path, name: str) -> Instance:
+    """The facts of one DICOM Part 10 file, given as bytes or as a path (then its bytes are not kept:
+    ``Instance.data`` is empty and large values are not read).
 
     Raises:
         UnsupportedFormatError: not a DICOM Part 10 file.
@@ -70,7 +71,7 @@ def parse_instance(data: bytes, name: str) -> Instance:
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), defer_size="1 KB")
+        ds = pydicom.dcmread(io.BytesIO(data) if isinstance(data, bytes) else data, defer_size="1 KB")
     except (InvalidDicomError, EOFError, ValueError, TypeError, AttributeError, OSError) as exc:
         raise UnsupportedFormatError(f"{name} is not a DICOM file ({exc}); send DICOM Part 10 files") from exc
     sop_class = str(getattr(ds, "SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", "") or "")
@@ -79,7 +80,7 @@ def parse_instance(data: bytes, name: str) -> Instance:
         return str(getattr(ds, keyword, "") or "").strip()
 
     return Instance(
-        data=data,
+        data=data if isinstance(data, bytes) else b"",
         name=name,
         sop_uid=_uid(ds, "SOPInstanceUID", name),
         sop_class=sop_class,
@@ -113,6 +114,15 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(partial, path)
 
 
+def sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (files made or renamed in it) to disk."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
 def spool(folder: Path, instances: Sequence[Instance]) -> None:
     """Write a study's instances to ``folder/<series UID>/<SOP instance UID>.dcm`` as sent, each
     flushed to disk and renamed into place, and the folders synced: after this returns, a crash
@@ -126,12 +136,8 @@ def spool(folder: Path, instances: Sequence[Instance]) -> None:
             series = folder / instance.series_uid
             series.mkdir(parents=True, exist_ok=True)
             _write(series / f"{instance.sop_uid}.dcm", instance.data)
-        for directory in {folder, *(folder / i.series_uid for i in instances)}:
-            handle = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(handle)
-            finally:
-                os.close(handle)
+        for directory in {folder.parent, folder, *(folder / i.series_uid for i in instances)}:
+            sync_folder(directory)
     except OSError as exc:
         raise InputError(f"cannot spool the received study to {folder} ({exc.strerror}); free space there or "
                          "move storage in serve.yaml") from exc  # fmt: skip

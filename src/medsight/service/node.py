@@ -26,7 +26,7 @@ from pydicom import uid
 
 from medsight.core.errors import ConfigError, InputError, MedsightError
 from medsight.service.config import ModelEntry, Route, ServeConfig
-from medsight.service.intake import parse_instance, spool, studies
+from medsight.service.intake import Instance, parse_instance, spool, studies, sync_folder
 from medsight.service.routing import Series, describe, route_study
 from medsight.service.store import Job, Store, utcnow
 
@@ -48,6 +48,7 @@ _OUR_CLASSES = frozenset(
         ),
     )
 )
+_STAGED = ".staged.json"  # in a staged study moved into the spool: its job, caller and source
 RESULT = "result.json"  # written last into a job's results: its presence means the results are whole
 
 
@@ -122,6 +123,8 @@ class Node:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._ours: set[str] | None = None  # the output UIDs of every job (the loop guard), read once
         self.recover()
 
     # -- receiving ------------------------------------------------------------------------------
@@ -135,30 +138,76 @@ class Node:
         if not files:
             raise InputError("no files were sent; send DICOM files as multipart form fields named 'files'")
         instances = [parse_instance(data, name) for name, data in files]
-        ours = self.store.our_outputs()
-        own = {i.sop_uid for i in instances
-               if i.sop_uid in ours or (i.manufacturer == "medsight" and i.sop_class in _OUR_CLASSES)}  # fmt: skip
+        own = {i.sop_uid for i in instances if self.is_own(i)}
         if own:
-            log.info("ignored %d instance(s) this service wrote (loop guard)", len(own))
-            self.store.audit(actor, "ignored_own_output", None, instances=sorted(own))
+            self.ignore_own(sorted(own), actor)
         jobs = []
         for study_uid, items in studies(i for i in instances if i.sop_uid not in own).items():
             job_id = uuid.uuid4().hex
             spool(self.config.storage / "spool" / job_id, items)
-            first = items[0]
-            job = Job(
-                id=job_id, study_uid=study_uid, accession=first.accession,
-                modalities=",".join(sorted({i.modality for i in items if i.modality}))[:64],
-                description=first.study_description, study_time=first.study_time, source=source,
-                submitted_by=actor[:64], instances=len(items), status="queued", received_at=utcnow(), flagged=False,
-            )  # fmt: skip
-            self.store.add_job(job, actor=actor, detail={"source": source, "instances": len(items),
-                               "series": len({i.series_uid for i in items})})  # fmt: skip
-            jobs.append(job)
+            jobs.append(self._queue(job_id, study_uid, items, actor=actor, source=source))
         if self.metrics is not None:
             self.metrics.instances(len(instances) - len(own))
-        self._wake.set()
         return jobs
+
+    def is_own(self, instance: Instance) -> bool:
+        """Whether the instance is a result this service wrote (the loop guard): one of its output
+        UIDs, or a SEG, SR or secondary capture made by medsight."""
+        if instance.manufacturer == "medsight" and instance.sop_class in _OUR_CLASSES:
+            return True
+        with self._lock:
+            if self._ours is None:
+                self._ours = self.store.our_outputs()
+            return instance.sop_uid in self._ours
+
+    def ignore_own(self, sop_uids: Sequence[str], actor: str) -> None:
+        """Record instances the loop guard turned away."""
+        log.info("ignored %d instance(s) this service wrote (loop guard)", len(sop_uids))
+        self.store.audit(actor, "ignored_own_output", None, instances=list(sop_uids))
+
+    def enqueue_staged(self, staged: Path, *, actor: str, source: str) -> Job | None:
+        """Queue a study whose instances were staged on disk as they arrived (``staged/<series
+        UID>/<SOP instance UID>.dcm``, all of one study, e.g. by the DICOM listener): the folder is
+        moved into the spool, and a crash at any point loses nothing (a moved folder without its job
+        is adopted on the next start). None when the folder holds no instance.
+
+        Raises:
+            InputError: a staged file is no longer readable DICOM.
+        """
+        files = sorted(p for p in staged.glob("*/*.dcm") if not p.name.startswith("."))
+        if not files:
+            shutil.rmtree(staged, ignore_errors=True)
+            return None
+        job_id = uuid.uuid4().hex
+        marker = {"job": job_id, "actor": actor, "source": source}
+        (staged / _STAGED).write_text(json.dumps(marker))
+        target = self.config.storage / "spool" / job_id
+        os.replace(staged, target)
+        sync_folder(target.parent)
+        sync_folder(staged.parent)
+        return self._adopt(target, marker)
+
+    def _adopt(self, folder: Path, marker: dict[str, str]) -> Job:
+        """The job of a staged study moved into the spool."""
+        items = [parse_instance(p, p.name) for p in sorted(folder.glob("*/*.dcm")) if not p.name.startswith(".")]
+        grouped = studies(items)
+        if len(grouped) != 1:
+            raise InputError(f"{folder} holds {len(grouped)} studies; a staged folder holds one")
+        ((study_uid, items),) = grouped.items()
+        return self._queue(marker["job"], study_uid, items, actor=marker["actor"], source=marker["source"])
+
+    def _queue(self, job_id: str, study_uid: str, items: Sequence[Instance], *, actor: str, source: str) -> Job:
+        first = items[0]
+        job = Job(
+            id=job_id, study_uid=study_uid, accession=first.accession,
+            modalities=",".join(sorted({i.modality for i in items if i.modality}))[:64],
+            description=first.study_description, study_time=first.study_time, source=source,
+            submitted_by=actor[:64], instances=len(items), status="queued", received_at=utcnow(), flagged=False,
+        )  # fmt: skip
+        self.store.add_job(job, actor=actor, detail={"source": source, "instances": len(items),
+                           "series": len({i.series_uid for i in items})})  # fmt: skip
+        self._wake.set()
+        return job
 
     # -- the worker -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -262,6 +311,9 @@ class Node:
         return result
 
     def _finish_from(self, job_id: str, result: dict, *, recovered: bool = False) -> None:
+        with self._lock:
+            if self._ours is not None:
+                self._ours.update(result["outputs"])
         self.store.finish(job_id, action="processed", status="done", route=result["route"], model=result["model"],
                           model_version=result["model_version"], score=result["score"], flagged=result["flagged"],
                           note=result["note"] + (" (completed after a restart)" if recovered else ""),
@@ -280,7 +332,20 @@ class Node:
                 self.store.audit("medsight", "requeued", job, reason="the service stopped while processing it")
                 log.info("job %s: queued again (the service stopped while processing it)", job.id)
         known = {j.id for j in self.store.jobs(limit=10_000_000)}
-        orphans = [p.name for p in (self.config.storage / "spool").iterdir() if p.name not in known]
+        orphans = []
+        for folder in (self.config.storage / "spool").iterdir():
+            if folder.name in known:
+                continue
+            marker = folder / _STAGED
+            if marker.is_file():  # acknowledged instances moved in just before a stop: queue them
+                try:
+                    job = self._adopt(folder, json.loads(marker.read_text()))
+                except (MedsightError, ValueError, KeyError) as exc:
+                    log.error("the staged study %s cannot be queued (%s); it is left there for the admin", folder, exc)
+                    continue
+                log.info("job %s: a staged study moved into the spool before the stop, queued now", job.id)
+            else:
+                orphans.append(folder.name)
         if orphans:
             log.warning("%d spooled folder(s) belong to no job (a receipt cut off before it was acknowledged; "
                         "the sender will send again): %s", len(orphans), ", ".join(orphans[:5]))  # fmt: skip
