@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from medsight.cli.common import friendly, out
+from medsight.cli.common import friendly, out, state
 
 # FastAPI, uvicorn, SQLAlchemy and the models are imported inside the command: `--help` stays instant
 
@@ -26,6 +27,13 @@ def serve_command(
     them. Every endpoint but /health needs an API token."""
     from medsight.core.errors import ConfigError
     from medsight.service import load_serve_config
+
+    if not check:  # a service's log: every line timed, medsight's at INFO (DEBUG with --debug)
+        debug = bool(state.get("debug"))
+        logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, force=True,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+        for noisy in ("pynetdicom", "pydicom", "highdicom", "multipart", "python_multipart"):
+            logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
 
     settings = load_serve_config(config)
     try:

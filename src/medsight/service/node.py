@@ -244,9 +244,14 @@ class Node:
                 log.exception("study %s (job %s) failed", job.study_uid, job.id)
             note = str(exc) if known else f"internal error ({type(exc).__name__}: {exc}); see the service log"
             self.store.finish(job.id, action="failed", status="failed", note=note[:2000])
+        seconds = time.perf_counter() - started
+        done = self.store.job(job.id)
+        if done is not None:
+            log.info("job %s (study %s): %s in %.1f s%s%s", job.id, job.study_uid, done.status, seconds,
+                     f", {done.route} score {done.score}" if done.route else "",
+                     " FLAGGED" if done.flagged else "")  # fmt: skip
         if self.metrics is not None:
-            done = self.store.job(job.id)
-            self.metrics.job(done.status if done else "failed", time.perf_counter() - started)
+            self.metrics.job(done.status if done else "failed", seconds)
         return True
 
     def _series(self, folder: Path) -> list[Series]:
