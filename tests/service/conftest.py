@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,3 +41,47 @@ def made(tmp_path_factory) -> dict[str, Path]:
 def tokens(monkeypatch):
     """Two API tokens in the environment: alice's and bob's."""
     monkeypatch.setenv("MEDSIGHT_API_TOKENS", f"alice={TOKEN},bob=bob-token-0123456789")
+
+
+def _postgres_bin() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return versions[-1].parent if versions else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server (initdb in a temporary folder, a Unix socket there, trust auth)
+    for this session; skips where PostgreSQL or psycopg is not installed."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'psycopg[binary]')")
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (apt install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="medsight-pg-"))  # not under pytest's folder: the postgres user must reach it
+    data, sockets = root / "data", root / "sockets"
+    sockets.mkdir()
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: as the postgres user, in folders it owns
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user to run PostgreSQL as")
+        run_as = ["runuser", "-u", "postgres", "--"]
+        for folder in (root, sockets):
+            shutil.chown(folder, "postgres")
+    log = root / "server.log"
+    subprocess.run([*run_as, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "medsight",
+                    "--no-sync", "-E", "UTF8"], check=True, capture_output=True, timeout=120)  # fmt: skip
+    options = f"-c listen_addresses='' -c unix_socket_directories={sockets} -c fsync=off -p 5432"
+    started = subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log),
+                              "-w", "-t", "60", "start"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    if started.returncode != 0:
+        pytest.fail(f"PostgreSQL did not start: {started.stderr}\n{log.read_text() if log.exists() else ''}")
+    try:
+        yield f"postgresql+psycopg://medsight@/postgres?host={sockets}&port=5432"
+    finally:
+        subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)

@@ -23,7 +23,6 @@ from medsight.inference import Predictor
 from medsight.service import load_serve_config
 from medsight.service.app import create_app
 from medsight.service.node import Node
-from medsight.service.store import Job, Store, utcnow
 from tests.service.common import AUTH, TOKEN, config_file, files, free_port, serve_process
 
 
@@ -165,29 +164,6 @@ def test_routes_triage_and_the_worklist_order(tmp_path, made, tokens):
         assert [j["id"] for j in client.get("/worklist", headers=AUTH).json()] == [mr["id"], ct["id"]]  # oldest first
 
 
-def test_the_worklist_puts_flagged_studies_first_and_hides_none(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    rows = [("old-plain", False, None), ("flag-low", True, 0.6), ("new-plain", False, 0.9), ("flag-high", True, 0.95),
-            ("failed", False, None)]  # fmt: skip
-    for i, (name, flagged, score) in enumerate(rows):
-        job = Job(id=name, study_uid=f"1.2.{i}", source="http", submitted_by="t", instances=1, status="done",
-                  received_at=utcnow(), flagged=flagged, score=score)  # fmt: skip
-        store.add_job(job, actor="t", detail={})
-    assert [j.id for j in store.worklist()] == ["flag-high", "flag-low", "old-plain", "new-plain", "failed"]
-    assert [j.id for j in store.worklist(limit=2, offset=3)] == ["new-plain", "failed"]  # every one reachable
-
-
-def test_the_audit_log_is_append_only(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    store.audit("alice", "viewed", None, note="a line")
-    with sqlite3.connect(tmp_path / "db.sqlite") as db:
-        for statement in ("UPDATE audit SET actor = 'mallory'", "DELETE FROM audit"):
-            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-                db.execute(statement)
-        db.execute("INSERT INTO audit (at, actor, action, detail) VALUES ('2026-01-01', 'x', 'y', '{}')")
-    assert [e.actor for e in store.events()] == ["x", "alice"]
-
-
 def _set_running(config, job_id: str) -> None:
     with sqlite3.connect(config.storage / "service.db") as db:
         db.execute("UPDATE jobs SET status = 'running', finished_at = NULL WHERE id = ?", (job_id,))
@@ -314,3 +290,17 @@ def test_kill_9_then_restart_processes_every_acknowledged_study_once(tmp_path, m
     finally:
         process.kill()
         process.wait(timeout=30)
+
+
+def test_the_service_runs_on_postgresql(tmp_path, made, tokens, postgres_url):
+    _, app = _app(tmp_path, made, database=postgres_url)
+    node: Node = app.state.node
+    assert node.store.engine.dialect.name == "postgresql"
+    with TestClient(app) as client:
+        (job,) = client.post("/studies", files=files(made["MR"]), headers=AUTH).json()["jobs"]
+        assert node.process_next()
+        done = client.get(f"/jobs/{job['id']}", headers=AUTH).json()
+        assert done["status"] == "done" and len(done["outputs"]) == 3 and done["received_at"].endswith("+00:00")
+        events = client.get(f"/audit?job={job['id']}", headers=AUTH).json()
+        assert [e["action"] for e in events] == ["viewed", "processed", "received"]
+        assert job["id"] in [j["id"] for j in client.get("/worklist", headers=AUTH).json()]

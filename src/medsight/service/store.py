@@ -26,7 +26,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from medsight.core.errors import ConfigError
@@ -123,30 +124,37 @@ for _verb in ("UPDATE", "DELETE"):
             "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
         ).execute_if(dialect="sqlite"),
     )
-event.listen(
-    AuditEvent.__table__,
-    "after_create",
-    DDL(
-        "CREATE FUNCTION audit_append_only() RETURNS trigger AS $$ BEGIN "
-        "RAISE EXCEPTION 'the audit log is append-only'; END; $$ LANGUAGE plpgsql; "
-        "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit "
-        "FOR EACH ROW EXECUTE FUNCTION audit_append_only()"
-    ).execute_if(dialect="postgresql"),
-)
+for _statement in (
+    "CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger AS $$ BEGIN "
+    "RAISE EXCEPTION 'the audit log is append-only'; END; $$ LANGUAGE plpgsql",
+    "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit "
+    "FOR EACH ROW EXECUTE FUNCTION audit_append_only()",
+    "CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()",
+):
+    event.listen(AuditEvent.__table__, "after_create", DDL(_statement).execute_if(dialect="postgresql"))
 
 
 class Store:
     """The jobs and the audit log in one database (tables made on first use)."""
 
     def __init__(self, url: str) -> None:
+        try:
+            parsed = make_url(url)
+        except ArgumentError as exc:
+            raise ConfigError(f"database {url!r} is not a SQLAlchemy URL (e.g. sqlite:////var/lib/medsight/service.db, "
+                              "postgresql+psycopg://user:password@host/db)") from exc  # fmt: skip
+        shown = parsed.render_as_string(hide_password=True)
         options: dict[str, Any] = {}
-        if url.startswith("sqlite"):
+        if parsed.get_backend_name() == "sqlite":
             options["connect_args"] = {"check_same_thread": False, "timeout": 30}
         try:
-            self.engine = create_engine(url, **options)
+            self.engine = create_engine(parsed, **options)
             _Base.metadata.create_all(self.engine)
+        except ImportError as exc:
+            raise ConfigError(f"the database {shown} needs its Python driver ({exc.name} is missing): e.g. "
+                              "pip install 'psycopg[binary]' for postgresql+psycopg://") from exc  # fmt: skip
         except SQLAlchemyError as exc:
-            raise ConfigError(f"cannot open the service database {url}: {str(exc).splitlines()[0]}; "
+            raise ConfigError(f"cannot open the service database {shown}: {str(exc).splitlines()[0]}; "
                               "check database (a SQLAlchemy URL) and storage in serve.yaml") from exc  # fmt: skip
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
