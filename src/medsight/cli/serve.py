@@ -50,8 +50,12 @@ def serve_command(
         out.print(f"model {name}: {summary['recipe']} ({summary['task']}, version {summary['version']}, "
                   f"{summary['backend']})")  # fmt: skip
     for route in settings.routes:
-        out.print(f"route {route.name} -> {route.model}" + (f" (flag {route.score} >= {route.threshold})"
-                                                            if route.threshold is not None else ""))  # fmt: skip
+        flag = f" (flag {route.score} >= {route.threshold})" if route.threshold is not None else ""
+        send = f"; results to {', '.join(route.send_to)}" if route.send_to else ""
+        out.print(f"route {route.name} -> {route.model}{flag}{send}")
+    for name, d in settings.destinations.items():
+        out.print(f"destination {name}: {d.ae_title}@{d.host}:{d.port} (as {d.calling_ae_title}; {d.max_attempts} "
+                  f"tries, first wait {d.retry_s:g} s)")  # fmt: skip
     if settings.dicom is not None:
         d = settings.dicom
         callers = ", ".join(d.allowed_callers) or "any caller"

@@ -24,6 +24,7 @@ from medsight.core.errors import InputError, UnsupportedFormatError
 from medsight.service.config import ServeConfig
 from medsight.service.dimse import DicomListener
 from medsight.service.node import RESULT, Node
+from medsight.service.send import Sender
 
 __all__ = ["Metrics", "create_app"]
 
@@ -56,15 +57,19 @@ class Metrics:
 
     def collect(self) -> list[GaugeMetricFamily]:
         """The jobs in each status now (read from the database at scrape time)."""
-        family = GaugeMetricFamily("medsight_jobs", "Jobs in each status", labels=["status"])
+        jobs, deliveries = self.describe()
         if self.node is not None:
             for status, count in self.node.store.counts().items():
-                family.add_metric([status], count)
-        return [family]
+                jobs.add_metric([status], count)
+            for status, count in self.node.store.delivery_counts().items():
+                deliveries.add_metric([status], count)
+        return [jobs, deliveries]
 
     def describe(self) -> list[GaugeMetricFamily]:
         """What collect() yields (without reading the database)."""
-        return [GaugeMetricFamily("medsight_jobs", "Jobs in each status", labels=["status"])]
+        return [GaugeMetricFamily("medsight_jobs", "Jobs in each status", labels=["status"]),
+                GaugeMetricFamily("medsight_deliveries", "Result deliveries in each status (dead: every try "
+                                  "failed)", labels=["status"])]  # fmt: skip
 
 
 class _BodyLimit:
@@ -130,6 +135,7 @@ def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = 
     node.metrics = metrics
     metrics.node = node
     listener = DicomListener(node, config.dicom) if config.dicom is not None and listen else None
+    sender = Sender(node, poll_s=config.poll_s) if config.destinations and worker else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -137,10 +143,14 @@ def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = 
             listener.start()
         if worker:
             node.start()
+        if sender is not None:
+            sender.start()
         yield
         if listener is not None:
             listener.stop()
         node.stop()
+        if sender is not None:
+            sender.stop()
 
     def caller(request: Request) -> str:
         given = request.headers.get("x-api-key") or ""
@@ -158,6 +168,7 @@ def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = 
     app.add_middleware(_BodyLimit, limit=int(config.http.max_upload_mb * 2**20))  # type: ignore[arg-type]
     app.state.node = node
     app.state.listener = listener
+    app.state.sender = sender
 
     @app.get("/health", tags=["service"])
     def health() -> dict[str, Any]:
@@ -207,6 +218,7 @@ def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = 
         if folder is not None:
             result = json.loads((folder / RESULT).read_text())
             found.update(predictions=result["predictions"], files=[*result["files"], "predictions.csv"])
+            found["deliveries"] = [d.as_dict() for d in node.store.deliveries(job_id)]
             node.store.audit(actor, "viewed", job_or_404(job_id))
         return found
 
@@ -221,6 +233,24 @@ def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = 
         node.store.audit(actor, "downloaded", found, file=name)
         kind = "application/dicom" if name.endswith(".dcm") else "text/csv"
         return FileResponse(folder / name, media_type=kind, filename=PurePosixPath(name).name)
+
+    @app.get("/deliveries", tags=["studies"])
+    def deliveries(status: str | None = Query(None, pattern="^(pending|sent|dead)$"), job: str | None = None,
+                   limit: int = Query(500, ge=1, le=100_000),
+                   _: str = Depends(caller)) -> list[dict[str, Any]]:  # fmt: skip
+        """Results sent or to be sent to destinations, newest first: ``status=dead`` lists those
+        whose every try failed (kept; retry them with POST /deliveries/{id}/retry)."""
+        return [d.as_dict() for d in node.store.deliveries(job, status, limit)]
+
+    @app.post("/deliveries/{delivery_id}/retry", tags=["studies"])
+    def retry(delivery_id: int, actor: str = Depends(caller)) -> dict[str, Any]:
+        """Send a dead-lettered (or waiting) delivery again now, its tries counted afresh."""
+        try:
+            return node.store.rearm(delivery_id, actor).as_dict()
+        except KeyError:
+            raise HTTPException(404, f"no delivery {delivery_id}; GET /deliveries lists them") from None
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
 
     @app.get("/worklist", tags=["triage"])
     def worklist(limit: int = Query(500, ge=1, le=10_000), offset: int = Query(0, ge=0),

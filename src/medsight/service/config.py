@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medsight.core.errors import ConfigError
 from medsight.engine.recipe import explain
 
-__all__ = ["Auth", "Dicom", "Http", "Match", "ModelEntry", "Route", "ServeConfig", "load_serve_config"]
+__all__ = ["Auth", "Destination", "Dicom", "Http", "Match", "ModelEntry", "Route", "ServeConfig", "load_serve_config"]
 
 
 class _Strict(BaseModel):
@@ -29,6 +29,17 @@ class Http(_Strict):
     max_upload_mb: float = Field(512.0, gt=0)
 
 
+def ae_title(value: str) -> str:
+    """A valid DICOM AE title (stripped).
+
+    Raises:
+        ValueError: empty, or not printable ASCII, or with a backslash.
+    """
+    if not value.strip() or "\\" in value or any(ord(c) < 32 or ord(c) > 126 for c in value):
+        raise ValueError(f"{value!r} is not an AE title (1-16 printable ASCII characters, no backslash)")
+    return value.strip()
+
+
 class Dicom(_Strict):
     """The DICOM listener (a C-STORE SCP): PACS and modalities send studies to ``ae_title`` at
     ``host:port``; a study is complete once no instance of it arrived for ``idle_s`` seconds."""
@@ -41,10 +52,27 @@ class Dicom(_Strict):
 
     @field_validator("ae_title")
     @classmethod
-    def _ae_title(cls, value: str) -> str:
-        if not value.strip() or "\\" in value or any(ord(c) < 32 or ord(c) > 126 for c in value):
-            raise ValueError(f"{value!r} is not an AE title (1-16 printable ASCII characters, no backslash)")
-        return value.strip()
+    def _title(cls, value: str) -> str:
+        return ae_title(value)
+
+
+class Destination(_Strict):
+    """A DICOM node (a PACS, a viewer, a router) that a route's results are sent to by C-STORE, with
+    ``max_attempts`` tries, the first wait ``retry_s`` doubling each time (at most an hour); after
+    the last the delivery is dead-lettered (kept, listed, retried on demand: nothing is lost)."""
+
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: str = Field("MEDSIGHT", min_length=1, max_length=16)
+    max_attempts: int = Field(5, ge=1, le=100)
+    retry_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(30.0, gt=0)  # connection, association and each C-STORE
+
+    @field_validator("ae_title", "calling_ae_title")
+    @classmethod
+    def _titles(cls, value: str) -> str:
+        return ae_title(value)
 
 
 class Auth(_Strict):
@@ -131,6 +159,7 @@ class Route(_Strict):
     match: Match = Field(default_factory=Match)
     score: str | None = None
     threshold: float | None = None
+    send_to: list[str] = Field(default_factory=list)  # destinations the results are sent to
 
     @model_validator(mode="after")
     def _threshold_needs_score(self) -> Route:
@@ -146,6 +175,7 @@ class ServeConfig(_Strict):
     database: str | None = None  # SQLAlchemy URL; default sqlite:///<storage>/service.db
     http: Http = Field(default_factory=Http)
     dicom: Dicom | None = None  # the DICOM listener; off unless given
+    destinations: dict[str, Destination] = Field(default_factory=dict)
     auth: Auth = Field(default_factory=Auth)
     models: dict[str, ModelEntry]
     routes: list[Route] = Field(min_length=1)
@@ -157,6 +187,10 @@ class ServeConfig(_Strict):
             if route.model not in self.models:
                 raise ValueError(f"route {route.name!r} names the model {route.model!r}, which is not under models "
                                  f"({', '.join(self.models) or 'none'})")  # fmt: skip
+            unknown = [d for d in route.send_to if d not in self.destinations]
+            if unknown:
+                raise ValueError(f"route {route.name!r} sends to {', '.join(map(repr, unknown))}, which is not under "
+                                 f"destinations ({', '.join(self.destinations) or 'none'})")  # fmt: skip
         names = [r.name for r in self.routes]
         if len(set(names)) != len(names):
             raise ValueError(f"route names must differ: {names}")

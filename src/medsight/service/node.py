@@ -319,7 +319,10 @@ class Node:
         with self._lock:
             if self._ours is not None:
                 self._ours.update(result["outputs"])
-        self.store.finish(job_id, action="processed", status="done", route=result["route"], model=result["model"],
+        route = next((r for r in self.config.routes if r.name == result["route"]), None)
+        send_to = route.send_to if route is not None and result["outputs"] else []
+        self.store.finish(job_id, action="processed", send_to=send_to, status="done", route=result["route"],
+                          model=result["model"],
                           model_version=result["model_version"], score=result["score"], flagged=result["flagged"],
                           note=result["note"] + (" (completed after a restart)" if recovered else ""),
                           outputs=json.dumps(result["outputs"]))  # fmt: skip

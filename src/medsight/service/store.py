@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import (
@@ -32,7 +32,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from medsight.core.errors import ConfigError
 
-__all__ = ["AuditEvent", "Job", "Store", "utcnow"]
+__all__ = ["AuditEvent", "Delivery", "Job", "Store", "utcnow"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,28 @@ class Job(_Base):
         row = {c.name: getattr(self, c.name) for c in self.__table__.columns if c.name != "outputs"}
         row.update({t: _iso(row[t]) for t in times})
         row["outputs"] = json.loads(self.outputs or "[]")
+        return row
+
+
+class Delivery(_Base):
+    """A job's results to be sent to one destination: pending (with the time of its next try),
+    sent, or dead (every try failed; kept until retried by hand)."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(32), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending, sent, dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str] = mapped_column(Text, default="")
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The delivery as the API returns it."""
+        row = {c.name: getattr(self, c.name) for c in self.__table__.columns}
+        row.update(next_at=_iso(self.next_at), sent_at=_iso(self.sent_at))
         return row
 
 
@@ -210,9 +232,13 @@ class Store:
                     return s.get(Job, job_id)
         return None
 
-    def finish(self, job_id: str, *, action: str, **values: Any) -> Job:
-        """Set a job's final fields and add its audit line in one transaction."""
+    def finish(self, job_id: str, *, action: str, send_to: Sequence[str] = (), **values: Any) -> Job:
+        """Set a job's final fields, add its audit line and its deliveries (to ``send_to``) in one
+        transaction."""
         with self.session() as s:
+            for destination in send_to:
+                s.add(Delivery(job_id=job_id, destination=destination, status="pending", attempts=0,
+                               next_at=utcnow()))  # fmt: skip
             job = s.get(Job, job_id)
             if job is None:
                 raise KeyError(job_id)
@@ -225,6 +251,73 @@ class Store:
                 detail["seconds"] = round((job.finished_at - started).total_seconds(), 3)
             s.add(_event("medsight", action, job, detail))
             return job
+
+    def due(self, limit: int = 20) -> list[Delivery]:
+        """Pending deliveries whose next try is due, oldest first."""
+        query = (select(Delivery).where(Delivery.status == "pending", Delivery.next_at <= utcnow())
+                 .order_by(Delivery.next_at).limit(limit))  # fmt: skip
+        with self.session() as s:
+            return list(s.scalars(query))
+
+    def deliveries(self, job_id: str | None = None, status: str | None = None, limit: int = 500) -> list[Delivery]:
+        """Deliveries newest first (of one job, of one status)."""
+        query = select(Delivery).order_by(Delivery.id.desc()).limit(limit)
+        if job_id is not None:
+            query = query.where(Delivery.job_id == job_id)
+        if status is not None:
+            query = query.where(Delivery.status == status)
+        with self.session() as s:
+            return list(s.scalars(query))
+
+    def delivered(self, delivery_id: int, *, actor: str = "medsight", **detail: Any) -> Delivery:
+        """Mark a delivery sent, with its audit line."""
+        with self.session() as s:
+            delivery = s.get(Delivery, delivery_id)
+            if delivery is None:
+                raise KeyError(delivery_id)
+            delivery.status, delivery.sent_at, delivery.error = "sent", utcnow(), ""
+            delivery.attempts += 1
+            job = s.get(Job, delivery.job_id)
+            s.add(_event(actor, "sent", job, {"destination": delivery.destination, "attempts": delivery.attempts,
+                                              **detail}))  # fmt: skip
+            return delivery
+
+    def attempt_failed(self, delivery_id: int, error: str, *, max_attempts: int, retry_s: float) -> Delivery:
+        """Count a failed try: pending again after a wait doubling with each try (at most an hour), or
+        dead after ``max_attempts`` (audited as ``dead_letter``)."""
+        with self.session() as s:
+            delivery = s.get(Delivery, delivery_id)
+            if delivery is None:
+                raise KeyError(delivery_id)
+            delivery.attempts += 1
+            delivery.error = error[:2000]
+            if delivery.attempts >= max_attempts:
+                delivery.status = "dead"
+                job = s.get(Job, delivery.job_id)
+                s.add(_event("medsight", "dead_letter", job, {"destination": delivery.destination,
+                             "attempts": delivery.attempts, "error": delivery.error}))  # fmt: skip
+            else:
+                wait = min(retry_s * 2 ** (delivery.attempts - 1), 3600.0)
+                delivery.next_at = utcnow() + timedelta(seconds=wait)
+            return delivery
+
+    def rearm(self, delivery_id: int, actor: str) -> Delivery:
+        """Send a dead (or pending) delivery again now, its tries counted afresh.
+
+        Raises:
+            KeyError: no such delivery.
+            ValueError: it was sent already.
+        """
+        with self.session() as s:
+            delivery = s.get(Delivery, delivery_id)
+            if delivery is None:
+                raise KeyError(delivery_id)
+            if delivery.status == "sent":
+                raise ValueError(f"delivery {delivery_id} was sent already")
+            delivery.status, delivery.attempts, delivery.next_at = "pending", 0, utcnow()
+            job = s.get(Job, delivery.job_id)
+            s.add(_event(actor, "retry", job, {"destination": delivery.destination, "delivery": delivery_id}))
+            return delivery
 
     def requeue(self, job_id: str) -> None:
         """Put a job that a stopped service left running back in the queue."""
@@ -243,6 +336,12 @@ class Store:
             query = query.where(AuditEvent.job_id == job_id)
         with self.session() as s:
             return list(s.scalars(query))
+
+    def delivery_counts(self) -> dict[str, int]:
+        """How many deliveries are in each status (pending, sent, dead)."""
+        with self.session() as s:
+            found = dict(s.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).all())
+        return {status: int(found.get(status, 0)) for status in ("pending", "sent", "dead")}
 
     def counts(self) -> dict[str, int]:
         """How many jobs are in each status."""

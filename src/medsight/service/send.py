@@ -1,0 +1,129 @@
+"""Sending results back: each done job's DICOM results go to the destinations its route names, by
+C-STORE (pynetdicom, TCP_NODELAY on), with bounded retries and a dead-letter state. A delivery is
+recorded with the job in one transaction, so a stop or crash loses none; one cut short by a crash
+is sent again whole (a PACS stores an instance sent twice once: same SOP Instance UID)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from medsight.service.config import Destination
+from medsight.service.node import Node
+
+__all__ = ["SendError", "Sender", "c_store"]
+
+log = logging.getLogger(__name__)
+
+
+class SendError(Exception):
+    """A destination refused or could not be reached (the message says which and why)."""
+
+
+def c_store(destination: Destination, paths: list[Path]) -> int:
+    """Send DICOM files to ``destination`` in one association; how many were stored.
+
+    Raises:
+        SendError: no association (the node is down, or refuses our AE title), or an instance refused.
+    """
+    import pydicom
+    from pynetdicom import AE, evt
+    from pynetdicom.presentation import build_context
+
+    from medsight.service.dimse import nodelay
+
+    ae = AE(ae_title=destination.calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = destination.timeout_s
+    ae.connection_timeout = destination.timeout_s
+    heads = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    for sop_class in sorted({str(h.SOPClassUID) for h in heads}):
+        syntaxes = sorted({str(h.file_meta.TransferSyntaxUID) for h in heads if str(h.SOPClassUID) == sop_class})
+        ae.requested_contexts = [*ae.requested_contexts, build_context(sop_class, syntaxes)]
+    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)])  # fmt: skip
+    if not assoc.is_established:
+        reason = "rejected the association" if assoc.is_rejected else "cannot be reached"
+        raise SendError(f"{where} {reason} (is it up, and does it know the AE title "
+                        f"{destination.calling_ae_title}?)")  # fmt: skip
+    try:
+        for path in paths:
+            status = assoc.send_c_store(path)
+            code = int(getattr(status, "Status", -1)) if status else -1
+            if code != 0 and not 0xB000 <= code <= 0xBFFF:  # success, or a warning (stored, coerced)
+                raise SendError(f"{where} refused {path.name} (status 0x{code & 0xFFFF:04X})"
+                                if code >= 0 else f"{where} did not answer for {path.name}")  # fmt: skip
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        else:
+            assoc.abort()
+    return len(paths)
+
+
+class Sender:
+    """A thread sending due deliveries, one at a time.
+
+    Args:
+        node: The service core (its store, configuration and results).
+        poll_s: How often to look for due deliveries.
+    """
+
+    def __init__(self, node: Node, poll_s: float = 1.0) -> None:
+        self.node, self.poll_s = node, poll_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start sending (idempotent)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="medsight-sender", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the delivery in hand."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(120)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                while self.send_due() and not self._stop.is_set():
+                    pass
+            except Exception:  # the loop must outlive any one delivery
+                log.exception("sending results failed")
+
+    def send_due(self) -> int:
+        """Try every due delivery once; how many were tried."""
+        due = self.node.store.due()
+        for delivery in due:
+            self._send(delivery)
+        return len(due)
+
+    def _send(self, delivery: Any) -> None:
+        store = self.node.store
+        destination = self.node.config.destinations.get(delivery.destination)
+        if destination is None:  # removed from serve.yaml since: dead at once, listed for the admin
+            store.attempt_failed(delivery.id, f"destination {delivery.destination!r} is no longer in serve.yaml",
+                                 max_attempts=1, retry_s=1)  # fmt: skip
+            return
+        folder = self.node.results_folder(delivery.job_id)
+        paths = sorted((folder / "dicom").glob("*.dcm")) if folder is not None else []
+        if not paths:
+            store.attempt_failed(delivery.id, "the job's results are gone from storage", max_attempts=1, retry_s=1)
+            return
+        try:
+            sent = c_store(destination, paths)
+        except (SendError, OSError, ValueError, RuntimeError) as exc:
+            after = store.attempt_failed(delivery.id, str(exc), max_attempts=destination.max_attempts,
+                                         retry_s=destination.retry_s)  # fmt: skip
+            level = logging.ERROR if after.status == "dead" else logging.WARNING
+            log.log(level, "job %s to %s: try %d of %d failed: %s", delivery.job_id, delivery.destination,
+                    after.attempts, destination.max_attempts, exc)  # fmt: skip
+            return
+        store.delivered(delivery.id, instances=sent)
+        log.info("job %s: %d result(s) sent to %s", delivery.job_id, sent, delivery.destination)

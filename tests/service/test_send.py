@@ -1,0 +1,193 @@
+"""Results sent back: a done job's DICOM results arrive at the destinations its route names (a
+pynetdicom PACS here, and a real Orthanc where it is installed); a dead or refusing PACS leads to
+bounded retries and then a dead letter, listed and retried on demand, with nothing lost."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'medsight[serve]')")
+pytest.importorskip("pynetdicom", reason="the serve extra is not installed (pip install 'medsight[serve]')")
+
+import pydicom
+from fastapi.testclient import TestClient
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+from medsight.core.errors import ConfigError
+from medsight.service import load_serve_config
+from medsight.service.app import create_app
+from medsight.service.node import Node
+from medsight.service.send import Sender
+from tests.service.common import AUTH, config_file, files, free_port
+
+
+class Pacs:
+    """A C-STORE SCP standing in for a PACS: keeps what it is sent, or answers ``status``."""
+
+    def __init__(self, port: int, status: int = 0x0000) -> None:
+        self.port, self.status, self.received = port, status, []
+        ae = AE(ae_title="PACS")
+        ae.supported_contexts = AllStoragePresentationContexts
+        self.server = ae.start_server(("127.0.0.1", port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])  # fmt: skip
+
+    def _store(self, event) -> int:
+        if self.status == 0:
+            self.received.append(event.dataset)
+        return self.status
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def _app(tmp_path: Path, made, port: int, **destination):
+    pacs = {"ae_title": "PACS", "host": "127.0.0.1", "port": port, "retry_s": 0.05, "max_attempts": 3,
+            "timeout_s": 5, **destination}  # fmt: skip
+    routes = [{"name": "mr", "model": "seg", "match": {"modality": ["MR"]}, "send_to": ["pacs"]}]
+    config = load_serve_config(config_file(tmp_path, made["package"], destinations={"pacs": pacs}, routes=routes))
+    return config, create_app(config, worker=False)
+
+
+def _done_job(client: TestClient, node: Node, made) -> dict:
+    (job,) = client.post("/studies", files=files(made["MR"]), headers=AUTH).json()["jobs"]
+    assert node.process_next()
+    return client.get(f"/jobs/{job['id']}", headers=AUTH).json()
+
+
+def _send_until(sender: Sender, client: TestClient, job_id: str, status: str) -> dict:
+    for _ in range(200):
+        sender.send_due()
+        (delivery,) = client.get(f"/deliveries?job={job_id}", headers=AUTH).json()
+        if delivery["status"] == status:
+            return delivery
+        time.sleep(0.05)
+    raise AssertionError(f"delivery never became {status}: {delivery}")
+
+
+def test_results_arrive_at_the_pacs(tmp_path, made, tokens):
+    port = free_port()
+    pacs = Pacs(port)
+    _, app = _app(tmp_path, made, port)
+    node: Node = app.state.node
+    try:
+        with TestClient(app) as client:
+            done = _done_job(client, node, made)
+            assert [d["status"] for d in done["deliveries"]] == ["pending"]
+            delivery = _send_until(Sender(node), client, done["id"], "sent")
+            assert delivery["attempts"] == 1 and delivery["error"] == ""
+            assert sorted(str(ds.SOPInstanceUID) for ds in pacs.received) == sorted(done["outputs"])
+            assert {str(ds.StudyInstanceUID) for ds in pacs.received} == {done["study_uid"]}
+            sent = [e for e in client.get(f"/audit?job={done['id']}", headers=AUTH).json() if e["action"] == "sent"]
+            assert sent[0]["detail"] == {"destination": "pacs", "attempts": 1, "instances": 3}
+    finally:
+        pacs.stop()
+
+
+def test_a_dead_pacs_gets_bounded_retries_then_a_dead_letter_and_nothing_is_lost(tmp_path, made, tokens):
+    port = free_port()  # nothing listens there yet
+    _, app = _app(tmp_path, made, port)
+    node: Node = app.state.node
+    sender = Sender(node)
+    with TestClient(app) as client:
+        done = _done_job(client, node, made)
+        dead = _send_until(sender, client, done["id"], "dead")
+        assert dead["attempts"] == 3 and "cannot be reached" in dead["error"]
+        assert [d["id"] for d in client.get("/deliveries?status=dead", headers=AUTH).json()] == [dead["id"]]
+        actions = [e["action"] for e in client.get(f"/audit?job={done['id']}", headers=AUTH).json()]
+        assert actions.count("dead_letter") == 1
+        assert 'medsight_deliveries{status="dead"} 1.0' in client.get("/metrics", headers=AUTH).text
+        time.sleep(0.3)
+        assert sender.send_due() == 0  # a dead letter is not tried again by itself
+        pacs = Pacs(port)
+        try:
+            retried = client.post(f"/deliveries/{dead['id']}/retry", headers=AUTH)
+            assert retried.status_code == 200 and retried.json()["status"] == "pending"
+            assert _send_until(sender, client, done["id"], "sent")["attempts"] == 1
+            assert sorted(str(ds.SOPInstanceUID) for ds in pacs.received) == sorted(done["outputs"])
+            assert client.post(f"/deliveries/{dead['id']}/retry", headers=AUTH).status_code == 409  # sent already
+            assert client.post("/deliveries/999/retry", headers=AUTH).status_code == 404
+        finally:
+            pacs.stop()
+
+
+def test_a_refusing_pacs_is_named_with_its_status(tmp_path, made, tokens):
+    port = free_port()
+    pacs = Pacs(port, status=0xA700)  # out of resources
+    _, app = _app(tmp_path, made, port, max_attempts=2)
+    node: Node = app.state.node
+    try:
+        with TestClient(app) as client:
+            done = _done_job(client, node, made)
+            dead = _send_until(Sender(node), client, done["id"], "dead")
+            assert dead["attempts"] == 2 and "refused" in dead["error"] and "0xA700" in dead["error"]
+    finally:
+        pacs.stop()
+
+
+def test_a_route_sending_to_an_unknown_destination_is_named(tmp_path, made, tokens):
+    routes = [{"name": "mr", "model": "seg", "send_to": ["pacs"]}]
+    with pytest.raises(ConfigError, match="sends to 'pacs', which is not under destinations"):
+        load_serve_config(config_file(tmp_path, made["package"], routes=routes))
+    bad = {"pacs": {"ae_title": "A\\B", "host": "h", "port": 104}}
+    with pytest.raises(ConfigError, match="not an AE title"):
+        load_serve_config(config_file(tmp_path, made["package"], destinations=bad))
+
+
+@pytest.fixture
+def orthanc(tmp_path):
+    """A real Orthanc on loopback ports (TCP_NODELAY on); skips where it is not installed."""
+    binary = shutil.which("Orthanc")
+    if binary is None:
+        pytest.skip("Orthanc is not installed (apt install orthanc)")
+    import httpx2 as httpx
+
+    http_port, dicom_port = free_port(), free_port()
+    settings = {"Name": "medsight-test", "StorageDirectory": str(tmp_path / "orthanc"),
+                "IndexDirectory": str(tmp_path / "orthanc"), "HttpPort": http_port, "DicomPort": dicom_port,
+                "DicomAet": "ORTHANC", "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+                "DicomCheckCalledAet": True, "TcpNoDelay": True, "Plugins": []}  # fmt: skip
+    (tmp_path / "orthanc.json").write_text(json.dumps(settings))
+    log = (tmp_path / "orthanc.log").open("wb")
+    process = subprocess.Popen([binary, str(tmp_path / "orthanc.json")], stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{http_port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base}/system", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        pytest.fail(f"Orthanc did not start: {(tmp_path / 'orthanc.log').read_text()[-2000:]}")
+    try:
+        yield {"base": base, "dicom_port": dicom_port}
+    finally:
+        process.terminate()
+        process.wait(30)
+        log.close()
+
+
+def test_results_arrive_in_orthanc_and_read_back(tmp_path, made, tokens, orthanc):
+    import httpx2 as httpx
+
+    _, app = _app(tmp_path, made, orthanc["dicom_port"], ae_title="ORTHANC")
+    node: Node = app.state.node
+    with TestClient(app) as client:
+        done = _done_job(client, node, made)
+        _send_until(Sender(node), client, done["id"], "sent")
+    stored = httpx.get(f"{orthanc['base']}/instances", params={"expand": 1}, timeout=10).json()
+    uids = sorted(i["MainDicomTags"]["SOPInstanceUID"] for i in stored)
+    assert uids == sorted(done["outputs"])
+    results = tmp_path / "store" / "results" / done["id"] / "dicom"
+    for instance in stored:  # each reads back equal to what the service wrote
+        data = httpx.get(f"{orthanc['base']}/instances/{instance['ID']}/file", timeout=10).content
+        back = pydicom.dcmread(io.BytesIO(data))
+        (mine,) = [p for p in results.iterdir() if pydicom.dcmread(p).SOPInstanceUID == back.SOPInstanceUID]
+        assert pydicom.dcmread(mine) == back
