@@ -32,7 +32,7 @@ CALLER = "MODALITY"
 
 
 def _dicom(**changes) -> dict:
-    return {"ae_title": "MEDSIGHT", "host": "127.0.0.1", "port": 0, "idle_s": 30.0, **changes}
+    return {"ae_title": "MEDSIGHT", "host": "127.0.0.1", "port": 0, "idle_s": 30.0, "release_s": 30.0, **changes}
 
 
 def _send(port: int, paths: list[Path], *, caller: str = CALLER, called: str = "MEDSIGHT", check=None) -> list:
@@ -45,9 +45,10 @@ def _send(port: int, paths: list[Path], *, caller: str = CALLER, called: str = "
     if not assoc.is_established:
         return [None] * len(paths)
     try:
-        if check is not None:
+        statuses = [int(assoc.send_c_store(p).Status) for p in paths]
+        if check is not None:  # with the association still open
             check()
-        return [int(assoc.send_c_store(p).Status) for p in paths]
+        return statuses
     finally:
         assoc.release()
 
@@ -95,6 +96,28 @@ def test_a_series_sent_by_c_store_comes_back_as_dicom_results(tmp_path, made, to
         assert _send(listener.port, results) == [0] * len(results)
         assert list((config.storage / "incoming").iterdir()) == []
         assert client.get("/audit", headers=AUTH).json()[0]["action"] == "ignored_own_output"
+
+
+def test_a_study_is_complete_soon_after_its_association_closes(tmp_path, made, tokens):
+    """A sender that closes its association: the study is queued ``release_s`` after its last
+    instance; one that keeps it open: only after ``idle_s``."""
+    _, app = _app(tmp_path, made, release_s=0.2)
+    node: Node = app.state.node
+    listener: DicomListener = app.state.listener
+    paths = sorted(made["MR"].iterdir())
+
+    def still_open() -> None:
+        later = time.monotonic() + 5
+        assert listener.complete_idle(later) == 0  # released? no: idle_s (30) applies
+        assert not node.store.jobs()
+
+    with TestClient(app):
+        sent = time.monotonic()
+        assert _send(listener.port, paths, check=still_open) == [0] * len(paths)
+        while not node.store.jobs() and time.monotonic() - sent < 20:  # the completer thread queues it
+            time.sleep(0.05)
+        (job,) = node.store.jobs()
+        assert job.instances == len(paths)
 
 
 def test_callers_titles_and_bad_instances_are_refused(tmp_path, made, tokens):

@@ -59,8 +59,8 @@ def serve_command(
     if settings.dicom is not None:
         d = settings.dicom
         callers = ", ".join(d.allowed_callers) or "any caller"
-        out.print(f"DICOM listener {d.ae_title} on {d.host}:{d.port} ({callers}; a study is complete {d.idle_s:g} s "
-                  "after its last instance)")  # fmt: skip
+        out.print(f"DICOM listener {d.ae_title} on {d.host}:{d.port} ({callers}; a study is complete {d.release_s:g} s "
+                  f"after its last instance once its associations close, else {d.idle_s:g} s)")  # fmt: skip
     out.print(f"storage {settings.storage}; database {node.store.engine.url.render_as_string(hide_password=True)}")
     if check:
         out.print("the configuration is valid")

@@ -42,12 +42,15 @@ def ae_title(value: str) -> str:
 
 class Dicom(_Strict):
     """The DICOM listener (a C-STORE SCP): PACS and modalities send studies to ``ae_title`` at
-    ``host:port``; a study is complete once no instance of it arrived for ``idle_s`` seconds."""
+    ``host:port``. A study is complete once the associations that sent it are closed and nothing
+    of it arrived for ``release_s`` seconds, or once nothing of it arrived for ``idle_s`` seconds
+    (a sender that keeps its association open)."""
 
     ae_title: str = Field("MEDSIGHT", min_length=1, max_length=16)
     host: str = "127.0.0.1"
     port: int = Field(11112, ge=0, le=65535)  # 0: any free port (tests)
     idle_s: float = Field(10.0, gt=0)
+    release_s: float = Field(1.0, ge=0)  # raise it for senders that use a new association per series
     allowed_callers: list[str] = Field(default_factory=list)  # calling AE titles accepted; empty: any
 
     @field_validator("ae_title")

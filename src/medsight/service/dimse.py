@@ -1,10 +1,12 @@
 """The DICOM listener: a C-STORE SCP (pynetdicom) that PACS and modalities send studies to.
 
 Each instance is checked, written to ``storage/incoming/<study UID>/`` and flushed to disk before
-the sender is told it arrived (status Success); a study counts as complete once no instance of it
-arrived for ``dicom.idle_s`` seconds, and is then moved into the spool and queued like a study
-received over HTTP. After a stop or crash, studies still staged are completed ``idle_s`` after the
-next start: an acknowledged instance is never lost. TCP_NODELAY is set on every connection (DIMSE
+the sender is told it arrived (status Success). A study is complete once the associations that
+sent it are closed and nothing of it arrived for ``dicom.release_s`` seconds (a chest X-ray's
+result need not wait), or once nothing of it arrived for ``dicom.idle_s`` seconds (a sender that
+keeps its association open); it is then moved into the spool and queued like a study received
+over HTTP. After a stop or crash, studies still staged are completed ``release_s`` after the next
+start: an acknowledged instance is never lost. TCP_NODELAY is set on every connection (DIMSE
 exchanges many small PDUs; Nagle's algorithm would delay each by tens of milliseconds)."""
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class DicomListener:
         self._locks: dict[str, threading.Lock] = {}
         now = time.monotonic()  # studies staged before a restart complete idle_s from now
         self._last: dict[str, float] = {p.name: now for p in self.incoming.iterdir() if p.is_dir()}
+        self._open: dict[str, set[int]] = {}  # study UID -> the open associations that sent some of it
         if self._last:
             log.info("%d study(ies) staged before the restart will be completed", len(self._last))
         self._stop = threading.Event()
@@ -82,7 +85,7 @@ class DicomListener:
         if self.settings.allowed_callers:
             ae.require_calling_aet = list(self.settings.allowed_callers)
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda _: _SUCCESS),
-                    (evt.EVT_CONN_OPEN, nodelay)]  # fmt: skip
+                    (evt.EVT_CONN_OPEN, nodelay), (evt.EVT_CONN_CLOSE, self._on_close)]  # fmt: skip
         try:
             self._server = ae.start_server((self.settings.host, self.settings.port), block=False,
                                            evt_handlers=handlers)  # fmt: skip
@@ -129,22 +132,34 @@ class DicomListener:
                 log.error("could not stage an instance from %s: %s", caller, exc)
                 return _OUT_OF_RESOURCES
             self._last[instance.study_uid] = time.monotonic()
+            with self._guard:
+                self._open.setdefault(instance.study_uid, set()).add(id(event.assoc))
         if self.node.metrics is not None:
             self.node.metrics.instances(1)
         return _SUCCESS
 
+    def _on_close(self, event: Any) -> None:
+        closed = id(event.assoc)
+        with self._guard:
+            for senders in self._open.values():
+                senders.discard(closed)
+
     # -- completing studies --------------------------------------------------------------------------
     def complete_idle(self, now: float | None = None) -> int:
-        """Queue every staged study idle for ``idle_s``; how many were queued."""
+        """Queue every staged study that is complete: idle for ``idle_s``, or for ``release_s`` with
+        the associations that sent it closed; how many were queued."""
         now = time.monotonic() if now is None else now
         done = 0
         for study_uid, last in list(self._last.items()):
-            if now - last < self.settings.idle_s:
+            released = not self._open.get(study_uid)
+            if now - last < (self.settings.release_s if released else self.settings.idle_s):
                 continue
             with self._lock(study_uid):
                 if self._last.get(study_uid) != last:  # an instance arrived meanwhile
                     continue
                 self._last.pop(study_uid)
+                with self._guard:
+                    self._open.pop(study_uid, None)
                 done += self._complete(self.incoming / study_uid)
         return done
 
@@ -160,7 +175,7 @@ class DicomListener:
         return int(job is not None)
 
     def _complete_loop(self) -> None:
-        step = min(0.5, self.settings.idle_s / 4)
+        step = min(0.25, self.settings.idle_s / 4, max(self.settings.release_s / 4, 0.02))
         while not self._stop.wait(step):
             try:
                 self.complete_idle()
