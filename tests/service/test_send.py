@@ -191,3 +191,24 @@ def test_results_arrive_in_orthanc_and_read_back(tmp_path, made, tokens, orthanc
         back = pydicom.dcmread(io.BytesIO(data))
         (mine,) = [p for p in results.iterdir() if pydicom.dcmread(p).SOPInstanceUID == back.SOPInstanceUID]
         assert pydicom.dcmread(mine) == back
+
+
+def test_the_running_service_sends_each_result_as_soon_as_its_job_is_done(tmp_path, made, tokens):
+    """With the worker and sender threads running (poll every 30 s): the sender is woken by the
+    finished job, not by its poll."""
+    port = free_port()
+    pacs = Pacs(port)
+    pacs_config = {"ae_title": "PACS", "host": "127.0.0.1", "port": port}
+    routes = [{"name": "mr", "model": "seg", "match": {"modality": ["MR"]}, "send_to": ["pacs"]}]
+    config = load_serve_config(config_file(tmp_path, made["package"], destinations={"pacs": pacs_config},
+                                           routes=routes, poll_s=30))  # fmt: skip
+    try:
+        with TestClient(create_app(config)) as client:
+            (job,) = client.post("/studies", files=files(made["MR"]), headers=AUTH).json()["jobs"]
+            started, status = time.monotonic(), None
+            while status != "sent" and time.monotonic() - started < 25:  # well before the 30 s poll
+                time.sleep(0.05)
+                status = (client.get(f"/deliveries?job={job['id']}", headers=AUTH).json() or [{}])[0].get("status")
+            assert status == "sent" and len(pacs.received) == 3
+    finally:
+        pacs.stop()

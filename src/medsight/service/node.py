@@ -17,7 +17,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,7 @@ class Node:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._ours: set[str] | None = None  # the output UIDs of every job (the loop guard), read once
+        self.on_finished: list[Callable[[Job], None]] = []  # called with each job the worker finished
         self.recover()
 
     # -- receiving ------------------------------------------------------------------------------
@@ -252,6 +253,8 @@ class Node:
                      " FLAGGED" if done.flagged else "")  # fmt: skip
         if self.metrics is not None:
             self.metrics.job(done.status if done else "failed", seconds)
+        for hook in self.on_finished if done is not None else ():
+            hook(done)
         return True
 
     def _series(self, folder: Path) -> list[Series]:

@@ -73,8 +73,9 @@ class Sender:
 
     def __init__(self, node: Node, poll_s: float = 1.0) -> None:
         self.node, self.poll_s = node, poll_s
-        self._stop = threading.Event()
+        self._stop, self._wake = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
+        node.on_finished.append(lambda _job: self._wake.set())  # a job just done: its results go at once
 
     def start(self) -> None:
         """Start sending (idempotent)."""
@@ -86,16 +87,19 @@ class Sender:
     def stop(self) -> None:
         """Stop after the delivery in hand."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(120)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.poll_s):
+        while not self._stop.is_set():
             try:
                 while self.send_due() and not self._stop.is_set():
                     pass
             except Exception:  # the loop must outlive any one delivery
                 log.exception("sending results failed")
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
 
     def send_due(self) -> int:
         """Try every due delivery once; how many were tried."""
