@@ -5,6 +5,7 @@ request body larger than ``http.max_upload_mb`` is refused before it is read who
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 import logging
@@ -25,6 +26,7 @@ from medsight.service.config import ServeConfig
 from medsight.service.dimse import DicomListener
 from medsight.service.node import RESULT, Node
 from medsight.service.send import Sender
+from medsight.service.ui import register_pages
 
 __all__ = ["Metrics", "create_app"]
 
@@ -120,6 +122,14 @@ class _BodyLimit:
             await self._refuse(send)
 
 
+def _basic_password(encoded: str) -> str:
+    """The password of an HTTP Basic credential ('' if it does not decode)."""
+    try:
+        return base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")[2]
+    except (ValueError, UnicodeDecodeError):
+        return ""
+
+
 def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = True, listen: bool = True) -> FastAPI:
     """The service's FastAPI application. ``node`` (default: made from ``config``, loading its
     models) does the work; ``worker`` starts its processing thread with the application, ``listen``
@@ -157,11 +167,15 @@ def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = 
         authorization = request.headers.get("authorization") or ""
         if not given and authorization.lower().startswith("bearer "):
             given = authorization[7:].strip()
+        elif not given and authorization.lower().startswith("basic ") and request.method in ("GET", "HEAD"):
+            given = _basic_password(authorization[6:])  # a browser on the web pages: reading only
         for token, name in tokens.items():
             if given and hmac.compare_digest(given.encode(), token.encode()):
                 return name
-        raise HTTPException(401, "an API token is needed: Authorization: Bearer <token> or X-API-Key: <token>",
-                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        page = request.method in ("GET", "HEAD") and "text/html" in request.headers.get("accept", "")
+        raise HTTPException(401, "an API token is needed: Authorization: Bearer <token> or X-API-Key: <token>"
+                            + (" (in a browser: any user name, the token as password)" if page else ""),
+                            headers={"WWW-Authenticate": 'Basic realm="medsight"' if page else "Bearer"})  # fmt: skip
 
     app = FastAPI(title="medsight", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None, description=__doc__)  # fmt: skip
@@ -169,6 +183,8 @@ def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = 
     app.state.node = node
     app.state.listener = listener
     app.state.sender = sender
+
+    register_pages(app, node, caller)
 
     @app.get("/health", tags=["service"])
     def health() -> dict[str, Any]:
