@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -212,3 +213,46 @@ def test_dcmtk_storescu_is_understood(tmp_path, made, tokens):
         assert listener.complete_idle(time.monotonic() + 31) == 1
     (job,) = app.state.node.store.jobs()
     assert job.instances == len(paths) and job.submitted_by == "dicom:DCMTK"
+
+
+def _copies(source: Path, target: Path, count: int) -> list[list[Path]]:
+    """``count`` copies of a series as different studies (new study, series and instance UIDs)."""
+    studies = []
+    for i in range(count):
+        study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+        folder = target / f"study{i}"
+        folder.mkdir(parents=True)
+        for path in sorted(source.iterdir()):
+            ds = pydicom.dcmread(path)
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+            ds.save_as(folder / path.name)
+        studies.append(sorted(folder.iterdir()))
+    return studies
+
+
+def test_twenty_studies_sent_at_once_all_complete(tmp_path, made, tokens):
+    """Twenty senders at the same time, each its own study in its own association: twenty jobs,
+    every instance in them, all processed."""
+    config = load_serve_config(config_file(tmp_path, made["package"], poll_s=0.1,
+                                           dicom=_dicom(release_s=0.3)))  # fmt: skip
+    studies = _copies(made["MR"], tmp_path / "copies", 20)
+    with TestClient(create_app(config)) as client:
+        listener: DicomListener = client.app.state.listener
+        statuses: list[list] = [[] for _ in studies]
+        threads = [threading.Thread(target=lambda i=i: statuses[i].extend(_send(listener.port, studies[i])))
+                   for i in range(len(studies))]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert all(s == [0] * len(studies[0]) for s in statuses), statuses
+        deadline, jobs = time.monotonic() + 300, []
+        while time.monotonic() < deadline:
+            jobs = client.get("/jobs", headers=AUTH).json()
+            if len(jobs) == 20 and all(j["status"] == "done" for j in jobs):
+                break
+            time.sleep(0.2)
+        sent = {str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID) for paths in studies}
+        assert sorted(j["status"] for j in jobs) == ["done"] * 20
+        assert {j["study_uid"] for j in jobs} == sent and {j["instances"] for j in jobs} == {len(studies[0])}

@@ -74,23 +74,33 @@ class Metrics:
                                   "failed)", labels=["status"])]  # fmt: skip
 
 
+async def _answer(send: Callable[[dict], Awaitable[None]], status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class _BodyLimit:
     """ASGI middleware: answer 413 to a request whose body exceeds ``limit`` bytes, by its
-    Content-Length before reading, or while reading when it has none."""
+    Content-Length before reading, or while reading when it has none; and 401 to a request with a
+    body (an upload) whose token is not valid, before any of the body is read."""
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, limit: int, authorized: Callable[[dict[bytes, bytes]], bool]) -> None:
+        self.app, self.limit, self.authorized = app, limit, authorized
 
     async def _refuse(self, send: Callable[[dict], Awaitable[None]]) -> None:
-        body = json.dumps({"detail": f"the request is larger than the service accepts ({self.limit / 2**20:g} MiB): "
-                           "raise http.max_upload_mb in serve.yaml to take larger studies"}).encode()  # fmt: skip
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await _answer(send, 413, f"the request is larger than the service accepts ({self.limit / 2**20:g} MiB): "
+                                 "raise http.max_upload_mb in serve.yaml to take larger studies")  # fmt: skip
 
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if scope["method"] not in ("GET", "HEAD", "OPTIONS") and not self.authorized(dict(scope["headers"])):
+            await _answer(send, 401, "an API token is needed: Authorization: Bearer <token> or X-API-Key: <token>")
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
@@ -162,16 +172,27 @@ def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = 
         if sender is not None:
             sender.stop()
 
-    def caller(request: Request) -> str:
-        given = request.headers.get("x-api-key") or ""
-        authorization = request.headers.get("authorization") or ""
+    def identify(api_key: str, authorization: str, method: str) -> str | None:
+        given = api_key
         if not given and authorization.lower().startswith("bearer "):
             given = authorization[7:].strip()
-        elif not given and authorization.lower().startswith("basic ") and request.method in ("GET", "HEAD"):
+        elif not given and authorization.lower().startswith("basic ") and method in ("GET", "HEAD"):
             given = _basic_password(authorization[6:])  # a browser on the web pages: reading only
         for token, name in tokens.items():
             if given and hmac.compare_digest(given.encode(), token.encode()):
                 return name
+        return None
+
+    def uploader(headers: dict[bytes, bytes]) -> bool:
+        found = identify(headers.get(b"x-api-key", b"").decode("latin-1"),
+                         headers.get(b"authorization", b"").decode("latin-1"), "POST")  # fmt: skip
+        return found is not None
+
+    def caller(request: Request) -> str:
+        name = identify(request.headers.get("x-api-key") or "", request.headers.get("authorization") or "",
+                        request.method)  # fmt: skip
+        if name is not None:
+            return name
         page = request.method in ("GET", "HEAD") and "text/html" in request.headers.get("accept", "")
         raise HTTPException(401, "an API token is needed: Authorization: Bearer <token> or X-API-Key: <token>"
                             + (" (in a browser: any user name, the token as password)" if page else ""),
@@ -179,7 +200,7 @@ def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = 
 
     app = FastAPI(title="medsight", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None, description=__doc__)  # fmt: skip
-    app.add_middleware(_BodyLimit, limit=int(config.http.max_upload_mb * 2**20))  # type: ignore[arg-type]
+    app.add_middleware(_BodyLimit, limit=int(config.http.max_upload_mb * 2**20), authorized=uploader)  # type: ignore[arg-type]
     app.state.node = node
     app.state.listener = listener
     app.state.sender = sender

@@ -52,6 +52,7 @@ class Dicom(_Strict):
     idle_s: float = Field(10.0, gt=0)
     release_s: float = Field(1.0, ge=0)  # raise it for senders that use a new association per series
     allowed_callers: list[str] = Field(default_factory=list)  # calling AE titles accepted; empty: any
+    max_associations: int = Field(32, ge=1, le=1000)  # at once; more are rejected as transient (sent again)
 
     @field_validator("ae_title")
     @classmethod

@@ -82,6 +82,7 @@ class DicomListener:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         ae.require_called_aet = True  # a sender configured for another AE title is told so
+        ae.maximum_associations = self.settings.max_associations  # pynetdicom's default is 10
         if self.settings.allowed_callers:
             ae.require_calling_aet = list(self.settings.allowed_callers)
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda _: _SUCCESS),

@@ -132,11 +132,14 @@ def spool(folder: Path, instances: Sequence[Instance]) -> None:
         InputError: the disk refused (full, read-only), naming the folder.
     """
     try:
+        written = {folder / i.series_uid for i in instances}  # folders that get new entries: synced
+        for directory in sorted(written):
+            if not directory.is_dir():
+                written |= {directory.parent, directory.parent.parent}  # made here: their entries too
+                directory.mkdir(parents=True, exist_ok=True)
         for instance in instances:
-            series = folder / instance.series_uid
-            series.mkdir(parents=True, exist_ok=True)
-            _write(series / f"{instance.sop_uid}.dcm", instance.data)
-        for directory in {folder.parent, folder, *(folder / i.series_uid for i in instances)}:
+            _write(folder / instance.series_uid / f"{instance.sop_uid}.dcm", instance.data)
+        for directory in written:
             sync_folder(directory)
     except OSError as exc:
         raise InputError(f"cannot spool the received study to {folder} ({exc.strerror}); free space there or "
