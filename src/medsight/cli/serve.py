@@ -65,7 +65,26 @@ def serve_command(
     if check:
         out.print("the configuration is valid")
         return
-    uvicorn.run(app, host=host or settings.http.host, port=port or settings.http.port, log_level="info")
+    host = host if host is not None else settings.http.host
+    port = port if port is not None else settings.http.port
+    _check_port(host, port)
+    if app.state.listener is not None:
+        app.state.listener.start()  # here, so that a busy DICOM port is named without a traceback
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail with the fix when the HTTP port cannot be bound (uvicorn would say less)."""
+    import socket
+
+    from medsight.core.errors import ConfigError
+
+    try:
+        with socket.create_server((host, port), reuse_port=False):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"the HTTP API cannot listen on {host}:{port} ({exc.strerror}); free the port, or give "
+                          "another with --port or http.port in serve.yaml") from exc  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

@@ -67,11 +67,13 @@ class DicomListener:
 
     # -- the SCP -----------------------------------------------------------------------------------
     def start(self) -> None:
-        """Listen (non-blocking) and start completing idle studies.
+        """Listen (non-blocking) and start completing idle studies (idempotent).
 
         Raises:
             ConfigError: the port cannot be bound (in use, or not allowed).
         """
+        if self._server is not None:  # started already (e.g. by the CLI, to name a busy port cleanly)
+            return
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
