@@ -124,16 +124,20 @@ def send(port: int, paths: list[Path], called: str = "MEDSIGHT", nodelay: bool =
     return done
 
 
+def _store_scp(ae_title: str, handler: object) -> tuple[object, int]:
+    """A C-STORE SCP on a free loopback port, calling ``handler`` for each instance; (server, port)."""
+    ae = AE(ae_title=ae_title)
+    ae.supported_contexts = AllStoragePresentationContexts
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, handler)])
+    return server, server.server_address[1]
+
+
 class PlainScp:
     """The baseline receiver: pynetdicom writing each data set to a file, no checks, no flush."""
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.count = folder, 0
-        ae = AE(ae_title="MEDSIGHT")
-        ae.supported_contexts = AllStoragePresentationContexts
-        self.port = _free_port()
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])  # fmt: skip
+        self.server, self.port = _store_scp("MEDSIGHT", self._store)
 
     def _store(self, event) -> int:
         self.count += 1
@@ -147,11 +151,7 @@ class Pacs:
     def __init__(self) -> None:
         self.arrived: dict[str, float] = {}
         self.lock = threading.Lock()
-        ae = AE(ae_title="PACS")
-        ae.supported_contexts = AllStoragePresentationContexts
-        self.port = _free_port()
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])  # fmt: skip
+        self.server, self.port = _store_scp("PACS", self._store)
 
     def _store(self, event) -> int:
         if str(event.request.AffectedSOPClassUID) == SR_CLASS:

@@ -120,6 +120,21 @@ def _fields_at(model: type[BaseModel], location: Sequence[str | int]) -> list[st
     return list(dict.fromkeys(name for m in current if not isinstance(m, tuple) for name in m.model_fields))
 
 
+def read_yaml_mapping(path: Path, holding: str) -> dict[str, Any]:
+    """A YAML file's top-level mapping (empty for an empty file).
+
+    Raises:
+        ConfigError: not YAML, or not a mapping (of ``holding``, as the message says).
+    """
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of {holding}, got {type(data).__name__}")
+    return data
+
+
 def explain(error: ValidationError, model: type[BaseModel]) -> str:
     """A validation error of ``model`` as one line: each problem with its dotted key, unknown keys
     with the closest known one."""
@@ -151,12 +166,7 @@ def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Reci
         raise ConfigError(
             f"unknown recipe {str(name_or_path)!r}: not a built-in ({', '.join(sorted(recipes))}) and no such file"
         )
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of recipe sections, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "recipe sections")
     apply_overrides(data, overrides)
     try:
         return Recipe(**data)

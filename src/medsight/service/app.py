@@ -24,7 +24,7 @@ from medsight import __version__
 from medsight.core.errors import InputError, UnsupportedFormatError
 from medsight.service.config import ServeConfig
 from medsight.service.dimse import DicomListener
-from medsight.service.node import RESULT, Node
+from medsight.service.node import Node
 from medsight.service.send import Sender
 from medsight.service.ui import register_pages
 
@@ -250,22 +250,22 @@ def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = 
     @app.get("/jobs/{job_id}", tags=["studies"])
     def job(job_id: str, actor: str = Depends(caller)) -> dict[str, Any]:
         """One job: its status and, once done, its predictions and result files."""
-        found = job_or_404(job_id).as_dict()
-        folder = node.results_folder(job_id)
-        if folder is not None:
-            result = json.loads((folder / RESULT).read_text())
-            found.update(predictions=result["predictions"], files=[*result["files"], "predictions.csv"])
-            found["deliveries"] = [d.as_dict() for d in node.store.deliveries(job_id)]
-            node.store.audit(actor, "viewed", job_or_404(job_id))
+        job = job_or_404(job_id)
+        found = job.as_dict()
+        result = node.result(job_id)
+        if result is not None:
+            found.update(predictions=result["predictions"], files=result["downloads"],
+                         deliveries=[d.as_dict() for d in node.store.deliveries(job_id)])  # fmt: skip
+            node.store.audit(actor, "viewed", job)
         return found
 
     @app.get("/jobs/{job_id}/files/{name:path}", tags=["studies"])
     def result_file(job_id: str, name: str, actor: str = Depends(caller)) -> FileResponse:
         """One result file of a done job (a DICOM object, or predictions.csv)."""
         found = job_or_404(job_id)
+        result = node.result(job_id)
         folder = node.results_folder(job_id)
-        listed = set(json.loads((folder / RESULT).read_text())["files"]) | {"predictions.csv"} if folder else set()
-        if folder is None or name not in listed or ".." in PurePosixPath(name).parts:
+        if result is None or folder is None or name not in result["downloads"] or ".." in PurePosixPath(name).parts:
             raise HTTPException(404, f"job {job_id} has no result file {name!r}; GET /jobs/{job_id} lists them")
         node.store.audit(actor, "downloaded", found, file=name)
         kind = "application/dicom" if name.endswith(".dcm") else "text/csv"

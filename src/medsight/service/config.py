@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medsight.core.errors import ConfigError
-from medsight.engine.recipe import explain
+from medsight.engine.recipe import explain, read_yaml_mapping
 
 __all__ = ["Auth", "Destination", "Dicom", "Http", "Match", "ModelEntry", "Route", "ServeConfig", "load_serve_config"]
 
@@ -40,13 +39,16 @@ def ae_title(value: str) -> str:
     return value.strip()
 
 
+AeTitle = Annotated[str, Field(min_length=1, max_length=16), AfterValidator(ae_title)]
+
+
 class Dicom(_Strict):
     """The DICOM listener (a C-STORE SCP): PACS and modalities send studies to ``ae_title`` at
     ``host:port``. A study is complete once the associations that sent it are closed and nothing
     of it arrived for ``release_s`` seconds, or once nothing of it arrived for ``idle_s`` seconds
     (a sender that keeps its association open)."""
 
-    ae_title: str = Field("MEDSIGHT", min_length=1, max_length=16)
+    ae_title: AeTitle = "MEDSIGHT"
     host: str = "127.0.0.1"
     port: int = Field(11112, ge=0, le=65535)  # 0: any free port (tests)
     idle_s: float = Field(10.0, gt=0)
@@ -54,29 +56,19 @@ class Dicom(_Strict):
     allowed_callers: list[str] = Field(default_factory=list)  # calling AE titles accepted; empty: any
     max_associations: int = Field(32, ge=1, le=1000)  # at once; more are rejected as transient (sent again)
 
-    @field_validator("ae_title")
-    @classmethod
-    def _title(cls, value: str) -> str:
-        return ae_title(value)
-
 
 class Destination(_Strict):
     """A DICOM node (a PACS, a viewer, a router) that a route's results are sent to by C-STORE, with
     ``max_attempts`` tries, the first wait ``retry_s`` doubling each time (at most an hour); after
     the last the delivery is dead-lettered (kept, listed, retried on demand: nothing is lost)."""
 
-    ae_title: str = Field(min_length=1, max_length=16)
+    ae_title: AeTitle
     host: str
     port: int = Field(ge=1, le=65535)
-    calling_ae_title: str = Field("MEDSIGHT", min_length=1, max_length=16)
+    calling_ae_title: AeTitle = "MEDSIGHT"
     max_attempts: int = Field(5, ge=1, le=100)
     retry_s: float = Field(30.0, gt=0)
     timeout_s: float = Field(30.0, gt=0)  # connection, association and each C-STORE
-
-    @field_validator("ae_title", "calling_ae_title")
-    @classmethod
-    def _titles(cls, value: str) -> str:
-        return ae_title(value)
 
 
 class Auth(_Strict):
@@ -216,13 +208,7 @@ def load_serve_config(path: str | os.PathLike[str]) -> ServeConfig:
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: give the service's configuration (see docs/service.md)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping (storage, models, routes...), got {type(data).__name__}")
-    try:
-        config = ServeConfig(**data)
+        config = ServeConfig(**read_yaml_mapping(path, "sections (storage, models, routes...)"))
     except ValidationError as exc:
         raise ConfigError(f"invalid {path.name}: {explain(exc, ServeConfig)}") from None
     base = path.resolve().parent

@@ -129,7 +129,7 @@ class DicomListener:
         with self._lock(instance.study_uid):
             try:
                 spool(folder, [instance])
-                if not (folder / _CALLER).exists():
+                if instance.study_uid not in self._last:  # its first instance (since a restart: kept)
                     (folder / _CALLER).write_text(caller)
             except (InputError, OSError) as exc:
                 log.error("could not stage an instance from %s: %s", caller, exc)

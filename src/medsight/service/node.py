@@ -342,7 +342,7 @@ class Node:
                 self.store.requeue(job.id)
                 self.store.audit("medsight", "requeued", job, reason="the service stopped while processing it")
                 log.info("job %s: queued again (the service stopped while processing it)", job.id)
-        known = {j.id for j in self.store.jobs(limit=10_000_000)}
+        known = self.store.job_ids()
         orphans = []
         for folder in (self.config.storage / "spool").iterdir():
             if folder.name in known:
@@ -365,6 +365,15 @@ class Node:
         """The job's results folder, when it is whole."""
         folder = self.config.storage / "results" / job_id
         return folder if (folder / RESULT).is_file() else None
+
+    def result(self, job_id: str) -> dict[str, Any] | None:
+        """The job's whole results as ``result.json`` records them, with ``downloads``: the files a
+        caller may fetch (the DICOM objects and predictions.csv); None until they are whole."""
+        folder = self.results_folder(job_id)
+        if folder is None:
+            return None
+        result = json.loads((folder / RESULT).read_text())
+        return {**result, "downloads": [*result["files"], "predictions.csv"]}
 
 
 def _sop_uid(path: Path) -> str:

@@ -32,7 +32,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from medsight.core.errors import ConfigError
 
-__all__ = ["AuditEvent", "Delivery", "Job", "Store", "utcnow"]
+__all__ = ["AuditEvent", "Delivery", "Job", "Store", "as_utc", "utcnow"]
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +128,13 @@ class AuditEvent(_Base):
         return row
 
 
+def as_utc(value: datetime) -> datetime:
+    """A time from the database, aware (SQLite hands back naive datetimes; they were stored in UTC)."""
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
 def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; they were stored in UTC
-        value = value.replace(tzinfo=timezone.utc)
-    return value.isoformat()
+    return None if value is None else as_utc(value).isoformat()
 
 
 # The audit log is append-only in the database itself, not only in this code.
@@ -239,16 +240,13 @@ class Store:
             for destination in send_to:
                 s.add(Delivery(job_id=job_id, destination=destination, status="pending", attempts=0,
                                next_at=utcnow()))  # fmt: skip
-            job = s.get(Job, job_id)
-            if job is None:
-                raise KeyError(job_id)
+            job = _get(s, Job, job_id)
             for key, value in values.items():
                 setattr(job, key, value)
             job.finished_at = utcnow()
             detail = {"status": job.status, "note": job.note, "outputs": json.loads(job.outputs or "[]")}
-            if job.started_at is not None:  # SQLite hands back naive datetimes (stored in UTC)
-                started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=timezone.utc)
-                detail["seconds"] = round((job.finished_at - started).total_seconds(), 3)
+            if job.started_at is not None:
+                detail["seconds"] = round((job.finished_at - as_utc(job.started_at)).total_seconds(), 3)
             s.add(_event("medsight", action, job, detail))
             return job
 
@@ -272,9 +270,7 @@ class Store:
     def delivered(self, delivery_id: int, *, actor: str = "medsight", **detail: Any) -> Delivery:
         """Mark a delivery sent, with its audit line."""
         with self.session() as s:
-            delivery = s.get(Delivery, delivery_id)
-            if delivery is None:
-                raise KeyError(delivery_id)
+            delivery = _get(s, Delivery, delivery_id)
             delivery.status, delivery.sent_at, delivery.error = "sent", utcnow(), ""
             delivery.attempts += 1
             job = s.get(Job, delivery.job_id)
@@ -286,9 +282,7 @@ class Store:
         """Count a failed try: pending again after a wait doubling with each try (at most an hour), or
         dead after ``max_attempts`` (audited as ``dead_letter``)."""
         with self.session() as s:
-            delivery = s.get(Delivery, delivery_id)
-            if delivery is None:
-                raise KeyError(delivery_id)
+            delivery = _get(s, Delivery, delivery_id)
             delivery.attempts += 1
             delivery.error = error[:2000]
             if delivery.attempts >= max_attempts:
@@ -309,9 +303,7 @@ class Store:
             ValueError: it was sent already.
         """
         with self.session() as s:
-            delivery = s.get(Delivery, delivery_id)
-            if delivery is None:
-                raise KeyError(delivery_id)
+            delivery = _get(s, Delivery, delivery_id)
             if delivery.status == "sent":
                 raise ValueError(f"delivery {delivery_id} was sent already")
             delivery.status, delivery.attempts, delivery.next_at = "pending", 0, utcnow()
@@ -339,15 +331,33 @@ class Store:
 
     def delivery_counts(self) -> dict[str, int]:
         """How many deliveries are in each status (pending, sent, dead)."""
-        with self.session() as s:
-            found = dict(s.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).all())
-        return {status: int(found.get(status, 0)) for status in ("pending", "sent", "dead")}
+        return self._count_by(Delivery.status, ("pending", "sent", "dead"))
 
     def counts(self) -> dict[str, int]:
         """How many jobs are in each status."""
+        return self._count_by(Job.status, STATUSES)
+
+    def _count_by(self, status: Any, statuses: Sequence[str]) -> dict[str, int]:
         with self.session() as s:
-            found = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-        return {status: int(found.get(status, 0)) for status in STATUSES}
+            found = dict(s.execute(select(status, func.count()).group_by(status)).all())
+        return {name: int(found.get(name, 0)) for name in statuses}
+
+    def job_ids(self) -> set[str]:
+        """The id of every job."""
+        with self.session() as s:
+            return set(s.scalars(select(Job.id)))
+
+
+def _get(session: Session, model: Any, key: Any) -> Any:
+    """The row ``key`` of ``model``.
+
+    Raises:
+        KeyError: there is none.
+    """
+    found = session.get(model, key)
+    if found is None:
+        raise KeyError(key)
+    return found
 
 
 def _event(actor: str, action: str, job: Job | None, detail: dict[str, Any]) -> AuditEvent:

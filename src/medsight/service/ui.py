@@ -6,9 +6,8 @@ HTTP Basic (any user name, an API token as password), which the API accepts for 
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query
@@ -16,8 +15,8 @@ from fastapi.responses import HTMLResponse, Response
 from markupsafe import Markup
 
 from medsight import __version__
-from medsight.service.node import RESULT, Node
-from medsight.service.store import Job
+from medsight.service.node import Node
+from medsight.service.store import Job, as_utc, utcnow
 
 __all__ = ["register_pages"]
 
@@ -94,18 +93,14 @@ _MODELS = """<h1>Models</h1>{% for m in models %}<h2 id="{{ m.name }}">{{ m.name
 
 
 def _when(value: datetime | None) -> str:
-    if value is None:
-        return "-"
-    value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return "-" if value is None else as_utc(value).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _age(job: Job) -> str:
     start = job.study_time or job.received_at
     if start is None:
         return "-"
-    start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
-    minutes = max(int((datetime.now(timezone.utc) - start).total_seconds() // 60), 0)
+    minutes = max(int((utcnow() - as_utc(start)).total_seconds() // 60), 0)
     if minutes < 60:
         return f"{minutes} min"
     if minutes < 48 * 60:
@@ -128,13 +123,14 @@ def register_pages(app: FastAPI, node: Node, caller: Callable[..., str]) -> None
     import jinja2
 
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    templates = {t: environment.from_string(t) for t in (_LAYOUT, _WORKLIST, _JOB, _AUDIT, _MODELS)}  # once
     audit_table = environment.from_string(_AUDIT_TABLE)
     helpers = {"when": _when, "age": _age, "score": _score, "value": _value,
                "audit_table": lambda events: Markup(audit_table.render(events=events, when=_when))}  # fmt: skip
 
     def page(title: str, template: str, actor: str, **values: Any) -> HTMLResponse:
-        body = environment.from_string(template).render(**helpers, **values)
-        html = environment.from_string(_LAYOUT).render(title=title, style=_STYLE, version=__version__, actor=actor,
+        body = templates[template].render(**helpers, **values)
+        html = templates[_LAYOUT].render(title=title, style=_STYLE, version=__version__, actor=actor,
                                                        body=Markup(body))  # fmt: skip
         return HTMLResponse(html)
 
@@ -148,12 +144,11 @@ def register_pages(app: FastAPI, node: Node, caller: Callable[..., str]) -> None
         job = node.store.job(job_id)
         if job is None:
             raise HTTPException(404, f"no job {job_id!r}")
-        folder = node.results_folder(job_id)
-        result = json.loads((folder / RESULT).read_text()) if folder is not None else {}
+        result = node.result(job_id) or {}
         predictions = result.get("predictions", [])
         columns = list(dict.fromkeys(k for row in predictions for k in row if k != "output"))
-        files = [*result.get("files", []), *(["predictions.csv"] if result else [])]
-        if folder is not None:
+        files = result.get("downloads", [])
+        if result:
             node.store.audit(actor, "viewed", job)
         return page(f"Study {job.study_uid}", _JOB, actor, job=job, predictions=predictions, columns=columns,
                     files=files, thumbnail=any(f.endswith("_overlay.dcm") for f in files),
