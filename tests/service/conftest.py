@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.service.common import TOKEN
+from tests.service.common import TOKEN, free_port
 
 
 @pytest.fixture(scope="session")
@@ -85,3 +87,50 @@ def postgres_url() -> Iterator[str]:
         subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True, timeout=60)  # fmt: skip
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _dicomweb_plugin() -> Path | None:
+    """Debian's orthanc-dicomweb plugin, where it is installed."""
+    for folder in (Path("/usr/lib/orthanc"), Path("/usr/share/orthanc/plugins")):
+        found = sorted(folder.glob("libOrthancDicomWeb.so*")) if folder.is_dir() else []
+        if found:
+            return found[-1]
+    return None
+
+
+@pytest.fixture
+def orthanc(tmp_path) -> Iterator[dict]:
+    """A real Orthanc on loopback ports (TCP_NODELAY on; a study is stable 1 s after its last
+    instance), with its DICOMweb plugin where that is installed; skips where Orthanc is not."""
+    binary = shutil.which("Orthanc")
+    if binary is None:
+        pytest.skip("Orthanc is not installed (apt install orthanc)")
+    import httpx2 as httpx
+
+    plugin = _dicomweb_plugin()
+    http_port, dicom_port = free_port(), free_port()
+    settings = {"Name": "medsight-test", "StorageDirectory": str(tmp_path / "orthanc"),
+                "IndexDirectory": str(tmp_path / "orthanc"), "HttpPort": http_port, "DicomPort": dicom_port,
+                "DicomAet": "ORTHANC", "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+                "DicomCheckCalledAet": True, "TcpNoDelay": True, "StableAge": 1,
+                "Plugins": [str(plugin)] if plugin else [],
+                "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}  # fmt: skip
+    (tmp_path / "orthanc.json").write_text(json.dumps(settings))
+    log = (tmp_path / "orthanc.log").open("wb")
+    process = subprocess.Popen([binary, str(tmp_path / "orthanc.json")], stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{http_port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base}/system", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        pytest.fail(f"Orthanc did not start: {(tmp_path / 'orthanc.log').read_text()[-2000:]}")
+    try:
+        yield {"base": base, "dicom_port": dicom_port, "dicomweb": f"{base}/dicom-web" if plugin else None}
+    finally:
+        process.terminate()
+        process.wait(30)
+        log.close()

@@ -5,9 +5,6 @@ bounded retries and then a dead letter, listed and retried on demand, with nothi
 from __future__ import annotations
 
 import io
-import json
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -138,40 +135,6 @@ def test_a_route_sending_to_an_unknown_destination_is_named(tmp_path, made, toke
     bad = {"pacs": {"ae_title": "A\\B", "host": "h", "port": 104}}
     with pytest.raises(ConfigError, match="not an AE title"):
         load_serve_config(config_file(tmp_path, made["package"], destinations=bad))
-
-
-@pytest.fixture
-def orthanc(tmp_path):
-    """A real Orthanc on loopback ports (TCP_NODELAY on); skips where it is not installed."""
-    binary = shutil.which("Orthanc")
-    if binary is None:
-        pytest.skip("Orthanc is not installed (apt install orthanc)")
-    import httpx2 as httpx
-
-    http_port, dicom_port = free_port(), free_port()
-    settings = {"Name": "medsight-test", "StorageDirectory": str(tmp_path / "orthanc"),
-                "IndexDirectory": str(tmp_path / "orthanc"), "HttpPort": http_port, "DicomPort": dicom_port,
-                "DicomAet": "ORTHANC", "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-                "DicomCheckCalledAet": True, "TcpNoDelay": True, "Plugins": []}  # fmt: skip
-    (tmp_path / "orthanc.json").write_text(json.dumps(settings))
-    log = (tmp_path / "orthanc.log").open("wb")
-    process = subprocess.Popen([binary, str(tmp_path / "orthanc.json")], stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{http_port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{base}/system", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    else:
-        process.kill()
-        pytest.fail(f"Orthanc did not start: {(tmp_path / 'orthanc.log').read_text()[-2000:]}")
-    try:
-        yield {"base": base, "dicom_port": dicom_port}
-    finally:
-        process.terminate()
-        process.wait(30)
-        log.close()
 
 
 def test_results_arrive_in_orthanc_and_read_back(tmp_path, made, tokens, orthanc):

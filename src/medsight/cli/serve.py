@@ -54,8 +54,11 @@ def serve_command(
         send = f"; results to {', '.join(route.send_to)}" if route.send_to else ""
         out.print(f"route {route.name} -> {route.model}{flag}{send}")
     for name, d in settings.destinations.items():
-        out.print(f"destination {name}: {d.ae_title}@{d.host}:{d.port} (as {d.calling_ae_title}; {d.max_attempts} "
-                  f"tries, first wait {d.retry_s:g} s)")  # fmt: skip
+        out.print(f"destination {name}: {d.describe()} ({d.max_attempts} tries, first wait {d.retry_s:g} s)")
+    if settings.orthanc is not None:
+        o = settings.orthanc
+        out.print(f"Orthanc edge {o.url} (DICOMweb {o.dicomweb_url}; polled every {o.poll_s:g} s; "
+                  f"{'its whole history' if o.history else 'studies stable from now on'})")  # fmt: skip
     if settings.dicom is not None:
         d = settings.dicom
         callers = ", ".join(d.allowed_callers) or "any caller"

@@ -21,10 +21,11 @@ from prometheus_client.core import GaugeMetricFamily
 from starlette.concurrency import run_in_threadpool
 
 from medsight import __version__
-from medsight.core.errors import InputError, UnsupportedFormatError
+from medsight.core.errors import ConfigError, InputError, UnsupportedFormatError
 from medsight.service.config import ServeConfig
 from medsight.service.dimse import DicomListener
 from medsight.service.node import Node
+from medsight.service.orthanc import OrthancEdge
 from medsight.service.send import Sender
 from medsight.service.ui import register_pages
 
@@ -143,19 +144,26 @@ def _basic_password(encoded: str) -> str:
 def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = True, listen: bool = True) -> FastAPI:
     """The service's FastAPI application. ``node`` (default: made from ``config``, loading its
     models) does the work; ``worker`` starts its processing thread with the application, ``listen``
-    the DICOM listener where serve.yaml has a ``dicom`` section.
+    the front doors serve.yaml names: the DICOM listener (``dicom``) and the Orthanc edge (``orthanc``).
 
     Raises:
         ConfigError: no API token configured, a model cannot be loaded, the storage or database refused,
-            the DICOM port cannot be bound.
+            the DICOM port cannot be bound, DICOMweb configured without dicomweb-client or its password.
     """
     tokens = config.auth.tokens()
+    if config.orthanc is not None or any(d.url is not None for d in config.destinations.values()):
+        try:
+            import dicomweb_client  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError("DICOMweb (orthanc, or a destination with a url) needs dicomweb-client: "
+                              "pip install 'medsight[serve]'") from exc  # fmt: skip
     metrics = Metrics()
     node = node if node is not None else Node(config, metrics=metrics)
     node.metrics = metrics
     metrics.node = node
     listener = DicomListener(node, config.dicom) if config.dicom is not None and listen else None
     sender = Sender(node, poll_s=config.poll_s) if config.destinations and worker else None
+    edge = OrthancEdge(node, config.orthanc) if config.orthanc is not None and listen else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -165,9 +173,13 @@ def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = 
             node.start()
         if sender is not None:
             sender.start()
+        if edge is not None:
+            edge.start()
         yield
         if listener is not None:
             listener.stop()
+        if edge is not None:
+            edge.stop()
         node.stop()
         if sender is not None:
             sender.stop()
@@ -204,6 +216,7 @@ def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = 
     app.state.node = node
     app.state.listener = listener
     app.state.sender = sender
+    app.state.edge = edge
 
     register_pages(app, node, caller)
 

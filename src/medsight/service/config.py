@@ -6,14 +6,28 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medsight.core.errors import ConfigError
 from medsight.engine.recipe import explain, read_yaml_mapping
 
-__all__ = ["Auth", "Destination", "Dicom", "Http", "Match", "ModelEntry", "Route", "ServeConfig", "load_serve_config"]
+if TYPE_CHECKING:
+    import requests
+
+__all__ = [
+    "Auth",
+    "Destination",
+    "Dicom",
+    "Http",
+    "Match",
+    "ModelEntry",
+    "Orthanc",
+    "Route",
+    "ServeConfig",
+    "load_serve_config",
+]
 
 
 class _Strict(BaseModel):
@@ -57,18 +71,95 @@ class Dicom(_Strict):
     max_associations: int = Field(32, ge=1, le=1000)  # at once; more are rejected as transient (sent again)
 
 
-class Destination(_Strict):
-    """A DICOM node (a PACS, a viewer, a router) that a route's results are sent to by C-STORE, with
-    ``max_attempts`` tries, the first wait ``retry_s`` doubling each time (at most an hour); after
-    the last the delivery is dead-lettered (kept, listed, retried on demand: nothing is lost)."""
+def _web_url(value: str | None) -> str | None:
+    if value is not None and not re.match(r"https?://[^/\s]+", value):
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return None if value is None else value.rstrip("/")
 
-    ae_title: AeTitle
-    host: str
-    port: int = Field(ge=1, le=65535)
+
+class _WebAccess(_Strict):
+    """How to reach a DICOMweb or Orthanc server: its URL, and HTTP Basic credentials where it asks
+    for them (the password in an environment variable, never in serve.yaml)."""
+
+    url: str | None = None
+    username: str | None = None
+    password_env: str | None = None  # the environment variable holding the password
+    timeout_s: float = Field(30.0, gt=0)  # connection and each request
+
+    @field_validator("url")
+    @classmethod
+    def _url_valid(cls, value: str | None) -> str | None:
+        return _web_url(value)
+
+    def session(self, where: str) -> requests.Session:
+        """A requests session with the credentials (none without ``username``).
+
+        Raises:
+            ConfigError: ``username`` is given and ``password_env`` is unset or names an empty variable.
+        """
+        import requests
+
+        session = requests.Session()
+        if self.username is not None:
+            password = os.environ.get(self.password_env or "", "")
+            if not password:
+                raise ConfigError(f"{where}.username is given but the password is not: set {where}.password_env to "
+                                  "an environment variable holding it, and export that variable")  # fmt: skip
+            session.auth = (self.username, password)
+        return session
+
+
+class Destination(_WebAccess):
+    """Where a route's results are sent: a DICOM node (a PACS, a viewer, a router) by C-STORE
+    (``ae_title``, ``host``, ``port``), or a DICOMweb server by STOW-RS (``url``: its DICOMweb root,
+    e.g. Orthanc's ``http://pacs:8042/dicom-web``). ``max_attempts`` tries, the first wait ``retry_s``
+    doubling each time (at most an hour); after the last the delivery is dead-lettered (kept,
+    listed, retried on demand: nothing is lost)."""
+
+    ae_title: AeTitle | None = None
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
     calling_ae_title: AeTitle = "MEDSIGHT"
     max_attempts: int = Field(5, ge=1, le=100)
     retry_s: float = Field(30.0, gt=0)
-    timeout_s: float = Field(30.0, gt=0)  # connection, association and each C-STORE
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Destination:
+        dimse = [k for k in ("ae_title", "host", "port") if getattr(self, k) is not None]
+        if self.url is not None and dimse:
+            raise ValueError(f"give either url (STOW-RS) or ae_title, host and port (C-STORE), not both "
+                             f"(found url and {', '.join(dimse)})")  # fmt: skip
+        if self.url is None and len(dimse) < 3:
+            missing = [k for k in ("ae_title", "host", "port") if getattr(self, k) is None]
+            raise ValueError(f"a destination needs ae_title, host and port (C-STORE) or url (STOW-RS); "
+                             f"missing {', '.join(missing)}")  # fmt: skip
+        if self.username is not None and self.url is None:
+            raise ValueError("username and password_env are for a url (STOW-RS) destination")
+        return self
+
+    def describe(self) -> str:
+        """Where it is, in one line."""
+        if self.url is not None:
+            return f"STOW-RS {self.url}"
+        return f"C-STORE {self.ae_title}@{self.host}:{self.port} (as {self.calling_ae_title})"
+
+
+class Orthanc(_WebAccess):
+    """Orthanc as the service's edge: studies that Orthanc reports stable (its ``/changes``, each
+    study once ``StableAge`` passed without a new instance) are pulled with WADO-RS from its
+    DICOMweb plugin, and processed; send results back with a destination whose url is the same
+    DICOMweb root. At the very first start, ``history: false`` begins from Orthanc's latest change
+    (studies already there are left alone); ``true`` takes every study Orthanc holds."""
+
+    url: str  # Orthanc's REST root, e.g. http://127.0.0.1:8042
+    dicomweb: str = "dicom-web"  # the DICOMweb plugin's root under url (its DicomWeb.Root)
+    poll_s: float = Field(2.0, gt=0)
+    history: bool = False
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb root's URL."""
+        return f"{self.url}/{self.dicomweb.strip('/')}"
 
 
 class Auth(_Strict):
@@ -171,6 +262,7 @@ class ServeConfig(_Strict):
     database: str | None = None  # SQLAlchemy URL; default sqlite:///<storage>/service.db
     http: Http = Field(default_factory=Http)
     dicom: Dicom | None = None  # the DICOM listener; off unless given
+    orthanc: Orthanc | None = None  # Orthanc as the edge (studies pulled by DICOMweb); off unless given
     destinations: dict[str, Destination] = Field(default_factory=dict)
     auth: Auth = Field(default_factory=Auth)
     models: dict[str, ModelEntry]

@@ -129,9 +129,12 @@ class Node:
         self.recover()
 
     # -- receiving ------------------------------------------------------------------------------
-    def receive(self, files: Sequence[tuple[str, bytes]], *, actor: str, source: str = "http") -> list[Job]:
+    def receive(self, files: Sequence[tuple[str, bytes]], *, actor: str, source: str = "http",
+                state: dict[str, str] | None = None, pulled: bool = False) -> list[Job]:  # fmt: skip
         """Check, spool and queue the studies the files make (all or none: one bad file refuses them
         all, naming it). Instances this service wrote itself are recognised and not queued again.
+        ``state`` is kept, and with ``pulled`` the instances are marked pulled, in the transaction
+        that queues the last study (an edge's progress moves with its jobs).
 
         Raises:
             InputError: a file is not DICOM or lacks valid UIDs; nothing usable was sent; the disk refused.
@@ -143,10 +146,13 @@ class Node:
         if own:
             self.ignore_own(sorted(own), actor)
         jobs = []
-        for study_uid, items in studies(i for i in instances if i.sop_uid not in own).items():
+        grouped = studies(i for i in instances if i.sop_uid not in own)
+        for number, (study_uid, items) in enumerate(grouped.items(), 1):
             job_id = uuid.uuid4().hex
             spool(self.config.storage / "spool" / job_id, items)
-            jobs.append(self._queue(job_id, study_uid, items, actor=actor, source=source))
+            last = number == len(grouped)
+            jobs.append(self._queue(job_id, study_uid, items, actor=actor, source=source, state=state if last else None,
+                                    pulled=[i.sop_uid for i in items] if pulled else ()))  # fmt: skip
         if self.metrics is not None:
             self.metrics.instances(len(instances) - len(own))
         return jobs
@@ -154,12 +160,16 @@ class Node:
     def is_own(self, instance: Instance) -> bool:
         """Whether the instance is a result this service wrote (the loop guard): one of its output
         UIDs, or a SEG, SR or secondary capture made by medsight."""
-        if instance.manufacturer == "medsight" and instance.sop_class in _OUR_CLASSES:
+        return self.is_own_uid(instance.sop_uid, instance.sop_class, instance.manufacturer)
+
+    def is_own_uid(self, sop_uid: str, sop_class: str, manufacturer: str) -> bool:
+        """:meth:`is_own` from an instance's UIDs and manufacturer (e.g. as a DICOMweb search lists them)."""
+        if manufacturer == "medsight" and sop_class in _OUR_CLASSES:
             return True
         with self._lock:
             if self._ours is None:
                 self._ours = self.store.our_outputs()
-            return instance.sop_uid in self._ours
+            return sop_uid in self._ours
 
     def ignore_own(self, sop_uids: Sequence[str], actor: str) -> None:
         """Record instances the loop guard turned away."""
@@ -197,7 +207,8 @@ class Node:
         ((study_uid, items),) = grouped.items()
         return self._queue(marker["job"], study_uid, items, actor=marker["actor"], source=marker["source"])
 
-    def _queue(self, job_id: str, study_uid: str, items: Sequence[Instance], *, actor: str, source: str) -> Job:
+    def _queue(self, job_id: str, study_uid: str, items: Sequence[Instance], *, actor: str, source: str,
+               state: dict[str, str] | None = None, pulled: Sequence[str] = ()) -> Job:  # fmt: skip
         first = items[0]
         job = Job(
             id=job_id, study_uid=study_uid, accession=first.accession,
@@ -206,7 +217,7 @@ class Node:
             submitted_by=actor[:64], instances=len(items), status="queued", received_at=utcnow(), flagged=False,
         )  # fmt: skip
         self.store.add_job(job, actor=actor, detail={"source": source, "instances": len(items),
-                           "series": len({i.series_uid for i in items})})  # fmt: skip
+                           "series": len({i.series_uid for i in items})}, state=state, pulled=pulled)  # fmt: skip
         self._wake.set()
         return job
 

@@ -1,7 +1,8 @@
 """Sending results back: each done job's DICOM results go to the destinations its route names, by
-C-STORE (pynetdicom, TCP_NODELAY on), with bounded retries and a dead-letter state. A delivery is
-recorded with the job in one transaction, so a stop or crash loses none; one cut short by a crash
-is sent again whole (a PACS stores an instance sent twice once: same SOP Instance UID)."""
+C-STORE (pynetdicom, TCP_NODELAY on) or STOW-RS (dicomweb-client), with bounded retries and a
+dead-letter state. A delivery is recorded with the job in one transaction, so a stop or crash
+loses none; one cut short by a crash is sent again whole (a PACS stores an instance sent twice
+once: same SOP Instance UID)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from medsight.core.errors import ConfigError
 from medsight.service.config import Destination
 from medsight.service.node import Node
 
-__all__ = ["SendError", "Sender", "c_store"]
+__all__ = ["SendError", "Sender", "c_store", "stow"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,39 @@ def c_store(destination: Destination, paths: list[Path]) -> int:
             assoc.release()
         else:
             assoc.abort()
+    return len(paths)
+
+
+def stow(destination: Destination, paths: list[Path]) -> int:
+    """Store DICOM files on a DICOMweb server (``destination.url``) in one STOW-RS request; how many
+    were stored.
+
+    Raises:
+        SendError: the server cannot be reached, refused the request, or refused an instance.
+        ConfigError: the destination's credentials are named but missing from the environment.
+    """
+    import pydicom
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    client = DICOMwebClient(str(destination.url), session=destination.session("destinations"),
+                            timeout=destination.timeout_s)  # fmt: skip
+    client.set_http_retry_params(retry=False)  # the sender's own retries (doubling waits, a dead letter) apply
+    datasets = [pydicom.dcmread(p) for p in paths]
+    try:
+        answer = client.store_instances(datasets)
+    except requests.HTTPError as exc:
+        code = exc.response.status_code if exc.response is not None else "?"
+        hint = " (check username and password_env)" if code in (401, 403) else ""
+        raise SendError(f"{destination.url} refused the results (HTTP {code}){hint}") from exc
+    except requests.RequestException as exc:
+        raise SendError(f"{destination.url} cannot be reached ({type(exc).__name__}); is it up, and is the url "
+                        "its DICOMweb root?") from exc  # fmt: skip
+    failed = list(answer.get("FailedSOPSequence", [])) if answer is not None else []
+    if failed:
+        reasons = sorted({f"0x{int(getattr(f, 'FailureReason', 0)):04X}" for f in failed})
+        raise SendError(f"{destination.url} refused {len(failed)} of {len(paths)} result(s) (failure reason "
+                        f"{', '.join(reasons)})")  # fmt: skip
     return len(paths)
 
 
@@ -121,8 +156,8 @@ class Sender:
             store.attempt_failed(delivery.id, "the job's results are gone from storage", max_attempts=1, retry_s=1)
             return
         try:
-            sent = c_store(destination, paths)
-        except (SendError, OSError, ValueError, RuntimeError) as exc:
+            sent = (stow if destination.url is not None else c_store)(destination, paths)
+        except (SendError, ConfigError, OSError, ValueError, RuntimeError) as exc:
             after = store.attempt_failed(delivery.id, str(exc), max_attempts=destination.max_attempts,
                                          retry_s=destination.retry_s)  # fmt: skip
             level = logging.ERROR if after.status == "dead" else logging.WARNING

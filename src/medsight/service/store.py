@@ -32,7 +32,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from medsight.core.errors import ConfigError
 
-__all__ = ["AuditEvent", "Delivery", "Job", "Store", "as_utc", "utcnow"]
+__all__ = ["AuditEvent", "Delivery", "Job", "Pulled", "Setting", "Store", "as_utc", "utcnow"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Job(_Base):
     modalities: Mapped[str] = mapped_column(String(64), default="")
     description: Mapped[str] = mapped_column(String(128), default="")
     study_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    source: Mapped[str] = mapped_column(String(16))  # http or dicom
+    source: Mapped[str] = mapped_column(String(16))  # http, dicom or orthanc
     submitted_by: Mapped[str] = mapped_column(String(64))
     instances: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), index=True)
@@ -128,6 +128,25 @@ class AuditEvent(_Base):
         return row
 
 
+class Setting(_Base):
+    """A value the service keeps between runs (e.g. how far it read Orthanc's changes)."""
+
+    __tablename__ = "state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Pulled(_Base):
+    """An instance the service pulled from an edge (Orthanc), or saw there and left as its own
+    result: never pulled again, whatever its study does later."""
+
+    __tablename__ = "pulled"
+
+    sop_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
 def as_utc(value: datetime) -> datetime:
     """A time from the database, aware (SQLite hands back naive datetimes; they were stored in UTC)."""
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
@@ -187,11 +206,37 @@ class Store:
         with self._sessions() as session, session.begin():
             yield session
 
-    def add_job(self, job: Job, *, actor: str, detail: dict[str, Any]) -> None:
-        """Record a received study as queued, with its audit line, in one transaction."""
+    def add_job(self, job: Job, *, actor: str, detail: dict[str, Any], state: dict[str, str] | None = None,
+                pulled: Sequence[str] = ()) -> None:  # fmt: skip
+        """Record a received study as queued, with its audit line, in one transaction; with it, set
+        ``state`` and mark the ``pulled`` instances (an edge's progress moves with its jobs)."""
         with self.session() as s:
             s.add(job)
             s.add(_event(actor, "received", job, detail))
+            s.add_all(Pulled(sop_uid=uid, job_id=job.id) for uid in pulled)
+            for key, value in (state or {}).items():
+                s.merge(Setting(key=key, value=value))
+
+    def state(self, key: str) -> str | None:
+        """A value kept between runs (None when never set)."""
+        with self.session() as s:
+            found = s.get(Setting, key)
+            return None if found is None else found.value
+
+    def set_state(self, key: str, value: str, *, pulled: Sequence[str] = ()) -> None:
+        """Keep a value between runs; with it, mark ``pulled`` instances seen (no job)."""
+        with self.session() as s:
+            s.merge(Setting(key=key, value=value))
+            s.add_all(Pulled(sop_uid=uid, job_id=None) for uid in pulled)
+
+    def pulled(self, sop_uids: Sequence[str]) -> set[str]:
+        """Which of these instances were pulled (or seen) before."""
+        found: set[str] = set()
+        with self.session() as s:
+            for start in range(0, len(sop_uids), 500):
+                chunk = list(sop_uids[start : start + 500])
+                found.update(s.scalars(select(Pulled.sop_uid).where(Pulled.sop_uid.in_(chunk))))
+        return found
 
     def audit(self, actor: str, action: str, job: Job | None = None, **detail: Any) -> None:
         """Append one line to the audit log."""
