@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from medsight.core.errors import MedsightError
@@ -28,8 +29,9 @@ _NUMPY_REPR = re.compile(r"\bnp\.(?:float|int|uint|bool|complex|str)_?\d*\((.*?)
 
 
 def plain(message: str) -> str:
-    """A message as a user reads numbers: ``np.float64(0.991)`` (NumPy 2's repr in a list) shows ``0.991``."""
-    return _NUMPY_REPR.sub(r"\1", message)
+    """A message as a user reads numbers: ``np.float64(0.991)`` (NumPy 2's repr in a list) shows ``0.991``;
+    escaped for rich, so that ``pip install 'medsight[dist]'`` keeps its brackets."""
+    return escape(_NUMPY_REPR.sub(r"\1", message))
 
 
 def reflow_help(app: typer.Typer) -> None:

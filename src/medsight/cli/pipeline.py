@@ -254,6 +254,20 @@ def predict_command(
             "over the slice where it has most voxels, for viewers that do not show SEG.",
         ),
     ] = False,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Spread the inputs over Ray workers, each holding the model once (pip install 'medsight[dist]'): "
+            "a Ray of this machine, or the cluster of --ray-address / RAY_ADDRESS (paths must be on a shared disk).",
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="With --ray: the cluster's address (e.g. ray://head:10001).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="With --ray: how many workers (default: one per CPU).")
+    ] = None,
 ) -> None:
     """Predict on image files or DICOM; one row per image. Mammography runs also write breast-
     and exam-level scores (``<out>_breasts.csv``, ``<out>_exams.csv``) fused as in evaluation;
@@ -282,9 +296,18 @@ def predict_command(
         if dicom_out.exists() and not dicom_out.is_dir():
             raise InputError(f"--dicom-out {dicom_out} is a file; give a folder for the DICOM results")
         check_writable(dicom_out, option="--dicom-out", file=False)
+    if (ray_address is not None or workers is not None) and not ray:
+        raise typer.BadParameter("--ray-address and --workers spread the work over Ray: give --ray too")
     masks = output.with_name(f"{output.stem}_masks")  # label maps, for models that make them
     with progress_bar() as progress:
-        if data is not None:
+        if ray:
+            from medsight.inference.distributed import predict_on_ray
+
+            manifest = Manifest.load(data) if data is not None else None
+            table = predict_on_ray(predictor, inputs=None if manifest is not None else inputs, manifest=manifest,
+                                   split=split, address=ray_address, workers=workers, slice_index=slice_index,
+                                   masks=masks, uncertainty=repeated, progress=progress).table()  # fmt: skip
+        elif data is not None:
             prepared = predictor.prepare(Manifest.load(data), progress=progress)
             table = predictor.predict_split(prepared, split, uncertainty=repeated).table()
         else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -301,10 +301,15 @@ class Predictor:
         return {"recipe": self.package.recipe, "model": self.package.model.name, "run": str(self.run_dir),
                 "precision": self.precision, "backend": self.backend}  # fmt: skip
 
-    def prepare(self, manifest: Manifest, *, progress: Progress | None = None) -> TaskData:
-        """A manifest's cases made ready as in training (the recipe's cache beside the manifest)."""
+    def prepare(
+        self, manifest: Manifest, *, progress: Progress | None = None, cache_dir: str | os.PathLike[str] | None = None
+    ) -> TaskData:
+        """A manifest's cases made ready as in training (in the recipe's cache beside the manifest, or
+        in ``cache_dir``: a process preparing a share of the cases beside others needs its own)."""
         preprocess = self.preprocess
-        folder = default_cache_dir(manifest, self.package.recipe, preprocess)
+        folder = (
+            Path(cache_dir) if cache_dir is not None else default_cache_dir(manifest, self.package.recipe, preprocess)
+        )
         return self.task.prepare(manifest, preprocess, folder, progress=progress)
 
     def models(self, uncertainty: Uncertainty | None = None) -> list[nn.Module]:
@@ -392,10 +397,26 @@ class Predictor:
         that cannot be read or prepared is named in the error. With ``uncertainty``, each score is
         the mean of several predictions, with its spread as ``sd_<column>``. Probabilities are
         temperature-scaled where ``medsight evaluate --temperature`` kept temperatures in the run."""
-        models = self.models(uncertainty)
         if self.task.spatial_dims == 0:
-            return self._predict_tables(models, inputs)
-        groups = self.input_files(inputs)
+            return self._predict_tables(self.models(uncertainty), inputs)
+        return self.predict_groups(self.input_files(inputs), batch_size=batch_size, slice_index=slice_index,
+                                   masks=masks, progress=progress, uncertainty=uncertainty)  # fmt: skip
+
+    def predict_groups(
+        self,
+        groups: Mapping[Path, Sequence[Path]],
+        *,
+        batch_size: int = 32,
+        slice_index: int | None = None,
+        masks: str | os.PathLike[str] | None = None,
+        progress: Progress | None = None,
+        uncertainty: Uncertainty | None = None,
+    ) -> Prediction:
+        """:meth:`predict_files` of inputs already found (:meth:`input_files`: each input with the
+        files it is read from), in their order: a share of a batch spread over workers."""
+        if not groups:
+            raise InputError("no inputs to predict on")
+        models = self.models(uncertainty)
         paths = list(groups)
         cases, scores = [], []
         for start in range(0, len(paths), batch_size):
