@@ -92,6 +92,45 @@ def test_a_negative_study_gets_a_report_without_a_seg(make_series, tmp_path, alg
     assert not (tmp_path / "bad.dcm").exists()
 
 
+def test_a_detections_findings_are_placed_in_the_report(make_series, tmp_path, algorithm):
+    from medsight.tasks.results import Finding
+
+    folder, _ = make_series(shape=(6, 24, 20), spacing=(2.5, 0.8, 0.7))
+    image = read(folder)
+    centres = [image.geometry.index_to_world(index) for index in ((3, 12, 10), (1, 4, 5))]
+    findings = [Finding("nodule", tuple(map(float, c)), d, p) for c, d, p in zip(centres, (6.0, 3.5), (0.91, 0.62),
+                                                                                     strict=True)]  # fmt: skip
+    path = write_measurement_report(image, folder, tmp_path / "sr.dcm", algorithm=algorithm,
+                                    figures={"candidates": 2, "max_probability": 0.91}, findings=findings)  # fmt: skip
+    sr = _report(path)
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert [str(g.tracking_identifier) for g in groups] == ["nodule 1", "nodule 2"]
+    frame = read(folder).metadata
+    for group, finding in zip(groups, findings, strict=True):
+        surface = group.roi
+        assert surface.graphic_type.value == "ELLIPSOID" and surface.frame_of_reference_uid == _frame(folder)
+        axes = np.asarray(surface.graphic_data).reshape(3, 2, 3)  # three axes, each two end points
+        np.testing.assert_allclose(axes.mean(axis=(0, 1)), finding.centre_mm, atol=1e-3)  # centred on it
+        lengths = np.linalg.norm(axes[:, 1] - axes[:, 0], axis=1)
+        np.testing.assert_allclose(lengths, finding.diameter_mm, atol=1e-3)  # its ball
+        measured = {m.name.meaning: (m.value, m.unit.value) for m in group.get_measurements()}
+        assert measured == {"Diameter": (pytest.approx(finding.diameter_mm), "mm"),
+                            "probability": (pytest.approx(finding.probability), "1")}  # fmt: skip
+        assert group.finding_type.value == "27925004"  # SNOMED CT: nodule
+        assert surface.source_series_for_segmentation.value == frame.series_uid
+    assert _figures(sr) == pytest.approx({"candidates": 2, "max_probability": 0.91})
+    assert _dciodvfy(path) == []
+    none = write_measurement_report(image, folder, tmp_path / "none.dcm", algorithm=algorithm, figures={},
+                                    findings=[])  # fmt: skip
+    assert _report(none).content.get_volumetric_roi_measurement_groups() == []
+
+
+def _frame(folder: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True).FrameOfReferenceUID)
+
+
 @pytest.mark.slow
 def test_predict_writes_dicom_results_per_dicom_input_from_the_command_line(tmp_path, monkeypatch):
     from typer.testing import CliRunner
@@ -241,8 +280,8 @@ def test_each_input_gets_its_results_or_its_reason(make_series, tmp_path):
 
     (tmp_path / "w.pt").write_bytes(b"w")
     package = SimpleNamespace(recipe="model", weights="w.pt", onnx=None)
-    predictor = SimpleNamespace(task=SimpleNamespace(label_classes=lambda: ((1, "lesion"),)), package=package,
-                                run_dir=tmp_path)  # fmt: skip
+    task = SimpleNamespace(label_classes=lambda: ((1, "lesion"),), findings=lambda row: [])
+    predictor = SimpleNamespace(task=task, package=package, run_dir=tmp_path)
     found, volume = make_series("found", shape=(4, 10, 10))
     empty, _ = make_series("empty", shape=(4, 10, 10), seed=1)
     labels = np.zeros((1, 4, 10, 10), np.uint8)

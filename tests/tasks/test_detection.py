@@ -417,3 +417,16 @@ def test_ignored_regions_are_no_findings_to_centre_on_and_never_cover_one():
     coarse = resample(source[None], (3, 3, 3), labels=True)[0]
     kept = keep_lost_regions(source, coarse)
     assert (kept == 1).sum() == 1 and kept[1, 1, 1] == 1  # the finding keeps its voxel; ignore does not take it
+
+
+def test_the_findings_a_report_places_are_the_candidates_the_overlay_draws():
+    import json
+
+    task = DetectionTask(DetectionTask.spec_type(kind="detection", overlay_probability=0.5))
+    listed = [{"coordX": 1.0, "coordY": 2.0, "coordZ": 3.0, "diameter_mm": 5.0, "probability": p}
+              for p in (0.4, 0.9, 0.5, 0.62)]  # fmt: skip
+    found = task.findings({"candidate_list": json.dumps(listed)})
+    assert [f.probability for f in found] == [0.9, 0.62, 0.5]  # at or above 0.5, most probable first
+    assert found[0].name == "nodule" and found[0].centre_mm == (1.0, 2.0, 3.0) and found[0].diameter_mm == 5.0
+    assert task.findings({"candidate_list": "[]"}) == [] and task.findings({"candidate_list": float("nan")}) == []
+    assert task.findings({}) == []

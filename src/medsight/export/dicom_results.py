@@ -1,6 +1,7 @@
 """A prediction's results as DICOM objects beside each DICOM input: a SEG of its label map (for
 models that make one, when something was found) and a TID 1500 measurement report (always; it
-refers to the SEG when there is one). What ``medsight predict --dicom-out`` writes."""
+refers to the SEG when there is one, and places the findings the task locates). What ``medsight
+predict --dicom-out`` writes."""
 
 from __future__ import annotations
 
@@ -92,7 +93,8 @@ def write_dicom_results(
                     sc = write_overlay(image, labels, source, classes, folder / f"{name}_overlay.dcm",
                                        algorithm=algorithm, headers=headers)  # fmt: skip
             sr = write_measurement_report(image, source, folder / f"{name}_sr.dcm", algorithm=algorithm,
-                                          figures=figures, segmentation=seg, headers=headers)  # fmt: skip
+                                          figures=figures, segmentation=seg, headers=headers,
+                                          findings=predictor.task.findings(row.to_dict()))  # fmt: skip
         except InputError as exc:  # this input cannot have them (e.g. multi-frame, sources gone); others go on
             log.warning("no DICOM results for %s: %s", source, exc)
             done.append(DicomResults(source, seg, None, str(exc)))

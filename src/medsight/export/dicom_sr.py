@@ -5,6 +5,9 @@ manufacturer), and
 
 - per segment of the input's DICOM SEG (when the model made one): a volumetric ROI group that
   refers to the segment, typed by its coded concept, with its volume in cm3 counted from the SEG;
+- per finding a detection model located: a volumetric ROI group whose region is the finding's
+  ball as an ellipsoid (SCOORD3D in the images' frame of reference), with its diameter (mm) and
+  the model's probability;
 - one group for the whole image with every figure of the prediction (probabilities, volumes per
   structure, candidates...), each a measurement coded by its column name (local scheme
   ``99MEDSIGHT``) with its unit (cm3 for ``*_ml``, no units otherwise).
@@ -27,8 +30,16 @@ import numpy as np
 
 from medsight.core.errors import InputError
 from medsight.core.volume import Volume
-from medsight.export.dicom_seg import Algorithm, built_from, contributing_equipment, highdicom, source_headers
+from medsight.export.dicom_seg import (
+    Algorithm,
+    built_from,
+    contributing_equipment,
+    highdicom,
+    segment_concepts,
+    source_headers,
+)
 from medsight.io.atomic import atomic_file
+from medsight.tasks.results import Finding
 
 __all__ = ["write_measurement_report"]
 
@@ -54,6 +65,37 @@ def _segment_volumes(seg: Any, sop_uids: tuple[str, ...], voxel_ml: float) -> di
     return {n: float(pixels[..., k].astype(bool).sum()) * voxel_ml for k, n in enumerate(numbers)}
 
 
+def _finding_groups(findings: Sequence[Finding], sources: Sequence[Any], identification: Any) -> list[Any]:
+    """A TID 1411 group per finding: the ball of its diameter about its centre as an ellipsoid (its
+    three axes along x, y and z), its diameter (mm) and probability."""
+    if not findings:
+        return []
+    hd = highdicom()
+    from pydicom.sr.codedict import codes
+
+    frame = str(sources[0].get("FrameOfReferenceUID", ""))
+    if not frame:
+        raise InputError("the source images have no Frame of Reference UID; the findings cannot be placed in them")
+    series = hd.sr.SourceSeriesForSegmentation(str(sources[0].SeriesInstanceUID))
+    groups = []
+    for number, finding in enumerate(findings, start=1):
+        centre, radius = np.asarray(finding.centre_mm, float), max(float(finding.diameter_mm), 0.1) / 2
+        axes = np.concatenate([[centre - radius * axis, centre + radius * axis] for axis in np.eye(3)])
+        surface = hd.sr.VolumeSurface(graphic_type=hd.sr.GraphicTypeValues3D.ELLIPSOID, graphic_data=axes,
+                                      frame_of_reference_uid=frame, source_series=series)  # fmt: skip
+        measured = [
+            hd.sr.Measurement(name=codes.SCT.Diameter, value=round(float(finding.diameter_mm), 3),
+                              unit=codes.UCUM.Millimeter, algorithm_id=identification),
+            hd.sr.Measurement(name=_code("probability"), value=round(float(finding.probability), 4),
+                              unit=codes.UCUM.NoUnits, algorithm_id=identification),
+        ]  # fmt: skip
+        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{finding.name} {number}"[:64]),
+            referenced_volume_surface=surface, finding_type=segment_concepts(finding.name)[1],
+            algorithm_id=identification, measurements=measured))  # fmt: skip
+    return groups
+
+
 def write_measurement_report(
     image: Volume,
     source: str | os.PathLike[str],
@@ -62,12 +104,15 @@ def write_measurement_report(
     algorithm: Algorithm,
     figures: Mapping[str, float],
     segmentation: str | os.PathLike[str] | None = None,
+    findings: Sequence[Finding] = (),
     series_number: int = 901,
     headers: Sequence[Any] | None = None,
 ) -> Path:
     """Write the TID 1500 report of one DICOM input (``image``, read from ``source``) to ``out``:
-    ``figures`` (name -> value; non-finite values are left out) for the whole image, and a group per
-    segment of ``segmentation`` (the input's DICOM SEG, if one was written). Returns ``out``.
+    ``figures`` (name -> value; non-finite values are left out) for the whole image, a group per
+    segment of ``segmentation`` (the input's DICOM SEG, if one was written), and a group per
+    located finding (a detection): its ball as an ellipsoid (SCOORD3D) in the images' frame of
+    reference, with its diameter and probability. Returns ``out``.
 
     ``headers``: the source files' headers (:func:`source_headers`) when the caller has them.
 
@@ -114,6 +159,7 @@ def write_measurement_report(
                 finding_type=hd.sr.CodedConcept.from_dataset(item.SegmentedPropertyTypeCodeSequence[0]),
                 algorithm_id=identification, measurements=[volume]))  # fmt: skip
         evidence.append(pydicom.dcmread(segmentation, stop_before_pixels=True))
+    groups += _finding_groups(findings, sources, identification)
     measured = [
         hd.sr.Measurement(name=_code(name), value=float(value), unit=_unit(name), algorithm_id=identification)
         for name, value in figures.items()

@@ -29,7 +29,7 @@ from medsight.core.volume import Volume
 from medsight.data.manifest import Manifest, parse_boxes
 from medsight.models.predict import run_model
 from medsight.models.registry import ModelChoice
-from medsight.tasks.results import Estimate, Prediction
+from medsight.tasks.results import Estimate, Finding, Prediction
 
 __all__ = [
     "Task",
@@ -271,6 +271,12 @@ class Task(ABC):
     def fitted(self, run_dir: Path) -> dict[str, Any]:
         """What :meth:`save_fitted` kept in ``run_dir``; ``{}`` by default."""
         return {}
+
+    def findings(self, row: Mapping[str, Any]) -> list[Finding]:
+        """The findings one prediction row locates, for a report to place them (a DICOM SR draws each
+        as a region); none by default (tasks that locate nothing, or whose findings a label map
+        already carries)."""
+        return []
 
     def grouped(self, table: pd.DataFrame, fitted: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
         """Per-input predictions combined to higher levels (e.g. mammography views to breasts and

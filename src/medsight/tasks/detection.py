@@ -57,7 +57,7 @@ from medsight.metrics.detection import EXCLUDED_DIAMETER_MM, LUNA16_RATES, froc_
 from medsight.models.registry import ModelChoice
 from medsight.planning import Plan
 from medsight.tasks.base import Task, TaskData, Training, VolumeView, as_model, register_task
-from medsight.tasks.results import Estimate, Prediction
+from medsight.tasks.results import Estimate, Finding, Prediction
 from medsight.tasks.segmentation import (
     PlanRequest,
     SegmentationSpec,
@@ -454,6 +454,17 @@ class DetectionTask(Task):
                                       study_uid=volume.metadata.study_uid)  # fmt: skip
             overlays.append(Volume(drawn[None], volume.geometry, metadata))
         return pd.DataFrame(rows), overlays
+
+    def findings(self, row: Mapping[str, Any]) -> list[Finding]:
+        """The row's candidates at or above ``overlay_probability`` (those the overlay draws), most
+        probable first."""
+        raw = row.get("candidate_list")
+        if not isinstance(raw, str) or not raw.strip():
+            return []
+        found = [Finding(self.spec.finding, (float(c["coordX"]), float(c["coordY"]), float(c["coordZ"])),
+                         float(c["diameter_mm"]), float(c["probability"]))
+                 for c in json.loads(raw) if float(c["probability"]) >= self.spec.overlay_probability]  # fmt: skip
+        return sorted(found, key=lambda f: -f.probability)
 
     # --- explanations -----------------------------------------------------------------------
     def explain_targets(self) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["Estimate", "Evaluation", "Prediction", "json_ready"]
+__all__ = ["Estimate", "Evaluation", "Finding", "Prediction", "json_ready"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,23 @@ class Estimate:
             return "undefined" if math.isnan(x) else f"{x:.3f}"
 
         return f"{show(self.estimate)} [{show(self.low)}, {show(self.high)}]"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A finding a model located in a volume (e.g. a lung nodule), as a report states it.
+
+    Attributes:
+        name: What it is (the task's finding, e.g. ``nodule``).
+        centre_mm: Its centre ``(x, y, z)`` in patient coordinates (LPS, mm: DICOM's frame).
+        diameter_mm: Its diameter.
+        probability: The model's probability that it is one.
+    """
+
+    name: str
+    centre_mm: tuple[float, float, float]
+    diameter_mm: float
+    probability: float
 
 
 @dataclass(frozen=True)
