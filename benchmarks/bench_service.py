@@ -1,20 +1,21 @@
 """`medsight serve` on loopback, against plain pynetdicom and the package's own pipeline, same process.
 
-    python benchmarks/bench_service.py                   # 8 chest X-rays, 4 MR series, a pynetdicom PACS
+    python benchmarks/bench_service.py                   # 8 chest X-rays, 4 MR and 4 CT series, a pynetdicom PACS
     python benchmarks/bench_service.py --orthanc         # the results go to a real Orthanc (apt install orthanc)
     python benchmarks/bench_service.py --studies 20 --cxr 20
 
-Two models are trained briefly on phantoms first (the cxr-findings recipe's DenseNet-121 at 224
+Three models are trained briefly on phantoms first (the cxr-findings recipe's DenseNet-121 at 224
 px, one epoch; the cardiac-function recipe's U-Net as the demo trains it: 16 base filters, 2.5 mm
-in plane, 12x64x64 patches, five iterations): their figures are not the point, their networks'
-cost is. Then, with the service running in this process (DICOM listener, worker,
-sender; SQLite):
+in plane, 12x64x64 patches, five iterations; the lung-nodule-det recipe's U-Net at 5x2.8x2.8 mm
+with 8 base filters, four iterations): their figures are not the point, their networks' cost is.
+Then, with the service running in this process (DICOM listener, worker, sender; SQLite):
 
 - **receive**: instances/s the DICOM listener takes over one association (each checked, written,
   flushed to disk and only then acknowledged), against a plain pynetdicom C-STORE SCP that writes
   each data set to a file without flushing, on the same instances (ratio: medsight/plain);
 - **latency**: from the Success of a study's last instance to its SR arriving at the PACS, p50 and
-  p95, for a chest X-ray (one DX image) and an MR series, one study at a time; against the package
+  p95, for a chest X-ray (one DX image), an MR series and a chest CT series (nodule detection: SEG of
+  the candidates, SR placing them), one study at a time; against the package
   on its own (predict + write the DICOM results) on the same study. The difference is the service's
   share: waiting ``release_s`` (1 s) for the study to be complete, spooling, the database, sending.
 
@@ -41,6 +42,7 @@ from medsight.core import Volume, VolumeMetadata
 from medsight.core.hardware import cpu_class
 from medsight.data import build_manifest
 from medsight.data.phantoms import make_phantom
+from medsight.data.splits import assign_splits
 from medsight.engine.fit import fit
 from medsight.engine.recipe import load_recipe
 from medsight.export import export_package
@@ -64,7 +66,10 @@ def train_packages(work: Path) -> dict[str, Path]:
     settings = {"cxr-findings": (60, ["train.epochs=1", "train.batch_size=8", "evaluation.bootstrap=20"]),
                 "cardiac-function": (8, ["train.epochs=1", "evaluation.bootstrap=20", "preprocess.base_filters=16",
                                          "preprocess.overrides={spacing: [8.0, 2.5, 2.5], patch_size: [12, 64, 64], "
-                                         "batch_size: 4, iterations_per_epoch: 5}"])}  # fmt: skip
+                                         "batch_size: 4, iterations_per_epoch: 5}"]),
+                "lung-nodule-det": (6, ["train.epochs=1", "evaluation.bootstrap=20", "preprocess.base_filters=8",
+                                        "preprocess.overrides={spacing: [5.0, 2.8, 2.8], patch_size: [32, 64, 64], "
+                                        "batch_size: 2, iterations_per_epoch: 4}"])}  # fmt: skip
     packages = {}
     for recipe, (cases, overrides) in settings.items():
         if (work / f"package-{recipe}" / "package.json").is_file():  # --work given again: trained already
@@ -72,7 +77,10 @@ def train_packages(work: Path) -> dict[str, Path]:
             continue
         started = time.perf_counter()
         folder = make_phantom(recipe, work / recipe, cases=cases, seed=0)
-        build_manifest(folder).save(work / f"{recipe}.csv")
+        manifest = build_manifest(folder)
+        if recipe == "lung-nodule-det":  # LUNA16's subsets draw no val split: drawn here, by patient
+            manifest = assign_splits(manifest, val_fraction=0.2, test_fraction=0.2, seed=0, respect_official=False)
+        manifest.save(work / f"{recipe}.csv")
         fit(load_recipe(recipe, overrides), work / f"{recipe}.csv", work / f"run-{recipe}")
         packages[recipe] = export_package(work / f"run-{recipe}", work / f"package-{recipe}", format="onnx").folder
         print(f"  {recipe}: trained one epoch and exported in {time.perf_counter() - started:.0f} s", flush=True)
@@ -80,7 +88,8 @@ def train_packages(work: Path) -> dict[str, Path]:
 
 
 def study_makers(work: Path) -> dict[str, object]:
-    """Functions writing a new study (new UIDs) of each kind into a folder: a DX chest X-ray, an MR series."""
+    """Functions writing a new study (new UIDs) of each kind into a folder: a DX chest X-ray, an MR series, a
+    chest CT series."""
     xray = next(p for p in sorted((work / "cxr-findings").rglob("*")) if p.suffix.lower() in (".png", ".jpg"))
     image = read(xray)
     values = np.clip(np.asarray(image.array, dtype=np.float64), 0, None)
@@ -98,7 +107,14 @@ def study_makers(work: Path) -> dict[str, object]:
         folder.parent.mkdir(parents=True, exist_ok=True)
         return write_dicom_series(series, folder, modality="MR", study_uid=pydicom.uid.generate_uid())
 
-    return {"cxr": cxr, "mr": mr}
+    scan = read(next(p for p in sorted((work / "lung-nodule-det").rglob("*.mhd"))))
+    chest = Volume(np.asarray(scan.array).astype(np.int16), scan.geometry, VolumeMetadata(modality="CT"))
+
+    def ct(folder: Path) -> list[Path]:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        return write_dicom_series(chest, folder, modality="CT", study_uid=pydicom.uid.generate_uid())
+
+    return {"cxr": cxr, "mr": mr, "ct": ct}
 
 
 def send(port: int, paths: list[Path], called: str = "MEDSIGHT", nodelay: bool = True) -> float:
@@ -214,6 +230,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cxr", type=int, default=8, help="chest X-ray studies timed one by one")
     parser.add_argument("--studies", type=int, default=4, help="MR series timed one by one (and sent for receive)")
+    parser.add_argument("--ct", type=int, default=4, help="chest CT series timed one by one (nodule detection)")
     parser.add_argument("--orthanc", action="store_true", help="send the results to a real Orthanc")
     parser.add_argument("--work", type=Path, help="keep the trained packages here (and reuse them next time)")
     args = parser.parse_args()
@@ -235,18 +252,21 @@ def main() -> None:
         spec = {"storage": str(work / "store"), "poll_s": 1.0,
                 "dicom": {"port": _free_port(), "ae_title": "MEDSIGHT"},
                 "models": {"cxr": {"package": str(packages["cxr-findings"])},
-                           "heart": {"package": str(packages["cardiac-function"])}},
+                           "heart": {"package": str(packages["cardiac-function"])},
+                           "lung": {"package": str(packages["lung-nodule-det"])}},
                 "routes": [{"name": "cxr", "model": "cxr", "match": {"modality": ["DX", "CR"]}, "send_to": ["pacs"]},
-                           {"name": "heart", "model": "heart", "match": {"modality": ["MR"]}, "send_to": ["pacs"]}],
+                           {"name": "heart", "model": "heart", "match": {"modality": ["MR"]}, "send_to": ["pacs"]},
+                           {"name": "lung", "model": "lung", "match": {"modality": ["CT"]}, "send_to": ["pacs"]}],
                 "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}}}  # fmt: skip
         (work / "serve.yaml").write_text(json.dumps(spec))
         config = load_serve_config(work / "serve.yaml")
         dicom_port = config.dicom.port
 
         # the package on its own, same studies: the baseline of the latency
-        alone: dict[str, list[float]] = {"cxr": [], "mr": []}
-        for kind, package, count in (("cxr", packages["cxr-findings"], args.cxr), ("mr", packages["cardiac-function"],
-                                     args.studies)):  # fmt: skip
+        alone: dict[str, list[float]] = {"cxr": [], "mr": [], "ct": []}
+        kinds = (("cxr", packages["cxr-findings"], args.cxr), ("mr", packages["cardiac-function"], args.studies),
+                 ("ct", packages["lung-nodule-det"], args.ct))  # fmt: skip
+        for kind, package, count in kinds:
             predictor = Predictor.from_run(package)
             for i in range(count + 1):
                 paths = make[kind](work / f"alone-{kind}-{i}")
@@ -259,8 +279,8 @@ def main() -> None:
 
         app = create_app(config)
         with TestClient(app):
-            served: dict[str, list[float]] = {"cxr": [], "mr": []}
-            for kind, count in (("cxr", args.cxr), ("mr", args.studies)):
+            served: dict[str, list[float]] = {"cxr": [], "mr": [], "ct": []}
+            for kind, count in (("cxr", args.cxr), ("mr", args.studies), ("ct", args.ct)):
                 for i in range(count + 1):
                     paths = make[kind](work / f"served-{kind}-{i}")
                     study = str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
@@ -300,6 +320,7 @@ def main() -> None:
             pacs.stop()
         kib = pydicom.dcmread(batch[0]).pixel_array.nbytes // 1024 if batch else 0
         slices = len(batch) // max(args.studies, 1)
+        ct_slices = len(list((work / "served-ct-0").glob("*.dcm"))) if args.ct else 0
 
     print(f"\nreceive ({len(batch)} MR instances of {kib} KiB pixels each, one association, the receiver idle):")
     labels = {True: "pynetdicom sender in this process, TCP_NODELAY on",
@@ -313,7 +334,11 @@ def main() -> None:
         )
     where = "Orthanc" if args.orthanc else "PACS"
     print(f"\nstudy-to-result latency (last instance acknowledged -> SR stored at the {where}):")
-    for kind, label in (("cxr", "chest X-ray (DX, 1 image)"), ("mr", f"MR series ({slices} slices)")):
+    for kind, label in (
+        ("cxr", "chest X-ray (DX, 1 image)"),
+        ("mr", f"MR series ({slices} slices)"),
+        ("ct", f"chest CT series ({ct_slices} slices)"),
+    ):
         s, a = served[kind], alone[kind]
         if s:
             print(
@@ -321,7 +346,8 @@ def main() -> None:
                 f"package alone p50 {_pct(a, 50):5.2f} s   service share p50 {_pct(s, 50) - _pct(a, 50):5.2f} s"
             )
     print(
-        f"\n({args.cxr} chest X-rays and {args.studies} MR series, one at a time, after one warm-up each; the "
+        f"\n({args.cxr} chest X-rays, {args.studies} MR series and {args.ct} CT series, one at a time, after one "
+        "warm-up each; the "
         "service waits release_s = 1 s for a study to be complete)"
     )
 

@@ -131,6 +131,74 @@ def _frame(folder: Path) -> str:
     return str(pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True).FrameOfReferenceUID)
 
 
+def test_predict_writes_a_fractional_seg_of_a_segmenters_probabilities(tmp_path):
+    """--dicom-seg fractional: the probability maps predict keeps are the SEG's segments; the label
+    map is their argmax, and the report's volumes count their voxels at 0.5 or more."""
+    from typer.testing import CliRunner
+
+    from medsight.cli.main import app
+    from medsight.core import Volume, VolumeMetadata
+    from medsight.tasks import ModelPackage
+    from tests.export.runs import trained
+
+    run, data, _ = trained(tmp_path, "segmentation")
+    source = read(data / "case8.nii.gz")
+    image = Volume((source.array * 8).astype(np.int16), source.geometry, VolumeMetadata(modality="MR"))
+    series = tmp_path / "case8_dicom"
+    write_dicom_series(image, series)
+    out, runner = tmp_path / "dicom", CliRunner()
+    result = runner.invoke(app, ["predict", str(run), str(series), "--out", str(tmp_path / "p.csv"), "--dicom-out",
+                                 str(out), "--dicom-seg", "fractional"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(tmp_path / "p.csv").iloc[0]
+    maps = read(row["probabilities"])
+    assert maps.array.dtype == np.uint8 and maps.array.shape == (2, *read(series).spatial_shape)  # lesion, core
+    labels = np.asarray(read(row["output"]).array[0])
+    task = ModelPackage.load(run).task_object()
+    structures = {name: dict(task.spec.labels)[name] for name in task.probability_structures()}  # the maps' order
+    assert sorted(structures) == ["core", "lesion"]
+    probs = maps.array.astype(int)
+    background = 255 - probs.sum(axis=0)
+    assert background.min() >= -2  # a softmax: the structures' probabilities sum to 1 at most (to rounding)
+    for k, code in enumerate(structures.values()):  # the label map is their argmax (postprocessing only removes)
+        inside = labels == code
+        others = np.delete(probs, k, axis=0)[:, inside]
+        assert (probs[k][inside] >= others.max(axis=0) - 1).all() and (probs[k][inside] >= background[inside] - 2).all()
+        assert np.isin(labels[probs[k] >= 130], [code, 0]).all()  # over 0.5: its structure, unless postprocessed away
+    segs = list(out.glob("*_seg.dcm"))
+    found = [n for k, n in enumerate(structures) if (maps.array[k] >= 128).any()]
+    if not found:  # a one-epoch model may reach 0.5 nowhere: a report alone
+        assert segs == [] and "fractional DICOM SEG" in result.output
+        return
+    (seg_path,) = segs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = hd.seg.segread(seg_path)
+    assert seg.SegmentationType == "FRACTIONAL" and [s.SegmentLabel for s in seg.SegmentSequence] == found
+    (report,) = out.glob("*_sr.dcm")
+    voxel_ml = float(np.prod(read(series).geometry.spacing)) / 1000
+    groups = _report(report).content.get_volumetric_roi_measurement_groups()
+    for group, name in zip(groups, found, strict=True):
+        (volume,) = group.get_measurements()
+        k = list(structures).index(name)
+        assert volume.value == pytest.approx((maps.array[k] >= 128).sum() * voxel_ml, abs=1e-4)
+    assert _dciodvfy(seg_path) == [] and _dciodvfy(report) == []
+
+
+def test_a_fractional_seg_is_refused_for_a_model_without_probability_maps(tmp_path):
+    from typer.testing import CliRunner
+
+    from medsight.cli.main import app
+    from tests.export.runs import trained
+
+    run, data, _ = trained(tmp_path, "binary")
+    result = CliRunner().invoke(app, ["predict", str(run), str(data / "img000.png"), "--out", str(tmp_path / "p.csv"),
+                                      "--dicom-out", str(tmp_path / "d"), "--dicom-seg", "fractional"])  # fmt: skip
+    assert result.exit_code == 1 and "makes no probability maps" in result.output
+    result = CliRunner().invoke(app, ["predict", str(run), str(data / "img000.png"), "--dicom-seg", "fractional"])
+    assert result.exit_code != 0 and "give --dicom-out too" in result.output
+
+
 @pytest.mark.slow
 def test_predict_writes_dicom_results_per_dicom_input_from_the_command_line(tmp_path, monkeypatch):
     from typer.testing import CliRunner

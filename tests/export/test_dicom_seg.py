@@ -118,3 +118,38 @@ def test_the_device_uid_follows_the_weights_and_unknown_classes_get_a_local_code
     assert category.value == "85756007" and kind.scheme_designator == "99MEDSIGHT"
     assert kind.meaning == "Left atrial appendage"
     assert segment_concepts("lv")[1].value == "87878005" and segment_concepts("Nodule")[1].value == "27925004"
+
+
+def test_a_fractional_seg_holds_each_structures_probability(make_series, tmp_path, algorithm):
+    from medsight.export.dicom_seg import write_fractional_segmentation
+
+    folder, _ = make_series(shape=(5, 12, 10))
+    image = read(folder)
+    rng = np.random.default_rng(0)
+    maps = rng.integers(0, 120, size=(3, *image.spatial_shape)).astype(np.uint8)  # below 0.5 everywhere
+    maps[0, 1:3, 2:6, 2:5] = rng.integers(128, 256, size=(2, 4, 3))  # NCR found; ED never reaches 0.5
+    maps[2, 2, 4:6, 3:5] = 255  # ET found
+    path = write_fractional_segmentation(image, maps, folder, ["NCR", "ED", "ET"], tmp_path / "seg.dcm",
+                                         algorithm=algorithm)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = hd.seg.segread(path)
+        pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=list(image.metadata.sop_uids),
+                                                   combine_segments=False)  # fmt: skip
+    assert seg.SegmentationType == "FRACTIONAL" and seg.SegmentationFractionalType == "PROBABILITY"
+    assert int(seg.MaximumFractionalValue) == 255 and int(seg.BitsAllocated) == 8
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["NCR", "ET"]
+    for k, structure in enumerate((0, 2)):  # each frame kept reads back as written (to 1/255)
+        kept = (maps[structure] > 0).any(axis=(1, 2))  # empty frames are left out: they read back 0
+        want = np.where(kept[:, None, None], maps[structure] / 255.0, 0.0)
+        np.testing.assert_allclose(pixels[..., k], want, atol=0.5 / 255)
+    assert _dciodvfy(path) == []
+    low = write_fractional_segmentation(image, np.full((1, *image.spatial_shape), 127, np.uint8), folder, ["NCR"],
+                                        tmp_path / "none.dcm", algorithm=algorithm)  # fmt: skip
+    assert low is None and not (tmp_path / "none.dcm").exists()  # nothing reaches 0.5: no SEG
+    with pytest.raises(InputError, match=r"3 probability map\(s\) expected"):
+        write_fractional_segmentation(image, maps[:2], folder, ["NCR", "ED", "ET"], tmp_path / "x.dcm",
+                                      algorithm=algorithm)  # fmt: skip
+    with pytest.raises(InputError, match=r"outside \[0, 1\]"):
+        write_fractional_segmentation(image, maps[:1].astype(np.float32), folder, ["NCR"], tmp_path / "x.dcm",
+                                      algorithm=algorithm)  # fmt: skip

@@ -84,6 +84,31 @@ def test_a_study_comes_back_as_the_packages_dicom_results(tmp_path, made, tokens
         assert "conformance-segmentation" in client.get("/models/seg/card", headers=AUTH).text
 
 
+def test_a_model_with_fractional_seg_sends_its_probabilities(tmp_path, made, tokens):
+    import highdicom as hd
+
+    models = {"seg": {"package": str(made["package"]), "dicom_seg": "fractional"}}
+    config, app = _app(tmp_path, made, models=models)
+    node: Node = app.state.node
+    with TestClient(app) as client:
+        (job,) = client.post("/studies", files=files(made["MR"]), headers=AUTH).json()["jobs"]
+        assert node.process_next()
+        done = client.get(f"/jobs/{job['id']}", headers=AUTH).json()
+        assert done["status"] == "done", done["note"]
+        (row,) = done["predictions"]
+        assert row["probabilities"].startswith("masks/") and row["probabilities"].endswith("_prob.nii.gz")
+        assert (config.storage / "results" / job["id"] / row["probabilities"]).is_file()
+        seg_name = next(n for n in done["files"] if n.endswith("_seg.dcm"))  # the package finds a lesion here
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            seg = hd.seg.segread(config.storage / "results" / job["id"] / seg_name)
+        assert seg.SegmentationType == "FRACTIONAL"
+    with pytest.raises(ConfigError, match=r"models\.seg\.dicom_seg"):
+        load_serve_config(
+            config_file(tmp_path, made["package"], models={"seg": {**models["seg"], "dicom_seg": "soft"}})
+        )
+
+
 def test_the_worker_thread_processes_what_arrives(tmp_path, made, tokens):
     config = load_serve_config(config_file(tmp_path, made["package"], poll_s=0.2))
     with TestClient(create_app(config)) as client:

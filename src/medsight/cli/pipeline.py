@@ -254,6 +254,14 @@ def predict_command(
             "over the slice where it has most voxels, for viewers that do not show SEG.",
         ),
     ] = False,
+    dicom_seg: Annotated[
+        str,
+        typer.Option(
+            "--dicom-seg",
+            help="With --dicom-out: binary (the label map) or fractional (each structure's probability, 8 bits; "
+            "segmentation models).",
+        ),
+    ] = "binary",
     ray: Annotated[
         bool,
         typer.Option(
@@ -296,6 +304,14 @@ def predict_command(
         if dicom_out.exists() and not dicom_out.is_dir():
             raise InputError(f"--dicom-out {dicom_out} is a file; give a folder for the DICOM results")
         check_writable(dicom_out, option="--dicom-out", file=False)
+    if dicom_seg not in ("binary", "fractional"):
+        raise typer.BadParameter(f"--dicom-seg must be binary or fractional, got {dicom_seg!r}")
+    fractional = dicom_seg == "fractional"
+    if fractional and dicom_out is None:
+        raise typer.BadParameter("--dicom-seg fractional writes into the --dicom-out folder: give --dicom-out too")
+    if fractional and not predictor.task.probability_structures():
+        raise ConfigError(f"the {predictor.package.recipe} model makes no probability maps; --dicom-seg fractional "
+                          "is for segmentation models")  # fmt: skip
     if (ray_address is not None or workers is not None) and not ray:
         raise typer.BadParameter("--ray-address and --workers spread the work over Ray: give --ray too")
     masks = output.with_name(f"{output.stem}_masks")  # label maps, for models that make them
@@ -306,13 +322,14 @@ def predict_command(
             manifest = Manifest.load(data) if data is not None else None
             table = predict_on_ray(predictor, inputs=None if manifest is not None else inputs, manifest=manifest,
                                    split=split, address=ray_address, workers=workers, slice_index=slice_index,
-                                   masks=masks, uncertainty=repeated, progress=progress).table()  # fmt: skip
+                                   masks=masks, uncertainty=repeated, progress=progress,
+                                   probabilities=fractional).table()  # fmt: skip
         elif data is not None:
             prepared = predictor.prepare(Manifest.load(data), progress=progress)
             table = predictor.predict_split(prepared, split, uncertainty=repeated).table()
         else:
             table = predictor.predict_files(inputs or [], slice_index=slice_index, masks=masks, progress=progress,
-                                            uncertainty=repeated).table()  # fmt: skip
+                                            uncertainty=repeated, probabilities=fractional).table()  # fmt: skip
     table.to_csv(output, index=False)
     out.print(f"wrote {len(table)} prediction(s) to {output}")
     if "output" in table:
@@ -320,10 +337,12 @@ def predict_command(
     if dicom_out is not None:
         from medsight.export.dicom_results import write_dicom_results
 
-        written = write_dicom_results(predictor, table, dicom_out, overlay=dicom_overlay)
+        written = write_dicom_results(predictor, table, dicom_out, overlay=dicom_overlay, fractional=fractional)
         segs, reports = sum(w.seg is not None for w in written), sum(w.sr is not None for w in written)
         overlays = f" and {sum(w.overlay is not None for w in written)} overlay(s)" if dicom_overlay else ""
-        out.print(f"wrote {reports} DICOM measurement report(s), {segs} DICOM SEG object(s){overlays} to {dicom_out}/")
+        kind = " fractional" if fractional else ""
+        out.print(f"wrote {reports} DICOM measurement report(s), {segs}{kind} DICOM SEG object(s){overlays} to "
+                  f"{dicom_out}/")  # fmt: skip
         for note in (w for w in written if w.reason):
             err.print(f"{note.input}: {note.reason}", highlight=False)
     try:

@@ -13,16 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from medsight.core.errors import InputError, MedsightError
+from medsight.core.errors import ConfigError, InputError, MedsightError
 from medsight.export.dicom_sc import write_overlay
-from medsight.export.dicom_seg import Algorithm, source_headers, write_segmentation
+from medsight.export.dicom_seg import Algorithm, source_headers, write_fractional_segmentation, write_segmentation
 from medsight.export.dicom_sr import write_measurement_report
 
 __all__ = ["DicomResults", "algorithm_of", "write_dicom_results"]
 
 log = logging.getLogger(__name__)
 
-_NOT_FIGURES = ("input", "output", "case_id", "patient_id")
+_NOT_FIGURES = ("input", "output", "probabilities", "case_id", "patient_id")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def algorithm_of(predictor: Any) -> Algorithm:
 
 
 def write_dicom_results(
-    predictor: Any, table: Any, folder: str | os.PathLike[str], *, overlay: bool = False
+    predictor: Any, table: Any, folder: str | os.PathLike[str], *, overlay: bool = False, fractional: bool = False
 ) -> list[DicomResults]:
     """Write ``<name>_seg.dcm`` and ``<name>_sr.dcm`` per DICOM input of a prediction table (the rows
     :meth:`~medsight.inference.Predictor.predict_files` returns: ``input``, the label map ``output``
@@ -54,8 +54,19 @@ def write_dicom_results(
     ``<name>_overlay.dcm``, a secondary capture of the label map over the slice where it has most
     voxels (:func:`~medsight.export.dicom_sc.write_overlay`). An input that is not DICOM, or whose
     objects cannot be written, is skipped with the reason (in the result and the log); the others
-    go on."""
+    go on. With ``fractional``, the SEG holds each structure's probability (the table's
+    ``probabilities`` maps, :meth:`~medsight.inference.Predictor.predict_files` with
+    ``probabilities``) instead of the label map.
+
+    Raises:
+        ConfigError: ``fractional`` without a ``probabilities`` column (a model that makes none).
+    """
     from medsight.io import read
+
+    if fractional and "probabilities" not in table:
+        raise ConfigError("a fractional SEG is made of probability maps: predict with probabilities=True "
+                          "(a segmentation model)")  # fmt: skip
+    names = predictor.task.probability_structures() if fractional else ()
 
     classes = predictor.task.label_classes()
     algorithm = algorithm_of(predictor)
@@ -86,8 +97,13 @@ def write_dicom_results(
             headers = source_headers(image, source)  # parsed once for the SEG, the overlay and the SR
             if classes and isinstance(row.get("output"), str):
                 labels = np.asarray(read(row["output"]).array[0])
-                seg = write_segmentation(image, labels, source, classes, folder / f"{name}_seg.dcm",
-                                         algorithm=algorithm, headers=headers)  # fmt: skip
+                if fractional and isinstance(row.get("probabilities"), str) and row["probabilities"]:
+                    maps = np.asarray(read(row["probabilities"]).array)
+                    seg = write_fractional_segmentation(image, maps, source, names, folder / f"{name}_seg.dcm",
+                                                        algorithm=algorithm, headers=headers)  # fmt: skip
+                else:  # binary (a cine has no probability maps)
+                    seg = write_segmentation(image, labels, source, classes, folder / f"{name}_seg.dcm",
+                                             algorithm=algorithm, headers=headers)  # fmt: skip
                 reason = "" if seg else "nothing found: a report without a SEG"
                 if overlay and seg is not None:
                     sc = write_overlay(image, labels, source, classes, folder / f"{name}_overlay.dcm",

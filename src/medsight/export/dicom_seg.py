@@ -1,12 +1,13 @@
 """DICOM Segmentation objects (SEG) of predicted label maps, written with highdicom.
 
 A SEG refers to the images it segments: the label map must lie on the grid of a DICOM input
-(``medsight predict`` resamples its maps back to each input's grid), and the source files are
-found by the SOP Instance UIDs the reader recorded. Each class of the task becomes a segment
-(binary, empty frames omitted) with coded concepts (SNOMED CT where the class name is a known
-one, else a local code), marked as made by an automatic, AI algorithm; every object carries the
-model as contributing equipment with a device UID that changes with the model's weights (IHE AI
-Results). A prediction with no structure at all writes no SEG: the result is reported without one.
+(``medsight predict`` resamples its maps back to each input's grid), and the source files are found
+by the SOP Instance UIDs the reader recorded. Each class of the task becomes a segment (binary,
+empty frames omitted; or fractional, each structure's probability in 8 bits) with coded concepts
+(SNOMED CT where the class name is a known one, else a local code), marked as made by an automatic,
+AI algorithm; every object carries the model as contributing equipment with a device UID that
+changes with the model's weights (IHE AI Results). A prediction with no structure at all writes no
+SEG: the result is reported without one.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "on_grid",
     "segment_concepts",
     "source_headers",
+    "write_fractional_segmentation",
     "write_segmentation",
 ]
 
@@ -181,6 +183,17 @@ def contributing_equipment(algorithm: Algorithm) -> Any:
     return equipment
 
 
+def _dicom_source(image: Volume, source: Path, slices: int) -> None:
+    """Refuse what a SEG cannot refer to: an image not read from DICOM, or multi-frame sources."""
+    sop_uids = image.metadata.sop_uids
+    if image.metadata.source_format not in ("dicom", "dicom-series") or not sop_uids:
+        raise InputError(f"{source} was not read from DICOM images; a DICOM SEG refers to DICOM images (the label "
+                         "map stays as written)")  # fmt: skip
+    if len(sop_uids) != slices:
+        raise InputError(f"{source}: {len(sop_uids)} images for {slices} slices; a SEG of multi-frame "
+                         "sources is not written yet")  # fmt: skip
+
+
 def write_segmentation(
     image: Volume,
     labels: np.ndarray,
@@ -203,52 +216,95 @@ def write_segmentation(
             that are not ``classes``', or the source images are gone.
         ConfigError: highdicom is not installed.
     """
-    hd = highdicom()
-    from pydicom.sr.codedict import codes
-
-    source, out = Path(source), Path(out)
-    sop_uids = image.metadata.sop_uids
-    if image.metadata.source_format not in ("dicom", "dicom-series") or not sop_uids:
-        raise InputError(f"{source} was not read from DICOM images; a DICOM SEG refers to DICOM images (the label "
-                         "map stays as written)")  # fmt: skip
+    source = Path(source)
     labels = on_grid(labels, image, source)
-    if len(sop_uids) != labels.shape[0]:
-        raise InputError(f"{source}: {len(sop_uids)} images for {labels.shape[0]} slices; a SEG of multi-frame "
-                         "sources is not written yet")  # fmt: skip
+    _dicom_source(image, source, labels.shape[0])
     codes_known = {int(code) for code, _ in classes}
     unknown = sorted(set(np.unique(labels).tolist()) - codes_known - {0})
     if unknown:
         raise InputError(f"the label map holds codes {unknown[:5]} that are no class's ({sorted(codes_known)})")
-    present = [(code, name) for code, name in classes if (labels == code).any()]
+    present = [(k, code, name) for k, (code, name) in enumerate(classes) if (labels == code).any()]
     if not present:
         log.info("%s: no structure predicted; no DICOM SEG written", source)
         return None
     numbered = np.zeros(labels.shape, np.uint8)  # segments are numbered 1..K in the order of the classes present
-    for number, (code, _) in enumerate(present, start=1):
+    for number, (_, code, _) in enumerate(present, start=1):
         numbered[labels == code] = number
+    segments = [(name, class_color(k)) for k, _, name in present]  # the overlay's colours too
+    return _write(image, source, Path(out), numbered, segments, "BINARY", algorithm, series_number, headers)
+
+
+def write_fractional_segmentation(
+    image: Volume,
+    probabilities: np.ndarray,
+    source: str | os.PathLike[str],
+    names: Sequence[str],
+    out: str | os.PathLike[str],
+    *,
+    algorithm: Algorithm,
+    series_number: int = 900,
+    headers: Sequence[Any] | None = None,
+) -> Path | None:
+    """Write probability maps (``(S, Z, Y, X)`` on ``image``'s grid, one per structure ``names``:
+    uint8 with 255 = 1, or floats in [0, 1]) as a fractional DICOM SEG (PROBABILITY, 8 bits) of the
+    DICOM images under ``source``. A structure is a segment where some voxel reaches 0.5 (where a
+    binary SEG would have it); returns None when none does (nothing is written).
+
+    Raises:
+        InputError: as :func:`write_segmentation`; the maps are not one per name, or outside [0, 1].
+        ConfigError: highdicom is not installed.
+    """
+    source = Path(source)
+    maps = np.asarray(probabilities)
+    if maps.ndim != 4 or maps.shape[0] != len(names):
+        raise InputError(f"{len(names)} probability map(s) expected ({', '.join(names)}), got an array of shape "
+                         f"{list(maps.shape)}")  # fmt: skip
+    for plane in maps:
+        on_grid(plane, image, source)
+    _dicom_source(image, source, maps.shape[1])
+    scaled = maps.astype(np.float32) / 255.0 if maps.dtype == np.uint8 else maps.astype(np.float32)
+    if not np.isfinite(scaled).all() or scaled.min() < 0 or scaled.max() > 1:
+        raise InputError(f"the probability maps of {source} hold values outside [0, 1]")
+    present = [k for k in range(len(names)) if (scaled[k] >= 0.5).any()]
+    if not present:
+        log.info("%s: no structure reaches probability 0.5; no DICOM SEG written", source)
+        return None
+    pixels = np.stack([scaled[k] for k in present], axis=-1)  # (Z, Y, X, segments)
+    segments = [(names[k], class_color(k)) for k in present]
+    return _write(image, source, Path(out), pixels, segments, "FRACTIONAL", algorithm, series_number, headers)
+
+
+def _write(image: Volume, source: Path, out: Path, pixels: np.ndarray, segments: Sequence[tuple[str, Any]],
+           kind: str, algorithm: Algorithm, series_number: int, headers: Sequence[Any] | None) -> Path:  # fmt: skip
+    """The SEG of ``pixels`` (numbered segments, or one fractional plane per segment), its segments
+    ``(name, display colour)`` described, written atomically to ``out``."""
+    hd = highdicom()
+    from pydicom.sr.codedict import codes
+
     identification = hd.AlgorithmIdentificationSequence(name=algorithm.name[:64], version=algorithm.version,
                                                         family=codes.cid7162.ArtificialIntelligence)  # fmt: skip
     descriptions = []
-    colours = {code: class_color(k) for k, (code, _) in enumerate(classes)}  # the overlay's colours too
-    for number, (code, name) in enumerate(present, start=1):
-        category, kind = segment_concepts(name)
+    for number, (name, colour) in enumerate(segments, start=1):
+        category, concept = segment_concepts(name)
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number, segment_label=name[:64], segmented_property_category=category,
-            segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            segmented_property_type=concept, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=identification,
-            display_color=hd.color.CIELabColor.from_rgb(*colours[code])))  # fmt: skip
+            display_color=hd.color.CIELabColor.from_rgb(*colour)))  # fmt: skip
     sources = list(headers or source_headers(image, source))
+    fractional = {"fractional_type": hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+                  "max_fractional_value": 255} if kind == "FRACTIONAL" else {}  # fmt: skip
     with built_from(source, "SEG"):
         seg = hd.seg.Segmentation(
-            source_images=sources, pixel_array=numbered,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+            source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues[kind],
+            segment_descriptions=descriptions,
             series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1,
             manufacturer="medsight", manufacturer_model_name=algorithm.name[:64], software_versions=__version__,
             device_serial_number=algorithm.version, series_description=f"{algorithm.name} segmentation"[:64],
             content_label="MEDSIGHT", content_description=f"{algorithm.name} {algorithm.version}"[:64],
-            omit_empty_frames=True, contributing_equipment=[contributing_equipment(algorithm)],
+            omit_empty_frames=True, contributing_equipment=[contributing_equipment(algorithm)], **fractional,
         )  # fmt: skip
     with atomic_file(out) as tmp:
         seg.save_as(tmp, enforce_file_format=True)
-    log.info("%s: DICOM SEG of %d segment(s) written to %s", source, len(present), out)
+    log.info("%s: %s DICOM SEG of %d segment(s) written to %s", source, kind.lower(), len(segments), out)
     return out

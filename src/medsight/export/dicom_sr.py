@@ -4,7 +4,8 @@ One report per DICOM input: the model as the observing device (its device UID, n
 manufacturer), and
 
 - per segment of the input's DICOM SEG (when the model made one): a volumetric ROI group that
-  refers to the segment, typed by its coded concept, with its volume in cm3 counted from the SEG;
+  refers to the segment, typed by its coded concept, with its volume in cm3 counted from the SEG
+  (a fractional SEG: its voxels of probability 0.5 or more);
 - per finding a detection model located: a volumetric ROI group whose region is the finding's
   ball as an ellipsoid (SCOORD3D in the images' frame of reference), with its diameter (mm) and
   the model's probability;
@@ -57,12 +58,14 @@ def _unit(name: str) -> Any:
 
 
 def _segment_volumes(seg: Any, sop_uids: tuple[str, ...], voxel_ml: float) -> dict[int, float]:
-    """Each segment's volume (cm3) counted from the SEG's own pixels on the source images' grid."""
+    """Each segment's volume (cm3) counted from the SEG's own pixels on the source images' grid (of a
+    fractional SEG: the voxels of probability 0.5 or more, what a binary SEG would hold)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # highdicom's notes on the source's person names
         pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=list(sop_uids), combine_segments=False)
+    inside = pixels >= 0.5 if str(seg.SegmentationType) == "FRACTIONAL" else pixels.astype(bool)
     numbers = [int(s.SegmentNumber) for s in seg.SegmentSequence]
-    return {n: float(pixels[..., k].astype(bool).sum()) * voxel_ml for k, n in enumerate(numbers)}
+    return {n: float(inside[..., k].sum()) * voxel_ml for k, n in enumerate(numbers)}
 
 
 def _finding_groups(findings: Sequence[Finding], sources: Sequence[Any], identification: Any) -> list[Any]:

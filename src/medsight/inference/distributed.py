@@ -114,10 +114,12 @@ def predict_on_ray(
     masks: str | os.PathLike[str] | None = None,
     uncertainty: Uncertainty | None = None,
     progress: Progress | None = None,
+    probabilities: bool = False,
 ) -> Prediction:
-    """:meth:`Predictor.predict_files` (``inputs``) or :meth:`Predictor.predict_split` (``manifest``,
-    ``split``) spread over Ray workers, each with ``cpus_per_worker`` CPUs; ``workers`` defaults to
-    as many as the cluster's CPUs hold. The rows come back in the order one process gives them.
+    """:meth:`Predictor.predict_files` (``inputs``; ``probabilities`` as there) or
+    :meth:`Predictor.predict_split` (``manifest``, ``split``) spread over Ray workers, each with
+    ``cpus_per_worker`` CPUs; ``workers`` defaults to as many as the cluster's CPUs hold. The rows
+    come back in the order one process gives them.
 
     Raises:
         ConfigError: Ray is not installed or the cluster cannot be reached.
@@ -139,7 +141,8 @@ def predict_on_ray(
         groups = predictor.input_files(inputs or [])
         names = {str(name.resolve()): str(name) for name in groups}
         items = [(str(name.resolve()), [str(f.resolve()) for f in files]) for name, files in groups.items()]
-        options.update(slice_index=slice_index, masks=None if masks is None else str(Path(masks).resolve()))
+        options.update(slice_index=slice_index, masks=None if masks is None else str(Path(masks).resolve()),
+                       probabilities=probabilities)  # fmt: skip
     ray, started = _start(address, None if workers is None else workers * cpus_per_worker)
     try:
         count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_worker)
@@ -170,4 +173,6 @@ def predict_on_ray(
     cases = pd.concat([p.cases for p in found], ignore_index=True)
     if names and "input" in cases:
         cases["input"] = [names.get(str(v), v) for v in cases["input"]]
+    if "probabilities" in cases:  # "" where an input had none (a cine): as in one process
+        cases["probabilities"] = cases["probabilities"].fillna("")
     return Prediction(cases, pd.concat([p.scores for p in found], ignore_index=True), predictor.provenance)

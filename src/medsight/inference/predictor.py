@@ -122,9 +122,11 @@ def read_input(name: Path, files: Sequence[Path]) -> Volume:
 _MAP_SUFFIXES = {".nii": ".nii.gz", ".nii.gz": ".nii.gz", ".nrrd": ".nrrd", ".mha": ".mha", ".mhd": ".mha"}
 
 
-def _write_map(label: Volume, source: Path, volume: Volume, masks: str | os.PathLike[str] | None) -> Path:
-    """Write a label map beside the others in ``masks``: NIfTI, NRRD or MHA as the input was, NIfTI
-    for DICOM (until DICOM SEG lands), named after the input, on the input's exact grid."""
+def _write_map(label: Volume, source: Path, volume: Volume, masks: str | os.PathLike[str] | None,
+               kind: str = "seg") -> Path:  # fmt: skip
+    """Write a label map (``kind`` seg; or prob, probability maps) beside the others in ``masks``:
+    NIfTI, NRRD or MHA as the input was, NIfTI for DICOM, named after the input, on the input's
+    exact grid."""
     if masks is None:
         raise InputError("this model writes label maps: give a folder for them (masks=, or --out of `predict`)")
     if label.spatial_shape != volume.spatial_shape or not label.geometry.isclose(volume.geometry):
@@ -133,7 +135,7 @@ def _write_map(label: Volume, source: Path, volume: Volume, masks: str | os.Path
     name = source.name.removesuffix(suffix) if suffix else source.name
     folder = Path(masks)
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{name}_seg{_MAP_SUFFIXES.get(suffix.lower(), '.nii.gz')}"
+    target = folder / f"{name}_{kind}{_MAP_SUFFIXES.get(suffix.lower(), '.nii.gz')}"
     return write(label, target, overwrite=True)
 
 
@@ -371,11 +373,16 @@ class Predictor:
         return self._predict_volumes(self.models(uncertainty), volumes, slice_index)
 
     def _predict_volumes(
-        self, models: Sequence[nn.Module], volumes: Sequence[Volume], slice_index: int | None
+        self,
+        models: Sequence[nn.Module],
+        volumes: Sequence[Volume],
+        slice_index: int | None,
+        probabilities: list[Volume | None] | None = None,
     ) -> tuple[pd.DataFrame, list[Volume] | None]:
         tables, maps = [], None
         for i, model in enumerate(models):
-            scores, made = self.task.predict_volumes(model, volumes, self.preprocess, slice_index=slice_index)
+            kept = {"probabilities": probabilities} if probabilities is not None and i == 0 else {}
+            scores, made = self.task.predict_volumes(model, volumes, self.preprocess, slice_index=slice_index, **kept)
             tables.append(scores)
             maps = made if i == 0 else maps
         return (combine(tables) if len(models) > 1 else tables[0]), maps
@@ -389,6 +396,7 @@ class Predictor:
         masks: str | os.PathLike[str] | None = None,
         progress: Progress | None = None,
         uncertainty: Uncertainty | None = None,
+        probabilities: bool = False,
     ) -> Prediction:
         """One row per image file (folders expanded; a DICOM series folder is one image): ``input``,
         DICOM facts (patient, study, laterality, view) when present, and the task's scores. Label
@@ -396,11 +404,17 @@ class Predictor:
         per input on its exact grid, named in an ``output`` column. Each file is read once; a file
         that cannot be read or prepared is named in the error. With ``uncertainty``, each score is
         the mean of several predictions, with its spread as ``sd_<column>``. Probabilities are
-        temperature-scaled where ``medsight evaluate --temperature`` kept temperatures in the run."""
+        temperature-scaled where ``medsight evaluate --temperature`` kept temperatures in the run.
+        With ``probabilities`` (segmentation), each structure's probability map is written to
+        ``masks`` too (``<name>_prob``, uint8, 255 = 1), named in a ``probabilities`` column.
+
+        Raises:
+            ConfigError: ``probabilities`` asked of a model that makes no probability maps."""
         if self.task.spatial_dims == 0:
             return self._predict_tables(self.models(uncertainty), inputs)
         return self.predict_groups(self.input_files(inputs), batch_size=batch_size, slice_index=slice_index,
-                                   masks=masks, progress=progress, uncertainty=uncertainty)  # fmt: skip
+                                   masks=masks, progress=progress, uncertainty=uncertainty,
+                                   probabilities=probabilities)  # fmt: skip
 
     def predict_groups(
         self,
@@ -411,25 +425,34 @@ class Predictor:
         masks: str | os.PathLike[str] | None = None,
         progress: Progress | None = None,
         uncertainty: Uncertainty | None = None,
+        probabilities: bool = False,
     ) -> Prediction:
         """:meth:`predict_files` of inputs already found (:meth:`input_files`: each input with the
         files it is read from), in their order: a share of a batch spread over workers."""
         if not groups:
             raise InputError("no inputs to predict on")
+        if probabilities and not self.task.probability_structures():
+            kind = getattr(self.task.spec, "kind", "")
+            raise ConfigError(f"a {kind} model makes no probability maps (a fractional DICOM SEG is written for "
+                              "segmentation models)")  # fmt: skip
         models = self.models(uncertainty)
         paths = list(groups)
         cases, scores = [], []
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
             volumes = [read_input(path, groups[path]) for path in chunk]
+            kept: list[Volume | None] | None = [] if probabilities else None
             try:
-                chunk_scores, maps = self._predict_volumes(models, volumes, slice_index)
+                chunk_scores, maps = self._predict_volumes(models, volumes, slice_index, kept)
             except MedsightError as exc:
                 raise type(exc)(f"{', '.join(p.name for p in chunk)}: {exc}") from exc
             for i, (path, volume) in enumerate(zip(chunk, volumes, strict=True)):
                 row = {"input": str(path), **image_facts(volume)}
                 if maps is not None:
                     row["output"] = str(_write_map(maps[i], path, volume, masks))
+                if kept:
+                    found = kept[i]
+                    row["probabilities"] = "" if found is None else str(_write_map(found, path, volume, masks, "prob"))
                 cases.append(row)
             scores.append(chunk_scores)
             if progress is not None:

@@ -92,6 +92,9 @@ def load_models(config: ServeConfig) -> dict[str, LoadedModel]:
             raise ConfigError(f"models.{name}: {exc}") from exc
         if predictor.task.spatial_dims == 0:
             raise ConfigError(f"models.{name}: {entry.package} is a model of tables; the service predicts images")
+        if entry.dicom_seg == "fractional" and not predictor.task.probability_structures():
+            raise ConfigError(f"models.{name}.dicom_seg: fractional is for segmentation models; "
+                              f"{predictor.package.recipe} makes no probability maps (use binary)")  # fmt: skip
         algorithm = algorithm_of(predictor)
         loaded[name] = LoadedModel(name, entry, predictor, algorithm.version, algorithm.device_uid)
         log.info("model %s: %s (%s, version %s, %s)", name, predictor.package.recipe, predictor.package.task.kind,
@@ -309,13 +312,16 @@ class Node:
         from medsight.tasks.results import json_ready
 
         predictor = model.predictor
-        table = predictor.predict_files(inputs, masks=work / "masks").table()
-        written = write_dicom_results(predictor, table, work / "dicom", overlay=model.entry.dicom_overlay)
+        fractional = model.entry.dicom_seg == "fractional"
+        table = predictor.predict_files(inputs, masks=work / "masks", probabilities=fractional).table()
+        written = write_dicom_results(predictor, table, work / "dicom", overlay=model.entry.dicom_overlay,
+                                      fractional=fractional)  # fmt: skip
         files = sorted(p.relative_to(work).as_posix() for p in (work / "dicom").glob("*.dcm"))
         outputs = [_sop_uid(work / f) for f in files]
         table["input"] = [Path(str(p)).name for p in table["input"]]  # the series UID, not a spool path
-        if "output" in table:
-            table["output"] = [f"masks/{Path(str(p)).name}" for p in table["output"]]
+        for column in ("output", "probabilities"):
+            if column in table:
+                table[column] = [f"masks/{Path(str(p)).name}" if p else "" for p in table[column]]
         table.to_csv(work / "predictions.csv", index=False)
         score, note = _score(route, table)
         notes = [f"{w.input and Path(w.input).name}: {w.reason}" for w in written if w.reason]

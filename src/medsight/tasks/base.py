@@ -272,6 +272,12 @@ class Task(ABC):
         """What :meth:`save_fitted` kept in ``run_dir``; ``{}`` by default."""
         return {}
 
+    def probability_structures(self) -> tuple[str, ...]:
+        """The structures whose probability maps :meth:`predict_volumes` can keep (its
+        ``probabilities`` list, one channel each, in this order), e.g. for a fractional DICOM SEG;
+        none by default (then ``probabilities`` is never passed)."""
+        return ()
+
     def findings(self, row: Mapping[str, Any]) -> list[Finding]:
         """The findings one prediction row locates, for a report to place them (a DICOM SR draws each
         as a region); none by default (tasks that locate nothing, or whose findings a label map

@@ -464,17 +464,26 @@ class SegmentationTask(Task):
 
     def _painted(self, logits: torch.Tensor, case: Any) -> np.ndarray:
         """Label codes on the source grid, before any postprocessing."""
+        return self._on_source(logits, case)[0]
+
+    def _on_source(self, logits: torch.Tensor, case: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Label codes on the source grid before any postprocessing, and each structure's
+        probability there (``(S, Z, Y, X)`` float32, in the order of :meth:`probability_structures`)."""
         if self.regions:
             back = restore(torch.sigmoid(logits).numpy(), case)
             labels = np.zeros(back.shape[1:], np.uint8)
             for name, code in self.painting:
                 labels[back[self.structures.index(name)] > 0.5] = code
-            return labels
+            return labels, back
         probs = torch.softmax(logits, dim=0).numpy()
         background = np.zeros(len(probs), np.float32)
         background[0] = 1.0
         back = restore(probs, case, background=background)
-        return np.array([0, *self.codes], np.uint8)[back.argmax(axis=0)]
+        return np.array([0, *self.codes], np.uint8)[back.argmax(axis=0)], back[1:]
+
+    def probability_structures(self) -> tuple[str, ...]:
+        """The regions where the recipe names them, else the labels: one probability map each."""
+        return tuple(self.structures)
 
     def postprocess(self, labels: np.ndarray, plan: Plan, spacing: Sequence[float] | None = None) -> np.ndarray:
         """Each structure the plan's ``keep_largest`` names (a label code, or a label or region name)
@@ -593,12 +602,22 @@ class SegmentationTask(Task):
         return out
 
     def predict_volumes(
-        self, model: nn.Module, volumes: Sequence[Volume], preprocess: BaseModel, *, slice_index: int | None = None
+        self,
+        model: nn.Module,
+        volumes: Sequence[Volume],
+        preprocess: BaseModel,
+        *,
+        slice_index: int | None = None,
+        probabilities: list[Volume | None] | None = None,
     ) -> tuple[pd.DataFrame, list[Volume] | None]:
         """Label maps on each input's own grid (spacing, origin and direction kept), and each
         structure's volume in ml. A cardiac model given a cine (one 3D frame per channel, e.g. ACDC's
         ``_4d.nii.gz``) segments every frame, finds ED and ES on the LV volume curve, and adds the
-        function (:func:`cine_function`); its label map has one channel per frame."""
+        function (:func:`cine_function`); its label map has one channel per frame.
+
+        ``probabilities``: a list that gets, per input, each structure's probability on its grid
+        (uint8, 255 = 1; one channel per :meth:`probability_structures`, before postprocessing), from
+        the same sliding windows; None for a cine."""
         plan = preprocess if isinstance(preprocess, Plan) else None
         if plan is None:
             raise ConfigError("the model package holds no plan; train it again")
@@ -617,10 +636,14 @@ class SegmentationTask(Task):
             frames = [volume.array[t : t + 1] for t in range(volume.channels)] if cine else [volume.array]
             voxel_ml = float(np.prod(volume.geometry.spacing)) / 1000.0
             labels, curves = [], {n: [] for n in self.structures}
+            kept = None
             for frame in frames:
                 case = preprocess_for_plan(np.asarray(frame), volume.geometry.spacing, plan)
                 logits = sliding_window(model, case.image, plan, overlap=self.spec.overlap, mirror=self.spec.mirror)
-                labels.append(self.label_map(logits, plan, case, volume.geometry.spacing))
+                painted, probs = self._on_source(logits, case)
+                labels.append(self.postprocess(painted, plan, volume.geometry.spacing))
+                if probabilities is not None and not cine:
+                    kept = np.rint(np.clip(probs, 0.0, 1.0) * 255).astype(np.uint8)
                 for name, mask in self.structure_masks(labels[-1]).items():
                     curves[name].append(float(mask.sum()) * voxel_ml)
             if cine:
@@ -630,6 +653,8 @@ class SegmentationTask(Task):
             metadata = VolumeMetadata(source_format=None, modality="SEG", patient_id=volume.metadata.patient_id,
                                       study_uid=volume.metadata.study_uid)  # fmt: skip
             maps.append(Volume(np.stack(labels), volume.geometry, metadata))
+            if probabilities is not None:
+                probabilities.append(None if kept is None else Volume(kept, volume.geometry, metadata))
         return pd.DataFrame(rows), maps
 
     def grouped(self, table: pd.DataFrame, fitted: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
