@@ -54,3 +54,79 @@ def test_a_secondary_capture_of_the_busiest_slice(make_series, tmp_path, oblique
     empty = np.zeros_like(labels)
     assert write_overlay(image, empty, folder, [(1, "lesion")], tmp_path / "none.dcm", algorithm=algorithm) is None
     assert not (tmp_path / "none.dcm").exists()
+
+
+def test_a_heat_map_is_drawn_where_it_is_strong_and_leaves_the_rest_grey():
+    from medsight.export.dicom_sc import heat_rgb
+
+    plane = np.arange(120, dtype=np.float32).reshape(10, 12)
+    heat = np.zeros((10, 12), np.float32)
+    heat[2:5, 3:6] = 1.0
+    heat[7, 9] = -3.0  # negative evidence is not drawn
+    rgb = heat_rgb(plane, heat, window=(60.0, 120.0))
+    grey = apply_window(plane, (60.0, 120.0))
+    cold = heat <= 0
+    assert (rgb[cold] == grey[cold][:, None]).all()
+    hot = rgb[2:5, 3:6].reshape(-1, 3).astype(int)
+    assert (np.abs(hot[:, 0] - hot[:, 2]) > 20).all()  # coloured (inferno at its top is yellow), not grey
+    with pytest.raises(Exception, match="not on the image's grid"):
+        heat_rgb(plane, heat[:5])
+
+
+def test_the_prepared_grid_maps_back_onto_the_image():
+    from medsight.core import Volume
+    from medsight.core.geometry import Geometry
+    from medsight.transforms.image2d import Preprocess2D, map_to_image, prepare_image
+
+    image = np.zeros((1, 1, 40, 100), np.float32)  # wide: padded top and bottom into a square
+    image[0, 0, 10:20, 70:90] = 255.0  # a bright block
+    spec = Preprocess2D(size=50, channels=1, window="percentile")
+    prepared = prepare_image(Volume(image, Geometry()), spec)[0].astype(np.float32)
+    back = map_to_image(prepared, (40, 100))
+    assert back.shape == (40, 100)
+    bright = back > 127
+    rows, cols = np.nonzero(bright)
+    assert rows.min() >= 9 and rows.max() <= 20 and cols.min() >= 69 and cols.max() <= 90  # where it was
+    assert bright[12:18, 73:87].all() and not bright[:, :60].any()
+
+
+@pytest.mark.slow
+def test_predict_draws_a_classifiers_heat_map_over_each_dicom_image(tmp_path):
+    """A package predicting on onnxruntime: the heat map comes from its PyTorch weights, drawn over
+    the DICOM image on its own (non-square) grid; a PNG input gets none."""
+    import pandas as pd
+    import pydicom
+    from typer.testing import CliRunner
+
+    from medsight.cli.main import app
+    from medsight.core import Volume, VolumeMetadata
+    from medsight.export import export_package
+    from medsight.io import write_dicom_image
+    from tests.export.runs import trained
+
+    pytest.importorskip("onnxruntime", reason="the export extra is not installed (pip install 'medsight[export]')")
+    run, data, _ = trained(tmp_path, "binary")
+    package = export_package(run, tmp_path / "package", format="onnx").folder
+    png = read(data / "img030.png")
+    wide = np.pad(np.asarray(png.array), ((0, 0), (0, 0), (0, 0), (0, 20)))  # not square: the map is cut back
+    dicom = write_dicom_image(Volume(wide.astype(np.uint16), png.geometry, VolumeMetadata(modality="DX")),
+                              tmp_path / "x.dcm")  # fmt: skip
+    header = pydicom.dcmread(dicom)
+    header.PatientOrientation = ["L", "F"]  # as a PA chest film says it (a DX image must)
+    header.save_as(dicom)
+    out = tmp_path / "d"
+    result = CliRunner().invoke(app, ["predict", str(package), str(dicom), str(data / "img031.png"), "--out",
+                                      str(tmp_path / "p.csv"), "--dicom-out", str(out), "--dicom-overlay"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "wrote 1 heat-map overlay(s)" in result.output  # the PNG gets none: not DICOM
+    (path,) = out.glob("*_heatmap.dcm")
+    sc, source = pydicom.dcmread(path), pydicom.dcmread(dicom)
+    assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.PatientID == source.PatientID
+    assert sc.SeriesInstanceUID != source.SeriesInstanceUID and sc.Manufacturer == "medsight"
+    assert sc.pixel_array.shape == (*wide.shape[-2:], 3)
+    row = pd.read_csv(tmp_path / "p.csv").iloc[0]
+    title = sc.SeriesDescription.split("heat map: ", 1)[1]
+    target, probability = title.rsplit(" ", 1)
+    assert float(probability) == pytest.approx(float(row["prob"]) if target == "positive" else 1 - float(row["prob"]),
+                                               abs=0.011)  # fmt: skip
+    assert _dciodvfy(path) == []

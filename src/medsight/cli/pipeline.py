@@ -251,7 +251,8 @@ def predict_command(
         typer.Option(
             "--dicom-overlay",
             help="With --dicom-out: also a secondary-capture image of the label map "
-            "over the slice where it has most voxels, for viewers that do not show SEG.",
+            "over the slice where it has most voxels, for viewers that do not show SEG; for a 2D classifier, "
+            "its Grad-CAM heat map of the most probable finding over each DICOM image.",
         ),
     ] = False,
     dicom_seg: Annotated[
@@ -338,13 +339,17 @@ def predict_command(
         from medsight.export.dicom_results import write_dicom_results
 
         written = write_dicom_results(predictor, table, dicom_out, overlay=dicom_overlay, fractional=fractional)
+        classes = predictor.task.label_classes()  # models that make label maps: SEG and label-map overlays
         segs, reports = sum(w.seg is not None for w in written), sum(w.sr is not None for w in written)
-        overlays = f" and {sum(w.overlay is not None for w in written)} overlay(s)" if dicom_overlay else ""
+        overlays = f" and {sum(w.overlay is not None for w in written)} overlay(s)" if dicom_overlay and classes else ""
         kind = " fractional" if fractional else ""
         out.print(f"wrote {reports} DICOM measurement report(s), {segs}{kind} DICOM SEG object(s){overlays} to "
                   f"{dicom_out}/")  # fmt: skip
         for note in (w for w in written if w.reason):
             err.print(f"{note.input}: {note.reason}", highlight=False)
+        if dicom_overlay and predictor.task.spatial_dims == 2 and not classes:
+            drawn = _heat_overlays(predictor, run, written, dicom_out)
+            out.print(f"wrote {drawn} heat-map overlay(s) (Grad-CAM of the most probable finding) to {dicom_out}/")
     try:
         grouped = predictor.grouped(table)
     except MedsightError as exc:
@@ -354,6 +359,35 @@ def predict_command(
         target = output.with_name(f"{output.stem}_{level}.csv")
         frame.to_csv(target, index=False)
         out.print(f"wrote {len(frame)} {level.rstrip('s')}-level score(s) to {target}")
+
+
+def _heat_overlays(predictor: Any, run: Path, written: list[Any], folder: Path) -> int:
+    """A 2D model's Grad-CAM map of each DICOM image's most probable finding, brought back onto the
+    image and written over it as a secondary capture (``<n>_<name>_heatmap.dcm`` beside its report);
+    how many were written. An image that cannot have one is named and skipped."""
+    from medsight.explain import explain_files
+    from medsight.export.dicom_results import algorithm_of
+    from medsight.export.dicom_sc import write_heat_overlay
+    from medsight.inference import Predictor
+    from medsight.io import read
+    from medsight.transforms.image2d import map_to_image
+
+    # Grad-CAM needs the PyTorch network (a package's ONNX network has no gradients)
+    explainer = predictor if predictor.backend == "torch" else Predictor.from_run(run, backend="torch")
+    algorithm, drawn = algorithm_of(predictor), 0
+    for result in (w for w in written if w.sr is not None):
+        try:
+            image = read(result.input)
+            (item,) = explain_files(explainer, [result.input], methods=("gradcam",), faithfulness=False,
+                                    sanity=False).images  # fmt: skip
+            heat = map_to_image(item.maps["gradcam"], image.spatial_shape[-2:])
+            target = folder / result.sr.name.replace("_sr.dcm", "_heatmap.dcm")
+            write_heat_overlay(image, heat, result.input, target, algorithm=algorithm,
+                               title=f"{item.target} {item.probability:.2f}")  # fmt: skip
+            drawn += 1
+        except MedsightError as exc:  # this image cannot have one (a 3D input, unreadable since): others go on
+            err.print(f"{result.input}: no heat-map overlay ({exc})", highlight=False)
+    return drawn
 
 
 def compare_command(

@@ -1,4 +1,5 @@
-"""A secondary-capture overlay of a predicted label map, for viewers that do not show DICOM SEG.
+"""Secondary-capture overlays, for viewers that do not show DICOM SEG: a predicted label map's, and
+a classifier's heat map (where on the image the explained finding's evidence lies).
 
 One RGB image per DICOM input with findings: the slice where the label map has most voxels (the
 image itself for a 2D input), in the file's display window (else its 0.5-99.5th percentiles),
@@ -18,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from medsight.core.errors import InputError
+from medsight.core.heatmap import heat_rgba
 from medsight.core.labels import class_color
 from medsight.core.volume import Volume
 from medsight.export.dicom_seg import (
@@ -31,7 +33,7 @@ from medsight.export.dicom_seg import (
 from medsight.io.atomic import atomic_file
 from medsight.io.image2d import apply_window
 
-__all__ = ["overlay_rgb", "write_overlay"]
+__all__ = ["heat_rgb", "overlay_rgb", "write_heat_overlay", "write_overlay"]
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,6 @@ def write_overlay(
         InputError: ``image`` is not from DICOM, the map is not on its grid, or its files are gone.
         ConfigError: highdicom is not installed.
     """
-    hd = highdicom()
     source, out = Path(source), Path(out)
     labels = on_grid(labels, image, source)
     areas = (labels > 0).reshape(labels.shape[0], -1).sum(axis=1)
@@ -107,6 +108,56 @@ def write_overlay(
     z = int(np.argmax(areas))
     reference = (headers or source_headers(image, source))[z]
     rgb = overlay_rgb(np.asarray(image.array[0, z]), labels[z], classes, image.metadata.window)
+    _write_capture(reference, rgb, source, out, algorithm, series_number, f"{algorithm.name} overlay")
+    log.info("%s: overlay of slice %d written to %s", source, z, out)
+    return out
+
+
+def heat_rgb(plane: np.ndarray, heat: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
+    """``plane`` (a 2D image) in ``window`` (as :func:`overlay_rgb`) as uint8 RGB with ``heat`` (a map
+    on its grid) over it: the positive part coloured ``inferno``, as opaque as it is strong."""
+    grey = overlay_rgb(plane, np.zeros(np.shape(plane), np.uint8), (), window).astype(np.float32)
+    if np.shape(heat) != np.shape(plane):
+        raise InputError(f"the heat map {list(np.shape(heat))} is not on the image's grid {list(np.shape(plane))}")
+    rgba = heat_rgba(np.asarray(heat)).astype(np.float32) / 255.0
+    alpha = rgba[..., 3:]
+    return np.rint((1 - alpha) * grey + alpha * rgba[..., :3] * 255).astype(np.uint8)
+
+
+def write_heat_overlay(
+    image: Volume,
+    heat: np.ndarray,
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    algorithm: Algorithm,
+    title: str,
+    series_number: int = 903,
+    headers: Sequence[Any] | None = None,
+) -> Path:
+    """Write ``heat`` (``(H, W)`` on the grid of ``image``, a single DICOM image: e.g. a classifier's
+    Grad-CAM map brought back from the network's input) over the image as a DICOM secondary capture,
+    described as ``title`` (what the map explains). Returns ``out``.
+
+    Raises:
+        InputError: ``image`` is not one DICOM image, the map is not on its grid, or its file is gone.
+        ConfigError: highdicom is not installed.
+    """
+    source, out = Path(source), Path(out)
+    if image.spatial_shape[0] != 1:
+        raise InputError(f"{source}: a heat-map overlay is drawn on a single image; this one has "
+                         f"{image.spatial_shape[0]} slices")  # fmt: skip
+    (reference,) = (headers or source_headers(image, source))[:1]
+    rgb = heat_rgb(np.asarray(image.array[0, 0]), heat, image.metadata.window)
+    _write_capture(reference, rgb, source, out, algorithm, series_number, f"{algorithm.name} heat map: {title}")
+    log.info("%s: heat-map overlay (%s) written to %s", source, title, out)
+    return out
+
+
+def _write_capture(reference: Any, rgb: np.ndarray, source: Path, out: Path, algorithm: Algorithm,
+                   series_number: int, description: str) -> None:  # fmt: skip
+    """An RGB secondary capture of ``reference``'s patient, study and frame, written atomically."""
+    hd = highdicom()
     spacing = reference.get("PixelSpacing")
     with built_from(source, "secondary capture"):
         orientation = _orientation(reference)
@@ -115,13 +166,10 @@ def write_overlay(
             coordinate_system="PATIENT", series_instance_uid=hd.UID(), series_number=series_number,
             sop_instance_uid=hd.UID(), instance_number=1, manufacturer="medsight",
             pixel_spacing=tuple(float(v) for v in spacing) if spacing else None, patient_orientation=orientation,
-            series_description=f"{algorithm.name} overlay"[:64],
-            contributing_equipment=[contributing_equipment(algorithm)],
+            series_description=description[:64], contributing_equipment=[contributing_equipment(algorithm)],
         )  # fmt: skip
     if "Laterality" not in sc:  # Type 2C in the general series: the source's, else present and empty (unknown)
         side = str(reference.get("Laterality", "") or reference.get("ImageLaterality", "") or "")
         sc.Laterality = side if side in ("R", "L") else ""
     with atomic_file(out) as tmp:
         sc.save_as(tmp, enforce_file_format=True)
-    log.info("%s: overlay of slice %d written to %s", source, z, out)
-    return out

@@ -8,6 +8,7 @@ plus a deterministic operation, reproducible with a seed), applied to float imag
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -36,6 +37,7 @@ __all__ = [
     "boxes_from_prepared",
     "boxes_to_prepared",
     "build_augmentation",
+    "map_to_image",
     "prepare_image",
 ]
 
@@ -163,6 +165,17 @@ def prepare_image(volume: Volume, spec: Preprocess2D, *, slice_index: int | None
         for i in range(c)
     ]
     return np.stack(resized)
+
+
+def map_to_image(prepared: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """A map on the grid :func:`prepare_image` made (``(size, size)``, e.g. an attribution map) back
+    on the image's own ``(H, W)`` grid: resized to the padded square (bilinear), the padding cut off."""
+    height, width = int(shape[0]), int(shape[1])
+    side = max(height, width)
+    square = np.asarray(Image.fromarray(np.asarray(prepared, np.float32), mode="F").resize(
+        (side, side), Image.Resampling.BILINEAR))  # fmt: skip
+    top, left = (side - height) // 2, (side - width) // 2
+    return square[top : top + height, left : left + width].copy()
 
 
 def _square(shape: tuple[int, int], size: int) -> tuple[float, float, float]:
