@@ -39,6 +39,30 @@ def made(tmp_path_factory) -> dict[str, Path]:
     return {"package": root / "package", **series}
 
 
+@pytest.fixture(scope="session")
+def classifier(tmp_path_factory) -> dict[str, Path]:
+    """A 2D classifier package (ONNX), and one of its test images as a DX chest film in DICOM."""
+    pytest.importorskip("onnxruntime", reason="the serve extra is not installed (pip install 'medsight[serve]')")
+    import pydicom
+
+    from medsight.core import Volume, VolumeMetadata
+    from medsight.export import export_package
+    from medsight.io import read, write_dicom_image
+    from tests.export.runs import trained
+
+    root = tmp_path_factory.mktemp("classifier")
+    run, data, _ = trained(root, "binary")
+    export_package(run, root / "package", format="onnx")
+    png = read(data / "img030.png")
+    (root / "DX").mkdir()
+    path = write_dicom_image(Volume(np.asarray(png.array).astype(np.uint16), png.geometry,
+                                    VolumeMetadata(modality="DX")), root / "DX" / "film.dcm")  # fmt: skip
+    header = pydicom.dcmread(path)
+    header.PatientOrientation = ["L", "F"]  # a DX image says where its rows and columns point
+    header.save_as(path)
+    return {"package": root / "package", "DX": root / "DX"}
+
+
 @pytest.fixture
 def tokens(monkeypatch):
     """Two API tokens in the environment: alice's and bob's."""

@@ -109,6 +109,31 @@ def test_a_model_with_fractional_seg_sends_its_probabilities(tmp_path, made, tok
         )
 
 
+def test_a_classifier_with_dicom_overlay_sends_its_heat_map(tmp_path, made, classifier, tokens):
+    import pydicom
+
+    models = {"cxr": {"package": str(classifier["package"]), "dicom_overlay": True}}
+    routes = [{"name": "films", "model": "cxr", "match": {"modality": ["DX"]}, "score": "prob", "threshold": 0.0}]
+    config, app = _app(tmp_path, made, models=models, routes=routes)
+    node: Node = app.state.node
+    with TestClient(app) as client:
+        (job,) = client.post("/studies", files=files(classifier["DX"]), headers=AUTH).json()["jobs"]
+        assert node.process_next()
+        done = client.get(f"/jobs/{job['id']}", headers=AUTH).json()
+        assert done["status"] == "done", done["note"]
+        kinds = sorted(name.rsplit("_", 1)[-1] for name in done["files"] if name.endswith(".dcm"))
+        assert kinds == ["heatmap.dcm", "sr.dcm"] and len(done["outputs"]) == 2 and done["note"] == ""
+        heat = next(n for n in done["files"] if n.endswith("_heatmap.dcm"))
+        sc = pydicom.dcmread(config.storage / "results" / job["id"] / heat)
+        assert sc.SOPInstanceUID in done["outputs"] and "heat map: " in sc.SeriesDescription
+        assert sc.StudyInstanceUID == done["study_uid"] and sc.pixel_array.shape[-1] == 3
+        # sent back to the service (a PACS forwarding everything): recognised as its own, not processed
+        again = client.post("/studies", headers=AUTH,
+                            files=[("files", (heat, (config.storage / "results" / job["id"] / heat).read_bytes(),
+                                              "application/dicom"))])  # fmt: skip
+        assert again.status_code == 202 and again.json()["jobs"] == []
+
+
 def test_the_worker_thread_processes_what_arrives(tmp_path, made, tokens):
     config = load_serve_config(config_file(tmp_path, made["package"], poll_s=0.2))
     with TestClient(create_app(config)) as client:

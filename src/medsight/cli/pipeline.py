@@ -348,7 +348,7 @@ def predict_command(
         for note in (w for w in written if w.reason):
             err.print(f"{note.input}: {note.reason}", highlight=False)
         if dicom_overlay and predictor.task.spatial_dims == 2 and not classes:
-            drawn = _heat_overlays(predictor, run, written, dicom_out)
+            drawn = _heat_overlays(predictor, written, dicom_out)
             out.print(f"wrote {drawn} heat-map overlay(s) (Grad-CAM of the most probable finding) to {dicom_out}/")
     try:
         grouped = predictor.grouped(table)
@@ -361,29 +361,21 @@ def predict_command(
         out.print(f"wrote {len(frame)} {level.rstrip('s')}-level score(s) to {target}")
 
 
-def _heat_overlays(predictor: Any, run: Path, written: list[Any], folder: Path) -> int:
-    """A 2D model's Grad-CAM map of each DICOM image's most probable finding, brought back onto the
-    image and written over it as a secondary capture (``<n>_<name>_heatmap.dcm`` beside its report);
-    how many were written. An image that cannot have one is named and skipped."""
-    from medsight.explain import explain_files
+def _heat_overlays(predictor: Any, written: list[Any], folder: Path) -> int:
+    """A 2D model's heat map of each DICOM image with a report, written over it as a secondary
+    capture (``<n>_<name>_heatmap.dcm``); how many. An image that cannot have one is named, skipped."""
+    from medsight.explain import explainer_of, image_heat_map
     from medsight.export.dicom_results import algorithm_of
     from medsight.export.dicom_sc import write_heat_overlay
-    from medsight.inference import Predictor
     from medsight.io import read
-    from medsight.transforms.image2d import map_to_image
 
-    # Grad-CAM needs the PyTorch network (a package's ONNX network has no gradients)
-    explainer = predictor if predictor.backend == "torch" else Predictor.from_run(run, backend="torch")
-    algorithm, drawn = algorithm_of(predictor), 0
+    explainer, algorithm, drawn = explainer_of(predictor), algorithm_of(predictor), 0
     for result in (w for w in written if w.sr is not None):
         try:
-            image = read(result.input)
-            (item,) = explain_files(explainer, [result.input], methods=("gradcam",), faithfulness=False,
-                                    sanity=False).images  # fmt: skip
-            heat = map_to_image(item.maps["gradcam"], image.spatial_shape[-2:])
-            target = folder / result.sr.name.replace("_sr.dcm", "_heatmap.dcm")
-            write_heat_overlay(image, heat, result.input, target, algorithm=algorithm,
-                               title=f"{item.target} {item.probability:.2f}")  # fmt: skip
+            found = image_heat_map(explainer, result.input)
+            write_heat_overlay(read(result.input), found.heat, result.input,
+                               folder / result.sr.name.replace("_sr.dcm", "_heatmap.dcm"), algorithm=algorithm,
+                               title=found.title)  # fmt: skip
             drawn += 1
         except MedsightError as exc:  # this image cannot have one (a 3D input, unreadable since): others go on
             err.print(f"{result.input}: no heat-map overlay ({exc})", highlight=False)

@@ -11,12 +11,14 @@ from medsight.explain.explainer import (
 )
 from medsight.explain.faithfulness import box_energy, deletion_insertion, rank_correlation
 from medsight.explain.gallery import GalleryMaps
+from medsight.explain.heatmap import HeatMap, explainer_of, image_heat_map
 
 __all__ = [
     "METHODS",
     "ExplainResult",
     "ExplainedNetwork",
     "GalleryMaps",
+    "HeatMap",
     "attribute",
     "box_energy",
     "deletion_insertion",
@@ -24,7 +26,9 @@ __all__ = [
     "explain_files",
     "explain_run",
     "explain_split",
+    "explainer_of",
     "feature_layer",
+    "image_heat_map",
     "randomised",
     "rank_correlation",
     "write_explanations",

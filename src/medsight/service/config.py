@@ -213,7 +213,7 @@ class ModelEntry(_Strict):
 
     package: Path
     backend: Literal["auto", "torch", "onnx"] = "auto"
-    dicom_overlay: bool = False  # also a secondary-capture picture of the label map, for viewers without SEG
+    dicom_overlay: bool = False  # also a secondary capture of the label map (a 2D classifier: its heat map)
     dicom_seg: Literal["binary", "fractional"] = "binary"  # fractional: each structure's probability (segmentation)
 
 

@@ -61,6 +61,14 @@ class LoadedModel:
     predictor: Any
     version: str
     device_uid: str
+    algorithm: Any = None  # as the DICOM objects name it
+    explainer: Any = None  # the PyTorch predictor heat maps are drawn with (made at the first)
+
+    @property
+    def heat_maps(self) -> bool:
+        """Whether its results get heat-map overlays: a 2D model without label maps, with dicom_overlay."""
+        task = self.predictor.task
+        return self.entry.dicom_overlay and task.spatial_dims == 2 and not task.label_classes()
 
     def card(self) -> str:
         """The package's MODEL_CARD.md ('' for a run folder, which has none)."""
@@ -96,7 +104,7 @@ def load_models(config: ServeConfig) -> dict[str, LoadedModel]:
             raise ConfigError(f"models.{name}.dicom_seg: fractional is for segmentation models; "
                               f"{predictor.package.recipe} makes no probability maps (use binary)")  # fmt: skip
         algorithm = algorithm_of(predictor)
-        loaded[name] = LoadedModel(name, entry, predictor, algorithm.version, algorithm.device_uid)
+        loaded[name] = LoadedModel(name, entry, predictor, algorithm.version, algorithm.device_uid, algorithm)
         log.info("model %s: %s (%s, version %s, %s)", name, predictor.package.recipe, predictor.package.task.kind,
                  algorithm.version, predictor.backend)  # fmt: skip
     return loaded
@@ -316,6 +324,7 @@ class Node:
         table = predictor.predict_files(inputs, masks=work / "masks", probabilities=fractional).table()
         written = write_dicom_results(predictor, table, work / "dicom", overlay=model.entry.dicom_overlay,
                                       fractional=fractional)  # fmt: skip
+        heat_notes = self._heat_overlays(model, written, work / "dicom") if model.heat_maps else []
         files = sorted(p.relative_to(work).as_posix() for p in (work / "dicom").glob("*.dcm"))
         outputs = [_sop_uid(work / f) for f in files]
         table["input"] = [Path(str(p)).name for p in table["input"]]  # the series UID, not a spool path
@@ -324,7 +333,7 @@ class Node:
                 table[column] = [f"masks/{Path(str(p)).name}" if p else "" for p in table[column]]
         table.to_csv(work / "predictions.csv", index=False)
         score, note = _score(route, table)
-        notes = [f"{w.input and Path(w.input).name}: {w.reason}" for w in written if w.reason]
+        notes = [f"{w.input and Path(w.input).name}: {w.reason}" for w in written if w.reason] + heat_notes
         result = {
             "job": job.id, "study_uid": job.study_uid, "route": route.name, "model": model.name,
             "model_version": model.version, "device_uid": model.device_uid, "score": score,
@@ -334,6 +343,27 @@ class Node:
         }  # fmt: skip
         (work / RESULT).write_text(json.dumps(result, indent=1))  # last: its presence means whole
         return result
+
+    @staticmethod
+    def _heat_overlays(model: LoadedModel, written: Sequence[Any], folder: Path) -> list[str]:
+        """A 2D classifier's heat map over each DICOM image with a report (``dicom_overlay``); the notes
+        of those that could have none."""
+        from medsight.explain import explainer_of, image_heat_map
+        from medsight.export.dicom_sc import write_heat_overlay
+        from medsight.io import read
+
+        if model.explainer is None:
+            model.explainer = explainer_of(model.predictor)
+        notes = []
+        for result in (w for w in written if w.sr is not None):
+            try:
+                found = image_heat_map(model.explainer, result.input)
+                write_heat_overlay(read(result.input), found.heat, result.input,
+                                   folder / result.sr.name.replace("_sr.dcm", "_heatmap.dcm"),
+                                   algorithm=model.algorithm, title=found.title)  # fmt: skip
+            except MedsightError as exc:  # this image cannot have one; its other results stand
+                notes.append(f"{Path(result.input).name}: no heat map ({exc})")
+        return notes
 
     def _finish_from(self, job_id: str, result: dict, *, recovered: bool = False) -> None:
         with self._lock:
