@@ -175,3 +175,32 @@ def test_the_running_service_sends_each_result_as_soon_as_its_job_is_done(tmp_pa
             assert status == "sent" and len(pacs.received) == 3
     finally:
         pacs.stop()
+
+
+def test_a_black_holed_destination_delays_only_its_own_deliveries(tmp_path, made, tokens):
+    """One destination accepts connections and never answers (each try waits out its timeout);
+    the other gets the results at once: each destination has its own sending thread."""
+    import socket
+
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(8)  # connections complete in the backlog; nothing ever reads or answers them
+    port = free_port()
+    pacs = Pacs(port)
+    destinations = {"hole": {"ae_title": "HOLE", "host": "127.0.0.1", "port": hole.getsockname()[1], "timeout_s": 20},
+                    "pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": port}}  # fmt: skip
+    routes = [{"name": "mr", "model": "seg", "match": {"modality": ["MR"]}, "send_to": ["hole", "pacs"]}]
+    config = load_serve_config(config_file(tmp_path, made["package"], destinations=destinations, routes=routes,
+                                           poll_s=0.2))  # fmt: skip
+    try:
+        with TestClient(create_app(config)) as client:
+            (job,) = client.post("/studies", files=files(made["MR"]), headers=AUTH).json()["jobs"]
+            started, statuses = time.monotonic(), {}
+            while statuses.get("pacs") != "sent" and time.monotonic() - started < 15:  # before the hole's timeout
+                time.sleep(0.05)
+                found = client.get(f"/deliveries?job={job['id']}", headers=AUTH).json()
+                statuses = {d["destination"]: d["status"] for d in found}
+            assert statuses == {"hole": "pending", "pacs": "sent"} and len(pacs.received) == 3
+    finally:
+        pacs.stop()
+        hole.close()

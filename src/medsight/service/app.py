@@ -296,11 +296,14 @@ def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = 
     def retry(delivery_id: int, actor: str = Depends(caller)) -> dict[str, Any]:
         """Send a dead-lettered (or waiting) delivery again now, its tries counted afresh."""
         try:
-            return node.store.rearm(delivery_id, actor).as_dict()
+            rearmed = node.store.rearm(delivery_id, actor).as_dict()
         except KeyError:
             raise HTTPException(404, f"no delivery {delivery_id}; GET /deliveries lists them") from None
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from None
+        if sender is not None:
+            sender.wake()  # sent now, not at the next poll
+        return rearmed
 
     @app.get("/worklist", tags=["triage"])
     def worklist(limit: int = Query(500, ge=1, le=10_000), offset: int = Query(0, ge=0),

@@ -99,7 +99,9 @@ def stow(destination: Destination, paths: list[Path]) -> int:
 
 
 class Sender:
-    """A thread sending due deliveries, one at a time.
+    """Threads sending due deliveries: one per destination, so that a destination that is slow or
+    black-holed (each try waiting out its timeout) delays only its own deliveries; and one for
+    deliveries to destinations no longer in serve.yaml (dead-lettered at once, with the reason).
 
     Args:
         node: The service core (its store, configuration and results).
@@ -108,37 +110,53 @@ class Sender:
 
     def __init__(self, node: Node, poll_s: float = 1.0) -> None:
         self.node, self.poll_s = node, poll_s
-        self._stop, self._wake = threading.Event(), threading.Event()
-        self._thread: threading.Thread | None = None
-        node.on_finished.append(lambda _job: self._wake.set())  # a job just done: its results go at once
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lanes = [*node.config.destinations, None]  # None: destinations no longer configured
+        self._woken = {lane: threading.Event() for lane in self._lanes}
+        node.on_finished.append(lambda _job: self.wake())  # a job just done: its results go at once
+
+    def wake(self) -> None:
+        """Look for due deliveries now (a job finished, a delivery was re-armed)."""
+        for event in self._woken.values():
+            event.set()
 
     def start(self) -> None:
         """Start sending (idempotent)."""
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="medsight-sender", daemon=True)
-            self._thread.start()
+        if any(t.is_alive() for t in self._threads):
+            return
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._loop, args=(lane,), daemon=True,
+                                          name=f"medsight-sender-{lane or 'unconfigured'}")
+                         for lane in self._lanes]  # fmt: skip
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        """Stop after the delivery in hand."""
+        """Stop after the deliveries in hand."""
         self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(120)
+        self.wake()
+        for thread in self._threads:
+            thread.join(120)
 
-    def _loop(self) -> None:
+    def _loop(self, lane: str | None) -> None:
         while not self._stop.is_set():
             try:
-                while self.send_due() and not self._stop.is_set():
+                while self.send_due(lane, lane=True) and not self._stop.is_set():
                     pass
             except Exception:  # the loop must outlive any one delivery
-                log.exception("sending results failed")
-            self._wake.wait(self.poll_s)
-            self._wake.clear()
+                log.exception("sending results to %s failed", lane or "unconfigured destinations")
+            self._woken[lane].wait(self.poll_s)
+            self._woken[lane].clear()
 
-    def send_due(self) -> int:
-        """Try every due delivery once; how many were tried."""
-        due = self.node.store.due()
+    def send_due(self, destination: str | None = None, *, lane: bool = False) -> int:
+        """Try every due delivery once (to ``destination`` alone where given; with ``lane`` and no
+        destination: those to destinations no longer configured); how many were tried."""
+        store = self.node.store
+        if lane and destination is None:
+            due = store.due(other_than=list(self.node.config.destinations))
+        else:
+            due = store.due(destination=destination)
         for delivery in due:
             self._send(delivery)
         return len(due)

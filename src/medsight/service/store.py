@@ -295,10 +295,16 @@ class Store:
             s.add(_event("medsight", action, job, detail))
             return job
 
-    def due(self, limit: int = 20) -> list[Delivery]:
-        """Pending deliveries whose next try is due, oldest first."""
+    def due(self, limit: int = 20, *, destination: str | None = None,
+            other_than: Sequence[str] = ()) -> list[Delivery]:  # fmt: skip
+        """Pending deliveries whose next try is due, oldest first (to ``destination`` alone; or to
+        destinations other than those named)."""
         query = (select(Delivery).where(Delivery.status == "pending", Delivery.next_at <= utcnow())
                  .order_by(Delivery.next_at).limit(limit))  # fmt: skip
+        if destination is not None:
+            query = query.where(Delivery.destination == destination)
+        if other_than:
+            query = query.where(Delivery.destination.not_in(list(other_than)))
         with self.session() as s:
             return list(s.scalars(query))
 
