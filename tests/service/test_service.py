@@ -43,6 +43,7 @@ def test_a_study_comes_back_as_the_packages_dicom_results(tmp_path, made, tokens
         assert job["instances"] == len(list(made["MR"].iterdir())) and job["status"] == "queued"
         spooled = list((config.storage / "spool" / job["id"]).rglob("*.dcm"))
         assert sorted(p.read_bytes() for p in spooled) == sorted(p.read_bytes() for p in made["MR"].iterdir())
+        assert list((config.storage / "uploads").iterdir()) == []  # staged on disk, then moved into the spool
         assert node.process_next() and not node.process_next()
         done = client.get(f"/jobs/{job['id']}", headers=AUTH).json()
         assert done["status"] == "done", done["note"]
@@ -193,6 +194,7 @@ def test_hostile_uploads_are_refused_and_nothing_is_spooled(tmp_path, made, toke
         assert client.post("/studies", headers=AUTH, files=[]).status_code in (400, 422)
         assert client.get("/jobs", headers=AUTH).json() == []
     assert list((config.storage / "spool").iterdir()) == []
+    assert list((config.storage / "uploads").iterdir()) == []  # the staged uploads are gone too
 
 
 def test_routes_triage_and_the_worklist_order(tmp_path, made, tokens):
@@ -229,7 +231,11 @@ def test_a_restart_finishes_each_received_study_exactly_once(tmp_path, made, tok
     _set_running(config, first.id)  # ...but the service died before it marked the job done
     assert node.store.claim().id == second.id  # the second was being processed when it died
     (config.storage / "results" / f".{second.id}.partial").mkdir()  # with half its results written
+    cut_off = config.storage / "uploads" / "0123abcd"  # and an HTTP upload was being staged (never acknowledged)
+    cut_off.mkdir(parents=True)
+    (cut_off / "000000.dcm").write_bytes(b"half a file")
     restarted = Node(config, models=node.models)
+    assert not cut_off.exists()
     assert restarted.store.job(first.id).status == "done" and restarted.store.job(first.id).outputs == outputs
     assert "after a restart" in restarted.store.job(first.id).note
     assert restarted.store.job(second.id).status == "queued"

@@ -9,9 +9,11 @@ import base64
 import hmac
 import json
 import logging
+import shutil
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
@@ -133,6 +135,27 @@ class _BodyLimit:
             await self._refuse(send)
 
 
+def _stage(files: list[UploadFile], folder: Path) -> list[tuple[str, Path]]:
+    """The uploaded files copied into ``folder`` a chunk at a time, with the names they were sent as.
+
+    Raises:
+        InputError: the disk refused (full, read-only).
+    """
+    staged = []
+    try:
+        folder.mkdir(parents=True)
+        for i, upload in enumerate(files):
+            target = folder / f"{i:06d}.dcm"
+            upload.file.seek(0)
+            with open(target, "wb") as handle:
+                shutil.copyfileobj(upload.file, handle, 1 << 20)
+            staged.append((upload.filename or f"file {i + 1}", target))
+    except OSError as exc:
+        raise InputError(f"cannot stage the upload in {folder.parent} ({exc.strerror}); free space there or move "
+                         "storage in serve.yaml") from exc  # fmt: skip
+    return staged
+
+
 def _basic_password(encoded: str) -> str:
     """The password of an HTTP Basic credential ('' if it does not decode)."""
     try:
@@ -237,13 +260,16 @@ def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = 
     async def submit(files: list[UploadFile] = File(...), actor: str = Depends(caller)) -> dict[str, Any]:  # noqa: B008
         """Submit DICOM files (multipart form fields named ``files``); they are grouped into studies,
         spooled and queued before this answers. A file that is not DICOM refuses the request (415)."""
-        sent = [(f.filename or f"file {i + 1}", await f.read()) for i, f in enumerate(files)]
+        staging = config.storage / "uploads" / uuid.uuid4().hex  # on disk, not in memory; moved into the spool
         try:
+            sent = await run_in_threadpool(_stage, files, staging)
             jobs = await run_in_threadpool(node.receive, sent, actor=actor, source="http")
         except UnsupportedFormatError as exc:
             raise HTTPException(415, str(exc)) from exc
         except InputError as exc:
             raise HTTPException(400, str(exc)) from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return {"jobs": [{"id": j.id, "study_uid": j.study_uid, "instances": j.instances, "status": j.status,
                           "url": f"/jobs/{j.id}"} for j in jobs], "received": len(sent)}  # fmt: skip
 

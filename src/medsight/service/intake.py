@@ -4,10 +4,12 @@ before the sender is told they arrived."""
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
 import re
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -40,6 +42,7 @@ class Instance:
     study_time: datetime | None = None
     manufacturer: str = ""
     has_pixels: bool = True
+    source: Path | None = None  # the file it was read from, when given as a path (moved into the spool)
 
 
 def _uid(ds: object, keyword: str, name: str) -> str:
@@ -94,6 +97,7 @@ def parse_instance(data: bytes | Path, name: str) -> Instance:
         study_time=_study_time(ds),
         manufacturer=text("Manufacturer"),
         has_pixels="PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds,
+        source=None if isinstance(data, bytes) else Path(data),
     )
 
 
@@ -114,6 +118,26 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(partial, path)
 
 
+def _place(path: Path, instance: Instance) -> None:
+    """Put an instance's file at ``path``, flushed: its bytes written, or its source file (an upload
+    staged on disk) flushed and moved there (copied where it lies on another file system)."""
+    if instance.source is None:
+        _write(path, instance.data)
+        return
+    with open(instance.source, "rb") as handle:
+        os.fsync(handle.fileno())
+    try:
+        os.replace(instance.source, path)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        partial = path.with_name(f".{path.name}.partial")
+        shutil.copyfile(instance.source, partial)
+        with open(partial, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+
+
 def sync_folder(folder: Path) -> None:
     """Flush a folder's entries (files made or renamed in it) to disk."""
     handle = os.open(folder, os.O_RDONLY)
@@ -124,9 +148,9 @@ def sync_folder(folder: Path) -> None:
 
 
 def spool(folder: Path, instances: Sequence[Instance]) -> None:
-    """Write a study's instances to ``folder/<series UID>/<SOP instance UID>.dcm`` as sent, each
-    flushed to disk and renamed into place, and the folders synced: after this returns, a crash
-    loses none of them.
+    """Write a study's instances to ``folder/<series UID>/<SOP instance UID>.dcm`` as sent (their
+    bytes, or their staged files moved), each flushed to disk and renamed into place, and the
+    folders synced: after this returns, a crash loses none of them.
 
     Raises:
         InputError: the disk refused (full, read-only), naming the folder.
@@ -138,7 +162,7 @@ def spool(folder: Path, instances: Sequence[Instance]) -> None:
                 written |= {directory.parent, directory.parent.parent}  # made here: their entries too
                 directory.mkdir(parents=True, exist_ok=True)
         for instance in instances:
-            _write(folder / instance.series_uid / f"{instance.sop_uid}.dcm", instance.data)
+            _place(folder / instance.series_uid / f"{instance.sop_uid}.dcm", instance)
         for directory in written:
             sync_folder(directory)
     except OSError as exc:

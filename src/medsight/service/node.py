@@ -140,12 +140,13 @@ class Node:
         self.recover()
 
     # -- receiving ------------------------------------------------------------------------------
-    def receive(self, files: Sequence[tuple[str, bytes]], *, actor: str, source: str = "http",
+    def receive(self, files: Sequence[tuple[str, bytes | Path]], *, actor: str, source: str = "http",
                 state: dict[str, str] | None = None, pulled: bool = False) -> list[Job]:  # fmt: skip
         """Check, spool and queue the studies the files make (all or none: one bad file refuses them
         all, naming it). Instances this service wrote itself are recognised and not queued again.
         ``state`` is kept, and with ``pulled`` the instances are marked pulled, in the transaction
-        that queues the last study (an edge's progress moves with its jobs).
+        that queues the last study (an edge's progress moves with its jobs). A file given as a path
+        (an upload staged on disk) is moved into the spool, not read into memory.
 
         Raises:
             InputError: a file is not DICOM or lacks valid UIDs; nothing usable was sent; the disk refused.
@@ -389,6 +390,13 @@ class Node:
                 self.store.requeue(job.id)
                 self.store.audit("medsight", "requeued", job, reason="the service stopped while processing it")
                 log.info("job %s: queued again (the service stopped while processing it)", job.id)
+        uploads = self.config.storage / "uploads"  # HTTP uploads staged before a stop: never acknowledged
+        if uploads.is_dir() and any(uploads.iterdir()):
+            log.info(
+                "removing %d HTTP upload(s) cut off by the stop (never acknowledged)", len(list(uploads.iterdir()))
+            )
+            for folder in uploads.iterdir():
+                shutil.rmtree(folder, ignore_errors=True)
         known = self.store.job_ids()
         orphans = []
         for folder in (self.config.storage / "spool").iterdir():
