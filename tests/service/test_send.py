@@ -5,6 +5,7 @@ bounded retries and then a dead letter, listed and retried on demand, with nothi
 from __future__ import annotations
 
 import io
+import shutil
 import time
 from pathlib import Path
 
@@ -204,3 +205,43 @@ def test_a_black_holed_destination_delays_only_its_own_deliveries(tmp_path, made
     finally:
         pacs.stop()
         hole.close()
+
+
+@pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk's storescu is not installed (apt install dcmtk)")
+def test_a_ct_series_from_storescu_comes_back_into_orthanc(tmp_path, made, tokens, orthanc):
+    """The whole path with independent peers: dcmtk sends a CT series to the listener, the service
+    routes and predicts it, and its SEG and SR arrive in a real Orthanc, reading back as written."""
+    import subprocess
+
+    import httpx2 as httpx
+
+    routes = [{"name": "ct", "model": "seg", "match": {"modality": ["CT"]}, "send_to": ["orthanc"]}]
+    destinations = {"orthanc": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc["dicom_port"]}}
+    dicom = {"ae_title": "MEDSIGHT", "port": 0, "release_s": 0.2}
+    config = load_serve_config(config_file(tmp_path, made["package"], routes=routes, destinations=destinations,
+                                           dicom=dicom, poll_s=0.2))  # fmt: skip
+    paths = sorted(made["CT"].iterdir())
+    study = str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+    with TestClient(create_app(config)) as client:
+        port = client.app.state.listener.port
+        sent = subprocess.run(["storescu", "-aet", "CT01", "-aec", "MEDSIGHT", "127.0.0.1", str(port),
+                               *map(str, paths)], capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+        started, delivered = time.monotonic(), []
+        while not delivered and time.monotonic() - started < 90:
+            time.sleep(0.2)
+            delivered = client.get("/deliveries?status=sent", headers=AUTH).json()
+        assert delivered, client.get("/jobs", headers=AUTH).json()
+        (job,) = client.get("/jobs", headers=AUTH).json()
+        assert job["study_uid"] == study and job["submitted_by"] == "dicom:CT01" and job["instances"] == len(paths)
+    stored = httpx.get(f"{orthanc['base']}/instances", params={"expand": 1}, timeout=10).json()
+    assert sorted(i["MainDicomTags"]["SOPInstanceUID"] for i in stored) == sorted(job["outputs"])
+    results = tmp_path / "store" / "results" / job["id"] / "dicom"
+    kinds = set()
+    for instance in stored:
+        back = pydicom.dcmread(io.BytesIO(httpx.get(f"{orthanc['base']}/instances/{instance['ID']}/file",
+                                                    timeout=10).content))  # fmt: skip
+        (mine,) = [p for p in results.iterdir() if pydicom.dcmread(p).SOPInstanceUID == back.SOPInstanceUID]
+        assert pydicom.dcmread(mine) == back and back.StudyInstanceUID == study
+        kinds.add(str(back.Modality))
+    assert {"SEG", "SR"} <= kinds
