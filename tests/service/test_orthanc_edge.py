@@ -143,6 +143,10 @@ def test_a_dead_orthanc_passes_nothing_over(tmp_path, made, tokens, caplog):
     time.sleep(1.0)
     edge.stop()
     assert sum("cannot be reached" in r.getMessage() for r in caplog.records) == 1
+    assert "cannot be reached" in edge.status  # what /health says
+    with TestClient(create_app(config, worker=False)) as client:
+        time.sleep(0.5)
+        assert client.get("/health").json()["orthanc"] == "down"  # the reason is in the log, not told to anyone
 
 
 def test_an_unreadable_study_is_passed_over_and_audited(tmp_path, made, tokens, monkeypatch):

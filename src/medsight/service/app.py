@@ -249,7 +249,8 @@ def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = 
         counts = node.store.counts()
         port = listener.port if listener is not None else None
         return {"status": "ok", "version": __version__, "models": sorted(node.models), "queued": counts["queued"],
-                "running": counts["running"], "dicom_port": port}  # fmt: skip
+                "running": counts["running"], "dicom_port": port,
+                "orthanc": None if edge is None else "ok" if edge.status == "ok" else "down"}  # fmt: skip
 
     @app.get("/openapi.json", tags=["service"], include_in_schema=False)
     def openapi(_: str = Depends(caller)) -> dict[str, Any]:

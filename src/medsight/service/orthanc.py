@@ -60,6 +60,11 @@ class OrthancEdge:
         self._stop, self._thread = threading.Event(), None
         self._down: str | None = None  # the last outage reported (logged once, not at every poll)
 
+    @property
+    def status(self) -> str:
+        """``ok``, or why Orthanc could not be read at the last poll (what ``/health`` says)."""
+        return "ok" if self._down is None else self._down
+
     # -- the thread -----------------------------------------------------------------------------
     def start(self) -> None:
         """Start polling (idempotent)."""
@@ -84,7 +89,7 @@ class OrthancEdge:
                 self._down, wait = None, self.settings.poll_s
             except OrthancError as exc:
                 if str(exc) != self._down:
-                    log.warning("%s; trying again every %g s at most", exc, 60.0)
+                    log.warning("%s (trying again, the waits doubling up to a minute)", exc)
                 self._down, busy = str(exc), False
                 wait = min(wait * 2, 60.0)
             except Exception:  # the edge must outlive any one study
