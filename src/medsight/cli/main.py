@@ -284,7 +284,7 @@ def convert(
             progress=progress,
         )
     if out_fmt in ("png", "jpeg", "dicom-series") and volume.nonfinite_count():
-        from medsight.transforms.image2d import finite_or_filled
+        from medsight.transforms.prepare2d import finite_or_filled
 
         try:  # 8-bit pictures and int16 DICOM cannot hold NaN: refuse (or fill), never write black
             volume = volume.with_array(finite_or_filled(volume.array, nonfinite))  # type: ignore[arg-type]

@@ -284,14 +284,25 @@ def predict_command(
     With ``--data``, a manifest's cases are predicted instead (cardiac models add ``<out>_function.csv``:
     volumes, EF and LV mass per case, to join to the manifest as features of a risk model)."""
     from medsight.data.manifest import Manifest
-    from medsight.inference import Predictor
     from medsight.io.atomic import check_writable
+    from medsight.runtime import predict_images, runs_without_torch
 
     if bool(inputs) == (data is not None):
         raise typer.BadParameter("give input files or --data MANIFEST (one of the two)")
     if split not in ("all", "train", "val", "test"):
         raise typer.BadParameter(f"--split must be all, train, val or test, got {split!r}")
     check_writable(output, option="--out")  # before any work: a bad --out must not waste the predictions
+    plain = not (data or uncertainty or ensemble or dicom_out or dicom_overlay or ray or ray_address or workers
+                 or dicom_seg != "binary")  # fmt: skip
+    if plain and backend in ("auto", "onnx") and precision in ("auto", "fp32") and runs_without_torch(run):
+        # a 2D classifier package on onnxruntime: no PyTorch import (the same rows; starts in a fraction)
+        with progress_bar() as progress:
+            table = predict_images(run, inputs or [], slice_index=slice_index, progress=progress)
+        table.to_csv(output, index=False)
+        out.print(f"wrote {len(table)} prediction(s) to {output}")
+        return
+    from medsight.inference import Predictor
+
     repeated = _uncertainty(uncertainty, samples, ensemble)
     predictor = Predictor.from_run(run, precision=precision, backend=backend)  # type: ignore[arg-type]
     if dicom_out is not None and predictor.task.spatial_dims == 0:

@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
-from medsight.core.errors import ConfigError, InputError, MedsightError, UnsupportedFormatError
+from medsight.core.errors import ConfigError, InputError, MedsightError
 from medsight.core.hardware import cpu_class, native_bf16
 from medsight.core.progress import Progress
 from medsight.core.volume import Volume
@@ -31,9 +31,9 @@ from medsight.data.join import read_table
 from medsight.data.manifest import Manifest
 from medsight.inference.calibration import apply_temperatures, load_temperatures
 from medsight.inference.uncertainty import Uncertainty, combine, sampled_models, spreads, training_augmentation
-from medsight.io import detect_format, read, write
+from medsight.io import write
 from medsight.io.atomic import file_sha256, full_suffix
-from medsight.io.formats import files_under
+from medsight.io.inputs import expand_inputs, image_facts, read_image_input
 from medsight.models import load_checkpoint
 from medsight.tasks import ModelPackage, Prediction, Task, TaskData
 
@@ -41,79 +41,13 @@ __all__ = ["Predictor", "expand_inputs", "image_facts", "read_input"]
 
 log = logging.getLogger(__name__)
 
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".ima", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd"}
-
-
-def _metaimage_data(path: Path) -> bool:
-    """Whether ``path`` is the data file of a MetaImage header beside it (LUNA16's ``<uid>.raw``
-    next to ``<uid>.mhd``): read with its header, not an input of its own."""
-    return path.suffix.lower() in (".raw", ".zraw") and path.with_suffix(".mhd").is_file()
-
-
-def expand_inputs(inputs: Sequence[str | os.PathLike[str]], *, volumes: bool = False) -> list[Path]:
-    """Files as given; folders replaced by every image file under them (hidden files, DICOMDIR and
-    files in no image format left out with one warning), sorted: a 2D classifier gives one
-    prediction per image file, e.g. each view of an exam. With ``volumes`` (a 3D model) the DICOM
-    files of one folder are one input, the folder (a series: its slices make one volume).
-
-    Raises:
-        InputError: an input does not exist, or no image was found.
-    """
-    paths: list[Path] = []
-    skipped: list[Path] = []
-    for item in map(Path, inputs):
-        if not item.exists():
-            raise InputError(f"{item} does not exist")
-        if not item.is_dir():
-            paths.append(item)  # named by the user: read (and refused) as it is
-            continue
-        for path in files_under(item):
-            if path.name.upper() == "DICOMDIR" or _metaimage_data(path):
-                continue
-            try:
-                kind = detect_format(path)
-            except UnsupportedFormatError:
-                if full_suffix(path) in _IMAGE_SUFFIXES:
-                    raise  # named like an image but is none: corrupt, which the user must hear about
-                skipped.append(path)  # notes, tables, reports beside the images
-                continue
-            if volumes and kind == "dicom":
-                if path.parent not in paths:
-                    paths.append(path.parent)  # the series in this folder, read as one volume
-                continue
-            paths.append(path)
-    if skipped:
-        names = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
-        log.warning("skipped %d file(s) that are not images (%s)", len(skipped), names)
-    if not paths:
-        raise InputError(f"no image files in {', '.join(map(str, inputs))}")
-    return paths
-
-
-def image_facts(volume: Volume) -> dict[str, str]:
-    """Patient, study, laterality and view of an image as its DICOM header gives them (what view
-    fusion groups by); ``{}`` for files that carry none."""
-    meta = volume.metadata
-    facts = {
-        "patient_id": meta.patient_id,
-        "study_id": meta.study_uid,
-        "laterality": meta.laterality,
-        "view": meta.view,
-    }
-    return {k: v for k, v in facts.items() if v}
-
-
-def _read(path: str | os.PathLike[str]) -> Volume:
-    """An input image as training saw it (MONOCHROME1 shown as a viewer would)."""
-    return read(path, invert_monochrome1=True) if detect_format(path) in ("dicom", "dicom-series") else read(path)
-
 
 def read_input(name: Path, files: Sequence[Path]) -> Volume:
     """One input: a file, or the channel files of a case stacked in order (they must share a grid)."""
     volumes = []
     for path in files:
         try:
-            volumes.append(_read(path))
+            volumes.append(read_image_input(path))
         except MedsightError as exc:
             raise type(exc)(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from exc
     return stack_channels(volumes, [p.name for p in files], str(name))
