@@ -87,3 +87,25 @@ def test_ray_options_need_ray_and_ray_needs_the_dist_extra(runs, tmp_path, monke
     monkeypatch.setitem(sys.modules, "ray", None)  # as where it is not installed
     result = runner.invoke(app, ["predict", str(run), str(data), "--out", str(tmp_path / "p.csv"), "--ray"])
     assert result.exit_code != 0 and "pip install 'medsight[dist]'" in result.output
+
+
+def test_workers_are_kept_between_calls_in_a_ray_that_outlives_them(runs, tmp_path):
+    import ray
+
+    from medsight.inference import distributed
+
+    run, data, _ = runs["binary"]
+    predictor = Predictor.from_run(run)
+    inputs = sorted(data.glob("img00*.png"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        first = predict_on_ray(predictor, inputs=inputs, workers=2).table()
+        kept = {key: list(handles) for key, handles in distributed._KEPT.items()}
+        second = predict_on_ray(predictor, inputs=inputs, workers=2).table()
+        assert list(kept) == list(distributed._KEPT) and len(kept) == 1  # the same two workers, not new ones
+        assert all(a is b for a, b in zip(next(iter(kept.values())), next(iter(distributed._KEPT.values())),
+                                          strict=True))  # fmt: skip
+        pd.testing.assert_frame_equal(first, second)
+    finally:
+        ray.shutdown()
+        distributed._KEPT.clear()

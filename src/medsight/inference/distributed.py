@@ -95,6 +95,25 @@ def _start(address: str | None, workers: int | None) -> tuple[Any, bool]:
     return ray, True
 
 
+_KEPT: dict[tuple[Any, ...], list[Any]] = {}  # workers left running in a Ray this process did not start
+
+
+def _workers(ray: Any, predictor: Predictor, count: int, cpus: int, *, keep: bool) -> list[Any]:
+    """``count`` workers holding the predictor's package. In a Ray that outlives the call (started
+    by the caller, or a cluster), they are kept for the next call with the same package: a worker's
+    start (a process importing PyTorch and loading the model) costs seconds."""
+    run_dir = str(Path(predictor.run_dir).resolve())
+    stamp = (Path(run_dir) / "package.json").stat().st_mtime_ns  # a package exported again: new workers
+    key = (ray.get_runtime_context().get_job_id(), run_dir, stamp, predictor.precision, predictor.backend, cpus)
+    kept = _KEPT.get(key, []) if keep else []
+    actor = ray.remote(num_cpus=cpus)(RayWorker)
+    while len(kept) < count:
+        kept.append(actor.remote(run_dir, predictor.precision, predictor.backend, cpus))
+    if keep:
+        _KEPT[key] = kept
+    return kept[:count]
+
+
 def _shares(items: Sequence[Any], workers: int) -> list[list[Any]]:
     """Items cut into shares: about four per worker (a slow share does not hold the others up), in order."""
     size = max(1, math.ceil(len(items) / (4 * workers)))
@@ -147,10 +166,7 @@ def predict_on_ray(
     try:
         count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_worker)
         count = min(count, len(items))
-        actor = ray.remote(num_cpus=cpus_per_worker)(RayWorker)
-        run_dir = str(Path(predictor.run_dir).resolve())
-        pool = ray.util.ActorPool([actor.remote(run_dir, predictor.precision, predictor.backend, cpus_per_worker)
-                                   for _ in range(count)])  # fmt: skip
+        pool = ray.util.ActorPool(_workers(ray, predictor, count, cpus_per_worker, keep=not started))
         shares = _shares(items, count)
         log.info("predicting %d input(s) in %d share(s) on %d Ray worker(s)", len(items), len(shares), count)
         if manifest is not None:
