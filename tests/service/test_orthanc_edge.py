@@ -200,3 +200,68 @@ def test_dicomweb_settings_are_checked(tmp_path, made, tokens, monkeypatch):
     monkeypatch.setenv("ORTHANC_PASSWORD", "s3cret")
     app = create_app(config, worker=False)
     assert app.state.edge.http.auth == ("medsight", "s3cret")
+
+
+def _new_study(folder: Path) -> list[bytes]:
+    """The folder's series again as another study (new study, series and instance UIDs)."""
+    study, series, out = generate_uid(), generate_uid(), []
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        out.append(buffer.getvalue())
+    return out
+
+
+def test_kill_9_while_pulling_then_restart_takes_each_study_once(tmp_path, made, orthanc):
+    """A real `medsight serve` on the Orthanc edge, killed with SIGKILL while it pulls: after a
+    restart each of Orthanc's studies has exactly one job, processed once."""
+    import signal
+    import sqlite3
+
+    import httpx2 as httpx
+
+    from tests.service.common import serve_process
+
+    if orthanc["dicomweb"] is None:
+        pytest.skip("Orthanc's DICOMweb plugin is not installed (apt install orthanc-dicomweb)")
+    studies = [_new_study(made["MR"]) for _ in range(4)]
+    uids = {str(pydicom.dcmread(io.BytesIO(s[0])).StudyInstanceUID) for s in studies}
+    for study in studies:
+        _upload(orthanc["base"], study)
+    _wait("Orthanc to find the four studies stable", lambda: len(_stable_changes(orthanc["base"])) >= 4)
+    config = config_file(tmp_path, made["package"], orthanc={"url": orthanc["base"], "poll_s": 0.1, "history": True},
+                         poll_s=0.1)  # fmt: skip
+    database = tmp_path / "store" / "service.db"
+
+    def jobs() -> list[tuple[str, str]]:
+        try:
+            with sqlite3.connect(database) as db:
+                return db.execute("SELECT study_uid, status FROM jobs").fetchall()
+        except sqlite3.Error:  # not made yet
+            return []
+
+    port, log = free_port(), tmp_path / "serve.log"
+    process = serve_process(config, port, log)
+    try:
+        _wait("the first pulled study", jobs, timeout=120)
+        process.send_signal(signal.SIGKILL)  # while it pulls the others (or processes the first)
+        process.wait(timeout=30)
+        assert len(jobs()) < 4 or any(status in ("queued", "running") for _, status in jobs()), jobs()
+        process = serve_process(config, port, log)
+        base = f"http://127.0.0.1:{port}"
+        _wait("every study done", lambda: len(jobs()) >= 4 and all(s == "done" for _, s in jobs()), timeout=240)
+        time.sleep(2)  # a few more polls: nothing is pulled again
+        found = jobs()
+        assert sorted(uid for uid, _ in found) == sorted(uids), (found, log.read_text()[-3000:])
+        audit = httpx.get(f"{base}/audit", params={"limit": 1000}, headers=AUTH, timeout=10).json()
+        processed = {e["study_uid"] for e in audit if e["action"] == "processed"}
+        assert processed == uids  # each study's one job processed (a kill between its results and its
+        # record leaves it recorded again at the restart, from the same results: not run twice)
+        pulled = [e for e in audit if e["action"] == "received"]
+        assert sorted(e["study_uid"] for e in pulled) == sorted(uids)  # each pulled once
+    finally:
+        process.kill()
+        process.wait(timeout=30)
