@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sqlite3
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -217,8 +220,9 @@ def test_routes_triage_and_the_worklist_order(tmp_path, made, tokens):
 
 
 def _set_running(config, job_id: str) -> None:
+    """The job left running by an instance that is gone (a process of a version before leases: none named)."""
     with sqlite3.connect(config.storage / "service.db") as db:
-        db.execute("UPDATE jobs SET status = 'running', finished_at = NULL WHERE id = ?", (job_id,))
+        db.execute("UPDATE jobs SET status = 'running', finished_at = NULL, worker = NULL WHERE id = ?", (job_id,))
 
 
 def test_a_restart_finishes_each_received_study_exactly_once(tmp_path, made, tokens):
@@ -245,6 +249,31 @@ def test_a_restart_finishes_each_received_study_exactly_once(tmp_path, made, tok
     processed = [e.job_id for e in restarted.store.events() if e.action == "processed"]
     assert processed.count(second.id) == 1 and processed.count(first.id) == 2  # once run, once recorded
     assert [e.action for e in restarted.store.events(second.id)] == ["processed", "requeued", "received"]
+
+
+def test_a_second_instance_leaves_a_live_instances_job_and_takes_over_a_gone_ones(tmp_path, made, tokens):
+    """Two instances on one database and storage: starting the second does not requeue what the
+    first is running; a job whose process died, or whose instance went quiet past lease_s, is
+    queued again (and its study processed once)."""
+    import time
+
+    config = load_serve_config(config_file(tmp_path, made["package"], lease_s=1))
+    first = Node(config, models=None)
+    (job,) = first.receive([(p.name, p.read_bytes()) for p in sorted(made["MR"].iterdir())], actor="alice")
+    assert first.store.claim(first.worker_id).id == job.id  # the first instance is processing it
+    second = Node(config, models=first.models)  # starts while the first is alive and its lease fresh
+    assert second.store.job(job.id).status == "running" and second.worker_id != first.worker_id
+    time.sleep(1.5)  # the first goes quiet (no heartbeat) past lease_s
+    second.recover_running()
+    assert second.store.job(job.id).status == "queued"
+    assert second.process_next() and second.store.job(job.id).status == "done"
+    # a job whose process on this machine is gone is taken over at once, lease or not
+    (other,) = second.receive([(p.name, p.read_bytes()) for p in sorted(made["MR"].iterdir())], actor="alice")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = f"{socket.gethostname()}:{int(dead.stdout)}:0000"
+    second.store.claim(gone)
+    Node(load_serve_config(config_file(tmp_path, made["package"], lease_s=3600)), models=first.models)
+    assert second.store.job(other.id).status == "queued"
 
 
 def test_our_own_results_sent_back_are_not_processed(tmp_path, made, tokens):

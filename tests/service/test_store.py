@@ -96,3 +96,26 @@ def test_bad_database_urls_are_named_with_the_fix(tmp_path):
     except ImportError:
         with pytest.raises(ConfigError, match=r"needs its Python driver \(pymysql is missing\)"):
             Store("mysql+pymysql://me@localhost/x")
+
+
+def test_a_lease_is_renewed_by_its_worker_and_a_database_made_before_leases_gains_them(store, tmp_path):
+    store.add_job(_job("lease", 0, status="queued"), actor="alice", detail={})
+    job = store.claim("host-a:123:abcd")
+    assert job.worker == "host-a:123:abcd" and job.heartbeat_at is not None
+    with store.session() as s:  # a long silence
+        s.execute(text("UPDATE jobs SET heartbeat_at = :t"), {"t": utcnow() - timedelta(hours=1)})
+    store.beat("host-a:123:abcd")
+    assert (utcnow() - store.job(job.id).heartbeat_at.replace(tzinfo=utcnow().tzinfo)).total_seconds() < 60
+    assert store.requeue(job.id) and not store.requeue(job.id)  # only a running job is queued again
+    assert store.job(job.id).worker is None
+    if store.engine.dialect.name == "sqlite":  # an older database: the columns are added on opening
+        path = tmp_path / "old.db"
+        Store(f"sqlite:///{path}")
+        import sqlite3
+
+        with sqlite3.connect(path) as db:
+            db.execute("ALTER TABLE jobs DROP COLUMN worker")
+            db.execute("ALTER TABLE jobs DROP COLUMN heartbeat_at")
+        reopened = Store(f"sqlite:///{path}")
+        reopened.add_job(_job("old", 1, status="queued"), actor="alice", detail={})
+        assert reopened.claim("me:1:x").worker == "me:1:x"

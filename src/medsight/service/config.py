@@ -269,6 +269,7 @@ class ServeConfig(_Strict):
     models: dict[str, ModelEntry]
     routes: list[Route] = Field(min_length=1)
     poll_s: float = Field(1.0, gt=0)  # how often the worker looks for queued studies when not woken
+    lease_s: float = Field(60.0, ge=1)  # a running job whose instance went quiet this long is queued again
 
     @model_validator(mode="after")
     def _routes_name_models(self) -> ServeConfig:

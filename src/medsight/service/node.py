@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -28,7 +29,7 @@ from medsight.core.errors import ConfigError, InputError, MedsightError
 from medsight.service.config import ModelEntry, Route, ServeConfig
 from medsight.service.intake import Instance, parse_instance, spool, studies, sync_folder
 from medsight.service.routing import Series, describe, route_study
-from medsight.service.store import Job, Store, utcnow
+from medsight.service.store import Job, Store, as_utc, utcnow
 
 __all__ = ["LoadedModel", "Node"]
 
@@ -137,6 +138,8 @@ class Node:
         self._lock = threading.Lock()
         self._ours: set[str] | None = None  # the output UIDs of every job (the loop guard), read once
         self.on_finished: list[Callable[[Job], None]] = []  # called with each job the worker finished
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # this instance
+        self._beat: threading.Thread | None = None
         self.recover()
 
     # -- receiving ------------------------------------------------------------------------------
@@ -235,11 +238,23 @@ class Node:
 
     # -- the worker -----------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker thread (idempotent)."""
+        """Start the worker thread, and the one renewing its lease and taking over the jobs of
+        instances gone quiet (idempotent)."""
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
             self._thread = threading.Thread(target=self._loop, name="medsight-worker", daemon=True)
             self._thread.start()
+        if self._beat is None or not self._beat.is_alive():
+            self._beat = threading.Thread(target=self._keep_lease, name="medsight-lease", daemon=True)
+            self._beat.start()
+
+    def _keep_lease(self) -> None:
+        while not self._stop.wait(self.config.lease_s / 3):
+            try:
+                self.store.beat(self.worker_id)
+                self.recover_running()
+            except Exception:  # the lease must outlive a database hiccup
+                log.exception("renewing the lease failed")
 
     def stop(self, timeout: float = 60.0) -> None:
         """Let the worker finish the study in hand, then stop it."""
@@ -256,7 +271,7 @@ class Node:
 
     def process_next(self) -> bool:
         """Process the oldest queued study, if any; whether there was one."""
-        job = self.store.claim()
+        job = self.store.claim(self.worker_id)
         if job is None:
             return False
         started = time.perf_counter()
@@ -378,24 +393,46 @@ class Node:
                           note=result["note"] + (" (completed after a restart)" if recovered else ""),
                           outputs=json.dumps(result["outputs"]))  # fmt: skip
 
-    def recover(self) -> None:
-        """After a stop or crash: finish each job left running whose results are whole, queue the
-        others again; name spooled folders that no job owns (never acknowledged; left for the admin)."""
+    def _abandoned(self, job: Job) -> bool:
+        """Whether a running job's instance is gone: none recorded, a process of this machine that is
+        no longer alive, or no heartbeat for ``lease_s`` (another machine, or a hung process)."""
+        if job.worker == self.worker_id:
+            return False
+        if not job.worker:
+            return True
+        host, _, rest = job.worker.partition(":")
+        pid = rest.partition(":")[0]
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            return True
+        beat = job.heartbeat_at
+        return beat is None or (utcnow() - as_utc(beat)).total_seconds() > self.config.lease_s
+
+    def recover_running(self) -> None:
+        """Finish each running job whose instance is gone (:meth:`_abandoned`) from its results where
+        they are whole, else queue it again; jobs of live instances are left to them."""
         for job in self.store.jobs(statuses=("running",), limit=100_000):
+            if not self._abandoned(job):
+                continue
             result = self.config.storage / "results" / job.id / RESULT
             if result.is_file():
                 self._finish_from(job.id, json.loads(result.read_text()), recovered=True)
-                log.info("job %s: results were whole; marked done after the restart", job.id)
-            else:
-                self.store.requeue(job.id)
-                self.store.audit("medsight", "requeued", job, reason="the service stopped while processing it")
-                log.info("job %s: queued again (the service stopped while processing it)", job.id)
+                log.info("job %s: results were whole; marked done after its instance stopped", job.id)
+            elif self.store.requeue(job.id):
+                self.store.audit("medsight", "requeued", job, reason="the service stopped while processing it",
+                                 worker=job.worker)  # fmt: skip
+                log.info("job %s: queued again (its instance %s stopped while processing it)", job.id, job.worker)
+
+    def recover(self) -> None:
+        """After a stop or crash: finish each job its stopped instance left running whose results are
+        whole, queue the others again (:meth:`recover_running`); remove HTTP uploads whose instance
+        is gone; adopt staged studies; name spooled folders that no job owns (never acknowledged;
+        left for the admin)."""
+        self.recover_running()
         uploads = self.config.storage / "uploads"  # HTTP uploads staged before a stop: never acknowledged
-        if uploads.is_dir() and any(uploads.iterdir()):
-            log.info(
-                "removing %d HTTP upload(s) cut off by the stop (never acknowledged)", len(list(uploads.iterdir()))
-            )
-            for folder in uploads.iterdir():
+        cut_off = [f for f in uploads.iterdir() if _upload_abandoned(f.name)] if uploads.is_dir() else []
+        if cut_off:
+            log.info("removing %d HTTP upload(s) cut off by a stop (never acknowledged)", len(cut_off))
+            for folder in cut_off:
                 shutil.rmtree(folder, ignore_errors=True)
         known = self.store.job_ids()
         orphans = []
@@ -429,6 +466,32 @@ class Node:
             return None
         result = json.loads((folder / RESULT).read_text())
         return {**result, "downloads": [*result["files"], "predictions.csv"]}
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this machine is alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def upload_folder_name() -> str:
+    """A folder name for an HTTP upload staged by this process (``<host>-<pid>-<random>``): a later
+    start removes it once that process is gone."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def _upload_abandoned(name: str) -> bool:
+    """Whether a staged upload's process is gone: this machine's and no longer alive (another
+    machine's is left to it); a folder named otherwise (an older version's) is abandoned."""
+    parts = name.rsplit("-", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return True
+    return parts[0] == socket.gethostname() and not _alive(int(parts[1]))
 
 
 def _sop_uid(path: Path) -> str:

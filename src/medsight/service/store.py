@@ -73,6 +73,8 @@ class Job(_Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     outputs: Mapped[str] = mapped_column(Text, default="[]")  # JSON: the SOP Instance UIDs we wrote
+    worker: Mapped[str | None] = mapped_column(String(96), nullable=True)  # the instance running it
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     def as_dict(self) -> dict[str, Any]:
         """The job as the API returns it."""
@@ -199,6 +201,20 @@ class Store:
             raise ConfigError(f"cannot open the service database {shown}: {str(exc).splitlines()[0]}; "
                               "check database (a SQLAlchemy URL) and storage in serve.yaml") from exc  # fmt: skip
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a database was made (``create_all`` makes only missing tables)."""
+        from sqlalchemy import inspect, text
+
+        present = {c["name"] for c in inspect(self.engine).get_columns("jobs")}
+        added = {"worker": "VARCHAR(96)", "heartbeat_at": "TIMESTAMP WITH TIME ZONE"
+                 if self.engine.dialect.name == "postgresql" else "DATETIME"}  # fmt: skip
+        with self.engine.begin() as connection:
+            for name, kind in added.items():
+                if name not in present:
+                    connection.execute(text(f"ALTER TABLE jobs ADD COLUMN {name} {kind}"))
+                    log.info("database: added the column jobs.%s", name)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -268,12 +284,14 @@ class Store:
         with self.session() as s:
             return list(s.scalars(query))
 
-    def claim(self) -> Job | None:
-        """The oldest queued job, now marked running (None when there is none)."""
+    def claim(self, worker: str | None = None) -> Job | None:
+        """The oldest queued job, now marked running by ``worker`` (None when there is none)."""
         with self.session() as s:
             for job_id in s.scalars(select(Job.id).where(Job.status == "queued").order_by(Job.received_at).limit(5)):
+                now = utcnow()
                 claimed = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
-                                    .values(status="running", started_at=utcnow()))  # fmt: skip
+                                    .values(status="running", started_at=now, worker=worker,
+                                            heartbeat_at=now))  # fmt: skip
                 if claimed.rowcount == 1:  # type: ignore[attr-defined]
                     return s.get(Job, job_id)
         return None
@@ -362,10 +380,18 @@ class Store:
             s.add(_event(actor, "retry", job, {"destination": delivery.destination, "delivery": delivery_id}))
             return delivery
 
-    def requeue(self, job_id: str) -> None:
-        """Put a job that a stopped service left running back in the queue."""
+    def requeue(self, job_id: str) -> bool:
+        """Put a job that a stopped service left running back in the queue; whether it still was
+        running (another instance may have requeued or finished it meanwhile)."""
         with self.session() as s:
-            s.execute(update(Job).where(Job.id == job_id).values(status="queued", started_at=None))
+            done = s.execute(update(Job).where(Job.id == job_id, Job.status == "running")
+                             .values(status="queued", started_at=None, worker=None, heartbeat_at=None))  # fmt: skip
+            return done.rowcount == 1  # type: ignore[attr-defined]
+
+    def beat(self, worker: str) -> None:
+        """Mark the jobs ``worker`` is running as still in hand (its lease renewed)."""
+        with self.session() as s:
+            s.execute(update(Job).where(Job.status == "running", Job.worker == worker).values(heartbeat_at=utcnow()))
 
     def our_outputs(self) -> set[str]:
         """The SOP Instance UIDs of every object the service wrote (the loop guard)."""
