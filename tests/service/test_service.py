@@ -131,6 +131,8 @@ def test_a_classifier_with_dicom_overlay_sends_its_heat_map(tmp_path, made, clas
         sc = pydicom.dcmread(config.storage / "results" / job["id"] / heat)
         assert sc.SOPInstanceUID in done["outputs"] and "heat map: " in sc.SeriesDescription
         assert sc.StudyInstanceUID == done["study_uid"] and sc.pixel_array.shape[-1] == 3
+        thumbnail = client.get(f"/ui/jobs/{job['id']}/overlay.png", headers=AUTH)  # the study page shows it
+        assert thumbnail.status_code == 200 and thumbnail.content.startswith(b"\x89PNG")
         # sent back to the service (a PACS forwarding everything): recognised as its own, not processed
         again = client.post("/studies", headers=AUTH,
                             files=[("files", (heat, (config.storage / "results" / job["id"] / heat).read_bytes(),

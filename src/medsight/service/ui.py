@@ -20,6 +20,8 @@ from medsight.service.store import Job, as_utc, utcnow
 
 __all__ = ["register_pages"]
 
+_PICTURES = ("_overlay.dcm", "_heatmap.dcm")  # secondary captures a study page shows as its thumbnail
+
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 0; color: #1b1f24; background: #f6f7f9; }
 header { background: #12314f; color: #fff; padding: 10px 20px; display: flex; gap: 24px; align-items: baseline; }
@@ -151,7 +153,7 @@ def register_pages(app: FastAPI, node: Node, caller: Callable[..., str]) -> None
         if result:
             node.store.audit(actor, "viewed", job)
         return page(f"Study {job.study_uid}", _JOB, actor, job=job, predictions=predictions, columns=columns,
-                    files=files, thumbnail=any(f.endswith("_overlay.dcm") for f in files),
+                    files=files, thumbnail=any(f.endswith(_PICTURES) for f in files),
                     deliveries=node.store.deliveries(job_id), events=node.store.events(job_id))  # fmt: skip
 
     @app.get("/ui/jobs/{job_id}/overlay.png", tags=["pages"], include_in_schema=False)
@@ -161,7 +163,7 @@ def register_pages(app: FastAPI, node: Node, caller: Callable[..., str]) -> None
         from PIL import Image
 
         folder = node.results_folder(job_id)
-        found = sorted((folder / "dicom").glob("*_overlay.dcm")) if folder is not None else []
+        found = sorted(p for p in (folder / "dicom").glob("*.dcm") if p.name.endswith(_PICTURES)) if folder else []
         if not found:
             raise HTTPException(404, f"job {job_id!r} has no overlay")
         pixels = np.asarray(pydicom.dcmread(found[0]).pixel_array)
