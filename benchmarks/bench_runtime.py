@@ -38,7 +38,7 @@ from medsight.engine.recipe import load_recipe
 from medsight.export import export_package
 from medsight.inference import Predictor
 from medsight.io import write
-from medsight.runtime import predict_images
+from medsight.inference.runtime import predict_images
 
 _OLD_WAY = """
 import sys

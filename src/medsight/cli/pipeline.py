@@ -284,8 +284,8 @@ def predict_command(
     With ``--data``, a manifest's cases are predicted instead (cardiac models add ``<out>_function.csv``:
     volumes, EF and LV mass per case, to join to the manifest as features of a risk model)."""
     from medsight.data.manifest import Manifest
+    from medsight.inference.runtime import predict_images, runs_without_torch
     from medsight.io.atomic import check_writable
-    from medsight.runtime import predict_images, runs_without_torch
 
     if bool(inputs) == (data is not None):
         raise typer.BadParameter("give input files or --data MANIFEST (one of the two)")
@@ -359,7 +359,15 @@ def predict_command(
         for note in (w for w in written if w.reason):
             err.print(f"{note.input}: {note.reason}", highlight=False)
         if dicom_overlay and predictor.task.spatial_dims == 2 and not classes:
-            drawn = _heat_overlays(predictor, written, dicom_out)
+            from medsight.explain import explainer_of, image_heat_map
+            from medsight.export.dicom_results import algorithm_of, write_heat_overlays
+
+            explainer = explainer_of(predictor)  # Grad-CAM reads the PyTorch network
+            skipped = write_heat_overlays(written, dicom_out, algorithm=algorithm_of(predictor),
+                                          heat_map=lambda path: image_heat_map(explainer, path))  # fmt: skip
+            for source, reason in skipped:
+                err.print(f"{source}: no heat-map overlay ({reason})", highlight=False)
+            drawn = sum(w.sr is not None for w in written) - len(skipped)
             out.print(f"wrote {drawn} heat-map overlay(s) (Grad-CAM of the most probable finding) to {dicom_out}/")
     try:
         grouped = predictor.grouped(table)
@@ -370,27 +378,6 @@ def predict_command(
         target = output.with_name(f"{output.stem}_{level}.csv")
         frame.to_csv(target, index=False)
         out.print(f"wrote {len(frame)} {level.rstrip('s')}-level score(s) to {target}")
-
-
-def _heat_overlays(predictor: Any, written: list[Any], folder: Path) -> int:
-    """A 2D model's heat map of each DICOM image with a report, written over it as a secondary
-    capture (``<n>_<name>_heatmap.dcm``); how many. An image that cannot have one is named, skipped."""
-    from medsight.explain import explainer_of, image_heat_map
-    from medsight.export.dicom_results import algorithm_of
-    from medsight.export.dicom_sc import write_heat_overlay
-    from medsight.io import read
-
-    explainer, algorithm, drawn = explainer_of(predictor), algorithm_of(predictor), 0
-    for result in (w for w in written if w.sr is not None):
-        try:
-            found = image_heat_map(explainer, result.input)
-            write_heat_overlay(read(result.input), found.heat, result.input,
-                               folder / result.sr.name.replace("_sr.dcm", "_heatmap.dcm"), algorithm=algorithm,
-                               title=found.title)  # fmt: skip
-            drawn += 1
-        except MedsightError as exc:  # this image cannot have one (a 3D input, unreadable since): others go on
-            err.print(f"{result.input}: no heat-map overlay ({exc})", highlight=False)
-    return drawn
 
 
 def compare_command(

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medsight.core.errors import ConfigError
-from medsight.explain.explainer import explain_files
+from medsight.core.errors import ConfigError, MedsightError
+from medsight.core.volume import Volume
+from medsight.explain.explainer import explain
 from medsight.inference import Predictor
-from medsight.io import read
+from medsight.io.inputs import read_image_input
 from medsight.transforms.image2d import map_to_image
 
 __all__ = ["HeatMap", "explainer_of", "image_heat_map"]
@@ -24,6 +25,7 @@ class HeatMap:
     target: str
     probability: float
     heat: np.ndarray  # (H, W), the image's grid
+    image: Volume  # the image, as read
 
     @property
     def title(self) -> str:
@@ -51,6 +53,12 @@ def image_heat_map(explainer: Predictor, path: str | os.PathLike[str]) -> HeatMa
         InputError: the image cannot be read or prepared (a 3D volume among them).
         ConfigError: the explainer's network cannot be explained (see :func:`explainer_of`).
     """
-    image = read(path)
-    (item,) = explain_files(explainer, [path], methods=("gradcam",), faithfulness=False, sanity=False).images
-    return HeatMap(item.target, item.probability, map_to_image(item.maps["gradcam"], image.spatial_shape[-2:]))
+    image = read_image_input(path)
+    try:
+        prepared = explainer.task.input_array(image, explainer.preprocess)
+    except MedsightError as exc:
+        raise type(exc)(f"{path}: {exc}") from exc
+    (item,) = explain(explainer, [prepared], [str(path)], methods=("gradcam",), faithfulness=False,
+                      sanity=False).images  # fmt: skip
+    heat = map_to_image(item.maps["gradcam"], image.spatial_shape[-2:])
+    return HeatMap(item.target, item.probability, heat, image)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,11 @@ from typing import Any
 import numpy as np
 
 from medsight.core.errors import ConfigError, InputError, MedsightError
-from medsight.export.dicom_sc import write_overlay
+from medsight.export.dicom_sc import write_heat_overlay, write_overlay
 from medsight.export.dicom_seg import Algorithm, source_headers, write_fractional_segmentation, write_segmentation
 from medsight.export.dicom_sr import write_measurement_report
 
-__all__ = ["DicomResults", "algorithm_of", "write_dicom_results"]
+__all__ = ["DicomResults", "algorithm_of", "write_dicom_results", "write_heat_overlays"]
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +118,21 @@ def write_dicom_results(
             continue
         done.append(DicomResults(source, seg, sr, reason, sc))
     return done
+
+
+def write_heat_overlays(written: Sequence[DicomResults], folder: str | os.PathLike[str], *, algorithm: Algorithm,
+                        heat_map: Callable[[str], Any]) -> list[tuple[str, str]]:  # fmt: skip
+    """A heat map over each DICOM input that got a report, as a secondary capture beside it
+    (``<n>_<name>_heatmap.dcm``); ``heat_map(input)`` gives its ``image``, ``heat`` (on the image's
+    grid) and ``title`` (e.g. :func:`medsight.explain.image_heat_map`). Returns ``(input, reason)``
+    for each input that could have none; the others go on."""
+    skipped = []
+    for result in (w for w in written if w.sr is not None):
+        try:
+            found = heat_map(result.input)
+            write_heat_overlay(found.image, found.heat, result.input,
+                               Path(folder) / result.sr.name.replace("_sr.dcm", "_heatmap.dcm"),
+                               algorithm=algorithm, title=found.title)  # fmt: skip
+        except MedsightError as exc:  # this image cannot have one (a 3D input, unreadable since)
+            skipped.append((result.input, str(exc)))
+    return skipped

@@ -44,13 +44,7 @@ def overlay_rgb(plane: np.ndarray, labels: np.ndarray, classes: Sequence[tuple[i
                 window: tuple[float, float] | None = None) -> np.ndarray:  # fmt: skip
     """``plane`` (a 2D image) in ``window`` (centre, width; default its 0.5-99.5th percentiles) as
     uint8 RGB, each class of ``labels`` tinted in its colour with its outline solid."""
-    data = np.asarray(plane, np.float32)
-    if window is None:
-        finite = data[np.isfinite(data)]
-        low, high = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
-        window = ((low + high) / 2, max(float(high - low), 1e-6))
-    grey = apply_window(np.nan_to_num(data), window)
-    rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
+    rgb = _grey_rgb(plane, window)
     for index, (code, _) in enumerate(classes):
         mask = labels == code
         if not mask.any():
@@ -59,6 +53,17 @@ def overlay_rgb(plane: np.ndarray, labels: np.ndarray, classes: Sequence[tuple[i
         rgb[mask] = (1 - _TINT) * rgb[mask] + _TINT * colour
         rgb[mask & ~ndimage.binary_erosion(mask)] = colour
     return np.rint(rgb).astype(np.uint8)
+
+
+def _grey_rgb(plane: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
+    """``plane`` in ``window`` (default its 0.5-99.5th percentiles) as float RGB in 0-255."""
+    data = np.asarray(plane, np.float32)
+    if window is None:
+        finite = data[np.isfinite(data)]
+        low, high = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
+        window = ((low + high) / 2, max(float(high - low), 1e-6))
+    grey = apply_window(np.nan_to_num(data), window)
+    return np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
 
 
 def _orientation(reference: Any) -> tuple[str, str]:
@@ -116,7 +121,7 @@ def write_overlay(
 def heat_rgb(plane: np.ndarray, heat: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
     """``plane`` (a 2D image) in ``window`` (as :func:`overlay_rgb`) as uint8 RGB with ``heat`` (a map
     on its grid) over it: the positive part coloured ``inferno``, as opaque as it is strong."""
-    grey = overlay_rgb(plane, np.zeros(np.shape(plane), np.uint8), (), window).astype(np.float32)
+    grey = _grey_rgb(plane, window)
     if np.shape(heat) != np.shape(plane):
         raise InputError(f"the heat map {list(np.shape(heat))} is not on the image's grid {list(np.shape(plane))}")
     rgba = heat_rgba(np.asarray(heat)).astype(np.float32) / 255.0

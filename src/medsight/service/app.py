@@ -25,7 +25,7 @@ from medsight import __version__
 from medsight.core.errors import ConfigError, InputError, UnsupportedFormatError
 from medsight.service.config import ServeConfig
 from medsight.service.dimse import DicomListener
-from medsight.service.node import Node, upload_folder_name
+from medsight.service.node import Node
 from medsight.service.orthanc import OrthancEdge
 from medsight.service.send import Sender
 from medsight.service.ui import register_pages
@@ -260,7 +260,7 @@ def create_app(config: ServeConfig, *, node: Node | None = None, worker: bool = 
     async def submit(files: list[UploadFile] = File(...), actor: str = Depends(caller)) -> dict[str, Any]:  # noqa: B008
         """Submit DICOM files (multipart form fields named ``files``); they are grouped into studies,
         spooled and queued before this answers. A file that is not DICOM refuses the request (415)."""
-        staging = config.storage / "uploads" / upload_folder_name()  # on disk, not in memory; moved into the spool
+        staging = node.upload_folder()  # on disk, not in memory; moved into the spool
         try:
             sent = await run_in_threadpool(_stage, files, staging)
             jobs = await run_in_threadpool(node.receive, sent, actor=actor, source="http")

@@ -4,12 +4,10 @@ before the sender is told they arrived."""
 
 from __future__ import annotations
 
-import errno
 import io
 import logging
 import os
 import re
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -120,22 +118,13 @@ def _write(path: Path, data: bytes) -> None:
 
 def _place(path: Path, instance: Instance) -> None:
     """Put an instance's file at ``path``, flushed: its bytes written, or its source file (an upload
-    staged on disk) flushed and moved there (copied where it lies on another file system)."""
+    staged under the same storage) flushed and moved there."""
     if instance.source is None:
         _write(path, instance.data)
         return
     with open(instance.source, "rb") as handle:
         os.fsync(handle.fileno())
-    try:
-        os.replace(instance.source, path)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        partial = path.with_name(f".{path.name}.partial")
-        shutil.copyfile(instance.source, partial)
-        with open(partial, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
+    os.replace(instance.source, path)
 
 
 def sync_folder(folder: Path) -> None:

@@ -365,21 +365,13 @@ class Node:
         """A 2D classifier's heat map over each DICOM image with a report (``dicom_overlay``); the notes
         of those that could have none."""
         from medsight.explain import explainer_of, image_heat_map
-        from medsight.export.dicom_sc import write_heat_overlay
-        from medsight.io import read
+        from medsight.export.dicom_results import write_heat_overlays
 
         if model.explainer is None:
             model.explainer = explainer_of(model.predictor)
-        notes = []
-        for result in (w for w in written if w.sr is not None):
-            try:
-                found = image_heat_map(model.explainer, result.input)
-                write_heat_overlay(read(result.input), found.heat, result.input,
-                                   folder / result.sr.name.replace("_sr.dcm", "_heatmap.dcm"),
-                                   algorithm=model.algorithm, title=found.title)  # fmt: skip
-            except MedsightError as exc:  # this image cannot have one; its other results stand
-                notes.append(f"{Path(result.input).name}: no heat map ({exc})")
-        return notes
+        skipped = write_heat_overlays(written, folder, algorithm=model.algorithm,
+                                      heat_map=lambda path: image_heat_map(model.explainer, path))  # fmt: skip
+        return [f"{Path(source).name}: no heat map ({reason})" for source, reason in skipped]
 
     def _finish_from(self, job_id: str, result: dict, *, recovered: bool = False) -> None:
         with self._lock:
@@ -398,14 +390,15 @@ class Node:
         no longer alive, or no heartbeat for ``lease_s`` (another machine, or a hung process)."""
         if job.worker == self.worker_id:
             return False
-        if not job.worker:
-            return True
-        host, _, rest = job.worker.partition(":")
-        pid = rest.partition(":")[0]
-        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        if not job.worker or _process_gone(job.worker):
             return True
         beat = job.heartbeat_at
         return beat is None or (utcnow() - as_utc(beat)).total_seconds() > self.config.lease_s
+
+    def upload_folder(self) -> Path:
+        """A new folder for one HTTP upload, named after this instance (a later start removes it
+        once this process is gone)."""
+        return self.config.storage / "uploads" / f"{self.worker_id}-{uuid.uuid4().hex}"
 
     def recover_running(self) -> None:
         """Finish each running job whose instance is gone (:meth:`_abandoned`) from its results where
@@ -429,7 +422,7 @@ class Node:
         left for the admin)."""
         self.recover_running()
         uploads = self.config.storage / "uploads"  # HTTP uploads staged before a stop: never acknowledged
-        cut_off = [f for f in uploads.iterdir() if _upload_abandoned(f.name)] if uploads.is_dir() else []
+        cut_off = [f for f in uploads.iterdir() if _process_gone(f.name.rpartition("-")[0])] if uploads.is_dir() else []
         if cut_off:
             log.info("removing %d HTTP upload(s) cut off by a stop (never acknowledged)", len(cut_off))
             for folder in cut_off:
@@ -479,19 +472,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def upload_folder_name() -> str:
-    """A folder name for an HTTP upload staged by this process (``<host>-<pid>-<random>``): a later
-    start removes it once that process is gone."""
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
-
-
-def _upload_abandoned(name: str) -> bool:
-    """Whether a staged upload's process is gone: this machine's and no longer alive (another
-    machine's is left to it); a folder named otherwise (an older version's) is abandoned."""
-    parts = name.rsplit("-", 2)
-    if len(parts) != 3 or not parts[1].isdigit():
+def _process_gone(owner: str) -> bool:
+    """Whether the process an instance id names (``host:pid:tag``) is gone: a process of this
+    machine no longer alive, or no id at all (an older version's); another machine's is not known
+    gone (its lease says)."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if not pid.isdigit():
         return True
-    return parts[0] == socket.gethostname() and not _alive(int(parts[1]))
+    return host == socket.gethostname() and not _alive(int(pid))
 
 
 def _sop_uid(path: Path) -> str:

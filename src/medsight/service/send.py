@@ -140,23 +140,23 @@ class Sender:
             thread.join(120)
 
     def _loop(self, lane: str | None) -> None:
+        store, configured = self.node.store, list(self.node.config.destinations)
         while not self._stop.is_set():
-            try:
-                while self.send_due(lane, lane=True) and not self._stop.is_set():
+            try:  # a destination's own deliveries; None: those to destinations no longer configured
+                while not self._stop.is_set() and self._send_all(
+                    store.due(destination=lane) if lane is not None else store.due(other_than=configured)
+                ):
                     pass
             except Exception:  # the loop must outlive any one delivery
                 log.exception("sending results to %s failed", lane or "unconfigured destinations")
             self._woken[lane].wait(self.poll_s)
             self._woken[lane].clear()
 
-    def send_due(self, destination: str | None = None, *, lane: bool = False) -> int:
-        """Try every due delivery once (to ``destination`` alone where given; with ``lane`` and no
-        destination: those to destinations no longer configured); how many were tried."""
-        store = self.node.store
-        if lane and destination is None:
-            due = store.due(other_than=list(self.node.config.destinations))
-        else:
-            due = store.due(destination=destination)
+    def send_due(self, destination: str | None = None) -> int:
+        """Try every due delivery once (to ``destination`` alone where given); how many were tried."""
+        return self._send_all(self.node.store.due(destination=destination))
+
+    def _send_all(self, due: list[Any]) -> int:
         for delivery in due:
             self._send(delivery)
         return len(due)

@@ -1,11 +1,14 @@
-"""A 2D classifier package predicted without importing PyTorch: ``package.json`` read as JSON, each
-image read and prepared as training prepared it (:func:`~medsight.transforms.prepare2d.prepare_image`),
-the ONNX network run on onnxruntime, its logits turned into the task's probabilities in NumPy
-(sigmoid, softmax, or CORN's grade probabilities), temperature-scaled where the run kept
-temperatures. The rows equal ``Predictor.predict_files``'s on the onnx backend (tested)."""
+"""The torch-free runtime: a 2D classifier package predicted without importing PyTorch:
+``package.json`` read as JSON, each image read and prepared as training prepared it
+(:func:`~medsight.transforms.prepare2d.prepare_image`), the ONNX network run on onnxruntime, its
+logits turned into the task's probabilities in NumPy (sigmoid, softmax, or CORN's grade
+probabilities), temperature-scaled where the run kept temperatures. The rows equal
+``Predictor.predict_files``'s on the onnx backend (tested).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -19,15 +22,22 @@ from pydantic import ValidationError
 
 from medsight.core.errors import ConfigError, InputError, MedsightError
 from medsight.core.progress import Progress
+from medsight.inference.calibration import apply_temperatures, load_temperatures
 from medsight.io.inputs import expand_inputs, image_facts, read_image_input
 from medsight.transforms.prepare2d import Preprocess2D, prepare_image
 
-__all__ = ["RUNTIME_KINDS", "class_probabilities", "predict_images", "runs_without_torch"]
+__all__ = [
+    "RUNTIME_KINDS",
+    "class_probabilities",
+    "onnx_session",
+    "onnxruntime_available",
+    "predict_images",
+    "runs_without_torch",
+]
 
 log = logging.getLogger(__name__)
 
 RUNTIME_KINDS = ("binary", "multiclass", "multilabel", "ordinal")
-_TEMPERATURES = "temperatures.json"
 
 
 def _spec(package: Path) -> dict[str, Any]:
@@ -46,8 +56,6 @@ def _spec(package: Path) -> dict[str, Any]:
 def runs_without_torch(package: str | os.PathLike[str]) -> bool:
     """Whether the package can be predicted by this runtime: a 2D classifier (no view fusion) with an
     ONNX network, and onnxruntime installed."""
-    import importlib.util
-
     folder = Path(package)
     try:
         spec = _spec(folder)
@@ -59,7 +67,7 @@ def runs_without_torch(package: str | os.PathLike[str]) -> bool:
         and not task.get("fusion")
         and isinstance(spec.get("onnx"), str)
         and (folder / spec["onnx"]).is_file()
-        and importlib.util.find_spec("onnxruntime") is not None
+        and onnxruntime_available()
     )
 
 
@@ -90,38 +98,41 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-z.astype(np.float64)))).astype(np.float32)
 
 
-def _temperatures(package: Path, scores: pd.DataFrame) -> pd.DataFrame:
-    """``scores`` temperature-scaled as ``medsight evaluate --temperature`` fitted them, if it did."""
-    path = package / _TEMPERATURES
+def onnxruntime_available() -> bool:
+    """Whether onnxruntime can be imported here (without importing it)."""
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def onnx_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
+    """An onnxruntime CPU session of a medsight network (one input, one output), with ``threads``
+    intra-op threads (default: every core) and one inter-op thread.
+
+    Raises:
+        ConfigError: onnxruntime is not installed.
+        InputError: the file is missing, is not an ONNX network onnxruntime can load, or has other
+            than one input and one output.
+    """
+    path = Path(path)
     if not path.is_file():
-        return scores
-    from medsight.metrics.calibration import apply_temperature
-
-    try:
-        fitted = json.loads(path.read_text())["temperatures"]
-        groups = [(list(g["columns"]), bool(g["softmax"]), float(g["temperature"])) for g in fitted.values()]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path} is unreadable ({exc}); export the run again") from exc
-    out = scores.copy()
-    for columns, softmax, temperature in groups:
-        if set(columns) <= set(out.columns):
-            values = out[columns].to_numpy(np.float64)
-            scaled = apply_temperature(values if softmax else values[:, 0], temperature, softmax=softmax)
-            out[columns] = scaled if softmax else scaled[:, None]
-    return out
-
-
-def _session(path: Path, threads: int | None) -> Any:
+        raise InputError(f"{path}: no such ONNX file (export the run again with `medsight export`)")
+    if not onnxruntime_available():
+        raise ConfigError(f"{path} is run on onnxruntime, which is not installed: pip install 'medsight[export]'")
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for every kind of bad file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{path} is not an ONNX network onnxruntime can load: {first}") from exc
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise InputError(f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; "
+                         "medsight's networks have one of each")  # fmt: skip
+    log.info("loaded %s on onnxruntime %s (%d threads)", path, ort.__version__, options.intra_op_num_threads)
+    return session
 
 
 def predict_images(
@@ -155,10 +166,7 @@ def predict_images(
         preprocess = Preprocess2D(**(spec.get("preprocess") or {}))
     except ValidationError as exc:
         raise InputError(f"{folder / 'package.json'} has preprocessing this runtime does not read: {exc}") from exc
-    try:
-        session = _session(folder / spec["onnx"], threads)
-    except ImportError as exc:
-        raise ConfigError("the torch-free runtime needs onnxruntime: pip install 'medsight[export]'") from exc
+    session = onnx_session(folder / spec["onnx"], threads)
     name = session.get_inputs()[0].name
     classes = [str(c) for c in task.get("classes") or []]
     paths = expand_inputs(inputs)
@@ -180,6 +188,8 @@ def predict_images(
     p = np.concatenate(probabilities)
     scores = pd.DataFrame({"prob": p}) if kind == "binary" else pd.DataFrame(
         {f"prob_{c}": p[:, k] for k, c in enumerate(classes)})  # fmt: skip
-    scores = _temperatures(folder, scores)
+    temperatures = load_temperatures(folder)
+    if temperatures:  # fitted by `medsight evaluate --temperature`: as the PyTorch-side predictor applies them
+        scores = apply_temperatures(scores, temperatures)
     log.info("predicted %d image(s) with %s on onnxruntime, without PyTorch", len(paths), folder)
     return pd.concat([pd.DataFrame(cases), scores], axis=1)
