@@ -37,8 +37,8 @@ from medsight.engine.fit import fit
 from medsight.engine.recipe import load_recipe
 from medsight.export import export_package
 from medsight.inference import Predictor
-from medsight.io import write
 from medsight.inference.runtime import predict_images
+from medsight.io import write
 
 _OLD_WAY = """
 import sys

@@ -23,8 +23,8 @@ from medsight.core import Volume, VolumeMetadata
 from medsight.core.errors import ConfigError, InputError
 from medsight.export import export_package
 from medsight.inference import Predictor
-from medsight.io import read, write_dicom_image
 from medsight.inference.runtime import class_probabilities, predict_images, runs_without_torch
+from medsight.io import read, write_dicom_image
 from medsight.tasks.classification import ClassificationTask
 from tests.export.runs import trained
 
