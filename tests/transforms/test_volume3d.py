@@ -70,3 +70,35 @@ def test_findings_smaller_than_a_coarse_voxel_keep_one():
     np.testing.assert_array_equal(kept.label == 2, plain.label == 2)
     same = preprocess_case(image, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), label=label, crop="none", keep_regions=True)
     np.testing.assert_array_equal(same.label, label)
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        ((2, 7, 9, 11), (20, 5, 30)),
+        ((1, 40, 33, 17), (13, 66, 17)),
+        ((3, 1, 5, 6), (4, 1, 12)),
+        ((1, 6, 6, 6), (6, 6, 6)),
+    ],
+)
+def test_resampling_equals_pytorch_interpolate(source, target):
+    """The NumPy resampling (prediction runs it without PyTorch) against PyTorch's own interpolation:
+    trilinear with align_corners=False for intensities, nearest-exact for label maps."""
+    torch = pytest.importorskip("torch")
+    from medsight.transforms.volume3d import resample
+
+    rng = np.random.default_rng(sum(source))
+    image = rng.normal(size=source).astype(np.float32) * 100
+    kept = image.copy()
+    reference = torch.nn.functional.interpolate(torch.from_numpy(image)[None], size=target, mode="trilinear",
+                                                align_corners=False)[0].numpy()  # fmt: skip
+    got = resample(image, target)
+    assert got.dtype == np.float32 and got.shape == (source[0], *target)
+    np.testing.assert_allclose(got, reference, atol=2e-3, rtol=1e-5)
+    labels = rng.integers(0, 5, size=source).astype(np.uint8)
+    nearest = torch.nn.functional.interpolate(torch.from_numpy(labels)[None].float(), size=target,
+                                              mode="nearest-exact")[0].numpy().astype(np.uint8)  # fmt: skip
+    painted = resample(labels, target, labels=True)
+    assert painted.dtype == np.uint8
+    np.testing.assert_array_equal(painted, nearest)
+    np.testing.assert_array_equal(image, kept)  # the input is left as it was

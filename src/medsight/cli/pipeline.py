@@ -235,7 +235,9 @@ def predict_command(
     backend: Annotated[
         str,
         typer.Option(
-            "--backend", help="auto (onnxruntime for a package's 2D or table ONNX network, else PyTorch), torch, onnx."
+            "--backend",
+            help="auto (onnxruntime for a package's 2D or table ONNX network, and for its 3D one where PyTorch is "
+            "not installed; else PyTorch), torch, onnx.",
         ),
     ] = "auto",
     dicom_out: Annotated[
@@ -284,7 +286,7 @@ def predict_command(
     With ``--data``, a manifest's cases are predicted instead (cardiac models add ``<out>_function.csv``:
     volumes, EF and LV mass per case, to join to the manifest as features of a risk model)."""
     from medsight.data.manifest import Manifest
-    from medsight.inference.runtime import predict_images, runs_without_torch
+    from medsight.inference.runtime import predict_package, runs_without_torch
     from medsight.io.atomic import check_writable
 
     if bool(inputs) == (data is not None):
@@ -294,12 +296,15 @@ def predict_command(
     check_writable(output, option="--out")  # before any work: a bad --out must not waste the predictions
     plain = not (data or uncertainty or ensemble or dicom_out or dicom_overlay or ray or ray_address or workers
                  or dicom_seg != "binary")  # fmt: skip
-    if plain and backend in ("auto", "onnx") and precision in ("auto", "fp32") and runs_without_torch(run):
-        # a 2D classifier package on onnxruntime: no PyTorch import (the same rows; starts in a fraction)
+    masks = output.with_name(f"{output.stem}_masks")  # label maps, for models that make them
+    if plain and precision in ("auto", "fp32") and runs_without_torch(run, backend=backend):
+        # a 2D classifier or 3D segmenter package on onnxruntime: no PyTorch import (the same rows)
         with progress_bar() as progress:
-            table = predict_images(run, inputs or [], slice_index=slice_index, progress=progress)
+            table = predict_package(run, inputs or [], masks=masks, slice_index=slice_index, progress=progress)
         table.to_csv(output, index=False)
         out.print(f"wrote {len(table)} prediction(s) to {output}")
+        if "output" in table:
+            out.print(f"wrote {len(table)} label map(s) on the inputs' grids to {masks}/")
         return
     from medsight.inference import Predictor
 
@@ -326,7 +331,6 @@ def predict_command(
                           "is for segmentation models")  # fmt: skip
     if (ray_address is not None or workers is not None) and not ray:
         raise typer.BadParameter("--ray-address and --workers spread the work over Ray: give --ray too")
-    masks = output.with_name(f"{output.stem}_masks")  # label maps, for models that make them
     with progress_bar() as progress:
         if ray:
             from medsight.inference.distributed import predict_on_ray

@@ -25,7 +25,7 @@ from medsight.core.progress import Progress
 from medsight.data.manifest import Manifest
 from medsight.data.reading import read_case_image
 from medsight.io.atomic import atomic_dir
-from medsight.transforms.image2d import Preprocess2D, prepare_image
+from medsight.transforms.prepare2d import Preprocess2D, prepare_image
 
 __all__ = ["ImageCache", "build_image_cache", "cache_key", "default_cache_dir", "reuse"]
 

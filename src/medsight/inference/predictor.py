@@ -26,51 +26,18 @@ from medsight.core.hardware import cpu_class, native_bf16
 from medsight.core.progress import Progress
 from medsight.core.volume import Volume
 from medsight.data.cache import default_cache_dir
-from medsight.data.cases import stack_channels
 from medsight.data.join import read_table
 from medsight.data.manifest import Manifest
 from medsight.inference.calibration import apply_temperatures, load_temperatures
+from medsight.inference.runtime import check_recorded, input_groups, read_input, write_map
 from medsight.inference.uncertainty import Uncertainty, combine, sampled_models, spreads, training_augmentation
-from medsight.io import write
-from medsight.io.atomic import file_sha256, full_suffix
-from medsight.io.inputs import expand_inputs, image_facts, read_image_input
+from medsight.io.inputs import expand_inputs, image_facts
 from medsight.models import load_checkpoint
 from medsight.tasks import ModelPackage, Prediction, Task, TaskData
 
 __all__ = ["Predictor", "expand_inputs", "image_facts", "read_input"]
 
 log = logging.getLogger(__name__)
-
-
-def read_input(name: Path, files: Sequence[Path]) -> Volume:
-    """One input: a file, or the channel files of a case stacked in order (they must share a grid)."""
-    volumes = []
-    for path in files:
-        try:
-            volumes.append(read_image_input(path))
-        except MedsightError as exc:
-            raise type(exc)(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from exc
-    return stack_channels(volumes, [p.name for p in files], str(name))
-
-
-_MAP_SUFFIXES = {".nii": ".nii.gz", ".nii.gz": ".nii.gz", ".nrrd": ".nrrd", ".mha": ".mha", ".mhd": ".mha"}
-
-
-def _write_map(label: Volume, source: Path, volume: Volume, masks: str | os.PathLike[str] | None,
-               kind: str = "seg") -> Path:  # fmt: skip
-    """Write a label map (``kind`` seg; or prob, probability maps) beside the others in ``masks``:
-    NIfTI, NRRD or MHA as the input was, NIfTI for DICOM, named after the input, on the input's
-    exact grid."""
-    if masks is None:
-        raise InputError("this model writes label maps: give a folder for them (masks=, or --out of `predict`)")
-    if label.spatial_shape != volume.spatial_shape or not label.geometry.isclose(volume.geometry):
-        raise MedsightError(f"{source}: the label map is not on the input's grid (a bug; please report it)")
-    suffix = "" if source.is_dir() else full_suffix(source)
-    name = source.name.removesuffix(suffix) if suffix else source.name
-    folder = Path(masks)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{name}_{kind}{_MAP_SUFFIXES.get(suffix.lower(), '.nii.gz')}"
-    return write(label, target, overwrite=True)
 
 
 Precision = Literal["auto", "fp32", "bf16"]
@@ -106,24 +73,6 @@ def _precision(precision: str, task: Task, run_dir: Path) -> torch.dtype | None:
     except (OSError, ValueError):
         trained = ""
     return torch.bfloat16 if str(trained).startswith("bf16") else None
-
-
-def check_recorded(folder: Path, name: str) -> None:
-    """Refuse a file of an exported package that no longer matches the SHA-256 its ``export.json``
-    recorded (damaged, or changed after export); files of a run, which records none, pass.
-
-    Raises:
-        InputError: the checksum differs (the file is named, with the fix).
-    """
-    try:
-        recorded = json.loads((folder / "export.json").read_text()).get("files", {}).get(name)
-    except (OSError, ValueError, AttributeError):
-        return
-    if not recorded or not (folder / name).is_file():
-        return
-    if file_sha256(folder / name) != recorded:
-        raise InputError(f"{folder / name} does not match the checksum its package recorded at export (damaged or "
-                         "changed since): export the run again, or copy the package anew")  # fmt: skip
 
 
 def _preprocessing(package: ModelPackage, run_dir: Path) -> BaseModel:
@@ -383,10 +332,10 @@ class Predictor:
             for i, (path, volume) in enumerate(zip(chunk, volumes, strict=True)):
                 row = {"input": str(path), **image_facts(volume)}
                 if maps is not None:
-                    row["output"] = str(_write_map(maps[i], path, volume, masks))
+                    row["output"] = str(write_map(maps[i], path, volume, masks))
                 if kept:
                     found = kept[i]
-                    row["probabilities"] = "" if found is None else str(_write_map(found, path, volume, masks, "prob"))
+                    row["probabilities"] = "" if found is None else str(write_map(found, path, volume, masks, "prob"))
                 cases.append(row)
             scores.append(chunk_scores)
             if progress is not None:
@@ -421,18 +370,8 @@ class Predictor:
         """Each input to predict on, with the files it is read from: a case folder holding the
         model's channels (``*_t1.nii.gz``, ``*_flair.nii.gz``...) is one input of those files; other
         folders are expanded (:func:`expand_inputs`)."""
-        groups: dict[Path, list[Path]] = {}
-        rest: list[str | os.PathLike[str]] = []
-        for item in inputs:
-            folder = Path(item)
-            files = self.task.case_files(folder, self.preprocess) if folder.is_dir() else None
-            if files:
-                groups[folder] = files
-            else:
-                rest.append(item)
-        if rest:
-            groups.update({p: [p] for p in expand_inputs(rest, volumes=self.task.spatial_dims == 3)})
-        return groups
+        return input_groups(inputs, lambda folder: self.task.case_files(folder, self.preprocess),
+                            volumes=self.task.spatial_dims == 3)  # fmt: skip
 
     def grouped(self, table: pd.DataFrame) -> dict[str, pd.DataFrame]:
         """Per-input predictions combined to higher levels as the task does in evaluation (e.g.

@@ -1,9 +1,13 @@
-"""The torch-free runtime: a 2D classifier package predicted without importing PyTorch:
-``package.json`` read as JSON, each image read and prepared as training prepared it
-(:func:`~medsight.transforms.prepare2d.prepare_image`), the ONNX network run on onnxruntime, its
-logits turned into the task's probabilities in NumPy (sigmoid, softmax, or CORN's grade
-probabilities), temperature-scaled where the run kept temperatures. The rows equal
-``Predictor.predict_files``'s on the onnx backend (tested).
+"""The torch-free runtime: a model package predicted without importing PyTorch.
+
+``package.json`` is read as JSON and the ONNX network run on onnxruntime. A 2D classifier: each
+image read and prepared as training prepared it (:func:`~medsight.transforms.prepare2d.prepare_image`),
+its logits turned into the task's probabilities in NumPy (sigmoid, softmax, or CORN's grade
+probabilities), temperature-scaled where the run kept temperatures. A 3D segmenter: each volume
+(or case folder of channels) cropped, resampled and normalised as its plan says, predicted by
+Gaussian-weighted sliding windows (:func:`~medsight.inference.window.sliding_window`), turned into
+label codes, postprocessed and resampled back onto its own grid (:class:`~medsight.tasks.labelmaps.LabelMaps`),
+its label map written beside the others. The rows equal ``Predictor.predict_files``'s (tested).
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ import importlib.util
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -22,17 +26,31 @@ from pydantic import ValidationError
 
 from medsight.core.errors import ConfigError, InputError, MedsightError
 from medsight.core.progress import Progress
+from medsight.core.volume import Volume
 from medsight.inference.calibration import apply_temperatures, load_temperatures
+from medsight.io import write
+from medsight.io.atomic import file_sha256, full_suffix
 from medsight.io.inputs import expand_inputs, image_facts, read_image_input
 from medsight.transforms.prepare2d import Preprocess2D, prepare_image
 
+if TYPE_CHECKING:  # 3D pieces are imported where used: a 2D classifier's process starts without them
+    from medsight.planning import Plan
+    from medsight.tasks.labelmaps import LabelMaps
+
 __all__ = [
     "RUNTIME_KINDS",
+    "check_recorded",
     "class_probabilities",
+    "input_groups",
     "onnx_session",
     "onnxruntime_available",
     "predict_images",
+    "predict_package",
+    "predict_volumes",
+    "read_input",
     "runs_without_torch",
+    "torch_available",
+    "write_map",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,22 +71,51 @@ def _spec(package: Path) -> dict[str, Any]:
     return spec
 
 
-def runs_without_torch(package: str | os.PathLike[str]) -> bool:
-    """Whether the package can be predicted by this runtime: a 2D classifier (no view fusion) with an
-    ONNX network, and onnxruntime installed."""
+def runs_without_torch(package: str | os.PathLike[str], *, backend: str = "auto") -> bool:
+    """Whether ``medsight predict`` runs the package here (:func:`predict_package`) with the given
+    ``backend``: one with an ONNX network, onnxruntime installed, and either a 2D classifier (no
+    view fusion; backend auto or onnx: onnxruntime beats eager PyTorch for 2D CNNs) or a 3D
+    segmenter (backend onnx, or auto where PyTorch is not installed: with it, bf16 sliding windows
+    are faster)."""
     folder = Path(package)
     try:
         spec = _spec(folder)
     except InputError:
         return False
     task = spec.get("task") or {}
-    return (
-        task.get("kind") in RUNTIME_KINDS
-        and not task.get("fusion")
-        and isinstance(spec.get("onnx"), str)
-        and (folder / spec["onnx"]).is_file()
-        and onnxruntime_available()
-    )
+    if not (isinstance(spec.get("onnx"), str) and (folder / spec["onnx"]).is_file() and onnxruntime_available()):
+        return False
+    if task.get("kind") in RUNTIME_KINDS and not task.get("fusion"):
+        return backend in ("auto", "onnx")
+    if task.get("kind") == "segmentation":
+        return backend == "onnx" or (backend == "auto" and not torch_available())
+    return False
+
+
+def torch_available() -> bool:
+    """Whether PyTorch can be imported here (without importing it)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a finder that refuses it
+        return False
+
+
+def check_recorded(folder: Path, name: str) -> None:
+    """Refuse a file of an exported package that no longer matches the SHA-256 its ``export.json``
+    recorded (damaged, or changed after export); files of a run, which records none, pass.
+
+    Raises:
+        InputError: the checksum differs (the file is named, with the fix).
+    """
+    try:
+        recorded = json.loads((folder / "export.json").read_text()).get("files", {}).get(name)
+    except (OSError, ValueError, AttributeError):
+        return
+    if not recorded or not (folder / name).is_file():
+        return
+    if file_sha256(folder / name) != recorded:
+        raise InputError(f"{folder / name} does not match the checksum its package recorded at export (damaged or "
+                         "changed since): export the run again, or copy the package anew")  # fmt: skip
 
 
 def class_probabilities(kind: str, logits: np.ndarray) -> np.ndarray:
@@ -166,6 +213,7 @@ def predict_images(
         preprocess = Preprocess2D(**(spec.get("preprocess") or {}))
     except ValidationError as exc:
         raise InputError(f"{folder / 'package.json'} has preprocessing this runtime does not read: {exc}") from exc
+    check_recorded(folder, spec["onnx"])
     session = onnx_session(folder / spec["onnx"], threads)
     name = session.get_inputs()[0].name
     classes = [str(c) for c in task.get("classes") or []]
@@ -193,3 +241,164 @@ def predict_images(
         scores = apply_temperatures(scores, temperatures)
     log.info("predicted %d image(s) with %s on onnxruntime, without PyTorch", len(paths), folder)
     return pd.concat([pd.DataFrame(cases), scores], axis=1)
+
+
+def read_input(name: Path, files: Sequence[Path]) -> Volume:
+    """One input: a file, or the channel files of a case stacked in order (they must share a grid)."""
+    from medsight.data.cases import stack_channels
+
+    volumes = []
+    for path in files:
+        try:
+            volumes.append(read_image_input(path))
+        except MedsightError as exc:
+            raise type(exc)(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from exc
+    return stack_channels(volumes, [p.name for p in files], str(name))
+
+
+_MAP_SUFFIXES = {".nii": ".nii.gz", ".nii.gz": ".nii.gz", ".nrrd": ".nrrd", ".mha": ".mha", ".mhd": ".mha"}
+
+
+def write_map(label: Volume, source: Path, volume: Volume, masks: str | os.PathLike[str] | None,
+              kind: str = "seg") -> Path:  # fmt: skip
+    """Write a label map (``kind`` seg; or prob, probability maps) beside the others in ``masks``:
+    NIfTI, NRRD or MHA as the input was, NIfTI for DICOM, named after the input, on the input's
+    exact grid."""
+    if masks is None:
+        raise InputError("this model writes label maps: give a folder for them (masks=, or --out of `predict`)")
+    if label.spatial_shape != volume.spatial_shape or not label.geometry.isclose(volume.geometry):
+        raise MedsightError(f"{source}: the label map is not on the input's grid (a bug; please report it)")
+    suffix = "" if source.is_dir() else full_suffix(source)
+    name = source.name.removesuffix(suffix) if suffix else source.name
+    folder = Path(masks)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}_{kind}{_MAP_SUFFIXES.get(suffix.lower(), '.nii.gz')}"
+    return write(label, target, overwrite=True)
+
+
+def input_groups(
+    inputs: Sequence[str | os.PathLike[str]],
+    case_files: Callable[[Path], list[Path] | None],
+    *,
+    volumes: bool = False,
+) -> dict[Path, list[Path]]:
+    """Each input to predict on, with the files it is read from: a folder for which ``case_files``
+    names files (a case folder holding a model's channels, ``*_t1.nii.gz``, ``*_flair.nii.gz``...)
+    is one input of those files; other folders are expanded (:func:`expand_inputs`; ``volumes``: a
+    DICOM series folder is one input)."""
+    groups: dict[Path, list[Path]] = {}
+    rest: list[str | os.PathLike[str]] = []
+    for item in inputs:
+        folder = Path(item)
+        files = case_files(folder) if folder.is_dir() else None
+        if files:
+            groups[folder] = files
+        else:
+            rest.append(item)
+    if rest:
+        groups.update({p: [p] for p in expand_inputs(rest, volumes=volumes)})
+    return groups
+
+
+def _segmenter(folder: Path, spec: dict[str, Any]) -> tuple[LabelMaps, Plan]:
+    from medsight.planning import Plan
+    from medsight.tasks.labelmaps import LabelMaps, SegmentationSpec
+
+    task = spec.get("task") or {}
+    if task.get("kind") != "segmentation":
+        raise ConfigError(f"{folder} is a {task.get('kind')!r} model; the torch-free runtime predicts 3D volumes with "
+                          "segmentation models: predict it with PyTorch installed")  # fmt: skip
+    if not isinstance(spec.get("onnx"), str) or not (folder / spec["onnx"]).is_file():
+        raise ConfigError(f"{folder} has no ONNX network; export it with `medsight export RUN --format onnx`")
+    try:
+        return LabelMaps(SegmentationSpec.model_validate(task)), Plan.model_validate(spec.get("preprocess") or {})
+    except ValidationError as exc:
+        raise InputError(f"{folder / 'package.json'} has a task or plan this version does not read: "
+                         f"{' '.join(str(exc).split())[:300]}") from exc  # fmt: skip
+
+
+def predict_volumes(
+    package: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    masks: str | os.PathLike[str],
+    probabilities: bool = False,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
+    """One row per 3D input of a segmentation package (a volume file, a DICOM series folder, or a case
+    folder holding one file per channel the model reads): ``input``, its DICOM facts where it has
+    them, the label map written to ``masks`` on the input's own grid (``output``), and each
+    structure's volume in ml (a cardiac model given a cine: its function). With ``probabilities``,
+    each structure's probability map too (``<name>_prob``, uint8, 255 = 1; column ``probabilities``).
+
+    Raises:
+        InputError: not a package, an input missing or unreadable or of the wrong shape (named), an
+            ONNX network that does not load or was changed since export.
+        ConfigError: the package is not a segmentation model with an ONNX network, or onnxruntime is
+            not installed.
+    """
+    from medsight.inference.window import sliding_window
+    from medsight.tasks.labelmaps import channel_files
+
+    folder = Path(package)
+    spec = _spec(folder)
+    maps, plan = _segmenter(folder, spec)
+    check_recorded(folder, spec["onnx"])
+    session = onnx_session(folder / spec["onnx"], threads)
+    name = session.get_inputs()[0].name
+
+    def network(patches: np.ndarray) -> np.ndarray:
+        (out,) = session.run(None, {name: patches})
+        return out
+
+    def window(image: np.ndarray) -> np.ndarray:
+        return sliding_window(network, image, plan.patch_size, batch_size=plan.batch_size,
+                              overlap=maps.spec.overlap, mirror=maps.spec.mirror)  # fmt: skip
+
+    groups = input_groups(inputs, lambda f: channel_files(f, plan), volumes=True)
+    if not groups:
+        raise InputError("no inputs to predict on")
+    cases, rows = [], []
+    for done, (path, files) in enumerate(groups.items(), start=1):
+        volume = read_input(path, files)
+        try:
+            figures, labels, found = maps.segment(volume, plan, window, probabilities=probabilities)
+        except MedsightError as exc:
+            raise type(exc)(f"{path.name}: {exc}") from exc
+        case = {"input": str(path), **image_facts(volume), "output": str(write_map(labels, path, volume, masks))}
+        if probabilities:
+            case["probabilities"] = "" if found is None else str(write_map(found, path, volume, masks, "prob"))
+        cases.append(case)
+        rows.append(figures)
+        if progress is not None:
+            progress("predicting", done, len(groups))
+    log.info("segmented %d input(s) with %s on onnxruntime, without PyTorch", len(groups), folder)
+    return pd.concat([pd.DataFrame(cases), pd.DataFrame(rows)], axis=1)
+
+
+def predict_package(
+    package: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    masks: str | os.PathLike[str],
+    slice_index: int | None = None,
+    probabilities: bool = False,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
+    """The package's rows for the inputs, without PyTorch: :func:`predict_images` for a 2D
+    classifier, :func:`predict_volumes` (label maps into ``masks``) for a 3D segmenter.
+
+    Raises:
+        ConfigError: a model the runtime does not predict (see :func:`runs_without_torch`), or
+            ``probabilities`` asked of a classifier.
+    """
+    folder = Path(package)
+    if (_spec(folder).get("task") or {}).get("kind") == "segmentation":
+        return predict_volumes(folder, inputs, masks=masks, probabilities=probabilities, threads=threads,
+                               progress=progress)  # fmt: skip
+    if probabilities:
+        raise ConfigError("a classifier makes no probability maps (a fractional DICOM SEG is written for "
+                          "segmentation models)")  # fmt: skip
+    return predict_images(folder, inputs, slice_index=slice_index, threads=threads, progress=progress)

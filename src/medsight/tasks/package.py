@@ -14,9 +14,6 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-import medsight.tasks.classification
-import medsight.tasks.risk
-import medsight.tasks.segmentation  # noqa: F401 - the task modules register themselves before the union is built
 from medsight.core.errors import InputError
 from medsight.io.atomic import atomic_file
 from medsight.models.registry import ModelChoice
@@ -31,7 +28,7 @@ FORMAT_VERSION = 1
 def _task_spec_annotation() -> Any:
     """The recipe ``task`` section of every registered task, told apart by ``kind``.
 
-    Every task module is imported (and so registered) above.
+    The built-in task modules are imported (and so registered) first.
     """
     types = task_spec_types()
     if len(types) == 1:

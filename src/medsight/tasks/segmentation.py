@@ -13,20 +13,19 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from scipy import ndimage
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 from torch.utils.data import Dataset
 
 from medsight.core.errors import ConfigError, InputError
 from medsight.core.progress import Progress
-from medsight.core.volume import Volume, VolumeMetadata
+from medsight.core.volume import Volume
 from medsight.data.cases import fingerprint_manifest, pairings, read_case
 from medsight.data.manifest import Manifest
 from medsight.data.patches import PatchDataset, ValidationPatches
@@ -38,6 +37,14 @@ from medsight.metrics.segmentation import dice, lesion_wise, surface_scores
 from medsight.models.registry import ModelChoice
 from medsight.planning import Plan, make_plan, read_plan
 from medsight.tasks.base import Task, TaskData, Training, VolumeView, as_model, register_task
+from medsight.tasks.labelmaps import (
+    CardiacSpec,
+    LabelMaps,
+    SegmentationSpec,
+    channel_files,
+    cine_function,
+    ventricular_function,
+)
 from medsight.tasks.results import Estimate, Prediction
 from medsight.transforms.batch3d import BatchAugmenter3D
 from medsight.transforms.volume3d import restore
@@ -54,78 +61,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class CardiacSpec(BaseModel):
-    """Cardiac function from end-diastole and end-systole label maps.
-
-    Attributes:
-        lv, rv, myo: The label names of the left and right ventricular cavities and the myocardium.
-        ed, es: The manifest's label columns of the two phases (ACDC and M&Ms: ``label_ed``, ``label_es``).
-        density: Myocardial density in g/ml (LV mass = myocardial volume at ED x density).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    lv: str = "LV"
-    rv: str = "RV"
-    myo: str = "MYO"
-    ed: str = "label_ed"
-    es: str = "label_es"
-    density: float = Field(1.05, gt=0)
-
-
-class SegmentationSpec(BaseModel):
-    """A segmentation recipe's ``task`` section.
-
-    Attributes:
-        labels: Class name -> its code in the label maps (background is 0).
-        regions: Region name -> the label codes it unites; when given, the network learns one
-            sigmoid per region (overlapping structures such as BraTS WT/TC/ET) and predictions are
-            painted back to label codes from the largest region to the smallest.
-        tolerance_mm: Normalised surface Dice tolerance.
-        lesion_wise: Also report BraTS lesion-wise Dice and HD95 per structure.
-        overlap: Sliding-window overlap at prediction.
-        mirror: Test-time augmentation by mirroring along every axis (8 passes).
-        cardiac: Also measure cardiac function (volumes, ejection fractions, LV mass) from each
-            case's end-diastole and end-systole images, and score it against the reference.
-        ignore: A label code marking voxels that are neither background nor a structure (unsure
-            or unannotated regions, LUNA16's excluded findings): no loss, Dice or evaluation
-            figure counts them, and no patch is centred on them (nnU-Net's ignore label).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["segmentation"]
-    labels: dict[str, int]
-    regions: dict[str, list[int]] | None = None
-    tolerance_mm: float = Field(2.0, ge=0)
-    lesion_wise: bool = False
-    overlap: float = Field(0.5, ge=0, lt=1)
-    mirror: bool = False
-    cardiac: CardiacSpec | None = None
-    ignore: int | None = None
-
-    @model_validator(mode="after")
-    def _codes(self) -> SegmentationSpec:
-        codes = list(self.labels.values())
-        if not codes:
-            raise ValueError("labels must name at least one class (name: code)")
-        if any(c <= 0 or c > 255 for c in codes) or len(set(codes)) != len(codes):
-            raise ValueError(f"label codes must be distinct whole numbers 1..255 (0 is background), got {codes}")
-        if self.ignore is not None and (self.ignore in codes or not 0 < self.ignore <= 255 or len(codes) > 250):
-            raise ValueError(f"ignore must be a code 1..255 that is no class's (the classes are {codes}), "
-                             f"got {self.ignore}")  # fmt: skip
-        if self.regions is not None:
-            for name, members in self.regions.items():
-                unknown = sorted(set(members) - set(codes))
-                if not members or unknown:
-                    raise ValueError(f"region {name!r} must unite label codes among {codes}; unknown: {unknown}")
-            _paint_order(self.regions)  # every region must have a code of its own to paint
-        if self.cardiac is not None:
-            missing = [n for n in (self.cardiac.lv, self.cardiac.rv, self.cardiac.myo) if n not in self.labels]
-            if missing or self.regions is not None:
-                raise ValueError(f"cardiac function reads the labels {missing or ''} (as labels, not regions); "
-                                 f"the labels are {list(self.labels)}")  # fmt: skip
-        return self
 
 
 class PlanRequest(BaseModel):
@@ -145,23 +80,6 @@ class PlanRequest(BaseModel):
     modality: str | None = None
     base_filters: int = Field(32, ge=1)
     overrides: dict[str, Any] = {}
-
-
-def _paint_order(regions: Mapping[str, Sequence[int]]) -> list[tuple[str, int]]:
-    """Regions from the largest to the smallest, each with the label code it paints (the one code it
-    holds that no smaller region holds)."""
-    ordered = sorted(regions.items(), key=lambda item: -len(set(item[1])))
-    painted = []
-    for i, (name, members) in enumerate(ordered):
-        later = {c for _, m in ordered[i + 1 :] for c in m}
-        own = sorted(set(members) - later)
-        if len(own) != 1:
-            raise ValueError(
-                f"region {name!r} {sorted(set(members))} must hold exactly one label code that no smaller region "
-                f"holds (to paint predictions back to labels); it holds {own}"
-            )
-        painted.append((name, own[0]))
-    return painted
 
 
 def supervised_heads(
@@ -217,11 +135,10 @@ class SegmentationTask(Task):
 
     def __init__(self, spec: SegmentationSpec) -> None:
         self._spec = spec
-        self.codes = tuple(spec.labels.values())
-        self.painting = _paint_order(spec.regions) if spec.regions else []
+        self.maps = LabelMaps(spec)  # outputs -> label maps and figures, shared with the torch-free runtime
+        self.codes, self.painting = self.maps.codes, self.maps.painting
         # the structures that are learnt, scored and reported: regions, else the labels
-        self.structures = list(spec.regions) if spec.regions else list(spec.labels)
-        self.regions = spec.regions is not None
+        self.structures, self.regions = self.maps.structures, self.maps.regions
 
     @property
     def spec(self) -> SegmentationSpec:
@@ -468,39 +385,16 @@ class SegmentationTask(Task):
 
     def _on_source(self, logits: torch.Tensor, case: Any) -> tuple[np.ndarray, np.ndarray]:
         """Label codes on the source grid before any postprocessing, and each structure's
-        probability there (``(S, Z, Y, X)`` float32, in the order of :meth:`probability_structures`)."""
-        if self.regions:
-            back = restore(torch.sigmoid(logits).numpy(), case)
-            labels = np.zeros(back.shape[1:], np.uint8)
-            for name, code in self.painting:
-                labels[back[self.structures.index(name)] > 0.5] = code
-            return labels, back
-        probs = torch.softmax(logits, dim=0).numpy()
-        background = np.zeros(len(probs), np.float32)
-        background[0] = 1.0
-        back = restore(probs, case, background=background)
-        return np.array([0, *self.codes], np.uint8)[back.argmax(axis=0)], back[1:]
+        probability there (:meth:`LabelMaps.on_source`)."""
+        return self.maps.on_source(logits.float().numpy(), case)
 
     def probability_structures(self) -> tuple[str, ...]:
         """The regions where the recipe names them, else the labels: one probability map each."""
         return tuple(self.structures)
 
     def postprocess(self, labels: np.ndarray, plan: Plan, spacing: Sequence[float] | None = None) -> np.ndarray:
-        """Each structure the plan's ``keep_largest`` names (a label code, or a label or region name)
-        keeps only its largest component (the rest becomes background); with the source
-        ``spacing``, foreground regions smaller than the plan's ``min_component_ml`` are removed."""
-        for item in plan.keep_largest:
-            labels = _keep_largest(labels, self._mask_of(labels, item))
-        if spacing is not None and plan.min_component_ml > 0:
-            labels = _drop_small(labels, plan.min_component_ml / (float(np.prod(spacing)) / 1000.0))
-        return labels
-
-    def _mask_of(self, labels: np.ndarray, item: int | str) -> np.ndarray:
-        if isinstance(item, str):
-            if item not in self.structures:
-                raise ConfigError(f"the plan's keep_largest names {item!r}, which is none of {self.structures}")
-            return self.structure_masks(labels)[item]
-        return labels == item
+        """The plan's postprocessing (:meth:`LabelMaps.postprocess`)."""
+        return self.maps.postprocess(labels, plan, spacing)
 
     def settle(
         self, model: nn.Module, data: TaskData, indices: np.ndarray, *, progress: Progress | None = None
@@ -551,9 +445,7 @@ class SegmentationTask(Task):
 
     def structure_masks(self, labels: np.ndarray) -> dict[str, np.ndarray]:
         """Per structure, its mask in a label map of codes."""
-        if self.regions:
-            return {n: np.isin(labels, self.spec.regions[n]) for n in self.structures}  # type: ignore[index]
-        return {n: labels == self.spec.labels[n] for n in self.structures}
+        return self.maps.masks(labels)
 
     def predict_split(
         self, model: nn.Module, data: TaskData, indices: np.ndarray, *, batch_size: int = 64
@@ -621,40 +513,18 @@ class SegmentationTask(Task):
         plan = preprocess if isinstance(preprocess, Plan) else None
         if plan is None:
             raise ConfigError("the model package holds no plan; train it again")
+        model = model.eval()
+
+        def window(image: np.ndarray) -> np.ndarray:
+            return sliding_window(model, image, plan, overlap=self.spec.overlap, mirror=self.spec.mirror).numpy()
+
         rows, maps = [], []
         for volume in volumes:
-            if volume.is_2d:
-                raise InputError("the model segments 3D volumes; this input is a single slice")
-            cine = self.spec.cardiac is not None and plan.in_channels == 1 and volume.channels > 1
-            if volume.channels != plan.in_channels and not cine:
-                names = ", *_".join(plan.channel_names)
-                folder = (f"; give the case's folder, holding one file per channel named *_{names}"
-                          if plan.in_channels > 1 and plan.channel_names else "")  # fmt: skip
-                raise InputError(
-                    f"the model reads {plan.in_channels} channel(s) per case; this input has {volume.channels}{folder}"
-                )
-            frames = [volume.array[t : t + 1] for t in range(volume.channels)] if cine else [volume.array]
-            voxel_ml = float(np.prod(volume.geometry.spacing)) / 1000.0
-            labels, curves = [], {n: [] for n in self.structures}
-            kept = None
-            for frame in frames:
-                case = preprocess_for_plan(np.asarray(frame), volume.geometry.spacing, plan)
-                logits = sliding_window(model, case.image, plan, overlap=self.spec.overlap, mirror=self.spec.mirror)
-                painted, probs = self._on_source(logits, case)
-                labels.append(self.postprocess(painted, plan, volume.geometry.spacing))
-                if probabilities is not None and not cine:
-                    kept = np.rint(np.clip(probs, 0.0, 1.0) * 255).astype(np.uint8)
-                for name, mask in self.structure_masks(labels[-1]).items():
-                    curves[name].append(float(mask.sum()) * voxel_ml)
-            if cine:
-                rows.append(cine_function(curves, self.spec.cardiac))  # type: ignore[arg-type]
-            else:
-                rows.append({f"volume_ml_{n}": curve[0] for n, curve in curves.items()})
-            metadata = VolumeMetadata(source_format=None, modality="SEG", patient_id=volume.metadata.patient_id,
-                                      study_uid=volume.metadata.study_uid)  # fmt: skip
-            maps.append(Volume(np.stack(labels), volume.geometry, metadata))
+            row, labels, found = self.maps.segment(volume, plan, window, probabilities=probabilities is not None)
+            rows.append(row)
+            maps.append(labels)
             if probabilities is not None:
-                probabilities.append(None if kept is None else Volume(kept, volume.geometry, metadata))
+                probabilities.append(found)
         return pd.DataFrame(rows), maps
 
     def grouped(self, table: pd.DataFrame, fitted: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
@@ -723,31 +593,13 @@ class SegmentationTask(Task):
 
     def case_files(self, folder: Path, preprocess: BaseModel) -> list[Path] | None:
         """For a model of several channels: the folder's file for each channel, found by its name
-        (``BraTS2021_00001_t1ce.nii.gz`` for ``t1ce``: the name after the last ``_`` or ``-``).
+        (:func:`~medsight.tasks.labelmaps.channel_files`).
 
         Raises:
             InputError: the folder holds some of the channels but not all, or one twice.
         """
         plan = preprocess if isinstance(preprocess, Plan) else None
-        if plan is None or plan.in_channels < 2 or not plan.channel_names:
-            return None
-        found: dict[str, list[Path]] = {name: [] for name in plan.channel_names}
-        for path in sorted(folder.iterdir()):
-            stem = path.name.split(".")[0].lower()
-            key = stem.replace("-", "_").rsplit("_", 1)[-1]
-            if path.is_file() and key in found:
-                found[key].append(path)
-        if not any(found.values()):
-            return None
-        missing = [n for n, files in found.items() if not files]
-        doubled = [n for n, files in found.items() if len(files) > 1]
-        if missing or doubled:
-            raise InputError(
-                f"{folder}: the model reads the channels {plan.channel_names}; "
-                + (f"no file for {missing}" if missing else f"several files for {doubled}")
-                + " (a case folder holds one <case>_<channel> image per channel)"
-            )
-        return [found[name][0] for name in plan.channel_names]
+        return None if plan is None else channel_files(folder, plan)
 
     def evaluate(
         self, val: Prediction, test: Prediction, *, split: str, operating_points: Sequence[str], bootstrap: int
@@ -827,7 +679,7 @@ def cardiac_function(cases: pd.DataFrame, scores: pd.DataFrame, spec: CardiacSpe
             def volumes(image: pd.Series, prefix: str = prefix) -> dict[str, float]:
                 return {n: float(image[f"{prefix}volume_ml_{n}"]) for n in (spec.lv, spec.rv, spec.myo)}
 
-            row.update({prefix + k: v for k, v in _function(volumes(ed), volumes(es), spec).items()})
+            row.update({prefix + k: v for k, v in ventricular_function(volumes(ed), volumes(es), spec).items()})
         for phase, image in ((spec.ed, ed), (spec.es, es)):
             empty = [n for n in (spec.lv, spec.rv) if float(image[f"volume_ml_{n}"]) == 0]
             if empty:  # an EF of 100 % (or none) from a missed cavity, not from the heart
@@ -835,28 +687,6 @@ def cardiac_function(cases: pd.DataFrame, scores: pd.DataFrame, spec: CardiacSpe
                                 "function figures count that cavity as empty (look at the prediction)")  # fmt: skip
         rows.append(row)
     return warnings, pd.DataFrame(rows)
-
-
-def cine_function(curves: Mapping[str, Sequence[float]], spec: CardiacSpec) -> dict[str, float]:
-    """Function from per-frame volumes (ml) of a cine: ED is the frame of largest LV volume, ES of the
-    smallest; LV and RV EDV, ESV, SV and EF there, and LV mass (myocardium at ED x density)."""
-    lv = np.asarray(curves[spec.lv], dtype=float)
-    if lv.size < 2:
-        raise InputError("a cine needs at least two frames to find end-diastole and end-systole")
-    ed, es = int(np.argmax(lv)), int(np.argmin(lv))
-    at = {frame: {n: float(curves[n][frame]) for n in (spec.lv, spec.rv, spec.myo)} for frame in (ed, es)}
-    return {"frames": float(lv.size), "ed_frame": float(ed), "es_frame": float(es), **_function(at[ed], at[es], spec)}
-
-
-def _function(ed: Mapping[str, float], es: Mapping[str, float], spec: CardiacSpec) -> dict[str, float]:
-    """LV and RV EDV, ESV, SV (ml) and EF (%), and LV mass (g), from structure volumes (ml) at ED and ES."""
-    row: dict[str, float] = {}
-    for side, name in (("lv", spec.lv), ("rv", spec.rv)):
-        edv, esv = ed[name], es[name]
-        row[f"{side}_edv_ml"], row[f"{side}_esv_ml"], row[f"{side}_sv_ml"] = edv, esv, edv - esv
-        row[f"{side}_ef"] = 100.0 * (edv - esv) / edv if edv > 0 else float("nan")
-    row["lv_mass_g"] = ed[spec.myo] * spec.density
-    return row
 
 
 def _nanmean(values: np.ndarray) -> float:
@@ -868,31 +698,7 @@ def _mean_of_rows(values: np.ndarray) -> float:
     return float(np.mean(values)) if values.size else float("nan")
 
 
-def _drop_small(labels: np.ndarray, voxels: float) -> np.ndarray:
-    """Remove foreground regions (all labels together, 26-connected) of fewer than ``voxels`` voxels."""
-    parts, count = ndimage.label(labels > 0, structure=ndimage.generate_binary_structure(3, 3))
-    if count == 0:
-        return labels
-    sizes = np.bincount(parts.reshape(-1))
-    small = sizes < voxels
-    small[0] = False
-    out = labels.copy()
-    out[small[parts]] = 0
-    return out
-
-
 def _dice_or_one(prediction: np.ndarray, reference: np.ndarray) -> float:
     """Dice, with 1 where both masks are empty (choosing postprocessing needs a number for every case)."""
     value = dice(prediction, reference)
     return 1.0 if np.isnan(value) else float(value)
-
-
-def _keep_largest(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``labels`` with the voxels of ``mask`` outside its largest 26-connected component set to background."""
-    parts, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 3))
-    if count <= 1:
-        return labels
-    sizes = np.bincount(parts.reshape(-1))[1:]
-    out = labels.copy()
-    out[mask & (parts != int(np.argmax(sizes)) + 1)] = 0
-    return out

@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from scipy import ndimage
 
 from medsight.core.errors import InputError
@@ -97,16 +95,40 @@ IGNORE_INDEX = 255  # the class index of voxels no loss or metric counts (a task
 
 
 def resample(array: np.ndarray, shape: Sequence[int], *, labels: bool = False) -> np.ndarray:
-    """``(C, Z, Y, X)`` resampled to ``shape``: trilinear for intensities and probabilities, nearest
-    neighbour for label maps (``labels``). Voxel centres scale with the extent (align_corners=False)."""
-    if tuple(array.shape[1:]) == tuple(shape):
+    """``(C, Z, Y, X)`` resampled to ``shape``: trilinear for intensities and probabilities (float32),
+    nearest neighbour for label maps (``labels``, dtype kept). Voxel centres scale with the extent
+    (PyTorch's ``interpolate`` with ``align_corners=False``, ``nearest-exact`` for labels, to float
+    rounding). NumPy alone: prediction runs without PyTorch (:mod:`medsight.inference.runtime`)."""
+    shape = tuple(int(n) for n in shape)
+    if tuple(array.shape[1:]) == shape:
         return array
-    tensor = torch.from_numpy(np.ascontiguousarray(array))[None]
     if labels:
-        out = F.interpolate(tensor.float(), size=tuple(shape), mode="nearest-exact")
-        return out[0].numpy().astype(array.dtype)
-    out = F.interpolate(tensor.float(), size=tuple(shape), mode="trilinear", align_corners=False)
-    return out[0].numpy()
+        out = array
+        for axis, n in enumerate(shape):
+            m = out.shape[axis + 1]
+            nearest = np.minimum(np.floor((np.arange(n) + 0.5) * (m / n)).astype(np.intp), m - 1)
+            out = np.take(out, nearest, axis=axis + 1)
+        return out
+    out = np.asarray(array, np.float32)
+    # shrinking axes first keeps the arrays in between small
+    for axis in sorted(range(3), key=lambda a: shape[a] / out.shape[a + 1]):
+        out = _linear(out, axis + 1, shape[axis])
+    return out
+
+
+def _linear(array: np.ndarray, axis: int, n: int) -> np.ndarray:
+    """``array`` linearly resampled to ``n`` samples along ``axis`` (edges held, half-voxel centres)."""
+    m = array.shape[axis]
+    if m == n:
+        return array
+    where = np.clip((np.arange(n) + 0.5) * (m / n) - 0.5, 0.0, m - 1)
+    low = np.floor(where).astype(np.intp)
+    high = np.minimum(low + 1, m - 1)
+    weight = np.expand_dims((where - low).astype(np.float32), tuple(a for a in range(array.ndim) if a != axis))
+    out = np.take(array, low, axis=axis)
+    out *= 1.0 - weight
+    out += np.take(array, high, axis=axis) * weight
+    return out
 
 
 def keep_lost_regions(source: np.ndarray, resampled: np.ndarray) -> np.ndarray:
