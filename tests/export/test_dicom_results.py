@@ -371,3 +371,53 @@ def test_each_input_gets_its_results_or_its_reason(make_series, tmp_path):
     assert done[3].reason.startswith("cannot read it again")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "0000_found_overlay.dcm", "0000_found_seg.dcm", "0000_found_sr.dcm", "0001_empty_sr.dcm"]  # fmt: skip
+
+
+def test_a_2d_detections_boxes_are_regions_of_its_image_in_the_report(tmp_path, algorithm):
+    """Mammography and chest X-ray boxes: each a planar ROI group whose closed polyline is the box in
+    the image's pixels (SCOORD, referring to that image), with its probability; the task reads them
+    from its prediction row, most probable first."""
+    from medsight.core import Geometry, Volume, VolumeMetadata
+    from medsight.io import write_dicom_image
+    from medsight.tasks import task_for
+    from medsight.tasks.results import BoxFinding
+
+    pixels = np.random.default_rng(0).integers(0, 4000, size=(1, 1, 60, 80)).astype(np.uint16)
+    film = write_dicom_image(Volume(pixels, Geometry(spacing=(1.0, 0.2, 0.2)), VolumeMetadata(modality="MG")),
+                             tmp_path / "film.dcm", modality="MG", laterality="L", view="CC")  # fmt: skip
+    task = task_for({"kind": "detection2d", "classes": ["benign", "malignant"]})
+    row = {"prob": 0.8, "detections": '[{"x0": 10.0, "y0": 5.5, "x1": 30.0, "y1": 20.0, "score": 0.42}, '
+                                      '{"x0": 50.0, "y0": 30.0, "x1": 95.0, "y1": 61.0, "score": 0.81}]'}  # fmt: skip
+    findings = task.findings(row)
+    assert findings == [BoxFinding("malignant", (50.0, 30.0, 95.0, 61.0), 0.81),
+                        BoxFinding("malignant", (10.0, 5.5, 30.0, 20.0), 0.42)]  # fmt: skip
+    assert task.findings({"prob": 0.1, "detections": "[]"}) == [] and task.findings({"prob": 0.1}) == []
+    image = read(film)
+    path = write_measurement_report(image, film, tmp_path / "sr.dcm", algorithm=algorithm, figures={"prob": 0.8},
+                                    findings=findings)  # fmt: skip
+    sr = _report(path)
+    groups = sr.content.get_planar_roi_measurement_groups()
+    assert [str(g.tracking_identifier) for g in groups] == ["malignant 1", "malignant 2"]
+    import pydicom
+
+    source = pydicom.dcmread(film)
+    expected = [[(50, 30), (80, 30), (80, 60), (50, 60), (50, 30)],  # clipped to the 80 x 60 image
+                [(10, 5.5), (30, 5.5), (30, 20), (10, 20), (10, 5.5)]]  # fmt: skip
+    for group, corners, finding in zip(groups, expected, findings, strict=True):
+        region = group.roi
+        assert region.graphic_type.value == "POLYLINE"
+        np.testing.assert_allclose(np.asarray(region.value).reshape(-1, 2), corners, atol=1e-4)
+        (referenced,) = region.ContentSequence[0].ReferencedSOPSequence  # the region is selected from the image
+        assert referenced.ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert referenced.ReferencedSOPClassUID == source.SOPClassUID
+        measured = {m.name.meaning: m.value for m in group.get_measurements()}
+        assert measured == {"probability": pytest.approx(finding.probability)}
+    assert sr.content.get_volumetric_roi_measurement_groups() == []
+    assert _figures(sr) == pytest.approx({"prob": 0.8})
+    assert _dciodvfy(path) == []
+    # boxes cannot be placed in a series of several images: named, not guessed
+    folder = tmp_path / "series"
+    write_dicom_series(Volume(pixels.repeat(3, axis=1), Geometry()), folder)
+    with pytest.raises(InputError, match="pixels of one image"):
+        write_measurement_report(read(folder), folder, tmp_path / "bad.dcm", algorithm=algorithm, figures={},
+                                 findings=findings)  # fmt: skip

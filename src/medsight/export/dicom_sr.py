@@ -6,9 +6,12 @@ manufacturer), and
 - per segment of the input's DICOM SEG (when the model made one): a volumetric ROI group that
   refers to the segment, typed by its coded concept, with its volume in cm3 counted from the SEG
   (a fractional SEG: its voxels of probability 0.5 or more);
-- per finding a detection model located: a volumetric ROI group whose region is the finding's
+- per finding a 3D detection model located: a volumetric ROI group whose region is the finding's
   ball as an ellipsoid (SCOORD3D in the images' frame of reference), with its diameter (mm) and
   the model's probability;
+- per box a 2D detection model drew (mammography, chest X-rays): a planar ROI group (TID 1410)
+  whose region is the box as a closed polyline (SCOORD) in the image's pixels, referring to that
+  image, with the model's probability;
 - one group for the whole image with every figure of the prediction (probabilities, volumes per
   structure, candidates...), each a measurement coded by its column name (local scheme
   ``99MEDSIGHT``) with its unit (cm3 for ``*_ml``, no units otherwise).
@@ -40,7 +43,7 @@ from medsight.export.dicom_seg import (
     source_headers,
 )
 from medsight.io.atomic import atomic_file
-from medsight.tasks.results import Finding
+from medsight.tasks.results import BoxFinding, Finding
 
 __all__ = ["write_measurement_report"]
 
@@ -66,6 +69,37 @@ def _segment_volumes(seg: Any, sop_uids: tuple[str, ...], voxel_ml: float) -> di
     inside = pixels >= 0.5 if str(seg.SegmentationType) == "FRACTIONAL" else pixels.astype(bool)
     numbers = [int(s.SegmentNumber) for s in seg.SegmentSequence]
     return {n: float(inside[..., k].sum()) * voxel_ml for k, n in enumerate(numbers)}
+
+
+def _box_groups(findings: Sequence[BoxFinding], sources: Sequence[Any], identification: Any) -> list[Any]:
+    """A TID 1410 group per box: the box as a closed polyline in the pixels of the one source image,
+    and its probability."""
+    if not findings:
+        return []
+    if len(sources) != 1 or int(sources[0].get("NumberOfFrames", 1) or 1) != 1:
+        raise InputError(f"the boxes are in the pixels of one image; this input has {len(sources)} instance(s) or "
+                         "several frames: predict its images one by one")  # fmt: skip
+    hd = highdicom()
+    from pydicom.sr.codedict import codes
+
+    image = hd.sr.SourceImageForRegion(referenced_sop_class_uid=str(sources[0].SOPClassUID),
+                                       referenced_sop_instance_uid=str(sources[0].SOPInstanceUID))  # fmt: skip
+    rows, columns = int(sources[0].Rows), int(sources[0].Columns)
+    groups = []
+    for number, finding in enumerate(findings, start=1):
+        x0, y0, x1, y1 = (float(v) for v in finding.box_px)
+        x0, x1 = sorted((min(max(x0, 0.0), columns), min(max(x1, 0.0), columns)))
+        y0, y1 = sorted((min(max(y0, 0.0), rows), min(max(y1, 0.0), rows)))
+        corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], np.float32)
+        region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=corners,
+                                   source_image=image)  # fmt: skip
+        measured = [hd.sr.Measurement(name=_code("probability"), value=round(float(finding.probability), 4),
+                                      unit=codes.UCUM.NoUnits, algorithm_id=identification)]  # fmt: skip
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{finding.name} {number}"[:64]),
+            referenced_region=region, finding_type=segment_concepts(finding.name)[1],
+            algorithm_id=identification, measurements=measured))  # fmt: skip
+    return groups
 
 
 def _finding_groups(findings: Sequence[Finding], sources: Sequence[Any], identification: Any) -> list[Any]:
@@ -107,15 +141,16 @@ def write_measurement_report(
     algorithm: Algorithm,
     figures: Mapping[str, float],
     segmentation: str | os.PathLike[str] | None = None,
-    findings: Sequence[Finding] = (),
+    findings: Sequence[Finding | BoxFinding] = (),
     series_number: int = 901,
     headers: Sequence[Any] | None = None,
 ) -> Path:
     """Write the TID 1500 report of one DICOM input (``image``, read from ``source``) to ``out``:
     ``figures`` (name -> value; non-finite values are left out) for the whole image, a group per
     segment of ``segmentation`` (the input's DICOM SEG, if one was written), and a group per
-    located finding (a detection): its ball as an ellipsoid (SCOORD3D) in the images' frame of
-    reference, with its diameter and probability. Returns ``out``.
+    located finding: a 3D detection's ball as an ellipsoid (SCOORD3D) in the images' frame of
+    reference, with its diameter and probability; a 2D detection's box as a closed polyline
+    (SCOORD) in the image's pixels, with its probability. Returns ``out``.
 
     ``headers``: the source files' headers (:func:`source_headers`) when the caller has them.
 
@@ -162,7 +197,8 @@ def write_measurement_report(
                 finding_type=hd.sr.CodedConcept.from_dataset(item.SegmentedPropertyTypeCodeSequence[0]),
                 algorithm_id=identification, measurements=[volume]))  # fmt: skip
         evidence.append(pydicom.dcmread(segmentation, stop_before_pixels=True))
-    groups += _finding_groups(findings, sources, identification)
+    groups += _finding_groups([f for f in findings if isinstance(f, Finding)], sources, identification)
+    groups += _box_groups([f for f in findings if isinstance(f, BoxFinding)], sources, identification)
     measured = [
         hd.sr.Measurement(name=_code(name), value=float(value), unit=_unit(name), algorithm_id=identification)
         for name, value in figures.items()

@@ -9,6 +9,7 @@ evaluation and the CLI are written once; a new task is a new module registered h
 
 from __future__ import annotations
 
+import importlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +30,7 @@ from medsight.core.volume import Volume
 from medsight.data.manifest import Manifest, parse_boxes
 from medsight.models.predict import run_model
 from medsight.models.registry import ModelChoice
-from medsight.tasks.results import Estimate, Finding, Prediction
+from medsight.tasks.results import BoxFinding, Estimate, Finding, Prediction
 
 __all__ = [
     "Task",
@@ -278,10 +279,10 @@ class Task(ABC):
         none by default (then ``probabilities`` is never passed)."""
         return ()
 
-    def findings(self, row: Mapping[str, Any]) -> list[Finding]:
+    def findings(self, row: Mapping[str, Any]) -> Sequence[Finding | BoxFinding]:
         """The findings one prediction row locates, for a report to place them (a DICOM SR draws each
-        as a region); none by default (tasks that locate nothing, or whose findings a label map
-        already carries)."""
+        as a region: a ball in the volume, or a box in the image's pixels); none by default (tasks
+        that locate nothing, or whose findings a label map already carries)."""
         return []
 
     def grouped(self, table: pd.DataFrame, fitted: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
@@ -382,6 +383,14 @@ def as_model(value: BaseModel, cls: type[M]) -> M:
 
 
 _REGISTRY: dict[str, type[Task]] = {}
+_BUILTIN = ("classification", "detection", "detection2d", "risk", "segmentation")
+
+
+def _registry() -> dict[str, type[Task]]:
+    """The registry, with the built-in tasks in it (their modules register themselves on import)."""
+    for name in _BUILTIN:
+        importlib.import_module(f"medsight.tasks.{name}")
+    return _REGISTRY
 
 
 def register_task(cls: type[Task]) -> type[Task]:
@@ -398,20 +407,21 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 def registered_tasks() -> dict[str, type[Task]]:
     """Task class by kind."""
-    return dict(_REGISTRY)
+    return dict(_registry())
 
 
 def task_spec_types() -> tuple[type[BaseModel], ...]:
     """The recipe ``task`` sections of every registered task (for the recipe's union)."""
-    return tuple(dict.fromkeys(cls.spec_type for cls in _REGISTRY.values()))
+    return tuple(dict.fromkeys(cls.spec_type for cls in _registry().values()))
 
 
 def task_for(spec: BaseModel | Mapping[str, Any]) -> Task:
     """The task a recipe ``task`` section (a spec, or a dict as saved in a run) describes."""
     kind = spec.get("kind") if isinstance(spec, Mapping) else getattr(spec, "kind", None)
-    if kind not in _REGISTRY:
-        raise ConfigError(f"unknown task kind {kind!r}; kinds: {', '.join(sorted(_REGISTRY))}")
-    cls = _REGISTRY[kind]
+    registry = _registry()
+    if kind not in registry:
+        raise ConfigError(f"unknown task kind {kind!r}; kinds: {', '.join(sorted(registry))}")
+    cls = registry[kind]
     if isinstance(spec, Mapping):
         spec = cls.spec_type(**spec)
     return cls.from_spec(spec)

@@ -72,7 +72,7 @@ from medsight.models.registry import ModelChoice
 from medsight.tasks import classification_report as report
 from medsight.tasks.base import Task, TaskData, Training, as_model, register_task
 from medsight.tasks.classification import ClassificationTask
-from medsight.tasks.results import Estimate, Prediction
+from medsight.tasks.results import BoxFinding, Estimate, Prediction
 from medsight.transforms.batch2d import BatchAugmenter
 from medsight.transforms.image2d import Augment2D, Preprocess2D, boxes_from_prepared, boxes_to_prepared
 
@@ -604,6 +604,18 @@ class Detection2DTask(Task):
             outputs = model(torch.from_numpy(np.stack(arrays)))
         shapes = [tuple(int(s) for s in v.spatial_shape[-2:]) for v in volumes]
         return self._with_detections(outputs, shapes, spec.size), None  # type: ignore[arg-type]
+
+    def findings(self, row: Mapping[str, Any]) -> list[BoxFinding]:
+        """The row's detections (boxes in its image's pixels), most probable first, each named by its
+        finding (one finding: the positive class)."""
+        raw = row.get("detections")
+        if not isinstance(raw, str) or not raw.strip():
+            return []
+        name = self.settings.classes[-1]
+        found = [BoxFinding(str(d.get("finding") or name), (float(d["x0"]), float(d["y0"]), float(d["x1"]),
+                                                             float(d["y1"])), float(d["score"]))
+                 for d in json.loads(raw)]  # fmt: skip
+        return sorted(found, key=lambda f: -f.probability)
 
     def evaluate(
         self, val: Prediction, test: Prediction, *, split: str, operating_points: Sequence[str], bootstrap: int

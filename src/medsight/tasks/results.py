@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["Estimate", "Evaluation", "Finding", "Prediction", "json_ready"]
+__all__ = ["BoxFinding", "Estimate", "Evaluation", "Finding", "Prediction", "json_ready"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,23 @@ class Finding:
     name: str
     centre_mm: tuple[float, float, float]
     diameter_mm: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class BoxFinding:
+    """A finding a model located in a 2D image (e.g. a mass on a mammogram, an opacity on a chest
+    X-ray), as a report states it.
+
+    Attributes:
+        name: What it is (the task's finding).
+        box_px: ``(x0, y0, x1, y1)``: the box's edges in the image's pixels, column then row, the
+            top-left corner of the first pixel at ``(0, 0)`` (DICOM's SCOORD convention).
+        probability: The model's probability that it is one.
+    """
+
+    name: str
+    box_px: tuple[float, float, float, float]
     probability: float
 
 
