@@ -109,6 +109,19 @@ def test_medsight_predict_runs_where_torch_cannot_be_imported(packages, tmp_path
     assert done.returncode == 0, done.stdout + done.stderr
     theirs = Predictor.from_run(package, backend="onnx").predict_files([data]).table()
     pd.testing.assert_frame_equal(pd.read_csv(out), theirs, check_dtype=False, rtol=1e-5, atol=1e-6)
+    # a DICOM film's report of its probabilities is written without PyTorch too; its heat map needs it
+    png = read(data / "img030.png")
+    film = write_dicom_image(Volume(np.asarray(png.array).astype(np.uint16), png.geometry,
+                                    VolumeMetadata(modality="DX")), tmp_path / "film.dcm", patient_id="P3")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", _BLOCK, "predict", str(package), str(film), "--out", str(out),
+                           "--dicom-out", str(tmp_path / "d")], capture_output=True, text=True, timeout=300,
+                          env=env)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["0000_film_sr.dcm"]
+    done = subprocess.run([sys.executable, "-c", _BLOCK, "predict", str(package), str(film), "--out", str(out),
+                           "--dicom-out", str(tmp_path / "d"), "--dicom-overlay"], capture_output=True, text=True,
+                          timeout=300, env=env)  # fmt: skip
+    assert done.returncode != 0 and "torch" in (done.stdout + done.stderr)
     # what needs PyTorch still says so, clearly: a run folder (no ONNX network) in the same process
     run = package.parent / "run"
     done = subprocess.run([sys.executable, "-c", _BLOCK, "predict", str(run), str(data), "--out", str(out)],

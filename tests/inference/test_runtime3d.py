@@ -149,10 +149,24 @@ def test_medsight_predict_segments_where_torch_cannot_be_imported(segmenter, tmp
     assert len(table) == 2 and all(Path(p).parent == tmp_path / "p_masks" for p in table["output"])
     theirs = predict_volumes(package, [folder / "big.nii.gz"], masks=tmp_path / "direct")
     assert table.iloc[0]["volume_ml_lesion"] == pytest.approx(theirs.iloc[0]["volume_ml_lesion"], rel=1e-6)
-    # what needs PyTorch still says so: --dicom-out of a segmenter is written by the PyTorch side
+    # DICOM results too: a fractional SEG of the probability maps and the report referring to it
     done = subprocess.run([sys.executable, "-c", _BLOCK, "predict", str(package), str(folder / "big_dicom"),
-                           "--out", str(out), "--dicom-out", str(tmp_path / "d")],
+                           "--out", str(out), "--dicom-out", str(tmp_path / "d"), "--dicom-seg", "fractional",
+                           "--dicom-overlay"],
                           capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    import pydicom
+
+    (seg,) = (tmp_path / "d").glob("*_seg.dcm")
+    (sr,) = (tmp_path / "d").glob("*_sr.dcm")
+    assert pydicom.dcmread(seg).SegmentationType == "FRACTIONAL"
+    report = pydicom.dcmread(sr)
+    assert report.CurrentRequestedProcedureEvidenceSequence and report.PatientID == "P9"
+    assert len(list((tmp_path / "d").glob("*_overlay.dcm"))) == 1  # a label map's overlay needs no PyTorch
+    # what needs PyTorch still says so: a run folder (weights, no ONNX network)
+    run = package.parent / "run"
+    done = subprocess.run([sys.executable, "-c", _BLOCK, "predict", str(run), str(folder / "big.nii.gz"),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
     assert done.returncode != 0 and "torch" in (done.stdout + done.stderr)
 
 

@@ -286,7 +286,7 @@ def predict_command(
     With ``--data``, a manifest's cases are predicted instead (cardiac models add ``<out>_function.csv``:
     volumes, EF and LV mass per case, to join to the manifest as features of a risk model)."""
     from medsight.data.manifest import Manifest
-    from medsight.inference.runtime import predict_package, runs_without_torch
+    from medsight.inference.runtime import predict_package, runs_without_torch, runtime_model
     from medsight.io.atomic import check_writable
 
     if bool(inputs) == (data is not None):
@@ -294,25 +294,6 @@ def predict_command(
     if split not in ("all", "train", "val", "test"):
         raise typer.BadParameter(f"--split must be all, train, val or test, got {split!r}")
     check_writable(output, option="--out")  # before any work: a bad --out must not waste the predictions
-    plain = not (data or uncertainty or ensemble or dicom_out or dicom_overlay or ray or ray_address or workers
-                 or dicom_seg != "binary")  # fmt: skip
-    masks = output.with_name(f"{output.stem}_masks")  # label maps, for models that make them
-    if plain and precision in ("auto", "fp32") and runs_without_torch(run, backend=backend):
-        # a 2D classifier or 3D segmenter package on onnxruntime: no PyTorch import (the same rows)
-        with progress_bar() as progress:
-            table = predict_package(run, inputs or [], masks=masks, slice_index=slice_index, progress=progress)
-        table.to_csv(output, index=False)
-        out.print(f"wrote {len(table)} prediction(s) to {output}")
-        if "output" in table:
-            out.print(f"wrote {len(table)} label map(s) on the inputs' grids to {masks}/")
-        return
-    from medsight.inference import Predictor
-
-    repeated = _uncertainty(uncertainty, samples, ensemble)
-    predictor = Predictor.from_run(run, precision=precision, backend=backend)  # type: ignore[arg-type]
-    if dicom_out is not None and predictor.task.spatial_dims == 0:
-        raise ConfigError(f"the {predictor.package.recipe} model reads tables, not images; --dicom-out writes DICOM "
-                          "results that refer to images")  # fmt: skip
     if dicom_overlay and dicom_out is None:
         raise typer.BadParameter("--dicom-overlay writes into the --dicom-out folder: give --dicom-out too")
     if dicom_out is not None and data is not None:
@@ -326,26 +307,44 @@ def predict_command(
     fractional = dicom_seg == "fractional"
     if fractional and dicom_out is None:
         raise typer.BadParameter("--dicom-seg fractional writes into the --dicom-out folder: give --dicom-out too")
-    if fractional and not predictor.task.probability_structures():
-        raise ConfigError(f"the {predictor.package.recipe} model makes no probability maps; --dicom-seg fractional "
-                          "is for segmentation models")  # fmt: skip
     if (ray_address is not None or workers is not None) and not ray:
         raise typer.BadParameter("--ray-address and --workers spread the work over Ray: give --ray too")
-    with progress_bar() as progress:
-        if ray:
-            from medsight.inference.distributed import predict_on_ray
+    masks = output.with_name(f"{output.stem}_masks")  # label maps, for models that make them
+    plain = not (data or uncertainty or ensemble or ray) and precision in ("auto", "fp32")
+    model: Any
+    predictor = None
+    if plain and runs_without_torch(run, backend=backend) and not (dicom_overlay and not _segments(run)):
+        # a 2D classifier or 3D segmenter package on onnxruntime: no PyTorch import (the same rows)
+        model = runtime_model(run)
+        _check_fractional(model, fractional)
+        with progress_bar() as progress:
+            table = predict_package(run, inputs or [], masks=masks, slice_index=slice_index,
+                                    probabilities=fractional, progress=progress)  # fmt: skip
+    else:
+        from medsight.inference import Predictor
 
-            manifest = Manifest.load(data) if data is not None else None
-            table = predict_on_ray(predictor, inputs=None if manifest is not None else inputs, manifest=manifest,
-                                   split=split, address=ray_address, workers=workers, slice_index=slice_index,
-                                   masks=masks, uncertainty=repeated, progress=progress,
-                                   probabilities=fractional).table()  # fmt: skip
-        elif data is not None:
-            prepared = predictor.prepare(Manifest.load(data), progress=progress)
-            table = predictor.predict_split(prepared, split, uncertainty=repeated).table()
-        else:
-            table = predictor.predict_files(inputs or [], slice_index=slice_index, masks=masks, progress=progress,
-                                            uncertainty=repeated, probabilities=fractional).table()  # fmt: skip
+        repeated = _uncertainty(uncertainty, samples, ensemble)
+        model = predictor = Predictor.from_run(run, precision=precision, backend=backend)  # type: ignore[arg-type]
+        if dicom_out is not None and predictor.task.spatial_dims == 0:
+            raise ConfigError(f"the {predictor.package.recipe} model reads tables, not images; --dicom-out writes "
+                              "DICOM results that refer to images")  # fmt: skip
+        _check_fractional(predictor, fractional)
+        with progress_bar() as progress:
+            if ray:
+                from medsight.inference.distributed import predict_on_ray
+
+                manifest = Manifest.load(data) if data is not None else None
+                table = predict_on_ray(predictor, inputs=None if manifest is not None else inputs, manifest=manifest,
+                                       split=split, address=ray_address, workers=workers, slice_index=slice_index,
+                                       masks=masks, uncertainty=repeated, progress=progress,
+                                       probabilities=fractional).table()  # fmt: skip
+            elif data is not None:
+                prepared = predictor.prepare(Manifest.load(data), progress=progress)
+                table = predictor.predict_split(prepared, split, uncertainty=repeated).table()
+            else:
+                table = predictor.predict_files(inputs or [], slice_index=slice_index, masks=masks,
+                                                progress=progress, uncertainty=repeated,
+                                                probabilities=fractional).table()  # fmt: skip
     table.to_csv(output, index=False)
     out.print(f"wrote {len(table)} prediction(s) to {output}")
     if "output" in table:
@@ -353,8 +352,8 @@ def predict_command(
     if dicom_out is not None:
         from medsight.export.dicom_results import write_dicom_results
 
-        written = write_dicom_results(predictor, table, dicom_out, overlay=dicom_overlay, fractional=fractional)
-        classes = predictor.task.label_classes()  # models that make label maps: SEG and label-map overlays
+        written = write_dicom_results(model, table, dicom_out, overlay=dicom_overlay, fractional=fractional)
+        classes = model.task.label_classes()  # models that make label maps: SEG and label-map overlays
         segs, reports = sum(w.seg is not None for w in written), sum(w.sr is not None for w in written)
         overlays = f" and {sum(w.overlay is not None for w in written)} overlay(s)" if dicom_overlay and classes else ""
         kind = " fractional" if fractional else ""
@@ -362,7 +361,7 @@ def predict_command(
                   f"{dicom_out}/")  # fmt: skip
         for note in (w for w in written if w.reason):
             err.print(f"{note.input}: {note.reason}", highlight=False)
-        if dicom_overlay and predictor.task.spatial_dims == 2 and not classes:
+        if dicom_overlay and predictor is not None and predictor.task.spatial_dims == 2 and not classes:
             from medsight.explain import explainer_of, image_heat_map
             from medsight.export.dicom_results import algorithm_of, write_heat_overlays
 
@@ -373,6 +372,8 @@ def predict_command(
                 err.print(f"{source}: no heat-map overlay ({reason})", highlight=False)
             drawn = sum(w.sr is not None for w in written) - len(skipped)
             out.print(f"wrote {drawn} heat-map overlay(s) (Grad-CAM of the most probable finding) to {dicom_out}/")
+    if predictor is None:
+        return  # the runtime's models (2D classifiers without fusion, segmenters of files) combine nothing
     try:
         grouped = predictor.grouped(table)
     except MedsightError as exc:
@@ -382,6 +383,22 @@ def predict_command(
         target = output.with_name(f"{output.stem}_{level}.csv")
         frame.to_csv(target, index=False)
         out.print(f"wrote {len(frame)} {level.rstrip('s')}-level score(s) to {target}")
+
+
+def _segments(package: Path) -> bool:
+    """Whether a package's model makes label maps (its overlays need no PyTorch), from its package.json."""
+    from medsight.inference.runtime import runtime_model
+
+    try:
+        return bool(runtime_model(package).task.label_classes())
+    except MedsightError:
+        return False
+
+
+def _check_fractional(model: Any, fractional: bool) -> None:
+    if fractional and not model.task.probability_structures():
+        raise ConfigError(f"the {model.package.recipe} model makes no probability maps; --dicom-seg fractional is "
+                          "for segmentation models")  # fmt: skip
 
 
 def compare_command(

@@ -16,7 +16,8 @@ import importlib.util
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,9 @@ if TYPE_CHECKING:  # 3D pieces are imported where used: a 2D classifier's proces
 
 __all__ = [
     "RUNTIME_KINDS",
+    "PackageFacts",
+    "PackageOutputs",
+    "RuntimeModel",
     "check_recorded",
     "class_probabilities",
     "input_groups",
@@ -49,6 +53,7 @@ __all__ = [
     "predict_volumes",
     "read_input",
     "runs_without_torch",
+    "runtime_model",
     "torch_available",
     "write_map",
 ]
@@ -402,3 +407,57 @@ def predict_package(
         raise ConfigError("a classifier makes no probability maps (a fractional DICOM SEG is written for "
                           "segmentation models)")  # fmt: skip
     return predict_images(folder, inputs, slice_index=slice_index, threads=threads, progress=progress)
+
+
+@dataclass(frozen=True)
+class PackageFacts:
+    """The package's fields the DICOM results name the model by
+    (:func:`~medsight.export.dicom_results.algorithm_of`)."""
+
+    recipe: str
+    weights: str
+    onnx: str | None
+
+
+class PackageOutputs:
+    """What the DICOM writers ask of a package's task, answered without PyTorch: a segmenter's label
+    classes and probability maps (none for a classifier); the runtime locates no findings."""
+
+    def __init__(self, maps: LabelMaps | None) -> None:
+        self.maps = maps
+
+    def label_classes(self) -> tuple[tuple[int, str], ...]:
+        return () if self.maps is None else self.maps.label_classes()
+
+    def probability_structures(self) -> tuple[str, ...]:
+        return () if self.maps is None else tuple(self.maps.structures)
+
+    def findings(self, row: Mapping[str, Any]) -> list[Any]:
+        return []
+
+
+@dataclass(frozen=True)
+class RuntimeModel:
+    """A package as this runtime predicts it, with what
+    :func:`~medsight.export.dicom_results.write_dicom_results` reads of a predictor (its folder, the
+    package's names, the task's classes)."""
+
+    run_dir: Path
+    package: PackageFacts
+    task: PackageOutputs
+
+
+def runtime_model(package: str | os.PathLike[str]) -> RuntimeModel:
+    """The package's :class:`RuntimeModel` (its ``package.json`` read, nothing run).
+
+    Raises:
+        InputError: not a package, or its task or plan cannot be read.
+        ConfigError: a segmenter without an ONNX network.
+    """
+    folder = Path(package)
+    spec = _spec(folder)
+    segmenter = (spec.get("task") or {}).get("kind") == "segmentation"
+    maps = _segmenter(folder, spec)[0] if segmenter else None
+    onnx = spec.get("onnx") if isinstance(spec.get("onnx"), str) else None
+    facts = PackageFacts(str(spec.get("recipe") or folder.name), str(spec.get("weights") or "best.pt"), onnx)
+    return RuntimeModel(folder, facts, PackageOutputs(maps))

@@ -160,6 +160,10 @@ class LabelMaps:
         self.structures = list(spec.regions) if spec.regions else list(spec.labels)
         self.regions = spec.regions is not None
 
+    def label_classes(self) -> tuple[tuple[int, str], ...]:
+        """The codes and names of the classes in the label maps (a DICOM SEG's segments)."""
+        return tuple((code, name) for name, code in self.spec.labels.items())
+
     def on_source(self, logits: np.ndarray, case: Any) -> tuple[np.ndarray, np.ndarray]:
         """Label codes on the source grid before any postprocessing, from logits ``(K, z, y, x)`` on
         the preprocessed grid (``case``: the crop box and shapes of

@@ -228,7 +228,7 @@ class SegmentationTask(Task):
 
     # --- network ----------------------------------------------------------------------------
     def label_classes(self) -> tuple[tuple[int, str], ...]:
-        return tuple((code, name) for name, code in self.spec.labels.items())
+        return self.maps.label_classes()
 
     def example_input(self, preprocess: BaseModel, in_channels: int) -> torch.Tensor:
         """A sliding window of the plan's patch (every window is that size; smaller images are padded)."""
