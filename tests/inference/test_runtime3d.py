@@ -198,3 +198,66 @@ def test_bad_inputs_to_the_3d_runtime_are_named(segmenter, tmp_path):
     (damaged / "package.json").write_text(json.dumps({**spec, "preprocess": {"spacing": "fine"}}))
     with pytest.raises(InputError, match="task or plan"):
         predict_volumes(damaged, [folder / "case9.nii.gz"], masks=tmp_path / "m")
+
+
+def test_a_detector_package_finds_the_same_candidates_without_torch(tmp_path):
+    """Lung-nodule style detection: the heat map's candidates (centres in world mm, diameters,
+    probabilities), the overlay of the probable ones and the report's findings, as the PyTorch-side
+    predictor gives them on the same onnxruntime network; also `medsight predict` where PyTorch
+    cannot be imported, with its DICOM report placing the findings."""
+    from medsight.export import export_network
+    from medsight.inference.runtime import runtime_model
+    from medsight.io.atomic import file_sha256
+    from medsight.planning import Plan
+
+    run, data, _ = trained(tmp_path, "detection")
+    package = export_package(run, tmp_path / "package", format="onnx").folder
+    spec = json.loads((package / "package.json").read_text())
+    spec["task"].update(overlay_probability=0.0)  # every candidate drawn in the overlay and placed in the report
+    (package / "package.json").write_text(json.dumps(spec))
+    # a one-epoch detector sees nothing yet: a network that finds the bright balls stands in for it (the
+    # finding's log-odds rise with the local mean intensity), exported as the package's network
+    norm = Plan.model_validate(spec["preprocess"]).normalization[0]
+    middle = (-380.0 - float(norm.mean)) / float(norm.std)  # between lung (-800 HU) and the balls (40 HU)
+    seeing = torch.nn.Conv3d(1, 2, 3, padding=1)
+    with torch.no_grad():
+        seeing.weight[:] = torch.tensor([-3.0, 3.0]).view(2, 1, 1, 1, 1) / 27
+        seeing.bias[:] = torch.tensor([3.0 * middle, -3.0 * middle])
+    export_network(seeing, torch.zeros((1, 1, *spec["preprocess"]["patch_size"])), package / "model.onnx")
+    facts = json.loads((package / "export.json").read_text())
+    facts["files"]["model.onnx"] = file_sha256(package / "model.onnx")
+    (package / "export.json").write_text(json.dumps(facts))
+    scan = read(data / "scan8.nii.gz")
+    series = tmp_path / "scan8_dicom"
+    write_dicom_series(Volume(np.asarray(scan.array), scan.geometry, VolumeMetadata(modality="CT")), series)
+    inputs = [data / "scan8.nii.gz", data / "scan9.nii.gz", series]
+    assert runs_without_torch(package, backend="onnx")
+    mine = predict_volumes(package, inputs, masks=tmp_path / "mine")
+    theirs = Predictor.from_run(package, backend="onnx").predict_files(inputs, masks=tmp_path / "theirs").table()
+    assert list(mine.columns) == list(theirs.columns)
+    assert mine["candidates"].tolist() == theirs["candidates"].tolist() and mine["candidates"].sum() > 0
+    np.testing.assert_allclose(mine["max_probability"], theirs["max_probability"], atol=1e-3)
+    model = runtime_model(package)
+    eager = Predictor.from_run(package, backend="onnx").task
+    for (_, a), (_, b) in zip(mine.iterrows(), theirs.iterrows(), strict=True):
+        ours, reference = pd.DataFrame(json.loads(a["candidate_list"])), pd.DataFrame(json.loads(b["candidate_list"]))
+        pd.testing.assert_frame_equal(ours, reference, atol=2e-3, check_dtype=False)
+        assert np.mean(read(a["output"]).array == read(b["output"]).array) > 0.999
+        found, expected = model.task.findings(a.to_dict()), eager.findings(b.to_dict())
+        assert len(found) == len(expected) == a["candidates"]
+        np.testing.assert_allclose([f.centre_mm for f in found], [f.centre_mm for f in expected], atol=2e-3)
+    assert model.task.label_classes() == ((1, "nodule"),) and model.task.probability_structures() == ()
+    with pytest.raises(ConfigError, match="no probability maps"):
+        predict_volumes(package, inputs[:1], masks=tmp_path / "m", probabilities=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", _BLOCK, "predict", str(package), str(series), "--out",
+                           str(tmp_path / "p.csv"), "--backend", "onnx", "--dicom-out", str(tmp_path / "d")],
+                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    import highdicom
+
+    (sr_path,) = (tmp_path / "d").glob("*_sr.dcm")
+    sr = highdicom.sr.srread(sr_path)
+    balls = [g for g in sr.content.get_volumetric_roi_measurement_groups() if g.roi is not None]
+    assert len(balls) == int(mine.iloc[2]["candidates"])  # every candidate is at or above overlay 0.0

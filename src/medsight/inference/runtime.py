@@ -7,7 +7,9 @@ probabilities), temperature-scaled where the run kept temperatures. A 3D segment
 (or case folder of channels) cropped, resampled and normalised as its plan says, predicted by
 Gaussian-weighted sliding windows (:func:`~medsight.inference.window.sliding_window`), turned into
 label codes, postprocessed and resampled back onto its own grid (:class:`~medsight.tasks.labelmaps.LabelMaps`),
-its label map written beside the others. The rows equal ``Predictor.predict_files``'s (tested).
+its label map written beside the others. A 3D detector: the same windows, its heat map's peaks made
+candidates and the probable ones drawn as an overlay (:class:`~medsight.tasks.candidates.Candidates`).
+The rows equal ``Predictor.predict_files``'s (tested).
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ from medsight.transforms.prepare2d import Preprocess2D, prepare_image
 
 if TYPE_CHECKING:  # 3D pieces are imported where used: a 2D classifier's process starts without them
     from medsight.planning import Plan
+    from medsight.tasks.candidates import Candidates
     from medsight.tasks.labelmaps import LabelMaps
 
 __all__ = [
     "RUNTIME_KINDS",
+    "VOLUME_KINDS",
     "PackageFacts",
     "PackageOutputs",
     "RuntimeModel",
@@ -61,6 +65,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 RUNTIME_KINDS = ("binary", "multiclass", "multilabel", "ordinal")
+VOLUME_KINDS = ("segmentation", "detection")  # 3D models the runtime predicts
 
 
 def _spec(package: Path) -> dict[str, Any]:
@@ -80,8 +85,8 @@ def runs_without_torch(package: str | os.PathLike[str], *, backend: str = "auto"
     """Whether ``medsight predict`` runs the package here (:func:`predict_package`) with the given
     ``backend``: one with an ONNX network, onnxruntime installed, and either a 2D classifier (no
     view fusion; backend auto or onnx: onnxruntime beats eager PyTorch for 2D CNNs) or a 3D
-    segmenter (backend onnx, or auto where PyTorch is not installed: with it, bf16 sliding windows
-    are faster)."""
+    segmenter or detector (backend onnx, or auto where PyTorch is not installed: with it, bf16
+    sliding windows are faster)."""
     folder = Path(package)
     try:
         spec = _spec(folder)
@@ -92,7 +97,7 @@ def runs_without_torch(package: str | os.PathLike[str], *, backend: str = "auto"
         return False
     if task.get("kind") in RUNTIME_KINDS and not task.get("fusion"):
         return backend in ("auto", "onnx")
-    if task.get("kind") == "segmentation":
+    if task.get("kind") in VOLUME_KINDS:
         return backend == "onnx" or (backend == "auto" and not torch_available())
     return False
 
@@ -305,18 +310,23 @@ def input_groups(
     return groups
 
 
-def _segmenter(folder: Path, spec: dict[str, Any]) -> tuple[LabelMaps, Plan]:
+def _volume_model(folder: Path, spec: dict[str, Any]) -> tuple[LabelMaps | Candidates, Plan]:
+    """A 3D package's outputs (a segmenter's :class:`LabelMaps`, a detector's :class:`Candidates`) and plan."""
     from medsight.planning import Plan
+    from medsight.tasks.candidates import Candidates, DetectionSpec
     from medsight.tasks.labelmaps import LabelMaps, SegmentationSpec
 
     task = spec.get("task") or {}
-    if task.get("kind") != "segmentation":
+    if task.get("kind") not in VOLUME_KINDS:
         raise ConfigError(f"{folder} is a {task.get('kind')!r} model; the torch-free runtime predicts 3D volumes with "
-                          "segmentation models: predict it with PyTorch installed")  # fmt: skip
+                          "segmentation and detection models: predict it with PyTorch installed")  # fmt: skip
     if not isinstance(spec.get("onnx"), str) or not (folder / spec["onnx"]).is_file():
         raise ConfigError(f"{folder} has no ONNX network; export it with `medsight export RUN --format onnx`")
     try:
-        return LabelMaps(SegmentationSpec.model_validate(task)), Plan.model_validate(spec.get("preprocess") or {})
+        plan = Plan.model_validate(spec.get("preprocess") or {})
+        if task.get("kind") == "detection":
+            return Candidates(DetectionSpec.model_validate(task)), plan
+        return LabelMaps(SegmentationSpec.model_validate(task)), plan
     except ValidationError as exc:
         raise InputError(f"{folder / 'package.json'} has a task or plan this version does not read: "
                          f"{' '.join(str(exc).split())[:300]}") from exc  # fmt: skip
@@ -331,24 +341,29 @@ def predict_volumes(
     threads: int | None = None,
     progress: Progress | None = None,
 ) -> pd.DataFrame:
-    """One row per 3D input of a segmentation package (a volume file, a DICOM series folder, or a case
-    folder holding one file per channel the model reads): ``input``, its DICOM facts where it has
-    them, the label map written to ``masks`` on the input's own grid (``output``), and each
-    structure's volume in ml (a cardiac model given a cine: its function). With ``probabilities``,
-    each structure's probability map too (``<name>_prob``, uint8, 255 = 1; column ``probabilities``).
+    """One row per 3D input of a segmentation or detection package (a volume file, a DICOM series
+    folder, or a case folder holding one file per channel the model reads): ``input``, its DICOM
+    facts where it has them, the label map written to ``masks`` on the input's own grid (``output``;
+    a detector's: its probable candidates as balls), and the figures: a segmenter's volume in ml per
+    structure (a cardiac model given a cine: its function), a detector's candidates (count, highest
+    probability, ``candidate_list``). With ``probabilities`` (segmenters), each structure's
+    probability map too (``<name>_prob``, uint8, 255 = 1; column ``probabilities``).
 
     Raises:
         InputError: not a package, an input missing or unreadable or of the wrong shape (named), an
             ONNX network that does not load or was changed since export.
-        ConfigError: the package is not a segmentation model with an ONNX network, or onnxruntime is
-            not installed.
+        ConfigError: the package is not a 3D segmentation or detection model with an ONNX network,
+            onnxruntime is not installed, or probability maps asked of a detector.
     """
     from medsight.inference.window import sliding_window
-    from medsight.tasks.labelmaps import channel_files
+    from medsight.tasks.labelmaps import LabelMaps, channel_files
 
     folder = Path(package)
     spec = _spec(folder)
-    maps, plan = _segmenter(folder, spec)
+    maps, plan = _volume_model(folder, spec)
+    if probabilities and not isinstance(maps, LabelMaps):
+        raise ConfigError("a detection model makes no probability maps (a fractional DICOM SEG is written for "
+                          "segmentation models)")  # fmt: skip
     check_recorded(folder, spec["onnx"])
     session = onnx_session(folder / spec["onnx"], threads)
     name = session.get_inputs()[0].name
@@ -368,7 +383,10 @@ def predict_volumes(
     for done, (path, files) in enumerate(groups.items(), start=1):
         volume = read_input(path, files)
         try:
-            figures, labels, found = maps.segment(volume, plan, window, probabilities=probabilities)
+            if isinstance(maps, LabelMaps):
+                figures, labels, found = maps.segment(volume, plan, window, probabilities=probabilities)
+            else:
+                (figures, labels), found = maps.detect(volume, plan, window), None
         except MedsightError as exc:
             raise type(exc)(f"{path.name}: {exc}") from exc
         case = {"input": str(path), **image_facts(volume), "output": str(write_map(labels, path, volume, masks))}
@@ -378,7 +396,7 @@ def predict_volumes(
         rows.append(figures)
         if progress is not None:
             progress("predicting", done, len(groups))
-    log.info("segmented %d input(s) with %s on onnxruntime, without PyTorch", len(groups), folder)
+    log.info("predicted %d volume(s) with %s on onnxruntime, without PyTorch", len(groups), folder)
     return pd.concat([pd.DataFrame(cases), pd.DataFrame(rows)], axis=1)
 
 
@@ -393,14 +411,14 @@ def predict_package(
     progress: Progress | None = None,
 ) -> pd.DataFrame:
     """The package's rows for the inputs, without PyTorch: :func:`predict_images` for a 2D
-    classifier, :func:`predict_volumes` (label maps into ``masks``) for a 3D segmenter.
+    classifier, :func:`predict_volumes` (label maps into ``masks``) for a 3D segmenter or detector.
 
     Raises:
         ConfigError: a model the runtime does not predict (see :func:`runs_without_torch`), or
             ``probabilities`` asked of a classifier.
     """
     folder = Path(package)
-    if (_spec(folder).get("task") or {}).get("kind") == "segmentation":
+    if (_spec(folder).get("task") or {}).get("kind") in VOLUME_KINDS:
         return predict_volumes(folder, inputs, masks=masks, probabilities=probabilities, threads=threads,
                                progress=progress)  # fmt: skip
     if probabilities:
@@ -421,19 +439,23 @@ class PackageFacts:
 
 class PackageOutputs:
     """What the DICOM writers ask of a package's task, answered without PyTorch: a segmenter's label
-    classes and probability maps (none for a classifier); the runtime locates no findings."""
+    classes and probability maps, a detector's overlay class and findings (nothing for a classifier)."""
 
-    def __init__(self, maps: LabelMaps | None) -> None:
-        self.maps = maps
+    def __init__(self, parts: LabelMaps | Candidates | None) -> None:
+        self.parts = parts
 
     def label_classes(self) -> tuple[tuple[int, str], ...]:
-        return () if self.maps is None else self.maps.label_classes()
+        return () if self.parts is None else self.parts.label_classes()
 
     def probability_structures(self) -> tuple[str, ...]:
-        return () if self.maps is None else tuple(self.maps.structures)
+        from medsight.tasks.labelmaps import LabelMaps
+
+        return tuple(self.parts.structures) if isinstance(self.parts, LabelMaps) else ()
 
     def findings(self, row: Mapping[str, Any]) -> list[Any]:
-        return []
+        from medsight.tasks.candidates import Candidates
+
+        return self.parts.findings(row) if isinstance(self.parts, Candidates) else []
 
 
 @dataclass(frozen=True)
@@ -452,12 +474,12 @@ def runtime_model(package: str | os.PathLike[str]) -> RuntimeModel:
 
     Raises:
         InputError: not a package, or its task or plan cannot be read.
-        ConfigError: a segmenter without an ONNX network.
+        ConfigError: a 3D model without an ONNX network.
     """
     folder = Path(package)
     spec = _spec(folder)
-    segmenter = (spec.get("task") or {}).get("kind") == "segmentation"
-    maps = _segmenter(folder, spec)[0] if segmenter else None
+    volumes = (spec.get("task") or {}).get("kind") in VOLUME_KINDS
+    parts = _volume_model(folder, spec)[0] if volumes else None
     onnx = spec.get("onnx") if isinstance(spec.get("onnx"), str) else None
     facts = PackageFacts(str(spec.get("recipe") or folder.name), str(spec.get("weights") or "best.pt"), onnx)
-    return RuntimeModel(folder, facts, PackageOutputs(maps))
+    return RuntimeModel(folder, facts, PackageOutputs(parts))
