@@ -167,7 +167,14 @@ def test_medsight_predict_segments_where_torch_cannot_be_imported(segmenter, tmp
     run = package.parent / "run"
     done = subprocess.run([sys.executable, "-c", _BLOCK, "predict", str(run), str(folder / "big.nii.gz"),
                            "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
-    assert done.returncode != 0 and "torch" in (done.stdout + done.stderr)
+    assert done.returncode != 0 and "no ONNX network" in done.stderr and "PyTorch installed" in done.stderr
+    # a damaged package is named as such, not as a missing PyTorch
+    broken = tmp_path / "broken"
+    shutil.copytree(package, broken)
+    (broken / "package.json").write_text("{oops")
+    done = subprocess.run([sys.executable, "-c", _BLOCK, "predict", str(broken), str(folder / "big.nii.gz"),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert done.returncode != 0 and "package.json is unreadable" in done.stderr, done.stderr
 
 
 def test_bad_inputs_to_the_3d_runtime_are_named(segmenter, tmp_path):

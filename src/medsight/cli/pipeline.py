@@ -286,7 +286,7 @@ def predict_command(
     With ``--data``, a manifest's cases are predicted instead (cardiac models add ``<out>_function.csv``:
     volumes, EF and LV mass per case, to join to the manifest as features of a risk model)."""
     from medsight.data.manifest import Manifest
-    from medsight.inference.runtime import predict_package, runs_without_torch, runtime_model
+    from medsight.inference.runtime import predict_package, runs_without_torch, runtime_model, torch_available
     from medsight.io.atomic import check_writable
 
     if bool(inputs) == (data is not None):
@@ -311,9 +311,16 @@ def predict_command(
         raise typer.BadParameter("--ray-address and --workers spread the work over Ray: give --ray too")
     masks = output.with_name(f"{output.stem}_masks")  # label maps, for models that make them
     plain = not (data or uncertainty or ensemble or ray) and precision in ("auto", "fp32")
+    # without PyTorch the runtime answers for the package (what it cannot predict is named there)
+    runtime = plain and (runs_without_torch(run, backend=backend) or not torch_available())
+    if runtime and dicom_overlay and not _segments(run):  # a classifier's heat map: Grad-CAM on PyTorch
+        if not torch_available():
+            raise ConfigError("--dicom-overlay draws a classifier's Grad-CAM heat map, which needs PyTorch: "
+                              "pip install torch==2.13.0, or leave --dicom-overlay out")  # fmt: skip
+        runtime = False
     model: Any
     predictor = None
-    if plain and runs_without_torch(run, backend=backend) and not (dicom_overlay and not _segments(run)):
+    if runtime:
         # a 2D classifier or 3D segmenter package on onnxruntime: no PyTorch import (the same rows)
         model = runtime_model(run)
         _check_fractional(model, fractional)

@@ -218,7 +218,8 @@ def predict_images(
         raise ConfigError(f"the torch-free runtime predicts 2D classifiers without view fusion; {folder} is a "
                           f"{kind!r} model: predict it with PyTorch installed")  # fmt: skip
     if not isinstance(spec.get("onnx"), str) or not (folder / spec["onnx"]).is_file():
-        raise ConfigError(f"{folder} has no ONNX network; export it with `medsight export RUN --format onnx`")
+        raise ConfigError(f"{folder} has no ONNX network: export it with `medsight export RUN --format onnx`, or "
+                          "predict its weights with PyTorch installed")  # fmt: skip
     try:
         preprocess = Preprocess2D(**(spec.get("preprocess") or {}))
     except ValidationError as exc:
@@ -321,7 +322,8 @@ def _volume_model(folder: Path, spec: dict[str, Any]) -> tuple[LabelMaps | Candi
         raise ConfigError(f"{folder} is a {task.get('kind')!r} model; the torch-free runtime predicts 3D volumes with "
                           "segmentation and detection models: predict it with PyTorch installed")  # fmt: skip
     if not isinstance(spec.get("onnx"), str) or not (folder / spec["onnx"]).is_file():
-        raise ConfigError(f"{folder} has no ONNX network; export it with `medsight export RUN --format onnx`")
+        raise ConfigError(f"{folder} has no ONNX network: export it with `medsight export RUN --format onnx`, or "
+                          "predict its weights with PyTorch installed")  # fmt: skip
     try:
         plan = Plan.model_validate(spec.get("preprocess") or {})
         if task.get("kind") == "detection":
