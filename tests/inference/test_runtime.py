@@ -139,3 +139,41 @@ def test_what_the_runtime_does_not_predict_is_named(packages, tmp_path):
         predict_images(tmp_path, [data])
     with pytest.raises(InputError, match="does not exist"):
         predict_images(package, [tmp_path / "missing.png"])
+
+
+@pytest.mark.parametrize("case", ["detection2d", "detection2d findings"])
+def test_a_2d_detector_package_draws_the_same_boxes_without_torch(case, tmp_path):
+    """Mammography and chest X-ray detectors: each finding's score and its boxes in the image's own
+    pixels equal the PyTorch-side predictor's on the same onnxruntime network; `medsight predict`
+    where PyTorch cannot be imported writes the report with each box as a region of its image."""
+    from medsight.inference.runtime import runtime_model
+
+    run, data, _ = trained(tmp_path, case)
+    package = export_package(run, tmp_path / "package", format="onnx").folder
+    spec = json.loads((package / "package.json").read_text())
+    spec["task"]["threshold"] = 0.005  # a one-epoch detector is faint: a low threshold gives it boxes
+    (package / "package.json").write_text(json.dumps(spec))
+    png = read(data / "img031.png")
+    film = write_dicom_image(Volume(np.asarray(png.array).astype(np.uint16), png.geometry,
+                                    VolumeMetadata(modality="MG")), tmp_path / "film.dcm", modality="MG",
+                             laterality="R", view="MLO")  # fmt: skip
+    inputs = [data, film]
+    assert runs_without_torch(package)
+    mine = predict_images(package, inputs, batch_size=5)
+    theirs = Predictor.from_run(package, backend="onnx").predict_files(inputs).table()
+    assert list(mine.columns) == list(theirs.columns) and "detections" in mine
+    pd.testing.assert_frame_equal(mine, theirs, check_dtype=False, rtol=1e-5, atol=1e-6)
+    assert sum(len(json.loads(d)) for d in mine["detections"]) > 0
+    model, task = runtime_model(package), Predictor.from_run(package, backend="onnx").task
+    last = mine.iloc[-1].to_dict()
+    assert model.task.findings(last) == task.findings(last) and model.task.label_classes() == ()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", _BLOCK, "predict", str(package), str(film), "--out",
+                           str(tmp_path / "p.csv"), "--dicom-out", str(tmp_path / "d")],
+                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    import highdicom
+
+    sr = highdicom.sr.srread(tmp_path / "d" / "0000_film_sr.dcm")
+    assert len(sr.content.get_planar_roi_measurement_groups()) == len(json.loads(last["detections"]))

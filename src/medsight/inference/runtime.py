@@ -3,7 +3,8 @@
 ``package.json`` is read as JSON and the ONNX network run on onnxruntime. A 2D classifier: each
 image read and prepared as training prepared it (:func:`~medsight.transforms.prepare2d.prepare_image`),
 its logits turned into the task's probabilities in NumPy (sigmoid, softmax, or CORN's grade
-probabilities), temperature-scaled where the run kept temperatures. A 3D segmenter: each volume
+probabilities), temperature-scaled where the run kept temperatures; a 2D detector's cell maps made
+boxes in each image's pixels (:class:`~medsight.tasks.boxes.Boxes`). A 3D segmenter: each volume
 (or case folder of channels) cropped, resampled and normalised as its plan says, predicted by
 Gaussian-weighted sliding windows (:func:`~medsight.inference.window.sliding_window`), turned into
 label codes, postprocessed and resampled back onto its own grid (:class:`~medsight.tasks.labelmaps.LabelMaps`),
@@ -38,10 +39,12 @@ from medsight.transforms.prepare2d import Preprocess2D, prepare_image
 
 if TYPE_CHECKING:  # 3D pieces are imported where used: a 2D classifier's process starts without them
     from medsight.planning import Plan
+    from medsight.tasks.boxes import Boxes
     from medsight.tasks.candidates import Candidates
     from medsight.tasks.labelmaps import LabelMaps
 
 __all__ = [
+    "IMAGE_KINDS",
     "RUNTIME_KINDS",
     "VOLUME_KINDS",
     "PackageFacts",
@@ -65,6 +68,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 RUNTIME_KINDS = ("binary", "multiclass", "multilabel", "ordinal")
+IMAGE_KINDS = (*RUNTIME_KINDS, "detection2d")  # 2D models the runtime predicts
 VOLUME_KINDS = ("segmentation", "detection")  # 3D models the runtime predicts
 
 
@@ -83,9 +87,9 @@ def _spec(package: Path) -> dict[str, Any]:
 
 def runs_without_torch(package: str | os.PathLike[str], *, backend: str = "auto") -> bool:
     """Whether ``medsight predict`` runs the package here (:func:`predict_package`) with the given
-    ``backend``: one with an ONNX network, onnxruntime installed, and either a 2D classifier (no
-    view fusion; backend auto or onnx: onnxruntime beats eager PyTorch for 2D CNNs) or a 3D
-    segmenter or detector (backend onnx, or auto where PyTorch is not installed: with it, bf16
+    ``backend``: one with an ONNX network, onnxruntime installed, and either a 2D classifier or
+    detector (no view fusion; backend auto or onnx: onnxruntime beats eager PyTorch for 2D CNNs) or
+    a 3D segmenter or detector (backend onnx, or auto where PyTorch is not installed: with it, bf16
     sliding windows are faster)."""
     folder = Path(package)
     try:
@@ -95,7 +99,7 @@ def runs_without_torch(package: str | os.PathLike[str], *, backend: str = "auto"
     task = spec.get("task") or {}
     if not (isinstance(spec.get("onnx"), str) and (folder / spec["onnx"]).is_file() and onnxruntime_available()):
         return False
-    if task.get("kind") in RUNTIME_KINDS and not task.get("fusion"):
+    if task.get("kind") in IMAGE_KINDS and not task.get("fusion"):
         return backend in ("auto", "onnx")
     if task.get("kind") in VOLUME_KINDS:
         return backend == "onnx" or (backend == "auto" and not torch_available())
@@ -202,21 +206,23 @@ def predict_images(
     progress: Progress | None = None,
 ) -> pd.DataFrame:
     """One row per image file (folders expanded as ``medsight predict`` expands them): ``input``,
-    its DICOM facts where it has them, and the task's ``prob`` or ``prob_<class>`` columns.
+    its DICOM facts where it has them, and the task's ``prob`` or ``prob_<class>`` columns (a 2D
+    detector: each finding's most probable cell, and its boxes in the image's pixels as JSON,
+    ``detections``).
 
     Raises:
         InputError: not a package, an input missing or unreadable (named), an ONNX network that does
             not load.
-        ConfigError: the package is not a 2D classifier with an ONNX network, or onnxruntime is not
-            installed.
+        ConfigError: the package is not a 2D classifier or detector with an ONNX network, or
+            onnxruntime is not installed.
     """
     folder = Path(package)
     spec = _spec(folder)
     task = spec.get("task") or {}
     kind = task.get("kind")
-    if kind not in RUNTIME_KINDS or task.get("fusion"):
-        raise ConfigError(f"the torch-free runtime predicts 2D classifiers without view fusion; {folder} is a "
-                          f"{kind!r} model: predict it with PyTorch installed")  # fmt: skip
+    if kind not in IMAGE_KINDS or task.get("fusion"):
+        raise ConfigError(f"the torch-free runtime predicts 2D classifiers and detectors without view fusion; "
+                          f"{folder} is a {kind!r} model: predict it with PyTorch installed")  # fmt: skip
     if not isinstance(spec.get("onnx"), str) or not (folder / spec["onnx"]).is_file():
         raise ConfigError(f"{folder} has no ONNX network: export it with `medsight export RUN --format onnx`, or "
                           "predict its weights with PyTorch installed")  # fmt: skip
@@ -224,12 +230,14 @@ def predict_images(
         preprocess = Preprocess2D(**(spec.get("preprocess") or {}))
     except ValidationError as exc:
         raise InputError(f"{folder / 'package.json'} has preprocessing this runtime does not read: {exc}") from exc
+    boxes = _detector(folder, task) if kind == "detection2d" else None
     check_recorded(folder, spec["onnx"])
     session = onnx_session(folder / spec["onnx"], threads)
     name = session.get_inputs()[0].name
     classes = [str(c) for c in task.get("classes") or []]
     paths = expand_inputs(inputs)
-    cases, probabilities = [], []
+    cases, probabilities, tables = [], [], []
+    shapes: list[tuple[int, ...]] = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         arrays = []
@@ -240,13 +248,20 @@ def predict_images(
             except MedsightError as exc:
                 raise type(exc)(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from exc
             cases.append({"input": str(path), **image_facts(volume)})
+            shapes.append(tuple(int(n) for n in volume.spatial_shape[-2:]))
         (logits,) = session.run(None, {name: np.stack(arrays)})
-        probabilities.append(class_probabilities(kind, logits))
+        if boxes is not None:
+            tables.append(boxes.table(logits, shapes[-len(chunk) :], preprocess.size))
+        else:
+            probabilities.append(class_probabilities(kind, logits))
         if progress is not None:
             progress("predicting", min(start + batch_size, len(paths)), len(paths))
-    p = np.concatenate(probabilities)
-    scores = pd.DataFrame({"prob": p}) if kind == "binary" else pd.DataFrame(
-        {f"prob_{c}": p[:, k] for k, c in enumerate(classes)})  # fmt: skip
+    if boxes is not None:
+        scores = pd.concat(tables, ignore_index=True)
+    else:
+        p = np.concatenate(probabilities)
+        scores = pd.DataFrame({"prob": p}) if kind == "binary" else pd.DataFrame(
+            {f"prob_{c}": p[:, k] for k, c in enumerate(classes)})  # fmt: skip
     temperatures = load_temperatures(folder)
     if temperatures:  # fitted by `medsight evaluate --temperature`: as the PyTorch-side predictor applies them
         scores = apply_temperatures(scores, temperatures)
@@ -309,6 +324,16 @@ def input_groups(
     if rest:
         groups.update({p: [p] for p in expand_inputs(rest, volumes=volumes)})
     return groups
+
+
+def _detector(folder: Path, task: dict[str, Any]) -> Boxes:
+    from medsight.tasks.boxes import Boxes, Detection2DSpec
+
+    try:
+        return Boxes(Detection2DSpec.model_validate(task))
+    except ValidationError as exc:
+        raise InputError(f"{folder / 'package.json'} has a task this version does not read: "
+                         f"{' '.join(str(exc).split())[:300]}") from exc  # fmt: skip
 
 
 def _volume_model(folder: Path, spec: dict[str, Any]) -> tuple[LabelMaps | Candidates, Plan]:
@@ -441,13 +466,16 @@ class PackageFacts:
 
 class PackageOutputs:
     """What the DICOM writers ask of a package's task, answered without PyTorch: a segmenter's label
-    classes and probability maps, a detector's overlay class and findings (nothing for a classifier)."""
+    classes and probability maps, a 3D detector's overlay class and findings, a 2D detector's boxes
+    (nothing for a classifier)."""
 
-    def __init__(self, parts: LabelMaps | Candidates | None) -> None:
+    def __init__(self, parts: LabelMaps | Candidates | Boxes | None) -> None:
         self.parts = parts
 
     def label_classes(self) -> tuple[tuple[int, str], ...]:
-        return () if self.parts is None else self.parts.label_classes()
+        from medsight.tasks.boxes import Boxes
+
+        return () if self.parts is None or isinstance(self.parts, Boxes) else self.parts.label_classes()
 
     def probability_structures(self) -> tuple[str, ...]:
         from medsight.tasks.labelmaps import LabelMaps
@@ -455,9 +483,9 @@ class PackageOutputs:
         return tuple(self.parts.structures) if isinstance(self.parts, LabelMaps) else ()
 
     def findings(self, row: Mapping[str, Any]) -> list[Any]:
-        from medsight.tasks.candidates import Candidates
+        from medsight.tasks.labelmaps import LabelMaps
 
-        return self.parts.findings(row) if isinstance(self.parts, Candidates) else []
+        return [] if self.parts is None or isinstance(self.parts, LabelMaps) else self.parts.findings(row)
 
 
 @dataclass(frozen=True)
@@ -480,8 +508,12 @@ def runtime_model(package: str | os.PathLike[str]) -> RuntimeModel:
     """
     folder = Path(package)
     spec = _spec(folder)
-    volumes = (spec.get("task") or {}).get("kind") in VOLUME_KINDS
-    parts = _volume_model(folder, spec)[0] if volumes else None
+    task = spec.get("task") or {}
+    parts: LabelMaps | Candidates | Boxes | None = None
+    if task.get("kind") in VOLUME_KINDS:
+        parts = _volume_model(folder, spec)[0]
+    elif task.get("kind") == "detection2d":
+        parts = _detector(folder, task)
     onnx = spec.get("onnx") if isinstance(spec.get("onnx"), str) else None
     facts = PackageFacts(str(spec.get("recipe") or folder.name), str(spec.get("weights") or "best.pt"), onnx)
     return RuntimeModel(folder, facts, PackageOutputs(parts))

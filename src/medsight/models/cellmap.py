@@ -19,10 +19,9 @@ from torch import nn
 
 from medsight.core.errors import ConfigError
 from medsight.models.registry import build_model
+from medsight.transforms.prepare2d import CELL  # pixels per output cell along each side
 
 __all__ = ["CELL", "ResNetCells"]
-
-CELL = 8  # pixels per output cell along each side
 
 
 class _Pyramid(nn.Module):

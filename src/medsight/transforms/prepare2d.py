@@ -14,9 +14,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from medsight.core.errors import InputError
 from medsight.core.volume import Volume
 
-__all__ = ["Preprocess2D", "finite_or_filled", "map_to_image", "prepare_image"]
+__all__ = [
+    "Preprocess2D",
+    "boxes_from_prepared",
+    "boxes_to_prepared",
+    "finite_or_filled",
+    "map_to_image",
+    "prepare_image",
+]
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+CELL = 8  # the 2D detector's output cell: pixels of the prepared image per cell along each side
 
 
 class Preprocess2D(BaseModel):
@@ -129,3 +137,29 @@ def map_to_image(prepared: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         (side, side), Image.Resampling.BILINEAR))  # fmt: skip
     top, left = (side - height) // 2, (side - width) // 2
     return square[top : top + height, left : left + width].copy()
+
+
+def _square(shape: tuple[int, int], size: int) -> tuple[float, float, float]:
+    """``prepare_image``'s padding (top, left) and scale for a source image of ``shape`` (height, width)."""
+    h, w = shape
+    if h <= 0 or w <= 0:
+        raise InputError(f"an image of {h}x{w} pixels has no area")
+    side = max(h, w)
+    return (side - h) // 2, (side - w) // 2, size / side
+
+
+def boxes_to_prepared(boxes: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
+    """``(n, 4)`` boxes ``x0, y0, x1, y1`` in a source image's pixels -> the same boxes in the
+    ``size``-pixel image :func:`prepare_image` makes of it (padded square, resized)."""
+    top, left, scale = _square(shape, size)
+    offset = np.array([left, top, left, top], np.float64)
+    return (np.asarray(boxes, np.float64).reshape(-1, 4) + offset) * scale
+
+
+def boxes_from_prepared(boxes: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
+    """The inverse of :func:`boxes_to_prepared`, clipped to the source image."""
+    top, left, scale = _square(shape, size)
+    offset = np.array([left, top, left, top], np.float64)
+    out = np.asarray(boxes, np.float64).reshape(-1, 4) / scale - offset
+    h, w = shape
+    return np.clip(out, 0, [w, h, w, h])
