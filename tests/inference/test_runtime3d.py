@@ -268,3 +268,22 @@ def test_a_detector_package_finds_the_same_candidates_without_torch(tmp_path):
     sr = highdicom.sr.srread(sr_path)
     balls = [g for g in sr.content.get_volumetric_roi_measurement_groups() if g.roi is not None]
     assert len(balls) == int(mine.iloc[2]["candidates"])  # every candidate is at or above overlay 0.0
+
+
+def test_real_volumes_segment_alike_in_the_runtime(segmenter, shared_data, tmp_path):
+    """Real MR and CT volumes (radiomics test data, NRRD; other grids and intensities than training's)
+    give the runtime the label maps the PyTorch-side predictor gives on the same network."""
+    package, _ = segmenter
+    brain = read(shared_data / "radiomics" / "brain1_image.nrrd")  # its centre: the test stays quick
+    corner = tuple(float(v) for v in brain.geometry.index_to_world([0, 80, 80]))
+    centre = Volume(np.asarray(brain.array)[:, :, 80:176, 80:176], brain.geometry.replace(origin=corner))
+    inputs = [write(centre, tmp_path / "brain1_centre.nrrd"), shared_data / "radiomics" / "breast1_image.nrrd"]
+    mine = predict_volumes(package, inputs, masks=tmp_path / "mine")
+    theirs = Predictor.from_run(package, backend="onnx").predict_files(inputs, masks=tmp_path / "theirs").table()
+    volumes = [c for c in mine.columns if c.startswith("volume_ml_")]
+    pd.testing.assert_frame_equal(mine[volumes], theirs[volumes], rtol=1e-3, atol=0.05)
+    for a, b, source in zip(mine["output"], theirs["output"], inputs, strict=True):
+        assert a.endswith("_seg.nrrd")  # beside the input's format
+        ours, reference = read(a), read(b)
+        assert ours.geometry.isclose(read(source).geometry)
+        assert np.mean(ours.array == reference.array) > 0.999
