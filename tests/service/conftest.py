@@ -43,7 +43,6 @@ def made(tmp_path_factory) -> dict[str, Path]:
 def classifier(tmp_path_factory) -> dict[str, Path]:
     """A 2D classifier package (ONNX), and one of its test images as a DX chest film in DICOM."""
     pytest.importorskip("onnxruntime", reason="the serve extra is not installed (pip install 'medsight[serve]')")
-    import pydicom
 
     from medsight.core import Volume, VolumeMetadata
     from medsight.export import export_package
@@ -55,11 +54,8 @@ def classifier(tmp_path_factory) -> dict[str, Path]:
     export_package(run, root / "package", format="onnx")
     png = read(data / "img030.png")
     (root / "DX").mkdir()
-    path = write_dicom_image(Volume(np.asarray(png.array).astype(np.uint16), png.geometry,
-                                    VolumeMetadata(modality="DX")), root / "DX" / "film.dcm")  # fmt: skip
-    header = pydicom.dcmread(path)
-    header.PatientOrientation = ["L", "F"]  # a DX image says where its rows and columns point
-    header.save_as(path)
+    film = Volume(np.asarray(png.array).astype(np.uint16), png.geometry, VolumeMetadata(modality="DX"))
+    write_dicom_image(film, root / "DX" / "film.dcm")  # PatientOrientation L F, as a DX image must say
     return {"package": root / "package", "DX": root / "DX"}
 
 

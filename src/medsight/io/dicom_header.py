@@ -545,6 +545,11 @@ def display_window(*items: Dataset | None) -> tuple[float, float] | None:
     return None
 
 
+def _side(laterality: str | None) -> str | None:
+    """A laterality, None for ``U`` (an unpaired body part has no side)."""
+    return None if laterality is None or laterality.strip().upper() == "U" else laterality
+
+
 def base_metadata(ds: Dataset, source_format: str) -> VolumeMetadata:
     """Identity and display fields shared by every DICOM reader."""
 
@@ -560,7 +565,7 @@ def base_metadata(ds: Dataset, source_format: str) -> VolumeMetadata:
         series_uid=text("SeriesInstanceUID"),
         series_description=text("SeriesDescription"),
         manufacturer=text("Manufacturer"),
-        laterality=text("ImageLaterality") or text("Laterality"),
+        laterality=_side(text("ImageLaterality")) or _side(text("Laterality")),
         view=text("ViewPosition"),
         photometric_interpretation=text("PhotometricInterpretation"),
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ from medsight.core.errors import InputError
 from medsight.core.volume import Volume
 from medsight.io.atomic import atomic_dir, atomic_file
 
-__all__ = ["write_dicom_image", "write_dicom_series"]
+__all__ = ["projection_orientation", "write_dicom_image", "write_dicom_series"]
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +301,48 @@ def write_dicom_series(
     return written
 
 
+_ORIENTATION = re.compile(r"[APRLHF]{1,3}")
+_VIEW_CODES = {  # mammography views (DICOM CID 4014, SNOMED CT)
+    "CC": ("399162004", "SCT", "cranio-caudal"),
+    "MLO": ("399368009", "SCT", "medio-lateral oblique"),
+    "ML": ("399260004", "SCT", "medio-lateral"),
+    "LM": ("399352003", "SCT", "latero-medial"),
+}
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+_CC_VIEWS = {"CC", "XCC", "XCCL", "XCCM", "FB"}
+_OBLIQUE_VIEWS = {"MLO", "LMO", "SIO"}
+
+
+def projection_orientation(modality: str, laterality: str | None, view: str | None) -> list[str]:
+    """PatientOrientation of a projection image laid out as radiographs conventionally are: a chest
+    film as it is hung, PA (and any film whose view is not said) ``L F`` (rows to the patient's left,
+    columns to the feet), AP ``R F``, lateral ``P F`` (anterior at the left); a mammogram with the
+    chest wall at the left of a left breast's image and at the right of a right breast's (the nipple
+    pointing into the image): CC ``A R`` / ``P L``, MLO ``A FR`` / ``P FL``, ML and LM ``A F`` /
+    ``P F``. Empty for a mammogram whose side or view is not said (the writer does not guess)."""
+    view = (view or "").upper()
+    if modality.upper() == "MG":
+        if laterality not in ("L", "R") or not view:
+            return []
+        row = "A" if laterality == "L" else "P"
+        across = "R" if laterality == "L" else "L"
+        if view in _CC_VIEWS:
+            return [row, across]
+        if view in _OBLIQUE_VIEWS:
+            return [row, "F" + across]
+        return [row, "F"] if view in ("ML", "LM") else []
+    if view == "AP":
+        return ["R", "F"]
+    return ["P", "F"] if view in ("LL", "RL", "LATERAL", "LAT") else ["L", "F"]
+
+
 def write_dicom_image(
     volume: Volume,
     path: str | os.PathLike[str],
@@ -313,6 +357,7 @@ def write_dicom_image(
     study_uid: str | None = None,
     series_uid: str | None = None,
     series_description: str = "medsight",
+    orientation: Sequence[str] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a one-slice, one-channel projection image (MG, DX or CR "for presentation").
@@ -335,6 +380,9 @@ def write_dicom_image(
         study_uid: Defaults to the volume's study UID, else a new one.
         series_uid: Defaults to a new UID.
         series_description: DICOM SeriesDescription.
+        orientation: PatientOrientation, where the rows and the columns point (e.g. ``("L", "F")``).
+            Default: the radiographic conventions for ``view`` (and for mammograms ``laterality``),
+            :func:`projection_orientation`; give it where the pixels are laid out otherwise.
         overwrite: Replace an existing file.
     """
     modality = modality.upper()
@@ -377,12 +425,30 @@ def write_dicom_image(
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.PresentationIntentType = "FOR PRESENTATION"
     ds.InstanceNumber = 1
-    ds.PatientOrientation = ""
-    if laterality is not None:
-        ds.ImageLaterality = laterality
-        ds.Laterality = laterality
-    if view is not None:
-        ds.ViewPosition = view
+    given = list(orientation) if orientation is not None else projection_orientation(modality, laterality, view)
+    if given and (len(given) != 2 or not all(_ORIENTATION.fullmatch(str(v)) for v in given)):
+        raise InputError(f"orientation is two directions of the letters A, P, R, L, H, F (e.g. L F); got {given}")
+    ds.PatientOrientation = [str(v) for v in given] if given else ""
+    ds.ImageLaterality = laterality or "U"  # U: unpaired (a chest film has no side)
+    ds.ViewPosition = view or ""
+    ds.BodyPartExamined = "BREAST" if modality == "MG" else ""
+    if modality != "CR":  # the digital X-ray family: what was imaged (Type 2: empty where not known)
+        ds.AnatomicRegionSequence = [_code("76752008", "SCT", "Breast")] if modality == "MG" else []
+        ds.DetectorType = ""
+        ds.PositionerType = "MAMMOGRAPHIC" if modality == "MG" else ""
+        ds.AcquisitionContextSequence = []
+    if modality == "MG":
+        ds.OrganExposed = "BREAST"
+        if (view or "").upper() in _VIEW_CODES:
+            view_code = _code(*_VIEW_CODES[(view or "").upper()])
+            view_code.ViewModifierCodeSequence = []  # no spot compression, magnification...
+            ds.ViewCodeSequence = [view_code]
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "00"
+    # "for presentation": brighter where less of the beam came through (denser tissue), as displayed
+    ds.PixelIntensityRelationship = "LOG"
+    ds.PixelIntensityRelationshipSign = -1 if photometric == "MONOCHROME2" else 1
+    ds.PresentationLUTShape = "IDENTITY" if photometric == "MONOCHROME2" else "INVERSE"
     spacing = [_ds_number(volume.geometry.spacing[1]), _ds_number(volume.geometry.spacing[2])]
     ds.ImagerPixelSpacing = spacing
     ds.PixelSpacing = spacing
@@ -398,6 +464,10 @@ def write_dicom_image(
     if meta.window is not None:
         ds.WindowCenter = _ds_number(meta.window[0])
         ds.WindowWidth = _ds_number(meta.window[1])
+    else:  # a presentation image carries its window: the stored values' range
+        low, high = float(stored.min()), float(stored.max())
+        ds.WindowCenter = _ds_number((low + high) / 2)
+        ds.WindowWidth = _ds_number(max(high - low, 1.0))
     ds.PixelData = np.ascontiguousarray(stored).astype("<u2", copy=False).tobytes()
     with atomic_file(path, overwrite=overwrite) as tmp:
         pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
