@@ -464,8 +464,8 @@ def write_dicom_image(
     if meta.window is not None:
         ds.WindowCenter = _ds_number(meta.window[0])
         ds.WindowWidth = _ds_number(meta.window[1])
-    else:  # a presentation image carries its window: the stored values' range
-        low, high = float(stored.min()), float(stored.max())
+    else:  # a presentation image carries its window: the one medsight would choose (0.5-99.5th percentiles)
+        low, high = (float(v) for v in np.percentile(stored.astype(np.float64), [0.5, 99.5]))
         ds.WindowCenter = _ds_number((low + high) / 2)
         ds.WindowWidth = _ds_number(max(high - low, 1.0))
     ds.PixelData = np.ascontiguousarray(stored).astype("<u2", copy=False).tobytes()
