@@ -97,3 +97,32 @@ def test_runs_with_different_preprocessing_keep_their_own_caches(fundus, tmp_pat
     build_image_cache(fundus, large, folders[48])
     build_image_cache(fundus, small, folders[32])  # the 48 px run did not replace it
     assert (folders[32] / "images.npy").stat().st_mtime_ns == stamp
+
+
+def test_two_manifests_of_one_folder_keep_their_own_caches(fundus):
+    """Two manifests beside each other (e.g. a cohort and a subset of it) get separate default caches,
+    so runs on them at once never open each other's."""
+    from medsight.data.cache import default_cache_dir
+
+    spec = Preprocess2D(size=32)
+    subset = fundus.with_table(fundus.table.iloc[:3].reset_index(drop=True))
+    assert default_cache_dir(subset, "dr-grading", spec) != default_cache_dir(fundus, "dr-grading", spec)
+    assert default_cache_dir(subset, "dr-grading", spec).parent == default_cache_dir(fundus, "dr-grading", spec).parent
+
+
+def test_a_cache_replaced_while_it_was_built_is_not_taken(fundus, tmp_path):
+    """Another process building a cache of other cases into the same folder at the same moment: what
+    is left there is not this build's, and is refused with the fix instead of used."""
+    from medsight.data.cache import _open, built
+
+    spec = Preprocess2D(size=32)
+    build_image_cache(fundus, spec, tmp_path / "cache")
+    mine = json.loads((tmp_path / "cache" / "index.json").read_text())["key"]
+    assert list(built(tmp_path / "cache", mine, _open).case_ids) == list(fundus.table["case_id"])
+    subset = fundus.with_table(fundus.table.iloc[:3].reset_index(drop=True))
+    build_image_cache(subset, spec, tmp_path / "cache")  # the other process's rename lands first
+    with pytest.raises(InputError, match="another process replaced the preprocessed cache"):
+        built(tmp_path / "cache", mine, _open)
+    (tmp_path / "cache" / "index.json").unlink()
+    with pytest.raises(InputError, match="vanished or broke"):
+        built(tmp_path / "cache", mine, _open)

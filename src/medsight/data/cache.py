@@ -27,7 +27,7 @@ from medsight.data.reading import read_case_image
 from medsight.io.atomic import atomic_dir
 from medsight.transforms.prepare2d import Preprocess2D, prepare_image
 
-__all__ = ["ImageCache", "build_image_cache", "cache_key", "default_cache_dir", "reuse"]
+__all__ = ["ImageCache", "build_image_cache", "built", "cache_key", "default_cache_dir", "reuse"]
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,13 @@ class ImageCache:
 
 def default_cache_dir(manifest: Manifest, name: str, spec: BaseModel | None = None) -> Path:
     """Where training and evaluation keep a recipe's preprocessed images: beside the manifest, one
-    folder per preprocessing spec (two runs at different image sizes keep their own caches
-    instead of rebuilding each other's)."""
+    folder per preprocessing spec and set of cases (two runs at different image sizes, or on two
+    manifests of one folder, keep their own caches instead of rebuilding each other's)."""
     folder = manifest.root / ".medsight-cache" / name
     if spec is None:
         return folder
-    digest = hashlib.sha256(json.dumps(spec.model_dump(), sort_keys=True).encode()).hexdigest()
+    cases = "\n".join(str(c) for c in manifest.table["case_id"]) if "case_id" in manifest.table else ""
+    digest = hashlib.sha256(json.dumps(spec.model_dump(), sort_keys=True).encode() + cases.encode()).hexdigest()
     return folder / digest[:12]
 
 
@@ -93,6 +94,27 @@ def reuse(folder: Path, key: str, open_cache: Callable[[Path], T]) -> T | None:
     except (OSError, ValueError, KeyError) as exc:
         log.warning("rebuilding unreadable cache %s (%s)", folder, exc)
     return None
+
+
+def built(folder: Path, key: str, open_cache: Callable[[Path], T]) -> T:
+    """The cache just built into ``folder``, opened, after checking it is still this build's: another
+    process that built a cache of other inputs into the same folder at the same time may have
+    replaced it, and its images must never be taken for these.
+
+    Raises:
+        InputError: the folder now holds a cache of other inputs (with the fix).
+    """
+    try:
+        same = json.loads((folder / "index.json").read_text()).get("key") == key
+    except (OSError, ValueError) as exc:
+        raise InputError(f"the preprocessed cache {folder} vanished or broke right after it was built ({exc}); "
+                         "is another process writing there? Run again, or give each run its own cache "
+                         "folder") from exc  # fmt: skip
+    if not same:
+        raise InputError(f"another process replaced the preprocessed cache {folder} with one of other cases while "
+                         "this one built it (two runs preparing different data in one folder at once): run again, "
+                         "or give each run its own cache folder")  # fmt: skip
+    return open_cache(folder)
 
 
 def _open(folder: Path) -> ImageCache:
@@ -154,4 +176,4 @@ def build_image_cache(
     for data in npz_cache.values():
         data.close()
     log.info("preprocessed %d images into %s", n, folder)
-    return _open(folder)
+    return built(folder, key, _open)

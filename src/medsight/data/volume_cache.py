@@ -23,7 +23,7 @@ import numpy as np
 
 from medsight.core.errors import InputError, MedsightError
 from medsight.core.progress import Progress
-from medsight.data.cache import cache_key, reuse
+from medsight.data.cache import built, cache_key, reuse
 from medsight.data.cases import pairings, read_case
 from medsight.data.manifest import Manifest
 from medsight.io.atomic import atomic_dir
@@ -228,4 +228,4 @@ def build_volume_cache(
         index = {"key": key, "version": _VERSION, "plan": plan.preprocessing_key(), "items": entries}
         (tmp / "index.json").write_text(json.dumps(index))
     log.info("preprocessed %d images into %s", len(work), folder)
-    return _open(folder)
+    return built(folder, key, _open)
