@@ -195,12 +195,11 @@ class Boxes:
         s = self.spec
         z = np.asarray(logits, np.float32)
         table = self.scores(z)
-        cell = size // z.shape[-1] if z.shape[-1] else CELL
         found = []
         for maps, shape in zip(_sigmoid(z), shapes, strict=True):
             rows = []
             for k, p in enumerate(maps):
-                marks = cell_boxes(p, threshold=s.threshold, max_detections=s.max_detections, cell=cell)
+                marks = cell_boxes(p, threshold=s.threshold, max_detections=s.max_detections)
                 corners = boxes_from_prepared(marks[:, :4], shape, size)
                 named = {} if s.findings is None else {"finding": s.findings[k]}
                 rows += [dict(zip(("x0", "y0", "x1", "y1"), np.round(box, 1).tolist(), strict=True))
