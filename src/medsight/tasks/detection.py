@@ -45,7 +45,7 @@ from medsight.core.errors import ConfigError, InputError, MedsightError
 from medsight.core.geometry import Geometry
 from medsight.core.progress import Progress
 from medsight.core.volume import Volume, VolumeMetadata
-from medsight.data.cache import cache_key, reuse
+from medsight.data.cache import built, cache_key, reuse
 from medsight.data.manifest import Manifest, parse_boxes
 from medsight.data.patches import FindingPatches, PatchDataset
 from medsight.data.reading import read_case_image
@@ -147,6 +147,7 @@ def _targets(manifest: Manifest, folder: Path, *, progress: Progress | None) -> 
                 if progress is not None:
                     progress("drawing the findings on each scan", n + 1, len(manifest))
             (tmp / "index.json").write_text(json.dumps({"key": key, "files": files}))
+        files = built(folder, key, opened)  # still this build's: not another process's of other scans
     table = manifest.table.copy()
     table["label"] = files
     return manifest.with_table(table)
