@@ -83,6 +83,16 @@ def test_summary_fits_an_80_column_terminal():
     assert all(len(line) <= 80 for line in lines)
     assert any("0.466 [0.255, 0.689]" in line and "below" in line for line in lines)
     assert any("0.971 [0.926, 1.000]" in line and "met" in line for line in lines)
+    # the longest names and widest intervals: the name folds, the interval and the verdict stay whole
+    rows = [DemoRow("mammo-risk", "mammography risk C-index (Harrell)", 0.641, 0.0, 1.0, 0.65, 1.0),
+            DemoRow("cardiac-function", "cardiac LV EF MAE (points)", 55.517, 29.886, 81.149, 5.0, 1.0,
+                    lower_is_better=True)]  # fmt: skip
+    console = Console(width=80, record=True, color_system=None)
+    console.print(demo_table(rows))
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= 80 for line in lines) and not any("…" in line for line in lines)
+    assert any("0.641 [0.000, 1.000]" in line and "below" in line for line in lines)
+    assert any("55.517 [29.886, 81.149]" in line and "above" in line for line in lines)
 
 
 def test_an_error_meets_its_target_from_below():

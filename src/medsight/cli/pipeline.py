@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from medsight.cli.common import err, friendly, out, progress_bar, state
 from medsight.core.errors import ConfigError, InputError, MedsightError
@@ -488,15 +489,20 @@ def register(app: typer.Typer) -> None:
 def demo_table(rows: list[DemoRow]) -> Table:
     """The demo's summary: one line per figure, narrow enough for an 80-column terminal
     (the recipe of each row is in ``summary.json``)."""
-    table = Table(title="medsight demo (phantom test sets)")
-    for header in ("figure", "estimate [95 % CI]", "target", ""):
-        table.add_column(header, no_wrap=True)
+    cells = []
     for row in rows:
         if row.lower_is_better:
             mark, target = ("[green]met[/]" if row.met else "[red]above[/]"), f"<= {row.target:g}"
         else:
             mark, target = ("[green]met[/]" if row.met else "[red]below[/]"), f">= {row.target:g}"
-        table.add_row(row.label, f"{row.estimate:.3f} [{row.low:.3f}, {row.high:.3f}]", target, mark)
+        cells.append((row.label, f"{row.estimate:.3f} [{row.low:.3f}, {row.high:.3f}]", target, mark))
+    table = Table(title="medsight demo (phantom test sets)")
+    table.add_column("figure", overflow="fold")  # a long name folds onto a second line; the figures never do
+    for k, header in enumerate(("estimate [95 % CI]", "target", ""), start=1):
+        width = max([len(header), *(len(Text.from_markup(c[k]).plain) for c in cells)])
+        table.add_column(header, no_wrap=True, min_width=width)
+    for cell in cells:
+        table.add_row(*cell)
     return table
 
 
