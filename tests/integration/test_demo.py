@@ -13,6 +13,14 @@ from medsight.cli.main import app
 from tests.validation.test_report import check_page
 
 
+@pytest.fixture(autouse=True)
+def _an_avx2_cpu(monkeypatch):
+    """The plans below are checked against the 15-minute budget of an AVX2 CPU, whatever runs them."""
+    import medsight.engine.tuning
+
+    monkeypatch.setattr(medsight.engine.tuning, "cpu_class", lambda: "AVX2")
+
+
 @pytest.mark.slow
 def test_quick_demo_runs_every_recipe(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path / "demo")])
@@ -149,6 +157,23 @@ def test_the_plan_fits_the_budget_on_a_slow_cpu_without_lowering_targets(monkeyp
     ]
     with pytest.raises(ConfigError, match="positive number of minutes"):
         demo.plan_demo("standard", budget_minutes=0)
+
+
+@pytest.mark.parametrize(("cpu", "minutes"), [("AMX", 10), ("AVX-512 BF16", 10), ("AVX-512", 10), ("AVX2", 15),
+                                              ("aarch64 DEFAULT", 15)])  # fmt: skip
+def test_the_budget_is_10_minutes_on_avx512_and_15_elsewhere_unless_given(monkeypatch, cpu, minutes):
+    import medsight.engine.tuning
+    from medsight.validation import demo
+
+    monkeypatch.setattr(medsight.engine.tuning, "cpu_class", lambda: cpu)
+    monkeypatch.setattr(demo, "_probe", lambda step, extra: _measured(90.0))
+    assert demo.default_budget_minutes(cpu) == minutes
+    plan = demo.plan_demo("standard")
+    assert plan.budget_seconds == minutes * 60 and plan.estimated_seconds <= minutes * 60
+    assert f"of its {minutes} min budget" in plan.describe()
+    standard = demo._estimate(demo._steps("standard"), 90.0, 81.0, bf16=False)
+    assert plan.profile == ("standard" if standard <= minutes * 60 else "lean")
+    assert demo.plan_demo("standard", budget_minutes=600).budget_seconds == 600 * 60  # given: kept
 
 
 def test_a_cpu_too_slow_for_the_lean_demo_runs_the_recipes_that_fit_and_names_the_others(monkeypatch):

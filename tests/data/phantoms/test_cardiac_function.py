@@ -93,3 +93,20 @@ def test_masks_do_not_depend_on_what_was_drawn_before():
         for c in (0.3, 1.0):
             np.testing.assert_array_equal(used.masks(c), _Heart(case_rng(2, 7), group, 10).masks(c))
         assert (fresh.masks(0.0) == 3).sum() > (fresh.masks(1.0) == 3).sum() > 0  # the cavity empties
+
+
+def test_without_the_cine_only_the_labelled_frames_are_written_and_read(tmp_path):
+    """``cine=False`` (the demo's risk cohort): no 4D file, the ED and ES frames and masks as with the
+    cine, and the ACDC reader lists them without a cine column rather than a path to a missing file."""
+    out = tmp_path / "acdc"
+    make_phantom("cardiac-function", out, cases=6, seed=3, options={"cine": False})
+    assert not list(out.rglob("*_4d.nii.gz"))
+    m = build_manifest(out)
+    assert len(m) == 6 and "image_cine" not in m.table.columns
+    truth = pd.read_csv(out / "phantom_truth.csv").set_index("patient")
+    for i in range(len(m)):
+        paths = m.paths(i)
+        image, ed, es = read(paths["image_ed"]), read(paths["label_ed"]), read(paths["label_es"])
+        assert image.spatial_shape == ed.spatial_shape and image.array.std() > 0
+        edv, esv = (ed.array == 3).sum(), (es.array == 3).sum()
+        assert (edv - esv) / edv == pytest.approx(truth.loc[m.table["case_id"].iloc[i], "ef_masks"], abs=1e-3)

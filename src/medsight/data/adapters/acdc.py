@@ -53,11 +53,13 @@ class Acdc(Adapter):
         for folder in folders:
             info = read_info_cfg(folder / "Info.cfg")
             pid = folder.name
+            cine = folder / f"{pid}_4d.nii.gz"
             record: dict[str, Any] = {
                 "case_id": pid,
                 "patient_id": pid,
                 "split": "test" if folder.parent.name.lower() == "testing" else "",
-                "image_cine": relative(root, folder / f"{pid}_4d.nii.gz"),
+                # a copy may hold only the ED and ES frames
+                **({"image_cine": relative(root, cine)} if cine.is_file() else {}),
                 "ed_frame": int(info["ED"]),
                 "es_frame": int(info["ES"]),
             }
