@@ -162,3 +162,39 @@ def test_bad_requests_are_named():
         attribute(network, images, 0, "gradcam", layer="model.nope")
     with pytest.raises(ConfigError, match="occlusion window"):
         attribute(network, images, 0, "occlusion", window=500)
+
+
+class _Recording(BrightSpot):
+    """BrightSpot noting whether each forward pass of a batch ran under bf16 autocast."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.passes: list[tuple[int, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        self.passes.append((len(x), autocast))
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_the_curves_run_in_the_dtype_asked_and_the_map_as_the_predictor_does(dtype):
+    """``curves_dtype`` (bf16 for a 3D model that predicts in it) moves only the deletion and insertion
+    curves' passes; the map and the image's probability keep fp32, and the curves stay the same curves."""
+    from types import SimpleNamespace
+
+    from medsight.explain.explainer import explain
+
+    model = _Recording().eval()
+    images, boxes = _spots(n=1)
+    package = SimpleNamespace(recipe="spots", model=SimpleNamespace(name="brightspot"))
+    predictor = SimpleNamespace(model=model, task=BINARY, run_dir="run", package=package)
+    result = explain(predictor, [images[0].numpy()], ["spot"], boxes=[{0: boxes[0]}], sanity=False,
+                     curves_dtype=dtype)  # fmt: skip
+    curves = [autocast for size, autocast in model.passes if size > 1]  # the curves' passes are batched
+    assert curves and all(autocast == (dtype is not None) for autocast in curves)
+    assert not any(autocast for size, autocast in model.passes if size == 1)  # probability and map: fp32
+    reference = explain(predictor, [images[0].numpy()], ["spot"], boxes=[{0: boxes[0]}], sanity=False)
+    ours, theirs = result.images[0].checks["gradcam"], reference.images[0].checks["gradcam"]
+    assert ours["deletion_auc"] == pytest.approx(theirs["deletion_auc"], abs=0.02)
+    assert ours["insertion_auc"] == pytest.approx(theirs["insertion_auc"], abs=0.02)
