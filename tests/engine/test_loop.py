@@ -88,6 +88,34 @@ def test_resume_continues_exactly(tmp_path):
     assert epochs == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_the_optimiser_is_fused_and_steps_as_the_plain_one(tmp_path, optimizer):
+    """The loop trains with fused kernels (one pass over all parameters); they make the same update as
+    PyTorch's per-tensor loop, and a checkpoint of either resumes in the other."""
+    data = _problem()
+    config = _config(optimizer=optimizer, epochs=2)
+    train(_model(), _loss, data, config=config, run_dir=tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["optimizer"]
+    assert all(group["fused"] for group in state["param_groups"])
+    cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.SGD
+    options = {"lr": 0.05, "weight_decay": 0.01} | ({"momentum": 0.9, "nesterov": True} if optimizer == "sgd" else {})
+    x, y = data.tensors
+    models = [_model(), _model()]
+    optimizers = [cls(models[0].parameters(), fused=True, **options), cls(models[1].parameters(), foreach=False,
+                                                                          **options)]  # fmt: skip
+    for step in range(6):
+        if step == 3:  # swap the states: each resumes from the other's checkpoint
+            saved = [o.state_dict() for o in optimizers]
+            optimizers[0].load_state_dict(saved[1])
+            optimizers[1].load_state_dict(saved[0])
+        for model, opt in zip(models, optimizers, strict=True):
+            opt.zero_grad()
+            _loss(model(x[step * 16 : step * 16 + 16]), y[step * 16 : step * 16 + 16]).backward()
+            opt.step()
+    for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_run_folder_rules(tmp_path):
     data = _problem()
     train(_model(), _loss, data, config=_config(epochs=1), run_dir=tmp_path / "run")
