@@ -671,8 +671,9 @@ def run_demo(
 ) -> list[DemoRow]:
     """Make, train and evaluate every recipe on phantoms under ``out``; return the headline rows.
 
-    ``standard`` takes about 13 minutes on a 2-core AVX-512 CPU; where it would overrun 15
-    minutes (measured at the start, :func:`plan_demo`) the ``lean`` settings run instead.
+    ``standard`` takes about 14 minutes on a 2-core AVX-512 BF16 CPU; where it would overrun the
+    plan's budget (measured at the start, :func:`plan_demo`) the ``lean`` settings run instead
+    (about 9.5 minutes there).
     ``quick`` shrinks everything (a handful of cases, one epoch, tiny images) to check that the
     whole chain runs; its figures mean nothing. ``long`` gives chest X-rays more cases, larger
     images and more epochs (:data:`LONG`).
