@@ -16,7 +16,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from medsight.engine.distributed import broadcast_buffers
 from medsight.engine.run import RunDir
 from medsight.engine.tuning import NumericMode, choose_mode, cpu_class, first_batch, guard_bf16_conv3d
 from medsight.engine.tuning import channels_last as to_channels_last
+from medsight.models.predict import autocast
 
 __all__ = ["TrainResult", "seed_everything", "train"]
 
@@ -323,7 +324,7 @@ def train(
                 augmented += time.perf_counter() - augmenting
             if channels_last:
                 inputs = to_channels_last(inputs)
-            with _autocast(device, amp_dtype):
+            with autocast(device, amp_dtype):
                 logits = wrapped(inputs)
             loss = loss_fn(logits.float(), targets)
             scaler.scale(loss / config.grad_accumulation).backward()
@@ -374,7 +375,7 @@ def train(
         if validate is not None:
             broadcast_buffers(scored)  # score on every shard the model rank 0 saves
             scored.eval()
-            with torch.no_grad(), _autocast(device, amp_dtype):
+            with torch.no_grad(), autocast(device, amp_dtype):
                 record.update({f"val_{k}": v for k, v in validate(scored).items()})
         key = f"val_{stopping.metric}" if stopping else None
         if key is not None and key not in record:  # a typo would otherwise stop on NaN and keep epoch 1
@@ -428,10 +429,6 @@ def _rng_untouched() -> Iterator[None]:
         yield
     np.random.set_state(numpy_state)
     random.setstate(python_state)
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def _check_stopping(stopping: EarlyStopping | None, validate: Validate | None, names: Sequence[str] | None) -> None:

@@ -22,7 +22,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -33,6 +32,7 @@ from torch import nn
 
 from medsight.core.errors import ConfigError, InputError
 from medsight.core.hardware import cpu_class, cpu_model, native_bf16
+from medsight.models.predict import autocast
 
 __all__ = [
     "NumericMode",
@@ -230,7 +230,7 @@ def _trial(
 
     def step() -> float:
         started = time.perf_counter()
-        with torch.autocast(inputs.device.type, dtype=mode.amp_dtype) if mode.amp_dtype else nullcontext():
+        with autocast(inputs.device, mode.amp_dtype):
             logits = trial(inputs)
         loss = loss_fn(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)

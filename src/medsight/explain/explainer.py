@@ -28,10 +28,11 @@ from medsight.data.reading import read_case_image
 from medsight.explain.attribution import METHODS, ExplainedNetwork, attribute, randomised
 from medsight.explain.faithfulness import box_energy, deletion_insertion, mask_energy, rank_correlation
 from medsight.inference import Predictor
-from medsight.inference.predictor import read_input
+from medsight.inference.predictor import prediction_dtype, read_input
 from medsight.io import write
 from medsight.io.atomic import atomic_file
 from medsight.metrics.bootstrap import bootstrap_ci
+from medsight.models.predict import autocast
 from medsight.tasks.results import json_ready
 from medsight.transforms.image2d import boxes_to_prepared
 
@@ -174,8 +175,12 @@ def explain(
             item.maps[method] = found
             check: dict[str, Any] = {}
             if faithfulness:
-                curves = deletion_insertion(lambda batch, k=k: _probabilities(network, batch, curves_dtype)[:, k],
-                                            image, found)  # fmt: skip
+
+                def target(batch: torch.Tensor, k: int = k) -> torch.Tensor:
+                    with autocast(batch.device, curves_dtype):
+                        return network.probabilities(batch)[:, k]
+
+                curves = deletion_insertion(target, image, found)
                 check |= curves.summary() | {"curves": {"fractions": curves.fractions, "deletion": curves.deletion,
                                                         "insertion": curves.insertion}}  # fmt: skip
             if item.boxes is not None:
@@ -294,14 +299,6 @@ def _window(image: np.ndarray, evidence: np.ndarray, patch: Sequence[int]) -> tu
     window = image[(slice(None), *(slice(o, o + p) for o, p in zip(offset, patch, strict=True)))]
     pad = [(0, 0)] + [(0, p - s) for p, s in zip(patch, window.shape[1:], strict=True)]
     return np.pad(window, pad).astype(np.float32), offset
-
-
-def _probabilities(network: ExplainedNetwork, batch: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    """The network's target probabilities of ``batch``, under autocast to ``dtype`` when one is given."""
-    if dtype is None:
-        return network.probabilities(batch)
-    with torch.autocast(batch.device.type, dtype=dtype):
-        return network.probabilities(batch).float()
 
 
 def explain_split(
@@ -440,9 +437,8 @@ def explain_run(
         cases = 6 if predictor.task.spatial_dims == 2 else 2
     # the faithfulness curves in the precision `medsight predict` uses (bf16 for a 3D model on a CPU with
     # native bf16: half the time of its ~80 passes of a window per map); the maps stay fp32
-    predicts_in = Predictor.from_run(run_dir, backend="torch").precision if predictor.task.spatial_dims == 3 else "fp32"
     result = explain_split(predictor, manifest, split=split, cases=cases, methods=methods,
-                           curves_dtype=torch.bfloat16 if predicts_in == "bf16" else None)  # fmt: skip
+                           curves_dtype=prediction_dtype(predictor.task, run_dir))  # fmt: skip
     return write_explanations(result, Path(run_dir) / "explain" if out is None else out)
 
 

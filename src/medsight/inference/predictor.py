@@ -35,7 +35,7 @@ from medsight.io.inputs import expand_inputs, image_facts
 from medsight.models import load_checkpoint
 from medsight.tasks import ModelPackage, Prediction, Task, TaskData
 
-__all__ = ["Predictor", "expand_inputs", "image_facts", "read_input"]
+__all__ = ["Predictor", "expand_inputs", "image_facts", "prediction_dtype", "read_input"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,12 @@ def _precision(precision: str, task: Task, run_dir: Path) -> torch.dtype | None:
     except (OSError, ValueError):
         trained = ""
     return torch.bfloat16 if str(trained).startswith("bf16") else None
+
+
+def prediction_dtype(task: Task, run_dir: str | os.PathLike[str]) -> torch.dtype | None:
+    """The autocast dtype :meth:`Predictor.from_run` predicts a run in by default (``precision="auto"``):
+    bf16 for a 3D model trained in bf16 on a CPU that runs it natively, None (fp32) otherwise."""
+    return _precision("auto", task, Path(run_dir))
 
 
 def _preprocessing(package: ModelPackage, run_dir: Path) -> BaseModel:

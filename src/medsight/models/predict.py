@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["run_model"]
+__all__ = ["autocast", "run_model"]
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> AbstractContextManager:
+    """Autocast to ``dtype`` on ``device``'s type; a context that changes nothing when ``dtype`` is None
+    (fp32)."""
+    return torch.autocast(torch.device(device).type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def run_model(
@@ -28,8 +34,7 @@ def run_model(
     with torch.no_grad():
         for batch in loader:
             inputs = batch[0] if isinstance(batch, list | tuple) else batch
-            autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-            with autocast:
+            with autocast(device, amp_dtype):
                 logits = model(inputs.to(device))
             outputs.append(logits.float().cpu())
     return torch.cat(outputs) if outputs else torch.empty(0)

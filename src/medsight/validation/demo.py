@@ -400,15 +400,12 @@ def _estimate(
         pixels = (size / 128) ** 2
         epochs = recipe.train.epochs
         rate = speed * _MODEL_SPEED.get(recipe.model.name, 1.0) * _TRAINING_EFFICIENCY / pixels
-        train_share, val_share = (
-            (1 - step.test_fraction) * (1 - _VAL_FRACTION),
-            (1 - step.test_fraction) * _VAL_FRACTION,
-        )
-        training = images * train_share * epochs / rate
+        kept = 1 - step.test_fraction  # training and validation cases
+        training = images * kept * (1 - _VAL_FRACTION) * epochs / rate
         if recipe.task.kind == "detection2d":  # trained on patches, a fixed number per epoch (at ~0.84 of the rate)
             patches = recipe.task.patches_per_epoch * epochs * (recipe.task.patch / recipe.preprocess.size) ** 2
             training = patches / (_PATCH_EFFICIENCY * rate)
-        scoring = images * (val_share * epochs + step.test_fraction) / (3 * rate)  # inference: ~3x training speed
+        scoring = images * (kept * _VAL_FRACTION * epochs + step.test_fraction) / (3 * rate)  # ~3x training speed
         overhead = cases * _OVERHEAD_PER_CASE.get(step.recipe, 0.1) * _REFERENCE_FP32 / fp32_speed
         total += training + scoring + overhead
     return total

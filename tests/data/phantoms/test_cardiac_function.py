@@ -110,3 +110,15 @@ def test_without_the_cine_only_the_labelled_frames_are_written_and_read(tmp_path
         assert image.spatial_shape == ed.spatial_shape and image.array.std() > 0
         edv, esv = (ed.array == 3).sum(), (es.array == 3).sum()
         assert (edv - esv) / edv == pytest.approx(truth.loc[m.table["case_id"].iloc[i], "ef_masks"], abs=1e-3)
+
+
+def test_an_option_given_as_text_is_taken_as_its_defaults_type(tmp_path):
+    """``--option cine=false`` reaches the phantom as the text "false": it means no cine (a plain
+    ``bool("false")`` would be True), and a word that is neither is refused before anything is written."""
+    from medsight.core import ConfigError
+
+    make_phantom("cardiac-function", tmp_path / "text", cases=2, seed=3, options={"cine": "false"})
+    assert not list((tmp_path / "text").rglob("*_4d.nii.gz")) and len(list((tmp_path / "text").rglob("*_gt.nii.gz")))
+    with pytest.raises(ConfigError, match="cine must be true or false"):
+        make_phantom("cardiac-function", tmp_path / "bad", cases=2, seed=3, options={"cine": "maybe"})
+    assert not (tmp_path / "bad").exists()

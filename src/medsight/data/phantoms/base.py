@@ -161,6 +161,28 @@ def default_data_dir() -> Path | None:
     return next((p for p in candidates if p.is_dir()), None)
 
 
+def _typed(name: str, value: object, default: object) -> object:
+    """A phantom option's value as the type of its default (``--option`` gives text: ``cine=false``,
+    ``voxel_mm=2``).
+
+    Raises:
+        ConfigError: a value that is not one of that type."""
+    if isinstance(default, bool):
+        text = str(value).strip().lower()
+        if isinstance(value, bool) or text in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value if isinstance(value, bool) else text in ("true", "yes", "on", "1")
+        raise ConfigError(f"{name} must be true or false (default {default}), got {value!r}")
+    if isinstance(default, int | float):
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number (default {default}), got {value!r}") from None
+        if isinstance(default, int) and not number.is_integer():
+            raise ConfigError(f"{name} must be a whole number (default {default}), got {value!r}")
+        return int(number) if isinstance(default, int) else number
+    return value
+
+
 def make_phantom(
     recipe: str,
     out: str | os.PathLike[str],
@@ -177,7 +199,8 @@ def make_phantom(
     ``data_dir``: the folder of real images the brain and lung phantoms build on (Colin27 in
     ``mricron/``, the lung CT in ``radiomics/``); by default :func:`default_data_dir`.
     ``options``: the phantom's own settings (:attr:`Phantom.options`, e.g. ``voxel_mm`` of the
-    brain phantom); a name it does not have is a :class:`ConfigError` listing those it has.
+    brain phantom), each taken as its default's type (text such as ``"false"`` or ``"2"`` too); a
+    name it does not have, or a value not of that type, is a :class:`ConfigError`.
 
     Returns:
         ``out``, which the matching adapter (``phantoms()[recipe].layout``) reads.
@@ -195,6 +218,7 @@ def make_phantom(
     if unknown:
         has = ", ".join(f"{k} (default {v})" for k, v in phantom.options.items()) or "none"
         raise ConfigError(f"the {recipe} phantom has no option {', '.join(map(repr, unknown))}; its options: {has}")
+    options = {name: _typed(name, value, phantom.options[name]) for name, value in options.items()}
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
     if data_dir is not None and not folder.is_dir():
         raise InputError(f"--data-dir {folder} is not a folder")

@@ -243,10 +243,6 @@ def write_brain(
 ) -> None:
     """``BraTS2021_NNNNN/`` folders with the four contrasts and the segmentation; ``voxel_mm``
     coarsens the 1 mm BraTS grid over the same field of view."""
-    try:
-        voxel_mm = float(voxel_mm)
-    except (TypeError, ValueError):
-        raise ConfigError(f"voxel_mm must be a number of millimetres (e.g. 2), got {voxel_mm!r}") from None
     grid_for(voxel_mm)  # a bad size fails here, before any worker starts
     _atlas(colin_in(data_dir))  # read once here, before the workers fork (they share it)
     make = partial(_write_case, out, seed, data_dir, voxel_mm)

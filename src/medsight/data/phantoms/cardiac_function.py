@@ -220,7 +220,7 @@ def write_cardiac(out: Path, cases: int, seed: int, progress: Progress | None, *
 
     ``cine=False`` writes no 4D cine, only the ED and ES frames (what training and measuring read), in
     a tenth of the time; those cases differ from the ones with a cine (fewer random draws)."""
-    make = partial(_case, out, seed, bool(cine))
+    make = partial(_case, out, seed, cine)
     rows = list(run_cases(make, cases, workers=default_workers(), progress=progress, stage="making cardiac cines"))
     # what a hospital's clinical export would hold: covariates and follow-up per patient, keyed as the manifest
     # (height and weight are in each Info.cfg, as in ACDC)
