@@ -109,13 +109,15 @@ DEMO = (
     Step(
         "brain-tumor-seg",
         40,
-        # 2 mm phantoms (the BraTS field of view; 8x faster to make than 1 mm), trained at 3 mm with
-        # 32^3 patches and a 16-filter U-Net
+        # 2 mm phantoms (the BraTS field of view; 8x faster to make than 1 mm), trained at 2.5 mm with
+        # 32^3 patches and a 16-filter U-Net (at 3 mm the WT boundary came out a voxel short: lean WT Dice
+        # on phantom seeds 0 / 1 / 2 was 0.873 / 0.821 / 0.843, at 2.5 mm 0.882 / 0.854 / 0.863, in the
+        # same training time)
         (
             "evaluation.bootstrap=1000",
             "preprocess.base_filters=16",
             "train.epochs=14",
-            "preprocess.overrides={spacing: [3.0, 3.0, 3.0], patch_size: [32, 32, 32], batch_size: 4, "
+            "preprocess.overrides={spacing: [2.5, 2.5, 2.5], patch_size: [32, 32, 32], batch_size: 4, "
             "iterations_per_epoch: 25}",
         ),
         (Headline("brain tumour WT Dice", "dice WT", 0.85), Headline("brain tumour ET Dice", "dice ET", 0.70)),
