@@ -211,6 +211,27 @@ def test_a_risk_step_runs_with_the_step_that_measures_its_cases(monkeypatch):
         assert "cardiac-risk" not in kept or "cardiac-function" in kept
 
 
+def test_a_lean_plan_probing_resnet10_counts_its_speed_once(monkeypatch):
+    """Planned directly, the lean demo probes ResNet-10 (1.85x ResNet-18 in the time model): its
+    estimate is the one the standard plan makes for the lean steps on the same CPU."""
+    from medsight.validation import demo
+
+    probed = []
+
+    def probe(step, extra):
+        model = demo._recipe(step, extra, 0).model.name
+        probed.append(model)
+        return _measured(40.0 * demo._MODEL_SPEED.get(model, 1.0))  # one CPU: ResNet-18 at 40 img/s
+
+    monkeypatch.setattr(demo, "_probe", probe)
+    lean = demo.plan_demo("lean", budget_minutes=600)
+    standard = demo.plan_demo("standard", budget_minutes=1)  # too short: it becomes the lean demo
+    assert probed == ["resnet10", "resnet18"] and lean.profile == standard.profile == "lean"
+    assert lean.images_per_second == pytest.approx(40.0)
+    assert lean.estimated_seconds == pytest.approx(demo._estimate(demo._steps("lean"), 40.0, 36.0, bf16=False))
+    assert lean.estimated_seconds == pytest.approx(sum(standard.seconds(s) for s in demo._steps("lean")))
+
+
 def test_fit_keeps_the_most_steps_and_at_least_one():
     from medsight.validation import demo
 

@@ -249,7 +249,7 @@ class DemoPlan:
     steps: tuple[tuple[Step, int, tuple[str, ...]], ...]  # step, cases, overrides beyond the step's
     cpu_class: str = ""
     mode: str = ""
-    images_per_second: float | None = None
+    images_per_second: float | None = None  # the probe's speed as ResNet-18's at 128 px (the time model's unit)
     estimated_seconds: float | None = None
     reason: str = ""
     left_out: tuple[tuple[str, float], ...] = ()  # recipes the budget leaves out, with their estimated seconds
@@ -384,6 +384,14 @@ def _probe(step: Step, extra: tuple[str, ...]) -> Any:
                        batch=(inputs, targets), loss_fn=task.loss, model_name=recipe.model.name)  # fmt: skip
 
 
+def _probe_scale(step: Step, extra: tuple[str, ...]) -> float:
+    """What the probe's speed on ``step`` is multiplied by to be the speed of the time model's
+    reference probe (ResNet-18 at 128 px): a lean plan probes ResNet-10, whose speed the model
+    would otherwise count twice (:data:`_MODEL_SPEED`), and a subset may probe another size."""
+    recipe = _recipe(step, extra, 0)
+    return (recipe.preprocess.size / 128) ** 2 / _MODEL_SPEED.get(recipe.model.name, 1.0)
+
+
 def _estimate(
     steps: tuple[tuple[Step, int, tuple[str, ...]], ...], speed: float, fp32_speed: float, *, bf16: bool = True
 ) -> float:
@@ -500,6 +508,8 @@ def plan_demo(
     fp32 = speeds.get("fp32, contiguous", speed)
     if speed is None or fp32 is None:  # nothing measured (a fixed mode): no estimate
         return DemoPlan(profile, steps, cpu_class(), mode.label)
+    scale = _probe_scale(first, extra)  # the time model's speeds are ResNet-18's at 128 px
+    speed, fp32 = speed * scale, fp32 * scale
     bf16 = mode.amp_dtype is not None
     estimate, budget = _estimate(steps, speed, fp32, bf16=bf16), budget_minutes * 60
     reason, left_out = "", ()
