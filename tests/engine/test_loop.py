@@ -138,6 +138,49 @@ def test_early_stopping_and_best_checkpoint(tmp_path):
     assert best["epoch"] == 2 and best["metric"] == 0.7
 
 
+def test_validation_every_nth_epoch_and_the_last(tmp_path):
+    """Without early stopping the best checkpoint is the last epoch, validated or not; only every
+    n-th epoch and the last are scored."""
+    data = _problem()
+    scored = []
+
+    def validate(model):
+        scored.append(len(scored))
+        return {"auc": 0.5}
+
+    result = train(_model(), _loss, data, config=_config(epochs=7, validate_every=3), run_dir=tmp_path / "run",
+                   validate=validate)  # fmt: skip
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == list(range(1, 8)) and len(scored) == 3
+    assert [r["epoch"] for r in lines if "val_auc" in r] == [3, 6, 7]
+    assert result.best_epoch == 7 and torch.load(tmp_path / "run" / "best.pt", weights_only=True)["epoch"] == 7
+
+    def drawing(model):  # a validation that draws random numbers leaves training's draws as they were
+        return {"auc": float(torch.rand(1)) + float(np.random.rand())}
+
+    models = [_model(), _model()]
+    for model, every in zip(models, (1, 3), strict=True):
+        train(model, _loss, data, config=_config(epochs=7, validate_every=every), run_dir=tmp_path / f"every{every}",
+              validate=drawing, augment_batch=lambda x, y: (x + 0.1 * torch.randn_like(x), y))  # fmt: skip
+    for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_early_stopping_counts_validations_when_some_epochs_are_not_scored(tmp_path):
+    data = _problem()
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9])  # epochs 2, 4, 6, 8 (and 10, never reached)
+    result = train(
+        _model(), _loss, data,
+        config=_config(epochs=10, validate_every=2,
+                       early_stopping=EarlyStopping(metric="auc", mode="max", patience=2)),
+        run_dir=tmp_path / "run", validate=lambda m: {"auc": next(scores)},
+    )  # fmt: skip
+    assert result.stopped_early and result.epochs_run == 8 and result.best_epoch == 4 and result.best_metric == 0.7
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["epoch"] == 4
+    with pytest.raises(ValueError, match="validate_every"):
+        _config(validate_every=0)
+
+
 def test_ema_weights_are_kept_and_scored(tmp_path):
     data = _problem()
     model = _model()

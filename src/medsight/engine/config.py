@@ -38,6 +38,8 @@ class TrainConfig(BaseModel):
     clip_grad_norm: float | None = Field(1.0, gt=0)
     ema_decay: float | None = Field(None, gt=0, lt=1)
     early_stopping: EarlyStopping | None = None
+    # validate after every n-th epoch and the last one (early stopping's patience counts validations)
+    validate_every: int = Field(1, ge=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
     deterministic: bool = False

@@ -232,8 +232,10 @@ def train(
         train_data: Items ``(input, target)``.
         config: Options (epochs, learning rate, precision...).
         run_dir: Folder for this run; must be new unless ``resume``.
-        validate: Called after every epoch with the model to score (the EMA model when
-            EMA is on); returns validation metrics, e.g. ``{"loss": .., "auc": ..}``.
+        validate: Called after every ``config.validate_every``-th epoch and the last one with
+            the model to score (the EMA model when EMA is on); returns validation metrics, e.g.
+            ``{"loss": .., "auc": ..}``. Early stopping and the best checkpoint look at validated
+            epochs only (without early stopping the best is the last epoch, validated or not).
         sample_weights: Per-item sampling weights for class-balanced batches.
         augment_batch: ``augment(inputs, targets) -> (inputs, targets)``: random augmentation of
             each training batch on the device (e.g. :meth:`BatchAugmenter.with_targets
@@ -372,12 +374,13 @@ def train(
             log.warning("epoch %d: %d optimiser step(s) skipped: the loss or its gradients were not finite",
                         epoch, skipped)  # fmt: skip
         scored = ema.module if ema is not None else model
-        if validate is not None:
+        validated = validate is not None and (epoch % config.validate_every == 0 or epoch == config.epochs)
+        if validated:
             broadcast_buffers(scored)  # score on every shard the model rank 0 saves
             scored.eval()
-            with torch.no_grad(), autocast(device, amp_dtype):
+            with _rng_untouched(), torch.no_grad(), autocast(device, amp_dtype):  # how often: no change to training
                 record.update({f"val_{k}": v for k, v in validate(scored).items()})
-        key = f"val_{stopping.metric}" if stopping else None
+        key = f"val_{stopping.metric}" if stopping and validated else None
         if key is not None and key not in record:  # a typo would otherwise stop on NaN and keep epoch 1
             _check_stopping(stopping, validate, [k.removeprefix("val_") for k in record if k.startswith("val_")])
         value = record.get(key, math.nan) if key else math.nan
@@ -387,7 +390,10 @@ def train(
         watched = key if key in record else (figures[0] if figures else None)
         if watched is not None and isinstance(record[watched], int | float):
             shown = f" · {watched.replace('_', ' ', 1)} {record[watched]:.3f} (epoch {epoch})"
-        improved = progress_state.update(epoch, value, stopping.mode if stopping else None)
+        if stopping is not None and not validated:  # nothing to compare: the best and the patience wait
+            progress_state.epoch, improved = epoch, False
+        else:
+            improved = progress_state.update(epoch, value, stopping.mode if stopping else None)
         weights = {"model": model.state_dict(), "ema": ema.module.state_dict() if ema is not None else None}
         if improved:
             run.save(run.best, {**weights, "epoch": epoch, "metric": value})

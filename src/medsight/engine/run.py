@@ -50,7 +50,7 @@ def versions() -> dict[str, str | None]:
 
 
 # what may differ when a run is resumed: more epochs, and how (not what) it is computed
-_RESUMABLE = frozenset({"epochs", "device", "num_workers", "tensorboard"})
+_RESUMABLE = frozenset({"epochs", "device", "num_workers", "tensorboard", "validate_every"})
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
