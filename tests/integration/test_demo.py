@@ -232,6 +232,21 @@ def test_a_lean_plan_probing_resnet10_counts_its_speed_once(monkeypatch):
     assert lean.estimated_seconds == pytest.approx(sum(standard.seconds(s) for s in demo._steps("lean")))
 
 
+def test_the_time_model_counts_validated_epochs_and_larger_explained_views():
+    from medsight.validation import demo
+
+    assert [demo._validations(e, 5) for e in (1, 5, 10, 12, 14, 15)] == [1, 1, 2, 3, 3, 3]
+    assert demo._validations(7, 1) == 7
+    ref = demo._REFERENCE_FP32
+    assert demo._reporting("mammo-screening", ref, 384) == pytest.approx(demo._REPORTING_S["mammo-screening"] * 2.25)
+    assert demo._reporting("mammo-screening", ref / 2, 256) == pytest.approx(2 * demo._REPORTING_S["mammo-screening"])
+    assert demo._reporting("dr-grading", ref, 512) == pytest.approx(demo._REPORTING_S["dr-grading"])
+    step = next(s for s in demo._steps("standard") if s[0].recipe == "mammo-screening")
+    every = demo._estimate((step,), 80.0, 40.0)
+    validating = demo._estimate(((step[0], step[1], (*step[2], "train.validate_every=1")),), 80.0, 40.0)
+    assert validating > every  # 15 validations of 102 views instead of 3
+
+
 def test_fit_keeps_the_most_steps_and_at_least_one():
     from medsight.validation import demo
 

@@ -245,6 +245,11 @@ _TRAINING_EFFICIENCY = 0.85  # whole epochs (augmentation, data, optimizer) ran 
 _REPORTING_S = {"dr-grading": 3.9, "cxr-findings": 8.1, "mammo-screening": 14.3, "brain-tumor-seg": 9.7,
                 "cardiac-function": 13.8, "cardiac-risk": 0.5, "mammo-risk": 1.0}  # fmt: skip
 _REPORTING_DEFAULT_S = 10.0
+# the image size a 2D step's reporting seconds were measured at, where they grow with it: mammography's
+# explanations (Grad-CAM and its deletion/insertion curves over whole views) took 22.7 s at 256 px on the
+# AVX2 EPYC (13.3 s at the reference) and 28.8 s at 384 px on the AMX Xeon (fp32 probe 75 img/s), where
+# the 256-px figure predicts 9 s and scaled by pixels 20 s
+_REPORTING_SIZE = {"mammo-screening": 256}
 
 
 @dataclass(frozen=True)
@@ -405,8 +410,9 @@ def _estimate(
     (``bf16``: whether that mode autocasts to bf16, as 3D training then does too)."""
     total = 0.0
     for step, cases, extra in steps:
-        total += _reporting(step.recipe, fp32_speed)
         recipe = _recipe(step, extra, 0)
+        size = getattr(recipe.preprocess, "size", None)  # a 2D step's images (the explanations' cost goes with it)
+        total += _reporting(step.recipe, fp32_speed, size)
         if step.volumetric is not None:  # 3D: reference seconds, scaled by this CPU's training speed
             cost = step.volumetric
             plan = dict(getattr(recipe.preprocess, "overrides", None) or {})  # a risk step has no patches
@@ -437,9 +443,11 @@ def _validations(epochs: int, every: int) -> int:
     return epochs // every + (epochs % every > 0)
 
 
-def _reporting(recipe: str, fp32_speed: float) -> float:
-    """Seconds the report (and a 2D run's explanations) of ``recipe`` take at ``fp32_speed``."""
-    return _REPORTING_S.get(recipe, _REPORTING_DEFAULT_S) * _REFERENCE_FP32 / fp32_speed
+def _reporting(recipe: str, fp32_speed: float, size: int | None = None) -> float:
+    """Seconds the report (and a 2D run's explanations) of ``recipe`` take at ``fp32_speed``, on
+    images of ``size`` pixels where the step sets it (scaled by pixel count from the size measured)."""
+    pixels = (size / _REPORTING_SIZE[recipe]) ** 2 if size and recipe in _REPORTING_SIZE else 1.0
+    return _REPORTING_S.get(recipe, _REPORTING_DEFAULT_S) * pixels * _REFERENCE_FP32 / fp32_speed
 
 
 def _fit(
