@@ -119,7 +119,8 @@ DEMO = (
         40,
         # 2 mm phantoms (the BraTS field of view; 8x faster to make than 1 mm), trained at 2.5 mm with
         # 32^3 patches and a 16-filter U-Net (at 3 mm the WT boundary came out a voxel short and WT missed
-        # its target on phantom seeds 1 and 2; the figures are with LEAN below)
+        # its target on phantom seeds 1 and 2; at 2.5 mm these 14 epochs give WT 0.904 / 0.871 / 0.888 and
+        # ET 0.832 / 0.835 / 0.921 on seeds 0 / 1 / 2, AMX, bf16; the lean figures are with LEAN below)
         (
             "evaluation.bootstrap=1000",
             _VALIDATE,
