@@ -153,6 +153,7 @@ def test_validation_every_nth_epoch_and_the_last(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == list(range(1, 8)) and len(scored) == 3
     assert [r["epoch"] for r in lines if "val_auc" in r] == [3, 6, 7]
+    assert _config(epochs=7, validate_every=3).validations == len(scored)  # what the demo's time model counts
     assert result.best_epoch == 7 and torch.load(tmp_path / "run" / "best.pt", weights_only=True)["epoch"] == 7
 
     def drawing(model):  # a validation that draws random numbers leaves training's draws as they were

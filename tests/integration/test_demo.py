@@ -233,10 +233,11 @@ def test_a_lean_plan_probing_resnet10_counts_its_speed_once(monkeypatch):
 
 
 def test_the_time_model_counts_validated_epochs_and_larger_explained_views():
+    from medsight.engine import TrainConfig
     from medsight.validation import demo
 
-    assert [demo._validations(e, 5) for e in (1, 5, 10, 12, 14, 15)] == [1, 1, 2, 3, 3, 3]
-    assert demo._validations(7, 1) == 7
+    assert [TrainConfig(epochs=e, validate_every=5).validations for e in (1, 5, 10, 12, 14, 15)] == [1, 1, 2, 3, 3, 3]
+    assert TrainConfig(epochs=7, validate_every=1).validations == 7
     ref = demo._REFERENCE_FP32
     assert demo._reporting("mammo-screening", ref, 384) == pytest.approx(demo._REPORTING_S["mammo-screening"] * 2.25)
     assert demo._reporting("mammo-screening", ref / 2, 256) == pytest.approx(2 * demo._REPORTING_S["mammo-screening"])

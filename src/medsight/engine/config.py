@@ -58,6 +58,15 @@ class TrainConfig(BaseModel):
             raise ValueError("train.nesterov needs train.momentum above 0")
         return self
 
+    def validates(self, epoch: int) -> bool:
+        """Whether ``epoch`` (from 1) is validated: every ``validate_every``-th epoch and the last."""
+        return epoch % self.validate_every == 0 or epoch == self.epochs
+
+    @property
+    def validations(self) -> int:
+        """How many of the ``epochs`` are validated (:meth:`validates`)."""
+        return self.epochs // self.validate_every + (self.epochs % self.validate_every > 0)
+
     @field_validator("channels_last", mode="before")
     @classmethod
     def _yaml_switch(cls, value: object) -> object:

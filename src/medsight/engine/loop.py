@@ -146,12 +146,15 @@ class _Progress:
     best_epoch: int = 0
     stale: int = 0
 
-    def update(self, epoch: int, value: float, mode: str | None) -> bool:
-        """Record an epoch; True when it is the new best (always, without a validation metric)."""
+    def update(self, epoch: int, value: float | None, mode: str | None) -> bool:
+        """Record an epoch; True when it is the new best (always, without a validation metric).
+        ``value`` None: the epoch was not validated, so the best and the patience wait."""
         self.epoch = epoch
         if mode is None:
             self.best_epoch = epoch
             return True
+        if value is None:
+            return False
         # the first epoch is the best so far even when its metric is undefined (best.pt always exists)
         better = self.best_epoch == 0 or (
             not math.isnan(value)
@@ -374,7 +377,7 @@ def train(
             log.warning("epoch %d: %d optimiser step(s) skipped: the loss or its gradients were not finite",
                         epoch, skipped)  # fmt: skip
         scored = ema.module if ema is not None else model
-        validated = validate is not None and (epoch % config.validate_every == 0 or epoch == config.epochs)
+        validated = validate is not None and config.validates(epoch)
         if validated:
             broadcast_buffers(scored)  # score on every shard the model rank 0 saves
             scored.eval()
@@ -390,10 +393,7 @@ def train(
         watched = key if key in record else (figures[0] if figures else None)
         if watched is not None and isinstance(record[watched], int | float):
             shown = f" · {watched.replace('_', ' ', 1)} {record[watched]:.3f} (epoch {epoch})"
-        if stopping is not None and not validated:  # nothing to compare: the best and the patience wait
-            progress_state.epoch, improved = epoch, False
-        else:
-            improved = progress_state.update(epoch, value, stopping.mode if stopping else None)
+        improved = progress_state.update(epoch, value if validated else None, stopping.mode if stopping else None)
         weights = {"model": model.state_dict(), "ema": ema.module.state_dict() if ema is not None else None}
         if improved:
             run.save(run.best, {**weights, "epoch": epoch, "metric": value})

@@ -412,8 +412,8 @@ def _estimate(
     total = 0.0
     for step, cases, extra in steps:
         recipe = _recipe(step, extra, 0)
-        size = getattr(recipe.preprocess, "size", None)  # a 2D step's images (the explanations' cost goes with it)
-        total += _reporting(step.recipe, fp32_speed, size)
+        size = getattr(recipe.preprocess, "size", None)  # a 2D classifier's or detector's images
+        total += _reporting(step.recipe, fp32_speed, size)  # (the explanations' cost goes with them)
         if step.volumetric is not None:  # 3D: reference seconds, scaled by this CPU's training speed
             cost = step.volumetric
             plan = dict(getattr(recipe.preprocess, "overrides", None) or {})  # a risk step has no patches
@@ -423,7 +423,7 @@ def _estimate(
             total += (epoch * recipe.train.epochs + cost.fixed_s) * _REFERENCE_SPEED / speed * (1 if bf16 else _FP32_3D)
             continue
         images = cases * step.images_per_case
-        size = getattr(recipe.preprocess, "size", None) or recipe.preprocess.image.size  # a risk step's images
+        size = size or recipe.preprocess.image.size  # a risk step's images
         pixels = (size / 128) ** 2
         epochs = recipe.train.epochs
         rate = speed * _MODEL_SPEED.get(recipe.model.name, 1.0) * _TRAINING_EFFICIENCY / pixels
@@ -432,16 +432,11 @@ def _estimate(
         if recipe.task.kind == "detection2d":  # trained on patches, a fixed number per epoch (at ~0.84 of the rate)
             patches = recipe.task.patches_per_epoch * epochs * (recipe.task.patch / recipe.preprocess.size) ** 2
             training = patches / (_PATCH_EFFICIENCY * rate)
-        validations = _validations(epochs, recipe.train.validate_every)
-        scoring = images * (kept * _VAL_FRACTION * validations + step.test_fraction) / (3 * rate)  # ~3x training
+        scored = kept * _VAL_FRACTION * recipe.train.validations + step.test_fraction  # images scored, per image
+        scoring = images * scored / (3 * rate)  # ~3x training speed
         overhead = cases * _OVERHEAD_PER_CASE.get(step.recipe, 0.1) * _REFERENCE_FP32 / fp32_speed
         total += training + scoring + overhead
     return total
-
-
-def _validations(epochs: int, every: int) -> int:
-    """How many epochs of ``epochs`` are validated at ``train.validate_every`` = ``every`` (the last always)."""
-    return epochs // every + (epochs % every > 0)
 
 
 def _reporting(recipe: str, fp32_speed: float, size: int | None = None) -> float:
