@@ -57,6 +57,7 @@ __all__ = [
     "mean_average_precision",
     "sensitivity_at",
     "top_box_hits",
+    "within_spheres",
 ]
 
 log = logging.getLogger(__name__)
@@ -289,16 +290,16 @@ def match_nodules(
         points = group[coords].to_numpy(float)[keep]
         probability = probability[keep]
         found = nodules_of.get(scan, nodules.iloc[:0])
-        hits = _within(points, found[coords].to_numpy(float), found["diameter_mm"].to_numpy(float))
+        hits = within_spheres(points, found[coords].to_numpy(float), found["diameter_mm"].to_numpy(float))
         other = others_of.get(scan, others.iloc[:0])
         diameters = other["diameter_mm"].to_numpy(float)
         diameters = np.where(diameters < 0, EXCLUDED_DIAMETER_MM, diameters)
-        on_excluded = _within(points, other[coords].to_numpy(float), diameters).any(axis=1)
+        on_excluded = within_spheres(points, other[coords].to_numpy(float), diameters).any(axis=1)
         per_scan[scan] = (probability, hits, on_excluded)
     return _reduce(scans, per_scan, dropped)
 
 
-def _within(points: np.ndarray, centres: np.ndarray, diameters: np.ndarray) -> np.ndarray:
+def within_spheres(points: np.ndarray, centres: np.ndarray, diameters: np.ndarray) -> np.ndarray:
     """``(points, centres)``: whether each point lies strictly within each sphere."""
     if len(points) == 0 or len(centres) == 0:
         return np.zeros((len(points), len(centres)), bool)

@@ -4,6 +4,7 @@ from medsight.planning.fingerprint import CaseFacts, ChannelStats, Fingerprint, 
 from medsight.planning.plan import (
     PLAN_VERSION,
     Augmentation3D,
+    CandidateRescoring,
     ChannelNormalization,
     NetworkPlan,
     Plan,
@@ -17,6 +18,7 @@ from medsight.planning.plan import (
 __all__ = [
     "PLAN_VERSION",
     "Augmentation3D",
+    "CandidateRescoring",
     "CaseFacts",
     "ChannelNormalization",
     "ChannelStats",

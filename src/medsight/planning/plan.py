@@ -119,6 +119,38 @@ class Augmentation3D(BaseModel):
     bias_field_p: float = Field(0.1, ge=0, le=1)
 
 
+class CandidateRescoring(BaseModel):
+    """A detector's second stage: a logistic model of whether a candidate is a finding, from the
+    network's probability and the shape of the image around the candidate (features named in
+    :mod:`medsight.tasks.rescoring`), fitted on the validation scans' candidates when training ends.
+
+    Attributes:
+        features: The features' names, in the order of the weights.
+        mean, scale: Each feature's standardisation (fitted on the validation candidates).
+        coef, intercept: The logistic model on the standardised features.
+        candidates, findings: How many validation candidates it was fitted on, and how many of
+            them lay on a finding.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    features: list[str] = Field(min_length=1)
+    mean: list[float]
+    scale: list[float]
+    coef: list[float]
+    intercept: float
+    candidates: int = Field(ge=0)
+    findings: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> CandidateRescoring:
+        sizes = {len(self.features), len(self.mean), len(self.scale), len(self.coef)}
+        if len(sizes) != 1:
+            raise ValueError("rescoring needs one mean, scale and weight per feature; the lists differ in length")
+        if any(not s > 0 for s in self.scale):
+            raise ValueError("rescoring scales must be positive")
+        return self
+
+
 class Plan(BaseModel):
     """How one data set is preprocessed and trained (``plan.json``; ``--set`` overrides any field).
 
@@ -150,6 +182,8 @@ class Plan(BaseModel):
         channel_names: The input channels in order, as the data set names them (``t1``, ``flair``);
             prediction finds a case's files by them.
         fingerprint: The data set it was made from.
+        rescoring: A detector's second stage, fitted on the validation scans once training ends
+            (:class:`CandidateRescoring`); None: candidates keep the network's probability.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -174,6 +208,7 @@ class Plan(BaseModel):
     min_component_ml: float = Field(0.0, ge=0)
     channel_names: list[str] = []
     fingerprint: Fingerprint
+    rescoring: CandidateRescoring | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Plan:

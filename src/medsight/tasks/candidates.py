@@ -26,6 +26,7 @@ from medsight.core.volume import Volume, VolumeMetadata
 from medsight.data.volume_cache import preprocess_for_plan
 from medsight.metrics.detection import LUNA16_RATES
 from medsight.planning import Plan
+from medsight.tasks.rescoring import rescore
 from medsight.tasks.results import Finding
 from medsight.transforms.volume3d import restore
 
@@ -51,6 +52,9 @@ class DetectionSpec(BaseModel):
         mirror: Test-time augmentation by mirroring along every axis (8 passes).
         margin: Background voxels within this many voxels of a finding are left out of the loss
             (:func:`margin_mask`).
+        rescore: Once training ends, fit a second stage on the validation scans' candidates that
+            scores each again from the image around it (:mod:`medsight.tasks.rescoring`); the
+            plan keeps it and every prediction applies it.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -63,6 +67,7 @@ class DetectionSpec(BaseModel):
     overlap: float = Field(0.5, ge=0, lt=1)
     mirror: bool = False
     margin: int = Field(0, ge=0, le=3)
+    rescore: bool = True
 
 
 def draw_balls(
@@ -207,6 +212,8 @@ class Candidates:
                              f"{volume.channels}")  # fmt: skip
         case = preprocess_for_plan(np.asarray(volume.array), volume.geometry.spacing, plan)
         found = self.candidates(self.probability(window(case.image), case), volume.geometry)
+        if plan.rescoring is not None:
+            found = rescore(found, np.asarray(volume.array[0]), volume.geometry, plan.rescoring)
         shown = found[found["probability"] >= self.spec.overlay_probability]
         drawn = draw_balls(volume.geometry, volume.spatial_shape, shown[["coordX", "coordY", "coordZ"]].to_numpy(),
                            shown["diameter_mm"].to_numpy())  # fmt: skip

@@ -52,11 +52,12 @@ from medsight.data.reading import read_case_image
 from medsight.data.volume_cache import IGNORE_INDEX
 from medsight.io.api import write
 from medsight.io.atomic import atomic_dir
-from medsight.metrics.detection import EXCLUDED_DIAMETER_MM, froc_summary, match_nodules
+from medsight.metrics.detection import EXCLUDED_DIAMETER_MM, froc_summary, match_nodules, within_spheres
 from medsight.models.registry import ModelChoice
 from medsight.planning import Plan
 from medsight.tasks.base import Task, TaskData, Training, VolumeView, as_model, register_task
 from medsight.tasks.candidates import Candidates, DetectionSpec, draw_balls, find_candidates
+from medsight.tasks.rescoring import candidate_features, fit_rescoring, rescore
 from medsight.tasks.results import Estimate, Finding, Prediction
 from medsight.tasks.segmentation import (
     PlanRequest,
@@ -293,12 +294,49 @@ class DetectionTask(Task):
         self, model: nn.Module, data: TaskData, indices: np.ndarray, *, batch_size: int = 64
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Per scan of the rows: its candidates (sliding windows over the whole preprocessed scan)."""
+        plan: Plan = data.preprocess  # type: ignore[assignment]
         cases, rows = [], []
         for entry, row, logits, reference in self.backbone._predicted(model, data, indices):
             candidates = self._candidates(self._probability(logits, entry), reference.geometry)
+            if plan.rescoring is not None:
+                image = read_case_image(data.manifest, row, "image")
+                candidates = rescore(candidates, np.asarray(image.array[0]), image.geometry, plan.rescoring)
             cases.append(row.to_dict())
             rows.append(self._row(candidates))
         return pd.DataFrame(cases), pd.DataFrame(rows)
+
+    def settle(
+        self, model: nn.Module, data: TaskData, indices: np.ndarray, *, progress: Progress | None = None
+    ) -> BaseModel:
+        """The backbone's postprocessing is not used (candidates come from peaks); with
+        ``task.rescore``, the second stage (:mod:`medsight.tasks.rescoring`) fitted on the validation
+        scans' candidates, each labelled by whether it lies within a finding (those on excluded
+        findings and on nothing left out, as LUNA16 ignores them). Returns the plan with it (without
+        it where too few candidates lie on a finding, or off one)."""
+        plan: Plan = data.preprocess  # type: ignore[assignment]
+        plan = plan.model_copy(update={"rescoring": None})
+        if not self.spec.rescore or len(indices) == 0:
+            return plan
+        features, labels = [], []
+        total = len(data.inputs.items_of(indices))
+        for done, (entry, row, logits, reference) in enumerate(self.backbone._predicted(model, data, indices), 1):
+            candidates = self._candidates(self._probability(logits, entry), reference.geometry)
+            case = str(row.get("case_id", "?"))
+            centres, diameters, excluded = _findings(parse_boxes(row.get("boxes", ""), case), case)
+            points = candidates[["coordX", "coordY", "coordZ"]].to_numpy(float)
+            hit = within_spheres(points, centres[~excluded], diameters[~excluded]).any(axis=1)
+            sizes = np.where(diameters[excluded] > 0, diameters[excluded], EXCLUDED_DIAMETER_MM)
+            ignored = within_spheres(points, centres[excluded], sizes).any(axis=1) & ~hit
+            image = read_case_image(data.manifest, row, "image")
+            features.append(candidate_features(np.asarray(image.array[0]), image.geometry, candidates)[~ignored])
+            labels.append(hit[~ignored])
+            if progress is not None:
+                progress("fitting the candidates' second stage on the validation scans", done, total)
+        fitted = fit_rescoring(np.concatenate(features), np.concatenate(labels))
+        if fitted is not None:
+            log.info("candidates rescored by a second stage fitted on %d validation candidates (%d on findings)",
+                     fitted.candidates, fitted.findings)  # fmt: skip
+        return plan.model_copy(update={"rescoring": fitted})
 
     def predict_volumes(
         self, model: nn.Module, volumes: Sequence[Volume], preprocess: BaseModel, *, slice_index: int | None = None
