@@ -155,7 +155,7 @@ def test_settle_fits_the_stage_on_validation_candidates_and_prediction_applies_i
             boxes.append({"label": "nodule", "center": ISO.index_to_world([28.0, 34.0, 24.0]).tolist(),
                           "diameter_mm": -1.0, "excluded": True})  # fmt: skip
         rows.append({"case_id": f"s{n}", "patient_id": f"s{n}", "image": f"s{n}.nii.gz", "boxes": json.dumps(boxes),
-                     "split": "val"})  # fmt: skip
+                     "split": "val" if n < 6 else "train"})  # fmt: skip
         probability = np.zeros(image.shape, np.float32)  # the network: the tube as likely as the ball, or more
         probability[11:14, 13:16, 13:16] = 0.4
         probability[27:30, 33:36, 9 + n : 12 + n] = rng.uniform(0.5, 0.9)
@@ -173,9 +173,13 @@ def test_settle_fits_the_stage_on_validation_candidates_and_prediction_applies_i
     monkeypatch.setattr(task, "_probability", lambda logits, entry: logits)
     data = TaskData(manifest=manifest, inputs=SimpleNamespace(items_of=lambda rows: list(rows)),
                     targets=np.zeros(0), preprocess=plan, in_channels=1)  # fmt: skip
-    settled = task.settle(None, data, np.arange(8))
+    settled = task.settle(None, data, data.indices("val"))  # the 6 validation scans and the 2 training ones
     stage = settled.rescoring
     assert stage is not None and stage.findings == 8 and stage.candidates == 8 * 3 - 1  # the excluded one left out
+    alone = DetectionTask.from_spec(DetectionTask.spec_type(kind="detection", rescore_training_scans=0))
+    monkeypatch.setattr(alone.backbone, "_predicted", predicted)
+    monkeypatch.setattr(alone, "_probability", lambda logits, entry: logits)
+    assert alone.settle(None, data, data.indices("val")).rescoring.candidates == 6 * 3 - 1
     rescored = TaskData(manifest=manifest, inputs=data.inputs, targets=np.zeros(0), preprocess=settled, in_channels=1)
     _, predictions = task.predict_split(None, rescored, np.arange(2))
     first = pd.DataFrame(json.loads(predictions["candidate_list"].iloc[1]))
@@ -183,4 +187,4 @@ def test_settle_fits_the_stage_on_validation_candidates_and_prediction_applies_i
     off = DetectionTask.from_spec(DetectionTask.spec_type(kind="detection", rescore=False))
     monkeypatch.setattr(off.backbone, "_predicted", predicted)
     monkeypatch.setattr(off, "_probability", lambda logits, entry: logits)
-    assert off.settle(None, data, np.arange(8)).rescoring is None
+    assert off.settle(None, data, data.indices("val")).rescoring is None

@@ -55,6 +55,9 @@ class DetectionSpec(BaseModel):
         rescore: Once training ends, fit a second stage on the validation scans' candidates that
             scores each again from the image around it (:mod:`medsight.tasks.rescoring`); the
             plan keeps it and every prediction applies it.
+        rescore_training_scans: Training scans (drawn at random, seeded) whose candidates join the
+            validation scans' in that fit: more findings to learn from, at ~3 s per scan on 2
+            cores (0 for the validation scans alone).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -68,6 +71,7 @@ class DetectionSpec(BaseModel):
     mirror: bool = False
     margin: int = Field(0, ge=0, le=3)
     rescore: bool = True
+    rescore_training_scans: int = Field(40, ge=0)
 
 
 def draw_balls(
