@@ -188,3 +188,27 @@ def test_settle_fits_the_stage_on_validation_candidates_and_prediction_applies_i
     monkeypatch.setattr(off.backbone, "_predicted", predicted)
     monkeypatch.setattr(off, "_probability", lambda logits, entry: logits)
     assert off.settle(None, data, data.indices("val")).rescoring is None
+
+
+def test_detect_on_files_applies_the_plans_stage(monkeypatch):
+    import medsight.tasks.candidates as module
+    from medsight.tasks.candidates import Candidates, DetectionSpec
+
+    image = _lung()
+    probability = np.zeros(image.shape, np.float32)
+    probability[11:14, 13:16, 13:16] = 0.3  # the ball
+    probability[27:30, 33:36, 18:21] = 0.8  # the tube, more probable to the network
+    found = Candidates(DetectionSpec(kind="detection"))
+    monkeypatch.setattr(module, "preprocess_for_plan", lambda array, spacing, plan: SimpleNamespace(image=array))
+    monkeypatch.setattr(found, "probability", lambda logits, case: probability)
+    blob_first = CandidateRescoring(
+        features=list(FEATURES), mean=[0.0] * len(FEATURES), scale=[1.0] * len(FEATURES),
+        coef=[1.0 if name.startswith("dot_") else 0.0 for name in FEATURES], intercept=-4.0, candidates=10, findings=5,
+    )  # fmt: skip
+    volume = Volume(image[None], ISO)
+    for plan, first in ((SimpleNamespace(in_channels=1, rescoring=None), 0.8),
+                        (SimpleNamespace(in_channels=1, rescoring=blob_first), 0.3)):  # fmt: skip
+        row, overlay = found.detect(volume, plan, lambda array: array)
+        listed = pd.DataFrame(json.loads(row["candidate_list"]))
+        assert len(listed) == 2 and listed["probability"].is_monotonic_decreasing
+        assert (listed["network_probability"] if plan.rescoring else listed["probability"]).iloc[0] == first
