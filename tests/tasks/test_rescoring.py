@@ -208,7 +208,7 @@ def test_detect_on_files_applies_the_plans_stage(monkeypatch):
     volume = Volume(image[None], ISO)
     for plan, first in ((SimpleNamespace(in_channels=1, rescoring=None), 0.8),
                         (SimpleNamespace(in_channels=1, rescoring=blob_first), 0.3)):  # fmt: skip
-        row, overlay = found.detect(volume, plan, lambda array: array)
+        row, _ = found.detect(volume, plan, lambda array: array)
         listed = pd.DataFrame(json.loads(row["candidate_list"]))
         assert len(listed) == 2 and listed["probability"].is_monotonic_decreasing
         assert (listed["network_probability"] if plan.rescoring else listed["probability"]).iloc[0] == first
