@@ -342,8 +342,8 @@ class DetectionTask(Task):
                 progress("fitting the candidates' second stage", done, total)
         fitted = fit_rescoring(np.concatenate(features), np.concatenate(labels))
         if fitted is not None:
-            log.info("candidates rescored by a second stage fitted on %d validation candidates (%d on findings)",
-                     fitted.candidates, fitted.findings)  # fmt: skip
+            log.info("candidates rescored by a second stage fitted on %d candidates (%d on findings) of %d validation "
+                     "and %d training scans", fitted.candidates, fitted.findings, total - extra, extra)  # fmt: skip
         return plan.model_copy(update={"rescoring": fitted})
 
     def predict_volumes(
