@@ -13,11 +13,13 @@ from sklearn.metrics import roc_curve
 from medsight.core.errors import InputError
 from medsight.metrics.bootstrap import bootstrap_ci, bootstrap_cis
 from medsight.metrics.detection import (
+    EXCLUDED_DIAMETER_MM,
     LUNA16_RATES,
     average_precision_boxes,
     box_iou,
     box_matches,
     cpm,
+    excluded_diameters,
     froc_curve,
     froc_summary,
     match_boxes,
@@ -32,6 +34,14 @@ COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ"]
 
 def _frame(rows, last):
     return pd.DataFrame(rows, columns=[*COLUMNS, last])
+
+
+def test_an_excluded_finding_of_unknown_size_is_taken_as_luna16s_10_mm_and_known_sizes_are_kept():
+    """The LUNA16 script's rule (``if diameter < 0: diameter = 10``), the one rule training, the second
+    stage and evaluation read excluded findings by."""
+    assert EXCLUDED_DIAMETER_MM == 10.0
+    np.testing.assert_array_equal(excluded_diameters(np.array([-1.0, -5.0, 0.0, 4.5, 30.0])), [10, 10, 0, 4.5, 30])
+    assert excluded_diameters(np.array([])).shape == (0,)
 
 
 def _hand_case():

@@ -50,6 +50,7 @@ __all__ = [
     "box_iou",
     "box_matches",
     "cpm",
+    "excluded_diameters",
     "froc_curve",
     "froc_summary",
     "match_boxes",
@@ -70,6 +71,14 @@ EXCLUDED_DIAMETER_MM = 10.0
 """Diameter LUNA16 gives an excluded finding whose diameter is negative (unknown)."""
 
 FALSE_POSITIVE, DETECTED, MISSED, SCAN = 0, 1, 2, 3
+
+
+def excluded_diameters(diameters: np.ndarray) -> np.ndarray:
+    """Diameters (mm) of excluded findings as LUNA16's evaluation takes them: a negative one
+    (unknown) becomes :data:`EXCLUDED_DIAMETER_MM`. Training, the second stage and evaluation all
+    read excluded findings through this, so they ignore the same regions."""
+    diameters = np.asarray(diameters, float)
+    return np.where(diameters < 0, EXCLUDED_DIAMETER_MM, diameters)
 
 
 @dataclass(frozen=True)
@@ -292,8 +301,7 @@ def match_nodules(
         found = nodules_of.get(scan, nodules.iloc[:0])
         hits = within_spheres(points, found[coords].to_numpy(float), found["diameter_mm"].to_numpy(float))
         other = others_of.get(scan, others.iloc[:0])
-        diameters = other["diameter_mm"].to_numpy(float)
-        diameters = np.where(diameters < 0, EXCLUDED_DIAMETER_MM, diameters)
+        diameters = excluded_diameters(other["diameter_mm"].to_numpy(float))
         on_excluded = within_spheres(points, other[coords].to_numpy(float), diameters).any(axis=1)
         per_scan[scan] = (probability, hits, on_excluded)
     return _reduce(scans, per_scan, dropped)

@@ -52,7 +52,7 @@ from medsight.data.reading import read_case_image
 from medsight.data.volume_cache import IGNORE_INDEX
 from medsight.io.api import write
 from medsight.io.atomic import atomic_dir
-from medsight.metrics.detection import EXCLUDED_DIAMETER_MM, froc_summary, match_nodules, within_spheres
+from medsight.metrics.detection import excluded_diameters, froc_summary, match_nodules, within_spheres
 from medsight.models.registry import ModelChoice
 from medsight.planning import Plan
 from medsight.tasks.base import Task, TaskData, Training, VolumeView, as_model, register_task
@@ -79,7 +79,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_TARGETS_VERSION = 2  # 2: excluded findings drawn as ignored regions
+_TARGETS_VERSION = 3  # 2: excluded findings drawn as ignored regions; 3: of LUNA16's size rule (metrics.detection)
 _IGNORED = 2  # the code of an excluded finding in the drawn targets (the backbone's ignore label)
 _PRIOR = 0.01  # the finding's probability everywhere in an untrained network
 _JITTER = 0.75  # training findings lie anywhere in this central share of their patch
@@ -139,7 +139,7 @@ def _targets(manifest: Manifest, folder: Path, *, progress: Progress | None) -> 
                 if (~excluded).any() and not drawn.any():
                     log.warning("case %s: none of its findings lies on its scan's grid (are they in world mm?)", case)
                 if excluded.any():  # ignored where no finding is drawn (evaluation ignores them too)
-                    sizes = np.where(diameters[excluded] > 0, diameters[excluded], EXCLUDED_DIAMETER_MM)
+                    sizes = excluded_diameters(diameters[excluded])
                     ignored = draw_balls(image.geometry, image.spatial_shape, centres[excluded], sizes, value=_IGNORED)
                     drawn = np.where(drawn > 0, drawn, ignored)
                 name = f"target_{n}.nii.gz"
@@ -333,7 +333,7 @@ class DetectionTask(Task):
             centres, diameters, excluded = _findings(parse_boxes(row.get("boxes", ""), case), case)
             points = candidates[["coordX", "coordY", "coordZ"]].to_numpy(float)
             hit = within_spheres(points, centres[~excluded], diameters[~excluded]).any(axis=1)
-            sizes = np.where(diameters[excluded] > 0, diameters[excluded], EXCLUDED_DIAMETER_MM)
+            sizes = excluded_diameters(diameters[excluded])
             ignored = within_spheres(points, centres[excluded], sizes).any(axis=1) & ~hit
             image = read_case_image(data.manifest, row, "image")
             features.append(candidate_features(np.asarray(image.array[0]), image.geometry, candidates)[~ignored])
