@@ -6,8 +6,10 @@ and vessel trees branching from the hila. About a quarter start from the real CT
 ``../shared/data/radiomics/lung1_image.nrrd`` (mirrored, cropped and re-noised); its own
 tumour, from ``lung1_label.nrrd``, is annotated too. Nodules are 3-30 mm: solid or
 part-solid (solid core in a ground-glass halo), round, lobulated or spiculated; some sit on
-a vessel, some touch the pleura. Findings under 3 mm go to ``annotations_excluded.csv`` as
-in LUNA16; ``candidates.csv`` lists the nodules (class 1) and random lung points (class 0).
+a vessel, some touch the pleura. Each is centred in aerated lung, away from the earlier ones: a
+nodule inside a vessel or a nodule as thick as itself would be invisible, yet annotated.
+Findings under 3 mm go to ``annotations_excluded.csv`` as in LUNA16; ``candidates.csv`` lists
+the nodules (class 1) and random lung points (class 0).
 Scan ``i`` goes to ``subset{i % 10}``.
 """
 
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.ndimage import binary_erosion, gaussian_filter, label
+from scipy.ndimage import binary_dilation, binary_erosion, gaussian_filter, label
 
 from medsight.data.phantoms.base import Progress, case_rng, default_workers, register_phantom, run_cases, write_table
 
@@ -133,7 +135,9 @@ def _real_ct(data_dir: Path | None) -> tuple[np.ndarray, np.ndarray, tuple[float
 
 def _real(
     rng: np.random.Generator, data_dir: Path | None
-) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], list[dict]]:
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], list[dict], np.ndarray]:
+    """The real CT cropped and perhaps mirrored: HU, lung mask, spacing, its tumour as a finding and
+    as a mask."""
     hu, lungs, spacing, tumour = _real_ct(data_dir)  # type: ignore[misc]
     start = int(rng.integers(0, 8))
     stop = hu.shape[0] - int(rng.integers(0, 8))
@@ -146,17 +150,60 @@ def _real(
         zyx = np.argwhere(tumour).mean(axis=0)
         volume_mm3 = tumour.sum() * float(np.prod(spacing))
         own.append({"zyx": zyx, "diameter": 2 * (3 * volume_mm3 / (4 * math.pi)) ** (1 / 3)})
-    return hu, lungs, spacing, own
+    return hu, lungs, spacing, own, tumour.copy()  # a copy: nodules are marked on it
+
+
+def _beside_vessel(
+    hu: np.ndarray,
+    lungs: np.ndarray,
+    taken: np.ndarray,
+    spacing: tuple[float, ...],
+    rng: np.random.Generator,
+    radius: float,
+) -> np.ndarray | None:
+    """A centre (voxel z, y, x) in aerated lung half a radius beyond a vessel's wall, so the nodule
+    sits on the vessel and most of it is seen against the lung; None if no vessel offers one.
+
+    A nodule centred inside a vessel (or a hilar bundle, or an earlier nodule) as thick as itself
+    has the same density as all around it: no reader could see it, and it must not be annotated."""
+    near = binary_dilation(lungs, iterations=3)  # the real CT's lung mask stops short of its vessels
+    vessels = np.argwhere((hu > -200) & near & ~taken)
+    if len(vessels) == 0:
+        return None
+    limit = np.array(hu.shape) - 1
+    step = 0.5 / np.asarray(spacing, np.float32)  # half a millimetre along each axis, in voxels
+    for _ in range(20):
+        start = vessels[rng.integers(len(vessels))].astype(np.float32)
+        direction = rng.normal(0, 1, 3).astype(np.float32)
+        direction /= np.linalg.norm(direction)
+        for n in range(1, 40):  # out of the vessel, up to 20 mm
+            at = np.clip(np.rint(start + direction * step * n), 0, limit).astype(int)
+            if taken[tuple(at)] or not near[tuple(at)]:
+                break
+            if hu[tuple(at)] < -500:  # past the wall: go on half a radius into the lung
+                centre = start + direction * step * (n + radius)
+                inside = np.clip(np.rint(centre), 0, limit).astype(int)
+                if lungs[tuple(inside)] and not taken[tuple(inside)] and hu[tuple(inside)] < -500:
+                    return centre
+                break
+    return None
 
 
 def _nodule(
-    hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, ...], rng: np.random.Generator, diameter: float
+    hu: np.ndarray,
+    lungs: np.ndarray,
+    spacing: tuple[float, ...],
+    rng: np.random.Generator,
+    diameter: float,
+    taken: np.ndarray,
 ) -> dict | None:
-    """Insert one nodule; return its centre (voxel z, y, x) and diameter, or None if it did not fit."""
+    """Insert one nodule away from the earlier ones (``taken``, updated); return its centre
+    (voxel z, y, x) and diameter, or None if it did not fit."""
     kind = rng.choice(("solid", "solid", "part-solid"))
     shape = rng.choice(("round", "lobulated", "spiculated"))
     radius = diameter / 2
-    inner = np.argwhere(binary_erosion(lungs[::2, ::4, ::4], iterations=1)) * (2, 4, 4)
+    free = lungs & ~taken & (hu < -500)  # aerated lung: not in a vessel (nor the real CT's tumour)
+    inner = np.argwhere(binary_erosion(free[::2, ::4, ::4], iterations=1)) * (2, 4, 4)
     if len(inner) == 0:
         return None
     where = rng.choice(("free", "free", "vessel", "pleura"))
@@ -170,9 +217,9 @@ def _nodule(
                 break
             centre += step
     elif where == "vessel":
-        vessel = np.argwhere((hu > -200) & lungs)
-        if len(vessel):
-            centre = vessel[rng.integers(len(vessel))].astype(np.float32)
+        beside = _beside_vessel(hu, lungs, taken, spacing, rng, radius)
+        if beside is not None:
+            centre = beside.astype(np.float32)
     reach = [math.ceil(radius * 2.2 / s) + 2 for s in spacing]
     lo = [max(0, int(c) - r) for c, r in zip(centre, reach, strict=True)]
     hi = [min(n, int(c) + r + 1) for c, r, n in zip(centre, reach, hu.shape, strict=True)]
@@ -199,6 +246,7 @@ def _nodule(
         region[halo] = np.maximum(region[halo], -550 + 40 * rng.standard_normal(int(halo.sum())))
         solid &= d < surface * 0.6
     region[solid] = 30 + 25 * rng.standard_normal(int(solid.sum()))
+    taken[box] |= d < surface * 1.6 + 2.0  # the next nodule keeps 2 mm off this one (and its halo)
     return {"zyx": centre, "diameter": float(diameter), "kind": kind, "shape": shape, "where": where}
 
 
@@ -219,16 +267,17 @@ def _case(out: Path, seed: int, data_dir: Path | None, index: int) -> tuple[list
     uid = UID_ROOT + "".join(str(d) for d in rng.integers(0, 10, size=39))
     found: list[dict] = []
     if _real_ct(data_dir) is not None and rng.random() < 0.25:
-        hu, lungs, spacing, found = _real(rng, data_dir)
+        hu, lungs, spacing, found, taken = _real(rng, data_dir)  # nodules keep off its tumour
     else:
         hu, lungs = _procedural(rng)
         spacing = SPACING
+        taken = np.zeros(hu.shape, bool)
     nodules, tiny = _sizes(rng)
     for diameter in nodules:
-        placed = _nodule(hu, lungs, spacing, rng, diameter)
+        placed = _nodule(hu, lungs, spacing, rng, diameter, taken)
         if placed is not None:
             found.append(placed)
-    excluded = [n for n in (_nodule(hu, lungs, spacing, rng, d) for d in tiny) if n is not None]
+    excluded = [n for n in (_nodule(hu, lungs, spacing, rng, d, taken) for d in tiny) if n is not None]
     hu = gaussian_filter(hu, 0.5) + rng.normal(0, rng.uniform(8, 25), hu.shape).astype(np.float32)
     origin = (-float(hu.shape[2] - 1) * spacing[2] / 2, -float(hu.shape[1] - 1) * spacing[1] / 2, -300.0)
     image = sitk.GetImageFromArray(np.clip(hu, -1024, 3071).astype(np.int16))
