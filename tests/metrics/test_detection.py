@@ -22,6 +22,7 @@ from medsight.metrics.detection import (
     excluded_diameters,
     froc_curve,
     froc_summary,
+    label_candidates,
     match_boxes,
     match_nodules,
     mean_average_precision,
@@ -43,6 +44,22 @@ def test_an_excluded_finding_of_unknown_size_is_taken_as_luna16s_10_mm_and_known
     np.testing.assert_array_equal(excluded_diameters(np.array([-1.0, -5.0, 0.0, 4.5, 30.0])), [10, 10, 0, 4.5, 30])
     assert excluded_diameters(np.array([])).shape == (0,)
 
+
+
+def test_candidates_are_labelled_by_strict_distance_and_excluded_findings_by_luna16s_sizes():
+    """The one labelling that scoring (``match_nodules``) and the second stage's fit share: a
+    candidate hits every nodule whose radius it lies strictly within; an excluded finding of
+    unknown size (-1) covers 5 mm around it."""
+    points = np.array([[0.0, 0, 0], [4.9, 0, 0], [5.0, 0, 0], [100, 4.9, 0], [100, 5.0, 0], [2, 0, 0]])
+    nodules, sizes = np.array([[0.0, 0, 0], [3.0, 0, 0]]), np.array([10.0, 4.0])
+    hits, on_excluded = label_candidates(points, nodules, sizes, np.array([[100.0, 0, 0]]), np.array([-1.0]))
+    expected = [[True, False], [True, True], [False, False], [False, False], [False, False], [True, True]]
+    np.testing.assert_array_equal(hits, expected)
+    np.testing.assert_array_equal(on_excluded, [False, False, False, True, False, False])
+    hits, on_excluded = label_candidates(points, nodules[:0], sizes[:0], nodules[:0], sizes[:0])
+    assert hits.shape == (6, 0) and not on_excluded.any()
+    hits, on_excluded = label_candidates(points[:0], nodules, sizes, nodules[:1], np.array([6.5]))
+    assert hits.shape == (0, 2) and on_excluded.shape == (0,)
 
 def _hand_case():
     annotations = _frame([["A", 0, 0, 0, 10], ["A", 50, 0, 0, 6], ["B", 0, 0, 0, 8]], "diameter_mm")

@@ -53,6 +53,7 @@ __all__ = [
     "excluded_diameters",
     "froc_curve",
     "froc_summary",
+    "label_candidates",
     "match_boxes",
     "match_nodules",
     "mean_average_precision",
@@ -299,12 +300,29 @@ def match_nodules(
         points = group[coords].to_numpy(float)[keep]
         probability = probability[keep]
         found = nodules_of.get(scan, nodules.iloc[:0])
-        hits = within_spheres(points, found[coords].to_numpy(float), found["diameter_mm"].to_numpy(float))
         other = others_of.get(scan, others.iloc[:0])
-        diameters = excluded_diameters(other["diameter_mm"].to_numpy(float))
-        on_excluded = within_spheres(points, other[coords].to_numpy(float), diameters).any(axis=1)
+        hits, on_excluded = label_candidates(
+            points, found[coords].to_numpy(float), found["diameter_mm"].to_numpy(float),
+            other[coords].to_numpy(float), other["diameter_mm"].to_numpy(float),
+        )  # fmt: skip
         per_scan[scan] = (probability, hits, on_excluded)
     return _reduce(scans, per_scan, dropped)
+
+
+def label_candidates(
+    points: np.ndarray,
+    nodule_centres: np.ndarray,
+    nodule_diameters: np.ndarray,
+    excluded_centres: np.ndarray,
+    excluded_diameters_mm: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """LUNA16's reading of one scan's candidates (world mm, ``(n, 3)``): which nodules each hits,
+    ``(candidates, nodules)``, and whether each lies on an excluded finding (whose sizes are read by
+    :func:`excluded_diameters`). Scoring and every fit on candidates label them through this."""
+    hits = within_spheres(points, nodule_centres, nodule_diameters)
+    sizes = excluded_diameters(np.asarray(excluded_diameters_mm, float))
+    on_excluded = within_spheres(points, excluded_centres, sizes).any(axis=1)
+    return hits, on_excluded
 
 
 def within_spheres(points: np.ndarray, centres: np.ndarray, diameters: np.ndarray) -> np.ndarray:

@@ -52,7 +52,7 @@ from medsight.data.reading import read_case_image
 from medsight.data.volume_cache import IGNORE_INDEX
 from medsight.io.api import write
 from medsight.io.atomic import atomic_dir
-from medsight.metrics.detection import excluded_diameters, froc_summary, match_nodules, within_spheres
+from medsight.metrics.detection import excluded_diameters, froc_summary, label_candidates, match_nodules
 from medsight.models.registry import ModelChoice
 from medsight.planning import Plan
 from medsight.tasks.base import Task, TaskData, Training, VolumeView, as_model, register_task
@@ -332,9 +332,10 @@ class DetectionTask(Task):
             case = str(row.get("case_id", "?"))
             centres, diameters, excluded = _findings(parse_boxes(row.get("boxes", ""), case), case)
             points = candidates[["coordX", "coordY", "coordZ"]].to_numpy(float)
-            hit = within_spheres(points, centres[~excluded], diameters[~excluded]).any(axis=1)
-            sizes = excluded_diameters(diameters[excluded])
-            ignored = within_spheres(points, centres[excluded], sizes).any(axis=1) & ~hit
+            hits, on_excluded = label_candidates(points, centres[~excluded], diameters[~excluded], centres[excluded],
+                                                 diameters[excluded])  # fmt: skip
+            hit = hits.any(axis=1)
+            ignored = on_excluded & ~hit
             image = read_case_image(data.manifest, row, "image")
             features.append(candidate_features(np.asarray(image.array[0]), image.geometry, candidates)[~ignored])
             labels.append(hit[~ignored])
