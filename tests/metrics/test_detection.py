@@ -45,7 +45,6 @@ def test_an_excluded_finding_of_unknown_size_is_taken_as_luna16s_10_mm_and_known
     assert excluded_diameters(np.array([])).shape == (0,)
 
 
-
 def test_candidates_are_labelled_by_strict_distance_and_excluded_findings_by_luna16s_sizes():
     """The one labelling that scoring (``match_nodules``) and the second stage's fit share: a
     candidate hits every nodule whose radius it lies strictly within; an excluded finding of
@@ -60,6 +59,7 @@ def test_candidates_are_labelled_by_strict_distance_and_excluded_findings_by_lun
     assert hits.shape == (6, 0) and not on_excluded.any()
     hits, on_excluded = label_candidates(points[:0], nodules, sizes, nodules[:1], np.array([6.5]))
     assert hits.shape == (0, 2) and on_excluded.shape == (0,)
+
 
 def _hand_case():
     annotations = _frame([["A", 0, 0, 0, 10], ["A", 50, 0, 0, 6], ["B", 0, 0, 0, 8]], "diameter_mm")
