@@ -291,6 +291,23 @@ def test_a_given_plan_is_used_and_the_run_keeps_it(tmp_path):
         fit(_recipe(tmp_path, overrides={"patch_size": [5, 5, 5]}), manifest, tmp_path / "run2")
 
 
+@pytest.mark.parametrize(
+    ("key", "named"),
+    [("patch_sise=[32,64,64]", "'patch_sise'.*did you mean 'patch_size'"),
+     ("network.filterz=[8,16]", "'network.filterz'.*did you mean 'filters'"),
+     ("augmentation.rotation=0.5", "'augmentation.rotation'.*did you mean 'rotation_p'")],
+)  # fmt: skip
+def test_a_typo_in_the_plan_overrides_is_named_when_the_recipe_is_read(key, named):
+    """Before any scan is fingerprinted (minutes on a real data set), with the closest field."""
+    from medsight.engine.recipe import load_recipe
+
+    with pytest.raises(ConfigError, match=named):
+        load_recipe("lung-nodule-det", [f"preprocess.overrides.{key}"])
+    recipe = load_recipe("brain-tumor-seg", ["preprocess.overrides.network.filters=[8,16,32]",
+                                              "preprocess.overrides.patch_size=[32,32,32]"])  # fmt: skip
+    assert recipe.preprocess.overrides["network"] == {"filters": [8, 16, 32]}
+
+
 @pytest.mark.slow
 def test_predictions_on_real_files_keep_their_exact_grid(tmp_path, shared_data):
     """A 1-channel model predicts the real brain1 NRRD (LAS, 6.5 mm slices) and a DICOM series made

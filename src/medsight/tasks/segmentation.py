@@ -9,6 +9,7 @@ the data set's fingerprint at training time unless the recipe gives one.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -80,6 +81,34 @@ class PlanRequest(BaseModel):
     modality: str | None = None
     base_filters: int = Field(32, ge=1)
     overrides: dict[str, Any] = {}
+
+    @field_validator("overrides")
+    @classmethod
+    def _plan_fields(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Every key names a plan field, checked when the recipe is read: a typo must not wait for
+        the fingerprint of every scan (minutes) to be found."""
+        unknown = _unknown_keys(overrides, Plan)
+        if unknown:
+            key, known = unknown[0]
+            close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"{key!r} is no field of a plan ({hint}fields there: {', '.join(known)})")
+        return overrides
+
+
+def _unknown_keys(changes: Mapping[str, Any], model: type[BaseModel], prefix: str = "") -> list[tuple[str, list[str]]]:
+    """The dotted keys of ``changes`` that ``model`` (and the models of its fields) has no field for,
+    each with the fields known at that level."""
+    unknown: list[tuple[str, list[str]]] = []
+    for key, value in changes.items():
+        field = model.model_fields.get(str(key))
+        if field is None:
+            unknown.append((f"{prefix}{key}", list(model.model_fields)))
+            continue
+        inner = field.annotation
+        if isinstance(value, Mapping) and isinstance(inner, type) and issubclass(inner, BaseModel):
+            unknown += _unknown_keys(value, inner, f"{prefix}{key}.")
+    return unknown
 
 
 def supervised_heads(
