@@ -180,6 +180,11 @@ def test_settle_fits_the_stage_on_validation_candidates_and_prediction_applies_i
     monkeypatch.setattr(alone.backbone, "_predicted", predicted)
     monkeypatch.setattr(alone, "_probability", lambda logits, entry: logits)
     assert alone.settle(None, data, data.indices("val")).rescoring.candidates == 6 * 3 - 1
+    # the stage is fitted on what it will score: the proposals, beyond the candidates kept
+    few = DetectionTask.from_spec(DetectionTask.spec_type(kind="detection", max_candidates=1, proposals=3))
+    monkeypatch.setattr(few.backbone, "_predicted", predicted)
+    monkeypatch.setattr(few, "_probability", lambda logits, entry: logits)
+    assert few.settle(None, data, data.indices("val")).rescoring.candidates == 8 * 3 - 1
     rescored = TaskData(manifest=manifest, inputs=data.inputs, targets=np.zeros(0), preprocess=settled, in_channels=1)
     _, predictions = task.predict_split(None, rescored, np.arange(2))
     first = pd.DataFrame(json.loads(predictions["candidate_list"].iloc[1]))
@@ -212,3 +217,35 @@ def test_detect_on_files_applies_the_plans_stage(monkeypatch):
         listed = pd.DataFrame(json.loads(row["candidate_list"]))
         assert len(listed) == 2 and listed["probability"].is_monotonic_decreasing
         assert (listed["network_probability"] if plan.rescoring else listed["probability"]).iloc[0] == first
+
+
+def test_the_stage_keeps_the_most_probable_of_more_proposals_than_it_keeps(monkeypatch):
+    """A finding the network ranks below ``max_candidates`` is still proposed to the stage, which
+    may keep it; without a stage the network's ``max_candidates`` are kept."""
+    from pydantic import ValidationError
+
+    import medsight.tasks.candidates as module
+    from medsight.tasks.candidates import Candidates, DetectionSpec
+
+    image = _lung()
+    probability = np.zeros(image.shape, np.float32)
+    probability[11:14, 13:16, 13:16] = 0.3  # the ball
+    probability[27:30, 33:36, 8:11] = 0.8  # two places on the tube, more probable to the network
+    probability[27:30, 33:36, 30:33] = 0.7
+    monkeypatch.setattr(module, "preprocess_for_plan", lambda array, spacing, plan: SimpleNamespace(image=array))
+    blob_first = CandidateRescoring(
+        features=list(FEATURES), mean=[0.0] * len(FEATURES), scale=[1.0] * len(FEATURES),
+        coef=[1.0 if name.startswith("dot_") else 0.0 for name in FEATURES], intercept=-4.0, candidates=10, findings=5,
+    )  # fmt: skip
+    volume = Volume(image[None], ISO)
+    cases = [(3, None, True), (3, blob_first, False), (2, blob_first, True), (1, blob_first, True)]
+    for proposals, stage, tube in cases:  # two proposals hold only the tube's: the ball is never scored
+        found = Candidates(DetectionSpec(kind="detection", max_candidates=1, proposals=proposals))
+        monkeypatch.setattr(found, "probability", lambda logits, case: probability)
+        row, _ = found.detect(volume, SimpleNamespace(in_channels=1, rescoring=stage), lambda array: array)
+        listed = pd.DataFrame(json.loads(row["candidate_list"]))
+        assert row["candidates"] == 1
+        network = (listed["network_probability"] if stage else listed["probability"]).iloc[0]
+        assert network > 0.5 if tube else network == pytest.approx(0.3)
+    with pytest.raises(ValidationError, match=r"proposals \(50\) must be at least max_candidates \(100\)"):
+        DetectionSpec(kind="detection", proposals=50)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import ndimage
 from skimage.segmentation import watershed
 
@@ -25,7 +25,7 @@ from medsight.core.geometry import Geometry
 from medsight.core.volume import Volume, VolumeMetadata
 from medsight.data.volume_cache import preprocess_for_plan
 from medsight.metrics.detection import LUNA16_RATES
-from medsight.planning import Plan
+from medsight.planning import CandidateRescoring, Plan
 from medsight.tasks.rescoring import rescore
 from medsight.tasks.results import Finding
 from medsight.transforms.volume3d import restore
@@ -58,6 +58,10 @@ class DetectionSpec(BaseModel):
         rescore_training_scans: Training scans (drawn at random, seeded) whose candidates join the
             validation scans' in that fit: more findings to learn from, at ~3 s per scan on 2
             cores (0 for the validation scans alone).
+        proposals: Candidates per scan (the network's most probable peaks) that the second stage
+            scores and is fitted on, of which it keeps the ``max_candidates`` it finds most probable
+            (default: ``max_candidates``, the stage reorders the network's). Without a stage the
+            network's ``max_candidates`` are kept.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -72,6 +76,14 @@ class DetectionSpec(BaseModel):
     margin: int = Field(0, ge=0, le=3)
     rescore: bool = True
     rescore_training_scans: int = Field(40, ge=0)
+    proposals: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _proposals_cover_the_kept(self) -> DetectionSpec:
+        if self.proposals is not None and self.proposals < self.max_candidates:
+            raise ValueError(f"proposals ({self.proposals}) must be at least max_candidates ({self.max_candidates}): "
+                             "the second stage keeps max_candidates of the proposals")  # fmt: skip
+        return self
 
 
 def draw_balls(
@@ -189,10 +201,27 @@ class Candidates:
         probs = np.stack([1.0 - finding, finding]).astype(np.float32)
         return restore(probs, case, background=np.array([1.0, 0.0], np.float32))[1]
 
-    def candidates(self, probability: np.ndarray, geometry: Geometry) -> pd.DataFrame:
-        """The map's candidates (:func:`find_candidates` with the spec's threshold and count)."""
+    def candidates(self, probability: np.ndarray, geometry: Geometry, *, count: int | None = None) -> pd.DataFrame:
+        """The map's ``count`` (default ``max_candidates``) most probable candidates
+        (:func:`find_candidates` with the spec's threshold)."""
         return find_candidates(probability, geometry, threshold=self.spec.threshold,
-                               max_candidates=self.spec.max_candidates)  # fmt: skip
+                               max_candidates=count or self.spec.max_candidates)  # fmt: skip
+
+    def proposed(
+        self, probability: np.ndarray, geometry: Geometry, rescoring: CandidateRescoring | None
+    ) -> pd.DataFrame:
+        """The candidates a second stage scores (``proposals`` of them), or without one the
+        ``max_candidates`` that are kept."""
+        return self.candidates(probability, geometry, count=self.spec.proposals if rescoring is not None else None)
+
+    def kept(
+        self, proposed: pd.DataFrame, image: np.ndarray, geometry: Geometry, rescoring: CandidateRescoring | None
+    ) -> pd.DataFrame:
+        """The ``max_candidates`` most probable of the proposals once the second stage (if any)
+        has scored them from ``image`` ``(Z, Y, X)`` on ``geometry``'s grid."""
+        if rescoring is None:
+            return proposed.iloc[: self.spec.max_candidates]
+        return rescore(proposed, image, geometry, rescoring).iloc[: self.spec.max_candidates].reset_index(drop=True)
 
     @staticmethod
     def row(candidates: pd.DataFrame) -> dict[str, Any]:
@@ -215,9 +244,8 @@ class Candidates:
             raise InputError(f"the model reads {plan.in_channels} channel(s) per scan; this input has "
                              f"{volume.channels}")  # fmt: skip
         case = preprocess_for_plan(np.asarray(volume.array), volume.geometry.spacing, plan)
-        found = self.candidates(self.probability(window(case.image), case), volume.geometry)
-        if plan.rescoring is not None:
-            found = rescore(found, np.asarray(volume.array[0]), volume.geometry, plan.rescoring)
+        proposed = self.proposed(self.probability(window(case.image), case), volume.geometry, plan.rescoring)
+        found = self.kept(proposed, np.asarray(volume.array[0]), volume.geometry, plan.rescoring)
         shown = found[found["probability"] >= self.spec.overlay_probability]
         drawn = draw_balls(volume.geometry, volume.spatial_shape, shown[["coordX", "coordY", "coordZ"]].to_numpy(),
                            shown["diameter_mm"].to_numpy())  # fmt: skip

@@ -42,7 +42,6 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from medsight.core.errors import ConfigError, InputError, MedsightError
-from medsight.core.geometry import Geometry
 from medsight.core.progress import Progress
 from medsight.core.volume import Volume, VolumeMetadata
 from medsight.data.cache import built, cache_key, reuse
@@ -57,7 +56,7 @@ from medsight.models.registry import ModelChoice
 from medsight.planning import Plan
 from medsight.tasks.base import Task, TaskData, Training, VolumeView, as_model, register_task
 from medsight.tasks.candidates import Candidates, DetectionSpec, draw_balls, find_candidates
-from medsight.tasks.rescoring import candidate_features, fit_rescoring, rescore
+from medsight.tasks.rescoring import candidate_features, fit_rescoring
 from medsight.tasks.results import Estimate, Finding, Prediction
 from medsight.tasks.segmentation import (
     PlanRequest,
@@ -283,9 +282,6 @@ class DetectionTask(Task):
         """The finding's probability on the source grid from logits on the preprocessed grid."""
         return self.found.probability(logits.float().numpy(), case)
 
-    def _candidates(self, probability: np.ndarray, geometry: Geometry) -> pd.DataFrame:
-        return self.found.candidates(probability, geometry)
-
     @staticmethod
     def _row(candidates: pd.DataFrame) -> dict[str, Any]:
         return Candidates.row(candidates)
@@ -297,10 +293,10 @@ class DetectionTask(Task):
         plan: Plan = data.preprocess  # type: ignore[assignment]
         cases, rows = [], []
         for entry, row, logits, reference in self.backbone._predicted(model, data, indices):
-            candidates = self._candidates(self._probability(logits, entry), reference.geometry)
+            candidates = self.found.proposed(self._probability(logits, entry), reference.geometry, plan.rescoring)
             if plan.rescoring is not None:
                 image = read_case_image(data.manifest, row, "image")
-                candidates = rescore(candidates, np.asarray(image.array[0]), image.geometry, plan.rescoring)
+                candidates = self.found.kept(candidates, np.asarray(image.array[0]), image.geometry, plan.rescoring)
             cases.append(row.to_dict())
             rows.append(self._row(candidates))
         return pd.DataFrame(cases), pd.DataFrame(rows)
@@ -328,7 +324,8 @@ class DetectionTask(Task):
         features, labels = [], []
         total = len(data.inputs.items_of(indices))
         for done, (entry, row, logits, reference) in enumerate(self.backbone._predicted(model, data, indices), 1):
-            candidates = self._candidates(self._probability(logits, entry), reference.geometry)
+            candidates = self.found.candidates(self._probability(logits, entry), reference.geometry,
+                                               count=self.spec.proposals)  # what the stage will score  # fmt: skip
             case = str(row.get("case_id", "?"))
             centres, diameters, excluded = _findings(parse_boxes(row.get("boxes", ""), case), case)
             points = candidates[["coordX", "coordY", "coordZ"]].to_numpy(float)
