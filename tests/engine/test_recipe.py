@@ -44,6 +44,12 @@ def test_bad_recipes_say_what_and_how(overrides, message):
         load_recipe("dr-grading", overrides)
 
 
+def test_a_task_wide_rule_is_named_under_task_not_its_kind():
+    """A rule over several task keys is reported at ``task``, not at the union's tag."""
+    with pytest.raises(ConfigError, match=r"invalid recipe lung-nodule-det.yaml: task: proposals \(50\) must be"):
+        load_recipe("lung-nodule-det", ["task.proposals=50"])
+
+
 def test_recipe_files_and_unknown_names(tmp_path):
     (tmp_path / "mine.yaml").write_text("name: mine\ntask: {kind: binary, classes: [negative, positive]}\n")
     assert load_recipe(tmp_path / "mine.yaml").task.kind == "binary"

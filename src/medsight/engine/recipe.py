@@ -142,7 +142,7 @@ def explain(error: ValidationError, model: type[BaseModel]) -> str:
     kinds = set(registered_tasks())
     for item in error.errors():
         location = list(item["loc"])
-        if len(location) > 2 and location[0] == "task" and location[1] in kinds:  # the union's tag, not a key
+        if len(location) >= 2 and location[0] == "task" and location[1] in kinds:  # the union's tag, not a key
             del location[1]
         item = {**item, "loc": tuple(location)}
         where = ".".join(str(p) for p in item["loc"])
