@@ -34,9 +34,9 @@ from medsight.core.hardware import cpu_class, native_bf16
 from medsight.core.volume import Volume
 from medsight.data.phantoms import make_phantom
 from medsight.data.volume_cache import plan_normalization
-from medsight.inference.predictor import _Autocast
 from medsight.io import read
 from medsight.models import ModelChoice
+from medsight.models.predict import Autocast
 from medsight.planning import case_facts, fingerprint, make_plan
 from medsight.tasks import task_for
 from medsight.tasks.detection import draw_balls, find_candidates
@@ -94,7 +94,7 @@ def main() -> None:
     baseline = find_candidates(probability, scan.geometry)
     baseline_s = time.perf_counter() - started
 
-    ours_model = _Autocast(model, torch.bfloat16) if native_bf16() else model
+    ours_model = Autocast(model, torch.bfloat16) if native_bf16() else model
     started = time.perf_counter()
     rows, _ = task.predict_volumes(ours_model, [scan], plan)
     ours_s = time.perf_counter() - started

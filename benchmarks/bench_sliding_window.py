@@ -21,9 +21,9 @@ from monai.inferers import sliding_window_inference
 from medsight.core.geometry import Geometry
 from medsight.core.hardware import cpu_class, native_bf16
 from medsight.core.volume import Volume
-from medsight.inference.predictor import _Autocast
 from medsight.metrics.segmentation import dice
 from medsight.models import ModelChoice
+from medsight.models.predict import Autocast
 from medsight.planning import case_facts, fingerprint, make_plan
 from medsight.tasks import task_for
 from medsight.tasks.segmentation import sliding_window
@@ -71,7 +71,7 @@ def main() -> None:
                                             predictor=model, overlap=args.overlap, mode="gaussian")[0]  # fmt: skip
     monai_s = time.perf_counter() - started
 
-    ours_model = _Autocast(model, torch.bfloat16) if native_bf16() else model
+    ours_model = Autocast(model, torch.bfloat16) if native_bf16() else model
     started = time.perf_counter()
     ours = sliding_window(ours_model, image, plan, overlap=args.overlap)
     ours_s = time.perf_counter() - started

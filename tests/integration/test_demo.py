@@ -28,9 +28,9 @@ def test_quick_demo_runs_every_recipe(tmp_path):
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert [r["recipe"] for r in summary] == ["dr-grading", "dr-grading", "cxr-findings", "mammo-screening",
                                               "brain-tumor-seg", "brain-tumor-seg", "cardiac-function",
-                                              "cardiac-risk", "mammo-risk"]  # fmt: skip
+                                              "cardiac-risk", "mammo-risk", "lung-nodule-det"]  # fmt: skip
     recipes = ("dr-grading", "cxr-findings", "mammo-screening", "brain-tumor-seg", "cardiac-function", "cardiac-risk",
-               "mammo-risk")  # fmt: skip
+               "mammo-risk", "lung-nodule-det")  # fmt: skip
     for recipe in recipes:
         assert (tmp_path / "demo" / "runs" / recipe / "metrics_test.json").is_file()
     # the risk cohort was measured by the cardiac model and joined with its clinical table
@@ -41,6 +41,8 @@ def test_quick_demo_runs_every_recipe(tmp_path):
     assert not (tmp_path / "demo" / "data" / "mammo-risk").exists()  # no second phantom
     ef = next(r for r in summary if r["recipe"] == "cardiac-function")
     assert ef["label"] == "cardiac LV EF MAE (points)" and ef["lower_is_better"] and ef["target"] == 5.0
+    lung = next(r for r in summary if r["recipe"] == "lung-nodule-det")  # LUNA16's CPM, from its candidates
+    assert lung["label"].startswith("lung nodule CPM") and lung["target"] == 0.8 and 0 <= lung["estimate"] <= 1
     assert "medsight demo" in result.output and "done in" in result.output
     index = (tmp_path / "demo" / "index.html").read_text()
     for recipe in recipes:
@@ -129,6 +131,13 @@ def test_a_subset_without_2d_recipes_is_still_timed_by_the_2d_probe(monkeypatch)
     assert plan.estimated_seconds is not None and plan.estimated_seconds < 5 * 60
 
 
+LONGEST = "lung-nodule-det"  # its step alone overruns a 2-core CPU's budget
+
+
+def _but_longest(steps):
+    return tuple(s for s in steps if s[0].recipe != LONGEST)
+
+
 def _measured(speed):
     from medsight.engine.tuning import NumericMode
 
@@ -145,10 +154,11 @@ def test_the_plan_fits_the_budget_on_a_slow_cpu_without_lowering_targets(monkeyp
     assert "~90 training images/s (fp32, channels-last)" in fast.describe()
     monkeypatch.setattr(demo, "_probe", lambda step, extra: _measured(66.0))
     slow = demo.plan_demo("standard")
-    assert slow.profile == "lean" and "over the 15 min budget" in slow.reason and slow.left_out == ()
-    standard_there = demo._estimate(demo._steps("standard"), 66.0, 59.4, bf16=False)
+    assert slow.profile == "lean" and "over the 15 min budget" in slow.reason
+    assert [r for r, _ in fast.left_out] == [r for r, _ in slow.left_out] == [LONGEST]  # over the budget alone
+    standard_there = demo._estimate(_but_longest(demo._steps("standard")), 66.0, 59.4, bf16=False)
     assert slow.estimated_seconds < standard_there and f"~{standard_there / 60:.0f} min" in slow.reason
-    assert [s.headlines for s, _, _ in slow.steps] == [s.headlines for s in demo.DEMO]  # same targets
+    assert [s.headlines for s, _, _ in slow.steps] == [s.headlines for s in demo.DEMO if s.recipe != LONGEST]
     assert demo.plan_demo("standard", budget_minutes=600).profile == "standard"  # a generous budget keeps it
     assert demo.plan_demo("long").profile == "long"  # asked for explicitly: never shrunk
     quick = demo.plan_demo("quick")
@@ -171,8 +181,9 @@ def test_the_budget_is_10_minutes_on_avx512_and_15_elsewhere_unless_given(monkey
     plan = demo.plan_demo("standard")
     assert plan.budget_seconds == minutes * 60 and plan.estimated_seconds <= minutes * 60
     assert f"of its {minutes} min budget" in plan.describe()
-    standard = demo._estimate(demo._steps("standard"), 90.0, 81.0, bf16=False)
+    standard = demo._estimate(_but_longest(demo._steps("standard")), 90.0, 81.0, bf16=False)
     assert plan.profile == ("standard" if standard <= minutes * 60 else "lean")
+    assert LONGEST in dict(plan.left_out)
     assert demo.plan_demo("standard", budget_minutes=600).budget_seconds == 600 * 60  # given: kept
 
 
@@ -225,8 +236,8 @@ def test_a_lean_plan_probing_resnet10_counts_its_speed_once(monkeypatch):
 
     monkeypatch.setattr(demo, "_probe", probe)
     lean = demo.plan_demo("lean", budget_minutes=600)
-    standard = demo.plan_demo("standard", budget_minutes=1)  # too short: it becomes the lean demo
-    assert probed == ["resnet10", "resnet18"] and lean.profile == standard.profile == "lean"
+    standard = demo.plan_demo("standard", budget_minutes=600)
+    assert probed == ["resnet10", "resnet18"] and lean.profile == "lean" and standard.profile == "standard"
     assert lean.images_per_second == pytest.approx(40.0)
     assert lean.estimated_seconds == pytest.approx(demo._estimate(demo._steps("lean"), 40.0, 36.0, bf16=False))
     assert lean.estimated_seconds == pytest.approx(sum(standard.seconds(s) for s in demo._steps("lean")))
@@ -252,17 +263,19 @@ def test_fit_keeps_the_most_steps_and_at_least_one():
     from medsight.validation import demo
 
     steps = demo._steps("lean")
-    costs = dict(zip([s.recipe for s, _, _ in steps], [500.0, 300.0, 200.0, 350.0, 100.0, 80.0, 900.0], strict=True))
+    seconds = [500.0, 300.0, 200.0, 350.0, 100.0, 80.0, 900.0, 2000.0]
+    costs = dict(zip([s.recipe for s, _, _ in steps], seconds, strict=True))
     kept, left = demo._fit(steps, 600, lambda s: costs[s[0].recipe])
     assert [s.recipe for s, _, _ in kept] == ["cxr-findings", "mammo-screening", "cardiac-function"]  # 3 fit, earliest
-    assert left == (("dr-grading", 500.0), ("brain-tumor-seg", 350.0), ("cardiac-risk", 80.0), ("mammo-risk", 900.0))
+    assert left == (("dr-grading", 500.0), ("brain-tumor-seg", 350.0), ("cardiac-risk", 80.0), ("mammo-risk", 900.0),
+                    ("lung-nodule-det", 2000.0))  # fmt: skip
     kept, left = demo._fit(steps, 50, lambda s: costs[s[0].recipe])
     # the quickest that can run alone (the risk step needs the cardiac model's measures)
-    assert [s.recipe for s, _, _ in kept] == ["cardiac-function"] and len(left) == 6
+    assert [s.recipe for s, _, _ in kept] == ["cardiac-function"] and len(left) == 7
     kept, left = demo._fit(steps, 180, lambda s: costs[s[0].recipe])
     assert [s.recipe for s, _, _ in kept] == ["cardiac-function", "cardiac-risk"]
-    kept, left = demo._fit(steps, 2430, lambda s: costs[s[0].recipe])
-    assert len(kept) == 7 and left == ()
+    kept, left = demo._fit(steps, sum(seconds), lambda s: costs[s[0].recipe])
+    assert len(kept) == 8 and left == ()
 
 
 def test_the_probe_measures_the_model_training_will_use(tmp_path, monkeypatch):
@@ -340,11 +353,11 @@ def test_a_demo_running_slow_turns_lean_for_the_rest_with_the_same_targets(monke
     slow = 1.25 * first  # the machine got busier than the probe saw
     spent = {"cxr-findings": 30.0, "brain-tumor-seg": 20.0}  # their phantoms, made before the first step
     changed, message = demo.replan(plan, [slow], slow + 50.0, prepaid=spent)
-    assert changed.profile == "lean" and changed.left_out == ()
+    assert changed.profile == "lean" and changed.left_out == plan.left_out  # only what overran the budget alone
     lean = {s.recipe: (s, c, e) for s, c, e in demo._steps("lean")}
     assert changed.steps[0] == plan.steps[0]  # what ran stays as it ran
     assert changed.steps[1:] == tuple(lean[s.recipe] for s, _, _ in plan.steps[1:])
-    assert [s.headlines for s, _, _ in changed.steps] == [s.headlines for s in demo.DEMO]  # same targets
+    assert [s.headlines for s, _, _ in changed.steps] == [s.headlines for s in demo.DEMO if s.recipe != LONGEST]
     rest = sum(changed.seconds(step) for step in changed.steps[1:])
     assert changed.estimated_seconds == pytest.approx(slow + 50.0 + 1.25 * rest - 50.0)  # spent once, not twice
     assert "1.25x slower than estimated" in message and "lean settings" in message
@@ -360,7 +373,7 @@ def test_a_demo_running_far_too_slow_leaves_out_what_no_longer_fits(monkeypatch)
     kept, left = [s.recipe for s, _, _ in changed.steps], [recipe for recipe, _ in changed.left_out]
     assert left and sorted(kept + left) == sorted(s.recipe for s in demo.DEMO) and kept[0] == "dr-grading"
     assert changed.estimated_seconds <= 15 * 60 and "left out" in message
-    for recipe, seconds in changed.left_out:  # each at its scaled estimate, over what is left of the budget
+    for recipe, seconds in set(changed.left_out) - set(plan.left_out):  # at its scaled estimate, over the rest
         step = next(s for s in demo._steps("lean") if s[0].recipe == recipe)
         assert seconds == pytest.approx(4 * changed.seconds(step))
         assert changed.estimated_seconds + seconds > 15 * 60
@@ -368,11 +381,11 @@ def test_a_demo_running_far_too_slow_leaves_out_what_no_longer_fits(monkeypatch)
     spent = {s.recipe: 25.0 for s, _, _ in plan.steps[1:]}  # phantoms made: only what is kept gets them back
     paid, _ = demo.replan(plan, [4 * first], 4 * first + 100.0, prepaid=spent)
     assert paid.estimated_seconds <= 15 * 60
-    for recipe, seconds in paid.left_out:
+    for recipe, seconds in set(paid.left_out) - set(plan.left_out):
         step = next(s for s in demo._steps("lean") if s[0].recipe == recipe)
         assert seconds == pytest.approx(4 * paid.seconds(step) - 25.0)
     gone = demo.replan(plan, [20 * first], 20 * first)[0]  # the budget is spent: nothing more runs
-    assert [s.recipe for s, _, _ in gone.steps] == ["dr-grading"] and len(gone.left_out) == 6
+    assert [s.recipe for s, _, _ in gone.steps] == ["dr-grading"] and len(gone.left_out) == 7
     named = _plan(monkeypatch, recipes=["dr-grading", "brain-tumor-seg"])  # named recipes all run, lean if need be
     changed, _ = demo.replan(named, [20 * first], 20 * first)
     assert [s.recipe for s, _, _ in changed.steps] == ["dr-grading", "brain-tumor-seg"] and changed.left_out == ()
@@ -381,7 +394,8 @@ def test_a_demo_running_far_too_slow_leaves_out_what_no_longer_fits(monkeypatch)
     everything_but_cardiac = [plan.seconds(step) * 1.5 for step in plan.steps[:done]]
     last = demo.replan(plan, everything_but_cardiac, 15 * 60 - 30.0)[0]  # half a minute left: no lean cardiac
     rest = plan.steps[done:]
-    assert last.left_out == tuple((s.recipe, pytest.approx(1.5 * plan.seconds((s, c, e)))) for s, c, e in rest)
+    scaled = tuple((s.recipe, pytest.approx(1.5 * plan.seconds((s, c, e)))) for s, c, e in rest)
+    assert last.left_out == (*scaled, *plan.left_out)
     assert "lean settings" not in last.reason and "cardiac-function, cardiac-risk, mammo-risk left out" in last.reason
     tight = _plan(monkeypatch, speed=14.0)  # a slow CPU: lean from the start, some recipes left out already
     assert tight.profile == "lean" and tight.left_out
@@ -510,9 +524,30 @@ def test_the_demo_loop_runs_what_it_takes_back(monkeypatch, tmp_path):
     told = []
     demo.run_demo(tmp_path, plan=plan, on_replan=lambda p, m: told.append(m))
     first = [s.recipe for s, _, _ in plan.steps]
-    assert trained[: len(first)] == first and sorted(trained[len(first) :]) == sorted(r for r, _ in plan.left_out)
-    assert told and all("budget after all" in m for m in told)
     timings = json.loads((tmp_path / "timings.json").read_text())
-    for recipe, _ in plan.left_out:  # their phantoms made when they started, counted in their step
+    back, still = trained[len(first) :], timings["plan"]["left_out"]
+    assert trained[: len(first)] == first and sorted(back + still) == sorted(r for r, _ in plan.left_out)
+    assert still == [LONGEST]  # too long for what the others saved
+    assert told and all("budget after all" in m for m in told)
+    for recipe in back:  # their phantoms made when they started, counted in their step
         assert timings[recipe]["phantoms_s"] == 0.0 and "train_s" in timings[recipe]
-    assert timings["plan"]["left_out"] == [] and timings["plan"]["replanned"] == told
+    assert timings["plan"]["replanned"] == told
+
+
+def test_a_recipe_over_the_budget_alone_is_left_out_first_with_what_it_measures(monkeypatch):
+    """The others keep their standard settings where they then fit: one long recipe does not make
+    the whole demo lean."""
+    from medsight.validation import demo
+
+    costs = {s.recipe: 60.0 for s in demo.DEMO} | {"cardiac-function": 2000.0}
+    monkeypatch.setattr(demo, "_estimate", lambda steps, *a, **k: sum(costs[s[0].recipe] for s in steps))
+    plan = _plan(monkeypatch)
+    assert plan.profile == "standard" and plan.reason == "" and plan.estimated_seconds == 60.0 * 6
+    assert plan.left_out == (("cardiac-function", 2000.0), ("cardiac-risk", 60.0))  # the risk step needs its measures
+    assert "--recipes cardiac-function,cardiac-risk" in plan.left_out_note()
+    costs.update({"dr-grading": 400.0, "cxr-findings": 400.0})  # the rest overrun too: lean, and what fits
+    tight = _plan(monkeypatch)
+    assert tight.profile == "lean" and "cardiac-function" in dict(tight.left_out)
+    assert "would take ~17 min" in tight.reason  # the demo without what could never fit
+    named = _plan(monkeypatch, recipes=["cardiac-function"])  # named: it runs
+    assert [s.recipe for s, _, _ in named.steps] == ["cardiac-function"] and named.left_out == ()

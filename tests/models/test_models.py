@@ -143,3 +143,66 @@ def test_global_pool_formulas():
     assert (GlobalPool("lse")(x) <= GlobalPool("max")(x) + 1e-6).all()
     with pytest.raises(ConfigError, match="pooling must be"):
         build_model("resnet18", pooling="median")
+
+
+def test_a_3d_run_trained_in_bf16_predicts_and_settles_in_bf16(tmp_path, monkeypatch):
+    """The prediction mode of a run (bf16 only for a 3D model trained in bf16, on a CPU that runs it
+    natively) is also the mode in which what training fits on the model's outputs is fitted."""
+    import json
+    from dataclasses import dataclass
+
+    import medsight.models.predict as predict
+    from medsight.engine.fit import _settled
+    from medsight.models.predict import Autocast, trained_dtype
+
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setattr(predict, "native_bf16", lambda: True)
+    assert trained_dtype(3, run) is None  # no record of the training's mode: fp32
+    (run / "environment.json").write_text("{not json")
+    assert trained_dtype(3, run) is None
+    (run / "environment.json").write_text(json.dumps({"numeric_mode": {"mode": "fp32, channels-last"}}))
+    assert trained_dtype(3, run) is None
+    (run / "environment.json").write_text(json.dumps({"numeric_mode": {"mode": "bf16, channels-last"}}))
+    assert trained_dtype(3, run) == torch.bfloat16 and trained_dtype(2, run) is None  # 2D models predict in fp32
+    monkeypatch.setattr(predict, "native_bf16", lambda: False)
+    assert trained_dtype(3, run) is None  # emulated bf16 would be ten times slower
+
+    class Probe(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv3d(1, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x)
+
+    class Settling:
+        spatial_dims = 3
+
+        def settle(self, model, data, indices, *, progress=None):
+            out = model(torch.ones(1, 1, 2, 2, 2))
+            seen.append((isinstance(model, Autocast), self.conv_dtype(model), out.dtype))
+            return "settled"
+
+        @staticmethod
+        def conv_dtype(model):
+            captured = []
+            handle = model.get_submodule("model.conv" if isinstance(model, Autocast) else "conv").register_forward_hook(
+                lambda m, i, o: captured.append(o.dtype)
+            )
+            model(torch.ones(1, 1, 2, 2, 2))
+            handle.remove()
+            return captured[0]
+
+    @dataclass
+    class Data:
+        preprocess: object
+
+    seen: list = []
+    model = Probe()
+    torch.save({"model": model.state_dict()}, run / "best.pt")
+    data = Data(preprocess=None)
+    assert _settled(Settling(), model, data, None, run / "best.pt", None) == Data(preprocess="settled")
+    monkeypatch.setattr(predict, "native_bf16", lambda: True)
+    _settled(Settling(), model, data, None, run / "best.pt", None)
+    assert seen == [(False, torch.float32, torch.float32), (True, torch.bfloat16, torch.float32)]

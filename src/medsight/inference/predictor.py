@@ -7,7 +7,6 @@ input is prepared, loads the weights weights-only, and returns typed
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -33,6 +32,7 @@ from medsight.inference.runtime import check_recorded, input_groups, read_input,
 from medsight.inference.uncertainty import Uncertainty, combine, sampled_models, spreads, training_augmentation
 from medsight.io.inputs import expand_inputs, image_facts
 from medsight.models import load_checkpoint
+from medsight.models.predict import Autocast, trained_dtype
 from medsight.tasks import ModelPackage, Prediction, Task, TaskData
 
 __all__ = ["Predictor", "expand_inputs", "image_facts", "prediction_dtype", "read_input"]
@@ -42,18 +42,6 @@ log = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "bf16"]
 Backend = Literal["auto", "torch", "onnx"]
-
-
-class _Autocast(nn.Module):
-    """A network run under bf16 autocast, its outputs returned in float32."""
-
-    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.model, self.dtype = model, dtype
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(inputs.device.type, dtype=self.dtype):
-            return self.model(inputs).float()
 
 
 def _precision(precision: str, task: Task, run_dir: Path) -> torch.dtype | None:
@@ -66,13 +54,7 @@ def _precision(precision: str, task: Task, run_dir: Path) -> torch.dtype | None:
         if not native_bf16():
             raise ConfigError(f"this CPU ({cpu_class()}) emulates bf16 (about ten times slower); use fp32 or auto")
         return torch.bfloat16
-    if task.spatial_dims != 3 or not native_bf16():
-        return None
-    try:
-        trained = json.loads((run_dir / "environment.json").read_text()).get("numeric_mode", {}).get("mode", "")
-    except (OSError, ValueError):
-        trained = ""
-    return torch.bfloat16 if str(trained).startswith("bf16") else None
+    return trained_dtype(task.spatial_dims, run_dir)
 
 
 def prediction_dtype(task: Task, run_dir: str | os.PathLike[str]) -> torch.dtype | None:
@@ -175,7 +157,7 @@ class Predictor:
                 f"{run_dir / 'package.json'} describes: {str(exc).splitlines()[0]}"
             ) from exc
         amp = _precision(precision, task, run_dir)
-        network: nn.Module = model.eval() if amp is None else _Autocast(model.eval(), amp)
+        network: nn.Module = model.eval() if amp is None else Autocast(model.eval(), amp)
         return cls(network, task, package, run_dir, preprocess, "fp32" if amp is None else "bf16")
 
     @classmethod
