@@ -197,7 +197,7 @@ DEMO = (
         # (docs/benchmarks.md): a 16-filter U-Net at 2.5 x 2 x 2 mm, 80 epochs of 2 x 25 patches of 32 x 64 x
         # 64, AdamW; windows overlapping by a quarter at prediction (the training jitter keeps every finding in
         # a patch's central 3/4, and a quarter's overlap puts every voxel there for some window: 2.4x fewer
-        # windows than a half). It takes ~45 min on a 2-core AVX-512 BF16 EPYC (20 of them training, 9 to
+        # windows than a half). It takes ~47 min on a 2-core AVX-512 BF16 EPYC (20 of them training, 9 to
         # predict the 45 test scans, 8 to fit the second stage, 6 to prepare 300 scans, 3 for the phantoms):
         # over every 2-core budget, so there it is left out and named. End to end it scored CPM 0.799 there
         # (0.782 with the stage fitted in bf16; 0.799 at half overlap): at the target, not yet safely above
