@@ -88,9 +88,9 @@ def test_runs_with_different_preprocessing_keep_their_own_caches(fundus, tmp_pat
 
     small, large = Preprocess2D(size=32), Preprocess2D(size=48)
     folders = {spec.size: default_cache_dir(fundus, "dr-grading", spec) for spec in (small, large)}
-    assert folders[32] != folders[48] and folders[32].parent == folders[48].parent == default_cache_dir(
-        fundus, "dr-grading"
-    )
+    assert folders[32] != folders[48] and folders[32].parent == folders[48].parent
+    assert folders[32].parent == fundus.root / ".medsight-cache" / "dr-grading"
+    assert default_cache_dir(fundus, "dr-grading") not in folders.values()  # no spec: one folder for the cases
     assert default_cache_dir(fundus, "dr-grading", Preprocess2D(size=32)) == folders[32]  # stable per spec
     build_image_cache(fundus, small, folders[32])
     stamp = (folders[32] / "images.npy").stat().st_mtime_ns

@@ -265,7 +265,11 @@ def test_fit_predict_evaluate_through_the_seam(tmp_path, case):
     predictor = Predictor.from_run(run)
     assert type(predictor.task) is registered_tasks()[kind]
 
+    caches = data / ".medsight-cache" / recipe.name
+    built = {p.relative_to(caches) for p in caches.glob("*/*")}
     evaluation = evaluate_run(run, split="test", bootstrap=20)
+    # evaluation prepares the cases in the folder training did, without building them again
+    assert {p.relative_to(caches) for p in caches.glob("*/*")} == built
     tested = int((pd.read_csv(manifest)["split"] == "test").sum())
     assert isinstance(evaluation, Evaluation) and evaluation.kind == kind and evaluation.cases == tested
     assert evaluation.figures and all(isinstance(v, Estimate) for v in evaluation.figures.values())

@@ -530,7 +530,8 @@ def demo_command(
     ] = None,
 ) -> None:
     """Make phantoms for DR grading, chest X-ray findings, mammography, brain tumour segmentation,
-    cardiac function, cardiac risk and mammography risk; train, evaluate and summarise each.
+    cardiac function, cardiac risk, mammography risk and lung nodule detection; train, evaluate and
+    summarise each.
 
     It first times a few training steps (seconds) to pick the numeric mode and estimate how long
     it will take on this CPU; a standard demo that would overrun --budget runs lean settings,

@@ -52,12 +52,13 @@ class ImageCache:
 def default_cache_dir(manifest: Manifest, name: str, spec: BaseModel | None = None) -> Path:
     """Where training and evaluation keep a recipe's preprocessed images: beside the manifest, one
     folder per preprocessing spec and set of cases (two runs at different image sizes, or on two
-    manifests of one folder, keep their own caches instead of rebuilding each other's)."""
+    manifests of one folder, keep their own caches instead of rebuilding each other's). Without
+    ``spec``, one folder per set of cases (for caches that key their own subfolders by what
+    preprocessing does)."""
     folder = manifest.root / ".medsight-cache" / name
-    if spec is None:
-        return folder
     cases = "\n".join(str(c) for c in manifest.table["case_id"]) if "case_id" in manifest.table else ""
-    digest = hashlib.sha256(json.dumps(spec.model_dump(), sort_keys=True).encode() + cases.encode()).hexdigest()
+    described = json.dumps(spec.model_dump(), sort_keys=True) if spec is not None else ""
+    digest = hashlib.sha256(described.encode() + cases.encode()).hexdigest()
     return folder / digest[:12]
 
 

@@ -68,7 +68,9 @@ def prepare_data(
     task = task_for(recipe.task)
     manifest = split_manifest(Manifest.load(manifest_path), task, seed=seed)
     _require_train_and_val(manifest)
-    folder = Path(cache_dir) if cache_dir else default_cache_dir(manifest, recipe.name, recipe.preprocess)
+    folder = (
+        Path(cache_dir) if cache_dir else default_cache_dir(manifest, recipe.name, task.cache_spec(recipe.preprocess))
+    )
     return task.prepare(manifest, recipe.preprocess, folder, progress=progress)
 
 

@@ -181,7 +181,9 @@ class Predictor:
         in ``cache_dir``: a process preparing a share of the cases beside others needs its own)."""
         preprocess = self.preprocess
         folder = (
-            Path(cache_dir) if cache_dir is not None else default_cache_dir(manifest, self.package.recipe, preprocess)
+            Path(cache_dir)
+            if cache_dir is not None
+            else default_cache_dir(manifest, self.package.recipe, self.task.cache_spec(preprocess))
         )
         return self.task.prepare(manifest, preprocess, folder, progress=progress)
 

@@ -156,6 +156,14 @@ class Task(ABC):
             InputError: a case cannot be read or has a target the task cannot use (named).
         """
 
+    def cache_spec(self, preprocess: BaseModel) -> BaseModel | None:
+        """What the folder of a manifest's prepared cases depends on besides its cases: the
+        preprocessing spec by default. None where :meth:`prepare` keys its own subfolders by what
+        preprocessing does (3D: the plan's preprocessing key), so that training (given the recipe's
+        plan request) and evaluation (given the plan it made) share one cache instead of building
+        it twice."""
+        return preprocess
+
     @abstractmethod
     def check(self, data: TaskData, splits: Mapping[str, np.ndarray]) -> None:
         """Refuse splits the task cannot learn from or be scored on (e.g. one class only)."""

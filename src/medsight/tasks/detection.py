@@ -183,6 +183,10 @@ class DetectionTask(Task):
         return 3
 
     # --- data: the backbone's, on the drawn targets -----------------------------------------
+    def cache_spec(self, preprocess: BaseModel) -> BaseModel | None:
+        """None: the drawn targets and the backbone's volume cache key their own subfolders."""
+        return None
+
     def prepare(
         self, manifest: Manifest, preprocess: BaseModel, folder: str | os.PathLike[str], *, progress: Progress | None
     ) -> TaskData:

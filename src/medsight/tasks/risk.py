@@ -282,6 +282,13 @@ class RiskTask(Task):
         return 0  # a feature vector per case: no image axes
 
     # --- data -----------------------------------------------------------------------------
+    def cache_spec(self, preprocess: BaseModel) -> BaseModel | None:
+        """The image's preparation alone (the features' coding, fitted on the training split, is
+        no part of the image cache): training and evaluation then share it."""
+        if isinstance(preprocess, RiskPlan):
+            return preprocess.image
+        return as_model(preprocess, RiskPreprocess).image
+
     def prepare(
         self, manifest: Manifest, preprocess: BaseModel, folder: str | os.PathLike[str], *, progress: Progress | None
     ) -> TaskData:

@@ -204,6 +204,10 @@ class SegmentationTask(Task):
                 raise ConfigError(f"preprocess.overrides make an invalid plan: {problem}") from None
         return plan
 
+    def cache_spec(self, preprocess: BaseModel) -> BaseModel | None:
+        """None: the volume cache's subfolder is the plan's preprocessing key (:meth:`prepare`)."""
+        return None
+
     def prepare(
         self, manifest: Manifest, preprocess: BaseModel, folder: str | os.PathLike[str], *, progress: Progress | None
     ) -> TaskData:
