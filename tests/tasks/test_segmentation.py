@@ -551,6 +551,40 @@ def test_the_ignore_code_is_cached_as_its_index_and_never_a_patch_centre(tmp_pat
     assert set(facts.label_volumes) == {1} and len(facts.foreground_components) == 1
 
 
+def test_the_volume_cache_made_in_worker_processes_is_the_one_made_in_process(tmp_path, monkeypatch):
+    """Volumes are preprocessed in forked workers; the foreground samples patches are centred on
+    are drawn in the parent, in order, so the cache (and training) does not depend on the workers.
+    A case that cannot be read stops the build with its name, and leaves no cache."""
+    import threading
+
+    from medsight.data import volume_cache
+    from medsight.data.volume_cache import build_volume_cache
+
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = _unsure_data(data, 4)
+    task = task_for({"kind": "segmentation", "labels": {"lesion": 1, "unsure": 9}})
+    plan = task.plan_for(manifest, _recipe(tmp_path).preprocess)
+    made = {}
+    for workers in (1, 2):
+        monkeypatch.setattr(volume_cache, "default_workers", lambda w=workers: w)
+        made[workers] = build_volume_cache(manifest, plan, [1, 9], tmp_path / f"cache{workers}")
+    assert threading.active_count() == 1  # so the two-worker build did fork
+    one, two = made[1], made[2]
+    assert [i.case_id for i in one.items] == [i.case_id for i in two.items] == [f"c{i}" for i in range(4)]
+    for n, (a, b) in enumerate(zip(one.items, two.items, strict=True)):
+        assert (a.spacing, a.shape, a.box, a.source_shape) == (b.spacing, b.shape, b.box, b.source_shape)
+        np.testing.assert_array_equal(np.asarray(one.image(n)), np.asarray(two.image(n)))
+        np.testing.assert_array_equal(np.asarray(one.label(n)), np.asarray(two.label(n)))
+        assert a.locations.keys() == b.locations.keys()
+        for c in a.locations:
+            np.testing.assert_array_equal(a.locations[c], b.locations[c])
+    (data / "c2_seg.nii.gz").write_bytes(b"not a NIfTI file")
+    with pytest.raises(InputError, match="case c2: cannot preprocess"):
+        build_volume_cache(manifest, plan, [1, 9], tmp_path / "broken")
+    assert not (tmp_path / "broken").exists()
+
+
 def test_evaluation_leaves_the_references_ignored_voxels_out():
     task = task_for({"kind": "segmentation", "labels": {"lesion": 1}, "ignore": 9})
     truth = np.zeros((6, 10, 10), np.int64)

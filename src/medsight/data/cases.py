@@ -5,16 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
 
 from medsight.core.errors import InputError, MedsightError
+from medsight.core.parallel import default_workers, run_cases
 from medsight.core.progress import Progress
 from medsight.core.volume import Volume
 from medsight.data.manifest import Manifest
 from medsight.data.reading import read_case_image
-from medsight.planning import Fingerprint, case_facts, fingerprint
+from medsight.planning import CaseFacts, Fingerprint, case_facts, fingerprint
 
 __all__ = [
     "CaseImages",
@@ -156,18 +158,30 @@ def fingerprint_manifest(
     if not work:
         raise InputError("no case of the manifest has a label map; planning learns from labelled cases")
     facts, seen = [], set()
-    for i, (row, pairing) in enumerate(work):
-        try:
-            case = read_case(manifest, row, pairing)
-        except MedsightError as exc:
-            raise InputError(f"cannot fingerprint case {row['case_id']}: {exc}") from exc
-        seen.add(guess_modality(case.image))
-        facts.append(case_facts(case.image, case.label, seed=i, ignore=ignore))
-        if progress is not None:
-            progress("fingerprinting cases", i + 1, len(work))
+    one = partial(_facts_of, manifest, work, ignore)
+    for guessed, found in run_cases(one, len(work), workers=default_workers(), progress=progress,
+                                    stage="fingerprinting cases"):  # fmt: skip
+        seen.add(guessed)
+        facts.append(found)
     if modality is None:
         if len(seen) > 1:
             raise InputError(f"the cases look like different modalities ({sorted(seen)}); say which with --modality")
         modality = seen.pop()
         log.info("modality %s (from the images; --modality overrides it)", modality)
     return fingerprint(facts, modality=modality)
+
+
+def _facts_of(
+    manifest: Manifest, work: Sequence[tuple[pd.Series, Pairing]], ignore: int | None, i: int
+) -> tuple[str, CaseFacts]:
+    """Case ``i`` of ``work`` (row, pairing): the modality its image looks like, and its facts.
+
+    Raises:
+        InputError: the case cannot be read (named).
+    """
+    row, pairing = work[i]
+    try:
+        case = read_case(manifest, row, pairing)
+    except MedsightError as exc:
+        raise InputError(f"cannot fingerprint case {row['case_id']}: {exc}") from exc
+    return guess_modality(case.image), case_facts(case.image, case.label, seed=i, ignore=ignore)

@@ -16,15 +16,18 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from medsight.core.errors import InputError, MedsightError
+from medsight.core.parallel import default_workers, run_cases
 from medsight.core.progress import Progress
 from medsight.data.cache import built, cache_key, reuse
-from medsight.data.cases import pairings, read_case
+from medsight.data.cases import Pairing, pairings, read_case
 from medsight.data.manifest import Manifest
 from medsight.io.atomic import atomic_dir
 from medsight.planning import Plan
@@ -197,35 +200,58 @@ def build_volume_cache(
     rng = np.random.default_rng(0)
     entries: list[dict[str, Any]] = []
     with atomic_dir(folder, overwrite=True) as tmp:
-        for n, (position, row, pairing) in enumerate(work):
-            case = str(row["case_id"])
-            try:
-                images = read_case(manifest, row, pairing)
-                label = _indices(np.asarray(images.label.array[0]), codes, case, ignore)  # type: ignore[union-attr]
-                done: Preprocessed = preprocess_for_plan(np.asarray(images.image.array), images.image.geometry.spacing,
-                                                         plan, label)  # fmt: skip
-            except MedsightError as exc:
-                raise InputError(
-                    f"case {case}: cannot preprocess {row[pairing.label]}: {exc}. "
-                    "Run `medsight data qc` on the manifest to find every such problem"
-                ) from exc
-            np.save(tmp / f"image_{n}.npy", done.image)
-            np.save(tmp / f"label_{n}.npy", done.label)
+        # the images are read and preprocessed in worker processes; the foreground samples are drawn
+        # here, in order, so the cache does not depend on how many workers made it
+        one = partial(_preprocess_item, manifest, plan, tuple(codes), ignore, tmp, work)
+        made = run_cases(one, len(work), workers=default_workers(), progress=progress, stage="preprocessing volumes")
+        for n, entry in enumerate(made):
+            label = np.load(tmp / f"label_{n}.npy", mmap_mode="r")
             samples = []
             for index in range(1, len(codes) + 1):
-                where = np.argwhere(done.label == index)
+                where = np.argwhere(label == index)
                 if len(where) > _LOCATIONS_PER_CLASS:
                     where = where[rng.choice(len(where), _LOCATIONS_PER_CLASS, replace=False)]
                 samples.append(where.astype(np.int32))
             np.save(tmp / f"locations_{n}.npy", np.concatenate(samples).reshape(-1, 3))
-            locations = {str(index): len(where) for index, where in enumerate(samples, start=1)}
-            entries.append({"row": position, "case_id": case, "label_column": pairing.label,
-                            "spacing": list(done.spacing), "shape": list(done.image.shape[1:]),
-                            "source_shape": list(done.source_shape), "box": [list(b) for b in done.box],
-                            "locations": locations})  # fmt: skip
-            if progress is not None:
-                progress("preprocessing volumes", n + 1, len(work))
+            entry["locations"] = {str(index): len(where) for index, where in enumerate(samples, start=1)}
+            entries.append(entry)
         index = {"key": key, "version": _VERSION, "plan": plan.preprocessing_key(), "items": entries}
         (tmp / "index.json").write_text(json.dumps(index))
     log.info("preprocessed %d images into %s", len(work), folder)
     return built(folder, key, _open)
+
+
+def _preprocess_item(
+    manifest: Manifest,
+    plan: Plan,
+    codes: Sequence[int],
+    ignore: int | None,
+    folder: Path,
+    work: Sequence[tuple[int, pd.Series, Pairing]],
+    n: int,
+) -> dict[str, Any]:
+    """Item ``n`` of ``work`` (manifest position, row, image-label pairing) read, preprocessed and
+    saved into ``folder`` as ``image_<n>.npy`` and ``label_<n>.npy``; its index entry (without the
+    foreground samples).
+
+    Raises:
+        InputError: the case cannot be read or preprocessed (named, with the command that finds
+            every such case).
+    """
+    position, row, pairing = work[n]
+    case = str(row["case_id"])
+    try:
+        images = read_case(manifest, row, pairing)
+        label = _indices(np.asarray(images.label.array[0]), codes, case, ignore)  # type: ignore[union-attr]
+        done: Preprocessed = preprocess_for_plan(np.asarray(images.image.array), images.image.geometry.spacing, plan,
+                                                 label)  # fmt: skip
+    except MedsightError as exc:
+        raise InputError(
+            f"case {case}: cannot preprocess {row[pairing.label]}: {exc}. "
+            "Run `medsight data qc` on the manifest to find every such problem"
+        ) from exc
+    np.save(folder / f"image_{n}.npy", done.image)
+    np.save(folder / f"label_{n}.npy", done.label)
+    return {"row": position, "case_id": case, "label_column": pairing.label, "spacing": list(done.spacing),
+            "shape": list(done.image.shape[1:]), "source_shape": list(done.source_shape),
+            "box": [list(b) for b in done.box]}  # fmt: skip

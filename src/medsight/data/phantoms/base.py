@@ -5,13 +5,9 @@ from __future__ import annotations
 import csv
 import difflib
 import logging
-import multiprocessing
 import os
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -19,6 +15,7 @@ from typing import TypeVar
 import numpy as np
 
 from medsight.core.errors import ConfigError, InputError
+from medsight.core.parallel import default_workers, run_cases
 from medsight.core.progress import Progress
 from medsight.io.atomic import atomic_dir
 
@@ -102,54 +99,6 @@ def case_rng(seed: int, index: int, *, stream: int = 0) -> np.random.Generator:
     ``stream`` separates independent uses of the same index (e.g. per-patient draws).
     """
     return np.random.default_rng([seed, stream, index])
-
-
-def run_cases(
-    make_case: Callable[[int], T],
-    cases: int,
-    *,
-    workers: int,
-    progress: Progress | None,
-    stage: str,
-) -> Iterator[T]:
-    """Yield ``make_case(i)`` for every case in order, computed in ``workers`` processes.
-
-    Cases draw from their own random streams (:func:`case_rng`), so the result does not
-    depend on ``workers``. ``make_case`` must be picklable (a module-level function or a
-    :func:`functools.partial` of one).
-    """
-    # Fork (not spawn): spawn re-imports the caller's __main__, which reruns unguarded
-    # scripts in every worker. Forking a process with other threads can deadlock, so then
-    # the cases are made one by one instead.
-    can_fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
-    if workers <= 1 or cases <= 1 or not can_fork:
-        if workers > 1 and cases > 1:
-            log.info("making phantom cases in one process (threads are running, forking is unsafe)")
-        for index in range(cases):
-            yield make_case(index)
-            if progress is not None:
-                progress(stage, index + 1, cases)
-        return
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_forked_worker) as pool:
-        for index, result in enumerate(pool.map(make_case, range(cases)), start=1):
-            yield result
-            if progress is not None:
-                progress(stage, index, cases)
-
-
-def _forked_worker() -> None:
-    """Set up a forked worker: PyTorch on one thread. A process that has run PyTorch holds an
-    OpenMP thread pool, which a forked child cannot use (its first parallel region hangs
-    forever); on one thread PyTorch runs no parallel region, and the workers share the cores."""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(1)
-
-
-def default_workers() -> int:
-    """Processes for 3D phantoms: the CPU cores available, at most 8."""
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 def default_data_dir() -> Path | None:

@@ -3,7 +3,10 @@ from __future__ import annotations
 import os
 import threading
 
-from medsight.data.phantoms.base import case_rng, run_cases
+import pytest
+
+from medsight.core.parallel import run_cases
+from medsight.data.phantoms.base import case_rng
 
 
 def _draw(index: int) -> float:
@@ -54,7 +57,7 @@ def test_workers_forked_after_pytorch_ran_do_not_hang():
 
     code = (
         "import torch\n"
-        "from medsight.data.phantoms.base import run_cases\n"
+        "from medsight.core.parallel import run_cases\n"
         "torch.nn.Conv2d(3, 32, 3)(torch.randn(8, 3, 96, 96)).sum().backward()  # the parent's OpenMP pool\n"
         "def case(i):\n"
         "    return float(torch.nn.functional.conv2d(torch.ones(4, 3, 64, 64), torch.ones(8, 3, 3, 3)).sum())\n"
@@ -63,3 +66,16 @@ def test_workers_forked_after_pytorch_ran_do_not_hang():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str([4 * 8 * 62 * 62 * 27.0] * 4)
+
+
+def _fails_on_two(index: int) -> int:
+    if index == 2:
+        raise ValueError(f"case {index} is broken")
+    return index
+
+
+def test_a_case_that_fails_in_a_worker_raises_its_error_here():
+    made = run_cases(_fails_on_two, 6, workers=2, progress=None, stage="e")
+    assert next(made) == 0 and next(made) == 1
+    with pytest.raises(ValueError, match="case 2 is broken"):
+        next(made)

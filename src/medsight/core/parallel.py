@@ -1,0 +1,76 @@
+"""Work split by case over forked worker processes, results in order (:func:`run_cases`)."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
+
+from medsight.core.progress import Progress
+
+__all__ = ["default_workers", "run_cases"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def run_cases(
+    make_case: Callable[[int], T],
+    cases: int,
+    *,
+    workers: int,
+    progress: Progress | None,
+    stage: str,
+) -> Iterator[T]:
+    """Yield ``make_case(i)`` for every case in order, computed in ``workers`` processes.
+
+    The result does not depend on ``workers`` where each case draws from its own random stream
+    (e.g. :func:`medsight.data.phantoms.base.case_rng`). ``make_case`` must be picklable (a
+    module-level function or a :func:`functools.partial` of one), as must what it returns and
+    the errors it raises.
+    """
+    # Fork (not spawn): spawn re-imports the caller's __main__, which reruns unguarded
+    # scripts in every worker. Forking a process with other threads can deadlock, so then
+    # the cases are made one by one instead.
+    can_fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+    if workers <= 1 or cases <= 1 or not can_fork:
+        if workers > 1 and cases > 1:
+            log.info("%s in one process (threads are running, forking is unsafe)", stage)
+        for index in range(cases):
+            yield make_case(index)
+            if progress is not None:
+                progress(stage, index + 1, cases)
+        return
+    context = multiprocessing.get_context("fork")
+    pool = ProcessPoolExecutor(max_workers=min(workers, cases), mp_context=context, initializer=_forked_worker)
+    try:
+        for index, result in enumerate(pool.map(make_case, range(cases)), start=1):
+            yield result
+            if progress is not None:
+                progress(stage, index, cases)
+    finally:  # a case that failed (or a caller that stopped early) leaves the other cases unmade
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _forked_worker() -> None:
+    """Set up a forked worker: PyTorch and ITK on one thread. A process that has run PyTorch holds an
+    OpenMP thread pool, which a forked child cannot use (its first parallel region hangs
+    forever); on one thread PyTorch runs no parallel region, and the workers share the cores."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+    itk = sys.modules.get("SimpleITK")  # ITK's filters likewise run on the worker's one thread
+    if itk is not None:
+        itk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def default_workers() -> int:
+    """Processes for work split by case (3D phantoms, preprocessing volumes): the CPU cores
+    available, at most 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
