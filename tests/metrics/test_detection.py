@@ -26,7 +26,9 @@ from medsight.metrics.detection import (
     match_boxes,
     match_nodules,
     mean_average_precision,
+    nodule_sizes,
     sensitivity_at,
+    size_summary,
     top_box_hits,
 )
 
@@ -230,6 +232,69 @@ def test_matches_the_luna16_script_logic_on_random_cases(seed):
     fps, sens, _ = froc_curve(entries.kind, entries.probability)
     np.testing.assert_allclose(sensitivity_at(fps, sens, LUNA16_RATES), reference, atol=1e-12)
     assert cpm(entries.kind, entries.probability) == pytest.approx(float(np.mean(reference)), abs=1e-12)
+
+
+def _script_sizes(candidates, annotations, scans, max_marks=100):
+    """Per nodule, loop by loop: (scan, annotated, predicted diameter) of its most probable hit among
+    the counted marks (the first such mark on a tie in probability)."""
+    out = []
+    for scan in scans:
+        marks = list(candidates[candidates.seriesuid == scan].itertuples())
+        if max_marks > 0 and len(marks) > max_marks:
+            cut = sorted((m.probability for m in marks), reverse=True)[max_marks]
+            marks = [m for m in marks if m.probability > cut]
+        for nodule in annotations[annotations.seriesuid == scan].itertuples():
+            best = None
+            for mark in marks:
+                distance = math.dist((nodule.coordX, nodule.coordY, nodule.coordZ),
+                                     (mark.coordX, mark.coordY, mark.coordZ))  # fmt: skip
+                if distance < nodule.diameter_mm / 2 and (best is None or mark.probability > best.probability):
+                    best = mark
+            if best is not None:
+                out.append((scan, nodule.diameter_mm, best.diameter_mm))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nodule_sizes_match_a_loop_by_loop_reference(seed):
+    rng = np.random.default_rng(seed)
+    candidates, annotations, _, scans = _random_case(rng, int(rng.integers(2, 12)))
+    candidates["diameter_mm"] = rng.uniform(2, 35, len(candidates))
+    max_marks = int(rng.choice([100, 3]))
+    sizes = nodule_sizes(candidates, annotations, scans=scans, max_marks=max_marks)
+    reference = _script_sizes(candidates, annotations, scans, max_marks)
+    mine = sorted(zip(sizes.seriesuid, sizes.diameter_mm, sizes.predicted_mm, strict=True))
+    assert [m[0] for m in mine] == [r[0] for r in sorted(reference)]
+    np.testing.assert_allclose([m[1:] for m in mine], [r[1:] for r in sorted(reference)], atol=1e-12)
+    summary = size_summary(sizes, bootstrap=100)
+    if reference:
+        relative = np.array([100 * (p - t) / t for _, t, p in reference])
+        assert summary["error_pct"]["estimate"] == pytest.approx(np.median(np.abs(relative)))
+        assert summary["bias_pct"]["estimate"] == pytest.approx(np.median(relative))
+        assert summary["error_pct"]["low"] <= summary["error_pct"]["estimate"] <= summary["error_pct"]["high"]
+        assert summary["nodules"] == len(reference)
+
+
+def test_sizes_of_hand_made_cases_and_their_edge_cases():
+    annotations = _frame([["A", 0, 0, 0, 10.0], ["A", 50, 0, 0, 20.0], ["B", 0, 0, 0, 8.0]], "diameter_mm")
+    candidates = pd.DataFrame(
+        [["A", 1, 0, 0, 0.9, 12.0], ["A", 0, 1, 0, 0.5, 30.0],  # the more probable one's size counts
+         ["A", 52, 0, 0, 0.4, 15.0], ["B", 20, 0, 0, 0.8, 8.0]],  # B's nodule is missed
+        columns=[*COLUMNS, "probability", "diameter_mm"],
+    )  # fmt: skip
+    sizes = nodule_sizes(candidates, annotations)
+    assert sizes[["seriesuid", "diameter_mm", "predicted_mm"]].values.tolist() == [["A", 10.0, 12.0],
+                                                                                   ["A", 20.0, 15.0]]  # fmt: skip
+    summary = size_summary(sizes, bootstrap=50)
+    assert summary["error_pct"]["estimate"] == pytest.approx(22.5)  # median of 20 % and 25 %
+    assert summary["bias_pct"]["estimate"] == pytest.approx(-2.5)  # median of +20 % and -25 %
+    assert summary["error_pct"]["low"] == summary["error_pct"]["high"] == pytest.approx(22.5)  # one scan
+    none = size_summary(nodule_sizes(candidates[candidates.seriesuid == "B"], annotations), bootstrap=50)
+    assert none["nodules"] == 0 and math.isnan(none["error_pct"]["estimate"]) and "no nodule" in none["undefined"]
+    # LUNA16 candidate files carry no diameter: no sizes, not an error
+    assert nodule_sizes(candidates.drop(columns="diameter_mm"), annotations).empty
+    with pytest.raises(InputError, match="diameter_mm of row 1"):
+        nodule_sizes(candidates.assign(diameter_mm=["x", 1, 2, 3]), annotations)
 
 
 def test_froc_summary_bootstraps_scans():

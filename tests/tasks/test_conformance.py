@@ -273,6 +273,9 @@ def test_fit_predict_evaluate_through_the_seam(tmp_path, case):
     tested = int((pd.read_csv(manifest)["split"] == "test").sum())
     assert isinstance(evaluation, Evaluation) and evaluation.kind == kind and evaluation.cases == tested
     assert evaluation.figures and all(isinstance(v, Estimate) for v in evaluation.figures.values())
+    if kind == "detection":  # where and how big: the FROC, and the detected nodules' diameters
+        assert {"cpm", "diameter error % (median)", "diameter bias % (median)"} <= set(evaluation.figures)
+        assert evaluation.details["froc"]["sizes"]["nodules"] == evaluation.details["froc"]["detected"]
     written = json.loads((run / "metrics_test.json").read_text())
     assert written["cases"] == tested and written["recipe"] == recipe.name
 

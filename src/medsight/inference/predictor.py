@@ -32,7 +32,7 @@ from medsight.inference.runtime import check_recorded, input_groups, read_input,
 from medsight.inference.uncertainty import Uncertainty, combine, sampled_models, spreads, training_augmentation
 from medsight.io.inputs import expand_inputs, image_facts
 from medsight.models import load_checkpoint
-from medsight.models.predict import Autocast, trained_dtype
+from medsight.models.predict import predicting_in, trained_dtype
 from medsight.tasks import ModelPackage, Prediction, Task, TaskData
 
 __all__ = ["Predictor", "expand_inputs", "image_facts", "prediction_dtype", "read_input"]
@@ -157,7 +157,7 @@ class Predictor:
                 f"{run_dir / 'package.json'} describes: {str(exc).splitlines()[0]}"
             ) from exc
         amp = _precision(precision, task, run_dir)
-        network: nn.Module = model.eval() if amp is None else Autocast(model.eval(), amp)
+        network = predicting_in(model.eval(), amp)
         return cls(network, task, package, run_dir, preprocess, "fp32" if amp is None else "bf16")
 
     @classmethod

@@ -57,7 +57,9 @@ __all__ = [
     "match_boxes",
     "match_nodules",
     "mean_average_precision",
+    "nodule_sizes",
     "sensitivity_at",
+    "size_summary",
     "top_box_hits",
     "within_spheres",
 ]
@@ -307,6 +309,66 @@ def match_nodules(
         )  # fmt: skip
         per_scan[scan] = (probability, hits, on_excluded)
     return _reduce(scans, per_scan, dropped)
+
+
+def nodule_sizes(
+    candidates: pd.DataFrame,
+    annotations: pd.DataFrame,
+    *,
+    scans: Sequence[str] | None = None,
+    max_marks: int = LUNA16_MAX_MARKS,
+) -> pd.DataFrame:
+    """How big the detector says each detected nodule is: per nodule hit by a counted candidate (as
+    :func:`match_nodules` counts them), its scan, its annotated diameter, the diameter of the most
+    probable candidate that hits it (``predicted_mm``) and that candidate's probability. Candidates
+    need a ``diameter_mm`` column (LUNA16 candidate files have none: then no row)."""
+    columns = ["seriesuid", "diameter_mm", "predicted_mm", "probability"]
+    if "diameter_mm" not in candidates.columns:
+        return pd.DataFrame(columns=columns)
+    coords = ["coordX", "coordY", "coordZ"]
+    marks = _table(candidates, ["seriesuid", *coords, "probability", "diameter_mm"], "candidates")
+    nodules = _table(annotations, ["seriesuid", *coords, "diameter_mm"], "annotations")
+    wanted = None if scans is None else {str(s) for s in scans}
+    by_scan = {k: g for k, g in marks.groupby("seriesuid", sort=False)}
+    rows = []
+    for scan, found in nodules.groupby("seriesuid", sort=False):
+        if scan not in by_scan or (wanted is not None and scan not in wanted):
+            continue
+        group = by_scan[scan]
+        probability = group["probability"].to_numpy(float)
+        keep = _most_probable(probability, max_marks)
+        hits = within_spheres(group[coords].to_numpy(float)[keep], found[coords].to_numpy(float),
+                              found["diameter_mm"].to_numpy(float))  # fmt: skip
+        sizes, probability = group["diameter_mm"].to_numpy(float)[keep], probability[keep]
+        for column, truth in zip(hits.T, found["diameter_mm"].to_numpy(float), strict=True):
+            if column.any():
+                best = np.flatnonzero(column)[np.argmax(probability[column])]
+                rows.append([scan, truth, sizes[best], probability[best]])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def size_summary(
+    sizes: pd.DataFrame, *, groups: Sequence[object] | None = None, bootstrap: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Agreement of predicted and annotated diameters (:func:`nodule_sizes`), each figure with a 95 %
+    CI resampling ``groups`` (default: the scans): ``error_pct``, the median of |predicted -
+    annotated| / annotated in percent, and ``bias_pct``, the median of the signed ratio (below 0:
+    the detector calls nodules smaller). NaN with ``undefined`` when no nodule was detected."""
+    truth = sizes["diameter_mm"].to_numpy(float)
+    relative = 100.0 * (sizes["predicted_mm"].to_numpy(float) - truth) / truth
+    out: dict[str, Any] = {"nodules": len(sizes)}
+    if len(sizes) == 0:
+        reason = "no nodule was detected, so no size to compare"
+        undefined = {"estimate": float("nan"), "low": float("nan"), "high": float("nan"), "undefined": reason}
+        return {**out, "error_pct": undefined, "bias_pct": undefined, "undefined": reason}
+    ids = np.asarray(sizes["seriesuid"] if groups is None else groups, dtype=object)
+    error, bias = bootstrap_cis(_size_figures, relative, names=["error_pct", "bias_pct"], groups=ids,
+                                n_resamples=bootstrap, seed=seed)  # fmt: skip
+    return {**out, "error_pct": error, "bias_pct": bias}
+
+
+def _size_figures(relative: np.ndarray) -> list[float]:
+    return [float(np.median(np.abs(relative))), float(np.median(relative))]
 
 
 def label_candidates(

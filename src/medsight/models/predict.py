@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medsight.core.hardware import native_bf16
 
-__all__ = ["Autocast", "autocast", "run_model", "trained_dtype"]
+__all__ = ["Autocast", "autocast", "predicting_in", "run_model", "trained_dtype"]
 
 
 class Autocast(nn.Module):
@@ -25,8 +25,14 @@ class Autocast(nn.Module):
         self.model, self.dtype = model, dtype
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(inputs.device.type, dtype=self.dtype):
+        with autocast(inputs.device, self.dtype):
             return self.model(inputs).float()
+
+
+def predicting_in(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """``model`` run under autocast to ``dtype`` (:class:`Autocast`), or itself where ``dtype`` is
+    None (fp32)."""
+    return model if dtype is None else Autocast(model, dtype)
 
 
 def trained_dtype(spatial_dims: int, run_dir: str | os.PathLike[str]) -> torch.dtype | None:

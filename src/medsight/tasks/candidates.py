@@ -198,8 +198,8 @@ class Candidates:
         preprocessed grid (``case``: its crop box and shapes)."""
         z = np.asarray(logits, np.float32)
         finding = 0.5 * (1.0 + np.tanh(0.5 * (z[1] - z[0])))  # the two-class softmax, without overflow
-        probs = np.stack([1.0 - finding, finding]).astype(np.float32)
-        return restore(probs, case, background=np.array([1.0, 0.0], np.float32))[1]
+        # the finding's channel alone (resampling is linear, so the background's adds nothing)
+        return restore(finding[None].astype(np.float32), case, background=np.zeros(1, np.float32))[0]
 
     def candidates(self, probability: np.ndarray, geometry: Geometry, *, count: int | None = None) -> pd.DataFrame:
         """The map's ``count`` (default ``max_candidates``) most probable candidates

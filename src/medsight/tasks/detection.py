@@ -51,7 +51,14 @@ from medsight.data.reading import read_case_image
 from medsight.data.volume_cache import IGNORE_INDEX
 from medsight.io.api import write
 from medsight.io.atomic import atomic_dir
-from medsight.metrics.detection import excluded_diameters, froc_summary, label_candidates, match_nodules
+from medsight.metrics.detection import (
+    excluded_diameters,
+    froc_summary,
+    label_candidates,
+    match_nodules,
+    nodule_sizes,
+    size_summary,
+)
 from medsight.models.registry import ModelChoice
 from medsight.planning import Plan
 from medsight.tasks.base import Task, TaskData, Training, VolumeView, as_model, register_task
@@ -426,6 +433,12 @@ class DetectionTask(Task):
         figures = {"cpm": Estimate.of(summary["cpm"])}
         for rate, result in summary["sensitivity"].items():
             figures[f"sensitivity @ {rate} fp/scan"] = Estimate.of(result)
+        # how big: each detected nodule's diameter against its most probable hit's
+        sizes = nodule_sizes(candidates, pd.DataFrame(nodules, columns=columns), scans=scans)
+        summary["sizes"] = size_summary(sizes, groups=[by_patient[s] for s in sizes["seriesuid"]],
+                                        bootstrap=bootstrap)  # fmt: skip
+        figures["diameter error % (median)"] = Estimate.of(summary["sizes"]["error_pct"])
+        figures["diameter bias % (median)"] = Estimate.of(summary["sizes"]["bias_pct"])
         warnings = []
         if summary["findings"] == 0:
             warnings.append(f"the {split} split has no {self.spec.finding} to detect: FROC and CPM are undefined")
