@@ -249,3 +249,85 @@ def test_the_stage_keeps_the_most_probable_of_more_proposals_than_it_keeps(monke
         assert network > 0.5 if tube else network == pytest.approx(0.3)
     with pytest.raises(ValidationError, match=r"proposals \(50\) must be at least max_candidates \(100\)"):
         DetectionSpec(kind="detection", proposals=50)
+
+
+def _ball(diameter: float, seed: int, shape=(40, 48, 48)) -> np.ndarray:
+    """Lung-like background with a ball of ``diameter`` mm centred on voxel (20, 24, 24)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij")
+    image = np.full(shape, -850.0) + rng.normal(0, 5, shape)
+    image[(z - 20) ** 2 + (y - 24) ** 2 + (x - 24) ** 2 < (diameter / 2) ** 2] = 40.0
+    return image.astype(np.float32)
+
+
+def _sized_candidates(rng, sizes):
+    """Per ball: the candidate at its centre (the network's diameter blurred towards 8 mm, whatever
+    the ball's) and one in the background; features, labels and the annotated diameters."""
+    features, labels, diameters = [], [], []
+    for n, diameter in enumerate(sizes):
+        image = _ball(diameter, seed=n)
+        network = 8.0 + 0.2 * (diameter - 8.0) + rng.normal(0, 0.5)
+        rows = _rows(ISO, [[20, 24, 24], [6, 6, 40]], [0.5, 0.4], [network, 5.0])
+        features.append(candidate_features(image, ISO, rows))
+        labels.append([True, False])
+        diameters.append([diameter, np.nan])
+    return np.concatenate(features), np.concatenate(labels), np.concatenate(diameters)
+
+
+def test_the_size_model_corrects_the_networks_blurred_diameters():
+    """The network calls every ball ~8 mm; the size model, fitted on candidates on findings, reads
+    the ball's size from the image around it and is kept because it is closer in cross-validation."""
+    rng = np.random.default_rng(4)
+    features, labels, diameters = _sized_candidates(rng, rng.uniform(3.0, 16.0, 30))
+    model = fit_rescoring(features, labels, diameters)
+    assert model is not None and model.size_coef is not None and len(model.size_coef) == len(FEATURES)
+    truth = np.array([4.0, 7.0, 12.0, 15.0])
+    scenes = [(_ball(d, seed=100 + n), _rows(ISO, [[20, 24, 24]], [0.5], [8.0])) for n, d in enumerate(truth)]
+    out = np.array([rescore(rows, image, ISO, model)["diameter_mm"].iloc[0] for image, rows in scenes])
+    assert np.median(np.abs(out - truth) / truth) < 0.5 * np.median(np.abs(8.0 - truth) / truth)
+    kept = rescore(scenes[0][1], scenes[0][0], ISO, model)
+    assert kept["network_diameter_mm"].iloc[0] == 8.0  # the network's kept beside it
+    # by hand: the standardised features, the weights, exp
+    standard = (candidate_features(scenes[0][0], ISO, scenes[0][1]) - model.mean) / model.scale
+    assert kept["diameter_mm"].iloc[0] == pytest.approx(
+        float(np.exp(model.size_intercept + standard @ model.size_coef)[0])
+    )
+
+
+def test_a_size_model_that_does_not_help_is_not_kept():
+    from medsight.tasks.rescoring import fit_sizes
+
+    rng = np.random.default_rng(5)
+    features, labels, diameters = _sized_candidates(rng, rng.uniform(3.0, 16.0, 30))
+    on = labels.astype(bool)
+    exact = fit_sizes(features[on], diameters[on], network=diameters[on])  # the network is already exact
+    assert exact is None
+    assert fit_sizes(features[on][:9], diameters[on][:9], network=np.full(9, 8.0)) is None  # too few to fit on
+    assert fit_rescoring(features, labels).size_coef is None  # no diameters given: no size model
+    plain = fit_rescoring(features, labels, np.full(len(labels), np.nan))  # none known
+    assert plain is not None and plain.size_coef is None and plain.size_intercept is None
+
+
+def test_the_plan_checks_the_size_model():
+    from pydantic import ValidationError
+
+    spec = {"features": ["a"], "mean": [0.0], "scale": [1.0], "coef": [1.0], "intercept": 0.0, "candidates": 1,
+            "findings": 1}  # fmt: skip
+    assert CandidateRescoring(**spec, size_coef=[0.5], size_intercept=1.0).size_coef == [0.5]
+    with pytest.raises(ValidationError, match="both size_coef and size_intercept"):
+        CandidateRescoring(**spec, size_coef=[0.5])
+    with pytest.raises(ValidationError, match="one mean, scale and weight per feature"):
+        CandidateRescoring(**spec, size_coef=[0.5, 1.0], size_intercept=1.0)
+
+
+def test_each_candidate_takes_the_diameter_of_the_nearest_finding_it_lies_in():
+    from medsight.metrics.detection import within_spheres
+    from medsight.tasks.detection import _hit_diameters
+
+    centres = np.array([[0.0, 0.0, 0.0], [6.0, 0.0, 0.0]])
+    diameters = np.array([20.0, 8.0])
+    points = np.array([[5.0, 0.0, 0.0], [-5.0, 0.0, 0.0], [50.0, 0.0, 0.0]])
+    hits = within_spheres(points, centres, diameters)
+    out = _hit_diameters(points, hits, centres, diameters)
+    assert out[0] == 8.0 and out[1] == 20.0 and np.isnan(out[2])  # inside both: the nearer one's
+    assert _hit_diameters(points, np.zeros((3, 0), bool), np.zeros((0, 3)), np.zeros(0)).shape == (3,)

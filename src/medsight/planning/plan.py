@@ -130,6 +130,10 @@ class CandidateRescoring(BaseModel):
         coef, intercept: The logistic model on the standardised features.
         candidates, findings: How many validation candidates it was fitted on, and how many of
             them lay on a finding.
+        size_coef, size_intercept: A linear model of the log diameter (mm) of the finding a
+            candidate lies on, from the same standardised features, fitted on the candidates on
+            findings; None where it was no closer to the annotated sizes than the network's own
+            diameters in cross-validation (then those are kept).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -140,10 +144,15 @@ class CandidateRescoring(BaseModel):
     intercept: float
     candidates: int = Field(ge=0)
     findings: int = Field(ge=0)
+    size_coef: list[float] | None = None
+    size_intercept: float | None = None
 
     @model_validator(mode="after")
     def _lengths(self) -> CandidateRescoring:
-        sizes = {len(self.features), len(self.mean), len(self.scale), len(self.coef)}
+        if (self.size_coef is None) != (self.size_intercept is None):
+            raise ValueError("rescoring's size model needs both size_coef and size_intercept, or neither")
+        sizes = {len(self.features), len(self.mean), len(self.scale), len(self.coef),
+                 *([len(self.size_coef)] if self.size_coef is not None else [])}  # fmt: skip
         if len(sizes) != 1:
             raise ValueError("rescoring needs one mean, scale and weight per feature; the lists differ in length")
         if any(not s > 0 for s in self.scale):

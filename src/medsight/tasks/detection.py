@@ -332,7 +332,7 @@ class DetectionTask(Task):
         extra = min(self.spec.rescore_training_scans, len(training))
         chosen = np.random.default_rng(0).choice(training, size=extra, replace=False) if extra else training[:0]
         indices = np.concatenate([np.asarray(indices, int), np.sort(chosen)])
-        features, labels = [], []
+        features, labels, sizes = [], [], []
         total = len(data.inputs.items_of(indices))
         for done, (entry, row, logits, reference) in enumerate(self.backbone._predicted(model, data, indices), 1):
             candidates = self.found.candidates(self._probability(logits, entry), reference.geometry,
@@ -347,9 +347,10 @@ class DetectionTask(Task):
             image = read_case_image(data.manifest, row, "image")
             features.append(candidate_features(np.asarray(image.array[0]), image.geometry, candidates)[~ignored])
             labels.append(hit[~ignored])
+            sizes.append(_hit_diameters(points, hits, centres[~excluded], diameters[~excluded])[~ignored])
             if progress is not None:
                 progress("fitting the candidates' second stage", done, total)
-        fitted = fit_rescoring(np.concatenate(features), np.concatenate(labels))
+        fitted = fit_rescoring(np.concatenate(features), np.concatenate(labels), np.concatenate(sizes))
         if fitted is not None:
             log.info("candidates rescored by a second stage fitted on %d candidates (%d on findings) of %d validation "
                      "and %d training scans", fitted.candidates, fitted.findings, total - extra, extra)  # fmt: skip
@@ -445,6 +446,19 @@ class DetectionTask(Task):
         for message in warnings:
             log.warning(message)
         return figures, {"froc": summary}, warnings
+
+
+def _hit_diameters(points: np.ndarray, hits: np.ndarray, centres: np.ndarray, diameters: np.ndarray) -> np.ndarray:
+    """Per candidate (world mm ``points``, ``hits`` on findings ``(candidates, findings)``), the
+    diameter of the nearest finding it lies within; NaN where it lies within none."""
+    out = np.full(len(points), np.nan)
+    if hits.size == 0:
+        return out
+    distance = np.linalg.norm(points[:, None, :] - np.asarray(centres, float)[None], axis=-1)
+    nearest = np.argmin(np.where(hits, distance, np.inf), axis=1)
+    on = hits.any(axis=1)
+    out[on] = np.asarray(diameters, float)[nearest[on]]
+    return out
 
 
 def widen_ignored(targets: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,12 @@ they lie within a finding, as LUNA16 counts a hit) once training ends
 (:meth:`~medsight.tasks.detection.DetectionTask.settle`); the plan keeps the weights
 (:class:`~medsight.planning.CandidateRescoring`) and :func:`rescore` applies them to every
 prediction.
+
+The same features say how big a finding is: the scale at which the dot filter peaks follows the
+blob's radius, while the network's diameter (of its probability region at half the peak) is
+several voxels wide however small the finding. :func:`fit_sizes` regresses the log diameter of the
+finding each candidate lies on from them; the stage keeps that size model only where it is closer
+to the annotated sizes than the network's own diameters in cross-validation.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from medsight.core.errors import InputError
 from medsight.core.geometry import Geometry
 from medsight.planning import CandidateRescoring
 
-__all__ = ["FEATURES", "SCALES", "candidate_features", "fit_rescoring", "rescore"]
+__all__ = ["FEATURES", "SCALES", "candidate_features", "fit_rescoring", "fit_sizes", "rescore"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,7 @@ FEATURES = (
     *(f"{name}_{s:g}" for s in SCALES for name in ("dot", "l1", "l2", "l3", "mean")),
 )
 _MIN_EACH = 5  # candidates on findings, and off them, needed to fit the model
+_MIN_SIZES = 10  # candidates on findings needed to fit the size model
 _PROBABILITY_FLOOR = 1e-4  # the network's probability is clipped to [floor, 1 - floor] for its logit
 
 
@@ -104,10 +111,14 @@ def _hessian_features(
     return [float(np.log1p(dot.max())), *(float(v) for v in values[best]), mean]
 
 
-def fit_rescoring(features: np.ndarray, on_finding: np.ndarray) -> CandidateRescoring | None:
+def fit_rescoring(
+    features: np.ndarray, on_finding: np.ndarray, diameters: np.ndarray | None = None
+) -> CandidateRescoring | None:
     """The logistic model of ``on_finding`` (bool per candidate) from ``features``
     (:func:`candidate_features`), standardised, L2-regularised (scikit-learn's default strength);
-    None when fewer than 5 candidates lie on a finding or off one (too few to fit on)."""
+    None when fewer than 5 candidates lie on a finding or off one (too few to fit on). With
+    ``diameters`` (mm of the finding each candidate lies on, NaN off findings), also the size model
+    (:func:`fit_sizes`)."""
     from sklearn.linear_model import LogisticRegression
 
     features = np.asarray(features, float)
@@ -120,15 +131,56 @@ def fit_rescoring(features: np.ndarray, on_finding: np.ndarray) -> CandidateResc
     mean = features.mean(axis=0)
     scale = features.std(axis=0)
     scale = np.where(scale > 1e-8, scale, 1.0)
-    model = LogisticRegression(max_iter=5000).fit((features - mean) / scale, on_finding)
+    standard = (features - mean) / scale
+    model = LogisticRegression(max_iter=5000).fit(standard, on_finding)
+    sized = None
+    if diameters is not None:
+        known = on_finding & np.isfinite(np.asarray(diameters, float)) & (np.asarray(diameters, float) > 0)
+        sized = fit_sizes(standard[known], np.asarray(diameters, float)[known], _network_diameters(features[known]))
     return CandidateRescoring(features=list(FEATURES), mean=mean.tolist(), scale=scale.tolist(),
                               coef=model.coef_[0].tolist(), intercept=float(model.intercept_[0]),
-                              candidates=len(on_finding), findings=hits)  # fmt: skip
+                              candidates=len(on_finding), findings=hits,
+                              size_coef=None if sized is None else sized[0],
+                              size_intercept=None if sized is None else sized[1])  # fmt: skip
+
+
+def _network_diameters(features: np.ndarray) -> np.ndarray:
+    """The candidates' own diameters (mm), back from their ``log_diameter`` feature."""
+    return np.expm1(np.asarray(features, float)[:, FEATURES.index("log_diameter")])
+
+
+def fit_sizes(
+    standard: np.ndarray, diameters: np.ndarray, network: np.ndarray, *, folds: int = 5
+) -> tuple[list[float], float] | None:
+    """A ridge regression of ``log(diameter)`` on standardised features (candidates on findings,
+    their findings' annotated ``diameters`` in mm), its strength chosen by leave-one-out, as
+    ``(coef, intercept)``; None when fewer than :data:`_MIN_SIZES` candidates are given, or when in
+    ``folds``-fold cross-validation its median relative error is no lower than that of the
+    network's own diameters (``network``): a size model that does not help is not kept."""
+    from sklearn.linear_model import Ridge, RidgeCV
+    from sklearn.model_selection import KFold, cross_val_predict
+
+    if len(diameters) < _MIN_SIZES:
+        log.info("the candidates' diameters stay the network's: %d candidates on findings to fit a size model on "
+                 "(%d needed)", len(diameters), _MIN_SIZES)  # fmt: skip
+        return None
+    target = np.log(diameters)
+    chosen = RidgeCV(alphas=np.logspace(-2, 3, 11)).fit(standard, target)
+    split = KFold(n_splits=min(folds, len(target)), shuffle=True, random_state=0)
+    predicted = np.exp(cross_val_predict(Ridge(alpha=float(chosen.alpha_)), standard, target, cv=split))
+    mine = float(np.median(np.abs(predicted - diameters) / diameters))
+    theirs = float(np.median(np.abs(network - diameters) / diameters))
+    log.info("size model: median relative diameter error %.1f %% in cross-validation against the network's %.1f %% "
+             "(%d candidates on findings)", 100 * mine, 100 * theirs, len(target))  # fmt: skip
+    if not mine < theirs:
+        return None
+    return [float(c) for c in chosen.coef_], float(chosen.intercept_)
 
 
 def rescore(candidates: pd.DataFrame, image: np.ndarray, geometry: Geometry, model: CandidateRescoring) -> pd.DataFrame:
     """``candidates`` with ``probability`` from ``model`` (the network's kept as
-    ``network_probability``), the most probable first.
+    ``network_probability``) and, where it has a size model, ``diameter_mm`` from it (the network's
+    kept as ``network_diameter_mm``), the most probable first.
 
     Raises:
         InputError: the model was fitted on other features than this version computes.
@@ -139,6 +191,10 @@ def rescore(candidates: pd.DataFrame, image: np.ndarray, geometry: Geometry, mod
     if not len(candidates):
         return candidates.assign(network_probability=candidates["probability"])
     features = candidate_features(image, geometry, candidates)
-    z = model.intercept + ((features - np.asarray(model.mean)) / np.asarray(model.scale)) @ np.asarray(model.coef)
+    standard = (features - np.asarray(model.mean)) / np.asarray(model.scale)
+    z = model.intercept + standard @ np.asarray(model.coef)
     out = candidates.assign(network_probability=candidates["probability"], probability=0.5 * (1 + np.tanh(0.5 * z)))
+    if model.size_coef is not None and model.size_intercept is not None:
+        sizes = np.exp(model.size_intercept + standard @ np.asarray(model.size_coef))
+        out = out.assign(network_diameter_mm=out["diameter_mm"], diameter_mm=sizes)
     return out.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
