@@ -583,6 +583,10 @@ def test_the_volume_cache_made_in_worker_processes_is_the_one_made_in_process(tm
     with pytest.raises(InputError, match="case c2: cannot preprocess"):
         build_volume_cache(manifest, plan, [1, 9], tmp_path / "broken")
     assert not (tmp_path / "broken").exists()
+    from medsight.data.cases import fingerprint_manifest  # fingerprinted in workers too
+
+    with pytest.raises(InputError, match="cannot fingerprint case c2"):
+        fingerprint_manifest(manifest)
 
 
 def test_evaluation_leaves_the_references_ignored_voxels_out():

@@ -7,9 +7,9 @@ import multiprocessing
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from medsight.core.progress import Progress
 
@@ -21,39 +21,43 @@ T = TypeVar("T")
 
 
 def run_cases(
-    make_case: Callable[[int], T],
-    cases: int,
+    make_case: Callable[[Any], T],
+    cases: int | Sequence[Any],
     *,
     workers: int,
     progress: Progress | None,
     stage: str,
 ) -> Iterator[T]:
-    """Yield ``make_case(i)`` for every case in order, computed in ``workers`` processes.
+    """Yield ``make_case(case)`` for every case in order, computed in ``workers`` processes; ``cases``
+    is a sequence of them, or a count ``n`` for the cases ``0 .. n-1``.
 
     The result does not depend on ``workers`` where each case draws from its own random stream
     (e.g. :func:`medsight.data.phantoms.base.case_rng`). ``make_case`` must be picklable (a
-    module-level function or a :func:`functools.partial` of one), as must what it returns and
-    the errors it raises.
+    module-level function or a :func:`functools.partial` of one), as must each case, what it
+    returns and the errors it raises. ``make_case`` (with what a partial binds) is sent to a worker
+    with every case: bind what all cases share and is small, and give each case its own data.
     """
+    items: Sequence[Any] = range(cases) if isinstance(cases, int) else cases
+    count = len(items)
     # Fork (not spawn): spawn re-imports the caller's __main__, which reruns unguarded
     # scripts in every worker. Forking a process with other threads can deadlock, so then
     # the cases are made one by one instead.
     can_fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
-    if workers <= 1 or cases <= 1 or not can_fork:
-        if workers > 1 and cases > 1:
+    if workers <= 1 or count <= 1 or not can_fork:
+        if workers > 1 and count > 1:
             log.info("%s in one process (threads are running, forking is unsafe)", stage)
-        for index in range(cases):
-            yield make_case(index)
+        for index, case in enumerate(items, start=1):
+            yield make_case(case)
             if progress is not None:
-                progress(stage, index + 1, cases)
+                progress(stage, index, count)
         return
     context = multiprocessing.get_context("fork")
-    pool = ProcessPoolExecutor(max_workers=min(workers, cases), mp_context=context, initializer=_forked_worker)
+    pool = ProcessPoolExecutor(max_workers=min(workers, count), mp_context=context, initializer=_forked_worker)
     try:
-        for index, result in enumerate(pool.map(make_case, range(cases)), start=1):
+        for index, result in enumerate(pool.map(make_case, items), start=1):
             yield result
             if progress is not None:
-                progress(stage, index, cases)
+                progress(stage, index, count)
     finally:  # a case that failed (or a caller that stopped early) leaves the other cases unmade
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -158,8 +158,9 @@ def fingerprint_manifest(
     if not work:
         raise InputError("no case of the manifest has a label map; planning learns from labelled cases")
     facts, seen = [], set()
-    one = partial(_facts_of, manifest, work, ignore)
-    for guessed, found in run_cases(one, len(work), workers=default_workers(), progress=progress,
+    one = partial(_facts_of, manifest.with_table(table.iloc[:0]), ignore)  # each worker gets its case alone
+    items = [(i, *case) for i, case in enumerate(work)]
+    for guessed, found in run_cases(one, items, workers=default_workers(), progress=progress,
                                     stage="fingerprinting cases"):  # fmt: skip
         seen.add(guessed)
         facts.append(found)
@@ -171,15 +172,14 @@ def fingerprint_manifest(
     return fingerprint(facts, modality=modality)
 
 
-def _facts_of(
-    manifest: Manifest, work: Sequence[tuple[pd.Series, Pairing]], ignore: int | None, i: int
-) -> tuple[str, CaseFacts]:
-    """Case ``i`` of ``work`` (row, pairing): the modality its image looks like, and its facts.
+def _facts_of(manifest: Manifest, ignore: int | None, item: tuple[int, pd.Series, Pairing]) -> tuple[str, CaseFacts]:
+    """Case ``(i, row, pairing)`` (paths resolved against ``manifest``'s root): the modality its image
+    looks like, and its facts.
 
     Raises:
         InputError: the case cannot be read (named).
     """
-    row, pairing = work[i]
+    i, row, pairing = item
     try:
         case = read_case(manifest, row, pairing)
     except MedsightError as exc:

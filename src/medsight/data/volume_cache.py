@@ -202,8 +202,9 @@ def build_volume_cache(
     with atomic_dir(folder, overwrite=True) as tmp:
         # the images are read and preprocessed in worker processes; the foreground samples are drawn
         # here, in order, so the cache does not depend on how many workers made it
-        one = partial(_preprocess_item, manifest, plan, tuple(codes), ignore, tmp, work)
-        made = run_cases(one, len(work), workers=default_workers(), progress=progress, stage="preprocessing volumes")
+        one = partial(_preprocess_item, manifest.with_table(manifest.table.iloc[:0]), plan, tuple(codes), ignore, tmp)
+        items = [(n, *case) for n, case in enumerate(work)]  # each worker gets its case alone, not the manifest
+        made = run_cases(one, items, workers=default_workers(), progress=progress, stage="preprocessing volumes")
         for n, entry in enumerate(made):
             label = np.load(tmp / f"label_{n}.npy", mmap_mode="r")
             samples = []
@@ -227,18 +228,17 @@ def _preprocess_item(
     codes: Sequence[int],
     ignore: int | None,
     folder: Path,
-    work: Sequence[tuple[int, pd.Series, Pairing]],
-    n: int,
+    item: tuple[int, int, pd.Series, Pairing],
 ) -> dict[str, Any]:
-    """Item ``n`` of ``work`` (manifest position, row, image-label pairing) read, preprocessed and
-    saved into ``folder`` as ``image_<n>.npy`` and ``label_<n>.npy``; its index entry (without the
-    foreground samples).
+    """Item ``(n, manifest position, row, image-label pairing)`` read (paths resolved against
+    ``manifest``'s root), preprocessed and saved into ``folder`` as ``image_<n>.npy`` and
+    ``label_<n>.npy``; its index entry (without the foreground samples).
 
     Raises:
         InputError: the case cannot be read or preprocessed (named, with the command that finds
             every such case).
     """
-    position, row, pairing = work[n]
+    n, position, row, pairing = item
     case = str(row["case_id"])
     try:
         images = read_case(manifest, row, pairing)
