@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import pytest
@@ -79,3 +80,41 @@ def test_a_case_that_fails_in_a_worker_raises_its_error_here():
     assert next(made) == 0 and next(made) == 1
     with pytest.raises(ValueError, match="case 2 is broken"):
         next(made)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie waiting to be reaped does not)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in fh)
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_workers_die_with_a_parent_killed_with_kill_9():
+    """A killed parent cannot shut its pool down: its workers must not wait for work forever."""
+    import signal
+    import subprocess
+    import time
+
+    code = (
+        "import os, time\n"
+        "from medsight.core.parallel import run_cases\n"
+        "def case(i):\n"
+        "    print(os.getpid(), flush=True)\n"
+        "    time.sleep(60)\n"
+        "list(run_cases(case, 8, workers=2, progress=None, stage='t'))\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = {int(parent.stdout.readline()) for _ in range(2)}
+        assert parent.pid not in workers and all(_alive(w) for w in workers)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(w) for w in workers)
+    finally:
+        parent.kill()

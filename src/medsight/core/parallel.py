@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -16,6 +18,8 @@ from medsight.core.progress import Progress
 __all__ = ["default_workers", "run_cases"]
 
 log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 T = TypeVar("T")
 
@@ -52,7 +56,8 @@ def run_cases(
                 progress(stage, index, count)
         return
     context = multiprocessing.get_context("fork")
-    pool = ProcessPoolExecutor(max_workers=min(workers, count), mp_context=context, initializer=_forked_worker)
+    pool = ProcessPoolExecutor(max_workers=min(workers, count), mp_context=context, initializer=_forked_worker,
+                               initargs=(os.getpid(),))  # fmt: skip
     try:
         for index, result in enumerate(pool.map(make_case, items), start=1):
             yield result
@@ -62,16 +67,33 @@ def run_cases(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _forked_worker() -> None:
-    """Set up a forked worker: PyTorch and ITK on one thread. A process that has run PyTorch holds an
-    OpenMP thread pool, which a forked child cannot use (its first parallel region hangs
-    forever); on one thread PyTorch runs no parallel region, and the workers share the cores."""
+def _forked_worker(parent: int) -> None:
+    """Set up a forked worker: it dies with ``parent`` (:func:`_die_with`), and runs PyTorch and ITK
+    on one thread. A process that has run PyTorch holds an OpenMP thread pool, which a forked child
+    cannot use (its first parallel region hangs forever); on one thread PyTorch runs no parallel
+    region, and the workers share the cores."""
+    _die_with(parent)
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(1)
     itk = sys.modules.get("SimpleITK")  # ITK's filters likewise run on the worker's one thread
     if itk is not None:
         itk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def _die_with(parent: int) -> None:
+    """On Linux, have the kernel kill this worker when ``parent`` (which forked it) dies, however it
+    dies: killed with ``kill -9`` it cannot shut its pool down, and its workers would otherwise wait
+    for work forever. Elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(1)
 
 
 def default_workers() -> int:
