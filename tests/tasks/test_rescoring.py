@@ -289,9 +289,12 @@ def test_the_size_model_corrects_the_networks_blurred_diameters():
     assert kept["network_diameter_mm"].iloc[0] == 8.0  # the network's kept beside it
     # by hand: the standardised features, the weights, exp
     standard = (candidate_features(scenes[0][0], ISO, scenes[0][1]) - model.mean) / model.scale
-    assert kept["diameter_mm"].iloc[0] == pytest.approx(
-        float(np.exp(model.size_intercept + standard @ model.size_coef)[0])
-    )
+    by_hand = np.exp(model.size_intercept + standard @ np.asarray(model.size_coef))
+    assert kept["diameter_mm"].iloc[0] == pytest.approx(float(by_hand[0]), rel=1e-5)
+    low, high = model.size_range
+    assert low == pytest.approx(diameters[labels].min() / 2) and high == pytest.approx(diameters[labels].max() * 2)
+    wild = model.model_copy(update={"size_intercept": model.size_intercept + 20.0})  # e^20 times larger
+    assert rescore(scenes[0][1], scenes[0][0], ISO, wild)["diameter_mm"].iloc[0] == pytest.approx(high)
 
 
 def test_a_size_model_that_does_not_help_is_not_kept():
@@ -313,11 +316,13 @@ def test_the_plan_checks_the_size_model():
 
     spec = {"features": ["a"], "mean": [0.0], "scale": [1.0], "coef": [1.0], "intercept": 0.0, "candidates": 1,
             "findings": 1}  # fmt: skip
-    assert CandidateRescoring(**spec, size_coef=[0.5], size_intercept=1.0).size_coef == [0.5]
-    with pytest.raises(ValidationError, match="both size_coef and size_intercept"):
-        CandidateRescoring(**spec, size_coef=[0.5])
+    assert CandidateRescoring(**spec, size_coef=[0.5], size_intercept=1.0, size_range=(1, 60)).size_coef == [0.5]
+    with pytest.raises(ValidationError, match="size_coef, size_intercept and size_range, or none"):
+        CandidateRescoring(**spec, size_coef=[0.5], size_intercept=1.0)
+    with pytest.raises(ValidationError, match="two increasing positive diameters"):
+        CandidateRescoring(**spec, size_coef=[0.5], size_intercept=1.0, size_range=(5.0, 2.0))
     with pytest.raises(ValidationError, match="one mean, scale and weight per feature"):
-        CandidateRescoring(**spec, size_coef=[0.5, 1.0], size_intercept=1.0)
+        CandidateRescoring(**spec, size_coef=[0.5, 1.0], size_intercept=1.0, size_range=(1, 60))
 
 
 def test_each_candidate_takes_the_diameter_of_the_nearest_finding_it_lies_in():

@@ -134,6 +134,8 @@ class CandidateRescoring(BaseModel):
             candidate lies on, from the same standardised features, fitted on the candidates on
             findings; None where it was no closer to the annotated sizes than the network's own
             diameters in cross-validation (then those are kept).
+        size_range: The diameters (mm) the size model may give: half the smallest and twice the
+            largest it was fitted on (a candidate unlike any of them is not called a metre wide).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -146,11 +148,14 @@ class CandidateRescoring(BaseModel):
     findings: int = Field(ge=0)
     size_coef: list[float] | None = None
     size_intercept: float | None = None
+    size_range: tuple[float, float] | None = None
 
     @model_validator(mode="after")
     def _lengths(self) -> CandidateRescoring:
-        if (self.size_coef is None) != (self.size_intercept is None):
-            raise ValueError("rescoring's size model needs both size_coef and size_intercept, or neither")
+        if len({self.size_coef is None, self.size_intercept is None, self.size_range is None}) != 1:
+            raise ValueError("rescoring's size model needs size_coef, size_intercept and size_range, or none of them")
+        if self.size_range is not None and not 0 < self.size_range[0] < self.size_range[1]:
+            raise ValueError(f"rescoring's size_range must be two increasing positive diameters, not {self.size_range}")
         sizes = {len(self.features), len(self.mean), len(self.scale), len(self.coef),
                  *([len(self.size_coef)] if self.size_coef is not None else [])}  # fmt: skip
         if len(sizes) != 1:

@@ -141,7 +141,8 @@ def fit_rescoring(
                               coef=model.coef_[0].tolist(), intercept=float(model.intercept_[0]),
                               candidates=len(on_finding), findings=hits,
                               size_coef=None if sized is None else sized[0],
-                              size_intercept=None if sized is None else sized[1])  # fmt: skip
+                              size_intercept=None if sized is None else sized[1],
+                              size_range=None if sized is None else sized[2])  # fmt: skip
 
 
 def _network_diameters(features: np.ndarray) -> np.ndarray:
@@ -151,12 +152,13 @@ def _network_diameters(features: np.ndarray) -> np.ndarray:
 
 def fit_sizes(
     standard: np.ndarray, diameters: np.ndarray, network: np.ndarray, *, folds: int = 5
-) -> tuple[list[float], float] | None:
+) -> tuple[list[float], float, tuple[float, float]] | None:
     """A ridge regression of ``log(diameter)`` on standardised features (candidates on findings,
     their findings' annotated ``diameters`` in mm), its strength chosen by leave-one-out, as
-    ``(coef, intercept)``; None when fewer than :data:`_MIN_SIZES` candidates are given, or when in
-    ``folds``-fold cross-validation its median relative error is no lower than that of the
-    network's own diameters (``network``): a size model that does not help is not kept."""
+    ``(coef, intercept, range)`` (range: half the smallest and twice the largest diameter); None
+    when fewer than :data:`_MIN_SIZES` candidates are given, or when in ``folds``-fold
+    cross-validation its median relative error is no lower than that of the network's own
+    diameters (``network``): a size model that does not help is not kept."""
     from sklearn.linear_model import Ridge, RidgeCV
     from sklearn.model_selection import KFold, cross_val_predict
 
@@ -174,7 +176,8 @@ def fit_sizes(
              "(%d candidates on findings)", 100 * mine, 100 * theirs, len(target))  # fmt: skip
     if not mine < theirs:
         return None
-    return [float(c) for c in chosen.coef_], float(chosen.intercept_)
+    bounds = (float(diameters.min()) / 2, float(diameters.max()) * 2)
+    return [float(c) for c in chosen.coef_], float(chosen.intercept_), bounds
 
 
 def rescore(candidates: pd.DataFrame, image: np.ndarray, geometry: Geometry, model: CandidateRescoring) -> pd.DataFrame:
@@ -194,7 +197,7 @@ def rescore(candidates: pd.DataFrame, image: np.ndarray, geometry: Geometry, mod
     standard = (features - np.asarray(model.mean)) / np.asarray(model.scale)
     z = model.intercept + standard @ np.asarray(model.coef)
     out = candidates.assign(network_probability=candidates["probability"], probability=0.5 * (1 + np.tanh(0.5 * z)))
-    if model.size_coef is not None and model.size_intercept is not None:
-        sizes = np.exp(model.size_intercept + standard @ np.asarray(model.size_coef))
+    if model.size_coef is not None and model.size_intercept is not None and model.size_range is not None:
+        sizes = np.clip(np.exp(model.size_intercept + standard @ np.asarray(model.size_coef)), *model.size_range)
         out = out.assign(network_diameter_mm=out["diameter_mm"], diameter_mm=sizes)
     return out.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
