@@ -258,14 +258,20 @@ def _script_sizes(candidates, annotations, scans, max_marks=100):
 @pytest.mark.parametrize("seed", range(6))
 def test_nodule_sizes_match_a_loop_by_loop_reference(seed):
     rng = np.random.default_rng(seed)
-    candidates, annotations, _, scans = _random_case(rng, int(rng.integers(2, 12)))
+    candidates, annotations, excluded, scans = _random_case(rng, int(rng.integers(2, 12)))
     candidates["diameter_mm"] = rng.uniform(2, 35, len(candidates))
     max_marks = int(rng.choice([100, 3]))
     sizes = nodule_sizes(candidates, annotations, scans=scans, max_marks=max_marks)
     reference = _script_sizes(candidates, annotations, scans, max_marks)
-    mine = sorted(zip(sizes.seriesuid, sizes.diameter_mm, sizes.predicted_mm, strict=True))
-    assert [m[0] for m in mine] == [r[0] for r in sorted(reference)]
-    np.testing.assert_allclose([m[1:] for m in mine], [r[1:] for r in sorted(reference)], atol=1e-12)
+    # the FROC's own matching says the same (evaluation reads both off one matching)
+    entries = match_nodules(candidates, annotations, excluded, scans=scans, max_marks=max_marks)
+    for table in (sizes, entries.sizes()):
+        mine = sorted(zip(table.seriesuid, table.diameter_mm, table.predicted_mm, strict=True))
+        assert [m[0] for m in mine] == [r[0] for r in sorted(reference)]
+        np.testing.assert_allclose([m[1:] for m in mine], [r[1:] for r in sorted(reference)], atol=1e-12)
+    detected = entries.kind == 1
+    assert np.isfinite(entries.predicted_mm[detected]).all() and np.isnan(entries.predicted_mm[~detected]).all()
+    assert np.isfinite(entries.diameter[detected | (entries.kind == 2)]).all()
     summary = size_summary(sizes, bootstrap=100)
     if reference:
         relative = np.array([100 * (p - t) / t for _, t, p in reference])
@@ -293,6 +299,8 @@ def test_sizes_of_hand_made_cases_and_their_edge_cases():
     assert none["nodules"] == 0 and math.isnan(none["error_pct"]["estimate"]) and "no nodule" in none["undefined"]
     # LUNA16 candidate files carry no diameter: no sizes, not an error
     assert nodule_sizes(candidates.drop(columns="diameter_mm"), annotations).empty
+    unsized = match_nodules(candidates.drop(columns="diameter_mm"), annotations)
+    assert unsized.predicted_mm is None and unsized.sizes().empty and unsized.detected == 2
     with pytest.raises(InputError, match="diameter_mm of row 1"):
         nodule_sizes(candidates.assign(diameter_mm=["x", 1, 2, 3]), annotations)
 
@@ -452,6 +460,7 @@ def test_per_image_froc_of_boxes():
     )
     entries = match_boxes(detections, truths, iou=0.5, images=["a", "b", "c", "d"])
     assert (entries.detected, entries.false_positives, entries.duplicates, entries.scans) == (1, 2, 1, 4)
+    assert entries.diameter is None and entries.sizes().empty  # boxes have no diameter
     fps, sens, _ = froc_curve(entries.kind, entries.probability)
     np.testing.assert_allclose(fps, [0, 0, 0.25, 0.5])
     np.testing.assert_allclose(sens, [0, 0.5, 0.5, 0.5])

@@ -95,6 +95,9 @@ class FrocEntries:
         ignored: Marks on excluded findings (neither hits nor false positives).
         duplicates: Extra marks on findings already hit by a more probable one.
         dropped: Marks beyond the per-scan limit.
+        diameter: Per row, the finding's annotated diameter (mm; kinds 1 and 2, else NaN), or None.
+        predicted_mm: Per row, the diameter of the most probable mark on the detected finding (kind
+            1, else NaN); None when the marks carry no diameter.
     """
 
     scan: np.ndarray
@@ -103,6 +106,8 @@ class FrocEntries:
     ignored: int = 0
     duplicates: int = 0
     dropped: int = 0
+    diameter: np.ndarray | None = None
+    predicted_mm: np.ndarray | None = None
 
     @property
     def scans(self) -> int:
@@ -119,6 +124,17 @@ class FrocEntries:
     @property
     def false_positives(self) -> int:
         return int(np.sum(self.kind == FALSE_POSITIVE))
+
+    def sizes(self) -> pd.DataFrame:
+        """How big the marks say each detected finding is: per detected finding, its scan
+        (``seriesuid``), its annotated diameter, the diameter of its most probable mark
+        (``predicted_mm``) and that mark's probability. No row when the marks carry no diameter."""
+        columns = ["seriesuid", "diameter_mm", "predicted_mm", "probability"]
+        if self.diameter is None or self.predicted_mm is None:
+            return pd.DataFrame(columns=columns)
+        at = self.kind == DETECTED
+        return pd.DataFrame({"seriesuid": self.scan[at], "diameter_mm": self.diameter[at],
+                             "predicted_mm": self.predicted_mm[at], "probability": self.probability[at]})  # fmt: skip
 
 
 def froc_curve(kind: np.ndarray, probability: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -213,39 +229,64 @@ def _table(frame: pd.DataFrame, columns: Sequence[str], name: str) -> pd.DataFra
     return out
 
 
-def _reduce(
-    scans: Sequence[str], per_scan: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], dropped: int
-) -> FrocEntries:
-    """Entries from, per scan: mark probabilities, their hits on findings (marks x findings) and
-    which marks lie on an excluded finding."""
+@dataclass(frozen=True)
+class _ScanMatch:
+    """One scan's (or image's) counted marks read against its findings: the marks' probabilities,
+    their hits ``(marks, findings)`` and whether each lies on an excluded finding; for nodules also
+    the findings' annotated diameters and the marks' own (``sizes``, None where they carry none)."""
+
+    probability: np.ndarray
+    hits: np.ndarray
+    excluded: np.ndarray
+    diameters: np.ndarray | None = None
+    sizes: np.ndarray | None = None
+
+
+def _reduce(scans: Sequence[str], per_scan: dict[str, _ScanMatch], dropped: int, *, spheres: bool = False,
+            sized: bool = False) -> FrocEntries:  # fmt: skip
+    """Entries from each scan's matched marks (``spheres``: findings with diameters; ``sized``: marks
+    with diameters too)."""
     scan_ids: list[str] = []
     kinds: list[int] = []
     probs: list[float] = []
+    truth: list[float] = []
+    predicted: list[float] = []
     ignored = duplicates = 0
     for scan in scans:
         scan_ids.append(scan)
         kinds.append(SCAN)
         probs.append(np.nan)
+        truth.append(np.nan)
+        predicted.append(np.nan)
         if scan not in per_scan:
             continue
-        probability, hits, excluded = per_scan[scan]
-        for column in hits.T:
+        match = per_scan[scan]
+        diameters = match.diameters if match.diameters is not None else np.full(match.hits.shape[1], np.nan)
+        for column, diameter in zip(match.hits.T, diameters, strict=True):
+            truth.append(float(diameter))
             if column.any():
+                best = np.flatnonzero(column)[np.argmax(match.probability[column])]
                 kinds.append(DETECTED)
-                probs.append(float(probability[column].max()))
+                probs.append(float(match.probability[best]))
+                predicted.append(float(match.sizes[best]) if match.sizes is not None else np.nan)
                 duplicates += int(column.sum()) - 1
             else:
                 kinds.append(MISSED)
                 probs.append(np.nan)
+                predicted.append(np.nan)
             scan_ids.append(scan)
-        free = ~hits.any(axis=1)
-        ignored += int(np.sum(free & excluded))
-        false = probability[free & ~excluded]
+        free = ~match.hits.any(axis=1)
+        ignored += int(np.sum(free & match.excluded))
+        false = match.probability[free & ~match.excluded]
         kinds.extend([FALSE_POSITIVE] * len(false))
         probs.extend(false.tolist())
+        truth.extend([np.nan] * len(false))
+        predicted.extend([np.nan] * len(false))
         scan_ids.extend([scan] * len(false))
     return FrocEntries(np.asarray(scan_ids, dtype=object), np.asarray(kinds, np.int8), np.asarray(probs, float),
-                       ignored=ignored, duplicates=duplicates, dropped=dropped)  # fmt: skip
+                       ignored=ignored, duplicates=duplicates, dropped=dropped,
+                       diameter=np.asarray(truth, float) if spheres else None,
+                       predicted_mm=np.asarray(predicted, float) if spheres and sized else None)  # fmt: skip
 
 
 def _most_probable(probability: np.ndarray, limit: int) -> np.ndarray:
@@ -264,9 +305,10 @@ def match_nodules(
     scans: Sequence[str] | None = None,
     max_marks: int = LUNA16_MAX_MARKS,
 ) -> FrocEntries:
-    """LUNA16 matching of candidates (``seriesuid, coordX, coordY, coordZ, probability``, world mm)
-    to nodules (``seriesuid, coordX, coordY, coordZ, diameter_mm``) and excluded findings (same
-    columns; a negative diameter reads as 10 mm).
+    """LUNA16 matching of candidates (``seriesuid, coordX, coordY, coordZ, probability``, world mm;
+    with a ``diameter_mm`` column the entries also say how big each detected nodule was called, see
+    :meth:`FrocEntries.sizes`) to nodules (``seriesuid, coordX, coordY, coordZ, diameter_mm``) and
+    excluded findings (same columns; a negative diameter reads as 10 mm).
 
     Args:
         scans: The scans evaluated (those without nodules or candidates count in the false positives
@@ -278,7 +320,9 @@ def match_nodules(
         InputError: a missing column or a value that is not a finite number (the row is named).
     """
     coords = ["coordX", "coordY", "coordZ"]
-    marks = _table(candidates, ["seriesuid", *coords, "probability"], "candidates")
+    sized = "diameter_mm" in candidates.columns
+    marks = _table(candidates, ["seriesuid", *coords, "probability", *(["diameter_mm"] if sized else [])],
+                   "candidates")  # fmt: skip
     nodules = _table(annotations, ["seriesuid", *coords, "diameter_mm"], "annotations")
     others = (_table(excluded, ["seriesuid", *coords, "diameter_mm"], "excluded annotations")
               if excluded is not None else nodules.iloc[:0])  # fmt: skip
@@ -292,7 +336,7 @@ def match_nodules(
     by_scan = {k: g for k, g in marks.groupby("seriesuid", sort=False)}
     nodules_of = {k: g for k, g in nodules.groupby("seriesuid", sort=False)}
     others_of = {k: g for k, g in others.groupby("seriesuid", sort=False)}
-    per_scan: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    per_scan: dict[str, _ScanMatch] = {}
     dropped = 0
     for scan in scans:
         group = by_scan.get(scan, marks.iloc[:0])
@@ -300,15 +344,16 @@ def match_nodules(
         keep = _most_probable(probability, max_marks)
         dropped += int(np.sum(~keep))
         points = group[coords].to_numpy(float)[keep]
-        probability = probability[keep]
         found = nodules_of.get(scan, nodules.iloc[:0])
         other = others_of.get(scan, others.iloc[:0])
+        diameters = found["diameter_mm"].to_numpy(float)
         hits, on_excluded = label_candidates(
-            points, found[coords].to_numpy(float), found["diameter_mm"].to_numpy(float),
+            points, found[coords].to_numpy(float), diameters,
             other[coords].to_numpy(float), other["diameter_mm"].to_numpy(float),
         )  # fmt: skip
-        per_scan[scan] = (probability, hits, on_excluded)
-    return _reduce(scans, per_scan, dropped)
+        sizes = group["diameter_mm"].to_numpy(float)[keep] if sized else None
+        per_scan[scan] = _ScanMatch(probability[keep], hits, on_excluded, diameters, sizes)
+    return _reduce(scans, per_scan, dropped, spheres=True, sized=sized)
 
 
 def nodule_sizes(
@@ -321,30 +366,9 @@ def nodule_sizes(
     """How big the detector says each detected nodule is: per nodule hit by a counted candidate (as
     :func:`match_nodules` counts them), its scan, its annotated diameter, the diameter of the most
     probable candidate that hits it (``predicted_mm``) and that candidate's probability. Candidates
-    need a ``diameter_mm`` column (LUNA16 candidate files have none: then no row)."""
-    columns = ["seriesuid", "diameter_mm", "predicted_mm", "probability"]
-    if "diameter_mm" not in candidates.columns:
-        return pd.DataFrame(columns=columns)
-    coords = ["coordX", "coordY", "coordZ"]
-    marks = _table(candidates, ["seriesuid", *coords, "probability", "diameter_mm"], "candidates")
-    nodules = _table(annotations, ["seriesuid", *coords, "diameter_mm"], "annotations")
-    wanted = None if scans is None else {str(s) for s in scans}
-    by_scan = {k: g for k, g in marks.groupby("seriesuid", sort=False)}
-    rows = []
-    for scan, found in nodules.groupby("seriesuid", sort=False):
-        if scan not in by_scan or (wanted is not None and scan not in wanted):
-            continue
-        group = by_scan[scan]
-        probability = group["probability"].to_numpy(float)
-        keep = _most_probable(probability, max_marks)
-        hits = within_spheres(group[coords].to_numpy(float)[keep], found[coords].to_numpy(float),
-                              found["diameter_mm"].to_numpy(float))  # fmt: skip
-        sizes, probability = group["diameter_mm"].to_numpy(float)[keep], probability[keep]
-        for column, truth in zip(hits.T, found["diameter_mm"].to_numpy(float), strict=True):
-            if column.any():
-                best = np.flatnonzero(column)[np.argmax(probability[column])]
-                rows.append([scan, truth, sizes[best], probability[best]])
-    return pd.DataFrame(rows, columns=columns)
+    need a ``diameter_mm`` column (LUNA16 candidate files have none: then no row). Where the FROC is
+    wanted too, :func:`match_nodules` and :meth:`FrocEntries.sizes` give both from one matching."""
+    return match_nodules(candidates, annotations, scans=scans, max_marks=max_marks).sizes()
 
 
 def size_summary(
@@ -441,12 +465,12 @@ def match_boxes(
     images = [str(i) for i in images]
     marks_of = {k: g for k, g in marks.groupby("image", sort=False)}
     boxes_of = {k: g for k, g in boxes.groupby("image", sort=False)}
-    per_image = {}
+    per_image: dict[str, _ScanMatch] = {}
     for image in images:
         mine = marks_of.get(image, marks.iloc[:0])
         theirs = boxes_of.get(image, boxes.iloc[:0])
         hits = box_iou(mine[_BOX].to_numpy(float), theirs[_BOX].to_numpy(float)) >= iou
-        per_image[image] = (mine["score"].to_numpy(float), hits, np.zeros(len(mine), bool))
+        per_image[image] = _ScanMatch(mine["score"].to_numpy(float), hits, np.zeros(len(mine), bool))
     return _reduce(images, per_image, 0)
 
 

@@ -56,7 +56,6 @@ from medsight.metrics.detection import (
     froc_summary,
     label_candidates,
     match_nodules,
-    nodule_sizes,
     size_summary,
 )
 from medsight.models.registry import ModelChoice
@@ -429,13 +428,13 @@ class DetectionTask(Task):
         entries = match_nodules(candidates, pd.DataFrame(nodules, columns=columns),
                                 pd.DataFrame(excluded, columns=columns), scans=scans)  # fmt: skip
         by_patient = dict(zip(scans, cases["patient_id"].astype(str), strict=True))
+        # how big: each detected nodule's diameter against its most probable hit's (read off the same matching)
+        sizes = entries.sizes()
         entries = replace(entries, scan=np.array([by_patient[s] for s in entries.scan], dtype=object))
         summary = froc_summary(entries, rates=self.spec.rates, bootstrap=bootstrap)
         figures = {"cpm": Estimate.of(summary["cpm"])}
         for rate, result in summary["sensitivity"].items():
             figures[f"sensitivity @ {rate} fp/scan"] = Estimate.of(result)
-        # how big: each detected nodule's diameter against its most probable hit's
-        sizes = nodule_sizes(candidates, pd.DataFrame(nodules, columns=columns), scans=scans)
         summary["sizes"] = size_summary(sizes, groups=[by_patient[s] for s in sizes["seriesuid"]],
                                         bootstrap=bootstrap)  # fmt: skip
         figures["diameter error % (median)"] = Estimate.of(summary["sizes"]["error_pct"])

@@ -154,12 +154,13 @@ def fit_sizes(
     standard: np.ndarray, diameters: np.ndarray, network: np.ndarray, *, folds: int = 5
 ) -> tuple[list[float], float, tuple[float, float]] | None:
     """A ridge regression of ``log(diameter)`` on standardised features (candidates on findings,
-    their findings' annotated ``diameters`` in mm), its strength chosen by leave-one-out, as
+    their findings' annotated ``diameters`` in mm), its strength chosen by leave-one-out (within
+    each fold too, in the cross-validation), as
     ``(coef, intercept, range)`` (range: half the smallest and twice the largest diameter); None
     when fewer than :data:`_MIN_SIZES` candidates are given, or when in ``folds``-fold
     cross-validation its median relative error is no lower than that of the network's own
     diameters (``network``): a size model that does not help is not kept."""
-    from sklearn.linear_model import Ridge, RidgeCV
+    from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import KFold, cross_val_predict
 
     if len(diameters) < _MIN_SIZES:
@@ -167,9 +168,12 @@ def fit_sizes(
                  "(%d needed)", len(diameters), _MIN_SIZES)  # fmt: skip
         return None
     target = np.log(diameters)
-    chosen = RidgeCV(alphas=np.logspace(-2, 3, 11)).fit(standard, target)
+    strengths = np.logspace(-2, 3, 11)
+    chosen = RidgeCV(alphas=strengths).fit(standard, target)
+    # nested: each fold picks its own strength on its own training part, so the comparison with the
+    # network's diameters is not flattered by a strength chosen on the held-out candidates too
     split = KFold(n_splits=min(folds, len(target)), shuffle=True, random_state=0)
-    predicted = np.exp(cross_val_predict(Ridge(alpha=float(chosen.alpha_)), standard, target, cv=split))
+    predicted = np.exp(cross_val_predict(RidgeCV(alphas=strengths), standard, target, cv=split))
     mine = float(np.median(np.abs(predicted - diameters) / diameters))
     theirs = float(np.median(np.abs(network - diameters) / diameters))
     log.info("size model: median relative diameter error %.1f %% in cross-validation against the network's %.1f %% "
