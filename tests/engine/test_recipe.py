@@ -18,9 +18,9 @@ def test_every_builtin_recipe_validates(name):
 
 
 def test_a_typo_in_the_task_specific_preprocess_section_is_named_with_a_suggestion():
-    with pytest.raises(ConfigError, match=r"preprocess: unknown key 'sise' \(did you mean 'size'\?\)"):
+    with pytest.raises(ConfigError, match=r"unknown key 'preprocess.sise' \(did you mean 'size'\?\)"):
         load_recipe("dr-grading", ["preprocess.sise=64"])
-    with pytest.raises(ConfigError, match=r"preprocess: unknown key 'memory_gp' \(did you mean 'memory_gb'\?\)"):
+    with pytest.raises(ConfigError, match=r"unknown key 'preprocess.memory_gp' \(did you mean 'memory_gb'\?\)"):
         load_recipe("brain-tumor-seg", ["preprocess.memory_gp=4"])
 
 

@@ -199,7 +199,7 @@ def test_recipe_mistakes_are_named():
         load_recipe("cardiac-risk", ["task.features=[age, years]"])
     with pytest.raises(ConfigError, match=r"unknown key 'task.hed' \(did you mean 'head'\?\)"):
         load_recipe("cardiac-risk", ["task.hed=cox"])
-    with pytest.raises(ConfigError, match=r"preprocess: unknown key 'imputee' \(did you mean 'impute'\?\)"):
+    with pytest.raises(ConfigError, match=r"unknown key 'preprocess.imputee' \(did you mean 'impute'\?\)"):
         load_recipe("cardiac-risk", ["preprocess.imputee=median"])
 
 

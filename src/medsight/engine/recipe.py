@@ -58,7 +58,7 @@ class Recipe(BaseModel):
         try:
             return {**data, "preprocess": owner.preprocess_type.model_validate(raw)}
         except ValidationError as exc:
-            raise ValueError(f"preprocess: {explain(exc, owner.preprocess_type)}") from None
+            raise ValueError(explain(exc, owner.preprocess_type, "preprocess.")) from None
 
 
 def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -135,9 +135,10 @@ def read_yaml_mapping(path: Path, holding: str) -> dict[str, Any]:
     return data
 
 
-def explain(error: ValidationError, model: type[BaseModel]) -> str:
-    """A validation error of ``model`` as one line: each problem with its dotted key, unknown keys
-    with the closest known one."""
+def explain(error: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    """A validation error of ``model`` as one line: each problem with its dotted key (after
+    ``prefix``, the section ``model`` is read from, e.g. ``"preprocess."``), unknown keys with the
+    closest known one."""
     problems = []
     kinds = set(registered_tasks())
     for item in error.errors():
@@ -145,7 +146,7 @@ def explain(error: ValidationError, model: type[BaseModel]) -> str:
         if len(location) >= 2 and location[0] == "task" and location[1] in kinds:  # the union's tag, not a key
             del location[1]
         item = {**item, "loc": tuple(location)}
-        where = ".".join(str(p) for p in item["loc"])
+        where = prefix + ".".join(str(p) for p in item["loc"]) if item["loc"] else prefix.rstrip(".")
         if item["type"] == "extra_forbidden":
             close = difflib.get_close_matches(str(item["loc"][-1]), _fields_at(model, item["loc"]), n=1)
             problems.append(f"unknown key {where!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))

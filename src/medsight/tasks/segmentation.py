@@ -92,7 +92,7 @@ class PlanRequest(BaseModel):
             key, known = unknown[0]
             close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ValueError(f"{key!r} is no field of a plan ({hint}fields there: {', '.join(known)})")
+            raise ValueError(f"unknown key {key!r} ({hint}a plan's fields there: {', '.join(known)})")
         return overrides
 
 

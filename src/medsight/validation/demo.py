@@ -570,12 +570,13 @@ def plan_demo(
     reason, left_out, shown = "", (), estimate
     if recipes is None and estimate > budget:  # a recipe over the whole budget even lean (and what it measures)
         lean = _steps("lean")  # is left out first, where the rest then fit with their standard settings
-        over = {s[0].recipe for s in lean if cost(s) > budget}
+        lean_cost = {s[0].recipe: cost(s) for s in lean}  # (each estimated once: it reads the recipe)
+        over = {recipe for recipe, seconds in lean_cost.items() if seconds > budget}
         over |= {s[0].recipe for s in lean if s[0].features_from in over}
         rest = tuple(s for s in steps if s[0].recipe not in over)
         shown = _estimate(rest, speed, fp32, bf16=bf16) if over and rest else estimate
         if over and rest and shown <= budget:
-            left_out = tuple((s[0].recipe, cost(s)) for s in lean if s[0].recipe in over)
+            left_out = tuple((s[0].recipe, lean_cost[s[0].recipe]) for s in lean if s[0].recipe in over)
             steps, estimate = rest, shown
     if profile == "standard" and estimate > budget:
         lean = _steps("lean", recipes)  # (what overruns the budget alone is left out by the fit below)
