@@ -15,7 +15,7 @@ from medsight.core.errors import InputError
 from medsight.core.geometry import Geometry
 from medsight.core.volume import Volume
 from medsight.planning import CandidateRescoring
-from medsight.tasks.rescoring import FEATURES, SCALES, candidate_features, fit_rescoring, rescore
+from medsight.tasks.rescoring import FEATURES, SCALES, candidate_features, fit_rescoring, model_terms, rescore
 
 ISO = Geometry(spacing=(1.0, 1.0, 1.0), origin=(-20.0, -30.0, 100.0))
 
@@ -110,8 +110,12 @@ def test_the_fitted_stage_puts_blobs_above_tubes_whatever_the_network_said():
     out = rescore(found, scene, ISO, model)
     assert out["network_probability"].tolist() == [0.3, 0.8]  # the ball first now
     assert out["probability"].iloc[0] > 0.5 > out["probability"].iloc[1]
-    # by hand: standardised features, weights, sigmoid
-    z = model.intercept + ((candidate_features(scene, ISO, found) - model.mean) / model.scale) @ np.asarray(model.coef)
+    # by hand: standardised features, then each pair's product (i <= j, row by row), weights, sigmoid
+    standard = (candidate_features(scene, ISO, found) - model.mean) / model.scale
+    n = standard.shape[1]
+    products = [[row[i] * row[j] for i in range(n) for j in range(i, n)] for row in standard]
+    assert model.pairs and len(model.coef) == n + len(products[0])
+    z = model.intercept + np.concatenate([standard, products], axis=1) @ np.asarray(model.coef)
     np.testing.assert_allclose(sorted(1 / (1 + np.exp(-z)), reverse=True), out["probability"], rtol=1e-5)
 
 
@@ -126,11 +130,44 @@ def test_a_stage_of_other_features_is_refused_and_nothing_is_kept_as_is():
     assert empty.empty and "network_probability" in empty.columns
 
 
+def test_pairs_learn_what_one_weight_per_feature_cannot():
+    """Findings where two features agree in sign (an interaction): the pairwise model separates
+    them, a weight per feature cannot; a plan of the older, linear kind still applies as it was."""
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(2000, len(FEATURES)))
+    on_finding = features[:, 0] * features[:, 1] > 0.3
+    model = fit_rescoring(features, on_finding)
+    assert model is not None and model.pairs
+    test = rng.normal(size=(400, len(FEATURES)))
+    truth = test[:, 0] * test[:, 1] > 0.3
+
+    def auc(scores: np.ndarray) -> float:
+        return float(np.mean(scores[truth][:, None] > scores[~truth][None, :]))
+
+    standard = (test - np.asarray(model.mean)) / np.asarray(model.scale)
+    assert auc(model_terms(standard, pairs=True) @ np.asarray(model.coef)) > 0.9
+    linear = model.model_copy(update={"pairs": False, "coef": model.coef[: len(FEATURES)]})
+    assert auc(model_terms(standard, pairs=False) @ np.asarray(linear.coef)) < 0.7
+    # a linear plan (fitted by an older version) rescores with its weights alone
+    scene = _lung(seed=4)
+    found = _rows(ISO, [[28, 34, 20], [12, 14, 14]], [0.8, 0.3])
+    out = rescore(found, scene, ISO, CandidateRescoring.model_validate(linear.model_dump(exclude={"pairs"})))
+    standard = (candidate_features(scene, ISO, found) - linear.mean) / linear.scale
+    z = linear.intercept + standard @ np.asarray(linear.coef)
+    np.testing.assert_allclose(sorted(1 / (1 + np.exp(-z)), reverse=True), out["probability"], rtol=1e-5)
+
+
 def test_the_plan_keeps_the_stage_and_checks_it():
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="one mean, scale and weight per feature"):
+    with pytest.raises(ValidationError, match="one mean, scale and size weight per feature"):
         CandidateRescoring(features=["a", "b"], mean=[0.0], scale=[1.0, 1.0], coef=[1.0, 1.0], intercept=0.0,
+                           candidates=1, findings=1)  # fmt: skip
+    with pytest.raises(ValidationError, match="needs 5 weights for 2 features and their pairwise products; it has 2"):
+        CandidateRescoring(features=["a", "b"], mean=[0.0, 0.0], scale=[1.0, 1.0], coef=[1.0, 1.0], intercept=0.0,
+                           pairs=True, candidates=1, findings=1)  # fmt: skip
+    with pytest.raises(ValidationError, match="needs 2 weights for 2 features; it has 5"):
+        CandidateRescoring(features=["a", "b"], mean=[0.0, 0.0], scale=[1.0, 1.0], coef=[1.0] * 5, intercept=0.0,
                            candidates=1, findings=1)  # fmt: skip
     with pytest.raises(ValidationError, match="scales must be positive"):
         CandidateRescoring(features=["a"], mean=[0.0], scale=[0.0], coef=[1.0], intercept=0.0, candidates=1,
@@ -321,7 +358,7 @@ def test_the_plan_checks_the_size_model():
         CandidateRescoring(**spec, size_coef=[0.5], size_intercept=1.0)
     with pytest.raises(ValidationError, match="two increasing positive diameters"):
         CandidateRescoring(**spec, size_coef=[0.5], size_intercept=1.0, size_range=(5.0, 2.0))
-    with pytest.raises(ValidationError, match="one mean, scale and weight per feature"):
+    with pytest.raises(ValidationError, match="one mean, scale and size weight per feature"):
         CandidateRescoring(**spec, size_coef=[0.5, 1.0], size_intercept=1.0, size_range=(1, 60))
 
 

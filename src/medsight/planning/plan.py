@@ -127,7 +127,10 @@ class CandidateRescoring(BaseModel):
     Attributes:
         features: The features' names, in the order of the weights.
         mean, scale: Each feature's standardisation (fitted on the validation candidates).
-        coef, intercept: The logistic model on the standardised features.
+        coef, intercept: The logistic model on the standardised features (with ``pairs``, then
+            on the product of every pair of them, each one's square included, in the order of
+            ``numpy.triu_indices``).
+        pairs: Whether the model weighs the features' pairwise products too (older plans: no).
         candidates, findings: How many validation candidates it was fitted on, and how many of
             them lay on a finding.
         size_coef, size_intercept: A linear model of the log diameter (mm) of the finding a
@@ -144,6 +147,7 @@ class CandidateRescoring(BaseModel):
     scale: list[float]
     coef: list[float]
     intercept: float
+    pairs: bool = False
     candidates: int = Field(ge=0)
     findings: int = Field(ge=0)
     size_coef: list[float] | None = None
@@ -156,10 +160,14 @@ class CandidateRescoring(BaseModel):
             raise ValueError("rescoring's size model needs size_coef, size_intercept and size_range, or none of them")
         if self.size_range is not None and not 0 < self.size_range[0] < self.size_range[1]:
             raise ValueError(f"rescoring's size_range must be two increasing positive diameters, not {self.size_range}")
-        sizes = {len(self.features), len(self.mean), len(self.scale), len(self.coef),
-                 *([len(self.size_coef)] if self.size_coef is not None else [])}  # fmt: skip
+        n = len(self.features)
+        sizes = {n, len(self.mean), len(self.scale), *([len(self.size_coef)] if self.size_coef is not None else [])}
         if len(sizes) != 1:
-            raise ValueError("rescoring needs one mean, scale and weight per feature; the lists differ in length")
+            raise ValueError("rescoring needs one mean, scale and size weight per feature; the lists differ in length")
+        weights = n + n * (n + 1) // 2 if self.pairs else n
+        if len(self.coef) != weights:
+            products = " and their pairwise products" if self.pairs else ""
+            raise ValueError(f"rescoring needs {weights} weights for {n} features{products}; it has {len(self.coef)}")
         if any(not s > 0 for s in self.scale):
             raise ValueError("rescoring scales must be positive")
         return self
