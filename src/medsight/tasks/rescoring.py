@@ -154,8 +154,9 @@ def fit_rescoring(
 def model_terms(standard: np.ndarray, *, pairs: bool) -> np.ndarray:
     """What the logistic model weighs, per candidate: its standardised features ``(N, n)``, and with
     ``pairs`` the product of every pair of them (squares included, ``numpy.triu_indices`` order):
-    ``(N, n + n (n + 1) / 2)``. A blob's shape says more about a small candidate than a large one
-    (the Hessian's scales stop at 4 mm), which a weight per feature alone cannot say."""
+    ``(N, n + n (n + 1) / 2)``. The products let one feature's weight depend on another (a shape
+    feature's on the candidate's size or the network's confidence), which one weight per feature
+    cannot."""
     standard = np.asarray(standard, float)
     if not pairs:
         return standard
