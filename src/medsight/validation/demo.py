@@ -198,9 +198,9 @@ DEMO = (
         # 64, AdamW; windows overlapping by a quarter at prediction (the training jitter keeps every finding in
         # a patch's central 3/4, and a quarter's overlap puts every voxel there for some window: 2.4x fewer
         # windows than a half). The second stage is fitted on 100 training scans besides the 38 validation
-        # ones (with 40 and features weighed one by one the step scored CPM 0.799 and 0.792: at the target,
-        # not above it; the same network's candidates rescored by the pairwise stage fitted on 100 scored
-        # 0.834, see docs/benchmarks.md). It takes ~47 min on a 2-core AVX-512 BF16 EPYC (20 of them
+        # ones, its logistic model weighing the features' pairwise products too (with 40 and one weight per
+        # feature the step scored CPM 0.799 and 0.792: at the target, not above it; as now it scored 0.834
+        # [0.757, 0.916], see docs/benchmarks.md). It takes ~46 min on a 2-core AVX-512 BF16 EPYC (21 of them
         # training, 15 to fit the second stage, 5 to predict the 45 test scans, 3 to prepare 300 scans, 3 for
         # the phantoms): over every 2-core budget, so there it is left out and named
         "lung-nodule-det",
@@ -220,10 +220,10 @@ DEMO = (
         ),
         (Headline("lung nodule CPM (LUNA16 FROC)", "cpm", 0.80),),
         stratify=None,
-        # measured there (probe 90 images/s, bf16; 2419 s in all): phantoms 176 s, preparing 192 s (targets,
-        # then fingerprint and volume cache in 2 processes), 80 epochs 1219 s, the second stage 499 s (78
-        # scans; 100 training scans add ~390 s), the 45 test scans 299 s (the training cache reused),
-        # report 38 s; here at the reference's speeds
+        # measured there (probe 90 images/s, bf16; 2781 s in all, 2744 s estimated): phantoms 164 s,
+        # preparing 178 s (targets, then fingerprint and volume cache in 2 processes), 80 epochs 1248 s, the
+        # second stage 871 s (138 scans), the 45 test scans 281 s (the training cache reused), report 43 s;
+        # here at the reference's speeds
         volumetric=Volumetric(phantom_s_per_case=0.5, epoch_s=15.9, fixed_s=1480.0, patches=50),
         # quick: a coarse grid (the CI runs it: a few windows per scan), the second stage fitted on 2 training scans
         quick=("task.rescore_training_scans=2", "preprocess.overrides.spacing=[5.0, 4.0, 4.0]"),
