@@ -102,7 +102,7 @@ def test_workers_die_with_a_parent_killed_with_kill_9():
         "import os, time\n"
         "from medsight.core.parallel import run_cases\n"
         "def case(i):\n"
-        "    print(os.getpid(), flush=True)\n"
+        "    os.write(1, f'{os.getpid()}\\n'.encode())\n"  # one write: print may write the number and its newline apart
         "    time.sleep(60)\n"
         "list(run_cases(case, 8, workers=2, progress=None, stage='t'))\n"
     )
